@@ -1,0 +1,97 @@
+//! State shared by every edge of one running gateway.
+
+use crate::config::Config;
+use crate::core::{DecodeLimits, RuleSet, Ward};
+use crate::fanout::{Hub, LiveFeed};
+use crate::ingest::TopicPattern;
+use crate::telemetry::Metrics;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Gateway wall-clock time, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What `/ready` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    mqtt_subscribed: AtomicBool,
+    listening: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+impl Health {
+    pub fn set_mqtt_subscribed(&self, v: bool) {
+        self.mqtt_subscribed.store(v, Ordering::SeqCst);
+    }
+    pub fn set_listening(&self, v: bool) {
+        self.listening.store(v, Ordering::SeqCst);
+    }
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+    pub fn mqtt_subscribed(&self) -> bool {
+        self.mqtt_subscribed.load(Ordering::SeqCst)
+    }
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+    /// Broker connected and subscribed, listeners bound, not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.mqtt_subscribed() && self.listening() && !self.is_shutting_down()
+    }
+}
+
+pub struct App {
+    pub config: Config,
+    pub ward: Ward,
+    pub hub: Hub,
+    pub live: LiveFeed,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+    pub topic: TopicPattern,
+    pub decode_limits: DecodeLimits,
+    /// Cancelled once ingest has stopped: dashboards flush their queues and close.
+    pub close_dashboards: CancellationToken,
+    /// Every dashboard connection task, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    started: Instant,
+}
+
+impl App {
+    /// Build from a validated config.
+    pub fn new(config: Config, rules: RuleSet, topic: TopicPattern) -> App {
+        let metrics = Arc::new(Metrics::new());
+        App {
+            ward: Ward::new(Arc::new(rules), config.ingest.max_chairs),
+            hub: Hub::new(config.websocket.replay_capacity, metrics.clone()),
+            live: LiveFeed::new(config.websocket.live_log_capacity),
+            metrics,
+            health: Health::default(),
+            topic,
+            decode_limits: DecodeLimits {
+                max_payload_bytes: config.ingest.max_payload_bytes,
+                max_future_skew_ms: config.ingest.max_future_skew_ms,
+            },
+            close_dashboards: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            started: Instant::now(),
+            config,
+        }
+    }
+
+    /// Monotonic ms since this gateway started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}

@@ -1,0 +1,336 @@
+//! The gateway's configuration: one typed struct, loaded from TOML with environment
+//! overrides (see [`load`]), validated before anything starts.
+//!
+//! Every field is documented in `config/vitalgate.toml`, which is also compiled in as
+//! the defaults: a user file only needs the keys it changes.
+
+mod load;
+
+pub use load::{ConfigError, Source};
+
+use crate::core::{RuleSet, RuleSpec};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The shipped configuration, which is also the defaults.
+pub const DEFAULT_TOML: &str = include_str!("../../config/vitalgate.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
+    pub websocket: WebSocketConfig,
+    pub shutdown: ShutdownConfig,
+    /// Alarm limits. Replaces the default list as a whole when given.
+    pub rules: Vec<RuleSpec>,
+}
+
+/// `[http]`: the listener for `/ws`, `/live`, `/ready` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+}
+
+/// Which MQTT broker the gateway subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// Start the built-in broker (`[mqtt.embedded]`) and subscribe to it.
+    Embedded,
+    /// Connect to `mqtt.host`:`mqtt.port` (Mosquitto, EMQX, ...).
+    External,
+}
+
+/// `[mqtt]`: the ingest connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub broker: BrokerMode,
+    /// External broker host (ignored in embedded mode).
+    pub host: String,
+    /// External broker port (ignored in embedded mode).
+    pub port: u16,
+    /// Stable client id: the broker keeps this session's subscription and unacknowledged
+    /// messages while the gateway is away.
+    pub client_id: String,
+    /// Subscription filter with exactly two `+` levels: the site, then the chair.
+    pub topic: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// MQTT keep-alive, seconds.
+    pub keep_alive_s: u16,
+    /// TCP + MQTT connect timeout, seconds.
+    pub connect_timeout_s: u64,
+    /// Largest MQTT packet accepted from the broker. Larger packets break the
+    /// connection, so this must exceed the broker's own message size limit.
+    pub max_packet_bytes: usize,
+    /// Capacity of the client's request queue (acknowledgements, subscriptions).
+    pub request_queue: usize,
+    /// First reconnect delay, ms; doubles per failure (with jitter) up to the maximum.
+    pub reconnect_initial_ms: u64,
+    /// Longest reconnect delay, ms.
+    pub reconnect_max_ms: u64,
+    pub embedded: EmbeddedBrokerConfig,
+}
+
+/// `[mqtt.tls]`: TLS to an external broker (rustls).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate chain, for brokers that require client certificates.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `[mqtt.embedded]`: the built-in broker used when `mqtt.broker = "embedded"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    /// Where devices connect. Port 0 picks a free port.
+    pub bind: SocketAddr,
+    pub max_connections: usize,
+    /// Largest payload the broker accepts from a device.
+    pub max_payload_bytes: usize,
+    /// Unacknowledged QoS 1 messages per connection.
+    pub max_inflight: usize,
+}
+
+/// `[ingest]`: decoding and validating device readings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Larger payloads are rejected (`payload_too_large`).
+    pub max_payload_bytes: usize,
+    /// A device `ts` further ahead of the gateway clock is rejected (`future_timestamp`).
+    pub max_future_skew_ms: u64,
+    /// Most chairs tracked at once; readings for more are rejected (`chair_limit`).
+    pub max_chairs: usize,
+    /// At most one log line per rejection reason per this interval, ms.
+    pub reject_log_interval_ms: u64,
+}
+
+/// `[websocket]`: dashboards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Frames (alarms, replies) queued per connection; a client that lets it fill is
+    /// disconnected as a slow consumer.
+    pub queue_capacity: usize,
+    /// Alarm events kept for `?since=` replay.
+    pub replay_capacity: usize,
+    /// Chair updates kept for coalescing live vitals; a client further behind gets
+    /// every chair's latest values instead.
+    pub live_log_capacity: usize,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+    /// Largest frame a client may send.
+    pub max_frame_bytes: usize,
+    /// Per-connection read buffer.
+    pub read_buffer_bytes: usize,
+    /// Bytes buffered before a write is forced.
+    pub write_buffer_bytes: usize,
+    /// Most bytes buffered for a client before it counts as slow.
+    pub max_write_buffer_bytes: usize,
+    /// How often the server pings each client, ms.
+    pub ping_interval_ms: u64,
+    /// A client that sends nothing (not even a pong) for this long is closed, ms.
+    pub idle_timeout_ms: u64,
+    /// How long to try sending a close frame to a slow client before dropping it, ms.
+    pub close_timeout_ms: u64,
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for dashboards to drain before closing them, ms.
+    pub grace_period_ms: u64,
+}
+
+impl Default for Config {
+    /// The shipped `config/vitalgate.toml`.
+    fn default() -> Self {
+        Config::from_toml_str(DEFAULT_TOML, Source::Defaults)
+            .expect("the shipped config/vitalgate.toml is valid")
+    }
+}
+
+impl Config {
+    /// Semantic checks that types cannot express. Returns every problem found.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut errs: Vec<(String, String)> = Vec::new();
+        fn check_in(errs: &mut Vec<(String, String)>, ok: bool, key: &str, msg: &str) {
+            if !ok {
+                errs.push((key.to_string(), msg.to_string()));
+            }
+        }
+        macro_rules! check {
+            ($ok:expr, $key:expr, $msg:expr $(,)?) => {
+                check_in(&mut errs, $ok, $key, $msg)
+            };
+        }
+        let m = &self.mqtt;
+        check!(
+            !m.client_id.is_empty() && m.client_id.len() <= 64,
+            "mqtt.client_id",
+            "must be 1-64 bytes",
+        );
+        if let Err(e) = crate::ingest::TopicPattern::parse(&m.topic) {
+            errs.push(("mqtt.topic".into(), e.to_string()));
+        }
+        check!(!m.host.is_empty(), "mqtt.host", "must not be empty");
+        check!(
+            m.keep_alive_s >= 1,
+            "mqtt.keep_alive_s",
+            "must be at least 1"
+        );
+        check!(
+            m.connect_timeout_s >= 1,
+            "mqtt.connect_timeout_s",
+            "must be at least 1",
+        );
+        check!(
+            m.request_queue >= 16,
+            "mqtt.request_queue",
+            "must be at least 16",
+        );
+        check!(
+            m.reconnect_initial_ms >= 1 && m.reconnect_initial_ms <= m.reconnect_max_ms,
+            "mqtt.reconnect_initial_ms",
+            "must be at least 1 and at most mqtt.reconnect_max_ms",
+        );
+        check!(
+            m.max_packet_bytes > self.ingest.max_payload_bytes,
+            "mqtt.max_packet_bytes",
+            "must exceed ingest.max_payload_bytes, so oversized payloads are rejected and acknowledged instead of breaking the connection",
+        );
+        check!(
+            m.password.is_none() || m.username.is_some(),
+            "mqtt.password",
+            "needs mqtt.username",
+        );
+        if let Some(tls) = &m.tls {
+            check!(
+                tls.client_cert_file.is_some() == tls.client_key_file.is_some(),
+                "mqtt.tls.client_cert_file",
+                "client_cert_file and client_key_file go together",
+            );
+        }
+        let e = &m.embedded;
+        check!(
+            e.max_connections >= 1,
+            "mqtt.embedded.max_connections",
+            "must be at least 1",
+        );
+        check!(
+            e.max_inflight >= 1 && e.max_inflight <= u16::MAX as usize,
+            "mqtt.embedded.max_inflight",
+            "must be 1-65535",
+        );
+        check!(
+            e.max_payload_bytes >= 1,
+            "mqtt.embedded.max_payload_bytes",
+            "must be at least 1",
+        );
+        let i = &self.ingest;
+        check!(
+            i.max_payload_bytes >= 64,
+            "ingest.max_payload_bytes",
+            "must be at least 64",
+        );
+        check!(i.max_chairs >= 1, "ingest.max_chairs", "must be at least 1");
+        let w = &self.websocket;
+        for (key, v, lo, hi) in [
+            ("websocket.queue_capacity", w.queue_capacity, 16, 1 << 20),
+            ("websocket.replay_capacity", w.replay_capacity, 1, 1 << 24),
+            (
+                "websocket.live_log_capacity",
+                w.live_log_capacity,
+                16,
+                1 << 24,
+            ),
+            (
+                "websocket.max_message_bytes",
+                w.max_message_bytes,
+                256,
+                16 << 20,
+            ),
+            (
+                "websocket.max_frame_bytes",
+                w.max_frame_bytes,
+                256,
+                16 << 20,
+            ),
+            (
+                "websocket.read_buffer_bytes",
+                w.read_buffer_bytes,
+                512,
+                1 << 20,
+            ),
+            (
+                "websocket.write_buffer_bytes",
+                w.write_buffer_bytes,
+                0,
+                1 << 20,
+            ),
+            (
+                "websocket.max_write_buffer_bytes",
+                w.max_write_buffer_bytes,
+                w.write_buffer_bytes + 1,
+                256 << 20,
+            ),
+        ] {
+            if v < lo || v > hi {
+                errs.push((key.into(), format!("{v} is outside {lo}..={hi}")));
+            }
+        }
+        check!(
+            w.max_frame_bytes <= w.max_message_bytes,
+            "websocket.max_frame_bytes",
+            "must not exceed websocket.max_message_bytes",
+        );
+        check!(
+            w.ping_interval_ms >= 100 && w.ping_interval_ms < w.idle_timeout_ms,
+            "websocket.ping_interval_ms",
+            "must be at least 100 and less than websocket.idle_timeout_ms",
+        );
+        check!(
+            w.close_timeout_ms >= 1,
+            "websocket.close_timeout_ms",
+            "must be at least 1",
+        );
+        if let Err(rule_errs) = RuleSet::compile(&self.rules) {
+            errs.extend(
+                rule_errs
+                    .into_iter()
+                    .map(|e| (format!("rules[{}].{}", e.index, e.field), e.message)),
+            );
+        }
+        errs
+    }
+
+    /// The compiled alarm rules. Call after [`Config::validate`] found nothing.
+    pub fn rule_set(&self) -> Result<RuleSet, ConfigError> {
+        RuleSet::compile(&self.rules).map_err(|errs| ConfigError::Invalid {
+            source_name: "rules".into(),
+            problems: errs
+                .into_iter()
+                .map(|e| (format!("rules[{}].{}", e.index, e.field), e.message))
+                .collect(),
+        })
+    }
+}

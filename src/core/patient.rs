@@ -1,0 +1,259 @@
+//! One chair's patient state: the latest value of each vital, the pump, recently
+//! seen message ids for de-duplication, and the state of every alarm condition.
+
+use super::reading::{Pump, Reading, Vital};
+use super::rules::{ConditionState, RuleSet, Step};
+use serde::Serialize;
+
+/// A vital's latest value and the device time it was measured at.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    pub value: f64,
+    pub ts: u64,
+}
+
+/// The pump's latest report and its device time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PumpSample {
+    #[serde(flatten)]
+    pub pump: Pump,
+    pub ts: u64,
+}
+
+/// The latest known values of one chair, as dashboards see them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Latest {
+    pub vitals: [Option<Sample>; 6],
+    pub pump: Option<PumpSample>,
+    /// Gateway wall-clock time the last accepted reading arrived, ms since the epoch.
+    pub received_at: u64,
+}
+
+impl Latest {
+    pub fn get(&self, vital: Vital) -> Option<Sample> {
+        self.vitals[vital.index()]
+    }
+}
+
+/// How many recent `(seq, ts)` pairs a chair remembers to recognise redeliveries.
+/// A QoS 1 redelivery repeats a message that was never acknowledged, so it is among
+/// the most recent few; older repeats are dropped anyway by the per-vital time check.
+pub const RECENT_IDS: usize = 32;
+
+/// A change of one alarm condition caused by a reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transition {
+    /// Index of the condition in the [`RuleSet`].
+    pub condition: usize,
+    pub step: Step,
+    /// The value that caused it and its device time.
+    pub value: f64,
+    pub ts: u64,
+}
+
+/// What applying one reading did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Same `(seq, ts)` as a recent reading: a redelivery. Nothing was changed.
+    Duplicate,
+    Accepted {
+        /// Alarm conditions that were raised or cleared, in rule order.
+        transitions: Vec<Transition>,
+        /// Values older than the vital's latest, ignored (late, out-of-order delivery).
+        late_values: usize,
+        /// The chair's state after the reading.
+        latest: Latest,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PatientState {
+    latest: Latest,
+    recent: [(u64, u64); RECENT_IDS],
+    recent_len: usize,
+    recent_next: usize,
+    conditions: Box<[ConditionState]>,
+}
+
+impl PatientState {
+    pub fn new(rules: &RuleSet) -> Self {
+        PatientState {
+            latest: Latest::default(),
+            recent: [(0, 0); RECENT_IDS],
+            recent_len: 0,
+            recent_next: 0,
+            conditions: vec![ConditionState::Normal; rules.len()].into_boxed_slice(),
+        }
+    }
+
+    pub fn latest(&self) -> &Latest {
+        &self.latest
+    }
+
+    /// The alarm ids currently active on this chair.
+    pub fn active_alarms(&self) -> impl Iterator<Item = u64> + '_ {
+        self.conditions.iter().filter_map(|c| match c {
+            ConditionState::Active { alarm_id } => Some(*alarm_id),
+            _ => None,
+        })
+    }
+
+    fn seen(&self, seq: u64, ts: u64) -> bool {
+        self.recent[..self.recent_len].contains(&(seq, ts))
+    }
+
+    fn remember(&mut self, seq: u64, ts: u64) {
+        self.recent[self.recent_next] = (seq, ts);
+        self.recent_next = (self.recent_next + 1) % RECENT_IDS;
+        self.recent_len = (self.recent_len + 1).min(RECENT_IDS);
+    }
+
+    /// Apply a reading received at gateway time `received_at`.
+    ///
+    /// Each vital is evaluated only if its device time is not older than the latest
+    /// value of that vital, so a late message cannot overwrite newer state or drive a
+    /// condition backwards in time. A device whose counter restarts is fine: only an
+    /// exact `(seq, ts)` repeat is a duplicate.
+    pub fn apply(
+        &mut self,
+        rules: &RuleSet,
+        reading: &Reading,
+        received_at: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Applied {
+        if self.seen(reading.seq, reading.ts) {
+            return Applied::Duplicate;
+        }
+        self.remember(reading.seq, reading.ts);
+        let mut transitions = Vec::new();
+        let mut late_values = 0;
+        for (vital, value) in reading.vitals() {
+            let slot = &mut self.latest.vitals[vital.index()];
+            if slot.is_some_and(|s| reading.ts < s.ts) {
+                late_values += 1;
+                continue;
+            }
+            *slot = Some(Sample {
+                value,
+                ts: reading.ts,
+            });
+            for &i in rules.for_vital(vital) {
+                let step =
+                    rules
+                        .condition(i)
+                        .step(&mut self.conditions[i], value, reading.ts, next_id);
+                if step != Step::Nothing {
+                    transitions.push(Transition {
+                        condition: i,
+                        step,
+                        value,
+                        ts: reading.ts,
+                    });
+                }
+            }
+        }
+        if let Some(pump) = reading.pump {
+            if self.latest.pump.is_none_or(|p| reading.ts >= p.ts) {
+                self.latest.pump = Some(PumpSample {
+                    pump,
+                    ts: reading.ts,
+                });
+            } else {
+                late_values += 1;
+            }
+        }
+        self.latest.received_at = received_at;
+        Applied::Accepted {
+            transitions,
+            late_values,
+            latest: self.latest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::rules::{Priority, RuleSpec};
+
+    fn rules() -> RuleSet {
+        RuleSet::compile(&[RuleSpec {
+            id: "hr_high".into(),
+            vital: Vital::Hr,
+            low: None,
+            high: Some(120.0),
+            priority: Priority::Medium,
+            delay_ms: 0,
+            hysteresis: 5.0,
+        }])
+        .unwrap()
+    }
+
+    fn hr(seq: u64, ts: u64, v: f64) -> Reading {
+        let mut values = [None; 6];
+        values[Vital::Hr.index()] = Some(v);
+        Reading {
+            seq,
+            ts,
+            values,
+            pump: None,
+        }
+    }
+
+    fn raised(a: &Applied) -> usize {
+        match a {
+            Applied::Accepted { transitions, .. } => transitions
+                .iter()
+                .filter(|t| matches!(t.step, Step::Raised { .. }))
+                .count(),
+            Applied::Duplicate => 0,
+        }
+    }
+
+    #[test]
+    fn redelivery_is_applied_once() {
+        let rules = rules();
+        let mut p = PatientState::new(&rules);
+        let mut id = 0;
+        let mut next = || {
+            id += 1;
+            id
+        };
+        let r = hr(5, 1_000, 150.0);
+        assert_eq!(raised(&p.apply(&rules, &r, 1, &mut next)), 1);
+        assert_eq!(p.apply(&rules, &r, 2, &mut next), Applied::Duplicate);
+        assert_eq!(p.active_alarms().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn late_value_does_not_overwrite_newer_state_or_clear() {
+        let rules = rules();
+        let mut p = PatientState::new(&rules);
+        let mut next = || 1;
+        p.apply(&rules, &hr(2, 2_000, 150.0), 1, &mut next);
+        let a = p.apply(&rules, &hr(1, 1_000, 60.0), 2, &mut next);
+        match a {
+            Applied::Accepted {
+                late_values,
+                transitions,
+                latest,
+            } => {
+                assert_eq!(late_values, 1);
+                assert!(transitions.is_empty());
+                assert_eq!(latest.get(Vital::Hr).unwrap().value, 150.0);
+            }
+            Applied::Duplicate => panic!("not a duplicate"),
+        }
+        assert_eq!(p.active_alarms().count(), 1);
+    }
+
+    #[test]
+    fn device_counter_restart_is_not_a_duplicate() {
+        let rules = rules();
+        let mut p = PatientState::new(&rules);
+        let mut next = || 1;
+        p.apply(&rules, &hr(0, 1_000, 60.0), 1, &mut next);
+        let a = p.apply(&rules, &hr(0, 9_000, 61.0), 2, &mut next);
+        assert!(matches!(a, Applied::Accepted { late_values: 0, .. }));
+    }
+}

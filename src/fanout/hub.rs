@@ -1,0 +1,323 @@
+//! The hub: alarm events in, one serialised frame out to every dashboard's queue.
+//!
+//! One mutex covers the [`Board`] (sequence numbers and active alarms), the replay
+//! buffer and the subscriber list. Holding it while assigning a `seq`, storing the
+//! frame and pushing it to every queue is what makes delivery gap-free and in order
+//! for every dashboard, and makes a snapshot's alarms agree with its `seq`. The work
+//! under the lock is one serialisation per event and one non-blocking `try_send` per
+//! subscriber; a subscriber whose queue is full is cut off, never waited for.
+
+use super::protocol::{self, Frame};
+use crate::core::{AckError, AlarmEvent, Board, ChairView};
+use crate::telemetry::Metrics;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where a new subscriber starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// A snapshot of the current state, then live events.
+    Snapshot,
+    /// Every held event after `since`, then live events. `instance`, when given, must
+    /// match this gateway's, or the client is told it missed events.
+    Since {
+        since: u64,
+        instance: Option<String>,
+    },
+}
+
+/// A dashboard's place in the hub.
+struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    /// Cancelled when the subscriber is cut off as a slow consumer.
+    slow: CancellationToken,
+}
+
+struct Inner {
+    board: Board,
+    replay: VecDeque<(u64, Frame)>,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    replay_capacity: usize,
+    instance: String,
+    metrics: Arc<Metrics>,
+}
+
+/// What a new subscriber receives before live events.
+pub struct Subscription {
+    pub id: u64,
+    pub initial: Vec<Frame>,
+}
+
+impl Hub {
+    pub fn new(replay_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            inner: Mutex::new(Inner {
+                board: Board::default(),
+                replay: VecDeque::with_capacity(replay_capacity.min(4096)),
+                subscribers: Vec::new(),
+                next_subscriber: 1,
+            }),
+            replay_capacity,
+            instance: format!("{:016x}", fastrand::u64(..)),
+            metrics,
+        }
+    }
+
+    /// This gateway run's id: `seq` values are comparable only within one instance.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the board half-updated in a way
+        // that matters more than stopping alarms altogether, so keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `seq` of the latest alarm event.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().board.last_seq()
+    }
+
+    /// Active alarms, each as its latest event.
+    pub fn active_alarms(&self) -> Vec<AlarmEvent> {
+        self.lock().board.active().cloned().collect()
+    }
+
+    /// Sequence, store and deliver alarm events. When this returns, every event is in
+    /// the replay buffer and in the queue of every connected dashboard (or that
+    /// dashboard has been cut off as slow).
+    pub fn publish(&self, events: Vec<AlarmEvent>, ingested_at: Option<Instant>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        for mut event in events {
+            self.publish_locked(&mut inner, &mut event, ingested_at);
+        }
+    }
+
+    fn publish_locked(
+        &self,
+        inner: &mut Inner,
+        event: &mut AlarmEvent,
+        ingested_at: Option<Instant>,
+    ) {
+        let seq = inner.board.record(event);
+        let frame = protocol::alarm_frame(seq, event, ingested_at);
+        if inner.replay.len() >= self.replay_capacity {
+            inner.replay.pop_front();
+        }
+        inner.replay.push_back((seq, frame.clone()));
+        self.metrics
+            .alarm_event(event.priority, event.state)
+            .increment(1);
+        let metrics = &self.metrics;
+        inner
+            .subscribers
+            .retain(|s| match s.tx.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics.ws_slow_disconnects.increment(1);
+                    s.slow.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+    }
+
+    /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event.
+    pub fn acknowledge(&self, id: u64, by: &str, now_ms: u64) -> Result<(), AckError> {
+        let mut inner = self.lock();
+        let mut event = inner.board.acknowledge(id, Arc::from(by), now_ms)?;
+        self.publish_locked(&mut inner, &mut event, None);
+        Ok(())
+    }
+
+    /// Register a dashboard. `chairs` is the ward's current state, read by the caller
+    /// before this call (the ward is never read under the hub lock).
+    pub fn subscribe(
+        &self,
+        start: Start,
+        chairs: &[ChairView],
+        tx: mpsc::Sender<Frame>,
+        slow: CancellationToken,
+    ) -> Subscription {
+        let mut inner = self.lock();
+        let last = inner.board.last_seq();
+        let mut initial = Vec::new();
+        match start {
+            Start::Snapshot => initial.push(self.snapshot_locked(&inner, chairs)),
+            Start::Since { since, instance } => {
+                let oldest = inner.replay.front().map_or(last + 1, |(s, _)| *s);
+                let same_instance = instance.as_deref().is_none_or(|i| i == self.instance);
+                if same_instance && since <= last && since + 1 >= oldest {
+                    initial.extend(
+                        inner
+                            .replay
+                            .iter()
+                            .filter(|(s, _)| *s > since)
+                            .map(|(_, f)| f.clone()),
+                    );
+                } else if same_instance && since == last {
+                    // Nothing missed (also covers an empty buffer).
+                } else {
+                    initial.push(protocol::missed_frame(&self.instance, since, oldest, last));
+                    initial.push(self.snapshot_locked(&inner, chairs));
+                }
+            }
+        }
+        let id = inner.next_subscriber;
+        inner.next_subscriber += 1;
+        inner.subscribers.push(Subscriber { id, tx, slow });
+        Subscription { id, initial }
+    }
+
+    /// Queue a fresh snapshot for subscriber `id`, ordered with its alarm events.
+    pub fn send_snapshot(&self, id: u64, chairs: &[ChairView]) {
+        let mut inner = self.lock();
+        let frame = self.snapshot_locked(&inner, chairs);
+        let metrics = &self.metrics;
+        inner.subscribers.retain(|s| {
+            if s.id != id {
+                return true;
+            }
+            match s.tx.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics.ws_slow_disconnects.increment(1);
+                    s.slow.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+
+    fn snapshot_locked(&self, inner: &Inner, chairs: &[ChairView]) -> Frame {
+        protocol::snapshot_frame(
+            &self.instance,
+            inner.board.last_seq(),
+            chairs,
+            inner.board.active(),
+        )
+    }
+
+    /// Remove a subscriber that has gone away.
+    pub fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{AlarmState, Direction, Priority, Vital};
+
+    fn raised(id: u64) -> AlarmEvent {
+        AlarmEvent {
+            id,
+            state: AlarmState::Raised,
+            chair: Arc::from("n/1"),
+            vital: Vital::Hr,
+            rule: Arc::from("hr_high"),
+            condition: Direction::High,
+            value: 170.0,
+            limit: 150.0,
+            priority: Priority::High,
+            ts: 1,
+            received_at: 2,
+            raised_ts: 1,
+            acknowledged_by: None,
+        }
+    }
+
+    fn hub(replay: usize) -> Hub {
+        Hub::new(replay, Arc::new(Metrics::new()))
+    }
+
+    fn seqs(frames: &[Frame]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                format!("{}:{}", v["type"].as_str().unwrap(), v["seq"])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_queue_cuts_off_only_that_subscriber() {
+        let h = hub(100);
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel(100);
+        let slow = CancellationToken::new();
+        h.subscribe(
+            Start::Since {
+                since: 0,
+                instance: None,
+            },
+            &[],
+            slow_tx,
+            slow.clone(),
+        );
+        h.subscribe(
+            Start::Since {
+                since: 0,
+                instance: None,
+            },
+            &[],
+            fast_tx,
+            CancellationToken::new(),
+        );
+        h.publish((1..=5).map(raised).collect(), None);
+        assert!(slow.is_cancelled());
+        assert_eq!(h.subscriber_count(), 1);
+        let mut got = 0;
+        while fast_rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 5);
+    }
+
+    #[test]
+    fn since_replays_held_events_or_says_missed() {
+        let h = hub(3);
+        h.publish((1..=5).map(raised).collect(), None);
+        let (tx, _rx) = mpsc::channel(10);
+        let sub = |since, instance: Option<&str>| {
+            let s = h.subscribe(
+                Start::Since {
+                    since,
+                    instance: instance.map(String::from),
+                },
+                &[],
+                tx.clone(),
+                CancellationToken::new(),
+            );
+            seqs(&s.initial)
+        };
+        assert_eq!(sub(3, None), vec!["alarm:4", "alarm:5"]);
+        assert_eq!(
+            sub(2, Some(h.instance())),
+            vec!["alarm:3", "alarm:4", "alarm:5"]
+        );
+        assert_eq!(sub(5, None), Vec::<String>::new());
+        assert_eq!(sub(1, None), vec!["missed:null", "snapshot:5"]);
+        assert_eq!(sub(9, None), vec!["missed:null", "snapshot:5"]);
+        assert_eq!(sub(3, Some("other")), vec!["missed:null", "snapshot:5"]);
+    }
+}

@@ -1,0 +1,10 @@
+//! The WebSocket edge: alarm events and live vitals out to nurse-station dashboards.
+
+pub mod hub;
+pub mod live;
+pub mod protocol;
+pub mod ws;
+
+pub use hub::{Hub, Start};
+pub use live::{LiveFeed, Scope};
+pub use protocol::Frame;

@@ -1,0 +1,273 @@
+//! The dashboard wire format (documented in `docs/protocol.md`): JSON text frames.
+//! Server frames are serialised here once and shared by every connection.
+
+use crate::core::{AlarmEvent, ChairView, Latest, Vital};
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// A serialised server frame, cheap to clone (reference-counted bytes).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    /// When the reading behind an alarm frame was received, to measure
+    /// receipt → socket write. `None` for frames not caused by a reading.
+    pub ingested_at: Option<Instant>,
+}
+
+impl Frame {
+    fn json<T: Serialize>(value: &T, ingested_at: Option<Instant>) -> Frame {
+        let text = serde_json::to_string(value).expect("frames serialise to JSON");
+        Frame {
+            text: Utf8Bytes::from(text),
+            ingested_at,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.text.as_str()
+    }
+}
+
+#[derive(Serialize)]
+struct AlarmFrame<'a> {
+    r#type: &'static str,
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a AlarmEvent,
+}
+
+/// `{"type":"alarm","seq":N, ...event}`.
+pub fn alarm_frame(seq: u64, event: &AlarmEvent, ingested_at: Option<Instant>) -> Frame {
+    Frame::json(
+        &AlarmFrame {
+            r#type: "alarm",
+            seq,
+            event,
+        },
+        ingested_at,
+    )
+}
+
+/// One chair's latest values, as in `snapshot.chairs[]` and `vitals` frames.
+#[derive(Serialize)]
+pub struct ChairJson<'a> {
+    pub chair: &'a str,
+    pub site: &'a str,
+    pub received_at: u64,
+    pub vitals: BTreeMap<Vital, crate::core::Sample>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pump: Option<crate::core::PumpSample>,
+}
+
+impl<'a> ChairJson<'a> {
+    pub fn new(chair: &'a str, latest: &Latest) -> Self {
+        ChairJson {
+            chair,
+            site: site_of(chair),
+            received_at: latest.received_at,
+            vitals: Vital::ALL
+                .iter()
+                .filter_map(|v| latest.get(*v).map(|s| (*v, s)))
+                .collect(),
+            pump: latest.pump,
+        }
+    }
+}
+
+/// The site part of a `{site}/{chair}` key.
+pub fn site_of(chair: &str) -> &str {
+    chair.split('/').next().unwrap_or(chair)
+}
+
+#[derive(Serialize)]
+struct VitalsFrame<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    chair: ChairJson<'a>,
+}
+
+/// `{"type":"vitals", ...chair}`: a chair's latest values for live-vitals subscribers.
+pub fn vitals_frame(chair: &str, latest: &Latest, ingested_at: Option<Instant>) -> Frame {
+    Frame::json(
+        &VitalsFrame {
+            r#type: "vitals",
+            chair: ChairJson::new(chair, latest),
+        },
+        ingested_at,
+    )
+}
+
+#[derive(Serialize)]
+struct SnapshotFrame<'a> {
+    r#type: &'static str,
+    instance: &'a str,
+    seq: u64,
+    chairs: Vec<ChairJson<'a>>,
+    alarms: Vec<&'a AlarmEvent>,
+}
+
+/// `{"type":"snapshot"}`: every known chair and every active alarm, as of alarm `seq`.
+pub fn snapshot_frame<'a>(
+    instance: &str,
+    seq: u64,
+    chairs: &'a [ChairView],
+    alarms: impl Iterator<Item = &'a AlarmEvent>,
+) -> Frame {
+    Frame::json(
+        &SnapshotFrame {
+            r#type: "snapshot",
+            instance,
+            seq,
+            chairs: chairs
+                .iter()
+                .map(|c| ChairJson::new(&c.chair, &c.latest))
+                .collect(),
+            alarms: alarms.collect(),
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+struct MissedFrame<'a> {
+    r#type: &'static str,
+    instance: &'a str,
+    since: u64,
+    oldest_available: u64,
+    latest: u64,
+    message: &'static str,
+}
+
+/// `{"type":"missed"}`: the events after `since` are no longer all held; a snapshot follows.
+pub fn missed_frame(instance: &str, since: u64, oldest_available: u64, latest: u64) -> Frame {
+    Frame::json(
+        &MissedFrame {
+            r#type: "missed",
+            instance,
+            since,
+            oldest_available,
+            latest,
+            message: "alarm events after `since` are no longer held (or the gateway restarted); \
+                      discard local state and use the snapshot that follows",
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    r#type: &'static str,
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+}
+
+/// `{"type":"error"}`: a command was refused.
+pub fn error_frame(code: &str, message: &str, id: Option<u64>) -> Frame {
+    Frame::json(
+        &ErrorFrame {
+            r#type: "error",
+            code,
+            message,
+            id,
+        },
+        None,
+    )
+}
+
+#[derive(Serialize)]
+struct SubscribedFrame<'a> {
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<&'a str>,
+}
+
+/// `{"type":"vitals_subscribed"}` / `{"type":"vitals_unsubscribed"}`.
+pub fn subscribed_frame(subscribed: bool, site: Option<&str>) -> Frame {
+    Frame::json(
+        &SubscribedFrame {
+            r#type: if subscribed {
+                "vitals_subscribed"
+            } else {
+                "vitals_unsubscribed"
+            },
+            site,
+        },
+        None,
+    )
+}
+
+/// A command from a dashboard.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Acknowledge alarm `id` on behalf of `by`.
+    Ack {
+        id: u64,
+        by: String,
+    },
+    /// Start live vitals for every chair, or one site's.
+    SubscribeVitals {
+        #[serde(default)]
+        site: Option<String>,
+    },
+    UnsubscribeVitals,
+    /// Ask for a fresh snapshot.
+    Snapshot,
+}
+
+/// Longest accepted `by` in an acknowledgement.
+pub const MAX_ACK_BY: usize = 128;
+
+impl Command {
+    /// Parse and check a command. The error is `(code, message)` for an error frame.
+    pub fn parse(text: &str) -> Result<Command, (&'static str, String)> {
+        let cmd: Command =
+            serde_json::from_str(text).map_err(|e| ("bad_command", e.to_string()))?;
+        if let Command::Ack { by, .. } = &cmd {
+            if by.trim().is_empty() || by.len() > MAX_ACK_BY {
+                return Err((
+                    "bad_command",
+                    format!("`by` must name who acknowledges, 1-{MAX_ACK_BY} bytes"),
+                ));
+            }
+        }
+        Ok(cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_reject() {
+        assert_eq!(
+            Command::parse(r#"{"type":"ack","id":3,"by":"kim"}"#),
+            Ok(Command::Ack {
+                id: 3,
+                by: "kim".into()
+            })
+        );
+        assert_eq!(
+            Command::parse(r#"{"type":"subscribe_vitals","site":"north"}"#),
+            Ok(Command::SubscribeVitals {
+                site: Some("north".into())
+            })
+        );
+        assert!(Command::parse(r#"{"type":"ack","id":3,"by":" "}"#).is_err());
+        assert!(Command::parse(r#"{"type":"ack","id":"x","by":"kim"}"#).is_err());
+        assert!(Command::parse(r#"{"type":"reboot"}"#).is_err());
+        assert!(Command::parse("not json").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn command_parser_never_panics(s in ".{0,256}") {
+            let _ = Command::parse(&s);
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! `GET /ws`: one dashboard connection.
+//!
+//! Each connection is two halves. The reader parses commands (acknowledge, live
+//! vitals, snapshot). The writer owns the socket's sending side and, in priority
+//! order, reacts to: being cut off as slow, the client going away, gateway shutdown,
+//! queued alarm frames, live-vitals changes and the ping timer. Alarm frames come
+//! from a bounded queue filled by the [`Hub`](super::Hub); live vitals are pulled
+//! from the [`LiveFeed`](super::LiveFeed) only when the writer is free, so they
+//! coalesce instead of queueing.
+
+use super::hub::Start;
+use super::live::Scope;
+use super::protocol::{self, Command, Frame};
+use crate::app::App;
+use crate::telemetry::Metrics;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Close codes sent to dashboards (documented in `docs/protocol.md`).
+pub mod close_code {
+    /// The gateway is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Nothing received from the client, not even a pong, within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The client did not read fast enough and its send queue filled.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Resume after this alarm `seq`.
+    pub since: Option<u64>,
+    /// The `instance` the client's `since` belongs to.
+    pub instance: Option<String>,
+}
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if app.health.is_shutting_down() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is shutting down\n",
+        )
+            .into_response();
+    }
+    let c = &app.config.websocket;
+    ws.read_buffer_size(c.read_buffer_bytes)
+        .write_buffer_size(c.write_buffer_bytes)
+        .max_write_buffer_size(c.max_write_buffer_bytes)
+        .max_message_size(c.max_message_bytes)
+        .max_frame_size(c.max_frame_bytes)
+        .on_upgrade(move |socket| {
+            let tracked = app
+                .connections
+                .track_future(serve(socket, query, app.clone()));
+            async move { tracked.await }
+        })
+}
+
+/// Why the writer stopped.
+enum End {
+    Slow,
+    Gone,
+}
+
+struct Conn {
+    app: Arc<App>,
+    sink: SplitSink<WebSocket, Message>,
+    slow: CancellationToken,
+    gone: CancellationToken,
+    last_seen: Arc<AtomicU64>,
+}
+
+/// A live-vitals subscription held by the writer.
+struct Live {
+    scope: Scope,
+    changes: watch::Receiver<u64>,
+    version: u64,
+}
+
+async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
+    let (sink, stream) = socket.split();
+    let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
+    let slow = CancellationToken::new();
+    let gone = CancellationToken::new();
+    let start = match query.since {
+        Some(since) => Start::Since {
+            since,
+            instance: query.instance,
+        },
+        None => Start::Snapshot,
+    };
+    let chairs = app.ward.chairs();
+    let sub = app.hub.subscribe(start, &chairs, tx.clone(), slow.clone());
+    drop(chairs);
+    app.metrics.ws_clients.increment(1.0);
+    app.metrics.ws_connections_total.increment(1);
+
+    let last_seen = Arc::new(AtomicU64::new(app.uptime_ms()));
+    let (scope_tx, scope_rx) = watch::channel(None);
+    let reader = tokio::spawn(read_loop(
+        stream,
+        app.clone(),
+        tx,
+        sub.id,
+        scope_tx,
+        last_seen.clone(),
+        slow.clone(),
+        gone.clone(),
+    ));
+    let mut conn = Conn {
+        app: app.clone(),
+        sink,
+        slow,
+        gone,
+        last_seen,
+    };
+    let mut live = None;
+    let end = conn.write_loop(sub.initial, rx, scope_rx, &mut live).await;
+    if let Some(End::Slow) = end {
+        conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
+            .await;
+    }
+    if live.is_some() {
+        app.live.unsubscribe();
+    }
+    reader.abort();
+    app.hub.unsubscribe(sub.id);
+    app.metrics.ws_clients.decrement(1.0);
+}
+
+impl Conn {
+    /// Runs until the connection ends; `Some(End::Slow)` asks the caller to close it as slow.
+    async fn write_loop(
+        &mut self,
+        initial: Vec<Frame>,
+        mut rx: mpsc::Receiver<Frame>,
+        mut scope_rx: watch::Receiver<Option<Scope>>,
+        live: &mut Option<Live>,
+    ) -> Option<End> {
+        for frame in initial {
+            if let Err(end) = self.send(Message::Text(frame.text)).await {
+                return Some(end);
+            }
+        }
+        let ws = &self.app.config.websocket;
+        let idle_timeout = ws.idle_timeout_ms;
+        let mut ping = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let shutdown = self.app.close_dashboards.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = self.slow.cancelled() => return Some(End::Slow),
+                _ = self.gone.cancelled() => return None,
+                _ = shutdown.cancelled() => {
+                    // Deliver everything already queued, then say goodbye.
+                    while let Ok(frame) = rx.try_recv() {
+                        if let Err(end) = self.send_frame(frame).await {
+                            return Some(end);
+                        }
+                    }
+                    self.close(close_code::GOING_AWAY, "gateway shutting down").await;
+                    return None;
+                }
+                frame = rx.recv() => match frame {
+                    Some(frame) => self.send_frame(frame).await,
+                    None => return None,
+                },
+                changed = scope_rx.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let scope = scope_rx.borrow_and_update().clone();
+                    self.set_scope(scope, live).await
+                }
+                _ = live_changed(live) => self.send_live(live).await,
+                _ = ping.tick() => {
+                    let silent = self.app.uptime_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed));
+                    if silent > idle_timeout {
+                        self.close(close_code::IDLE_TIMEOUT, "idle timeout: no pong").await;
+                        return None;
+                    }
+                    self.send(Message::Ping(Default::default())).await
+                }
+            };
+            if let Err(end) = step {
+                return Some(end);
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: Message) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            _ = self.slow.cancelled() => Err(End::Slow),
+            r = self.sink.send(msg) => r.map_err(|_| End::Gone),
+        }
+    }
+
+    /// Send a queued frame, recording receipt → write latency for alarm frames.
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), End> {
+        let ingested_at = frame.ingested_at;
+        self.send(Message::Text(frame.text)).await?;
+        if let Some(at) = ingested_at {
+            Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn set_scope(
+        &mut self,
+        scope: Option<Scope>,
+        live: &mut Option<Live>,
+    ) -> Result<(), End> {
+        if live.is_some() {
+            self.app.live.unsubscribe();
+            *live = None;
+        }
+        let site = match &scope {
+            Some(Scope::Site(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let ack = protocol::subscribed_frame(scope.is_some(), site);
+        self.send(Message::Text(ack.text)).await?;
+        if let Some(scope) = scope {
+            let (changes, batch) = self.app.live.subscribe(&scope, &self.app.ward);
+            *live = Some(Live {
+                scope,
+                changes,
+                version: batch.version,
+            });
+            for frame in batch.frames {
+                self.send(Message::Text(frame.text)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_live(&mut self, live: &mut Option<Live>) -> Result<(), End> {
+        let Some(l) = live.as_mut() else {
+            return Ok(());
+        };
+        l.changes.borrow_and_update();
+        let batch = match self.app.live.since(l.version, &l.scope) {
+            Some(batch) => batch,
+            // Fell off the log: every chair's current values instead.
+            None => self.app.live.subscribe_again(&l.scope, &self.app.ward),
+        };
+        l.version = batch.version;
+        for frame in batch.frames {
+            self.send(Message::Text(frame.text)).await?;
+        }
+        Ok(())
+    }
+
+    /// Best-effort close frame, bounded by `close_timeout_ms`.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = self.sink.send(frame).await;
+            let _ = self.sink.close().await;
+        })
+        .await;
+    }
+}
+
+async fn live_changed(live: &mut Option<Live>) {
+    match live {
+        Some(l) => {
+            if l.changes.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    app: Arc<App>,
+    tx: mpsc::Sender<Frame>,
+    id: u64,
+    scope_tx: watch::Sender<Option<Scope>>,
+    last_seen: Arc<AtomicU64>,
+    slow: CancellationToken,
+    gone: CancellationToken,
+) {
+    let reply = |frame: Frame| {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
+            app.metrics.ws_slow_disconnects.increment(1);
+            slow.cancel();
+        }
+    };
+    while let Some(msg) = stream.next().await {
+        last_seen.store(app.uptime_ms(), Ordering::Relaxed);
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                app.metrics.ws_commands_rejected.increment(1);
+                reply(protocol::error_frame(
+                    "bad_command",
+                    "binary frames are not supported; send JSON text",
+                    None,
+                ));
+                continue;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => break,
+        };
+        match Command::parse(text.as_str()) {
+            Ok(Command::Ack { id: alarm, by }) => {
+                if let Err(e) = app.hub.acknowledge(alarm, &by, crate::app::now_ms()) {
+                    app.metrics.ws_commands_rejected.increment(1);
+                    reply(protocol::error_frame(e.code(), &e.to_string(), Some(alarm)));
+                }
+            }
+            Ok(Command::SubscribeVitals { site }) => {
+                scope_tx.send_replace(Some(site.map_or(Scope::All, Scope::Site)));
+            }
+            Ok(Command::UnsubscribeVitals) => {
+                scope_tx.send_replace(None);
+            }
+            Ok(Command::Snapshot) => app.hub.send_snapshot(id, &app.ward.chairs()),
+            Err((code, message)) => {
+                app.metrics.ws_commands_rejected.increment(1);
+                reply(protocol::error_frame(code, &message, None));
+            }
+        }
+    }
+    gone.cancel();
+}

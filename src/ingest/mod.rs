@@ -1,0 +1,11 @@
+//! The MQTT edge: devices' readings in.
+
+pub mod backoff;
+pub mod broker;
+pub mod mqtt;
+pub mod pipeline;
+pub mod topic;
+
+pub use mqtt::{BrokerAddr, Ingest, IngestError};
+pub use pipeline::{process, Processed};
+pub use topic::TopicPattern;

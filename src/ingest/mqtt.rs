@@ -1,0 +1,304 @@
+//! The MQTT session: connect, subscribe, receive, process, acknowledge, reconnect.
+//!
+//! Manual acknowledgements are the no-loss promise: a PUBACK goes out only after the
+//! message has been processed (state applied, alarms queued for every dashboard),
+//! in arrival order. The broker keeps anything unacknowledged in our persistent
+//! session (stable client id, `clean_session = false`, QoS 1) and redelivers it after
+//! a reconnect or a gateway restart; redeliveries are recognised by the core.
+
+use super::backoff::Backoff;
+use super::pipeline::{process, Processed};
+use crate::app::{now_ms, App};
+use crate::config::{MqttConfig, TlsConfig};
+use crate::core::RejectReason;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("mqtt.tls.{key}: cannot read {path}: {message}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        message: String,
+    },
+    #[error("mqtt.tls: {0}")]
+    Tls(String),
+}
+
+/// Where the gateway's MQTT client connects.
+#[derive(Debug, Clone)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Build the client options from config.
+pub fn options(config: &MqttConfig, broker: &BrokerAddr) -> Result<MqttOptions, IngestError> {
+    let mut o = MqttOptions::new(&config.client_id, &broker.host, broker.port);
+    o.set_keep_alive(Duration::from_secs(config.keep_alive_s.into()))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
+        .set_request_channel_capacity(config.request_queue);
+    if let Some(user) = &config.username {
+        o.set_credentials(user, config.password.as_deref().unwrap_or(""));
+    }
+    if let Some(tls) = &config.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(rustls_config(tls)?),
+        )));
+    }
+    Ok(o)
+}
+
+fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, IngestError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let file_err = |key: &'static str, path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |e: rustls_pki_types::pem::Error| IngestError::TlsFile {
+            key,
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(&tls.ca_file).map_err(file_err("ca_file", &tls.ca_file))?
+    {
+        let cert = cert.map_err(file_err("ca_file", &tls.ca_file))?;
+        roots
+            .add(cert)
+            .map_err(|e| IngestError::Tls(format!("ca_file: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(IngestError::TlsFile {
+            key: "ca_file",
+            path: tls.ca_file.display().to_string(),
+            message: "no certificates found".into(),
+        });
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| IngestError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(file_err("client_cert_file", cert))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(file_err("client_cert_file", cert))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(file_err("client_key_file", key))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| IngestError::Tls(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// At most one log line per rejection reason per interval, with a count of the rest.
+struct RejectLog {
+    interval: Duration,
+    last: HashMap<RejectReason, (Instant, u64)>,
+}
+
+impl RejectLog {
+    fn log(&mut self, topic: &str, reason: RejectReason, detail: &str) {
+        let now = Instant::now();
+        let entry = self
+            .last
+            .entry(reason)
+            .or_insert((now - self.interval * 2, 0));
+        if now.duration_since(entry.0) >= self.interval {
+            tracing::warn!(
+                topic,
+                reason = reason.as_str(),
+                detail,
+                suppressed_since_last = entry.1,
+                "rejected device message"
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// The ingest task. Runs until `stop` is cancelled, then disconnects cleanly so the
+/// broker keeps the session.
+pub struct Ingest {
+    app: Arc<App>,
+    client: AsyncClient,
+    events: EventLoop,
+    backoff: Backoff,
+    /// Acknowledgements not yet accepted by the client's request queue, in order.
+    pending_acks: VecDeque<Publish>,
+    /// Whether this process has subscribed on the current broker session.
+    subscribed: bool,
+    rejects: RejectLog,
+}
+
+impl Ingest {
+    pub fn new(app: Arc<App>, options: MqttOptions) -> Self {
+        let c = &app.config.mqtt;
+        let (client, mut events) = AsyncClient::new(options, c.request_queue);
+        // Nagle plus delayed ACK adds ~40 ms tails to PUBACKs on loopback.
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(c.connect_timeout_s);
+        events.set_network_options(net);
+        let backoff = Backoff::new(
+            Duration::from_millis(c.reconnect_initial_ms),
+            Duration::from_millis(c.reconnect_max_ms),
+        );
+        let rejects = RejectLog {
+            interval: Duration::from_millis(app.config.ingest.reject_log_interval_ms),
+            last: HashMap::new(),
+        };
+        Ingest {
+            app,
+            client,
+            events,
+            backoff,
+            pending_acks: VecDeque::new(),
+            subscribed: false,
+            rejects,
+        }
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        self.app.metrics.mqtt_connect_attempts.increment(1);
+        loop {
+            self.flush_acks();
+            let event = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                event = self.events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.on_publish(publish),
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    self.on_connack(ack.session_present, ack.code)
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let granted = ack.return_codes.iter().all(|c| {
+                        matches!(
+                            c,
+                            SubscribeReasonCode::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)
+                        )
+                    });
+                    if granted {
+                        self.subscribed = true;
+                        self.set_ready(true);
+                        tracing::info!(filter = self.app.topic.filter(), "subscribed (QoS 1)");
+                    } else {
+                        tracing::error!(
+                            filter = self.app.topic.filter(),
+                            codes = ?ack.return_codes,
+                            "broker refused the QoS 1 subscription; not ready"
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.set_ready(false);
+                    self.pending_acks.clear();
+                    self.app.metrics.mqtt_connection_errors.increment(1);
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    self.app.metrics.mqtt_connect_attempts.increment(1);
+                }
+            }
+        }
+        self.disconnect().await;
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.app.health.set_mqtt_subscribed(ready);
+        self.app
+            .metrics
+            .mqtt_connected
+            .set(if ready { 1.0 } else { 0.0 });
+    }
+
+    fn on_connack(&mut self, session_present: bool, code: ConnectReturnCode) {
+        if code != ConnectReturnCode::Success {
+            tracing::error!(?code, "broker refused the connection");
+            return;
+        }
+        self.backoff.reset();
+        tracing::info!(session_present, client_id = %self.app.config.mqtt.client_id, "connected to MQTT broker");
+        if session_present && self.subscribed {
+            self.set_ready(true);
+            return;
+        }
+        // No session (first start, or the broker lost it): subscribe again.
+        self.subscribed = false;
+        if let Err(e) = self
+            .client
+            .try_subscribe(self.app.topic.filter(), QoS::AtLeastOnce)
+        {
+            tracing::error!(error = %e, "could not queue the subscription");
+        }
+    }
+
+    fn on_publish(&mut self, publish: Publish) {
+        let topic = publish.topic.as_str();
+        match process(&self.app, topic, &publish.payload, Instant::now(), now_ms()) {
+            Processed::Rejected(r) => self.rejects.log(topic, r.reason, &r.detail),
+            Processed::Accepted { .. } | Processed::Duplicate => {}
+        }
+        // Processed (or rejected for good): acknowledge, in arrival order.
+        self.pending_acks.push_back(publish);
+        self.flush_acks();
+    }
+
+    /// Hand queued acknowledgements to the client without ever blocking the loop that
+    /// must run for the client to drain its queue.
+    fn flush_acks(&mut self) {
+        while let Some(p) = self.pending_acks.front() {
+            if self.client.try_ack(p).is_err() {
+                break;
+            }
+            self.pending_acks.pop_front();
+        }
+    }
+
+    /// Send DISCONNECT (the broker keeps the session) and let the event loop write
+    /// the remaining acknowledgements and the DISCONNECT, within a short bound.
+    async fn disconnect(&mut self) {
+        self.set_ready(false);
+        self.flush_acks();
+        let _ = self.client.try_disconnect();
+        let drain = async {
+            loop {
+                match self.events.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => self.flush_acks(),
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(2), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("MQTT disconnect did not complete within 2 s");
+        }
+        tracing::info!("disconnected from MQTT broker (session kept)");
+    }
+}

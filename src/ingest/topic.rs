@@ -1,0 +1,142 @@
+//! The subscription filter and how a topic names its chair.
+
+use std::fmt;
+
+/// A filter such as `clinic/+/chair/+/vitals`: the first `+` level is the site, the
+/// second the chair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    filter: String,
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    Literal(String),
+    Site,
+    Chair,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TopicError(String);
+
+/// Longest site or chair name accepted.
+pub const MAX_ID_LEN: usize = 64;
+
+impl TopicPattern {
+    pub fn parse(filter: &str) -> Result<TopicPattern, TopicError> {
+        let mut levels = Vec::new();
+        let mut wildcards = 0;
+        for part in filter.split('/') {
+            match part {
+                "+" => {
+                    wildcards += 1;
+                    levels.push(if wildcards == 1 {
+                        Level::Site
+                    } else {
+                        Level::Chair
+                    });
+                }
+                p if p.contains('+') || p.contains('#') => {
+                    return Err(TopicError(format!(
+                        "'{filter}': only whole-level '+' wildcards are allowed (no '#')"
+                    )))
+                }
+                p => levels.push(Level::Literal(p.to_string())),
+            }
+        }
+        if wildcards != 2 {
+            return Err(TopicError(format!(
+                "'{filter}' must have exactly two '+' levels (site, then chair), found {wildcards}"
+            )));
+        }
+        Ok(TopicPattern {
+            filter: filter.to_string(),
+            levels,
+        })
+    }
+
+    /// The filter to subscribe to.
+    pub fn filter(&self) -> &str {
+        &self.filter
+    }
+
+    /// The chair key `{site}/{chair}` named by `topic`, or why it names none.
+    pub fn chair_key(&self, topic: &str) -> Result<String, TopicError> {
+        let mut site = None;
+        let mut chair = None;
+        let mut parts = topic.split('/');
+        for level in &self.levels {
+            let Some(part) = parts.next() else {
+                return Err(TopicError(format!(
+                    "topic does not match '{}'",
+                    self.filter
+                )));
+            };
+            match level {
+                Level::Literal(l) if l == part => {}
+                Level::Literal(_) => {
+                    return Err(TopicError(format!(
+                        "topic does not match '{}'",
+                        self.filter
+                    )))
+                }
+                Level::Site => site = Some(part),
+                Level::Chair => chair = Some(part),
+            }
+        }
+        if parts.next().is_some() {
+            return Err(TopicError(format!(
+                "topic does not match '{}'",
+                self.filter
+            )));
+        }
+        let (site, chair) = (site.unwrap_or(""), chair.unwrap_or(""));
+        for (what, id) in [("site", site), ("chair", chair)] {
+            let ok = !id.is_empty()
+                && id.len() <= MAX_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !ok {
+                return Err(TopicError(format!(
+                    "{what} '{}' must be 1-{MAX_ID_LEN} characters of letters, digits, '_', '-' or '.'",
+                    id.escape_debug()
+                )));
+            }
+        }
+        Ok(format!("{site}/{chair}"))
+    }
+}
+
+impl fmt::Display for TopicPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.filter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_filter_names_site_and_chair() {
+        let p = TopicPattern::parse("clinic/+/chair/+/vitals").unwrap();
+        assert_eq!(
+            p.chair_key("clinic/north/chair/7/vitals").unwrap(),
+            "north/7"
+        );
+        assert!(p.chair_key("clinic/north/chair/7/status").is_err());
+        assert!(p.chair_key("clinic/north/chair/7/vitals/x").is_err());
+        assert!(p.chair_key("clinic//chair/7/vitals").is_err());
+        assert!(p.chair_key("clinic/no rth/chair/7/vitals").is_err());
+    }
+
+    #[test]
+    fn filters_need_exactly_two_plus_levels() {
+        assert!(TopicPattern::parse("clinic/+/vitals").is_err());
+        assert!(TopicPattern::parse("clinic/+/chair/+/#").is_err());
+        assert!(TopicPattern::parse("a/+/+/b").is_ok());
+    }
+}

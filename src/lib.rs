@@ -1,0 +1,193 @@
+//! vitalgate: bedside vitals in over MQTT, alarm rules per patient, alarms and live
+//! vitals out over WebSockets to nurse-station dashboards.
+//!
+//! The crate is a library with a thin binary: [`run`] is the whole gateway, and tests
+//! start the same thing through [`Gateway::start`] to learn the bound addresses.
+//!
+//! Layout: [`core`] holds the alarm logic and does no I/O; [`ingest`] is the MQTT
+//! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints.
+
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod fanout;
+pub mod http;
+pub mod ingest;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;
+
+use axum::serve::ListenerExt;
+use config::{BrokerMode, ConfigError};
+use ingest::{broker, BrokerAddr, Ingest, IngestError, TopicPattern};
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("cannot listen on {addr} (http.bind): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    app: Arc<App>,
+    http_addr: SocketAddr,
+    broker: BrokerAddr,
+    stop_ingest: CancellationToken,
+    stop_http: CancellationToken,
+    ingest: JoinHandle<()>,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Gateway {
+    /// Validate the config, start the embedded broker if configured, bind the HTTP
+    /// listener and start ingest. Returns once listeners are bound; `/ready` turns
+    /// true when the broker subscription is confirmed.
+    pub async fn start(config: Config) -> Result<Gateway, Error> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                source_name: "startup".into(),
+                problems,
+            }
+            .into());
+        }
+        let rules = config.rule_set()?;
+        let topic = TopicPattern::parse(&config.mqtt.topic).map_err(|e| ConfigError::Invalid {
+            source_name: "startup".into(),
+            problems: vec![("mqtt.topic".into(), e.to_string())],
+        })?;
+        let broker = match config.mqtt.broker {
+            BrokerMode::Embedded => {
+                let addr = broker::start(&config.mqtt.embedded)?;
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    addr.ip().to_string()
+                };
+                tracing::info!(
+                    %addr,
+                    "embedded MQTT broker started: devices publish to mqtt://{addr} (set mqtt.broker = \"external\" to use Mosquitto or EMQX)"
+                );
+                BrokerAddr {
+                    host,
+                    port: addr.port(),
+                }
+            }
+            BrokerMode::External => BrokerAddr {
+                host: config.mqtt.host.clone(),
+                port: config.mqtt.port,
+            },
+        };
+        let options = ingest::mqtt::options(&config.mqtt, &broker)?;
+        let listener = tokio::net::TcpListener::bind(config.http.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.http.bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.http.bind,
+            source,
+        })?;
+
+        let app = Arc::new(App::new(config, rules, topic));
+        let stop_http = CancellationToken::new();
+        let listener = listener.tap_io(|tcp| {
+            // Alarm frames are small: never let Nagle hold them back.
+            let _ = tcp.set_nodelay(true);
+        });
+        let http = tokio::spawn(
+            axum::serve(listener, http::router(app.clone()))
+                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+                .into_future(),
+        );
+        app.health.set_listening(true);
+
+        let stop_ingest = CancellationToken::new();
+        let ingest = tokio::spawn(Ingest::new(app.clone(), options).run(stop_ingest.clone()));
+        tracing::info!(
+            broker = %format!("{}:{}", broker.host, broker.port),
+            topic = %app.topic,
+            client_id = %app.config.mqtt.client_id,
+            dashboards = %format!("ws://{http_addr}/ws"),
+            "vitalgate started"
+        );
+        Ok(Gateway {
+            app,
+            http_addr,
+            broker,
+            stop_ingest,
+            stop_http,
+            ingest,
+            http,
+        })
+    }
+
+    /// Where dashboards and operators connect.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The broker the gateway subscribes to (the embedded one, or the external one).
+    pub fn broker(&self) -> &BrokerAddr {
+        &self.broker
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Graceful stop: `/ready` goes 503 at once and new connections are refused;
+    /// ingest disconnects from the broker keeping the session; every dashboard
+    /// flushes the alarms already queued for it and is closed with 1001. Returns
+    /// within `shutdown.grace_period_ms` (plus the MQTT disconnect bound).
+    pub async fn shutdown(self) {
+        let grace = Duration::from_millis(self.app.config.shutdown.grace_period_ms);
+        self.app.health.set_shutting_down();
+        self.stop_http.cancel();
+        self.stop_ingest.cancel();
+        let _ = self.ingest.await;
+        self.app.close_dashboards.cancel();
+        self.app.connections.close();
+        if tokio::time::timeout(grace, self.app.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.app.connections.len(),
+                "grace period over: dropping dashboards that did not drain"
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(1), self.http).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error at shutdown"),
+            Err(_) => tracing::warn!("HTTP server did not stop within 1 s"),
+            _ => {}
+        }
+        tracing::info!("vitalgate stopped");
+    }
+}
+
+/// Run the gateway until `shutdown` completes, then stop gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let gateway = Gateway::start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Metrics: one Prometheus recorder per gateway instance (no global recorder, so
+//! several gateways in one process — as in the tests — each report their own), with
+//! handles registered once so the hot path never looks a metric up by name.
+
+use crate::core::{AlarmState, Priority, RejectReason};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use std::time::Duration;
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+/// Every metric the gateway exports. Names are part of the operations contract
+/// (`docs/protocol.md`).
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub readings_ingested: Counter,
+    pub readings_duplicate: Counter,
+    pub readings_late_values: Counter,
+    rejected: Vec<(RejectReason, Counter)>,
+    alarm_events: Vec<(Priority, AlarmState, Counter)>,
+    pub ws_clients: Gauge,
+    pub ws_slow_disconnects: Counter,
+    pub ws_connections_total: Counter,
+    pub ws_commands_rejected: Counter,
+    pub mqtt_connected: Gauge,
+    pub mqtt_connect_attempts: Counter,
+    pub mqtt_connection_errors: Counter,
+    pub device_to_ingest: Histogram,
+    pub ingest_to_ws_send: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("buckets are non-empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, help.into());
+            r.register_counter(&Key::from_name(name), &META)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            r.describe_gauge(name.into(), None, help.into());
+            r.register_gauge(&Key::from_name(name), &META)
+        };
+        let histogram = |name: &'static str, help: &'static str| {
+            r.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+            r.register_histogram(&Key::from_name(name), &META)
+        };
+
+        r.describe_counter(
+            "vitalgate_readings_rejected_total".into(),
+            None,
+            "Device payloads rejected, by reason.".into(),
+        );
+        let rejected_key = |reason: &'static str| {
+            Key::from_parts(
+                "vitalgate_readings_rejected_total",
+                vec![Label::new("reason", reason)],
+            )
+        };
+        let rejected = RejectReason::ALL
+            .iter()
+            .map(|reason| {
+                (
+                    *reason,
+                    r.register_counter(&rejected_key(reason.as_str()), &META),
+                )
+            })
+            .collect();
+
+        r.describe_counter(
+            "vitalgate_alarm_events_total".into(),
+            None,
+            "Alarm events handed to dashboards, by priority and state (raised, acknowledged, cleared).".into(),
+        );
+        let mut alarm_events = Vec::new();
+        for p in Priority::ALL {
+            for s in [
+                AlarmState::Raised,
+                AlarmState::Acknowledged,
+                AlarmState::Cleared,
+            ] {
+                let key = Key::from_parts(
+                    "vitalgate_alarm_events_total",
+                    vec![
+                        Label::new("priority", p.as_str()),
+                        Label::new("state", s.as_str()),
+                    ],
+                );
+                alarm_events.push((p, s, r.register_counter(&key, &META)));
+            }
+        }
+
+        Metrics {
+            readings_ingested: counter(
+                "vitalgate_readings_ingested_total",
+                "Device readings accepted and applied to patient state.",
+            ),
+            readings_duplicate: counter(
+                "vitalgate_readings_duplicate_total",
+                "Redelivered readings (same chair, seq and ts) recognised and not applied again.",
+            ),
+            readings_late_values: counter(
+                "vitalgate_readings_late_values_total",
+                "Values older than the vital's latest value, ignored (out-of-order delivery).",
+            ),
+            rejected,
+            alarm_events,
+            ws_clients: gauge("vitalgate_ws_clients", "Connected WebSocket dashboards."),
+            ws_slow_disconnects: counter(
+                "vitalgate_ws_slow_disconnects_total",
+                "Dashboards disconnected because their send queue filled (close code 4008).",
+            ),
+            ws_connections_total: counter(
+                "vitalgate_ws_connections_total",
+                "WebSocket dashboards accepted since start.",
+            ),
+            ws_commands_rejected: counter(
+                "vitalgate_ws_commands_rejected_total",
+                "Dashboard commands refused (malformed, unknown or failed).",
+            ),
+            mqtt_connected: gauge(
+                "vitalgate_mqtt_connected",
+                "1 while connected and subscribed to the broker.",
+            ),
+            mqtt_connect_attempts: counter(
+                "vitalgate_mqtt_connect_attempts_total",
+                "Connection attempts to the MQTT broker.",
+            ),
+            mqtt_connection_errors: counter(
+                "vitalgate_mqtt_connection_errors_total",
+                "MQTT connection failures and drops.",
+            ),
+            device_to_ingest: histogram(
+                "vitalgate_device_to_ingest_seconds",
+                "Device timestamp to gateway receipt (includes device clock offset).",
+            ),
+            ingest_to_ws_send: histogram(
+                "vitalgate_ingest_to_ws_send_seconds",
+                "Gateway receipt of a reading to its alarm frame written to a dashboard socket.",
+            ),
+            recorder,
+            handle,
+        }
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> &Counter {
+        &self
+            .rejected
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .expect("every reason is registered")
+            .1
+    }
+
+    pub fn alarm_event(&self, priority: Priority, state: AlarmState) -> &Counter {
+        &self
+            .alarm_events
+            .iter()
+            .find(|(p, s, _)| *p == priority && *s == state)
+            .expect("every priority and state is registered")
+            .2
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+
+    /// Record a latency given as a `Duration`.
+    pub fn observe(h: &Histogram, d: Duration) {
+        h.record(d.as_secs_f64());
+    }
+
+    #[doc(hidden)]
+    pub fn recorder(&self) -> &PrometheusRecorder {
+        &self.recorder
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
