@@ -8,6 +8,7 @@ use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,16 +21,30 @@ pub fn now_ms() -> u64 {
 }
 
 /// What `/ready` reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
-    mqtt_subscribed: AtomicBool,
+    mqtt_subscribed: watch::Sender<bool>,
     listening: AtomicBool,
     shutting_down: AtomicBool,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            mqtt_subscribed: watch::Sender::new(false),
+            listening: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Health {
     pub fn set_mqtt_subscribed(&self, v: bool) {
-        self.mqtt_subscribed.store(v, Ordering::SeqCst);
+        self.mqtt_subscribed.send_replace(v);
+    }
+    /// Watch the broker subscription state (true once subscribed).
+    pub fn watch_mqtt_subscribed(&self) -> watch::Receiver<bool> {
+        self.mqtt_subscribed.subscribe()
     }
     pub fn set_listening(&self, v: bool) {
         self.listening.store(v, Ordering::SeqCst);
@@ -38,7 +53,7 @@ impl Health {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
     pub fn mqtt_subscribed(&self) -> bool {
-        self.mqtt_subscribed.load(Ordering::SeqCst)
+        *self.mqtt_subscribed.borrow()
     }
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)

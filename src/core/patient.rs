@@ -52,6 +52,9 @@ pub struct Transition {
 }
 
 /// What applying one reading did.
+// Returned by value once per reading and never stored: boxing would only add an
+// allocation to the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// Same `(seq, ts)` as a recent reading: a redelivery. Nothing was changed.

@@ -16,6 +16,9 @@ pub enum WardError {
 }
 
 /// What applying a reading produced.
+// Returned by value once per reading and never stored: boxing would only add an
+// allocation to the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// A redelivered reading: nothing changed, nothing to send.

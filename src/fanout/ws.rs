@@ -36,6 +36,9 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
+/// Most queued frames written with one flush.
+const WRITE_BATCH: usize = 64;
+
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     /// Resume after this alarm `seq`.
@@ -63,10 +66,8 @@ pub async fn upgrade(
         .max_message_size(c.max_message_bytes)
         .max_frame_size(c.max_frame_bytes)
         .on_upgrade(move |socket| {
-            let tracked = app
-                .connections
-                .track_future(serve(socket, query, app.clone()));
-            async move { tracked.await }
+            app.connections
+                .track_future(serve(socket, query, app.clone()))
         })
 }
 
@@ -178,7 +179,7 @@ impl Conn {
                     return None;
                 }
                 frame = rx.recv() => match frame {
-                    Some(frame) => self.send_frame(frame).await,
+                    Some(frame) => self.send_queued(frame, &mut rx).await,
                     None => return None,
                 },
                 changed = scope_rx.changed() => {
@@ -217,6 +218,38 @@ impl Conn {
         let ingested_at = frame.ingested_at;
         self.send(Message::Text(frame.text)).await?;
         if let Some(at) = ingested_at {
+            Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Send `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with
+    /// one flush, so a burst costs one write, not one per frame.
+    async fn send_queued(
+        &mut self,
+        first: Frame,
+        rx: &mut mpsc::Receiver<Frame>,
+    ) -> Result<(), End> {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        let slow = self.slow.clone();
+        let write = async {
+            for frame in &batch {
+                self.sink.feed(Message::Text(frame.text.clone())).await?;
+            }
+            self.sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            _ = slow.cancelled() => return Err(End::Slow),
+            r = write => r.map_err(|_| End::Gone)?,
+        }
+        for at in batch.iter().filter_map(|f| f.ingested_at) {
             Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
         }
         Ok(())

@@ -1,0 +1,378 @@
+//! Test harness: a real gateway on 127.0.0.1:0 against a real broker, a real MQTT
+//! device client and real WebSocket dashboards. Everything waits on events with a
+//! deadline; nothing sleeps to let things happen.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use vitalgate::config::BrokerMode;
+use vitalgate::{Config, Gateway};
+
+/// How long any single expected event may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The broker integration tests use: `MQTT_TEST_BROKER` (host:port), default the
+/// local Mosquitto.
+pub fn test_broker() -> (String, u16) {
+    let addr = std::env::var("MQTT_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
+    let (host, port) = addr
+        .rsplit_once(':')
+        .expect("MQTT_TEST_BROKER is host:port");
+    (
+        host.to_string(),
+        port.parse().expect("MQTT_TEST_BROKER port"),
+    )
+}
+
+/// A name unique to this test run, for client ids and topic prefixes.
+pub fn unique(what: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "vgt-{what}-{}-{}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..)
+    )
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A config for one test: external broker (the test broker), ephemeral HTTP port,
+/// fresh client id and a topic prefix no other test uses.
+pub fn test_config() -> (Config, String) {
+    let mut c = Config::default();
+    let (host, port) = test_broker();
+    let prefix = unique("site");
+    c.http.bind = "127.0.0.1:0".parse().unwrap();
+    c.mqtt.broker = BrokerMode::External;
+    c.mqtt.host = host;
+    c.mqtt.port = port;
+    c.mqtt.client_id = unique("gw");
+    c.mqtt.topic = format!("{prefix}/+/chair/+/vitals");
+    c.mqtt.reconnect_initial_ms = 50;
+    c.shutdown.grace_period_ms = 3_000;
+    (c, prefix)
+}
+
+/// Rules that make alarms easy to script: SpO2 below 90 raises at once (high),
+/// clears at 92 or above.
+pub fn simple_rules(c: &mut Config) {
+    c.rules = vec![vitalgate::core::RuleSpec {
+        id: "spo2_low".into(),
+        vital: vitalgate::core::Vital::Spo2,
+        low: Some(90.0),
+        high: None,
+        priority: vitalgate::core::Priority::High,
+        delay_ms: 0,
+        hysteresis: 2.0,
+    }];
+}
+
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub prefix: String,
+    client_id: String,
+    external: bool,
+}
+
+impl TestGateway {
+    pub async fn start(config: Config, prefix: String) -> TestGateway {
+        let client_id = config.mqtt.client_id.clone();
+        let external = config.mqtt.broker == BrokerMode::External;
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let mut ready = gateway.app().health.watch_mqtt_subscribed();
+        tokio::time::timeout(DEADLINE, ready.wait_for(|r| *r))
+            .await
+            .expect("gateway subscribed to the broker in time")
+            .unwrap();
+        TestGateway {
+            gateway,
+            prefix,
+            client_id,
+            external,
+        }
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.gateway.http_addr()
+    }
+
+    pub fn topic(&self, site: &str, chair: &str) -> String {
+        format!("{}/{site}/chair/{chair}/vitals", self.prefix)
+    }
+
+    pub async fn dashboard(&self) -> Dashboard {
+        Dashboard::connect(self.http(), "").await
+    }
+
+    /// A device client connected to the gateway's broker.
+    pub async fn device(&self) -> Device {
+        let b = self.gateway.broker();
+        Device::connect(&b.host, b.port).await
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        metric(self.http(), name_and_labels).await
+    }
+
+    /// Stop gracefully, then remove the persistent session the gateway left on the
+    /// shared broker so test runs do not accumulate sessions.
+    pub async fn stop(self) {
+        let b = self.gateway.broker().clone();
+        self.gateway.shutdown().await;
+        if self.external {
+            purge_session(&b.host, b.port, &self.client_id).await;
+        }
+    }
+}
+
+/// Connect once with `clean_session = true` to drop a persistent session.
+pub async fn purge_session(host: &str, port: u16, client_id: &str) {
+    let mut o = MqttOptions::new(client_id, host, port);
+    o.set_clean_session(true);
+    let (client, mut events) = AsyncClient::new(o, 10);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_disconnect();
+                }
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+/// A simulated bedside device publishing QoS 1 over a real MQTT connection.
+pub struct Device {
+    pub client: AsyncClient,
+    puback: mpsc::UnboundedReceiver<()>,
+}
+
+impl Device {
+    pub async fn connect(host: &str, port: u16) -> Device {
+        let mut o = MqttOptions::new(unique("dev"), host, port);
+        o.set_clean_session(true)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(o, 1000);
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        events.set_network_options(net);
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+        let (ack_tx, puback) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = conn_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        let _ = ack_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, conn_rx.recv())
+            .await
+            .expect("device connected");
+        Device { client, puback }
+    }
+
+    pub async fn publish_raw(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish(&self, topic: &str, payload: &Value) {
+        self.publish_raw(topic, payload.to_string()).await
+    }
+
+    /// Wait until the broker has acknowledged `n` more publishes.
+    pub async fn wait_acked(&mut self, n: usize) {
+        for _ in 0..n {
+            tokio::time::timeout(DEADLINE, self.puback.recv())
+                .await
+                .expect("broker acknowledged the publish");
+        }
+    }
+}
+
+/// A reading payload with `seq`, `ts` = now and the given vitals.
+pub fn reading(seq: u64, vitals: Value) -> Value {
+    let mut v = json!({ "seq": seq, "ts": now_ms() });
+    for (k, x) in vitals.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A nurse-station dashboard over a real WebSocket.
+pub struct Dashboard {
+    pub ws: Ws,
+}
+
+impl Dashboard {
+    pub async fn connect(http: SocketAddr, query: &str) -> Dashboard {
+        let url = format!("ws://{http}/ws{query}");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        Dashboard { ws }
+    }
+
+    /// The next JSON text frame (pings are answered by the client library).
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("a frame within the deadline")
+                .expect("connection open")
+                .expect("frame reads");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(c) => panic!("connection closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of `type`, skipping others (e.g. live vitals).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    /// Read until the server closes; returns the close code, if a close frame came.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("closed within the deadline")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(frame.code.into()),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// `GET path` over a plain TCP connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+/// A metric's value from `/metrics`, e.g. `vitalgate_readings_rejected_total{reason="no_vitals"}`.
+pub async fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{body}"))
+}
+
+/// A private Mosquitto on a free port, configured the way the operations guide asks
+/// for load: large inflight window and queue (the defaults drop QoS 1 messages
+/// silently under bursts) and TCP_NODELAY. Killed on drop.
+pub struct PrivateBroker {
+    pub port: u16,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> PrivateBroker {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(unique("mosq"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
+            ),
+        )
+        .unwrap();
+        let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("mosquitto");
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto starts (install it: apt-get install mosquitto)");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "private mosquitto did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        PrivateBroker { port, child, dir }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,195 @@
+//! Slow dashboards, the embedded broker, graceful shutdown and startup errors.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use vitalgate::config::BrokerMode;
+use vitalgate::Gateway;
+
+/// A dashboard that never reads is cut off with 4008 once its queue fills, while a
+/// dashboard that reads receives every alarm, in order, without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_dashboard_is_cut_off_and_fast_one_gets_every_alarm() {
+    // A private broker sized for the burst: the stock Mosquitto queue (1000) would
+    // drop part of it silently.
+    let broker = PrivateBroker::start().await;
+    let (mut c, prefix) = test_config();
+    c.mqtt.host = "127.0.0.1".into();
+    c.mqtt.port = broker.port;
+    simple_rules(&mut c);
+    c.websocket.queue_capacity = 256;
+    let gw = TestGateway::start(c, prefix).await;
+
+    // The slow client: a tiny receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gw.http()).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (slow, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", gw.http()), stream)
+        .await
+        .unwrap();
+
+    let mut fast = gw.dashboard().await;
+    fast.next_of("snapshot").await;
+    let dev = gw.device().await;
+    let topic = gw.topic("north", "1");
+    const EVENTS: u64 = 20_000;
+    let first = {
+        dev.publish(&topic, &reading(1, json!({"spo2": 80}))).await;
+        fast.next_of("alarm").await["seq"].as_u64().unwrap()
+    };
+    // Alternate breach and recovery: one alarm event per reading. Published in
+    // chunks smaller than the queue, each received by the fast dashboard before the
+    // next, so the fast one can never fall a queue behind; the slow one falls
+    // further behind with every chunk.
+    const CHUNK: u64 = 200;
+    let mut seq = 1;
+    let mut expected = first + 1;
+    while seq < EVENTS {
+        for _ in 0..CHUNK {
+            seq += 1;
+            let spo2 = if seq % 2 == 0 { 99 } else { 80 };
+            dev.publish(&topic, &reading(seq, json!({ "spo2": spo2 })))
+                .await;
+        }
+        for _ in 0..CHUNK {
+            let a = fast.next_of("alarm").await;
+            assert_eq!(
+                a["seq"].as_u64().unwrap(),
+                expected,
+                "fast dashboard saw a gap"
+            );
+            expected += 1;
+        }
+    }
+    assert_eq!(gw.metric("vitalgate_ws_slow_disconnects_total").await, 1.0);
+    // Cut off at once: the hub no longer holds it, only the fast one.
+    assert_eq!(gw.gateway.app().hub.subscriber_count(), 1);
+
+    // The slow client finds its connection closed after whatever was buffered.
+    let mut slow = Dashboard { ws: slow };
+    let code = slow.closed().await;
+    assert!(code.is_none() || code == Some(4008), "close code {code:?}");
+    gw.stop().await;
+    drop(broker);
+}
+
+/// The README's default: no external broker needed.
+#[tokio::test]
+async fn embedded_broker_works_end_to_end() {
+    let mut c = vitalgate::Config::default();
+    assert_eq!(c.mqtt.broker, BrokerMode::Embedded);
+    simple_rules(&mut c);
+    c.http.bind = "127.0.0.1:0".parse().unwrap();
+    c.mqtt.embedded.bind = "127.0.0.1:0".parse().unwrap();
+    c.mqtt.client_id = unique("gw");
+    let gw = TestGateway::start(c, "clinic".into()).await;
+    assert_ne!(gw.gateway.broker().port, 1883);
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    dev.publish(&gw.topic("demo", "1"), &reading(1, json!({"spo2": 83})))
+        .await;
+    let alarm = dash.next_of("alarm").await;
+    assert_eq!(alarm["chair"], "demo/1");
+    assert_eq!(alarm["state"], "raised");
+    gw.stop().await;
+}
+
+/// SIGTERM path: queued alarms are delivered, then close 1001; new connections and
+/// readiness are refused at once.
+#[tokio::test]
+async fn graceful_shutdown_flushes_and_closes_with_1001() {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    let client_id = c.mqtt.client_id.clone();
+    let gw = TestGateway::start(c, prefix).await;
+    let http = gw.http();
+    assert_eq!(http_get(http, "/ready").await.0, 200);
+    assert_eq!(http_get(http, "/live").await.0, 200);
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    dev.publish(&gw.topic("north", "1"), &reading(1, json!({"spo2": 80})))
+        .await;
+    dash.next_of("alarm").await;
+
+    let broker = gw.gateway.broker().clone();
+    let stop = tokio::spawn(gw.gateway.shutdown());
+    assert_eq!(dash.closed().await, Some(1001));
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("shutdown within the grace period")
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "listener closed"
+    );
+    purge_session(&broker.host, broker.port, &client_id).await;
+}
+
+#[tokio::test]
+async fn ready_reports_not_ready_without_a_broker() {
+    let (mut c, prefix) = test_config();
+    // Nothing listens here: the gateway starts, retries with backoff, and is not ready.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    c.mqtt.port = unused.local_addr().unwrap().port();
+    drop(unused);
+    let _ = prefix;
+    let gw = Gateway::start(c).await.unwrap();
+    let (status, body) = http_get(gw.http_addr(), "/ready").await;
+    assert_eq!(status, 503);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["mqtt_subscribed"], false);
+    assert_eq!(v["listening"], true);
+    gw.shutdown().await;
+}
+
+#[test]
+fn binary_refuses_a_config_with_an_unknown_key_naming_key_and_file() {
+    let dir = std::env::temp_dir().join(unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("site.toml");
+    std::fs::write(&path, "[mqtt]\nclientid = \"x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("mqtt.clientid"), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .arg("--check")
+        .env("VITALGATE_WEBSOCKET__QUEUE_CAPACITY", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("websocket.queue_capacity"), "{stderr}");
+    assert!(
+        stderr.contains("VITALGATE_WEBSOCKET__QUEUE_CAPACITY"),
+        "{stderr}"
+    );
+
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .arg("--config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/vitalgate.toml"
+        ))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
