@@ -259,4 +259,85 @@ mod tests {
         let a = p.apply(&rules, &hr(0, 9_000, 61.0), 2, &mut next);
         assert!(matches!(a, Applied::Accepted { late_values: 0, .. }));
     }
+
+    proptest::proptest! {
+        /// Redelivering any of the recent readings, any number of times, changes
+        /// nothing: the transitions are exactly those of the stream without repeats.
+        #[test]
+        fn redeliveries_change_nothing(
+            values in proptest::collection::vec(100.0f64..160.0, 1..60),
+            repeats in proptest::collection::vec((0usize..60, 0usize..8), 0..40),
+        ) {
+            let rules = rules();
+            let readings: Vec<Reading> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| hr(i as u64, 1_000 * i as u64, *v))
+                .collect();
+            // Each repeat re-sends reading `j` right after reading `j + lag`, while it
+            // is still among the recent ids, as a broker redelivery would.
+            let mut stream: Vec<&Reading> = Vec::new();
+            for (i, r) in readings.iter().enumerate() {
+                stream.push(r);
+                for (j, lag) in &repeats {
+                    if j + lag == i && *j < readings.len() {
+                        stream.push(&readings[*j]);
+                    }
+                }
+            }
+            let run = |rs: &[&Reading]| {
+                let mut p = PatientState::new(&rules);
+                let mut id = 0;
+                let mut next = || { id += 1; id };
+                let mut steps = Vec::new();
+                for r in rs {
+                    if let Applied::Accepted { transitions, .. } = p.apply(&rules, r, 0, &mut next) {
+                        steps.extend(transitions.into_iter().map(|t| (t.step, t.ts)));
+                    }
+                }
+                steps
+            };
+            let plain: Vec<&Reading> = readings.iter().collect();
+            proptest::prop_assert_eq!(run(&stream), run(&plain));
+        }
+
+        /// Late (out-of-order) readings never raise or clear anything: a stream with
+        /// older readings interleaved gives the transitions of the in-order stream.
+        #[test]
+        fn late_readings_are_ignored(
+            values in proptest::collection::vec(100.0f64..160.0, 2..60),
+            late in proptest::collection::vec((1usize..60, 1usize..10), 0..30),
+        ) {
+            let rules = rules();
+            let readings: Vec<Reading> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| hr(i as u64, 1_000 * (i as u64 + 1), *v))
+                .collect();
+            let mut stream: Vec<Reading> = Vec::new();
+            for (i, r) in readings.iter().enumerate() {
+                stream.push(r.clone());
+                for (at, back) in &late {
+                    if *at == i && *back <= i {
+                        // An older measurement with a value that would otherwise alarm.
+                        let mut old = hr(10_000 + i as u64, 1_000 * (i - back + 1) as u64, 200.0);
+                        old.seq += *back as u64;
+                        stream.push(old);
+                    }
+                }
+            }
+            let run = |rs: &[Reading]| {
+                let mut p = PatientState::new(&rules);
+                let mut next = || 1;
+                let mut steps = Vec::new();
+                for r in rs {
+                    if let Applied::Accepted { transitions, .. } = p.apply(&rules, r, 0, &mut next) {
+                        steps.extend(transitions.into_iter().map(|t| (t.step, t.ts)));
+                    }
+                }
+                steps
+            };
+            proptest::prop_assert_eq!(run(&stream), run(&readings));
+        }
+    }
 }

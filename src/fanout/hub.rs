@@ -37,6 +37,21 @@ struct Subscriber {
     slow: CancellationToken,
 }
 
+impl Subscriber {
+    /// Queue a frame without waiting. False when the subscriber is gone, or its queue
+    /// is full, in which case it is told to close as a slow consumer.
+    fn deliver(&self, frame: &Frame) -> bool {
+        match self.tx.try_send(frame.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 struct Inner {
     board: Board,
     replay: VecDeque<(u64, Frame)>,
@@ -121,18 +136,7 @@ impl Hub {
         self.metrics
             .alarm_event(event.priority, event.state)
             .increment(1);
-        let metrics = &self.metrics;
-        inner
-            .subscribers
-            .retain(|s| match s.tx.try_send(frame.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics.ws_slow_disconnects.increment(1);
-                    s.slow.cancel();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+        inner.subscribers.retain(|s| s.deliver(&frame));
     }
 
     /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event.
@@ -186,21 +190,9 @@ impl Hub {
     pub fn send_snapshot(&self, id: u64, chairs: &[ChairView]) {
         let mut inner = self.lock();
         let frame = self.snapshot_locked(&inner, chairs);
-        let metrics = &self.metrics;
-        inner.subscribers.retain(|s| {
-            if s.id != id {
-                return true;
-            }
-            match s.tx.try_send(frame.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    metrics.ws_slow_disconnects.increment(1);
-                    s.slow.cancel();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        inner
+            .subscribers
+            .retain(|s| s.id != id || s.deliver(&frame));
     }
 
     fn snapshot_locked(&self, inner: &Inner, chairs: &[ChairView]) -> Frame {

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -34,6 +34,10 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// The client did not read fast enough and its send queue filled.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The client sent a frame or message over the size caps.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 /// Most queued frames written with one flush.
@@ -77,12 +81,22 @@ enum End {
     Gone,
 }
 
+/// What the reader and writer halves of one connection tell each other.
+struct Signals {
+    /// Cancelled by the hub (or a reply that found the queue full): cut off as slow.
+    slow: CancellationToken,
+    /// Cancelled by the reader when the client has gone or broke the protocol.
+    gone: CancellationToken,
+    /// Uptime ms of the last frame received, pongs included.
+    last_seen: AtomicU64,
+    /// Close code the reader asks the writer to send (0: none).
+    close_with: AtomicU16,
+}
+
 struct Conn {
     app: Arc<App>,
     sink: SplitSink<WebSocket, Message>,
-    slow: CancellationToken,
-    gone: CancellationToken,
-    last_seen: Arc<AtomicU64>,
+    signals: Arc<Signals>,
 }
 
 /// A live-vitals subscription held by the writer.
@@ -95,8 +109,12 @@ struct Live {
 async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
-    let slow = CancellationToken::new();
-    let gone = CancellationToken::new();
+    let signals = Arc::new(Signals {
+        slow: CancellationToken::new(),
+        gone: CancellationToken::new(),
+        last_seen: AtomicU64::new(app.uptime_ms()),
+        close_with: AtomicU16::new(0),
+    });
     let start = match query.since {
         Some(since) => Start::Since {
             since,
@@ -104,36 +122,40 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
         },
         None => Start::Snapshot,
     };
-    let chairs = app.ward.chairs();
-    let sub = app.hub.subscribe(start, &chairs, tx.clone(), slow.clone());
-    drop(chairs);
+    let sub = app
+        .hub
+        .subscribe(start, &app.ward.chairs(), tx.clone(), signals.slow.clone());
     app.metrics.ws_clients.increment(1.0);
     app.metrics.ws_connections_total.increment(1);
 
-    let last_seen = Arc::new(AtomicU64::new(app.uptime_ms()));
     let (scope_tx, scope_rx) = watch::channel(None);
-    let reader = tokio::spawn(read_loop(
-        stream,
-        app.clone(),
+    let reader = Reader {
+        app: app.clone(),
         tx,
-        sub.id,
+        id: sub.id,
         scope_tx,
-        last_seen.clone(),
-        slow.clone(),
-        gone.clone(),
-    ));
+        signals: signals.clone(),
+    };
+    let reader = tokio::spawn(reader.run(stream));
     let mut conn = Conn {
         app: app.clone(),
         sink,
-        slow,
-        gone,
-        last_seen,
+        signals: signals.clone(),
     };
     let mut live = None;
     let end = conn.write_loop(sub.initial, rx, scope_rx, &mut live).await;
-    if let Some(End::Slow) = end {
-        conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
-            .await;
+    match (end, signals.close_with.load(Ordering::Relaxed)) {
+        (Some(End::Slow), _) => {
+            app.metrics.ws_slow_disconnects.increment(1);
+            conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
+                .await
+        }
+        (_, close_code::TOO_BIG) => conn.close(close_code::TOO_BIG, "message too big").await,
+        (_, close_code::PROTOCOL_ERROR) => {
+            conn.close(close_code::PROTOCOL_ERROR, "protocol error")
+                .await
+        }
+        _ => {}
     }
     if live.is_some() {
         app.live.unsubscribe();
@@ -166,8 +188,8 @@ impl Conn {
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.slow.cancelled() => return Some(End::Slow),
-                _ = self.gone.cancelled() => return None,
+                _ = self.signals.slow.cancelled() => return Some(End::Slow),
+                _ = self.signals.gone.cancelled() => return None,
                 _ = shutdown.cancelled() => {
                     // Deliver everything already queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
@@ -191,7 +213,7 @@ impl Conn {
                 }
                 _ = live_changed(live) => self.send_live(live).await,
                 _ = ping.tick() => {
-                    let silent = self.app.uptime_ms().saturating_sub(self.last_seen.load(Ordering::Relaxed));
+                    let silent = self.app.uptime_ms().saturating_sub(self.signals.last_seen.load(Ordering::Relaxed));
                     if silent > idle_timeout {
                         self.close(close_code::IDLE_TIMEOUT, "idle timeout: no pong").await;
                         return None;
@@ -208,7 +230,7 @@ impl Conn {
     async fn send(&mut self, msg: Message) -> Result<(), End> {
         tokio::select! {
             biased;
-            _ = self.slow.cancelled() => Err(End::Slow),
+            _ = self.signals.slow.cancelled() => Err(End::Slow),
             r = self.sink.send(msg) => r.map_err(|_| End::Gone),
         }
     }
@@ -237,7 +259,7 @@ impl Conn {
                 Err(_) => break,
             }
         }
-        let slow = self.slow.clone();
+        let slow = self.signals.slow.clone();
         let write = async {
             for frame in &batch {
                 self.sink.feed(Message::Text(frame.text.clone())).await?;
@@ -327,58 +349,75 @@ async fn live_changed(live: &mut Option<Live>) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+/// The reading half: commands from the dashboard.
+struct Reader {
     app: Arc<App>,
+    /// The connection's queue, for replies.
     tx: mpsc::Sender<Frame>,
+    /// The connection's id in the hub.
     id: u64,
     scope_tx: watch::Sender<Option<Scope>>,
-    last_seen: Arc<AtomicU64>,
-    slow: CancellationToken,
-    gone: CancellationToken,
-) {
-    let reply = |frame: Frame| {
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
-            app.metrics.ws_slow_disconnects.increment(1);
-            slow.cancel();
-        }
-    };
-    while let Some(msg) = stream.next().await {
-        last_seen.store(app.uptime_ms(), Ordering::Relaxed);
-        let text = match msg {
-            Ok(Message::Text(t)) => t,
-            Ok(Message::Binary(_)) => {
-                app.metrics.ws_commands_rejected.increment(1);
-                reply(protocol::error_frame(
-                    "bad_command",
-                    "binary frames are not supported; send JSON text",
-                    None,
-                ));
-                continue;
-            }
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => break,
-        };
-        match Command::parse(text.as_str()) {
-            Ok(Command::Ack { id: alarm, by }) => {
-                if let Err(e) = app.hub.acknowledge(alarm, &by, crate::app::now_ms()) {
-                    app.metrics.ws_commands_rejected.increment(1);
-                    reply(protocol::error_frame(e.code(), &e.to_string(), Some(alarm)));
+    signals: Arc<Signals>,
+}
+
+impl Reader {
+    async fn run(self, mut stream: SplitStream<WebSocket>) {
+        let app = &self.app;
+        while let Some(msg) = stream.next().await {
+            self.signals
+                .last_seen
+                .store(app.uptime_ms(), Ordering::Relaxed);
+            let text = match msg {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Binary(_)) => {
+                    self.refuse(
+                        "bad_command",
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    );
+                    continue;
                 }
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => break,
+                Err(e) => {
+                    // The error type is the WebSocket library's, boxed; its text is the
+                    // only stable way to tell a size cap from other protocol errors.
+                    let code = if e.to_string().contains("too long") {
+                        close_code::TOO_BIG
+                    } else {
+                        close_code::PROTOCOL_ERROR
+                    };
+                    self.signals.close_with.store(code, Ordering::Relaxed);
+                    break;
+                }
+            };
+            match Command::parse(text.as_str()) {
+                Ok(Command::Ack { id, by }) => {
+                    if let Err(e) = app.hub.acknowledge(id, &by, crate::app::now_ms()) {
+                        self.refuse(e.code(), &e.to_string(), Some(id));
+                    }
+                }
+                Ok(Command::SubscribeVitals { site }) => {
+                    self.scope_tx
+                        .send_replace(Some(site.map_or(Scope::All, Scope::Site)));
+                }
+                Ok(Command::UnsubscribeVitals) => {
+                    self.scope_tx.send_replace(None);
+                }
+                Ok(Command::Snapshot) => app.hub.send_snapshot(self.id, &app.ward.chairs()),
+                Err((code, message)) => self.refuse(code, &message, None),
             }
-            Ok(Command::SubscribeVitals { site }) => {
-                scope_tx.send_replace(Some(site.map_or(Scope::All, Scope::Site)));
-            }
-            Ok(Command::UnsubscribeVitals) => {
-                scope_tx.send_replace(None);
-            }
-            Ok(Command::Snapshot) => app.hub.send_snapshot(id, &app.ward.chairs()),
-            Err((code, message)) => {
-                app.metrics.ws_commands_rejected.increment(1);
-                reply(protocol::error_frame(code, &message, None));
-            }
+        }
+        self.signals.gone.cancel();
+    }
+
+    /// Count a refused command and tell the client why.
+    fn refuse(&self, code: &str, message: &str, id: Option<u64>) {
+        self.app.metrics.ws_commands_rejected.increment(1);
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.tx.try_send(protocol::error_frame(code, message, id))
+        {
+            self.signals.slow.cancel();
         }
     }
-    gone.cancel();
 }

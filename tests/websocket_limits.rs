@@ -1,0 +1,108 @@
+//! Keep-alive and size caps on dashboard connections.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The close code of the first close frame in a server byte stream (after the HTTP
+/// response), parsing unmasked server frames.
+fn close_code(bytes: &[u8]) -> Option<u16> {
+    let start = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let mut at = start;
+    while at + 2 <= bytes.len() {
+        let opcode = bytes[at] & 0x0f;
+        let (len, header) = match bytes[at + 1] & 0x7f {
+            126 => (
+                u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                4,
+            ),
+            127 => (
+                u64::from_be_bytes(bytes[at + 2..at + 10].try_into().ok()?) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        let payload = bytes.get(at + header..at + header + len)?;
+        if opcode == 0x8 {
+            return Some(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        at += header + len;
+    }
+    None
+}
+
+/// A client that completes the handshake and then never answers pings is closed
+/// with 4000 once the idle timeout passes.
+#[tokio::test]
+async fn silent_client_is_closed_with_4000() {
+    let (mut c, prefix) = test_config();
+    c.websocket.ping_interval_ms = 100;
+    c.websocket.idle_timeout_ms = 300;
+    let gw = TestGateway::start(c, prefix).await;
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut bytes))
+        .await
+        .expect("server closed the silent connection")
+        .unwrap();
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(close_code(&bytes), Some(4000));
+    gw.stop().await;
+}
+
+/// A dashboard that answers pings stays connected past the idle timeout.
+#[tokio::test]
+async fn responsive_client_stays_connected() {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    c.websocket.ping_interval_ms = 100;
+    c.websocket.idle_timeout_ms = 300;
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    // Reading answers pings. Wait for an event well past the idle timeout: an alarm
+    // published after the device has connected and several ping rounds have run.
+    let dev = gw.device().await;
+    for seq in 1..=6 {
+        let spo2 = if seq % 2 == 1 { 80 } else { 99 };
+        dev.publish(
+            &gw.topic("n", "1"),
+            &reading(seq, serde_json::json!({ "spo2": spo2 })),
+        )
+        .await;
+        dash.next_of("alarm").await;
+        // Let several ping intervals pass between readings, answering pings meanwhile.
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(150);
+        while let Ok(Some(_)) =
+            tokio::time::timeout_at(until, futures_util::StreamExt::next(&mut dash.ws)).await
+        {
+        }
+    }
+    assert_eq!(gw.metric("vitalgate_ws_clients").await, 1.0);
+    gw.stop().await;
+}
+
+/// A message over `websocket.max_message_bytes` is refused with 1009.
+#[tokio::test]
+async fn oversized_message_is_closed_with_1009() {
+    let (mut c, prefix) = test_config();
+    c.websocket.max_message_bytes = 1024;
+    c.websocket.max_frame_bytes = 1024;
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let big = format!(r#"{{"type":"snapshot","pad":"{}"}}"#, "x".repeat(4096));
+    dash.ws.send(Message::text(big)).await.unwrap();
+    assert_eq!(dash.closed().await, Some(1009));
+    gw.stop().await;
+}
