@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use vitalgate::core::{decode, AlarmEvent, AlarmState, DecodeLimits, Direction, Priority, Vital};
+use vitalgate::core::{
+    decode, AlarmEvent, AlarmState, DecodeLimits, Direction, Priority, RuleSet, Vital, Ward,
+};
 use vitalgate::fanout::{protocol, Hub, Start};
 use vitalgate::ingest::{process, TopicPattern};
 use vitalgate::telemetry::Metrics;
@@ -86,6 +88,7 @@ fn bench(c: &mut Criterion) {
 
     for subscribers in [1_000usize, 10_000] {
         let hub = Hub::new(10_000, Arc::new(Metrics::new()));
+        let ward = Ward::new(Arc::new(RuleSet::default()), 1);
         let mut receivers = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
             let (tx, rx) = mpsc::channel(64);
@@ -94,7 +97,7 @@ fn bench(c: &mut Criterion) {
                     since: 0,
                     instance: None,
                 },
-                &[],
+                &ward,
                 tx,
                 CancellationToken::new(),
             );

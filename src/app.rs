@@ -78,6 +78,9 @@ pub struct App {
     pub decode_limits: DecodeLimits,
     /// Cancelled once ingest has stopped: dashboards flush their queues and close.
     pub close_dashboards: CancellationToken,
+    /// Cancelled when the shutdown grace period is over: dashboards still draining
+    /// stop writing and are dropped.
+    pub force_close: CancellationToken,
     /// Every dashboard connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
     started: Instant,
@@ -99,6 +102,7 @@ impl App {
                 max_future_skew_ms: config.ingest.max_future_skew_ms,
             },
             close_dashboards: CancellationToken::new(),
+            force_close: CancellationToken::new(),
             connections: TaskTracker::new(),
             started: Instant::now(),
             config,

@@ -74,7 +74,11 @@ impl Gateway {
         })?;
         let broker = match config.mqtt.broker {
             BrokerMode::Embedded => {
-                let addr = broker::start(&config.mqtt.embedded)?;
+                // Start-up waits (briefly) for the broker to listen: off the runtime.
+                let embedded = config.mqtt.embedded.clone();
+                let addr = tokio::task::spawn_blocking(move || broker::start(&embedded))
+                    .await
+                    .map_err(|e| broker::BrokerError::Start(e.to_string()))??;
                 let host = if addr.ip().is_unspecified() {
                     "127.0.0.1".to_string()
                 } else {
@@ -156,7 +160,8 @@ impl Gateway {
     /// Graceful stop: `/ready` goes 503 at once and new connections are refused;
     /// ingest disconnects from the broker keeping the session; every dashboard
     /// flushes the alarms already queued for it and is closed with 1001. Returns
-    /// within `shutdown.grace_period_ms` (plus the MQTT disconnect bound).
+    /// within `shutdown.grace_period_ms` plus `websocket.close_timeout_ms` (plus the
+    /// MQTT disconnect bound); dashboards still draining then are dropped.
     pub async fn shutdown(self) {
         let grace = Duration::from_millis(self.app.config.shutdown.grace_period_ms);
         self.app.health.set_shutting_down();
@@ -173,6 +178,9 @@ impl Gateway {
                 remaining = self.app.connections.len(),
                 "grace period over: dropping dashboards that did not drain"
             );
+            self.app.force_close.cancel();
+            let close_timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
+            let _ = tokio::time::timeout(close_timeout, self.app.connections.wait()).await;
         }
         match tokio::time::timeout(Duration::from_secs(1), self.http).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error at shutdown"),

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub readings_ingested: Counter,
     pub readings_duplicate: Counter,
     pub readings_late_values: Counter,
+    pub device_clock_steps: Counter,
     rejected: Vec<(RejectReason, Counter)>,
     alarm_events: Vec<(Priority, AlarmState, Counter)>,
     pub ws_clients: Gauge,
@@ -115,6 +116,10 @@ impl Metrics {
             readings_late_values: counter(
                 "vitalgate_readings_late_values_total",
                 "Values older than the vital's latest value, ignored (out-of-order delivery).",
+            ),
+            device_clock_steps: counter(
+                "vitalgate_device_clock_steps_total",
+                "In-order readings whose device time was older than a stored value: the device clock stepped back.",
             ),
             rejected,
             alarm_events,

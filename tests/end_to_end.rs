@@ -141,12 +141,18 @@ async fn reconnect_with_since_replays_missed_alarms_in_order() {
     );
 
     // A `since` from another gateway instance is told plainly and re-snapshotted.
-    let mut stale = Dashboard::connect(gw.http(), "?since=1&instance=0000").await;
+    let mut stale = Dashboard::connect(gw.http(), &format!("?since={since}&instance=0000")).await;
     let missed = stale.next().await;
     assert_eq!(missed["type"], "missed");
     let snap = stale.next().await;
     assert_eq!(snap["type"], "snapshot");
     assert_eq!(snap["alarms"].as_array().unwrap().len(), 1);
+
+    // A `since` from an earlier run (smaller than anything this run issued) is
+    // recognised without `instance`, because seq keeps increasing across restarts.
+    let mut old_run = Dashboard::connect(gw.http(), "?since=12345").await;
+    assert_eq!(old_run.next().await["type"], "missed");
+    assert_eq!(old_run.next().await["type"], "snapshot");
     gw.stop().await;
 }
 
@@ -157,7 +163,7 @@ async fn since_older_than_the_replay_buffer_says_missed_then_snapshots() {
     c.websocket.replay_capacity = 2;
     let gw = TestGateway::start(c, prefix).await;
     let mut watcher = gw.dashboard().await;
-    watcher.next_of("snapshot").await;
+    let base = watcher.next_of("snapshot").await["seq"].as_u64().unwrap();
     let dev = gw.device().await;
     let topic = gw.topic("south", "1");
     for (seq, spo2) in [(1, 80), (2, 97), (3, 80), (4, 97)] {
@@ -165,11 +171,11 @@ async fn since_older_than_the_replay_buffer_says_missed_then_snapshots() {
             .await;
         watcher.next_of("alarm").await;
     }
-    let mut back = Dashboard::connect(gw.http(), "?since=1").await;
+    let mut back = Dashboard::connect(gw.http(), &format!("?since={}", base + 1)).await;
     let missed = back.next().await;
     assert_eq!(missed["type"], "missed");
-    assert_eq!(missed["oldest_available"], 3);
-    assert_eq!(missed["latest"], 4);
+    assert_eq!(missed["oldest_available"], base + 3);
+    assert_eq!(missed["latest"], base + 4);
     assert_eq!(back.next().await["type"], "snapshot");
     gw.stop().await;
 }
@@ -331,5 +337,29 @@ async fn every_bad_payload_is_rejected_and_counted_and_the_next_good_one_alarms(
     let snap = check.next_of("snapshot").await;
     assert_eq!(snap["chairs"].as_array().unwrap().len(), 1);
     assert!(snap["chairs"][0]["vitals"].get("hr").is_none());
+    gw.stop().await;
+}
+
+/// A payload far over every limit (2 MiB, accepted by a broker with no size limit)
+/// is rejected and acknowledged like any other bad input: it neither breaks the MQTT
+/// connection nor comes back forever, and the next reading still alarms.
+#[tokio::test]
+async fn huge_payload_is_rejected_without_breaking_ingest() {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    let topic = gw.topic("north", "11");
+    dev.publish_raw(&topic, vec![b'x'; 2 << 20]).await;
+    dev.publish(&topic, &reading(1, json!({"spo2": 77}))).await;
+    assert_eq!(dash.next_of("alarm").await["value"], 77.0);
+    let m = "vitalgate_readings_rejected_total{reason=\"payload_too_large\"}";
+    assert_eq!(gw.metric(m).await, 1.0);
+    assert_eq!(
+        gw.metric("vitalgate_mqtt_connection_errors_total").await,
+        0.0
+    );
     gw.stop().await;
 }

@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn invalid_values_are_all_reported() {
         let (_d, path) = write(
-            "[websocket]\nqueue_capacity = 0\n[ingest]\nmax_payload_bytes = 4000000\n\
+            "[websocket]\nqueue_capacity = 0\n[mqtt]\nmax_packet_bytes = 1000\n\
              [[rules]]\nid = \"a\"\nvital = \"hr\"\nlow = 100\nhigh = 50\npriority = \"high\"\n",
         );
         let err = Config::load(Some(&path), none()).unwrap_err();

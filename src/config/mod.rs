@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// MQTT's largest possible packet (the remaining-length field's maximum).
+pub const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
 /// The shipped configuration, which is also the defaults.
 pub const DEFAULT_TOML: &str = include_str!("../../config/vitalgate.toml");
 
@@ -70,8 +73,10 @@ pub struct MqttConfig {
     pub keep_alive_s: u16,
     /// TCP + MQTT connect timeout, seconds.
     pub connect_timeout_s: u64,
-    /// Largest MQTT packet accepted from the broker. Larger packets break the
-    /// connection, so this must exceed the broker's own message size limit.
+    /// Largest MQTT packet accepted from the broker. A larger one cannot be read: it
+    /// breaks the connection and the broker redelivers it forever, stopping ingest.
+    /// The default is MQTT's own maximum; bound memory with the broker's message
+    /// size limit instead, set below this.
     pub max_packet_bytes: usize,
     /// Capacity of the client's request queue (acknowledgements, subscriptions).
     pub request_queue: usize,
@@ -214,6 +219,11 @@ impl Config {
             "must be at least 1 and at most mqtt.reconnect_max_ms",
         );
         check!(
+            m.max_packet_bytes <= MQTT_MAX_PACKET_BYTES,
+            "mqtt.max_packet_bytes",
+            "must not exceed MQTT's maximum packet size, 268435455",
+        );
+        check!(
             m.max_packet_bytes > self.ingest.max_payload_bytes,
             "mqtt.max_packet_bytes",
             "must exceed ingest.max_payload_bytes, so oversized payloads are rejected and acknowledged instead of breaking the connection",
@@ -223,6 +233,11 @@ impl Config {
             "mqtt.password",
             "needs mqtt.username",
         );
+        check!(
+            m.tls.is_none() || m.broker == BrokerMode::External,
+            "mqtt.tls",
+            "applies only to an external broker (mqtt.broker = \"external\"); the embedded broker is plain TCP",
+        );
         if let Some(tls) = &m.tls {
             check!(
                 tls.client_cert_file.is_some() == tls.client_key_file.is_some(),
@@ -231,6 +246,11 @@ impl Config {
             );
         }
         let e = &m.embedded;
+        check!(
+            m.broker != BrokerMode::Embedded || e.max_payload_bytes < m.max_packet_bytes,
+            "mqtt.embedded.max_payload_bytes",
+            "must be below mqtt.max_packet_bytes, or a device could send a message the gateway cannot receive",
+        );
         check!(
             e.max_connections >= 1,
             "mqtt.embedded.max_connections",

@@ -87,7 +87,15 @@ pub struct Board {
 }
 
 impl Board {
-    /// The `seq` of the latest event, 0 before the first.
+    /// A board whose first event gets `last_seq + 1`.
+    pub fn starting_after(last_seq: u64) -> Self {
+        Board {
+            last_seq,
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// The `seq` of the latest event (the starting point before the first).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }

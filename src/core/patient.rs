@@ -40,6 +40,11 @@ impl Latest {
 /// the most recent few; older repeats are dropped anyway by the per-vital time check.
 pub const RECENT_IDS: usize = 32;
 
+/// A `seq` this far below the latest means the device's counter restarted (a reboot),
+/// not a late message: late deliveries come from the broker's in-flight window, which
+/// is far smaller.
+pub const SEQ_RESTART_GAP: u64 = 10_000;
+
 /// A change of one alarm condition caused by a reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Transition {
@@ -64,6 +69,9 @@ pub enum Applied {
         transitions: Vec<Transition>,
         /// Values older than the vital's latest, ignored (late, out-of-order delivery).
         late_values: usize,
+        /// An in-order message carried a `ts` older than a stored value: the device
+        /// clock stepped back.
+        clock_stepped_back: bool,
         /// The chair's state after the reading.
         latest: Latest,
     },
@@ -75,6 +83,8 @@ pub struct PatientState {
     recent: [(u64, u64); RECENT_IDS],
     recent_len: usize,
     recent_next: usize,
+    /// The `seq` of the latest in-order message.
+    last_seq: Option<u64>,
     conditions: Box<[ConditionState]>,
 }
 
@@ -85,6 +95,7 @@ impl PatientState {
             recent: [(0, 0); RECENT_IDS],
             recent_len: 0,
             recent_next: 0,
+            last_seq: None,
             conditions: vec![ConditionState::Normal; rules.len()].into_boxed_slice(),
         }
     }
@@ -111,12 +122,28 @@ impl PatientState {
         self.recent_len = (self.recent_len + 1).min(RECENT_IDS);
     }
 
+    /// Whether `seq` comes after the latest message this chair has sent: a higher
+    /// counter, or one so much lower that the device's counter restarted.
+    fn in_order(&self, seq: u64) -> bool {
+        match self.last_seq {
+            None => true,
+            Some(last) => seq > last || last - seq > SEQ_RESTART_GAP,
+        }
+    }
+
     /// Apply a reading received at gateway time `received_at`.
     ///
-    /// Each vital is evaluated only if its device time is not older than the latest
-    /// value of that vital, so a late message cannot overwrite newer state or drive a
-    /// condition backwards in time. A device whose counter restarts is fine: only an
-    /// exact `(seq, ts)` repeat is a duplicate.
+    /// Message order comes from the device's `seq`, not its clock:
+    /// - an exact `(seq, ts)` repeat of a recent message is a redelivery and changes
+    ///   nothing;
+    /// - a message after the latest one is applied in full, even when its `ts` is
+    ///   older than the stored values (the device clock stepped back, e.g. an NTP
+    ///   correction): the chair must not go silent until the clock catches up.
+    ///   Pending alarm delays are shifted by the step, so the breach time already
+    ///   counted is kept;
+    /// - a message from before the latest one (a late, out-of-order delivery) only
+    ///   updates vitals it carries a newer measurement of; older values are ignored
+    ///   and counted, so a late message cannot overwrite newer state.
     pub fn apply(
         &mut self,
         rules: &RuleSet,
@@ -128,13 +155,29 @@ impl PatientState {
             return Applied::Duplicate;
         }
         self.remember(reading.seq, reading.ts);
+        let in_order = self.in_order(reading.seq);
+        if in_order {
+            self.last_seq = Some(reading.seq);
+        }
         let mut transitions = Vec::new();
         let mut late_values = 0;
+        let mut clock_stepped_back = false;
         for (vital, value) in reading.vitals() {
             let slot = &mut self.latest.vitals[vital.index()];
-            if slot.is_some_and(|s| reading.ts < s.ts) {
-                late_values += 1;
-                continue;
+            if let Some(prev) = *slot {
+                if reading.ts < prev.ts {
+                    if !in_order {
+                        late_values += 1;
+                        continue;
+                    }
+                    clock_stepped_back = true;
+                    let step = prev.ts - reading.ts;
+                    for &i in rules.for_vital(vital) {
+                        if let ConditionState::Pending { since } = &mut self.conditions[i] {
+                            *since = since.saturating_sub(step);
+                        }
+                    }
+                }
             }
             *slot = Some(Sample {
                 value,
@@ -156,7 +199,7 @@ impl PatientState {
             }
         }
         if let Some(pump) = reading.pump {
-            if self.latest.pump.is_none_or(|p| reading.ts >= p.ts) {
+            if in_order || self.latest.pump.is_none_or(|p| reading.ts >= p.ts) {
                 self.latest.pump = Some(PumpSample {
                     pump,
                     ts: reading.ts,
@@ -169,6 +212,7 @@ impl PatientState {
         Applied::Accepted {
             transitions,
             late_values,
+            clock_stepped_back,
             latest: self.latest,
         }
     }
@@ -240,6 +284,7 @@ mod tests {
                 late_values,
                 transitions,
                 latest,
+                ..
             } => {
                 assert_eq!(late_values, 1);
                 assert!(transitions.is_empty());
@@ -319,10 +364,10 @@ mod tests {
                 stream.push(r.clone());
                 for (at, back) in &late {
                     if *at == i && *back <= i {
-                        // An older measurement with a value that would otherwise alarm.
-                        let mut old = hr(10_000 + i as u64, 1_000 * (i - back + 1) as u64, 200.0);
-                        old.seq += *back as u64;
-                        stream.push(old);
+                        // A late delivery: an earlier message (lower seq, older ts) with
+                        // a value that would otherwise alarm.
+                        let j = i - back;
+                        stream.push(hr(j as u64, 1_000 * (j as u64 + 1) - 1, 200.0));
                     }
                 }
             }
@@ -339,5 +384,57 @@ mod tests {
             };
             proptest::prop_assert_eq!(run(&stream), run(&readings));
         }
+    }
+
+    #[test]
+    fn clock_stepping_back_does_not_silence_the_chair() {
+        let rules = rules();
+        let mut p = PatientState::new(&rules);
+        let mut next = || 1;
+        p.apply(&rules, &hr(1, 100_000, 80.0), 1, &mut next);
+        // NTP correction: the next message is 60 s "earlier" by the device clock.
+        let a = p.apply(&rules, &hr(2, 40_000, 150.0), 2, &mut next);
+        assert_eq!(raised(&a), 1);
+        assert!(matches!(
+            a,
+            Applied::Accepted {
+                clock_stepped_back: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn clock_step_keeps_the_breach_time_already_counted() {
+        let rules = RuleSet::compile(&[RuleSpec {
+            id: "hr_high".into(),
+            vital: Vital::Hr,
+            low: None,
+            high: Some(120.0),
+            priority: Priority::Medium,
+            delay_ms: 3_000,
+            hysteresis: 0.0,
+        }])
+        .unwrap();
+        let mut p = PatientState::new(&rules);
+        let mut next = || 1;
+        // Breached at 100 s and 102 s (2 s counted), then the clock steps back 60 s:
+        // one more second of breach (at 43 s on the new clock) completes the delay.
+        assert_eq!(
+            raised(&p.apply(&rules, &hr(1, 100_000, 150.0), 0, &mut next)),
+            0
+        );
+        assert_eq!(
+            raised(&p.apply(&rules, &hr(2, 102_000, 150.0), 0, &mut next)),
+            0
+        );
+        assert_eq!(
+            raised(&p.apply(&rules, &hr(3, 42_000, 150.0), 0, &mut next)),
+            0
+        );
+        assert_eq!(
+            raised(&p.apply(&rules, &hr(4, 43_000, 150.0), 0, &mut next)),
+            1
+        );
     }
 }

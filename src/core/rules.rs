@@ -244,6 +244,16 @@ impl RuleSet {
                         ),
                     );
                 }
+            } else if spec.low.is_some_and(|l| l + spec.hysteresis > hi)
+                || spec.high.is_some_and(|h| h - spec.hysteresis < lo)
+            {
+                err(
+                    "hysteresis",
+                    format!(
+                        "{} puts the clearing point outside what {} can be ({lo}..={hi}): the alarm could never clear",
+                        spec.hysteresis, spec.vital
+                    ),
+                );
             }
             let rule: Arc<str> = Arc::from(spec.id.as_str());
             for (direction, limit) in [(Direction::Low, spec.low), (Direction::High, spec.high)] {
@@ -350,6 +360,26 @@ mod tests {
             run(&c, &[95.0, 89.0, 89.0, 89.0, 89.0]),
             vec![Step::Raised { alarm_id: 1 }]
         );
+    }
+
+    #[test]
+    fn one_sided_rule_that_could_never_clear_is_refused() {
+        let spec = RuleSpec {
+            id: "spo2_low".into(),
+            vital: Vital::Spo2,
+            low: Some(98.0),
+            high: None,
+            priority: Priority::High,
+            delay_ms: 0,
+            hysteresis: 3.0,
+        };
+        let errs = RuleSet::compile(std::slice::from_ref(&spec)).unwrap_err();
+        assert_eq!(errs[0].field, "hysteresis");
+        assert!(RuleSet::compile(&[RuleSpec {
+            hysteresis: 2.0,
+            ..spec
+        }])
+        .is_ok());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum Outcome {
         events: Vec<AlarmEvent>,
         /// Values older than the vital's latest, ignored.
         late_values: usize,
+        /// The device clock stepped back (see [`PatientState::apply`]).
+        clock_stepped_back: bool,
         /// The chair's state after the reading, for live vitals.
         latest: Latest,
     },
@@ -102,8 +104,10 @@ impl Ward {
             Applied::Accepted {
                 transitions,
                 late_values,
+                clock_stepped_back,
                 latest,
             } => Outcome::Accepted {
+                clock_stepped_back,
                 chair: key.clone(),
                 events: transitions
                     .iter()

@@ -7,8 +7,8 @@
 //! under the lock is one serialisation per event and one non-blocking `try_send` per
 //! subscriber; a subscriber whose queue is full is cut off, never waited for.
 
-use super::protocol::{self, Frame};
-use crate::core::{AckError, AlarmEvent, Board, ChairView};
+use super::protocol::{self, Frame, RenderedChairs};
+use crate::core::{AckError, AlarmEvent, Board, Ward};
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -73,10 +73,24 @@ pub struct Subscription {
 }
 
 impl Hub {
+    /// A hub whose `seq` starts after the current wall-clock time in microseconds, so
+    /// that `seq` keeps increasing across gateway restarts (as long as fewer than a
+    /// million alarm events per second are raised): a client resuming with a `since`
+    /// from an earlier run is always told it missed events, with or without
+    /// `instance`. Such values stay below 2^53, exact in JavaScript numbers.
     pub fn new(replay_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self::starting_after(
+            crate::app::now_ms().saturating_mul(1_000),
+            replay_capacity,
+            metrics,
+        )
+    }
+
+    /// A hub whose first event gets `seq` `last_seq + 1`.
+    pub fn starting_after(last_seq: u64, replay_capacity: usize, metrics: Arc<Metrics>) -> Self {
         Hub {
             inner: Mutex::new(Inner {
-                board: Board::default(),
+                board: Board::starting_after(last_seq),
                 replay: VecDeque::with_capacity(replay_capacity.min(4096)),
                 subscribers: Vec::new(),
                 next_subscriber: 1,
@@ -147,24 +161,49 @@ impl Hub {
         Ok(())
     }
 
-    /// Register a dashboard. `chairs` is the ward's current state, read by the caller
-    /// before this call (the ward is never read under the hub lock).
+    /// Whether a `since` can be served from the replay buffer as it is now.
+    fn can_replay(&self, inner: &Inner, since: u64, instance: Option<&str>) -> bool {
+        let last = inner.board.last_seq();
+        let oldest = inner.replay.front().map_or(last + 1, |(s, _)| *s);
+        // A `since` from before this run started is older than anything held:
+        // `oldest` is then this run's first seq, and the check fails.
+        instance.is_none_or(|i| i == self.instance)
+            && since <= last
+            && (since + 1 >= oldest || since == last)
+    }
+
+    /// Register a dashboard and return what it receives first: a snapshot, or the
+    /// replay after `since` (or `missed` and a snapshot).
+    ///
+    /// The chairs for a snapshot are read from the ward and rendered before the hub
+    /// lock is taken, so the lock is held only for the active alarms; the ward is read
+    /// under the lock only if the replay buffer moved past `since` in between.
     pub fn subscribe(
         &self,
         start: Start,
-        chairs: &[ChairView],
+        ward: &Ward,
         tx: mpsc::Sender<Frame>,
         slow: CancellationToken,
     ) -> Subscription {
+        let needs_snapshot = match &start {
+            Start::Snapshot => true,
+            Start::Since { since, instance } => {
+                !self.can_replay(&self.lock(), *since, instance.as_deref())
+            }
+        };
+        let rendered = needs_snapshot.then(|| protocol::render_chairs(&ward.chairs()));
+        let chairs = || {
+            rendered
+                .clone()
+                .unwrap_or_else(|| protocol::render_chairs(&ward.chairs()))
+        };
         let mut inner = self.lock();
         let last = inner.board.last_seq();
         let mut initial = Vec::new();
         match start {
-            Start::Snapshot => initial.push(self.snapshot_locked(&inner, chairs)),
+            Start::Snapshot => initial.push(self.snapshot_locked(&inner, &chairs())),
             Start::Since { since, instance } => {
-                let oldest = inner.replay.front().map_or(last + 1, |(s, _)| *s);
-                let same_instance = instance.as_deref().is_none_or(|i| i == self.instance);
-                if same_instance && since <= last && since + 1 >= oldest {
+                if self.can_replay(&inner, since, instance.as_deref()) {
                     initial.extend(
                         inner
                             .replay
@@ -172,11 +211,10 @@ impl Hub {
                             .filter(|(s, _)| *s > since)
                             .map(|(_, f)| f.clone()),
                     );
-                } else if same_instance && since == last {
-                    // Nothing missed (also covers an empty buffer).
                 } else {
+                    let oldest = inner.replay.front().map_or(last + 1, |(s, _)| *s);
                     initial.push(protocol::missed_frame(&self.instance, since, oldest, last));
-                    initial.push(self.snapshot_locked(&inner, chairs));
+                    initial.push(self.snapshot_locked(&inner, &chairs()));
                 }
             }
         }
@@ -187,15 +225,16 @@ impl Hub {
     }
 
     /// Queue a fresh snapshot for subscriber `id`, ordered with its alarm events.
-    pub fn send_snapshot(&self, id: u64, chairs: &[ChairView]) {
+    pub fn send_snapshot(&self, id: u64, ward: &Ward) {
+        let chairs = protocol::render_chairs(&ward.chairs());
         let mut inner = self.lock();
-        let frame = self.snapshot_locked(&inner, chairs);
+        let frame = self.snapshot_locked(&inner, &chairs);
         inner
             .subscribers
             .retain(|s| s.id != id || s.deliver(&frame));
     }
 
-    fn snapshot_locked(&self, inner: &Inner, chairs: &[ChairView]) -> Frame {
+    fn snapshot_locked(&self, inner: &Inner, chairs: &RenderedChairs) -> Frame {
         protocol::snapshot_frame(
             &self.instance,
             inner.board.last_seq(),
@@ -237,8 +276,12 @@ mod tests {
         }
     }
 
+    fn ward() -> Ward {
+        Ward::new(Arc::new(crate::core::RuleSet::default()), 10)
+    }
+
     fn hub(replay: usize) -> Hub {
-        Hub::new(replay, Arc::new(Metrics::new()))
+        Hub::starting_after(0, replay, Arc::new(Metrics::new()))
     }
 
     fn seqs(frames: &[Frame]) -> Vec<String> {
@@ -262,7 +305,7 @@ mod tests {
                 since: 0,
                 instance: None,
             },
-            &[],
+            &ward(),
             slow_tx,
             slow.clone(),
         );
@@ -271,7 +314,7 @@ mod tests {
                 since: 0,
                 instance: None,
             },
-            &[],
+            &ward(),
             fast_tx,
             CancellationToken::new(),
         );
@@ -296,7 +339,7 @@ mod tests {
                     since,
                     instance: instance.map(String::from),
                 },
-                &[],
+                &ward(),
                 tx.clone(),
                 CancellationToken::new(),
             );

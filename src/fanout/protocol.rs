@@ -14,6 +14,8 @@ pub struct Frame {
     /// When the reading behind an alarm frame was received, to measure
     /// receipt → socket write. `None` for frames not caused by a reading.
     pub ingested_at: Option<Instant>,
+    /// A `snapshot` frame (a connection allows one requested snapshot in flight).
+    pub snapshot: bool,
 }
 
 impl Frame {
@@ -22,6 +24,7 @@ impl Frame {
         Frame {
             text: Utf8Bytes::from(text),
             ingested_at,
+            snapshot: false,
         }
     }
 
@@ -99,35 +102,38 @@ pub fn vitals_frame(chair: &str, latest: &Latest, ingested_at: Option<Instant>) 
     )
 }
 
-#[derive(Serialize)]
-struct SnapshotFrame<'a> {
-    r#type: &'static str,
-    instance: &'a str,
-    seq: u64,
-    chairs: Vec<ChairJson<'a>>,
-    alarms: Vec<&'a AlarmEvent>,
+/// The `chairs` array of a snapshot, rendered once and outside the hub lock (it is
+/// the large part: O(chairs)).
+#[derive(Debug, Clone)]
+pub struct RenderedChairs(String);
+
+pub fn render_chairs(chairs: &[ChairView]) -> RenderedChairs {
+    let list: Vec<ChairJson<'_>> = chairs
+        .iter()
+        .map(|c| ChairJson::new(&c.chair, &c.latest))
+        .collect();
+    RenderedChairs(serde_json::to_string(&list).expect("chairs serialise to JSON"))
 }
 
 /// `{"type":"snapshot"}`: every known chair and every active alarm, as of alarm `seq`.
 pub fn snapshot_frame<'a>(
     instance: &str,
     seq: u64,
-    chairs: &'a [ChairView],
+    chairs: &RenderedChairs,
     alarms: impl Iterator<Item = &'a AlarmEvent>,
 ) -> Frame {
-    Frame::json(
-        &SnapshotFrame {
-            r#type: "snapshot",
-            instance,
-            seq,
-            chairs: chairs
-                .iter()
-                .map(|c| ChairJson::new(&c.chair, &c.latest))
-                .collect(),
-            alarms: alarms.collect(),
-        },
-        None,
-    )
+    let alarms: Vec<&AlarmEvent> = alarms.collect();
+    let alarms = serde_json::to_string(&alarms).expect("alarms serialise to JSON");
+    let instance = serde_json::to_string(instance).expect("a string serialises");
+    let text = format!(
+        r#"{{"type":"snapshot","instance":{instance},"seq":{seq},"chairs":{},"alarms":{alarms}}}"#,
+        chairs.0
+    );
+    Frame {
+        text: Utf8Bytes::from(text),
+        ingested_at: None,
+        snapshot: true,
+    }
 }
 
 #[derive(Serialize)]

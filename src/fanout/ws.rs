@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -91,6 +91,8 @@ struct Signals {
     last_seen: AtomicU64,
     /// Close code the reader asks the writer to send (0: none).
     close_with: AtomicU16,
+    /// A requested snapshot is queued and not yet written.
+    snapshot_pending: AtomicBool,
 }
 
 struct Conn {
@@ -114,6 +116,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
         gone: CancellationToken::new(),
         last_seen: AtomicU64::new(app.uptime_ms()),
         close_with: AtomicU16::new(0),
+        snapshot_pending: AtomicBool::new(false),
     });
     let start = match query.since {
         Some(since) => Start::Since {
@@ -124,7 +127,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
     };
     let sub = app
         .hub
-        .subscribe(start, &app.ward.chairs(), tx.clone(), signals.slow.clone());
+        .subscribe(start, &app.ward, tx.clone(), signals.slow.clone());
     app.metrics.ws_clients.increment(1.0);
     app.metrics.ws_connections_total.increment(1);
 
@@ -231,6 +234,7 @@ impl Conn {
         tokio::select! {
             biased;
             _ = self.signals.slow.cancelled() => Err(End::Slow),
+            _ = self.app.force_close.cancelled() => Err(End::Gone),
             r = self.sink.send(msg) => r.map_err(|_| End::Gone),
         }
     }
@@ -260,6 +264,7 @@ impl Conn {
             }
         }
         let slow = self.signals.slow.clone();
+        let force = self.app.force_close.clone();
         let write = async {
             for frame in &batch {
                 self.sink.feed(Message::Text(frame.text.clone())).await?;
@@ -269,10 +274,16 @@ impl Conn {
         tokio::select! {
             biased;
             _ = slow.cancelled() => return Err(End::Slow),
+            _ = force.cancelled() => return Err(End::Gone),
             r = write => r.map_err(|_| End::Gone)?,
         }
-        for at in batch.iter().filter_map(|f| f.ingested_at) {
-            Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+        for frame in &batch {
+            if let Some(at) = frame.ingested_at {
+                Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+            }
+            if frame.snapshot {
+                self.signals.snapshot_pending.store(false, Ordering::SeqCst);
+            }
         }
         Ok(())
     }
@@ -404,7 +415,19 @@ impl Reader {
                 Ok(Command::UnsubscribeVitals) => {
                     self.scope_tx.send_replace(None);
                 }
-                Ok(Command::Snapshot) => app.hub.send_snapshot(self.id, &app.ward.chairs()),
+                Ok(Command::Snapshot) => {
+                    // One requested snapshot in flight per connection: a client that
+                    // asks again and again without reading cannot pile them up.
+                    if self.signals.snapshot_pending.swap(true, Ordering::SeqCst) {
+                        self.refuse(
+                            "snapshot_pending",
+                            "a snapshot is already on its way; read it first",
+                            None,
+                        );
+                    } else {
+                        app.hub.send_snapshot(self.id, &app.ward);
+                    }
+                }
                 Err((code, message)) => self.refuse(code, &message, None),
             }
         }

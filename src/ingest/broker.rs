@@ -7,7 +7,11 @@
 
 use crate::config::EmbeddedBrokerConfig;
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long the embedded broker may take to start listening.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -85,5 +89,23 @@ pub fn start(config: &EmbeddedBrokerConfig) -> Result<SocketAddr, BrokerError> {
     started_rx
         .recv()
         .map_err(|_| BrokerError::Start("broker thread exited during start".into()))?;
+    // rumqttd binds on its own thread and reports failure only to its log: wait
+    // until it accepts connections, so a broker that did not come up is a startup
+    // error rather than a gateway that is never ready.
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let probe = if addr.ip().is_unspecified() {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+        if Instant::now() >= deadline {
+            return Err(BrokerError::Start(format!(
+                "not listening on {addr} after {} s (see the log with RUST_LOG=rumqttd=info)",
+                LISTEN_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(addr)
 }

@@ -58,10 +58,14 @@ pub fn process(
                 chair,
                 events,
                 late_values,
+                clock_stepped_back,
                 latest,
             },
         )) => {
             m.readings_ingested.increment(1);
+            if clock_stepped_back {
+                m.device_clock_steps.increment(1);
+            }
             if late_values > 0 {
                 m.readings_late_values.increment(late_values as u64);
             }

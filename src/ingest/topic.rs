@@ -26,6 +26,12 @@ pub const MAX_ID_LEN: usize = 64;
 
 impl TopicPattern {
     pub fn parse(filter: &str) -> Result<TopicPattern, TopicError> {
+        if filter.starts_with('$') {
+            return Err(TopicError(format!(
+                "'{filter}': '$' topics (shared subscriptions, $SYS) are not supported: \
+                 received topics would not match the filter"
+            )));
+        }
         let mut levels = Vec::new();
         let mut wildcards = 0;
         for part in filter.split('/') {
@@ -138,5 +144,6 @@ mod tests {
         assert!(TopicPattern::parse("clinic/+/vitals").is_err());
         assert!(TopicPattern::parse("clinic/+/chair/+/#").is_err());
         assert!(TopicPattern::parse("a/+/+/b").is_ok());
+        assert!(TopicPattern::parse("$share/g/+/+").is_err());
     }
 }

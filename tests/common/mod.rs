@@ -170,7 +170,7 @@ impl Device {
     pub async fn connect(host: &str, port: u16) -> Device {
         let mut o = MqttOptions::new(unique("dev"), host, port);
         o.set_clean_session(true)
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut events) = AsyncClient::new(o, 1000);
         let mut net = events.network_options();
         net.set_tcp_nodelay(true);
