@@ -76,12 +76,7 @@ async fn snapshot_on_connect_holds_active_alarms() {
 
 #[tokio::test]
 async fn redelivered_reading_raises_no_second_alarm() {
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    let gw = TestGateway::start(c, prefix).await;
-    let mut dash = gw.dashboard().await;
-    dash.next_of("snapshot").await;
-    let dev = gw.device().await;
+    let (gw, mut dash, dev) = setup(|_| {}).await;
     let topic = gw.topic("north", "2");
 
     let breach = reading(10, json!({"spo2": 84}));
@@ -267,13 +262,10 @@ async fn live_vitals_for_a_site() {
 
 #[tokio::test]
 async fn every_bad_payload_is_rejected_and_counted_and_the_next_good_one_alarms() {
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    c.ingest.max_payload_bytes = 512;
-    let gw = TestGateway::start(c, prefix).await;
-    let mut dash = gw.dashboard().await;
-    dash.next_of("snapshot").await;
-    let dev = gw.device().await;
+    let (gw, mut dash, dev) = setup(|c| {
+        c.ingest.max_payload_bytes = 512;
+    })
+    .await;
     let topic = gw.topic("north", "9");
     let now = now_ms();
     let bad: Vec<(&str, Vec<u8>)> = vec![
@@ -345,12 +337,7 @@ async fn every_bad_payload_is_rejected_and_counted_and_the_next_good_one_alarms(
 /// connection nor comes back forever, and the next reading still alarms.
 #[tokio::test]
 async fn huge_payload_is_rejected_without_breaking_ingest() {
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    let gw = TestGateway::start(c, prefix).await;
-    let mut dash = gw.dashboard().await;
-    dash.next_of("snapshot").await;
-    let dev = gw.device().await;
+    let (gw, mut dash, dev) = setup(|_| {}).await;
     let topic = gw.topic("north", "11");
     dev.publish_raw(&topic, vec![b'x'; 2 << 20]).await;
     dev.publish(&topic, &reading(1, json!({"spo2": 77}))).await;

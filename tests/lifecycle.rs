@@ -193,3 +193,36 @@ fn binary_refuses_a_config_with_an_unknown_key_naming_key_and_file() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// TLS settings are checked before anything starts: an unreadable CA file is a
+/// startup error naming the key and the file.
+#[tokio::test]
+async fn unreadable_tls_ca_file_stops_startup_with_a_clear_error() {
+    let (mut c, _) = test_config();
+    c.mqtt.tls = Some(vitalgate::config::TlsConfig {
+        ca_file: "/nonexistent/ca.pem".into(),
+        client_cert_file: None,
+        client_key_file: None,
+    });
+    let err = Gateway::start(c)
+        .await
+        .err()
+        .expect("startup refused")
+        .to_string();
+    assert!(err.contains("mqtt.tls.ca_file"), "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+
+    let (mut c, _) = test_config();
+    c.mqtt.broker = BrokerMode::Embedded;
+    c.mqtt.tls = Some(vitalgate::config::TlsConfig {
+        ca_file: "/nonexistent/ca.pem".into(),
+        client_cert_file: None,
+        client_key_file: None,
+    });
+    let err = Gateway::start(c)
+        .await
+        .err()
+        .expect("startup refused")
+        .to_string();
+    assert!(err.contains("mqtt.tls"), "{err}");
+}

@@ -83,6 +83,19 @@ pub fn simple_rules(c: &mut Config) {
     }];
 }
 
+/// The usual start of a test: a gateway with [`simple_rules`] (then `tweak`), a
+/// dashboard that has received its snapshot, and a device.
+pub async fn setup(tweak: impl FnOnce(&mut Config)) -> (TestGateway, Dashboard, Device) {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    tweak(&mut c);
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    (gw, dash, dev)
+}
+
 pub struct TestGateway {
     pub gateway: Gateway,
     pub prefix: String,
