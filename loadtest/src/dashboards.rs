@@ -1,0 +1,194 @@
+//! Simulated nurse-station dashboards over WebSockets, measuring what arrives.
+
+use crate::devices::SentLog;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Latency histogram in microseconds, 1 µs to 60 s, 3 significant figures.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// What one dashboard saw.
+pub struct Seen {
+    /// Breach episodes whose `raised` SBP alarm arrived: (chair, ts).
+    pub breaches: HashSet<(u32, u64)>,
+    /// Alarm events received more than once (same id and state).
+    pub duplicates: u64,
+    pub alarm_from_intended: Histogram<u64>,
+    pub alarm_from_sent: Histogram<u64>,
+    pub vitals_from_intended: Histogram<u64>,
+    pub vitals_from_sent: Histogram<u64>,
+    pub vitals_frames: u64,
+    /// Why the connection ended early, if it did.
+    pub error: Option<String>,
+}
+
+/// Live counters for the progress line.
+#[derive(Default)]
+pub struct DashboardStats {
+    pub alarms: AtomicU64,
+    /// Breach episodes seen, summed over dashboards.
+    pub breach_deliveries: AtomicU64,
+    pub vitals: AtomicU64,
+    pub connected: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    r#type: &'a str,
+    #[serde(default)]
+    id: u64,
+    #[serde(default)]
+    state: &'a str,
+    #[serde(default)]
+    chair: &'a str,
+    #[serde(default)]
+    vital: &'a str,
+    #[serde(default)]
+    ts: u64,
+    #[serde(default)]
+    vitals: Option<VitalsTs>,
+}
+
+#[derive(Deserialize)]
+struct VitalsTs {
+    hr: Option<Stamp>,
+}
+
+#[derive(Deserialize)]
+struct Stamp {
+    ts: u64,
+}
+
+/// `site3/c17` → 17.
+fn chair_index(chair: &str) -> Option<u32> {
+    chair.rsplit_once("/c")?.1.parse().ok()
+}
+
+fn record(h: &mut Histogram<u64>, from: Instant, at: Instant) {
+    let us = at.saturating_duration_since(from).as_micros() as u64;
+    h.saturating_record(us.max(1));
+}
+
+/// Connect, take the snapshot, optionally subscribe to live vitals, then record
+/// until `stop` turns true.
+pub async fn watch_alarms(
+    http: SocketAddr,
+    site: Option<String>,
+    vitals: bool,
+    log: Arc<SentLog>,
+    stats: Arc<DashboardStats>,
+    ready: tokio::sync::mpsc::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Seen {
+    let mut seen = Seen {
+        breaches: HashSet::new(),
+        duplicates: 0,
+        alarm_from_intended: histogram(),
+        alarm_from_sent: histogram(),
+        vitals_from_intended: histogram(),
+        vitals_from_sent: histogram(),
+        vitals_frames: 0,
+        error: None,
+    };
+    let (mut ws, _) = match tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            seen.error = Some(format!("connect: {e}"));
+            let _ = ready.send(()).await;
+            return seen;
+        }
+    };
+    if vitals {
+        let cmd = match &site {
+            Some(s) => format!(r#"{{"type":"subscribe_vitals","site":"{s}"}}"#),
+            None => r#"{"type":"subscribe_vitals"}"#.to_string(),
+        };
+        let _ = ws.send(Message::text(cmd)).await;
+    }
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+    let mut events: HashSet<(u64, u8)> = HashSet::new();
+    let mut announced = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            msg = ws.next() => msg,
+        };
+        let at = Instant::now();
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(c))) => {
+                seen.error = Some(format!("closed by the gateway: {c:?}"));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                seen.error = Some(format!("connection error: {e}"));
+                break;
+            }
+            None => {
+                seen.error = Some("connection ended".into());
+                break;
+            }
+        };
+        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+            continue;
+        };
+        match frame.r#type {
+            "snapshot" if !announced => {
+                announced = true;
+                let _ = ready.send(()).await;
+            }
+            "alarm" => {
+                stats.alarms.fetch_add(1, Ordering::Relaxed);
+                let state = match frame.state {
+                    "raised" => 0,
+                    "acknowledged" => 1,
+                    _ => 2,
+                };
+                if !events.insert((frame.id, state)) {
+                    seen.duplicates += 1;
+                }
+                if state == 0 && frame.vital == "sbp" {
+                    if let Some(chair) = chair_index(frame.chair) {
+                        if let Some(sent) = log.breach(chair, frame.ts) {
+                            // Several SBP rules raise on one breach: time the first.
+                            if seen.breaches.insert((chair, frame.ts)) {
+                                stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
+                                record(&mut seen.alarm_from_intended, sent.intended, at);
+                                record(&mut seen.alarm_from_sent, sent.actual, at);
+                            }
+                        }
+                    }
+                }
+            }
+            "vitals" => {
+                stats.vitals.fetch_add(1, Ordering::Relaxed);
+                seen.vitals_frames += 1;
+                let stamp = frame.vitals.and_then(|v| v.hr).map(|s| s.ts);
+                if let (Some(chair), Some(ts)) = (chair_index(frame.chair), stamp) {
+                    if let Some(sent) = log.reading(chair, ts) {
+                        record(&mut seen.vitals_from_intended, sent.intended, at);
+                        record(&mut seen.vitals_from_sent, sent.actual, at);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !announced {
+        let _ = ready.send(()).await;
+    }
+    let _ = ws.close(None).await;
+    seen
+}
