@@ -91,7 +91,11 @@ impl App {
     pub fn new(config: Config, rules: RuleSet, topic: TopicPattern) -> App {
         let metrics = Arc::new(Metrics::new());
         App {
-            ward: Ward::new(Arc::new(rules), config.ingest.max_chairs),
+            ward: Ward::with_alarm_ids_after(
+                Arc::new(rules),
+                config.ingest.max_chairs,
+                now_ms().saturating_mul(1_000),
+            ),
             hub: Hub::new(config.websocket.replay_capacity, metrics.clone()),
             live: LiveFeed::new(config.websocket.live_log_capacity),
             metrics,

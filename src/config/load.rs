@@ -76,8 +76,30 @@ impl ConfigError {
     }
 }
 
-/// Keys set by environment variables: dotted key → variable name.
-type EnvKeys = Vec<(String, String)>;
+/// Keys set by environment variables: (dotted key, variable name, raw value).
+type EnvKeys = Vec<(String, String, String)>;
+
+/// Replace the value at dotted `key` with the string `raw`; false if it already is one.
+fn set_string(table: &mut Table, key: &str, raw: &str) -> bool {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return false;
+    };
+    let mut at = table;
+    for part in parts {
+        match at.get_mut(part) {
+            Some(Value::Table(t)) => at = t,
+            _ => return false,
+        }
+    }
+    match at.get(last) {
+        Some(Value::String(_)) | None => false,
+        Some(_) => {
+            at.insert(last.to_string(), Value::String(raw.to_string()));
+            true
+        }
+    }
+}
 
 impl Config {
     /// Load: defaults, overlaid by `path` (if given), overlaid by every `VITALGATE_*`
@@ -103,7 +125,23 @@ impl Config {
         };
         merge(&mut merged, user.clone());
         let env_keys = apply_env(&mut merged, env);
-        finish(merged, &source, &user, &env_keys)
+        loop {
+            match finish(merged.clone(), &source, &user, &env_keys) {
+                // `VITALGATE_MQTT__PASSWORD=123456` parses as a number; where the key
+                // wants a string, take the variable's text as it is.
+                Err(ConfigError::Keys { problems }) if problems.len() == 1 => {
+                    let p = &problems[0];
+                    let raw = env_keys.iter().find(|e| e.0 == p.key).map(|e| &e.2);
+                    match raw {
+                        Some(raw)
+                            if p.message.contains("expected a string")
+                                && set_string(&mut merged, &p.key, raw) => {}
+                        _ => return Err(ConfigError::Keys { problems }),
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Parse one complete TOML document (no defaults, no environment).
@@ -148,7 +186,7 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
             .parse::<Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
-            .unwrap_or(Value::String(raw));
+            .unwrap_or_else(|| Value::String(raw.clone()));
         let mut at = &mut *table;
         for part in &path[..path.len() - 1] {
             let slot = at
@@ -160,7 +198,7 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
             at = slot.as_table_mut().expect("just made a table");
         }
         at.insert(path[path.len() - 1].clone(), value);
-        keys.push((path.join("."), name));
+        keys.push((path.join("."), name, raw));
     }
     keys
 }
@@ -168,7 +206,7 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
 /// Where the value at `key` came from.
 fn origin(key: &str, source: &Source, user: &Table, env: &EnvKeys) -> String {
     let plain: String = key.split('[').next().unwrap_or(key).to_string();
-    if let Some((_, var)) = env.iter().rev().find(|(k, _)| {
+    if let Some((_, var, _)) = env.iter().rev().find(|(k, _, _)| {
         plain == *k || plain.starts_with(&format!("{k}.")) || k.starts_with(&format!("{plain}."))
     }) {
         return format!("environment {var}");
@@ -292,6 +330,21 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("websocket.queue_capacty"), "{text}");
         assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn numeric_env_values_are_kept_as_text_where_a_string_is_expected() {
+        let env = vec![
+            ("VITALGATE_MQTT__USERNAME".to_string(), "4711".to_string()),
+            ("VITALGATE_MQTT__PASSWORD".to_string(), "123456".to_string()),
+            ("VITALGATE_MQTT__CLIENT_ID".to_string(), "42".to_string()),
+            ("VITALGATE_MQTT__PORT".to_string(), "1884".to_string()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.mqtt.username.as_deref(), Some("4711"));
+        assert_eq!(c.mqtt.password.as_deref(), Some("123456"));
+        assert_eq!(c.mqtt.client_id, "42");
+        assert_eq!(c.mqtt.port, 1884);
     }
 
     #[test]

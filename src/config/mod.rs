@@ -148,7 +148,9 @@ pub struct WebSocketConfig {
     pub read_buffer_bytes: usize,
     /// Bytes buffered before a write is forced.
     pub write_buffer_bytes: usize,
-    /// Most bytes buffered for a client before it counts as slow.
+    /// Most bytes buffered for one client's socket. A single frame must fit, so this
+    /// bounds the largest snapshot (see [`snapshot_bound`]); a client that cannot take
+    /// its frames is cut off by `queue_capacity`, not by this.
     pub max_write_buffer_bytes: usize,
     /// How often the server pings each client, ms.
     pub ping_interval_ms: u64,
@@ -164,6 +166,12 @@ pub struct WebSocketConfig {
 pub struct ShutdownConfig {
     /// How long SIGTERM waits for dashboards to drain before closing them, ms.
     pub grace_period_ms: u64,
+}
+
+/// Bytes a snapshot of `chairs` chairs can take at most: about 1 KiB per chair with
+/// every vital and the pump at the longest names, plus 1 MiB for active alarms.
+pub fn snapshot_bound(chairs: usize) -> usize {
+    chairs.saturating_mul(1024).saturating_add(1 << 20)
 }
 
 impl Default for Config {
@@ -318,6 +326,11 @@ impl Config {
                 errs.push((key.into(), format!("{v} is outside {lo}..={hi}")));
             }
         }
+        check!(
+            w.max_write_buffer_bytes >= snapshot_bound(self.ingest.max_chairs),
+            "websocket.max_write_buffer_bytes",
+            "must hold a snapshot of ingest.max_chairs chairs (1 KiB each, plus 1 MiB for active alarms), or no dashboard could receive one",
+        );
         check!(
             w.max_frame_bytes <= w.max_message_bytes,
             "websocket.max_frame_bytes",

@@ -222,6 +222,14 @@ pub fn decode(payload: &[u8], now_ms: u64, limits: &DecodeLimits) -> Result<Read
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
+    // serde also reads a struct from a JSON array (fields by position); payload v1
+    // is an object only.
+    if text.trim_start().starts_with('[') {
+        return Err(Rejection::new(
+            RejectReason::WrongType,
+            "payload must be a JSON object, not an array",
+        ));
+    }
     let wire: WireReading = serde_json::from_str(text).map_err(classify_json_error)?;
 
     if wire.ts < MIN_PLAUSIBLE_TS_MS {
@@ -342,6 +350,11 @@ mod tests {
         assert_eq!(reason(b"{\"seq\":1,\xff}"), RejectReason::InvalidUtf8);
         assert_eq!(reason(b"{\"seq\":1,"), RejectReason::MalformedJson);
         assert_eq!(reason(b"[1,2]"), RejectReason::WrongType);
+        assert_eq!(
+            reason(b" [1,1764000000000,150,null,null,null,null,null,null]"),
+            RejectReason::WrongType
+        );
+        assert_eq!(reason(b"42"), RejectReason::WrongType);
         assert_eq!(
             reason(br#"{"seq":1,"ts":1764000000000,"hr":"fast"}"#),
             RejectReason::WrongType

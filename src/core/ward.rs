@@ -52,12 +52,24 @@ pub struct Ward {
 }
 
 impl Ward {
+    /// A ward whose first alarm gets id 1.
     pub fn new(rules: Arc<RuleSet>, max_chairs: usize) -> Self {
+        Self::with_alarm_ids_after(rules, max_chairs, 0)
+    }
+
+    /// A ward whose alarm ids start after `last_alarm_id`. The gateway starts them
+    /// after its start time in microseconds, so an id from an earlier run (held by a
+    /// dashboard that has not caught up) never names a different patient's alarm.
+    pub fn with_alarm_ids_after(
+        rules: Arc<RuleSet>,
+        max_chairs: usize,
+        last_alarm_id: u64,
+    ) -> Self {
         Ward {
             patients: DashMap::new(),
             rules,
             max_chairs,
-            last_alarm_id: AtomicU64::new(0),
+            last_alarm_id: AtomicU64::new(last_alarm_id),
         }
     }
 

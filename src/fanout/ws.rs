@@ -235,7 +235,7 @@ impl Conn {
             biased;
             _ = self.signals.slow.cancelled() => Err(End::Slow),
             _ = self.app.force_close.cancelled() => Err(End::Gone),
-            r = self.sink.send(msg) => r.map_err(|_| End::Gone),
+            r = self.sink.send(msg) => r.map_err(write_failed),
         }
     }
 
@@ -275,7 +275,7 @@ impl Conn {
             biased;
             _ = slow.cancelled() => return Err(End::Slow),
             _ = force.cancelled() => return Err(End::Gone),
-            r = write => r.map_err(|_| End::Gone)?,
+            r = write => r.map_err(write_failed)?,
         }
         for frame in &batch {
             if let Some(at) = frame.ingested_at {
@@ -347,6 +347,11 @@ impl Conn {
         })
         .await;
     }
+}
+
+fn write_failed(e: axum::Error) -> End {
+    tracing::debug!(error = %e, "dashboard write failed; closing");
+    End::Gone
 }
 
 async fn live_changed(live: &mut Option<Live>) {

@@ -340,6 +340,7 @@ pub struct PrivateBroker {
     pub port: u16,
     child: std::process::Child,
     dir: std::path::PathBuf,
+    conf: std::path::PathBuf,
 }
 
 impl PrivateBroker {
@@ -359,13 +360,23 @@ impl PrivateBroker {
             ),
         )
         .unwrap();
+        let child = Self::spawn(&conf, port).await;
+        PrivateBroker {
+            port,
+            child,
+            dir,
+            conf,
+        }
+    }
+
+    async fn spawn(conf: &std::path::Path, port: u16) -> std::process::Child {
         let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or("mosquitto");
         let child = std::process::Command::new(bin)
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -378,7 +389,15 @@ impl PrivateBroker {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        PrivateBroker { port, child, dir }
+        child
+    }
+
+    /// Kill the broker (it keeps nothing: persistence is off) and start it again on
+    /// the same port.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.conf, self.port).await;
     }
 }
 
