@@ -53,7 +53,10 @@ async fn breach_raises_an_alarm_on_the_dashboard_and_recovery_clears_it() {
     assert_eq!(gw.metric("vitalgate_readings_ingested_total").await, 4.0);
     // Both latency histograms saw the traffic: four readings, two alarm frames
     // written to the first dashboard.
-    assert_eq!(gw.metric("vitalgate_device_to_ingest_seconds_count").await, 4.0);
+    assert_eq!(
+        gw.metric("vitalgate_device_to_ingest_seconds_count").await,
+        4.0
+    );
     assert!(gw.metric("vitalgate_ingest_to_ws_send_seconds_count").await >= 2.0);
     gw.stop().await;
 }

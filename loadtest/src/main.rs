@@ -8,6 +8,7 @@
 
 mod dashboards;
 mod devices;
+mod floor;
 mod report;
 mod target;
 
@@ -85,6 +86,10 @@ struct Args {
     /// Fail (exit 2) if the alarm p99.9 from intended send exceeds this.
     #[arg(long, value_parser = parse_duration)]
     max_p999: Option<Duration>,
+    /// Measure the floor instead: the same publishers into the same broker, received
+    /// by one bare MQTT subscriber (no gateway, no dashboards).
+    #[arg(long)]
+    floor: bool,
     /// Random seed for values and breach episodes.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -165,7 +170,9 @@ async fn run(args: Args) -> Result<Report> {
     if !(args.rate > 0.0 && args.rate <= 500.0) {
         bail!("--rate must be above 0 and at most 500 readings/s per chair");
     }
+    let dashboards_n = if args.floor { 1 } else { args.dashboards };
     let mut target = match args.gateway {
+        _ if args.floor => Target::broker_only(args.broker.clone())?,
         Some(http) => Target::attach(
             http,
             args.broker.clone(),
@@ -184,9 +191,19 @@ async fn run(args: Args) -> Result<Report> {
     let log = Arc::new(SentLog::new(args.chairs));
     let dash_stats = Arc::new(DashboardStats::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.dashboards.max(1));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(dashboards_n.max(1));
     let mut dashboards = Vec::new();
-    for i in 0..args.dashboards {
+    if args.floor {
+        dashboards.push(tokio::spawn(floor::subscribe(
+            target.broker.clone(),
+            target.topic_prefix.clone(),
+            log.clone(),
+            dash_stats.clone(),
+            ready_tx.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for i in (0..args.dashboards).filter(|_| !args.floor) {
         let site = args.per_site.then(|| format!("site{}", i % args.sites));
         dashboards.push(tokio::spawn(dashboards::watch_alarms(
             target.http,
@@ -198,7 +215,7 @@ async fn run(args: Args) -> Result<Report> {
             stop_rx.clone(),
         )));
     }
-    for _ in 0..args.dashboards {
+    for _ in 0..dashboards_n {
         tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
             .await
             .context("dashboards did not all connect within 60 s")?;
@@ -283,7 +300,7 @@ async fn run(args: Args) -> Result<Report> {
     let breaches: Vec<(u32, u64)> = log.breaches.lock().unwrap().keys().copied().collect();
     // Alarms go to every dashboard (a site scope applies to live vitals only), so
     // every breach is owed to every dashboard.
-    let expected = breaches.len() as u64 * args.dashboards as u64;
+    let expected = breaches.len() as u64 * dashboards_n as u64;
     let drain_until = Instant::now() + args.drain;
     while dash_stats.breach_deliveries.load(Ordering::Relaxed) < expected
         && Instant::now() < drain_until
@@ -353,7 +370,8 @@ async fn run(args: Args) -> Result<Report> {
         date_unix_s: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         chairs: args.chairs,
-        dashboards: args.dashboards,
+        dashboards: dashboards_n,
+        floor: args.floor,
         per_site: args.per_site,
         rate_per_chair_hz: args.rate,
         target_readings_per_s: args.rate * args.chairs as f64,

@@ -39,6 +39,8 @@ pub struct Report {
     pub command: String,
     pub chairs: usize,
     pub dashboards: usize,
+    /// The bare-subscriber floor rather than the gateway.
+    pub floor: bool,
     pub per_site: bool,
     pub rate_per_chair_hz: f64,
     pub target_readings_per_s: f64,
@@ -109,15 +111,20 @@ impl Report {
         }
         println!();
         println!(
-            "{:<34} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            "{:<36} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
             "latency (ms)", "samples", "p50", "p90", "p99", "p99.9", "p99.99", "max"
         );
-        for (name, l) in [
+        let (from_intended, from_sent) = if self.floor {
             (
-                "alarm, from intended send",
-                &self.alarm_latency_from_intended,
-            ),
-            ("alarm, from actual send", &self.alarm_latency_from_sent),
+                "FLOOR (bare subscriber), intended",
+                "FLOOR (bare subscriber), sent",
+            )
+        } else {
+            ("alarm, from intended send", "alarm, from actual send")
+        };
+        for (name, l) in [
+            (from_intended, &self.alarm_latency_from_intended),
+            (from_sent, &self.alarm_latency_from_sent),
             (
                 "live vitals, from intended send",
                 &self.vitals_latency_from_intended,
@@ -131,13 +138,14 @@ impl Report {
                 continue;
             }
             println!(
-                "{:<34} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3}",
+                "{:<36} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3}",
                 name, l.samples, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.p9999_ms, l.max_ms
             );
         }
         if let (Some(cpu), Some(rss)) = (self.gateway_cpu_percent, self.gateway_max_rss_mib) {
             println!();
-            println!("gateway: {cpu:.0} % CPU (of one core), max RSS {rss:.1} MiB");
+            let who = if self.floor { "broker" } else { "gateway" };
+            println!("{who}: {cpu:.0} % CPU (of one core), max RSS {rss:.1} MiB");
         }
         for f in &self.slo_failures {
             println!("SLO MISSED: {f}");

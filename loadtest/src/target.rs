@@ -131,6 +131,33 @@ impl Target {
         })
     }
 
+    /// Only a broker, for the floor measurement: a private Mosquitto, or an existing
+    /// broker. `pid` is the private broker's, for its CPU and memory.
+    pub fn broker_only(broker: Broker) -> Result<Target> {
+        let (broker_addr, mosquitto, pid) = match broker {
+            Broker::Embedded => bail!("--floor needs --broker mosquitto or --broker host:port"),
+            Broker::Mosquitto => {
+                let (child, dir, port) = start_mosquitto()?;
+                let pid = child.id();
+                (
+                    ("127.0.0.1".to_string(), port),
+                    Some((child, dir)),
+                    Some(pid),
+                )
+            }
+            Broker::At(host, port) => ((host, port), None, None),
+        };
+        Ok(Target {
+            http: ([127, 0, 0, 1], 0).into(),
+            broker: broker_addr,
+            topic_prefix: format!("loadtest{}", std::process::id()),
+            pid,
+            gateway: None,
+            mosquitto,
+            session_to_purge: None,
+        })
+    }
+
     /// Start a gateway (and a broker, if asked) and wait until it is ready.
     pub async fn start(
         broker: Broker,
