@@ -83,6 +83,8 @@ pub struct App {
     pub force_close: CancellationToken,
     /// Every dashboard connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Dashboards connected or upgrading, against `websocket.max_connections`.
+    pub dashboards: std::sync::atomic::AtomicUsize,
     started: Instant,
 }
 
@@ -108,6 +110,7 @@ impl App {
             close_dashboards: CancellationToken::new(),
             force_close: CancellationToken::new(),
             connections: TaskTracker::new(),
+            dashboards: std::sync::atomic::AtomicUsize::new(0),
             started: Instant::now(),
             config,
         }

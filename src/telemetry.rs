@@ -32,6 +32,8 @@ pub struct Metrics {
     pub ws_slow_disconnects: Counter,
     pub ws_connections_total: Counter,
     pub ws_commands_rejected: Counter,
+    pub ws_refused_max_connections: Counter,
+    pub ws_closed_command_rate: Counter,
     pub mqtt_connected: Gauge,
     pub mqtt_connect_attempts: Counter,
     pub mqtt_connection_errors: Counter,
@@ -131,6 +133,27 @@ impl Metrics {
             ws_connections_total: counter(
                 "vitalgate_ws_connections_total",
                 "WebSocket dashboards accepted since start.",
+            ),
+            ws_refused_max_connections: {
+                r.describe_counter(
+                    "vitalgate_ws_refused_total".into(),
+                    None,
+                    "Dashboards refused or closed by a limit, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008).".into(),
+                );
+                r.register_counter(
+                    &Key::from_parts(
+                        "vitalgate_ws_refused_total",
+                        vec![Label::new("reason", "max_connections")],
+                    ),
+                    &META,
+                )
+            },
+            ws_closed_command_rate: r.register_counter(
+                &Key::from_parts(
+                    "vitalgate_ws_refused_total",
+                    vec![Label::new("reason", "command_rate")],
+                ),
+                &META,
             ),
             ws_commands_rejected: counter(
                 "vitalgate_ws_commands_rejected_total",

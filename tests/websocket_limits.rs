@@ -106,3 +106,65 @@ async fn oversized_message_is_closed_with_1009() {
     assert_eq!(dash.closed().await, Some(1009));
     gw.stop().await;
 }
+
+/// Past `websocket.max_connections`, upgrades are refused with 503 and counted, the
+/// dashboards already connected keep receiving alarms, and a freed place is reused.
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_and_existing_ones_unaffected() {
+    let (gw, mut first, dev) = setup(|c| c.websocket.max_connections = 2).await;
+    let mut second = gw.dashboard().await;
+    second.next_of("snapshot").await;
+    let url = format!("ws://{}/ws", gw.http());
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503)
+        }
+        other => panic!("expected a 503 refusal, got {:?}", other.map(|_| ())),
+    }
+    let m = "vitalgate_ws_refused_total{reason=\"max_connections\"}";
+    assert_eq!(gw.metric(m).await, 1.0);
+
+    dev.publish(
+        &gw.topic("north", "1"),
+        &reading(1, serde_json::json!({"spo2": 80})),
+    )
+    .await;
+    assert_eq!(first.next_of("alarm").await["state"], "raised");
+    assert_eq!(second.next_of("alarm").await["state"], "raised");
+
+    // One leaves: its place is freed once the server has closed it.
+    second.ws.close(None).await.unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+            let _ = futures_util::StreamExt::next(&mut ws).await;
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the freed place was not reused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gw.stop().await;
+}
+
+/// A dashboard that floods commands is closed with 1008 and counted.
+#[tokio::test]
+async fn command_flood_is_closed_with_1008() {
+    let (gw, mut dash, _dev) = setup(|c| {
+        c.websocket.commands_per_second = 1.0;
+        c.websocket.command_burst = 5;
+    })
+    .await;
+    for _ in 0..20 {
+        let cmd = Message::text(r#"{"type":"unsubscribe_vitals"}"#);
+        if dash.ws.send(cmd).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(dash.closed().await, Some(1008));
+    let m = "vitalgate_ws_refused_total{reason=\"command_rate\"}";
+    assert_eq!(gw.metric(m).await, 1.0);
+    gw.stop().await;
+}

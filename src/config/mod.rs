@@ -158,6 +158,13 @@ pub struct WebSocketConfig {
     pub idle_timeout_ms: u64,
     /// How long to try sending a close frame to a slow client before dropping it, ms.
     pub close_timeout_ms: u64,
+    /// Most dashboards connected at once; further upgrades are refused with 503.
+    pub max_connections: usize,
+    /// Commands (acknowledgements, subscriptions, snapshots) a dashboard may send per
+    /// second on average; a client that exceeds it is closed with 1008.
+    pub commands_per_second: f64,
+    /// Commands a dashboard may send in a burst above that rate.
+    pub command_burst: u32,
 }
 
 /// `[shutdown]`.
@@ -344,6 +351,21 @@ impl Config {
         check!(
             w.close_timeout_ms >= 1,
             "websocket.close_timeout_ms",
+            "must be at least 1",
+        );
+        check!(
+            w.max_connections >= 1,
+            "websocket.max_connections",
+            "must be at least 1",
+        );
+        check!(
+            w.commands_per_second.is_finite() && w.commands_per_second > 0.0,
+            "websocket.commands_per_second",
+            "must be above 0",
+        );
+        check!(
+            w.command_burst >= 1,
+            "websocket.command_burst",
             "must be at least 1",
         );
         if let Err(rule_errs) = RuleSet::compile(&self.rules) {

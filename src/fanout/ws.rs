@@ -38,6 +38,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The client broke the WebSocket protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client sent commands faster than `websocket.commands_per_second` allows.
+    pub const POLICY: u16 = 1008;
 }
 
 /// Most queued frames written with one flush.
@@ -63,6 +65,14 @@ pub async fn upgrade(
         )
             .into_response();
     }
+    let Some(slot) = Slot::reserve(&app) else {
+        app.metrics.ws_refused_max_connections.increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many dashboards connected (websocket.max_connections)\n",
+        )
+            .into_response();
+    };
     let c = &app.config.websocket;
     ws.read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
@@ -70,9 +80,64 @@ pub async fn upgrade(
         .max_message_size(c.max_message_bytes)
         .max_frame_size(c.max_frame_bytes)
         .on_upgrade(move |socket| {
-            app.connections
-                .track_future(serve(socket, query, app.clone()))
+            let connection = serve(socket, query, app.clone());
+            app.connections.track_future(async move {
+                connection.await;
+                drop(slot);
+            })
         })
+}
+
+/// One of `websocket.max_connections` places, held from the upgrade request until
+/// the connection ends (or the upgrade fails and the callback holding it is dropped).
+struct Slot(Arc<App>);
+
+impl Slot {
+    fn reserve(app: &Arc<App>) -> Option<Slot> {
+        let before = app.dashboards.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(app.clone());
+        (before < app.config.websocket.max_connections).then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.dashboards.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Commands a client may still send: a token bucket refilled at
+/// `websocket.commands_per_second` up to `websocket.command_burst`.
+struct CommandBudget {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: std::time::Instant,
+}
+
+impl CommandBudget {
+    fn new(rate: f64, burst: u32) -> Self {
+        CommandBudget {
+            tokens: burst as f64,
+            rate,
+            burst: burst as f64,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Spend one command; false when the client is over its budget.
+    fn spend(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why the writer stopped.
@@ -156,6 +221,10 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
         (_, close_code::TOO_BIG) => conn.close(close_code::TOO_BIG, "message too big").await,
         (_, close_code::PROTOCOL_ERROR) => {
             conn.close(close_code::PROTOCOL_ERROR, "protocol error")
+                .await
+        }
+        (_, close_code::POLICY) => {
+            conn.close(close_code::POLICY, "command rate limit exceeded")
                 .await
         }
         _ => {}
@@ -379,10 +448,19 @@ struct Reader {
 impl Reader {
     async fn run(self, mut stream: SplitStream<WebSocket>) {
         let app = &self.app;
+        let ws = &app.config.websocket;
+        let mut budget = CommandBudget::new(ws.commands_per_second, ws.command_burst);
         while let Some(msg) = stream.next().await {
             self.signals
                 .last_seen
                 .store(app.uptime_ms(), Ordering::Relaxed);
+            if matches!(msg, Ok(Message::Text(_) | Message::Binary(_))) && !budget.spend() {
+                app.metrics.ws_closed_command_rate.increment(1);
+                self.signals
+                    .close_with
+                    .store(close_code::POLICY, Ordering::Relaxed);
+                break;
+            }
             let text = match msg {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Binary(_)) => {
