@@ -226,3 +226,33 @@ async fn unreadable_tls_ca_file_stops_startup_with_a_clear_error() {
         .to_string();
     assert!(err.contains("mqtt.tls"), "{err}");
 }
+
+/// SIGTERM with hundreds of dashboards connected: each receives the alarm already
+/// queued for it, then close 1001, and the gateway stops within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_with_hundreds_of_dashboards_delivers_queued_alarms() {
+    let (gw, mut watcher, dev) = setup(|c| c.shutdown.grace_period_ms = 5_000).await;
+    let mut dashboards = Vec::new();
+    for _ in 0..200 {
+        let mut d = gw.dashboard().await;
+        d.next_of("snapshot").await;
+        dashboards.push(d);
+    }
+    dev.publish(&gw.topic("north", "1"), &reading(1, json!({"spo2": 79})))
+        .await;
+    // Once one dashboard has it, the hub has queued it for every dashboard.
+    let alarm = watcher.next_of("alarm").await;
+
+    let started = std::time::Instant::now();
+    let broker = gw.gateway.broker().clone();
+    let client_id = gw.gateway.app().config.mqtt.client_id.clone();
+    let stop = tokio::spawn(gw.gateway.shutdown());
+    for d in dashboards.iter_mut() {
+        let got = d.next_of("alarm").await;
+        assert_eq!(got["id"], alarm["id"]);
+        assert_eq!(d.closed().await, Some(1001));
+    }
+    stop.await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    purge_session(&broker.host, broker.port, &client_id).await;
+}

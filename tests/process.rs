@@ -1,0 +1,106 @@
+//! The gateway as a separate process, killed without warning.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct GatewayProcess {
+    child: Child,
+    http: std::net::SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Start the `vitalgate` binary against the test broker and wait until ready.
+    async fn start(client_id: &str, prefix: &str) -> GatewayProcess {
+        let (host, port) = test_broker();
+        let http: std::net::SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+            .env("VITALGATE_HTTP__BIND", http.to_string())
+            .env("VITALGATE_MQTT__BROKER", "external")
+            .env("VITALGATE_MQTT__HOST", &host)
+            .env("VITALGATE_MQTT__PORT", port.to_string())
+            .env("VITALGATE_MQTT__CLIENT_ID", client_id)
+            .env(
+                "VITALGATE_MQTT__TOPIC",
+                format!("{prefix}/+/chair/+/vitals"),
+            )
+            .env("VITALGATE_MQTT__RECONNECT_INITIAL_MS", "50")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the vitalgate binary starts");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(http))
+                    .await
+            {
+                drop(s);
+                if http_get(http, "/ready").await.0 == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway process not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        GatewayProcess { child, http }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGKILL the gateway, then devices keep publishing; restarted with the same client
+/// id, it processes every reading published while it was down, once each, and
+/// dashboards see the latest values.
+#[tokio::test]
+async fn readings_published_while_the_gateway_was_killed_are_processed_after_restart() {
+    let client_id = unique("gwproc");
+    let prefix = unique("site");
+    let topic = format!("{prefix}/north/chair/1/vitals");
+    let mut first = GatewayProcess::start(&client_id, &prefix).await;
+    first.child.kill().unwrap(); // SIGKILL: no goodbye, the broker keeps the session
+    first.child.wait().unwrap();
+
+    let (host, port) = test_broker();
+    let mut dev = Device::connect(&host, port).await;
+    for seq in 1..=20u64 {
+        let spo2 = if seq == 15 { 78 } else { 97 };
+        dev.publish(
+            &topic,
+            &reading(seq, json!({ "spo2": spo2, "hr": 60 + seq })),
+        )
+        .await;
+    }
+    dev.wait_acked(20).await; // all held by the broker for the dead gateway
+
+    let second = GatewayProcess::start(&client_id, &prefix).await;
+    let deadline = Instant::now() + DEADLINE;
+    while metric(second.http, "vitalgate_readings_ingested_total").await < 20.0 {
+        assert!(Instant::now() < deadline, "not every reading was processed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (With the default rules one low SpO2 reading raises nothing: both SpO2 rules
+    // have a delay. The state shows the last reading won.)
+    let mut dash = Dashboard::connect(second.http, "").await;
+    let snap = dash.next_of("snapshot").await;
+    assert_eq!(snap["chairs"][0]["vitals"]["hr"]["value"], 80.0);
+    assert_eq!(snap["chairs"][0]["vitals"]["spo2"]["value"], 97.0);
+    assert_eq!(
+        metric(second.http, "vitalgate_readings_duplicate_total").await,
+        0.0
+    );
+    drop(second);
+    purge_session(&host, port, &client_id).await;
+}
