@@ -345,6 +345,12 @@ pub struct PrivateBroker {
 
 impl PrivateBroker {
     pub async fn start() -> PrivateBroker {
+        Self::start_with(false).await
+    }
+
+    /// With `persistence`, sessions and queued messages are saved on a clean stop and
+    /// loaded again on start.
+    pub async fn start_with(persistence: bool) -> PrivateBroker {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -352,10 +358,18 @@ impl PrivateBroker {
         let dir = std::env::temp_dir().join(unique("mosq"));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
+        let persistence = if persistence {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
                  max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
             ),
         )
@@ -398,6 +412,27 @@ impl PrivateBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = Self::spawn(&self.conf, self.port).await;
+    }
+
+    /// Stop the broker cleanly (SIGTERM: it saves its state when persistence is on).
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port after [`PrivateBroker::stop`].
+    pub async fn start_again(&mut self) {
+        self.child = Self::spawn(&self.conf, self.port).await;
+    }
+
+    /// Send a signal (`STOP`, `CONT`, `TERM`) to the broker process.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
     }
 }
 
