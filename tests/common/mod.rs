@@ -99,8 +99,9 @@ pub async fn setup(tweak: impl FnOnce(&mut Config)) -> (TestGateway, Dashboard, 
 pub struct TestGateway {
     pub gateway: Gateway,
     pub prefix: String,
-    client_id: String,
-    external: bool,
+    /// The session to remove from a shared broker at [`TestGateway::stop`].
+    pub client_id: String,
+    pub external: bool,
 }
 
 impl TestGateway {
@@ -351,6 +352,11 @@ impl PrivateBroker {
     /// With `persistence`, sessions and queued messages are saved on a clean stop and
     /// loaded again on start.
     pub async fn start_with(persistence: bool) -> PrivateBroker {
+        Self::start_config(persistence, "").await
+    }
+
+    /// With `extra` lines added to the listener (e.g. TLS settings).
+    pub async fn start_config(persistence: bool, extra: &str) -> PrivateBroker {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -369,7 +375,7 @@ impl PrivateBroker {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+                "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\n{persistence}\
                  max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
             ),
         )
