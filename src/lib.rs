@@ -182,9 +182,10 @@ impl Gateway {
             let close_timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
             let _ = tokio::time::timeout(close_timeout, self.app.connections.wait()).await;
         }
-        match tokio::time::timeout(Duration::from_secs(1), self.http).await {
+        let http_stop = Duration::from_millis(self.app.config.shutdown.http_stop_timeout_ms);
+        match tokio::time::timeout(http_stop, self.http).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error at shutdown"),
-            Err(_) => tracing::warn!("HTTP server did not stop within 1 s"),
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
             _ => {}
         }
         tracing::info!("vitalgate stopped");

@@ -144,6 +144,8 @@ pub struct WebSocketConfig {
     pub max_message_bytes: usize,
     /// Largest frame a client may send.
     pub max_frame_bytes: usize,
+    /// Most queued frames written to one dashboard with a single flush.
+    pub write_batch_frames: usize,
     /// Per-connection read buffer.
     pub read_buffer_bytes: usize,
     /// Bytes buffered before a write is forced.
@@ -173,6 +175,10 @@ pub struct WebSocketConfig {
 pub struct ShutdownConfig {
     /// How long SIGTERM waits for dashboards to drain before closing them, ms.
     pub grace_period_ms: u64,
+    /// How long the MQTT DISCONNECT (and the acknowledgements before it) may take, ms.
+    pub mqtt_disconnect_timeout_ms: u64,
+    /// How long the HTTP server may take to stop once dashboards are closed, ms.
+    pub http_stop_timeout_ms: u64,
 }
 
 /// Bytes a snapshot of `chairs` chairs can take at most: about 1 KiB per chair with
@@ -281,6 +287,17 @@ impl Config {
             "mqtt.embedded.max_payload_bytes",
             "must be at least 1",
         );
+        let sd = &self.shutdown;
+        check!(
+            sd.mqtt_disconnect_timeout_ms >= 1,
+            "shutdown.mqtt_disconnect_timeout_ms",
+            "must be at least 1",
+        );
+        check!(
+            sd.http_stop_timeout_ms >= 1,
+            "shutdown.http_stop_timeout_ms",
+            "must be at least 1",
+        );
         let i = &self.ingest;
         check!(
             i.max_payload_bytes >= 64,
@@ -309,6 +326,12 @@ impl Config {
                 w.max_frame_bytes,
                 256,
                 16 << 20,
+            ),
+            (
+                "websocket.write_batch_frames",
+                w.write_batch_frames,
+                1,
+                4096,
             ),
             (
                 "websocket.read_buffer_bytes",

@@ -42,9 +42,6 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
 }
 
-/// Most queued frames written with one flush.
-const WRITE_BATCH: usize = 64;
-
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
     /// Resume after this alarm `seq`.
@@ -318,7 +315,8 @@ impl Conn {
         Ok(())
     }
 
-    /// Send `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with
+    /// Send `first` and whatever else is already queued (up to
+    /// `websocket.write_batch_frames`) with
     /// one flush, so a burst costs one write, not one per frame.
     async fn send_queued(
         &mut self,
@@ -326,7 +324,7 @@ impl Conn {
         rx: &mut mpsc::Receiver<Frame>,
     ) -> Result<(), End> {
         let mut batch = vec![first];
-        while batch.len() < WRITE_BATCH {
+        while batch.len() < self.app.config.websocket.write_batch_frames {
             match rx.try_recv() {
                 Ok(frame) => batch.push(frame),
                 Err(_) => break,

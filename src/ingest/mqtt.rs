@@ -285,6 +285,7 @@ impl Ingest {
         self.set_ready(false);
         self.flush_acks();
         let _ = self.client.try_disconnect();
+        let bound = Duration::from_millis(self.app.config.shutdown.mqtt_disconnect_timeout_ms);
         let drain = async {
             loop {
                 match self.events.poll().await {
@@ -293,11 +294,11 @@ impl Ingest {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(2), drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!("MQTT disconnect did not complete within 2 s");
+        if tokio::time::timeout(bound, drain).await.is_err() {
+            tracing::warn!(
+                timeout_ms = bound.as_millis() as u64,
+                "MQTT disconnect did not complete in time"
+            );
         }
         tracing::info!("disconnected from MQTT broker (session kept)");
     }
