@@ -76,7 +76,11 @@ async fn reading_published_while_gateway_is_down_is_processed_after_restart() {
 /// A snapshot of thousands of chairs fits in one frame and reaches the dashboard.
 #[tokio::test]
 async fn snapshot_of_thousands_of_chairs_reaches_the_dashboard() {
-    let (c, prefix) = test_config();
+    const CHAIRS: usize = 5_000;
+    let (mut c, prefix) = test_config();
+    c.ingest.max_chairs = CHAIRS;
+    c.websocket.max_write_buffer_bytes =
+        vitalgate::config::snapshot_bound(CHAIRS, c.condition_count());
     let gw = TestGateway::start(c, prefix).await;
     let app = gw.gateway.app();
     let payload = reading(
@@ -85,7 +89,6 @@ async fn snapshot_of_thousands_of_chairs_reaches_the_dashboard() {
                "pump": {"running": true, "rate_ml_h": 40.125, "infused_ml": 12.375}}),
     )
     .to_string();
-    const CHAIRS: usize = 5_000;
     for i in 0..CHAIRS {
         let topic = gw.topic("big", &format!("chair-{i:05}"));
         let done = vitalgate::ingest::process(

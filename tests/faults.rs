@@ -34,9 +34,8 @@ async fn broker_paused_for_ten_seconds_loses_and_duplicates_nothing() {
     dash.next_of("snapshot").await;
     let dev = Device::connect("127.0.0.1", broker.port).await;
 
-    // 200 chairs at 1 Hz each (half of them every 500 ms tick); chair k (k < 40)
-    // breaches once, around tick 5 + k / 2, so breaches fall before, during and after
-    // the pause.
+    // 200 chairs at 1 Hz each (half of them every 500 ms tick); chairs 0..40 breach
+    // once each, spread over the run.
     const CHAIRS: u64 = 200;
     const BREACHES: u64 = 40;
     const TICKS: u64 = 28; // of 500 ms: 14 s
@@ -49,8 +48,10 @@ async fn broker_paused_for_ten_seconds_loses_and_duplicates_nothing() {
             for t in 0..TICKS {
                 tick.tick().await;
                 for chair in (0..CHAIRS).filter(|c| c % 2 == t % 2) {
-                    // The chair's one publishing tick in [5 + k/2, 5 + k/2 + 2).
-                    let first = 5 + chair / 2;
+                    // The chair's one publishing tick in [first, first + 2), with
+                    // `first` spread over ticks 1..27: before (< tick 4), during
+                    // and after the pause (from about tick 24).
+                    let first = 1 + chair * 26 / BREACHES;
                     let breach = chair < BREACHES && (first..first + 2).contains(&t);
                     let spo2 = if breach { 80 } else { 97 };
                     let payload = reading(t, json!({ "spo2": spo2 })).to_string();
@@ -128,10 +129,11 @@ async fn broker_paused_for_ten_seconds_loses_and_duplicates_nothing() {
 }
 
 /// The broker is stopped and restarted with persistence on: the gateway reconnects
-/// with backoff (a handful of attempts, no storm), finds its session, and the next
-/// breach alarms.
+/// with backoff (a handful of attempts, no storm) and the next breach alarms. Then a
+/// breach published while the gateway is away survives a broker restart in the
+/// broker's saved session and raises its alarm when the gateway returns.
 #[tokio::test]
-async fn broker_restart_with_persistence_reconnects_without_a_storm() {
+async fn broker_restart_with_persistence_reconnects_without_a_storm_and_keeps_the_session() {
     let mut broker = PrivateBroker::start_with(true).await;
     let (mut c, prefix) = test_config();
     simple_rules(&mut c);
@@ -139,7 +141,7 @@ async fn broker_restart_with_persistence_reconnects_without_a_storm() {
     c.mqtt.port = broker.port;
     c.mqtt.reconnect_initial_ms = 200;
     c.mqtt.reconnect_max_ms = 2_000;
-    let gw = TestGateway::start(c, prefix).await;
+    let gw = TestGateway::start(c.clone(), prefix.clone()).await;
     let mut dash = gw.dashboard().await;
     dash.next_of("snapshot").await;
     let before = gw.metric("vitalgate_mqtt_connect_attempts_total").await;
@@ -157,9 +159,30 @@ async fn broker_restart_with_persistence_reconnects_without_a_storm() {
         "{attempts} connection attempts"
     );
 
-    let dev = Device::connect("127.0.0.1", broker.port).await;
+    let mut dev = Device::connect("127.0.0.1", broker.port).await;
     dev.publish(&gw.topic("north", "1"), &reading(1, json!({"spo2": 80})))
         .await;
+    dev.wait_acked(1).await;
     assert_eq!(dash.next_of("alarm").await["state"], "raised");
-    gw.stop().await;
+
+    // The gateway goes away (session kept); a breach waits for it in the broker,
+    // which is then restarted: only its saved state can still hold the breach.
+    let topic = gw.topic("north", "2");
+    gw.gateway.shutdown().await;
+    dev.publish(&topic, &reading(1, json!({"spo2": 75}))).await;
+    dev.wait_acked(1).await;
+    broker.stop();
+    broker.start_again().await;
+    let back = TestGateway::start(c, prefix).await;
+    let mut dash = back.dashboard().await;
+    let snap = dash.next_of("snapshot").await;
+    let alarm = match snap["alarms"].as_array().unwrap().first() {
+        Some(a) => a.clone(),
+        None => dash.next_of("alarm").await,
+    };
+    assert_eq!(
+        (alarm["chair"].as_str(), alarm["value"].as_f64()),
+        (Some("north/2"), Some(75.0))
+    );
+    back.gateway.shutdown().await;
 }

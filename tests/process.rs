@@ -91,6 +91,11 @@ async fn readings_published_while_the_gateway_was_killed_are_processed_after_res
         assert!(Instant::now() < deadline, "not every reading was processed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        metric(second.http, "vitalgate_readings_ingested_total").await,
+        20.0,
+        "each reading exactly once"
+    );
     // (With the default rules one low SpO2 reading raises nothing: both SpO2 rules
     // have a delay. The state shows the last reading won.)
     let mut dash = Dashboard::connect(second.http, "").await;

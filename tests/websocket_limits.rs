@@ -168,3 +168,33 @@ async fn command_flood_is_closed_with_1008() {
     assert_eq!(gw.metric(m).await, 1.0);
     gw.stop().await;
 }
+
+/// Acknowledgements are not metered: a station acknowledging many alarms at once
+/// after a storm stays connected.
+#[tokio::test]
+async fn acknowledging_many_alarms_at_once_is_not_rate_limited() {
+    let (gw, mut dash, dev) = setup(|c| {
+        c.websocket.commands_per_second = 1.0;
+        c.websocket.command_burst = 2;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for chair in 0..20 {
+        dev.publish(
+            &gw.topic("storm", &chair.to_string()),
+            &reading(1, serde_json::json!({"spo2": 80})),
+        )
+        .await;
+        ids.push(dash.next_of("alarm").await["id"].clone());
+    }
+    for id in &ids {
+        dash.send(serde_json::json!({"type": "ack", "id": id, "by": "nurse.kim"}))
+            .await;
+    }
+    for _ in &ids {
+        assert_eq!(dash.next_of("alarm").await["state"], "acknowledged");
+    }
+    let m = "vitalgate_ws_refused_total{reason=\"command_rate\"}";
+    assert_eq!(gw.metric(m).await, 0.0);
+    gw.stop().await;
+}

@@ -21,6 +21,8 @@ pub fn histogram() -> Histogram<u64> {
 pub struct Seen {
     /// Breach episodes whose `raised` SBP alarm arrived: (chair, ts).
     pub breaches: HashSet<(u32, u64)>,
+    /// `raised` SBP alarms of breach episodes, per rule: (chair, ts, rule).
+    pub raised: HashSet<(u32, u64, String)>,
     /// Alarm events received more than once (same id and state).
     pub duplicates: u64,
     pub alarm_from_intended: Histogram<u64>,
@@ -53,6 +55,8 @@ struct Frame<'a> {
     chair: &'a str,
     #[serde(default)]
     vital: &'a str,
+    #[serde(default)]
+    rule: &'a str,
     #[serde(default)]
     ts: u64,
     #[serde(default)]
@@ -92,6 +96,7 @@ pub async fn watch_alarms(
 ) -> Seen {
     let mut seen = Seen {
         breaches: HashSet::new(),
+        raised: HashSet::new(),
         duplicates: 0,
         alarm_from_intended: histogram(),
         alarm_from_sent: histogram(),
@@ -162,9 +167,19 @@ pub async fn watch_alarms(
                 if state == 0 && frame.vital == "sbp" {
                     if let Some(chair) = chair_index(frame.chair) {
                         if let Some(sent) = log.breach(chair, frame.ts) {
-                            // Several SBP rules raise on one breach: time the first.
-                            if seen.breaches.insert((chair, frame.ts)) {
+                            // Each SBP rule raises once per breach; a second raise
+                            // for the same breach and rule, whatever its id, is a
+                            // duplicate.
+                            if seen
+                                .raised
+                                .insert((chair, frame.ts, frame.rule.to_string()))
+                            {
                                 stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                seen.duplicates += 1;
+                            }
+                            // Time the first alarm of the breach.
+                            if seen.breaches.insert((chair, frame.ts)) {
                                 record(&mut seen.alarm_from_intended, sent.intended, at);
                                 record(&mut seen.alarm_from_sent, sent.actual, at);
                             }

@@ -37,6 +37,7 @@ pub async fn subscribe(
 ) -> Seen {
     let mut seen = Seen {
         breaches: HashSet::new(),
+        raised: HashSet::new(),
         duplicates: 0,
         alarm_from_intended: histogram(),
         alarm_from_sent: histogram(),

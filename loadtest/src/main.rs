@@ -86,6 +86,10 @@ struct Args {
     /// Fail (exit 2) if the alarm p99.9 from intended send exceeds this.
     #[arg(long, value_parser = parse_duration)]
     max_p999: Option<Duration>,
+    /// Rules every breach (an SBP surge to 192) must raise on every dashboard; each
+    /// missing one counts as lost. The defaults are the shipped SBP rules.
+    #[arg(long, value_delimiter = ',', default_value = "sbp_warn,sbp_critical")]
+    expect_rules: Vec<String>,
     /// Measure the floor instead: the same publishers into the same broker, received
     /// by one bare MQTT subscriber (no gateway, no dashboards).
     #[arg(long)]
@@ -93,6 +97,20 @@ struct Args {
     /// Random seed for values and breach episodes.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+}
+
+/// Settings for a gateway this harness starts: room for every simulated chair, and
+/// a write buffer that holds their snapshot (the shipped rules have 18 alarm
+/// conditions; 20 leaves slack, at 640 bytes each plus 1 KiB of vitals per chair).
+fn gateway_env(chairs: usize) -> Vec<(String, String)> {
+    let chairs = chairs.max(1000);
+    vec![
+        ("VITALGATE_INGEST__MAX_CHAIRS".into(), chairs.to_string()),
+        (
+            "VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES".into(),
+            (chairs * (20 * 640 + 1024) + (1 << 20)).to_string(),
+        ),
+    ]
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -179,9 +197,13 @@ async fn run(args: Args) -> Result<Report> {
             args.topic_prefix.clone(),
             args.gateway_pid,
         )?,
-        None => Target::start(args.broker.clone(), args.vitalgate_bin.clone(), &[])
-            .await
-            .context("starting the gateway")?,
+        None => Target::start(
+            args.broker.clone(),
+            args.vitalgate_bin.clone(),
+            &gateway_env(args.chairs),
+        )
+        .await
+        .context("starting the gateway")?,
     };
     eprintln!(
         "target: gateway http://{}, broker {}:{}, topics {}/+/chair/+/vitals",
@@ -300,7 +322,14 @@ async fn run(args: Args) -> Result<Report> {
     let breaches: Vec<(u32, u64)> = log.breaches.lock().unwrap().keys().copied().collect();
     // Alarms go to every dashboard (a site scope applies to live vitals only), so
     // every breach is owed to every dashboard.
-    let expected = breaches.len() as u64 * dashboards_n as u64;
+    // The floor receives each breach reading once; a dashboard each expected rule's
+    // alarm once.
+    let per_breach = if args.floor {
+        1
+    } else {
+        args.expect_rules.len() as u64
+    };
+    let expected = breaches.len() as u64 * dashboards_n as u64 * per_breach;
     let drain_until = Instant::now() + args.drain;
     while dash_stats.breach_deliveries.load(Ordering::Relaxed) < expected
         && Instant::now() < drain_until
@@ -342,11 +371,21 @@ async fn run(args: Args) -> Result<Report> {
         if let Some(e) = &s.error {
             failed.push(format!("dashboard {i}: {e}"));
         }
-        for key in &breaches {
-            if s.breaches.contains(key) {
-                received += 1;
-            } else {
-                lost += 1;
+        for &(chair, ts) in &breaches {
+            if args.floor {
+                if s.breaches.contains(&(chair, ts)) {
+                    received += 1;
+                } else {
+                    lost += 1;
+                }
+                continue;
+            }
+            for rule in &args.expect_rules {
+                if s.raised.contains(&(chair, ts, rule.clone())) {
+                    received += 1;
+                } else {
+                    lost += 1;
+                }
             }
         }
     }

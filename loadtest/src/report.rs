@@ -52,7 +52,8 @@ pub struct Report {
     pub max_send_lag_ms: f64,
     pub publish_errors: u64,
     pub breaches: u64,
-    /// Breach deliveries owed: each breach to each dashboard.
+    /// Breach deliveries owed: each expected rule's alarm of each breach to each
+    /// dashboard (each breach reading once to the floor's subscriber).
     pub breach_deliveries_expected: u64,
     pub breach_deliveries_received: u64,
     pub breach_deliveries_lost: u64,
@@ -60,7 +61,8 @@ pub struct Report {
     pub dashboards_failed: Vec<String>,
     /// Device publish (intended send time) → `raised` alarm on a dashboard.
     pub alarm_latency_from_intended: Latency,
-    /// Device publish (actual send) → `raised` alarm on a dashboard.
+    /// Device publish (actual send: handed to the MQTT client, so queueing in the
+    /// publisher's own client counts too) → `raised` alarm on a dashboard.
     pub alarm_latency_from_sent: Latency,
     pub vitals_frames: u64,
     pub vitals_latency_from_intended: Latency,

@@ -134,7 +134,8 @@ impl Config {
                     let raw = env_keys.iter().find(|e| e.0 == p.key).map(|e| &e.2);
                     match raw {
                         Some(raw)
-                            if p.message.contains("expected a string")
+                            if (p.message.contains("expected a string")
+                                || p.message.contains("expected path string"))
                                 && set_string(&mut merged, &p.key, raw) => {}
                         _ => return Err(ConfigError::Keys { problems }),
                     }
@@ -170,6 +171,15 @@ fn merge(base: &mut Table, over: Table) {
     }
 }
 
+fn lookup<'a>(table: &'a Table, path: &[String]) -> Option<&'a Value> {
+    let (last, parents) = path.split_last()?;
+    let mut at = table;
+    for part in parents {
+        at = at.get(part)?.as_table()?;
+    }
+    at.get(last)
+}
+
 fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>) -> EnvKeys {
     let mut keys = Vec::new();
     for (name, raw) in env {
@@ -180,13 +190,21 @@ fn apply_env(table: &mut Table, env: impl IntoIterator<Item = (String, String)>)
         if path.iter().any(String::is_empty) {
             continue;
         }
-        // A value that parses as a TOML value (number, bool, array, inline table,
-        // quoted string) is taken as such; anything else is a bare string.
-        let value = format!("v = {raw}")
-            .parse::<Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| Value::String(raw.clone()));
+        // For a key that holds text the variable is the text. Otherwise a value that
+        // parses as a TOML value (number, bool, array, inline table, quoted string)
+        // is taken as such, and anything else is a bare string; a number given for an
+        // optional text key (a password of digits) is turned back into text below.
+        let existing_is_text = lookup(table, &path).is_some_and(Value::is_str);
+        let value = if existing_is_text {
+            // The key holds text: take the variable as it is (quotes included).
+            Value::String(raw.clone())
+        } else {
+            format!("v = {raw}")
+                .parse::<Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| Value::String(raw.clone()))
+        };
         let mut at = &mut *table;
         for part in &path[..path.len() - 1] {
             let slot = at
@@ -345,6 +363,16 @@ mod tests {
         assert_eq!(c.mqtt.password.as_deref(), Some("123456"));
         assert_eq!(c.mqtt.client_id, "42");
         assert_eq!(c.mqtt.port, 1884);
+    }
+
+    #[test]
+    fn env_text_for_a_text_key_is_taken_as_it_is() {
+        let env = vec![(
+            "VITALGATE_MQTT__CLIENT_ID".to_string(),
+            "'quoted'".to_string(),
+        )];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.mqtt.client_id, "'quoted'");
     }
 
     #[test]

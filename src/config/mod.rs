@@ -162,8 +162,8 @@ pub struct WebSocketConfig {
     pub close_timeout_ms: u64,
     /// Most dashboards connected at once; further upgrades are refused with 503.
     pub max_connections: usize,
-    /// Commands (acknowledgements, subscriptions, snapshots) a dashboard may send per
-    /// second on average; a client that exceeds it is closed with 1008.
+    /// Commands (subscriptions, snapshots, malformed ones; never acknowledgements) a
+    /// dashboard may send per second on average; a client over it is closed with 1008.
     pub commands_per_second: f64,
     /// Commands a dashboard may send in a burst above that rate.
     pub command_burst: u32,
@@ -181,10 +181,13 @@ pub struct ShutdownConfig {
     pub http_stop_timeout_ms: u64,
 }
 
-/// Bytes a snapshot of `chairs` chairs can take at most: about 1 KiB per chair with
-/// every vital and the pump at the longest names, plus 1 MiB for active alarms.
-pub fn snapshot_bound(chairs: usize) -> usize {
-    chairs.saturating_mul(1024).saturating_add(1 << 20)
+/// Bytes a snapshot can take at most: per chair about 1 KiB of vitals and pump at the
+/// longest names, plus one active alarm (at most 640 bytes) for each of the
+/// `conditions` alarm conditions; plus 1 MiB of framing and slack.
+pub fn snapshot_bound(chairs: usize, conditions: usize) -> usize {
+    chairs
+        .saturating_mul(conditions.saturating_mul(640).saturating_add(1024))
+        .saturating_add(1 << 20)
 }
 
 impl Default for Config {
@@ -357,9 +360,9 @@ impl Config {
             }
         }
         check!(
-            w.max_write_buffer_bytes >= snapshot_bound(self.ingest.max_chairs),
+            w.max_write_buffer_bytes >= snapshot_bound(self.ingest.max_chairs, self.condition_count()),
             "websocket.max_write_buffer_bytes",
-            "must hold a snapshot of ingest.max_chairs chairs (1 KiB each, plus 1 MiB for active alarms), or no dashboard could receive one",
+            "must hold a snapshot of ingest.max_chairs chairs with every alarm condition active (see config/vitalgate.toml), or no dashboard could receive one",
         );
         check!(
             w.max_frame_bytes <= w.max_message_bytes,
@@ -399,6 +402,14 @@ impl Config {
             );
         }
         errs
+    }
+
+    /// How many alarm conditions the rules define (a two-sided rule counts twice).
+    pub fn condition_count(&self) -> usize {
+        self.rules
+            .iter()
+            .map(|r| usize::from(r.low.is_some()) + usize::from(r.high.is_some()))
+            .sum()
     }
 
     /// The compiled alarm rules. Call after [`Config::validate`] found nothing.

@@ -452,16 +452,13 @@ impl Reader {
             self.signals
                 .last_seen
                 .store(app.uptime_ms(), Ordering::Relaxed);
-            if matches!(msg, Ok(Message::Text(_) | Message::Binary(_))) && !budget.spend() {
-                app.metrics.ws_closed_command_rate.increment(1);
-                self.signals
-                    .close_with
-                    .store(close_code::POLICY, Ordering::Relaxed);
-                break;
-            }
             let text = match msg {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Binary(_)) => {
+                    if !budget.spend() {
+                        self.over_rate();
+                        break;
+                    }
                     self.refuse(
                         "bad_command",
                         "binary frames are not supported; send JSON text",
@@ -483,7 +480,14 @@ impl Reader {
                     break;
                 }
             };
-            match Command::parse(text.as_str()) {
+            let command = Command::parse(text.as_str());
+            // Acknowledgements are never metered: after an alarm storm a nurse must be
+            // able to acknowledge every alarm. Everything else spends the budget.
+            if !matches!(command, Ok(Command::Ack { .. })) && !budget.spend() {
+                self.over_rate();
+                break;
+            }
+            match command {
                 Ok(Command::Ack { id, by }) => {
                     if let Err(e) = app.hub.acknowledge(id, &by, crate::app::now_ms()) {
                         self.refuse(e.code(), &e.to_string(), Some(id));
@@ -513,6 +517,14 @@ impl Reader {
             }
         }
         self.signals.gone.cancel();
+    }
+
+    /// The client exceeded its command budget: count it and ask for a 1008 close.
+    fn over_rate(&self) {
+        self.app.metrics.ws_closed_command_rate.increment(1);
+        self.signals
+            .close_with
+            .store(close_code::POLICY, Ordering::Relaxed);
     }
 
     /// Count a refused command and tell the client why.

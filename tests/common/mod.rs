@@ -365,8 +365,10 @@ impl PrivateBroker {
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
         let persistence = if persistence {
+            // Mosquitto started as root drops to the `mosquitto` user unless told
+            // otherwise, and could then not write its state into our directory.
             format!(
-                "persistence true\npersistence_location {}/\n",
+                "persistence true\npersistence_location {}/\nuser root\n",
                 dir.display()
             )
         } else {
