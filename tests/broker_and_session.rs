@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn gateway_resubscribes_when_the_broker_lost_its_session() {
     let mut broker = PrivateBroker::start().await;
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    c.mqtt.host = "127.0.0.1".into();
-    c.mqtt.port = broker.port;
+    let (c, prefix) = config_for(&broker);
     let gw = TestGateway::start(c, prefix).await;
     let mut dash = gw.dashboard().await;
     dash.next_of("snapshot").await;

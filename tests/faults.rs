@@ -23,10 +23,7 @@ async fn wait_ready_status(gw: &TestGateway, want: u16) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_paused_for_ten_seconds_loses_and_duplicates_nothing() {
     let broker = PrivateBroker::start().await;
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    c.mqtt.host = "127.0.0.1".into();
-    c.mqtt.port = broker.port;
+    let (mut c, prefix) = config_for(&broker);
     c.mqtt.keep_alive_s = 2;
     c.mqtt.connect_timeout_s = 2;
     let gw = TestGateway::start(c, prefix).await;
@@ -135,10 +132,7 @@ async fn broker_paused_for_ten_seconds_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn broker_restart_with_persistence_reconnects_without_a_storm_and_keeps_the_session() {
     let mut broker = PrivateBroker::start_with(true).await;
-    let (mut c, prefix) = test_config();
-    simple_rules(&mut c);
-    c.mqtt.host = "127.0.0.1".into();
-    c.mqtt.port = broker.port;
+    let (mut c, prefix) = config_for(&broker);
     c.mqtt.reconnect_initial_ms = 200;
     c.mqtt.reconnect_max_ms = 2_000;
     let gw = TestGateway::start(c.clone(), prefix.clone()).await;

@@ -198,33 +198,30 @@ fn binary_refuses_a_config_with_an_unknown_key_naming_key_and_file() {
 /// startup error naming the key and the file.
 #[tokio::test]
 async fn unreadable_tls_ca_file_stops_startup_with_a_clear_error() {
-    let (mut c, _) = test_config();
-    c.mqtt.tls = Some(vitalgate::config::TlsConfig {
-        ca_file: "/nonexistent/ca.pem".into(),
-        client_cert_file: None,
-        client_key_file: None,
-    });
-    let err = Gateway::start(c)
-        .await
-        .err()
-        .expect("startup refused")
-        .to_string();
-    assert!(err.contains("mqtt.tls.ca_file"), "{err}");
-    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
-
-    let (mut c, _) = test_config();
-    c.mqtt.broker = BrokerMode::Embedded;
-    c.mqtt.tls = Some(vitalgate::config::TlsConfig {
-        ca_file: "/nonexistent/ca.pem".into(),
-        client_cert_file: None,
-        client_key_file: None,
-    });
-    let err = Gateway::start(c)
-        .await
-        .err()
-        .expect("startup refused")
-        .to_string();
-    assert!(err.contains("mqtt.tls"), "{err}");
+    // External broker: the file is read at start-up. Embedded: TLS is refused outright.
+    for (broker, names) in [
+        (
+            BrokerMode::External,
+            &["mqtt.tls.ca_file", "/nonexistent/ca.pem"][..],
+        ),
+        (BrokerMode::Embedded, &["mqtt.tls"][..]),
+    ] {
+        let (mut c, _) = test_config();
+        c.mqtt.broker = broker;
+        c.mqtt.tls = Some(vitalgate::config::TlsConfig {
+            ca_file: "/nonexistent/ca.pem".into(),
+            client_cert_file: None,
+            client_key_file: None,
+        });
+        let err = Gateway::start(c)
+            .await
+            .err()
+            .expect("startup refused")
+            .to_string();
+        for name in names {
+            assert!(err.contains(name), "{err}");
+        }
+    }
 }
 
 /// SIGTERM with hundreds of dashboards connected: each receives the alarm already

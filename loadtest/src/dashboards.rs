@@ -34,6 +34,22 @@ pub struct Seen {
     pub error: Option<String>,
 }
 
+impl Seen {
+    pub fn new() -> Seen {
+        Seen {
+            breaches: HashSet::new(),
+            raised: HashSet::new(),
+            duplicates: 0,
+            alarm_from_intended: histogram(),
+            alarm_from_sent: histogram(),
+            vitals_from_intended: histogram(),
+            vitals_from_sent: histogram(),
+            vitals_frames: 0,
+            error: None,
+        }
+    }
+}
+
 /// Live counters for the progress line.
 #[derive(Default)]
 pub struct DashboardStats {
@@ -94,17 +110,7 @@ pub async fn watch_alarms(
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
-    let mut seen = Seen {
-        breaches: HashSet::new(),
-        raised: HashSet::new(),
-        duplicates: 0,
-        alarm_from_intended: histogram(),
-        alarm_from_sent: histogram(),
-        vitals_from_intended: histogram(),
-        vitals_from_sent: histogram(),
-        vitals_frames: 0,
-        error: None,
-    };
+    let mut seen = Seen::new();
     let (mut ws, _) = match tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await {
         Ok(ok) => ok,
         Err(e) => {

@@ -119,6 +119,29 @@ impl Patient {
     }
 }
 
+/// An MQTT connection of this harness: clean session, TCP_NODELAY, 10 s keep-alive;
+/// `tune` adjusts the options further.
+pub fn connect(
+    name: &str,
+    broker: (String, u16),
+    tune: impl FnOnce(&mut MqttOptions),
+) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(
+        format!("vitalgate-loadtest-{}-{name}", std::process::id()),
+        broker.0,
+        broker.1,
+    );
+    o.set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(1 << 16, 1 << 16);
+    tune(&mut o);
+    let (client, mut events) = AsyncClient::new(o, 10_000);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    (client, events)
+}
+
 /// One publisher connection driving `chairs` (global indices, in phase order).
 pub async fn publish(
     id: usize,
@@ -129,19 +152,9 @@ pub async fn publish(
     stats: Arc<DeviceStats>,
     seed: u64,
 ) {
-    let mut o = MqttOptions::new(
-        format!("vitalgate-loadtest-{}-dev{id}", std::process::id()),
-        broker.0,
-        broker.1,
-    );
-    o.set_clean_session(true)
-        .set_inflight(1000)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(1 << 16, 1 << 16);
-    let (client, mut events) = AsyncClient::new(o, 10_000);
-    let mut net = events.network_options();
-    net.set_tcp_nodelay(true);
-    events.set_network_options(net);
+    let (client, mut events) = connect(&format!("dev{id}"), broker, |o| {
+        o.set_inflight(1000);
+    });
     let ack_stats = stats.clone();
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let closing_seen = closing.clone();

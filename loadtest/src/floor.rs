@@ -2,13 +2,12 @@
 //! subscriber that does nothing else. What vitalgate adds on top of this is what it
 //! owns.
 
-use crate::dashboards::{histogram, DashboardStats, Seen};
+use crate::dashboards::{DashboardStats, Seen};
 use crate::devices::SentLog;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use std::collections::HashSet;
+use rumqttc::{Event, Packet, QoS};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// `{prefix}/site3/chair/c17/vitals` → 17.
@@ -35,29 +34,8 @@ pub async fn subscribe(
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
-    let mut seen = Seen {
-        breaches: HashSet::new(),
-        raised: HashSet::new(),
-        duplicates: 0,
-        alarm_from_intended: histogram(),
-        alarm_from_sent: histogram(),
-        vitals_from_intended: histogram(),
-        vitals_from_sent: histogram(),
-        vitals_frames: 0,
-        error: None,
-    };
-    let mut o = MqttOptions::new(
-        format!("vitalgate-loadtest-{}-floor", std::process::id()),
-        broker.0,
-        broker.1,
-    );
-    o.set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_max_packet_size(1 << 16, 1 << 16);
-    let (client, mut events) = AsyncClient::new(o, 10_000);
-    let mut net = events.network_options();
-    net.set_tcp_nodelay(true);
-    events.set_network_options(net);
+    let mut seen = Seen::new();
+    let (client, mut events) = crate::devices::connect("floor", broker, |_| {});
     let _ = client
         .subscribe(format!("{prefix}/+/chair/+/vitals"), QoS::AtLeastOnce)
         .await;

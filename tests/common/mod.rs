@@ -83,6 +83,15 @@ pub fn simple_rules(c: &mut Config) {
     }];
 }
 
+/// [`test_config`] with [`simple_rules`], pointed at a private broker.
+pub fn config_for(broker: &PrivateBroker) -> (Config, String) {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    c.mqtt.host = "127.0.0.1".into();
+    c.mqtt.port = broker.port;
+    (c, prefix)
+}
+
 /// The usual start of a test: a gateway with [`simple_rules`] (then `tweak`), a
 /// dashboard that has received its snapshot, and a device.
 pub async fn setup(tweak: impl FnOnce(&mut Config)) -> (TestGateway, Dashboard, Device) {
