@@ -434,4 +434,14 @@ mod tests {
             1
         );
     }
+
+    /// Issue target: at most 2 KiB of state per patient with the shipped rules (the
+    /// map entry's key and bookkeeping add a few dozen bytes).
+    #[test]
+    fn patient_state_fits_in_two_kib_with_the_shipped_rules() {
+        let rules = crate::config::Config::default().rule_set().unwrap();
+        let bytes = std::mem::size_of::<PatientState>()
+            + rules.len() * std::mem::size_of::<ConditionState>();
+        assert!(bytes <= 2048, "{bytes} bytes per patient");
+    }
 }
