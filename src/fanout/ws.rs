@@ -91,9 +91,14 @@ struct Slot(Arc<App>);
 
 impl Slot {
     fn reserve(app: &Arc<App>) -> Option<Slot> {
-        let before = app.dashboards.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(app.clone());
-        (before < app.config.websocket.max_connections).then_some(slot)
+        // Compare-and-swap, so a refused request never holds a place even briefly.
+        let max = app.config.websocket.max_connections;
+        app.dashboards
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(app.clone()))
     }
 }
 
