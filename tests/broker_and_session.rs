@@ -60,11 +60,7 @@ async fn reading_published_while_gateway_is_down_is_processed_after_restart() {
 
     let second = TestGateway::start(c, prefix).await;
     let mut dash = second.dashboard().await;
-    let snap = dash.next_of("snapshot").await;
-    let alarm = match snap["alarms"].as_array().unwrap().first() {
-        Some(a) => a.clone(),
-        None => dash.next_of("alarm").await,
-    };
+    let alarm = dash.first_alarm().await;
     assert_eq!(alarm["chair"], "north/2");
     assert_eq!(alarm["value"], 75.0);
     second.stop().await;

@@ -169,11 +169,7 @@ async fn broker_restart_with_persistence_reconnects_without_a_storm_and_keeps_th
     broker.start_again().await;
     let back = TestGateway::start(c, prefix).await;
     let mut dash = back.dashboard().await;
-    let snap = dash.next_of("snapshot").await;
-    let alarm = match snap["alarms"].as_array().unwrap().first() {
-        Some(a) => a.clone(),
-        None => dash.next_of("alarm").await,
-    };
+    let alarm = dash.first_alarm().await;
     assert_eq!(
         (alarm["chair"].as_str(), alarm["value"].as_f64()),
         (Some("north/2"), Some(75.0))

@@ -292,6 +292,16 @@ impl Dashboard {
         }
     }
 
+    /// The first alarm this new connection learns of: the first active alarm in its
+    /// snapshot, or else the next alarm frame (for an alarm raised while connecting).
+    pub async fn first_alarm(&mut self) -> Value {
+        let snap = self.next_of("snapshot").await;
+        match snap["alarms"].as_array().and_then(|a| a.first()) {
+            Some(a) => a.clone(),
+            None => self.next_of("alarm").await,
+        }
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws.send(Message::text(v.to_string())).await.unwrap();
     }
