@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use vitalgate::audit::Audit;
 use vitalgate::core::{
-    decode, AlarmEvent, AlarmState, DecodeLimits, Direction, Priority, RuleSet, Vital, Ward,
+    decode, AlarmContext, AlarmEvent, AlarmKind, AlarmState, DecodeLimits, Direction, Event, Phase,
+    Priority, RuleSet, Vital, Ward,
 };
 use vitalgate::fanout::{protocol, Hub, Start};
-use vitalgate::ingest::{process, TopicPattern};
+use vitalgate::ingest::{process, Topics};
 use vitalgate::telemetry::Metrics;
 use vitalgate::{App, Config};
 
@@ -33,16 +35,32 @@ fn event() -> AlarmEvent {
         id: 17,
         state: AlarmState::Raised,
         chair: Arc::from("north/7"),
-        vital: Vital::Spo2,
+        kind: AlarmKind::Physiological,
+        vital: Some(Vital::Spo2),
         rule: Arc::from("spo2_critical"),
         condition: Direction::Low,
         value: 84.0,
         limit: 86.0,
         priority: Priority::High,
+        message: Arc::from("SpO2 84 below 86"),
+        latching: false,
         ts: NOW,
         received_at: NOW + 3,
         raised_ts: NOW,
+        escalated: false,
+        escalation_level: 0,
+        reminder: false,
+        reason: None,
         acknowledged_by: None,
+        context: AlarmContext {
+            phase: Phase::Infusion,
+            patient: Some(Arc::from("P-1042")),
+            session_number: Some(2),
+            session_count: Some(6),
+            infusion_minute: Some(31.5),
+            baseline: Some(98.0),
+            ..AlarmContext::default()
+        },
     }
 }
 
@@ -60,8 +78,13 @@ fn bench(c: &mut Criterion) {
     // rules; every 50th reading breaches SpO2 so raises and clears happen too.
     let config = Config::default();
     let rules = config.rule_set().unwrap();
-    let topic = TopicPattern::parse(&config.mqtt.topic).unwrap();
-    let app = App::new(config, rules, topic);
+    let m = &config.mqtt;
+    let topics = Topics::parse(&m.topic, &m.session_topic, &m.status_topic).unwrap();
+    // The audit trail as deployed: a WAL file with synchronous=NORMAL.
+    let dir = std::env::temp_dir().join(format!("vitalgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let audit = Arc::new(Audit::open(&dir.join("audit.sqlite3"), false).unwrap());
+    let app = App::new(config, rules, topics, audit.clone());
     let topics: Vec<String> = (0..1000)
         .map(|i| format!("clinic/site{}/chair/{}/vitals", i % 10, i))
         .collect();
@@ -86,8 +109,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| protocol::alarm_frame(black_box(42), &ev, None))
     });
 
+    // What the audit trail adds to each alarm event: one SQLite transaction.
+    let hub = Hub::new(10_000, Arc::new(Metrics::new()), Some(audit));
+    c.bench_function("publish_alarm_with_audit_no_queues", |b| {
+        b.iter(|| hub.publish(vec![Event::Alarm(event())], None))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+
     for subscribers in [1_000usize, 10_000] {
-        let hub = Hub::new(10_000, Arc::new(Metrics::new()));
+        let hub = Hub::new(10_000, Arc::new(Metrics::new()), None);
         let ward = Ward::new(Arc::new(RuleSet::default()), 1);
         let mut receivers = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
@@ -109,7 +139,7 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     let e = event();
                     let start = Instant::now();
-                    hub.publish(vec![e], None);
+                    hub.publish(vec![Event::Alarm(e)], None);
                     total += start.elapsed();
                     for rx in receivers.iter_mut() {
                         let _ = rx.try_recv();

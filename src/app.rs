@@ -1,9 +1,10 @@
 //! State shared by every edge of one running gateway.
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::core::{DecodeLimits, RuleSet, Ward};
 use crate::fanout::{Hub, LiveFeed};
-use crate::ingest::TopicPattern;
+use crate::ingest::Topics;
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -74,7 +75,9 @@ pub struct App {
     pub live: LiveFeed,
     pub metrics: Arc<Metrics>,
     pub health: Health,
-    pub topic: TopicPattern,
+    pub topics: Topics,
+    /// The durable audit trail (also behind the hub).
+    pub audit: Arc<Audit>,
     pub decode_limits: DecodeLimits,
     /// Cancelled once ingest has stopped: dashboards flush their queues and close.
     pub close_dashboards: CancellationToken,
@@ -90,7 +93,7 @@ pub struct App {
 
 impl App {
     /// Build from a validated config.
-    pub fn new(config: Config, rules: RuleSet, topic: TopicPattern) -> App {
+    pub fn new(config: Config, rules: RuleSet, topics: Topics, audit: Arc<Audit>) -> App {
         let metrics = Arc::new(Metrics::new());
         App {
             ward: Ward::with_alarm_ids_after(
@@ -98,11 +101,16 @@ impl App {
                 config.ingest.max_chairs,
                 now_ms().saturating_mul(1_000),
             ),
-            hub: Hub::new(config.websocket.replay_capacity, metrics.clone()),
+            hub: Hub::new(
+                config.websocket.replay_capacity,
+                metrics.clone(),
+                Some(audit.clone()),
+            ),
             live: LiveFeed::new(config.websocket.live_log_capacity),
             metrics,
             health: Health::default(),
-            topic,
+            topics,
+            audit,
             decode_limits: DecodeLimits {
                 max_payload_bytes: config.ingest.max_payload_bytes,
                 max_future_skew_ms: config.ingest.max_future_skew_ms,

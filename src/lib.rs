@@ -8,6 +8,7 @@
 //! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints.
 
 pub mod app;
+pub mod audit;
 pub mod config;
 pub mod core;
 pub mod fanout;
@@ -18,9 +19,10 @@ pub mod telemetry;
 pub use app::App;
 pub use config::Config;
 
+use audit::Audit;
 use axum::serve::ListenerExt;
 use config::{BrokerMode, ConfigError};
-use ingest::{broker, BrokerAddr, Ingest, IngestError, TopicPattern};
+use ingest::{broker, BrokerAddr, Ingest, IngestError, Topics};
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub enum Error {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error("audit trail (audit.path): {0}")]
+    Audit(String),
     #[error("cannot listen on {addr} (http.bind): {source}")]
     Bind {
         addr: SocketAddr,
@@ -51,6 +55,7 @@ pub struct Gateway {
     stop_ingest: CancellationToken,
     stop_http: CancellationToken,
     ingest: JoinHandle<()>,
+    timers: JoinHandle<()>,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -68,10 +73,22 @@ impl Gateway {
             .into());
         }
         let rules = config.rule_set()?;
-        let topic = TopicPattern::parse(&config.mqtt.topic).map_err(|e| ConfigError::Invalid {
-            source_name: "startup".into(),
-            problems: vec![("mqtt.topic".into(), e.to_string())],
-        })?;
+        let m = &config.mqtt;
+        let topics =
+            Topics::parse(&m.topic, &m.session_topic, &m.status_topic).map_err(|(key, e)| {
+                ConfigError::Invalid {
+                    source_name: "startup".into(),
+                    problems: vec![(key.into(), e.to_string())],
+                }
+            })?;
+        let audit = {
+            let path = config.audit.path.clone();
+            let full = config.audit.synchronous == config::AuditSync::Full;
+            tokio::task::spawn_blocking(move || Audit::open(&path, full))
+                .await
+                .map_err(|e| Error::Audit(e.to_string()))?
+                .map_err(|e| Error::Audit(e.to_string()))?
+        };
         let broker = match config.mqtt.broker {
             BrokerMode::Embedded => {
                 // Start-up waits (briefly) for the broker to listen: off the runtime.
@@ -110,7 +127,8 @@ impl Gateway {
             source,
         })?;
 
-        let app = Arc::new(App::new(config, rules, topic));
+        let app = Arc::new(App::new(config, rules, topics, Arc::new(audit)));
+        restore_sessions(&app).await;
         let stop_http = CancellationToken::new();
         let listener = listener.tap_io(|tcp| {
             // Alarm frames are small: never let Nagle hold them back.
@@ -125,9 +143,10 @@ impl Gateway {
 
         let stop_ingest = CancellationToken::new();
         let ingest = tokio::spawn(Ingest::new(app.clone(), options).run(stop_ingest.clone()));
+        let timers = tokio::spawn(run_timers(app.clone(), stop_ingest.clone()));
         tracing::info!(
             broker = %format!("{}:{}", broker.host, broker.port),
-            topic = %app.topic,
+            topics = %app.topics,
             client_id = %app.config.mqtt.client_id,
             dashboards = %format!("ws://{http_addr}/ws"),
             "vitalgate started"
@@ -139,6 +158,7 @@ impl Gateway {
             stop_ingest,
             stop_http,
             ingest,
+            timers,
             http,
         })
     }
@@ -168,6 +188,7 @@ impl Gateway {
         self.stop_http.cancel();
         self.stop_ingest.cancel();
         let _ = self.ingest.await;
+        let _ = self.timers.await;
         self.app.close_dashboards.cancel();
         self.app.connections.close();
         if tokio::time::timeout(grace, self.app.connections.wait())
@@ -189,6 +210,58 @@ impl Gateway {
             _ => {}
         }
         tracing::info!("vitalgate stopped");
+    }
+}
+
+/// Restore every chair's session from the audit trail: a restarted gateway knows
+/// each chair's phase, patient, baseline and limits before the first message
+/// arrives (a persistent MQTT session does not resend retained messages).
+async fn restore_sessions(app: &Arc<App>) {
+    let audit = app.audit.clone();
+    let latest = tokio::task::spawn_blocking(move || audit.latest_per_chair("session")).await;
+    let records = match latest {
+        Ok(Ok(records)) => records,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read sessions from the audit trail; chairs start idle");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "session restore task failed; chairs start idle");
+            return;
+        }
+    };
+    let now = app::now_ms();
+    let mut restored = 0;
+    for r in records {
+        match serde_json::from_str::<core::SessionEvent>(&r.body) {
+            Ok(e) if e.phase != core::Phase::Idle => match app.ward.restore(&e, now) {
+                Ok(()) => restored += 1,
+                Err(err) => tracing::warn!(chair = %r.chair, error = %err, "session not restored"),
+            },
+            Ok(_) => {}
+            Err(err) => tracing::warn!(chair = %r.chair, error = %err, "unreadable session record"),
+        }
+    }
+    if restored > 0 {
+        tracing::info!(chairs = restored, "sessions restored from the audit trail");
+    }
+}
+
+/// Every `alarms.tick_ms`: judge timed conditions (stale data, device offline, pump
+/// without SpO2, discharge readiness), then send due escalations and reminders.
+async fn run_timers(app: Arc<App>, stop: CancellationToken) {
+    let policy = app.config.alarms.escalation_policy();
+    let mut tick = tokio::time::interval(Duration::from_millis(app.config.alarms.tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = app::now_ms();
+        let events = app.ward.tick(now);
+        app.hub.publish(events, None);
+        app.hub.escalate(now, &policy);
     }
 }
 

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub mqtt_connection_errors: Counter,
     pub device_to_ingest: Histogram,
     pub ingest_to_ws_send: Histogram,
+    pub session_events: Counter,
+    pub session_rejected: Counter,
+    pub status_messages: Counter,
+    pub alarm_escalations: Counter,
+    pub alarm_reminders: Counter,
+    pub audit_errors: Counter,
 }
 
 impl Metrics {
@@ -178,6 +184,30 @@ impl Metrics {
             ingest_to_ws_send: histogram(
                 "vitalgate_ingest_to_ws_send_seconds",
                 "Gateway receipt of a reading to its alarm frame written to a dashboard socket.",
+            ),
+            session_events: counter(
+                "vitalgate_session_events_total",
+                "Session changes (phase, limits, discharge readiness) handed to dashboards.",
+            ),
+            session_rejected: counter(
+                "vitalgate_session_rejected_total",
+                "Session messages and commands refused (malformed, stale, bad transition, unknown rule).",
+            ),
+            status_messages: counter(
+                "vitalgate_device_status_total",
+                "Device status messages (online/offline) received.",
+            ),
+            alarm_escalations: counter(
+                "vitalgate_alarm_escalations_total",
+                "Alarms re-sent escalated because nobody acknowledged them in time.",
+            ),
+            alarm_reminders: counter(
+                "vitalgate_alarm_reminders_total",
+                "Acknowledged alarms re-sent as reminders because they were still active.",
+            ),
+            audit_errors: counter(
+                "vitalgate_audit_errors_total",
+                "Audit trail writes that failed (the events were still delivered).",
             ),
             recorder,
             handle,

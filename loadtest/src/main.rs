@@ -99,17 +99,23 @@ struct Args {
     seed: u64,
 }
 
-/// Settings for a gateway this harness starts: room for every simulated chair, and
-/// a write buffer that holds their snapshot (the shipped rules have 18 alarm
-/// conditions; 20 leaves slack, at 640 bytes each plus 1 KiB of vitals per chair).
+/// Settings for a gateway this harness starts: room for every simulated chair, a
+/// write buffer that holds their snapshot (the shipped rules have about 30 alarm
+/// conditions; 32 leaves slack, at 1200 bytes each plus 2 KiB of vitals and session
+/// per chair), and an audit trail of its own in the temp dir.
 fn gateway_env(chairs: usize) -> Vec<(String, String)> {
     let chairs = chairs.max(1000);
+    let audit = std::env::temp_dir().join(format!(
+        "vitalgate-loadtest-{}-audit.sqlite3",
+        std::process::id()
+    ));
     vec![
         ("VITALGATE_INGEST__MAX_CHAIRS".into(), chairs.to_string()),
         (
             "VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES".into(),
-            (chairs * (20 * 640 + 1024) + (1 << 20)).to_string(),
+            (chairs * (32 * 1200 + 2048) + (1 << 20)).to_string(),
         ),
+        ("VITALGATE_AUDIT__PATH".into(), audit.display().to_string()),
     ]
 }
 

@@ -8,7 +8,10 @@ mod load;
 
 pub use load::{ConfigError, Source};
 
-use crate::core::{RuleSet, RuleSpec};
+use crate::core::{
+    CombinedRuleSpec, EscalationPolicy, RuleSet, RuleSources, RuleSpec, SessionSpec, TechnicalSpec,
+    TrendRuleSpec,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +30,81 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub websocket: WebSocketConfig,
     pub shutdown: ShutdownConfig,
+    /// Infusion sessions: baselines, discharge readiness.
+    pub session: SessionSpec,
+    /// Alarm lifecycle: timers, escalation, reminders.
+    pub alarms: AlarmsConfig,
+    /// Technical alarms: stale vitals, device offline, pump without SpO2.
+    pub technical: TechnicalSpec,
+    /// The durable audit trail.
+    pub audit: AuditConfig,
     /// Alarm limits. Replaces the default list as a whole when given.
     pub rules: Vec<RuleSpec>,
+    /// Rules raised only while several limits are crossed at once. Replaces the
+    /// default list as a whole when given.
+    #[serde(default)]
+    pub combined_rules: Vec<CombinedRuleSpec>,
+    /// Rate-of-change rules. Replaces the default list as a whole when given.
+    #[serde(default)]
+    pub trend_rules: Vec<TrendRuleSpec>,
+}
+
+/// Per-priority durations, ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerPriorityMs {
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+}
+
+/// `[alarms]`: what happens to an alarm after it is raised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// How often timed conditions (stale data, device offline), escalations,
+    /// reminders and discharge readiness are evaluated, ms.
+    pub tick_ms: u64,
+    /// A raised alarm not acknowledged within this long is re-sent escalated, and
+    /// again every this long up to `max_escalation_level`; 0 never escalates.
+    pub escalate_after_ms: PerPriorityMs,
+    pub max_escalation_level: u8,
+    /// An acknowledged alarm still active after this long is re-sent as a reminder,
+    /// and again every this long; 0 never reminds.
+    pub reminder_ms: u64,
+}
+
+impl AlarmsConfig {
+    pub fn escalation_policy(&self) -> EscalationPolicy {
+        let e = &self.escalate_after_ms;
+        EscalationPolicy {
+            escalate_after_ms: [e.high, e.medium, e.low],
+            max_level: self.max_escalation_level,
+            reminder_ms: self.reminder_ms,
+        }
+    }
+}
+
+/// How hard the audit trail pushes each write to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// Survives the process being killed (WAL, synchronous=NORMAL).
+    Normal,
+    /// Also survives power loss, at one fsync per write (synchronous=FULL).
+    Full,
+}
+
+/// `[audit]`: every alarm event, acknowledgement, phase change and limit change,
+/// written before dashboards see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// SQLite file (created if missing; its directory must exist).
+    pub path: PathBuf,
+    pub synchronous: AuditSync,
+    /// Most rows one `GET /api/...` query returns.
+    pub max_query_rows: usize,
 }
 
 /// `[http]`: the listener for `/ws`, `/live`, `/ready` and `/metrics`.
@@ -61,8 +137,13 @@ pub struct MqttConfig {
     /// Stable client id: the broker keeps this session's subscription and unacknowledged
     /// messages while the gateway is away.
     pub client_id: String,
-    /// Subscription filter with exactly two `+` levels: the site, then the chair.
+    /// Subscription filter for readings, with exactly two `+` levels: the site, then
+    /// the chair.
     pub topic: String,
+    /// Subscription filter for session messages (retained), same two levels.
+    pub session_topic: String,
+    /// Subscription filter for device status (online/offline, e.g. last wills).
+    pub status_topic: String,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
@@ -181,12 +262,13 @@ pub struct ShutdownConfig {
     pub http_stop_timeout_ms: u64,
 }
 
-/// Bytes a snapshot can take at most: per chair about 1 KiB of vitals and pump at the
-/// longest names, plus one active alarm (at most 640 bytes) for each of the
-/// `conditions` alarm conditions; plus 1 MiB of framing and slack.
+/// Bytes a snapshot can take at most: per chair about 2 KiB of vitals, pump and
+/// session at the longest names, plus one active alarm with its context (at most
+/// 1200 bytes, limit overrides included) for each of the `conditions` alarm
+/// conditions; plus 1 MiB of framing and slack.
 pub fn snapshot_bound(chairs: usize, conditions: usize) -> usize {
     chairs
-        .saturating_mul(conditions.saturating_mul(640).saturating_add(1024))
+        .saturating_mul(conditions.saturating_mul(1200).saturating_add(2048))
         .saturating_add(1 << 20)
 }
 
@@ -218,8 +300,21 @@ impl Config {
             "mqtt.client_id",
             "must be 1-64 bytes",
         );
-        if let Err(e) = crate::ingest::TopicPattern::parse(&m.topic) {
-            errs.push(("mqtt.topic".into(), e.to_string()));
+        let mut filters = std::collections::HashSet::new();
+        for (key, filter) in [
+            ("mqtt.topic", &m.topic),
+            ("mqtt.session_topic", &m.session_topic),
+            ("mqtt.status_topic", &m.status_topic),
+        ] {
+            if let Err(e) = crate::ingest::TopicPattern::parse(filter) {
+                errs.push((key.into(), e.to_string()));
+            }
+            if !filters.insert(filter) {
+                errs.push((
+                    key.into(),
+                    "must differ from the other topic filters".into(),
+                ));
+            }
         }
         check!(!m.host.is_empty(), "mqtt.host", "must not be empty");
         check!(
@@ -394,32 +489,69 @@ impl Config {
             "websocket.command_burst",
             "must be at least 1",
         );
-        if let Err(rule_errs) = RuleSet::compile(&self.rules) {
-            errs.extend(
-                rule_errs
-                    .into_iter()
-                    .map(|e| (format!("rules[{}].{}", e.index, e.field), e.message)),
+        if let Err(rule_errs) = RuleSet::compile_all(self.rule_sources()) {
+            errs.extend(rule_errs.into_iter().map(|e| (e.key, e.message)));
+        }
+        let a = &self.alarms;
+        check!(
+            (100..=60_000).contains(&a.tick_ms),
+            "alarms.tick_ms",
+            "must be 100-60000",
+        );
+        for (key, ms) in [
+            ("alarms.escalate_after_ms.high", a.escalate_after_ms.high),
+            (
+                "alarms.escalate_after_ms.medium",
+                a.escalate_after_ms.medium,
+            ),
+            ("alarms.escalate_after_ms.low", a.escalate_after_ms.low),
+            ("alarms.reminder_ms", a.reminder_ms),
+        ] {
+            check!(
+                ms == 0 || ms >= a.tick_ms,
+                key,
+                "must be 0 (never) or at least alarms.tick_ms",
             );
         }
+        check!(
+            a.max_escalation_level <= 10,
+            "alarms.max_escalation_level",
+            "must be 0-10",
+        );
+        check!(
+            !self.audit.path.as_os_str().is_empty(),
+            "audit.path",
+            "must name a file",
+        );
+        check!(
+            (1..=1_000_000).contains(&self.audit.max_query_rows),
+            "audit.max_query_rows",
+            "must be 1-1000000",
+        );
         errs
+    }
+
+    /// Everything the alarm engine is compiled from.
+    pub fn rule_sources(&self) -> RuleSources<'_> {
+        RuleSources {
+            rules: &self.rules,
+            combined: &self.combined_rules,
+            trends: &self.trend_rules,
+            technical: &self.technical,
+            session: &self.session,
+        }
     }
 
     /// How many alarm conditions the rules define (a two-sided rule counts twice).
     pub fn condition_count(&self) -> usize {
-        self.rules
-            .iter()
-            .map(|r| usize::from(r.low.is_some()) + usize::from(r.high.is_some()))
-            .sum()
+        RuleSet::compile_all(self.rule_sources()).map_or(0, |r| r.len())
     }
 
     /// The compiled alarm rules. Call after [`Config::validate`] found nothing.
     pub fn rule_set(&self) -> Result<RuleSet, ConfigError> {
-        RuleSet::compile(&self.rules).map_err(|errs| ConfigError::Invalid {
+        RuleSet::compile_all(self.rule_sources()).map_err(|errs| ConfigError::Invalid {
             source_name: "rules".into(),
-            problems: errs
-                .into_iter()
-                .map(|e| (format!("rules[{}].{}", e.index, e.field), e.message))
-                .collect(),
+            problems: errs.into_iter().map(|e| (e.key, e.message)).collect(),
         })
     }
 }

@@ -1,11 +1,15 @@
 //! Alarm events and the board of active alarms.
 //!
-//! The [`Board`] gives every event a gateway-wide, strictly increasing `seq` and keeps
-//! the set of alarms that are raised and not yet cleared. The fan-out holds it under
-//! the same lock as its replay buffer, so a snapshot's alarms and its `seq` agree.
+//! The [`Board`] gives every event a gateway-wide, strictly increasing `seq`, keeps
+//! the set of alarms that are raised and not yet cleared, and decides when an alarm
+//! is due for escalation (raised, not acknowledged in time) or a reminder
+//! (acknowledged, still active). The fan-out holds it under the same lock as its
+//! replay buffer, so a snapshot's alarms and its `seq` agree.
 
-use super::reading::Vital;
+use super::condition::AlarmKind;
+use super::reading::{Pump, Vital};
 use super::rules::{Direction, Priority};
+use super::session::{Phase, Route};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +33,41 @@ impl AlarmState {
     }
 }
 
+/// One part of a combined alarm: the vital, its value and the limit it crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PartValue {
+    pub vital: Vital,
+    pub condition: Direction,
+    pub value: f64,
+    pub limit: f64,
+}
+
+/// What was going on at the chair when the alarm changed: what a nurse needs to
+/// judge it without looking anything up.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct AlarmContext {
+    pub phase: Phase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_number: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_count: Option<u16>,
+    pub route: Route,
+    /// Minutes since the infusion started (infusion and recovery only), to 0.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub infusion_minute: Option<f64>,
+    /// The pump's latest report: rate and volume infused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pump: Option<Pump>,
+    /// The patient's baseline for the alarm's vital.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// For combined alarms, every part.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartValue>,
+}
+
 /// One transition of one alarm, as dashboards receive it (without `type` and `seq`,
 /// which the fan-out adds).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,26 +77,46 @@ pub struct AlarmEvent {
     pub state: AlarmState,
     /// `{site}/{chair}`.
     pub chair: Arc<str>,
-    pub vital: Vital,
+    /// `physiological` (about the patient) or `technical` (equipment, data).
+    pub kind: AlarmKind,
+    /// The vital concerned; absent for a device offline alarm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vital: Option<Vital>,
     /// The rule that raised it.
     pub rule: Arc<str>,
     /// Which side of the limit was crossed.
     pub condition: Direction,
-    /// For `raised` and `cleared`, the value that caused the transition; for
-    /// `acknowledged`, the value that raised the alarm.
+    /// For `raised` and `cleared`, the value that caused the transition (technical:
+    /// seconds without data); for later events, the value that raised the alarm.
     pub value: f64,
+    /// The limit crossed, as it applied to this patient (technical: the allowance, s).
     pub limit: f64,
     pub priority: Priority,
-    /// Device time of the reading that caused the transition (for `acknowledged`,
-    /// of the reading that raised it), ms since the epoch.
+    /// One line for a person: "SpO2 88 below 90", "SpO2 stale 15 s".
+    pub message: Arc<str>,
+    /// Stays raised after the condition ends, until acknowledged.
+    pub latching: bool,
+    /// Device time of the reading that caused the transition (gateway time for
+    /// technical alarms and re-sends), ms since the epoch.
     pub ts: u64,
-    /// Gateway wall-clock time of the transition, ms since the epoch.
+    /// Gateway wall-clock time of this event, ms since the epoch.
     pub received_at: u64,
-    /// Device time the alarm was raised at.
+    /// Time the alarm was raised at.
     pub raised_ts: u64,
+    /// Re-sent because nobody acknowledged it in time.
+    pub escalated: bool,
+    /// 0 until escalated; then 1, 2, ... each time it is re-sent unacknowledged.
+    pub escalation_level: u8,
+    /// Re-sent because it is still active a while after it was acknowledged.
+    pub reminder: bool,
+    /// Why a `cleared` alarm ended, when not simply by the value recovering:
+    /// `acknowledged` (latched), `phase_change`, `data_returned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// Who acknowledged it, once someone has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<Arc<str>>,
+    pub context: AlarmContext,
 }
 
 /// Why an acknowledgement was refused.
@@ -79,11 +138,42 @@ impl AckError {
     }
 }
 
-/// Gateway-wide sequence of alarm events and the alarms currently active.
+/// When unacknowledged alarms escalate and acknowledged ones remind.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EscalationPolicy {
+    /// Per priority (indexed high, medium, low), how long a raised alarm may go
+    /// unacknowledged before each escalation, ms; 0 never escalates.
+    pub escalate_after_ms: [u64; 3],
+    /// Highest escalation level.
+    pub max_level: u8,
+    /// An acknowledged alarm still active after this long is re-sent as a reminder,
+    /// and again every this long, ms; 0 never reminds.
+    pub reminder_ms: u64,
+}
+
+fn priority_index(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Medium => 1,
+        Priority::Low => 2,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Active {
+    event: AlarmEvent,
+    /// Gateway time of the raise, and of the acknowledgement.
+    raised_at: u64,
+    acknowledged_at: Option<u64>,
+    /// Gateway time of the last reminder.
+    reminded_at: Option<u64>,
+}
+
+/// Gateway-wide sequence of events and the alarms currently active.
 #[derive(Debug, Default)]
 pub struct Board {
     last_seq: u64,
-    active: BTreeMap<u64, AlarmEvent>,
+    active: BTreeMap<u64, Active>,
 }
 
 impl Board {
@@ -100,28 +190,54 @@ impl Board {
         self.last_seq
     }
 
-    /// Record an event and give it the next `seq`. A `cleared` event takes its
-    /// `raised_ts` and `acknowledged_by` from the alarm it clears.
-    pub fn record(&mut self, event: &mut AlarmEvent) -> u64 {
+    /// Take the next `seq` for an event that is not an alarm (a session change).
+    pub fn next_seq(&mut self) -> u64 {
         self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// Record an alarm event and give it the next `seq`. A `cleared` event takes its
+    /// `raised_ts`, escalation and `acknowledged_by` from the alarm it clears.
+    pub fn record(&mut self, event: &mut AlarmEvent) -> u64 {
         match event.state {
-            AlarmState::Raised | AlarmState::Acknowledged => {
-                self.active.insert(event.id, event.clone());
+            AlarmState::Raised => {
+                let entry = self.active.entry(event.id).or_insert_with(|| Active {
+                    event: event.clone(),
+                    raised_at: event.received_at,
+                    acknowledged_at: None,
+                    reminded_at: None,
+                });
+                entry.event = event.clone();
+            }
+            AlarmState::Acknowledged => {
+                if let Some(a) = self.active.get_mut(&event.id) {
+                    a.event = event.clone();
+                    if !event.reminder {
+                        a.acknowledged_at = Some(event.received_at);
+                    }
+                }
             }
             AlarmState::Cleared => {
                 if let Some(was) = self.active.remove(&event.id) {
-                    event.raised_ts = was.raised_ts;
-                    event.acknowledged_by = was.acknowledged_by;
+                    event.raised_ts = was.event.raised_ts;
+                    event.acknowledged_by = was.event.acknowledged_by;
+                    event.escalation_level = was.event.escalation_level;
+                    event.escalated = false;
+                    event.reminder = false;
                 }
             }
         }
-        self.last_seq
+        self.next_seq()
     }
 
     /// The `acknowledged` event for an active, unacknowledged alarm. The caller
     /// records it with [`Board::record`].
     pub fn acknowledge(&self, id: u64, by: Arc<str>, now_ms: u64) -> Result<AlarmEvent, AckError> {
-        let alarm = self.active.get(&id).ok_or(AckError::UnknownAlarm(id))?;
+        let alarm = &self
+            .active
+            .get(&id)
+            .ok_or(AckError::UnknownAlarm(id))?
+            .event;
         if let Some(prev) = &alarm.acknowledged_by {
             return Err(AckError::AlreadyAcknowledged {
                 id,
@@ -133,35 +249,96 @@ impl Board {
             ts: alarm.raised_ts,
             received_at: now_ms,
             acknowledged_by: Some(by),
+            escalated: false,
+            reminder: false,
             ..alarm.clone()
         })
     }
 
+    /// Escalations and reminders due at gateway time `now_ms`. The caller records
+    /// each with [`Board::record`] and sends it.
+    pub fn due(&self, now_ms: u64, policy: &EscalationPolicy) -> Vec<AlarmEvent> {
+        let mut out = Vec::new();
+        for a in self.active.values() {
+            let e = &a.event;
+            match a.acknowledged_at {
+                None => {
+                    let after = policy.escalate_after_ms[priority_index(e.priority)];
+                    let level = e.escalation_level;
+                    if after > 0
+                        && level < policy.max_level
+                        && now_ms.saturating_sub(a.raised_at) >= after * (u64::from(level) + 1)
+                    {
+                        out.push(AlarmEvent {
+                            escalated: true,
+                            escalation_level: level + 1,
+                            reminder: false,
+                            reason: None,
+                            received_at: now_ms,
+                            ts: now_ms,
+                            ..e.clone()
+                        });
+                    }
+                }
+                Some(acked) => {
+                    let since = a.reminded_at.unwrap_or(acked);
+                    if policy.reminder_ms > 0 && now_ms.saturating_sub(since) >= policy.reminder_ms
+                    {
+                        out.push(AlarmEvent {
+                            reminder: true,
+                            escalated: false,
+                            reason: None,
+                            received_at: now_ms,
+                            ts: now_ms,
+                            ..e.clone()
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Note that a reminder was sent (after recording it).
+    pub fn reminded(&mut self, id: u64, now_ms: u64) {
+        if let Some(a) = self.active.get_mut(&id) {
+            a.reminded_at = Some(now_ms);
+        }
+    }
+
     /// Active alarms in id order, each as its latest event.
     pub fn active(&self) -> impl Iterator<Item = &AlarmEvent> {
-        self.active.values()
+        self.active.values().map(|a| &a.event)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event(id: u64, state: AlarmState) -> AlarmEvent {
+    pub(crate) fn event(id: u64, state: AlarmState) -> AlarmEvent {
         AlarmEvent {
             id,
             state,
             chair: Arc::from("north/1"),
-            vital: Vital::Spo2,
+            kind: AlarmKind::Physiological,
+            vital: Some(Vital::Spo2),
             rule: Arc::from("spo2_low"),
             condition: Direction::Low,
             value: 88.0,
             limit: 90.0,
             priority: Priority::High,
+            message: Arc::from("spo2 88 below 90"),
+            latching: false,
             ts: 10,
             received_at: 11,
             raised_ts: 10,
+            escalated: false,
+            escalation_level: 0,
+            reminder: false,
+            reason: None,
             acknowledged_by: None,
+            context: AlarmContext::default(),
         }
     }
 
@@ -187,5 +364,66 @@ mod tests {
             b.acknowledge(1, Arc::from("kim"), 22),
             Err(AckError::UnknownAlarm(1))
         );
+    }
+
+    fn policy() -> EscalationPolicy {
+        EscalationPolicy {
+            escalate_after_ms: [60_000, 120_000, 0],
+            max_level: 2,
+            reminder_ms: 300_000,
+        }
+    }
+
+    /// Run the board's timer from `from` to `to` in 1 s steps, recording what is due;
+    /// returns (gateway time, escalation level or reminder) per re-send.
+    fn run(b: &mut Board, from: u64, to: u64) -> Vec<(u64, &'static str, u8)> {
+        let mut out = Vec::new();
+        let mut now = from;
+        while now <= to {
+            for mut e in b.due(now, &policy()) {
+                b.record(&mut e);
+                if e.reminder {
+                    b.reminded(e.id, now);
+                    out.push((now, "reminder", 0));
+                } else {
+                    out.push((now, "escalated", e.escalation_level));
+                }
+            }
+            now += 1_000;
+        }
+        out
+    }
+
+    #[test]
+    fn escalation_fires_on_time_up_to_the_max_level_and_stops_on_ack() {
+        let mut b = Board::default();
+        let mut raised = event(1, AlarmState::Raised);
+        raised.received_at = 0;
+        b.record(&mut raised);
+        assert_eq!(
+            run(&mut b, 0, 200_000),
+            vec![(60_000, "escalated", 1), (120_000, "escalated", 2)]
+        );
+        let mut ack = b.acknowledge(1, Arc::from("kim"), 200_000).unwrap();
+        assert_eq!(ack.escalation_level, 2);
+        b.record(&mut ack);
+        // Acknowledged: no more escalations; reminders every 5 min while active.
+        assert_eq!(
+            run(&mut b, 201_000, 900_000),
+            vec![(500_000, "reminder", 0), (800_000, "reminder", 0)]
+        );
+        let mut clear = event(1, AlarmState::Cleared);
+        b.record(&mut clear);
+        assert!(run(&mut b, 901_000, 2_000_000).is_empty());
+    }
+
+    #[test]
+    fn low_priority_never_escalates() {
+        let mut b = Board::default();
+        let mut raised = event(1, AlarmState::Raised);
+        raised.priority = Priority::Low;
+        raised.received_at = 0;
+        b.record(&mut raised);
+        assert!(run(&mut b, 0, 1_000_000).is_empty());
     }
 }

@@ -1,18 +1,40 @@
 //! The ward: every chair's patient state in a concurrent map, and the rules they share.
+//!
+//! Each operation takes one chair's map guard, changes that chair and builds the
+//! events it caused while holding it; no guard is ever held across an `.await` or
+//! while another key is touched.
 
-use super::alarm::{AlarmEvent, AlarmState};
-use super::patient::{Applied, Latest, PatientState};
-use super::reading::Reading;
-use super::rules::{RuleSet, Step};
+use super::alarm::{AlarmContext, AlarmEvent, AlarmState};
+use super::condition::{Check, Step};
+use super::event::{Event, SessionEvent};
+use super::patient::{Applied, Effects, Latest, PatientState, Transition};
+use super::reading::{Reading, Vital};
+use super::rules::{Direction, RuleSet};
+use super::session::{LimitOverride, Session, SessionError, SessionUpdate};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A reading could not be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An operation on a chair was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WardError {
     #[error("the ward already tracks its maximum of {0} chairs")]
     ChairLimit(usize),
+    #[error("no chair '{0}' is known")]
+    UnknownChair(String),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl WardError {
+    /// Machine-readable code for dashboards and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WardError::ChairLimit(_) => "chair_limit",
+            WardError::UnknownChair(_) => "unknown_chair",
+            WardError::Session(e) => e.code(),
+        }
+    }
 }
 
 /// What applying a reading produced.
@@ -26,8 +48,8 @@ pub enum Outcome {
     Accepted {
         /// The chair's key, shared with its map entry.
         chair: Arc<str>,
-        /// Alarm events to hand to the fan-out, in order.
-        events: Vec<AlarmEvent>,
+        /// Events to hand to the fan-out, in order.
+        events: Vec<Event>,
         /// Values older than the vital's latest, ignored.
         late_values: usize,
         /// The device clock stepped back (see [`PatientState::apply`]).
@@ -37,11 +59,12 @@ pub enum Outcome {
     },
 }
 
-/// One chair and its latest values, for snapshots.
+/// One chair, its latest values and its session, for snapshots.
 #[derive(Debug, Clone)]
 pub struct ChairView {
     pub chair: Arc<str>,
     pub latest: Latest,
+    pub session: Session,
 }
 
 pub struct Ward {
@@ -49,6 +72,25 @@ pub struct Ward {
     rules: Arc<RuleSet>,
     max_chairs: usize,
     last_alarm_id: AtomicU64,
+}
+
+/// How a vital is named to people.
+fn label(v: Vital) -> &'static str {
+    match v {
+        Vital::Hr => "HR",
+        Vital::Spo2 => "SpO2",
+        Vital::Sbp => "SBP",
+        Vital::Dbp => "DBP",
+        Vital::Rr => "RR",
+        Vital::Etco2 => "EtCO2",
+    }
+}
+
+fn side(d: Direction) -> &'static str {
+    match d {
+        Direction::Low => "below",
+        Direction::High => "above",
+    }
 }
 
 impl Ward {
@@ -81,79 +123,247 @@ impl Ward {
         self.patients.len()
     }
 
-    /// Apply a reading to `chair`'s state and build the alarm events it caused.
-    ///
-    /// The map guard is held only for the state update; events are built after it is
-    /// released, so nothing here ever holds a guard while touching another key.
+    /// Run `f` on `chair`'s state, creating it if `create` and the chair limit
+    /// allows. Returns the chair's shared key with `f`'s result.
+    fn with_chair<T>(
+        &self,
+        chair: &str,
+        create: bool,
+        f: impl FnOnce(&Arc<str>, &mut PatientState, &mut dyn FnMut() -> u64) -> T,
+    ) -> Result<T, WardError> {
+        let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(mut state) = self.patients.get_mut(chair) {
+            let key = state.key().clone();
+            return Ok(f(&key, state.value_mut(), &mut next_id));
+        }
+        if !create {
+            return Err(WardError::UnknownChair(chair.to_string()));
+        }
+        if self.patients.len() >= self.max_chairs {
+            return Err(WardError::ChairLimit(self.max_chairs));
+        }
+        let key: Arc<str> = Arc::from(chair);
+        let mut entry = self
+            .patients
+            .entry(key.clone())
+            .or_insert_with(|| PatientState::new(&self.rules));
+        Ok(f(&key, entry.value_mut(), &mut next_id))
+    }
+
+    /// Apply a reading to `chair`'s state and build the events it caused.
     pub fn apply(
         &self,
         chair: &str,
         reading: &Reading,
         received_at: u64,
     ) -> Result<Outcome, WardError> {
-        let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (key, applied) = match self.patients.get_mut(chair) {
-            Some(mut state) => {
-                let key = state.key().clone();
-                let applied = state.apply(&self.rules, reading, received_at, &mut next_id);
-                (key, applied)
+        self.with_chair(chair, true, |key, state, next_id| {
+            match state.apply(&self.rules, reading, received_at, next_id) {
+                Applied::Duplicate => Outcome::Duplicate,
+                Applied::Accepted {
+                    effects,
+                    late_values,
+                    clock_stepped_back,
+                    latest,
+                } => Outcome::Accepted {
+                    chair: key.clone(),
+                    events: self.events(key, state, effects, received_at),
+                    late_values,
+                    clock_stepped_back,
+                    latest,
+                },
             }
-            None => {
-                if self.patients.len() >= self.max_chairs {
-                    return Err(WardError::ChairLimit(self.max_chairs));
-                }
-                let key: Arc<str> = Arc::from(chair);
-                let mut entry = self
-                    .patients
-                    .entry(key.clone())
-                    .or_insert_with(|| PatientState::new(&self.rules));
-                let applied = entry.apply(&self.rules, reading, received_at, &mut next_id);
-                (key, applied)
-            }
-        };
-        Ok(match applied {
-            Applied::Duplicate => Outcome::Duplicate,
-            Applied::Accepted {
-                transitions,
-                late_values,
-                clock_stepped_back,
-                latest,
-            } => Outcome::Accepted {
-                clock_stepped_back,
-                chair: key.clone(),
-                events: transitions
-                    .iter()
-                    .map(|t| {
-                        let c = self.rules.condition(t.condition);
-                        let (id, state) = match t.step {
-                            Step::Raised { alarm_id } => (alarm_id, AlarmState::Raised),
-                            Step::Cleared { alarm_id } => (alarm_id, AlarmState::Cleared),
-                            Step::Nothing => unreachable!("transitions hold only changes"),
-                        };
-                        AlarmEvent {
-                            id,
-                            state,
-                            chair: key.clone(),
-                            vital: c.vital,
-                            rule: c.rule.clone(),
-                            condition: c.direction,
-                            value: t.value,
-                            limit: c.limit,
-                            priority: c.priority,
-                            ts: t.ts,
-                            received_at,
-                            raised_ts: t.ts,
-                            acknowledged_by: None,
-                        }
-                    })
-                    .collect(),
-                late_values,
-                latest,
-            },
         })
     }
 
-    /// Every chair with its latest values, ordered by chair key.
+    /// Apply a session message or command to `chair`.
+    pub fn set_session(
+        &self,
+        chair: &str,
+        update: &SessionUpdate,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, WardError> {
+        self.with_chair(chair, true, |key, state, next_id| {
+            let effects = state.set_session(&self.rules, update, now_ms, next_id)?;
+            Ok(self.events(key, state, effects, now_ms))
+        })?
+    }
+
+    /// Change one rule's limits for the patient in `chair`.
+    pub fn set_limit(
+        &self,
+        chair: &str,
+        rule: &str,
+        limits: LimitOverride,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, WardError> {
+        self.with_chair(chair, false, |key, state, next_id| {
+            let effects = state.set_limit(&self.rules, rule, limits, by, now_ms, next_id)?;
+            Ok(self.events(key, state, effects, now_ms))
+        })?
+    }
+
+    /// The device at `chair` said it is online or offline.
+    pub fn set_device_online(
+        &self,
+        chair: &str,
+        online: bool,
+        now_ms: u64,
+    ) -> Result<Vec<Event>, WardError> {
+        self.with_chair(chair, true, |key, state, next_id| {
+            let effects = state.set_device_online(&self.rules, online, now_ms, next_id);
+            self.events(key, state, effects, now_ms)
+        })
+    }
+
+    /// Alarm `alarm_id` of `chair` was acknowledged (latched alarms may clear).
+    pub fn acknowledged(&self, chair: &str, alarm_id: u64, now_ms: u64) -> Vec<Event> {
+        self.with_chair(chair, false, |key, state, _| {
+            let effects = state.acknowledged(&self.rules, alarm_id, now_ms);
+            self.events(key, state, effects, now_ms)
+        })
+        .unwrap_or_default()
+    }
+
+    /// Restore a chair's session recorded before a restart.
+    pub fn restore(&self, event: &SessionEvent, now_ms: u64) -> Result<(), WardError> {
+        self.with_chair(&event.chair, true, |_, state, _| {
+            state.restore(&self.rules, event, now_ms)
+        })
+    }
+
+    /// Judge every chair's timed conditions at gateway time `now_ms`.
+    pub fn tick(&self, now_ms: u64) -> Vec<Event> {
+        let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut out = Vec::new();
+        for mut entry in self.patients.iter_mut() {
+            let key = entry.key().clone();
+            let state = entry.value_mut();
+            let effects = state.tick(&self.rules, now_ms, &mut next_id);
+            if !effects.is_empty() {
+                out.extend(self.events(&key, state, effects, now_ms));
+            }
+        }
+        out
+    }
+
+    /// Turn a chair's effects into events: session changes, then alarm transitions
+    /// with their context.
+    fn events(
+        &self,
+        chair: &Arc<str>,
+        state: &PatientState,
+        effects: Effects,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        let mut out = Vec::with_capacity(effects.sessions.len() + effects.transitions.len());
+        for (change, previous) in effects.sessions {
+            let mut e = SessionEvent::new(chair.clone(), change, state.session(), now_ms);
+            e.previous = previous;
+            out.push(Event::Session(e));
+        }
+        for t in effects.transitions {
+            // Minutes into the infusion on the clock of the transition (device time for
+            // physiological alarms), the same clock the session's times come from.
+            let mut context = state.context(&self.rules, t.condition, t.ts);
+            context.parts = t.parts.clone();
+            out.push(Event::Alarm(self.alarm_event(chair, &t, context, now_ms)));
+        }
+        out
+    }
+
+    fn alarm_event(
+        &self,
+        chair: &Arc<str>,
+        t: &Transition,
+        context: AlarmContext,
+        now_ms: u64,
+    ) -> AlarmEvent {
+        let c = self.rules.condition(t.condition);
+        let (id, state) = match t.step {
+            Step::Raised { alarm_id } => (alarm_id, AlarmState::Raised),
+            Step::Cleared { alarm_id } => (alarm_id, AlarmState::Cleared),
+            Step::Nothing => unreachable!("transitions hold only changes"),
+        };
+        let direction = c.check.direction();
+        let message = match &c.check {
+            Check::Threshold { vital, .. } => format!(
+                "{} {} {} {}",
+                label(*vital),
+                t.value,
+                side(direction),
+                t.limit
+            ),
+            Check::Combined { .. } => {
+                let parts: Vec<String> = context
+                    .parts
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} {} {} {}",
+                            label(p.vital),
+                            p.value,
+                            side(p.condition),
+                            p.limit
+                        )
+                    })
+                    .collect();
+                format!("{}: {}", c.rule, parts.join(" and "))
+            }
+            Check::Trend {
+                vital,
+                by,
+                window_ms,
+                ..
+            } => {
+                let window = if window_ms % 60_000 == 0 {
+                    format!("{} min", window_ms / 60_000)
+                } else {
+                    format!("{} s", window_ms / 1_000)
+                };
+                let moved = match direction {
+                    Direction::High => "rose",
+                    Direction::Low => "fell",
+                };
+                format!(
+                    "{} {moved} more than {by} in {window} (now {})",
+                    label(*vital),
+                    t.value
+                )
+            }
+            Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), t.value),
+            Check::Offline { .. } => format!("Device offline ({} s without data)", t.value),
+            Check::PumpWithoutSpo2 { .. } => {
+                format!("Pump running without live SpO2 ({} s)", t.value)
+            }
+        };
+        AlarmEvent {
+            id,
+            state,
+            chair: chair.clone(),
+            kind: c.check.kind(),
+            vital: c.check.vital(),
+            rule: c.rule.clone(),
+            condition: direction,
+            value: t.value,
+            limit: t.limit,
+            priority: c.priority,
+            message: Arc::from(message),
+            latching: c.latching,
+            ts: t.ts,
+            received_at: now_ms,
+            raised_ts: t.ts,
+            escalated: false,
+            escalation_level: 0,
+            reminder: false,
+            reason: t.reason,
+            acknowledged_by: None,
+            context,
+        }
+    }
+
+    /// Every chair with its latest values and session, ordered by chair key.
     pub fn chairs(&self) -> Vec<ChairView> {
         let mut all: Vec<ChairView> = self
             .patients
@@ -161,6 +371,7 @@ impl Ward {
             .map(|e| ChairView {
                 chair: e.key().clone(),
                 latest: *e.value().latest(),
+                session: e.value().session().clone(),
             })
             .collect();
         all.sort_by(|a, b| a.chair.cmp(&b.chair));
@@ -179,10 +390,9 @@ mod tests {
             id: "spo2_low".into(),
             vital: Vital::Spo2,
             low: Some(90.0),
-            high: None,
             priority: Priority::High,
-            delay_ms: 0,
             hysteresis: 1.0,
+            ..RuleSpec::default()
         }])
         .unwrap();
         Ward::new(Arc::new(rules), max_chairs)
@@ -201,7 +411,13 @@ mod tests {
 
     fn events(o: Outcome) -> Vec<AlarmEvent> {
         match o {
-            Outcome::Accepted { events, .. } => events,
+            Outcome::Accepted { events, .. } => events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Alarm(a) => Some(a),
+                    Event::Session(_) => None,
+                })
+                .collect(),
             Outcome::Duplicate => vec![],
         }
     }

@@ -8,7 +8,8 @@
 //! subscriber; a subscriber whose queue is full is cut off, never waited for.
 
 use super::protocol::{self, Frame, RenderedChairs};
-use crate::core::{AckError, AlarmEvent, Board, Ward};
+use crate::audit::{Audit, Record};
+use crate::core::{AckError, AlarmEvent, Board, EscalationPolicy, Event, Ward};
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -64,6 +65,8 @@ pub struct Hub {
     replay_capacity: usize,
     instance: String,
     metrics: Arc<Metrics>,
+    /// Where every event is written before any dashboard sees it.
+    audit: Option<Arc<Audit>>,
 }
 
 /// What a new subscriber receives before live events.
@@ -78,12 +81,14 @@ impl Hub {
     /// million alarm events per second are raised): a client resuming with a `since`
     /// from an earlier run is always told it missed events, with or without
     /// `instance`. Such values stay below 2^53, exact in JavaScript numbers.
-    pub fn new(replay_capacity: usize, metrics: Arc<Metrics>) -> Self {
-        Self::starting_after(
+    pub fn new(replay_capacity: usize, metrics: Arc<Metrics>, audit: Option<Arc<Audit>>) -> Self {
+        let mut hub = Self::starting_after(
             crate::app::now_ms().saturating_mul(1_000),
             replay_capacity,
             metrics,
-        )
+        );
+        hub.audit = audit;
+        hub
     }
 
     /// A hub whose first event gets `seq` `last_seq + 1`.
@@ -98,6 +103,7 @@ impl Hub {
             replay_capacity,
             instance: format!("{:016x}", fastrand::u64(..)),
             metrics,
+            audit: None,
         }
     }
 
@@ -122,43 +128,100 @@ impl Hub {
         self.lock().board.active().cloned().collect()
     }
 
-    /// Sequence, store and deliver alarm events. When this returns, every event is in
-    /// the replay buffer and in the queue of every connected dashboard (or that
-    /// dashboard has been cut off as slow).
-    pub fn publish(&self, events: Vec<AlarmEvent>, ingested_at: Option<Instant>) {
+    /// Sequence, record, store and deliver events. When this returns, every event is
+    /// in the audit trail, in the replay buffer and in the queue of every connected
+    /// dashboard (or that dashboard has been cut off as slow).
+    pub fn publish(&self, events: Vec<Event>, ingested_at: Option<Instant>) {
         if events.is_empty() {
             return;
         }
         let mut inner = self.lock();
-        for mut event in events {
-            self.publish_locked(&mut inner, &mut event, ingested_at);
+        let frames: Vec<(u64, &'static str, std::sync::Arc<str>, u64, Frame)> = events
+            .into_iter()
+            .map(|event| match event {
+                Event::Alarm(mut alarm) => {
+                    let seq = inner.board.record(&mut alarm);
+                    self.metrics
+                        .alarm_event(alarm.priority, alarm.state)
+                        .increment(1);
+                    let frame = protocol::alarm_frame(seq, &alarm, ingested_at);
+                    (seq, "alarm", alarm.chair, alarm.received_at, frame)
+                }
+                Event::Session(session) => {
+                    let seq = inner.board.next_seq();
+                    self.metrics.session_events.increment(1);
+                    let frame = protocol::session_frame(seq, &session);
+                    (seq, "session", session.chair, session.at, frame)
+                }
+            })
+            .collect();
+        self.record(&frames);
+        for (seq, _, _, _, frame) in frames {
+            self.deliver_locked(&mut inner, seq, frame);
         }
     }
 
-    fn publish_locked(
-        &self,
-        inner: &mut Inner,
-        event: &mut AlarmEvent,
-        ingested_at: Option<Instant>,
-    ) {
-        let seq = inner.board.record(event);
-        let frame = protocol::alarm_frame(seq, event, ingested_at);
+    /// Write events to the audit trail. A failure is counted and logged, and the
+    /// events are still delivered: a nurse seeing an alarm matters more than its
+    /// record.
+    fn record(&self, frames: &[(u64, &'static str, std::sync::Arc<str>, u64, Frame)]) {
+        let Some(audit) = &self.audit else { return };
+        let records: Vec<Record<'_>> = frames
+            .iter()
+            .map(|(seq, kind, chair, at, frame)| Record {
+                seq: *seq,
+                instance: &self.instance,
+                kind,
+                chair,
+                at_ms: *at,
+                body: frame.as_str(),
+            })
+            .collect();
+        if let Err(e) = audit.append(&records) {
+            self.metrics.audit_errors.increment(1);
+            tracing::error!(error = %e, events = records.len(), "audit trail write failed; events delivered anyway");
+        }
+    }
+
+    fn deliver_locked(&self, inner: &mut Inner, seq: u64, frame: Frame) {
         if inner.replay.len() >= self.replay_capacity {
             inner.replay.pop_front();
         }
         inner.replay.push_back((seq, frame.clone()));
-        self.metrics
-            .alarm_event(event.priority, event.state)
-            .increment(1);
         inner.subscribers.retain(|s| s.deliver(&frame));
     }
 
-    /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event.
-    pub fn acknowledge(&self, id: u64, by: &str, now_ms: u64) -> Result<(), AckError> {
+    /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event,
+    /// which is returned (the ward may clear a latched alarm on it).
+    pub fn acknowledge(&self, id: u64, by: &str, now_ms: u64) -> Result<AlarmEvent, AckError> {
         let mut inner = self.lock();
         let mut event = inner.board.acknowledge(id, Arc::from(by), now_ms)?;
-        self.publish_locked(&mut inner, &mut event, None);
-        Ok(())
+        let seq = inner.board.record(&mut event);
+        self.metrics
+            .alarm_event(event.priority, event.state)
+            .increment(1);
+        let frame = protocol::alarm_frame(seq, &event, None);
+        self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
+        self.deliver_locked(&mut inner, seq, frame);
+        Ok(event)
+    }
+
+    /// Send the escalations and reminders due at gateway time `now_ms`.
+    pub fn escalate(&self, now_ms: u64, policy: &EscalationPolicy) {
+        let mut inner = self.lock();
+        let due = inner.board.due(now_ms, policy);
+        for mut event in due {
+            let seq = inner.board.record(&mut event);
+            if event.reminder {
+                inner.board.reminded(event.id, now_ms);
+                self.metrics.alarm_reminders.increment(1);
+            } else {
+                self.metrics.alarm_escalations.increment(1);
+            }
+            let frame = protocol::alarm_frame(seq, &event, None);
+            self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
+            self.deliver_locked(&mut inner, seq, frame);
+        }
     }
 
     /// Whether a `since` can be served from the replay buffer as it is now.
@@ -256,24 +319,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{AlarmState, Direction, Priority, Vital};
+    use crate::core::AlarmState;
 
-    fn raised(id: u64) -> AlarmEvent {
-        AlarmEvent {
-            id,
-            state: AlarmState::Raised,
-            chair: Arc::from("n/1"),
-            vital: Vital::Hr,
-            rule: Arc::from("hr_high"),
-            condition: Direction::High,
-            value: 170.0,
-            limit: 150.0,
-            priority: Priority::High,
-            ts: 1,
-            received_at: 2,
-            raised_ts: 1,
-            acknowledged_by: None,
-        }
+    fn raised(id: u64) -> Event {
+        Event::Alarm(crate::core::alarm::tests::event(id, AlarmState::Raised))
     }
 
     fn ward() -> Ward {

@@ -1,7 +1,10 @@
 //! The dashboard wire format (documented in `docs/protocol.md`): JSON text frames.
 //! Server frames are serialised here once and shared by every connection.
 
-use crate::core::{AlarmEvent, ChairView, Latest, Vital};
+use crate::core::{
+    AlarmEvent, ChairView, Latest, LimitOverride, Session, SessionChange, SessionEvent,
+    SessionUpdate, Vital,
+};
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -53,6 +56,26 @@ pub fn alarm_frame(seq: u64, event: &AlarmEvent, ingested_at: Option<Instant>) -
     )
 }
 
+#[derive(Serialize)]
+struct SessionFrame<'a> {
+    r#type: &'static str,
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a SessionEvent,
+}
+
+/// `{"type":"session","seq":N, ...event}`: a chair's session changed.
+pub fn session_frame(seq: u64, event: &SessionEvent) -> Frame {
+    Frame::json(
+        &SessionFrame {
+            r#type: "session",
+            seq,
+            event,
+        },
+        None,
+    )
+}
+
 /// One chair's latest values, as in `snapshot.chairs[]` and `vitals` frames.
 #[derive(Serialize)]
 pub struct ChairJson<'a> {
@@ -62,6 +85,9 @@ pub struct ChairJson<'a> {
     pub vitals: BTreeMap<Vital, crate::core::Sample>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pump: Option<crate::core::PumpSample>,
+    /// In snapshots: the chair's session (as in a `session` frame).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionEvent>,
 }
 
 impl<'a> ChairJson<'a> {
@@ -75,6 +101,24 @@ impl<'a> ChairJson<'a> {
                 .filter_map(|v| latest.get(*v).map(|s| (*v, s)))
                 .collect(),
             pump: latest.pump,
+            session: None,
+        }
+    }
+
+    /// With the chair's session, for snapshots.
+    pub fn with_session(
+        chair: &'a std::sync::Arc<str>,
+        latest: &Latest,
+        session: &Session,
+    ) -> Self {
+        ChairJson {
+            session: Some(SessionEvent::new(
+                chair.clone(),
+                SessionChange::Phase,
+                session,
+                session.applied_at,
+            )),
+            ..ChairJson::new(chair, latest)
         }
     }
 }
@@ -110,7 +154,7 @@ pub struct RenderedChairs(String);
 pub fn render_chairs(chairs: &[ChairView]) -> RenderedChairs {
     let list: Vec<ChairJson<'_>> = chairs
         .iter()
-        .map(|c| ChairJson::new(&c.chair, &c.latest))
+        .map(|c| ChairJson::with_session(&c.chair, &c.latest, &c.session))
         .collect();
     RenderedChairs(serde_json::to_string(&list).expect("chairs serialise to JSON"))
 }
@@ -223,6 +267,56 @@ pub enum Command {
     UnsubscribeVitals,
     /// Ask for a fresh snapshot.
     Snapshot,
+    /// Set a chair's session (phase, patient, ...) on behalf of `by`.
+    SetSession {
+        chair: String,
+        by: String,
+        #[serde(flatten)]
+        session: SessionUpdateFields,
+    },
+    /// Change one rule's limits for the patient in `chair` (both absent: back to the
+    /// configured limits).
+    SetLimit {
+        chair: String,
+        rule: String,
+        by: String,
+        #[serde(default)]
+        low: Option<f64>,
+        #[serde(default)]
+        high: Option<f64>,
+    },
+}
+
+/// The session fields of a `set_session` command (a session message without `by`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SessionUpdateFields {
+    pub phase: crate::core::Phase,
+    #[serde(default)]
+    pub patient: Option<String>,
+    #[serde(default)]
+    pub session_number: Option<u16>,
+    #[serde(default)]
+    pub session_count: Option<u16>,
+    #[serde(default)]
+    pub route: Option<crate::core::Route>,
+    #[serde(default)]
+    pub limits: Option<std::collections::BTreeMap<String, LimitOverride>>,
+}
+
+impl SessionUpdateFields {
+    /// The session update this command asks for, set now by `by`.
+    pub fn update(&self, by: &str) -> SessionUpdate {
+        SessionUpdate {
+            phase: self.phase,
+            patient: self.patient.clone(),
+            session_number: self.session_number,
+            session_count: self.session_count,
+            route: self.route,
+            ts: None,
+            by: Some(by.to_string()),
+            limits: self.limits.clone(),
+        }
+    }
 }
 
 /// Longest accepted `by` in an acknowledgement.
@@ -233,13 +327,23 @@ impl Command {
     pub fn parse(text: &str) -> Result<Command, (&'static str, String)> {
         let cmd: Command =
             serde_json::from_str(text).map_err(|e| ("bad_command", e.to_string()))?;
-        if let Command::Ack { by, .. } = &cmd {
-            if by.trim().is_empty() || by.len() > MAX_ACK_BY {
-                return Err((
-                    "bad_command",
-                    format!("`by` must name who acknowledges, 1-{MAX_ACK_BY} bytes"),
-                ));
-            }
+        let by = match &cmd {
+            Command::Ack { by, .. }
+            | Command::SetSession { by, .. }
+            | Command::SetLimit { by, .. } => Some(by),
+            _ => None,
+        };
+        if by.is_some_and(|by| by.trim().is_empty() || by.len() > MAX_ACK_BY) {
+            return Err((
+                "bad_command",
+                format!("`by` must name who does it, 1-{MAX_ACK_BY} bytes"),
+            ));
+        }
+        if let Command::SetSession { session, by, .. } = &cmd {
+            session
+                .update(by)
+                .check()
+                .map_err(|e| ("bad_command", e.to_string()))?;
         }
         Ok(cmd)
     }

@@ -426,6 +426,24 @@ fn write_failed(e: axum::Error) -> End {
     End::Gone
 }
 
+/// A chair key named in a command must look like one from a topic: `{site}/{chair}`.
+fn check_chair(chair: &str) -> Result<(), crate::core::WardError> {
+    let ok = chair.split_once('/').is_some_and(|(site, seat)| {
+        [site, seat].iter().all(|id| {
+            !id.is_empty()
+                && id.len() <= crate::ingest::topic::MAX_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        })
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::core::WardError::UnknownChair(chair.to_string()))
+    }
+}
+
 async fn live_changed(live: &mut Option<Live>) {
     match live {
         Some(l) => {
@@ -494,9 +512,36 @@ impl Reader {
             }
             match command {
                 Ok(Command::Ack { id, by }) => {
-                    if let Err(e) = app.hub.acknowledge(id, &by, crate::app::now_ms()) {
-                        self.refuse(e.code(), &e.to_string(), Some(id));
+                    let now = crate::app::now_ms();
+                    match app.hub.acknowledge(id, &by, now) {
+                        // A latched alarm whose condition has ended clears now.
+                        Ok(acked) => app
+                            .hub
+                            .publish(app.ward.acknowledged(&acked.chair, id, now), None),
+                        Err(e) => self.refuse(e.code(), &e.to_string(), Some(id)),
                     }
+                }
+                Ok(Command::SetSession { chair, by, session }) => {
+                    // Authorisation of who may change sessions comes with dashboard
+                    // authentication; until then any connected dashboard may.
+                    let result = check_chair(&chair).and_then(|()| {
+                        app.ward
+                            .set_session(&chair, &session.update(&by), crate::app::now_ms())
+                    });
+                    self.apply(result);
+                }
+                Ok(Command::SetLimit {
+                    chair,
+                    rule,
+                    by,
+                    low,
+                    high,
+                }) => {
+                    let limits = crate::core::LimitOverride { low, high };
+                    let result =
+                        app.ward
+                            .set_limit(&chair, &rule, limits, &by, crate::app::now_ms());
+                    self.apply(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {
                     self.scope_tx
@@ -522,6 +567,17 @@ impl Reader {
             }
         }
         self.signals.gone.cancel();
+    }
+
+    /// Publish what a session command changed, or tell the client why it was refused.
+    fn apply(&self, result: Result<Vec<crate::core::Event>, crate::core::WardError>) {
+        match result {
+            Ok(events) => self.app.hub.publish(events, None),
+            Err(e) => {
+                self.app.metrics.session_rejected.increment(1);
+                self.refuse(e.code(), &e.to_string(), None);
+            }
+        }
     }
 
     /// The client exceeded its command budget: count it and ask for a 1008 close.

@@ -1,4 +1,7 @@
-//! The HTTP edge: `/ws` (dashboards), `/live`, `/ready` and `/metrics` (operations).
+//! The HTTP edge: `/ws` (dashboards), `/api/...` (the audit trail), `/live`,
+//! `/ready` and `/metrics` (operations).
+
+pub mod api;
 
 use crate::app::App;
 use crate::fanout::ws;
@@ -13,6 +16,8 @@ use std::sync::Arc;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
+        .route("/api/alarms", get(api::alarms))
+        .route("/api/sessions/{*chair}", get(api::sessions))
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -1,4 +1,4 @@
-//! The MQTT edge: devices' readings in.
+//! The MQTT edge: devices' readings, session messages and status in.
 
 pub mod backoff;
 pub mod broker;
@@ -8,4 +8,4 @@ pub mod topic;
 
 pub use mqtt::{BrokerAddr, Ingest, IngestError};
 pub use pipeline::{process, Processed};
-pub use topic::TopicPattern;
+pub use topic::{TopicKind, TopicPattern, Topics};

@@ -10,10 +10,9 @@ use super::backoff::Backoff;
 use super::pipeline::{process, Processed};
 use crate::app::{now_ms, App};
 use crate::config::{MqttConfig, TlsConfig};
-use crate::core::RejectReason;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -110,11 +109,11 @@ fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, IngestError> {
 /// At most one log line per rejection reason per interval, with a count of the rest.
 struct RejectLog {
     interval: Duration,
-    last: HashMap<RejectReason, (Instant, u64)>,
+    last: HashMap<&'static str, (Instant, u64)>,
 }
 
 impl RejectLog {
-    fn log(&mut self, topic: &str, reason: RejectReason, detail: &str) {
+    fn log(&mut self, topic: &str, reason: &'static str, detail: &str) {
         let now = Instant::now();
         let entry = self
             .last
@@ -123,7 +122,7 @@ impl RejectLog {
         if now.duration_since(entry.0) >= self.interval {
             tracing::warn!(
                 topic,
-                reason = reason.as_str(),
+                reason,
                 detail,
                 suppressed_since_last = entry.1,
                 "rejected device message"
@@ -201,10 +200,10 @@ impl Ingest {
                     if granted {
                         self.subscribed = true;
                         self.set_ready(true);
-                        tracing::info!(filter = self.app.topic.filter(), "subscribed (QoS 1)");
+                        tracing::info!(filters = %self.app.topics, "subscribed (QoS 1)");
                     } else {
                         tracing::error!(
-                            filter = self.app.topic.filter(),
+                            filters = %self.app.topics,
                             codes = ?ack.return_codes,
                             "broker refused the QoS 1 subscription; not ready"
                         );
@@ -249,10 +248,12 @@ impl Ingest {
         }
         // No session (first start, or the broker lost it): subscribe again.
         self.subscribed = false;
-        if let Err(e) = self
-            .client
-            .try_subscribe(self.app.topic.filter(), QoS::AtLeastOnce)
-        {
+        let filters = self
+            .app
+            .topics
+            .filters()
+            .map(|f| SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
             tracing::error!(error = %e, "could not queue the subscription");
         }
     }
@@ -260,8 +261,9 @@ impl Ingest {
     fn on_publish(&mut self, publish: Publish) {
         let topic = publish.topic.as_str();
         match process(&self.app, topic, &publish.payload, Instant::now(), now_ms()) {
-            Processed::Rejected(r) => self.rejects.log(topic, r.reason, &r.detail),
-            Processed::Accepted { .. } | Processed::Duplicate => {}
+            Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
+            Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
+            Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {}
         }
         // Processed (or rejected for good): acknowledge, in arrival order.
         self.pending_acks.push_back(publish);

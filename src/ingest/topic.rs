@@ -116,6 +116,70 @@ impl TopicPattern {
     }
 }
 
+/// What a topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    /// A device reading (`mqtt.topic`).
+    Vitals,
+    /// A session message (`mqtt.session_topic`).
+    Session,
+    /// A device status message (`mqtt.status_topic`).
+    Status,
+}
+
+/// The three subscription filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub vitals: TopicPattern,
+    pub session: TopicPattern,
+    pub status: TopicPattern,
+}
+
+impl Topics {
+    /// Parse the filters; the error names the config key.
+    pub fn parse(
+        vitals: &str,
+        session: &str,
+        status: &str,
+    ) -> Result<Topics, (&'static str, TopicError)> {
+        Ok(Topics {
+            vitals: TopicPattern::parse(vitals).map_err(|e| ("mqtt.topic", e))?,
+            session: TopicPattern::parse(session).map_err(|e| ("mqtt.session_topic", e))?,
+            status: TopicPattern::parse(status).map_err(|e| ("mqtt.status_topic", e))?,
+        })
+    }
+
+    /// What `topic` carries and the chair it names. Readings are tried first: they
+    /// are nearly all the traffic.
+    pub fn classify(&self, topic: &str) -> Result<(TopicKind, String), TopicError> {
+        let vitals = match self.vitals.chair_key(topic) {
+            Ok(chair) => return Ok((TopicKind::Vitals, chair)),
+            Err(e) => e,
+        };
+        if let Ok(chair) = self.session.chair_key(topic) {
+            return Ok((TopicKind::Session, chair));
+        }
+        if let Ok(chair) = self.status.chair_key(topic) {
+            return Ok((TopicKind::Status, chair));
+        }
+        Err(vitals)
+    }
+
+    pub fn filters(&self) -> [&str; 3] {
+        [
+            self.vitals.filter(),
+            self.session.filter(),
+            self.status.filter(),
+        ]
+    }
+}
+
+impl fmt::Display for Topics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, {}, {}", self.vitals, self.session, self.status)
+    }
+}
+
 impl fmt::Display for TopicPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.filter)
@@ -137,6 +201,29 @@ mod tests {
         assert!(p.chair_key("clinic/north/chair/7/vitals/x").is_err());
         assert!(p.chair_key("clinic//chair/7/vitals").is_err());
         assert!(p.chair_key("clinic/no rth/chair/7/vitals").is_err());
+    }
+
+    #[test]
+    fn topics_classify_readings_sessions_and_status() {
+        let t = Topics::parse(
+            "clinic/+/chair/+/vitals",
+            "clinic/+/chair/+/session",
+            "clinic/+/chair/+/status",
+        )
+        .unwrap();
+        assert_eq!(
+            t.classify("clinic/n/chair/1/session").unwrap(),
+            (TopicKind::Session, "n/1".to_string())
+        );
+        assert_eq!(
+            t.classify("clinic/n/chair/1/status").unwrap().0,
+            TopicKind::Status
+        );
+        assert_eq!(
+            t.classify("clinic/n/chair/1/vitals").unwrap().0,
+            TopicKind::Vitals
+        );
+        assert!(t.classify("clinic/n/chair/1/other").is_err());
     }
 
     #[test]

@@ -64,23 +64,33 @@ pub fn test_config() -> (Config, String) {
     c.mqtt.port = port;
     c.mqtt.client_id = unique("gw");
     c.mqtt.topic = format!("{prefix}/+/chair/+/vitals");
+    c.mqtt.session_topic = format!("{prefix}/+/chair/+/session");
+    c.mqtt.status_topic = format!("{prefix}/+/chair/+/status");
+    c.audit.path = audit_path();
     c.mqtt.reconnect_initial_ms = 50;
     c.shutdown.grace_period_ms = 3_000;
     (c, prefix)
 }
 
+/// A fresh audit trail file for one gateway (kept in the build's temp dir).
+pub fn audit_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.sqlite3", unique("audit")))
+}
+
 /// Rules that make alarms easy to script: SpO2 below 90 raises at once (high),
-/// clears at 92 or above.
+/// clears at 92 or above. No other rule and no technical alarm.
 pub fn simple_rules(c: &mut Config) {
     c.rules = vec![vitalgate::core::RuleSpec {
         id: "spo2_low".into(),
         vital: vitalgate::core::Vital::Spo2,
         low: Some(90.0),
-        high: None,
         priority: vitalgate::core::Priority::High,
-        delay_ms: 0,
         hysteresis: 2.0,
+        ..Default::default()
     }];
+    c.combined_rules.clear();
+    c.trend_rules.clear();
+    c.technical = vitalgate::core::TechnicalSpec::default();
 }
 
 /// [`test_config`] with [`simple_rules`], pointed at a private broker.
@@ -137,6 +147,14 @@ impl TestGateway {
 
     pub fn topic(&self, site: &str, chair: &str) -> String {
         format!("{}/{site}/chair/{chair}/vitals", self.prefix)
+    }
+
+    pub fn session_topic(&self, site: &str, chair: &str) -> String {
+        format!("{}/{site}/chair/{chair}/session", self.prefix)
+    }
+
+    pub fn status_topic(&self, site: &str, chair: &str) -> String {
+        format!("{}/{site}/chair/{chair}/status", self.prefix)
     }
 
     pub async fn dashboard(&self) -> Dashboard {
@@ -223,6 +241,14 @@ impl Device {
     pub async fn publish_raw(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// Publish a retained message (session and status topics).
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
             .await
             .unwrap();
     }

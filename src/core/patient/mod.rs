@@ -1,9 +1,22 @@
 //! One chair's patient state: the latest value of each vital, the pump, recently
-//! seen message ids for de-duplication, and the state of every alarm condition.
+//! seen message ids for de-duplication, the infusion session, and the state of every
+//! alarm condition.
+//!
+//! Everything here is pure: time comes in as arguments (device `ts` for physiological
+//! rules, gateway ms for technical ones and timers), so tests drive it with any clock.
 
+mod measure;
+mod session;
+
+use super::alarm::PartValue;
+use super::baseline::BaselineSampler;
+use super::condition::{Check, ConditionState, Measure, Step};
+use super::event::SessionChange;
 use super::reading::{Pump, Reading, Vital};
-use super::rules::{ConditionState, RuleSet, Step};
+use super::rules::RuleSet;
+use super::session::{Phase, Session};
 use serde::Serialize;
+use std::collections::VecDeque;
 
 /// A vital's latest value and the device time it was measured at.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -45,15 +58,35 @@ pub const RECENT_IDS: usize = 32;
 /// is far smaller.
 pub const SEQ_RESTART_GAP: u64 = 10_000;
 
-/// A change of one alarm condition caused by a reading.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A change of one alarm condition.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     /// Index of the condition in the [`RuleSet`].
     pub condition: usize,
     pub step: Step,
-    /// The value that caused it and its device time.
+    /// The value and limit that caused it.
     pub value: f64,
+    pub limit: f64,
+    /// Device time (physiological) or gateway time (technical, timers).
     pub ts: u64,
+    /// Why a clear happened, when not by the value recovering.
+    pub reason: Option<&'static str>,
+    /// For combined conditions, every part.
+    pub parts: Vec<PartValue>,
+}
+
+/// What one operation on a chair changed: alarm transitions and session changes,
+/// in the order they happened (session changes first).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Effects {
+    pub sessions: Vec<(SessionChange, Option<Phase>)>,
+    pub transitions: Vec<Transition>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.transitions.is_empty()
+    }
 }
 
 /// What applying one reading did.
@@ -65,8 +98,7 @@ pub enum Applied {
     /// Same `(seq, ts)` as a recent reading: a redelivery. Nothing was changed.
     Duplicate,
     Accepted {
-        /// Alarm conditions that were raised or cleared, in rule order.
-        transitions: Vec<Transition>,
+        effects: Effects,
         /// Values older than the vital's latest, ignored (late, out-of-order delivery).
         late_values: usize,
         /// An in-order message carried a `ts` older than a stored value: the device
@@ -77,26 +109,89 @@ pub enum Applied {
     },
 }
 
+/// Recent values of one vital for trend rules: at most [`TREND_SAMPLES`], spaced at
+/// least a sixteenth of the window apart so that they cover the whole window.
+///
+/// [`TREND_SAMPLES`]: super::rules::TREND_SAMPLES
+#[derive(Debug, Clone, Default)]
+struct Trend {
+    samples: VecDeque<(u64, f32)>,
+}
+
+impl Trend {
+    fn push(&mut self, ts: u64, value: f64, window_ms: u64) {
+        let spacing = window_ms / super::rules::TREND_SAMPLES as u64;
+        let n = self.samples.len();
+        if n > 0 && ts < self.samples[n - 1].0 {
+            return;
+        }
+        // Too close to the one before the newest: replace the newest, so that kept
+        // samples stay spaced out and the newest is always exact.
+        if n >= 2 && ts.saturating_sub(self.samples[n - 2].0) < spacing {
+            self.samples[n - 1] = (ts, value as f32);
+            return;
+        }
+        if n >= super::rules::TREND_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((ts, value as f32));
+    }
+
+    /// Lowest and highest value measured within `window_ms` before `ts`.
+    fn range(&self, ts: u64, window_ms: u64) -> Option<(f64, f64)> {
+        self.samples
+            .iter()
+            .filter(|(t, _)| ts.saturating_sub(*t) <= window_ms)
+            .fold(None, |acc, &(_, v)| {
+                let v = v as f64;
+                Some(acc.map_or((v, v), |(lo, hi): (f64, f64)| (lo.min(v), hi.max(v))))
+            })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PatientState {
     latest: Latest,
+    /// Gateway time each vital's latest value arrived.
+    received: [u64; 6],
     recent: [(u64, u64); RECENT_IDS],
     recent_len: usize,
     recent_next: usize,
     /// The `seq` of the latest in-order message.
     last_seq: Option<u64>,
     conditions: Box<[ConditionState]>,
+    session: Session,
+    /// Collects baseline values, only while in the `baseline` phase.
+    sampler: Option<Box<BaselineSampler>>,
+    /// Trend history for vitals that trend rules watch.
+    trends: [Option<Box<Trend>>; 6],
+    /// The device announced it is offline (last will on the status topic).
+    device_offline: bool,
+    /// Gateway time the chair was last heard from (a reading or an online status).
+    heard_at: u64,
+    /// Gateway time the chair was first heard from: silence before it is not counted.
+    first_heard: u64,
+    /// In recovery, gateway time since which the chair has looked fit to leave.
+    stable_since: Option<u64>,
 }
 
 impl PatientState {
     pub fn new(rules: &RuleSet) -> Self {
         PatientState {
             latest: Latest::default(),
+            received: [0; 6],
             recent: [(0, 0); RECENT_IDS],
             recent_len: 0,
             recent_next: 0,
             last_seq: None,
             conditions: vec![ConditionState::Normal; rules.len()].into_boxed_slice(),
+            session: Session::default(),
+            sampler: None,
+            trends: Default::default(),
+            device_offline: false,
+            heard_at: 0,
+            first_heard: 0,
+            stable_since: None,
         }
     }
 
@@ -104,12 +199,13 @@ impl PatientState {
         &self.latest
     }
 
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
     /// The alarm ids currently active on this chair.
     pub fn active_alarms(&self) -> impl Iterator<Item = u64> + '_ {
-        self.conditions.iter().filter_map(|c| match c {
-            ConditionState::Active { alarm_id } => Some(*alarm_id),
-            _ => None,
-        })
+        self.conditions.iter().filter_map(ConditionState::alarm_id)
     }
 
     fn seen(&self, seq: u64, ts: u64) -> bool {
@@ -159,9 +255,11 @@ impl PatientState {
         if in_order {
             self.last_seq = Some(reading.seq);
         }
-        let mut transitions = Vec::new();
         let mut late_values = 0;
         let mut clock_stepped_back = false;
+        // Conditions to evaluate: those on the vitals this reading updated, and those
+        // judged on every reading. A small list: dedup by scanning.
+        let mut due: Vec<usize> = rules.every_reading().to_vec();
         for (vital, value) in reading.vitals() {
             let slot = &mut self.latest.vitals[vital.index()];
             if let Some(prev) = *slot {
@@ -174,8 +272,13 @@ impl PatientState {
                     let step = prev.ts - reading.ts;
                     for &i in rules.for_vital(vital) {
                         if let ConditionState::Pending { since } = &mut self.conditions[i] {
-                            *since = since.saturating_sub(step);
+                            if !rules.condition(i).check.is_timed() {
+                                *since = since.saturating_sub(step);
+                            }
                         }
+                    }
+                    if let Some(t) = &mut self.trends[vital.index()] {
+                        t.samples.clear();
                     }
                 }
             }
@@ -183,18 +286,19 @@ impl PatientState {
                 value,
                 ts: reading.ts,
             });
+            self.received[vital.index()] = received_at;
+            if let Some(sampler) = &mut self.sampler {
+                sampler.add(vital, value);
+            }
+            let window = rules.trend_window(vital);
+            if window > 0 {
+                self.trends[vital.index()]
+                    .get_or_insert_with(Box::default)
+                    .push(reading.ts, value, window);
+            }
             for &i in rules.for_vital(vital) {
-                let step =
-                    rules
-                        .condition(i)
-                        .step(&mut self.conditions[i], value, reading.ts, next_id);
-                if step != Step::Nothing {
-                    transitions.push(Transition {
-                        condition: i,
-                        step,
-                        value,
-                        ts: reading.ts,
-                    });
+                if !due.contains(&i) {
+                    due.push(i);
                 }
             }
         }
@@ -209,14 +313,127 @@ impl PatientState {
             }
         }
         self.latest.received_at = received_at;
+        // Data is flowing: whatever the status topic last said, the device is online.
+        self.device_offline = false;
+        self.heard_at = received_at;
+        if self.first_heard == 0 {
+            self.first_heard = received_at;
+        }
+        due.sort_unstable();
+        let mut effects = Effects::default();
+        for i in due {
+            let ts = if rules.condition(i).check.is_timed() {
+                received_at
+            } else {
+                reading.ts
+            };
+            self.evaluate(rules, i, ts, received_at, next_id, &mut effects);
+        }
+        self.check_discharge(rules, received_at, &mut effects);
         Applied::Accepted {
-            transitions,
+            effects,
             late_values,
             clock_stepped_back,
             latest: self.latest,
         }
     }
+
+    /// Step condition `i` with its current measurement, if it applies.
+    fn evaluate(
+        &mut self,
+        rules: &RuleSet,
+        i: usize,
+        ts: u64,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+        effects: &mut Effects,
+    ) {
+        let cond = rules.condition(i);
+        if !cond.applies(&self.session) {
+            return;
+        }
+        let Some((m, parts)) = self.measure(rules, cond, ts, now_ms) else {
+            // Nothing to judge (no value, or no limit for this patient): a breach
+            // that was building up is no longer known to continue.
+            if let ConditionState::Pending { .. } = self.conditions[i] {
+                self.conditions[i] = ConditionState::Normal;
+            }
+            return;
+        };
+        let step = cond.step(&mut self.conditions[i], &m, ts, next_id);
+        if step != Step::Nothing {
+            let reason = match (step, cond.check.is_timed()) {
+                (Step::Cleared { .. }, true) => Some("data_returned"),
+                _ => None,
+            };
+            effects.transitions.push(Transition {
+                condition: i,
+                step,
+                value: m.value,
+                limit: m.limit,
+                ts,
+                reason,
+                parts,
+            });
+        }
+    }
+
+    /// Evaluate the timed conditions (stale data, device offline, pump without SpO2)
+    /// and discharge readiness at gateway time `now_ms`. Called periodically.
+    pub fn tick(
+        &mut self,
+        rules: &RuleSet,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        for &i in rules.timed() {
+            self.evaluate(rules, i, now_ms, now_ms, next_id, &mut effects);
+        }
+        self.check_discharge(rules, now_ms, &mut effects);
+        effects
+    }
+
+    /// The device said it is online or offline (status topic, e.g. its last will).
+    pub fn set_device_online(
+        &mut self,
+        rules: &RuleSet,
+        online: bool,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Effects {
+        self.device_offline = !online;
+        if self.first_heard == 0 {
+            self.first_heard = now_ms;
+        }
+        if online {
+            // Count silence from now, not from before the device went away.
+            self.heard_at = self.heard_at.max(now_ms);
+        }
+        let mut effects = Effects::default();
+        for &i in rules.every_reading() {
+            if matches!(rules.condition(i).check, Check::Offline { .. }) {
+                self.evaluate(rules, i, now_ms, now_ms, next_id, &mut effects);
+            }
+        }
+        effects
+    }
+
+    /// The measurement of condition `cond` for this patient; `None` when there is
+    /// nothing to compare.
+    fn measure(
+        &self,
+        rules: &RuleSet,
+        cond: &super::condition::Condition,
+        ts: u64,
+        now_ms: u64,
+    ) -> Option<(Measure, Vec<PartValue>)> {
+        measure::measure(self, rules, cond, ts, now_ms)
+    }
 }
+
+#[cfg(test)]
+mod engine_tests;
 
 #[cfg(test)]
 mod tests {
@@ -227,11 +444,10 @@ mod tests {
         RuleSet::compile(&[RuleSpec {
             id: "hr_high".into(),
             vital: Vital::Hr,
-            low: None,
             high: Some(120.0),
             priority: Priority::Medium,
-            delay_ms: 0,
             hysteresis: 5.0,
+            ..RuleSpec::default()
         }])
         .unwrap()
     }
@@ -249,7 +465,8 @@ mod tests {
 
     fn raised(a: &Applied) -> usize {
         match a {
-            Applied::Accepted { transitions, .. } => transitions
+            Applied::Accepted { effects, .. } => effects
+                .transitions
                 .iter()
                 .filter(|t| matches!(t.step, Step::Raised { .. }))
                 .count(),
@@ -282,12 +499,12 @@ mod tests {
         match a {
             Applied::Accepted {
                 late_values,
-                transitions,
+                effects,
                 latest,
                 ..
             } => {
                 assert_eq!(late_values, 1);
-                assert!(transitions.is_empty());
+                assert!(effects.transitions.is_empty());
                 assert_eq!(latest.get(Vital::Hr).unwrap().value, 150.0);
             }
             Applied::Duplicate => panic!("not a duplicate"),
@@ -319,8 +536,8 @@ mod tests {
         };
         let mut out = Vec::new();
         for r in stream {
-            if let Applied::Accepted { transitions, .. } = p.apply(rules, r, 0, &mut next) {
-                out.extend(transitions.into_iter().map(|t| (t.step, t.ts)));
+            if let Applied::Accepted { effects, .. } = p.apply(rules, r, 0, &mut next) {
+                out.extend(effects.transitions.into_iter().map(|t| (t.step, t.ts)));
             }
         }
         out
@@ -406,11 +623,10 @@ mod tests {
         let rules = RuleSet::compile(&[RuleSpec {
             id: "hr_high".into(),
             vital: Vital::Hr,
-            low: None,
             high: Some(120.0),
             priority: Priority::Medium,
             delay_ms: 3_000,
-            hysteresis: 0.0,
+            ..RuleSpec::default()
         }])
         .unwrap();
         let mut p = PatientState::new(&rules);

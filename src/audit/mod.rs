@@ -1,0 +1,305 @@
+//! Durable audit trail of everything dashboards are shown, on embedded SQLite.
+//!
+//! Why the order matters: every alarm event, acknowledgement, session phase
+//! change and limit change is appended here *before* it is sent to dashboards,
+//! and [`Audit::append`] returns only after the transaction has committed. So
+//! whatever a dashboard saw is in the file even if the process is killed the
+//! next instant; the worst a crash can do is leave a record no dashboard saw.
+//!
+//! Why WAL + `synchronous`: in WAL mode a commit is one append to the `-wal`
+//! file. With `synchronous=NORMAL` that write reaches the OS page cache before
+//! commit returns, which survives `kill -9` (the kernel still owns the pages)
+//! but not a power cut; checkpoints still fsync. `synchronous=FULL`
+//! (`full_sync = true`) also fsyncs the WAL on every commit, which survives
+//! power loss at the cost of one fsync per [`Audit::append`] call, hence the
+//! slice API: batch records so that one fsync covers many of them.
+//!
+//! Why two connections: WAL lets readers run against the last commit while a
+//! writer appends, so dashboard/history queries (reader) never wait for an
+//! fsync on the alarm path (writer), and vice versa. Each sits behind its own
+//! mutex because a `rusqlite::Connection` is not `Sync`. The in-memory store
+//! used by tests has one connection serving both roles, since `:memory:`
+//! databases are private to their connection and in-memory databases cannot
+//! use WAL anyway (a shared-cache one would answer SQLITE_LOCKED, not wait).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params_from_iter, Connection, OpenFlags, Row, ToSql, TransactionBehavior};
+
+/// The schema version this code writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a connection waits for a lock held by another connection (or
+/// another process, e.g. a backup tool) before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const COLUMNS: &str = "seq, instance, kind, chair, at_ms, body";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL, instance TEXT NOT NULL, kind TEXT NOT NULL,
+    chair TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_chair_at ON events(chair, at_ms);
+CREATE INDEX IF NOT EXISTS events_kind_at ON events(kind, at_ms);
+CREATE INDEX IF NOT EXISTS events_kind_chair_id ON events(kind, chair, id);";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit database {path}: its parent directory does not exist")]
+    NoDirectory { path: String },
+    #[error("cannot open audit database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("audit database {path}: journal_mode is {mode:?}, not WAL (unsupported filesystem?)")]
+    NotWal { path: String, mode: String },
+    #[error("audit database {path} has schema version {found}; this build supports up to {supported} (written by a newer vitalgate?)")]
+    NewerSchema {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("audit record field {field} = {value} does not fit SQLite's signed 64-bit integer")]
+    OutOfRange { field: &'static str, value: u64 },
+    #[error("audit database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// One record: the JSON text exactly as dashboards received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<'a> {
+    /// Gateway-wide event sequence number; unique within one `instance` only.
+    pub seq: u64,
+    /// Gateway run id (16 hex chars).
+    pub instance: &'a str,
+    /// "alarm" | "session" | "limit" (free text, indexed).
+    pub kind: &'a str,
+    /// "{site}/{chair}", e.g. "north/3".
+    pub chair: &'a str,
+    /// Gateway wall-clock ms since the epoch of the event.
+    pub at_ms: u64,
+    /// The JSON text.
+    pub body: &'a str,
+}
+
+/// A stored record returned by queries.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Stored {
+    pub seq: u64,
+    pub instance: String,
+    pub kind: String,
+    pub chair: String,
+    pub at_ms: u64,
+    pub body: String,
+}
+
+/// The audit store: a writer connection and (for files) a separate reader.
+pub struct Audit {
+    writer: Mutex<Connection>,
+    /// `None` for the in-memory store, whose one connection serves both roles.
+    reader: Option<Mutex<Connection>>,
+}
+
+impl Audit {
+    /// Open or create the file (its parent directory must exist), switch it to
+    /// WAL with `synchronous=NORMAL` (or `FULL` when `full_sync`), and create
+    /// the schema if missing. A file with a newer schema version is refused
+    /// rather than written to, so an older build cannot damage it.
+    pub fn open(path: &Path, full_sync: bool) -> Result<Audit, AuditError> {
+        let name = path.display().to_string();
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            return Err(AuditError::NoDirectory { path: name });
+        }
+        let open_err = |source| AuditError::Open {
+            path: name.clone(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let writer = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        writer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = writer
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(AuditError::NotWal { path: name, mode });
+        }
+        let sync = if full_sync { "FULL" } else { "NORMAL" };
+        writer
+            .pragma_update(None, "synchronous", sync)
+            .map_err(open_err)?;
+        init_schema(&writer, &name)?;
+        // query_only rather than SQLITE_OPEN_READONLY: a read-only connection
+        // cannot create the WAL index (-shm) itself.
+        let reader = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        reader
+            .pragma_update(None, "query_only", true)
+            .map_err(open_err)?;
+        reader.set_prepared_statement_cache_capacity(32);
+        Ok(Audit {
+            writer: Mutex::new(writer),
+            reader: Some(Mutex::new(reader)),
+        })
+    }
+
+    /// An in-memory store for tests: one connection, nothing survives a drop.
+    pub fn in_memory() -> Result<Audit, AuditError> {
+        let conn = Connection::open_in_memory()?;
+        conn.set_prepared_statement_cache_capacity(32);
+        init_schema(&conn, ":memory:")?;
+        Ok(Audit {
+            writer: Mutex::new(conn),
+            reader: None,
+        })
+    }
+
+    /// Append records in ONE transaction; returns only after commit, so the
+    /// caller may then show them to dashboards. Empty slice: no-op. On any
+    /// error nothing of the batch is stored.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<(), AuditError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut conn = lock(&self.writer);
+        // IMMEDIATE takes the write lock up front, so waiting for another
+        // writer happens under busy_timeout instead of failing mid-batch.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events(seq, instance, kind, chair, at_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for r in records {
+                let seq = to_i64("seq", r.seq)?;
+                let at_ms = to_i64("at_ms", r.at_ms)?;
+                insert.execute((seq, r.instance, r.kind, r.chair, at_ms, r.body))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records of `kind` (None = all kinds), optionally for one chair, with
+    /// `at_ms` in `[from_ms, to_ms]` (each bound optional, inclusive), ordered
+    /// by `at_ms` then insertion order, at most `limit` rows, oldest first.
+    pub fn query(
+        &self,
+        kind: Option<&str>,
+        chair: Option<&str>,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, AuditError> {
+        // Only the filters actually given go into the SQL, so SQLite can use
+        // the (kind, at_ms) / (chair, at_ms) indexes; `?1 IS NULL OR ...`
+        // would defeat them. At most 16 shapes, all kept in the cache.
+        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
+        let mut args: Vec<Box<dyn ToSql + '_>> = Vec::new();
+        if let Some(kind) = kind {
+            sql.push_str(" AND kind = ?");
+            args.push(Box::new(kind));
+        }
+        if let Some(chair) = chair {
+            sql.push_str(" AND chair = ?");
+            args.push(Box::new(chair));
+        }
+        // A bound beyond i64::MAX can be clamped: no stored value exceeds it.
+        if let Some(from) = from_ms {
+            sql.push_str(" AND at_ms >= ?");
+            args.push(Box::new(clamp_i64(from)));
+        }
+        if let Some(to) = to_ms {
+            sql.push_str(" AND at_ms <= ?");
+            args.push(Box::new(clamp_i64(to)));
+        }
+        sql.push_str(" ORDER BY at_ms, id LIMIT ?");
+        args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args), stored)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The most recent record of `kind` for every chair (one per chair,
+    /// ordered by chair), for restart recovery. "Most recent" is insertion
+    /// order, not `at_ms`: that is the order dashboards saw, and it survives
+    /// wall-clock steps and `seq` restarting in a new instance.
+    pub fn latest_per_chair(&self, kind: &str) -> Result<Vec<Stored>, AuditError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE id IN
+               (SELECT max(id) FROM events WHERE kind = ?1 GROUP BY chair)
+             ORDER BY chair"
+        ))?;
+        let rows = stmt.query_map([kind], stored)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        lock(self.reader.as_ref().unwrap_or(&self.writer))
+    }
+}
+
+/// A panic while a connection was held leaves nothing half-done (an open
+/// transaction is rolled back when dropped), so a poisoned lock is usable.
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn init_schema(conn: &Connection, path: &str) -> Result<(), AuditError> {
+    let open_err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let found: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(open_err)?;
+    if found > SCHEMA_VERSION {
+        return Err(AuditError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION {
+        // One transaction: a crash here leaves version 0 and no half schema.
+        let sql =
+            format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+        conn.execute_batch(&sql).map_err(open_err)?;
+    }
+    Ok(())
+}
+
+fn to_i64(field: &'static str, value: u64) -> Result<i64, AuditError> {
+    i64::try_from(value).map_err(|_| AuditError::OutOfRange { field, value })
+}
+
+fn clamp_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn stored(row: &Row<'_>) -> rusqlite::Result<Stored> {
+    // rusqlite reads u64 only with its `fallible_uint` feature; a negative
+    // value (written by someone else) becomes IntegralValueOutOfRange.
+    let get_u64 = |idx: usize| {
+        let v: i64 = row.get(idx)?;
+        u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
+    };
+    Ok(Stored {
+        seq: get_u64(0)?,
+        instance: row.get(1)?,
+        kind: row.get(2)?,
+        chair: row.get(3)?,
+        at_ms: get_u64(4)?,
+        body: row.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

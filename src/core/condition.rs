@@ -1,0 +1,486 @@
+//! Alarm conditions at run time: what each compiled rule checks, and the state
+//! machine every condition shares (delay, hysteresis, latching, acknowledgement).
+
+use super::reading::Vital;
+use super::rules::{Direction, Priority};
+use super::session::{Phase, PhaseSet, Route, Session};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Physiological alarms are about the patient; technical ones about the equipment
+/// or the data (IEC 60601-1-8 keeps the two apart in every signal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmKind {
+    Physiological,
+    Technical,
+}
+
+/// A limit on one side of one vital: absolute, relative to the patient's baseline,
+/// or both, in which case the stricter one applies.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Limit {
+    pub absolute: Option<f64>,
+    /// Distance from the baseline (below it for a low limit, above for a high one).
+    pub from_baseline: Option<f64>,
+    /// Multiple of the baseline (e.g. 1.3 for a high limit, 0.9 for a low one).
+    pub baseline_ratio: Option<f64>,
+}
+
+impl Limit {
+    /// The limit that applies to a patient with `baseline`, the absolute part
+    /// replaced by `absolute_override` when given. `None`: nothing to compare with.
+    pub fn effective(
+        &self,
+        direction: Direction,
+        baseline: Option<f64>,
+        absolute_override: Option<f64>,
+    ) -> Option<f64> {
+        let absolute = absolute_override.or(self.absolute);
+        let relative = baseline.into_iter().flat_map(|b| {
+            let delta = self.from_baseline.map(|d| match direction {
+                Direction::Low => b - d,
+                Direction::High => b + d,
+            });
+            [delta, self.baseline_ratio.map(|r| b * r)]
+        });
+        let candidates = absolute.into_iter().chain(relative.flatten());
+        match direction {
+            Direction::Low => candidates.reduce(f64::max),
+            Direction::High => candidates.reduce(f64::min),
+        }
+    }
+
+    pub fn uses_baseline(&self) -> bool {
+        self.from_baseline.is_some() || self.baseline_ratio.is_some()
+    }
+}
+
+/// What a condition checks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// One vital against a limit.
+    Threshold {
+        vital: Vital,
+        direction: Direction,
+        limit: Limit,
+    },
+    /// Every part breached at once (e.g. respiratory depression: RR low and SpO2
+    /// falling). The first part names the alarm's vital.
+    Combined {
+        parts: Vec<(Vital, Direction, Limit)>,
+    },
+    /// The vital moved by more than `by` within `window_ms` (a rise for `High`).
+    Trend {
+        vital: Vital,
+        direction: Direction,
+        by: f64,
+        window_ms: u64,
+    },
+    /// Technical: nothing new for `vital` for longer than `allowance_ms`.
+    Stale { vital: Vital, allowance_ms: u64 },
+    /// Technical: the device said it is offline, or nothing at all arrived for
+    /// longer than `silent_ms`.
+    Offline { silent_ms: u64 },
+    /// Technical: the pump is running but there is no live SpO2.
+    PumpWithoutSpo2 { allowance_ms: u64 },
+}
+
+impl Check {
+    /// The vital an alarm of this condition is about, if any.
+    pub fn vital(&self) -> Option<Vital> {
+        match self {
+            Check::Threshold { vital, .. }
+            | Check::Trend { vital, .. }
+            | Check::Stale { vital, .. } => Some(*vital),
+            Check::Combined { parts } => parts.first().map(|p| p.0),
+            Check::Offline { .. } => None,
+            Check::PumpWithoutSpo2 { .. } => Some(Vital::Spo2),
+        }
+    }
+
+    pub fn direction(&self) -> Direction {
+        match self {
+            Check::Threshold { direction, .. } | Check::Trend { direction, .. } => *direction,
+            Check::Combined { parts } => parts.first().map_or(Direction::Low, |p| p.1),
+            _ => Direction::High,
+        }
+    }
+
+    pub fn kind(&self) -> AlarmKind {
+        match self {
+            Check::Threshold { .. } | Check::Combined { .. } | Check::Trend { .. } => {
+                AlarmKind::Physiological
+            }
+            _ => AlarmKind::Technical,
+        }
+    }
+
+    /// Whether it is judged on gateway time by the periodic tick (silence cannot be
+    /// noticed when a reading arrives).
+    pub fn is_timed(&self) -> bool {
+        matches!(
+            self,
+            Check::Stale { .. } | Check::Offline { .. } | Check::PumpWithoutSpo2 { .. }
+        )
+    }
+}
+
+/// One compiled alarm condition, shared by every patient.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    /// The rule's id, carried in every alarm it raises.
+    pub rule: Arc<str>,
+    pub check: Check,
+    pub priority: Priority,
+    /// How long the breach must last before raising (device time for physiological
+    /// conditions).
+    pub delay_ms: u64,
+    /// How far back inside the limit a value must come to clear.
+    pub hysteresis: f64,
+    /// The phases the condition applies in: the phase's profile.
+    pub phases: PhaseSet,
+    /// Applies only to sessions 1..=this of a course (stricter early sessions).
+    pub max_session: Option<u16>,
+    /// Only with a pump (route `iv`).
+    pub needs_pump: bool,
+    /// Stays raised after the value recovers, until acknowledged.
+    pub latching: bool,
+}
+
+impl Condition {
+    /// Whether the condition applies to a chair in this session.
+    pub fn applies(&self, session: &Session) -> bool {
+        self.phases.contains(session.phase)
+            && (!self.needs_pump || session.route == Route::Iv)
+            && match (self.max_session, session.session_number) {
+                (Some(max), Some(k)) => k <= max,
+                // Course position unknown: apply the stricter early-session rule.
+                _ => true,
+            }
+            // Without a session a chair has no patient to be offline from.
+            && !(matches!(self.check, Check::Offline { .. }) && session.phase == Phase::Idle)
+    }
+}
+
+/// One measurement of a condition: is it breached, has it recovered (with
+/// hysteresis), and the value and limit to report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measure {
+    pub breached: bool,
+    pub recovered: bool,
+    pub value: f64,
+    pub limit: f64,
+}
+
+impl Measure {
+    /// `value` against `limit` on `direction`'s side, clearing `hysteresis` inside.
+    pub fn against(value: f64, limit: f64, direction: Direction, hysteresis: f64) -> Measure {
+        let (breached, recovered) = match direction {
+            Direction::Low => (value < limit, value >= limit + hysteresis),
+            Direction::High => (value > limit, value <= limit - hysteresis),
+        };
+        Measure {
+            breached,
+            recovered,
+            value,
+            limit,
+        }
+    }
+}
+
+/// The state of one condition for one patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConditionState {
+    #[default]
+    Normal,
+    /// Breached since `since`, not yet for the whole delay.
+    Pending { since: u64 },
+    /// An alarm is raised and has not cleared.
+    Active { alarm_id: u64, acknowledged: bool },
+    /// A latching alarm whose condition has ended; it waits for acknowledgement.
+    Latched { alarm_id: u64 },
+}
+
+impl ConditionState {
+    pub fn alarm_id(&self) -> Option<u64> {
+        match self {
+            ConditionState::Active { alarm_id, .. } | ConditionState::Latched { alarm_id } => {
+                Some(*alarm_id)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What one measurement did to one condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Nothing,
+    Raised { alarm_id: u64 },
+    Cleared { alarm_id: u64 },
+}
+
+impl Condition {
+    /// Advance `state` with a measurement taken at `ts` (non-decreasing; device time
+    /// for physiological conditions, gateway time for technical ones). `next_id`
+    /// allocates the id of a newly raised alarm.
+    pub fn step(
+        &self,
+        state: &mut ConditionState,
+        m: &Measure,
+        ts: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Step {
+        match *state {
+            ConditionState::Normal if m.breached => {
+                if self.delay_ms == 0 {
+                    let alarm_id = next_id();
+                    *state = ConditionState::Active {
+                        alarm_id,
+                        acknowledged: false,
+                    };
+                    Step::Raised { alarm_id }
+                } else {
+                    *state = ConditionState::Pending { since: ts };
+                    Step::Nothing
+                }
+            }
+            ConditionState::Normal => Step::Nothing,
+            ConditionState::Pending { since } => {
+                if !m.breached {
+                    *state = ConditionState::Normal;
+                    Step::Nothing
+                } else if ts.saturating_sub(since) >= self.delay_ms {
+                    let alarm_id = next_id();
+                    *state = ConditionState::Active {
+                        alarm_id,
+                        acknowledged: false,
+                    };
+                    Step::Raised { alarm_id }
+                } else {
+                    Step::Nothing
+                }
+            }
+            ConditionState::Active {
+                alarm_id,
+                acknowledged,
+            } => {
+                if !m.recovered {
+                    Step::Nothing
+                } else if self.latching && !acknowledged {
+                    *state = ConditionState::Latched { alarm_id };
+                    Step::Nothing
+                } else {
+                    *state = ConditionState::Normal;
+                    Step::Cleared { alarm_id }
+                }
+            }
+            ConditionState::Latched { alarm_id } => {
+                if m.breached {
+                    // Still the same unacknowledged alarm: the condition is back.
+                    *state = ConditionState::Active {
+                        alarm_id,
+                        acknowledged: false,
+                    };
+                }
+                Step::Nothing
+            }
+        }
+    }
+
+    /// The alarm on this condition was acknowledged: a latched alarm whose condition
+    /// has ended clears now; an active one clears when its value recovers.
+    pub fn acknowledge(state: &mut ConditionState) -> Step {
+        match *state {
+            ConditionState::Latched { alarm_id } => {
+                *state = ConditionState::Normal;
+                Step::Cleared { alarm_id }
+            }
+            ConditionState::Active { alarm_id, .. } => {
+                *state = ConditionState::Active {
+                    alarm_id,
+                    acknowledged: true,
+                };
+                Step::Nothing
+            }
+            _ => Step::Nothing,
+        }
+    }
+
+    /// The condition no longer applies (phase changed): end whatever it holds.
+    pub fn withdraw(state: &mut ConditionState) -> Step {
+        let was = *state;
+        *state = ConditionState::Normal;
+        match was.alarm_id() {
+            Some(alarm_id) => Step::Cleared { alarm_id },
+            None => Step::Nothing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spo2_low(delay_ms: u64, latching: bool) -> Condition {
+        Condition {
+            rule: Arc::from("spo2_low"),
+            check: Check::Threshold {
+                vital: Vital::Spo2,
+                direction: Direction::Low,
+                limit: Limit {
+                    absolute: Some(90.0),
+                    ..Limit::default()
+                },
+            },
+            priority: Priority::High,
+            delay_ms,
+            hysteresis: 2.0,
+            phases: PhaseSet::MONITORED,
+            max_session: None,
+            needs_pump: false,
+            latching,
+        }
+    }
+
+    /// Feed values one second apart; return the steps that were not `Nothing`.
+    fn run(c: &Condition, values: &[f64]) -> (Vec<Step>, ConditionState) {
+        let mut state = ConditionState::Normal;
+        let mut id = 0;
+        let mut next = || {
+            id += 1;
+            id
+        };
+        let steps = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let m = Measure::against(*v, 90.0, Direction::Low, c.hysteresis);
+                c.step(&mut state, &m, 1_000 * i as u64, &mut next)
+            })
+            .filter(|s| *s != Step::Nothing)
+            .collect();
+        (steps, state)
+    }
+
+    #[test]
+    fn stricter_of_absolute_and_baseline_limits_applies() {
+        let high = Limit {
+            absolute: Some(180.0),
+            from_baseline: Some(40.0),
+            baseline_ratio: Some(1.3),
+        };
+        // Baseline 120: 160 (delta) and 156 (ratio) are both under 180: 156.
+        assert_eq!(
+            high.effective(Direction::High, Some(120.0), None),
+            Some(156.0)
+        );
+        // Baseline 150: 190 and 195 are over 180: the absolute limit is stricter.
+        assert_eq!(
+            high.effective(Direction::High, Some(150.0), None),
+            Some(180.0)
+        );
+        assert_eq!(high.effective(Direction::High, None, None), Some(180.0));
+        assert_eq!(
+            high.effective(Direction::High, None, Some(170.0)),
+            Some(170.0)
+        );
+        let low = Limit {
+            absolute: Some(90.0),
+            from_baseline: Some(4.0),
+            baseline_ratio: None,
+        };
+        assert_eq!(low.effective(Direction::Low, Some(97.0), None), Some(93.0));
+        let relative_only = Limit {
+            from_baseline: Some(4.0),
+            ..Limit::default()
+        };
+        assert_eq!(relative_only.effective(Direction::Low, None, None), None);
+    }
+
+    #[test]
+    fn latched_alarm_stays_until_acknowledged() {
+        let c = spo2_low(0, true);
+        let (steps, mut state) = run(&c, &[95.0, 85.0, 97.0, 97.0]);
+        assert_eq!(steps, vec![Step::Raised { alarm_id: 1 }]);
+        assert_eq!(state, ConditionState::Latched { alarm_id: 1 });
+        assert_eq!(
+            Condition::acknowledge(&mut state),
+            Step::Cleared { alarm_id: 1 }
+        );
+    }
+
+    #[test]
+    fn latched_alarm_acknowledged_while_breached_clears_on_recovery() {
+        let c = spo2_low(0, true);
+        let (_, mut state) = run(&c, &[85.0]);
+        assert_eq!(Condition::acknowledge(&mut state), Step::Nothing);
+        let m = Measure::against(97.0, 90.0, Direction::Low, 2.0);
+        assert_eq!(
+            c.step(&mut state, &m, 5_000, &mut || 9),
+            Step::Cleared { alarm_id: 1 }
+        );
+    }
+
+    #[test]
+    fn delay_counts_from_the_first_breach() {
+        let c = spo2_low(3_000, false);
+        assert!(run(&c, &[95.0, 89.0, 89.0, 89.0]).0.is_empty());
+        assert_eq!(
+            run(&c, &[95.0, 89.0, 89.0, 89.0, 89.0]).0,
+            vec![Step::Raised { alarm_id: 1 }]
+        );
+    }
+
+    proptest! {
+        /// Raises and clears alternate, starting with a raise, with fresh ids; a
+        /// non-latching condition never ends in `Latched`.
+        #[test]
+        fn raises_and_clears_alternate(values in prop::collection::vec(70.0f64..100.0, 0..300),
+                                       delay_s in 0u64..5) {
+            let c = spo2_low(delay_s * 1_000, false);
+            let (steps, state) = run(&c, &values);
+            let mut active: Option<u64> = None;
+            let mut last_id = 0;
+            for s in steps {
+                match s {
+                    Step::Raised { alarm_id } => {
+                        prop_assert!(active.is_none());
+                        prop_assert!(alarm_id > last_id);
+                        last_id = alarm_id;
+                        active = Some(alarm_id);
+                    }
+                    Step::Cleared { alarm_id } => {
+                        prop_assert_eq!(active, Some(alarm_id));
+                        active = None;
+                    }
+                    Step::Nothing => unreachable!(),
+                }
+            }
+            let latched = matches!(state, ConditionState::Latched { .. });
+            prop_assert!(!latched);
+        }
+
+        /// A latching condition raises at most once however the value moves, until
+        /// it is acknowledged: it never clears on its own.
+        #[test]
+        fn latching_never_clears_by_itself(values in prop::collection::vec(70.0f64..100.0, 0..300)) {
+            let c = spo2_low(0, true);
+            let (steps, _) = run(&c, &values);
+            prop_assert!(steps.len() <= 1);
+            let all_raised = steps.iter().all(|s| matches!(s, Step::Raised { .. }));
+            prop_assert!(all_raised);
+        }
+
+        /// A value oscillating within the hysteresis band raises at most once.
+        #[test]
+        fn oscillation_inside_hysteresis_raises_once(wobble in prop::collection::vec(88.0f64..91.99, 1..300)) {
+            let c = spo2_low(0, false);
+            let mut values = vec![89.0];
+            values.extend(wobble);
+            prop_assert_eq!(run(&c, &values).0, vec![Step::Raised { alarm_id: 1 }]);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! What the alarm engine tells dashboards and the audit trail: alarm events and
+//! session changes, in one ordered stream.
+
+use super::alarm::AlarmEvent;
+use super::reading::Vital;
+use super::session::{LimitOverride, Phase, Route, Session};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What changed about a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionChange {
+    /// The phase changed (or a session message set it on a chair it was unknown for).
+    Phase,
+    /// Per-patient limits changed.
+    Limits,
+    /// The chair became ready for discharge, or stopped being.
+    DischargeReady,
+}
+
+/// A session change, as dashboards receive it (without `type` and `seq`). Read back
+/// from the audit trail to restore sessions after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub chair: Arc<str>,
+    pub change: SessionChange,
+    pub phase: Phase,
+    /// The phase before, for a phase change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_number: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_count: Option<u16>,
+    pub route: Route,
+    /// When the current phase began, ms since the epoch.
+    pub phase_since: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infusion_started: Option<u64>,
+    /// The personal baseline, once taken.
+    #[serde(default)]
+    pub baseline: BTreeMap<Vital, f64>,
+    /// Per-patient limits by rule id.
+    #[serde(default)]
+    pub limits: BTreeMap<Arc<str>, LimitOverride>,
+    pub discharge_ready: bool,
+    /// Who made the change (absent for changes the gateway made itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<Arc<str>>,
+    /// Gateway wall-clock time of the change, ms since the epoch.
+    pub at: u64,
+}
+
+impl SessionEvent {
+    pub fn new(chair: Arc<str>, change: SessionChange, s: &Session, at: u64) -> Self {
+        SessionEvent {
+            chair,
+            change,
+            phase: s.phase,
+            previous: None,
+            patient: s.patient.clone(),
+            session_number: s.session_number,
+            session_count: s.session_count,
+            route: s.route,
+            phase_since: s.phase_since,
+            infusion_started: s.infusion_started,
+            baseline: Vital::ALL
+                .iter()
+                .filter_map(|v| s.baseline_of(*v).map(|b| (*v, b)))
+                .collect(),
+            limits: s.overrides.clone(),
+            discharge_ready: s.discharge_ready,
+            by: s.by.clone(),
+            at,
+        }
+    }
+}
+
+/// One event for the fan-out, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Alarm(AlarmEvent),
+    Session(SessionEvent),
+}
+
+impl Event {
+    pub fn chair(&self) -> &Arc<str> {
+        match self {
+            Event::Alarm(a) => &a.chair,
+            Event::Session(s) => &s.chair,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! How each kind of condition is measured for one patient.
+
+use super::PatientState;
+use crate::core::alarm::PartValue;
+use crate::core::condition::{Check, Condition, Measure};
+use crate::core::reading::Vital;
+use crate::core::rules::{Direction, RuleSet};
+
+/// A part of a combined condition counts only if its value is this recent relative
+/// to the newest part (or within the vital's stale allowance, if longer): "RR low
+/// together with SpO2 falling" means at the same time.
+pub const COMBINED_FRESH_MS: u64 = 60_000;
+
+impl PatientState {
+    /// The limit of one side of one vital for this patient: configured (or
+    /// overridden) absolute limit and baseline-relative limits, the stricter.
+    fn limit_for(
+        &self,
+        cond: &Condition,
+        vital: Vital,
+        direction: Direction,
+        limit: &crate::core::condition::Limit,
+    ) -> Option<f64> {
+        let over = self
+            .session
+            .overrides
+            .get(&cond.rule)
+            .and_then(|o| match direction {
+                Direction::Low => o.low,
+                Direction::High => o.high,
+            });
+        limit.effective(direction, self.session.baseline_of(vital), over)
+    }
+
+    /// Gateway ms since `vital` was last heard, counting from when the current phase
+    /// was applied if it was never heard since.
+    fn silent_ms(&self, vital: Vital, now_ms: u64) -> u64 {
+        let since = self.received[vital.index()]
+            .max(self.session.applied_at)
+            .max(self.first_heard);
+        now_ms.saturating_sub(since)
+    }
+}
+
+/// See [`PatientState::measure`].
+pub(super) fn measure(
+    p: &PatientState,
+    rules: &RuleSet,
+    cond: &Condition,
+    _ts: u64,
+    now_ms: u64,
+) -> Option<(Measure, Vec<PartValue>)> {
+    let m = match &cond.check {
+        Check::Threshold {
+            vital,
+            direction,
+            limit,
+        } => {
+            let value = p.latest.get(*vital)?.value;
+            let limit = p.limit_for(cond, *vital, *direction, limit)?;
+            Measure::against(value, limit, *direction, cond.hysteresis)
+        }
+        Check::Combined { parts } => {
+            let newest = parts
+                .iter()
+                .filter_map(|(v, _, _)| p.latest.get(*v).map(|s| s.ts))
+                .max()?;
+            let mut values = Vec::with_capacity(parts.len());
+            let mut breached = true;
+            let mut recovered = false;
+            for (vital, direction, limit) in parts {
+                let fresh = COMBINED_FRESH_MS.max(rules.stale_ms(*vital));
+                let sample = p
+                    .latest
+                    .get(*vital)
+                    .filter(|s| newest.saturating_sub(s.ts) <= fresh);
+                let limit = p.limit_for(cond, *vital, *direction, limit);
+                match (sample, limit) {
+                    (Some(s), Some(l)) => {
+                        let m = Measure::against(s.value, l, *direction, cond.hysteresis);
+                        breached &= m.breached;
+                        recovered |= m.recovered;
+                        values.push(PartValue {
+                            vital: *vital,
+                            condition: *direction,
+                            value: s.value,
+                            limit: l,
+                        });
+                    }
+                    // A part without a current value or limit cannot be breached;
+                    // an alarm raised on it ends when its data is gone.
+                    _ => {
+                        breached = false;
+                        recovered = true;
+                    }
+                }
+            }
+            let first = values.first().copied();
+            let (value, limit) = first.map_or((0.0, 0.0), |f| (f.value, f.limit));
+            return Some((
+                Measure {
+                    breached,
+                    recovered,
+                    value,
+                    limit,
+                },
+                values,
+            ));
+        }
+        Check::Trend {
+            vital,
+            direction,
+            by,
+            window_ms,
+        } => {
+            let latest = p.latest.get(*vital)?;
+            let (lo, hi) = p.trends[vital.index()]
+                .as_ref()?
+                .range(latest.ts, *window_ms)?;
+            let limit = match direction {
+                Direction::High => lo + by,
+                Direction::Low => hi - by,
+            };
+            Measure::against(latest.value, limit, *direction, cond.hysteresis)
+        }
+        Check::Stale {
+            vital,
+            allowance_ms,
+        } => timed(p.silent_ms(*vital, now_ms), *allowance_ms, false),
+        Check::Offline { silent_ms } => {
+            let since = p.heard_at.max(p.session.applied_at).max(p.first_heard);
+            let silent = now_ms.saturating_sub(since);
+            timed(silent, *silent_ms, p.device_offline)
+        }
+        Check::PumpWithoutSpo2 { allowance_ms } => {
+            let running = p.latest.pump.is_some_and(|s| s.pump.running);
+            if !running {
+                Measure {
+                    breached: false,
+                    recovered: true,
+                    value: 0.0,
+                    limit: *allowance_ms as f64 / 1000.0,
+                }
+            } else {
+                timed(p.silent_ms(Vital::Spo2, now_ms), *allowance_ms, false)
+            }
+        }
+    };
+    Some((m, Vec::new()))
+}
+
+/// A silence of `silent_ms` against an allowance, reported in seconds.
+fn timed(silent_ms: u64, allowance_ms: u64, forced: bool) -> Measure {
+    let breached = forced || silent_ms > allowance_ms;
+    Measure {
+        breached,
+        recovered: !breached,
+        value: (silent_ms / 1000) as f64,
+        limit: (allowance_ms / 1000) as f64,
+    }
+}

@@ -1,0 +1,358 @@
+//! Session operations on one chair: phase changes (which swap the alarm profile),
+//! per-patient limits, acknowledgements of latched alarms, discharge readiness,
+//! restoring after a restart, and the context carried by every alarm.
+
+use super::{Effects, PatientState, Transition};
+use crate::core::alarm::AlarmContext;
+use crate::core::baseline::BaselineSampler;
+use crate::core::condition::{Condition, ConditionState, Step};
+use crate::core::event::{SessionChange, SessionEvent};
+use crate::core::rules::{Direction, RuleSet};
+use crate::core::session::{LimitOverride, Phase, SessionError, SessionUpdate};
+use std::sync::Arc;
+
+impl PatientState {
+    /// Apply a session message or command at gateway time `now_ms`.
+    ///
+    /// A repeat of the current state (a retained message redelivered on reconnect)
+    /// changes nothing. A phase change swaps the profile at once: conditions of rules
+    /// that do not apply in the new phase end (`cleared`, reason `phase_change`), the
+    /// others are judged again against the new limits.
+    pub fn set_session(
+        &mut self,
+        rules: &RuleSet,
+        update: &SessionUpdate,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Result<Effects, SessionError> {
+        let s = &self.session;
+        let ts = update.ts.unwrap_or(now_ms);
+        let same_patient = update.patient.as_deref() == s.patient.as_deref();
+        if s.known && ts < s.updated_ts {
+            if update.phase == s.phase && same_patient {
+                return Ok(Effects::default());
+            }
+            return Err(SessionError::Stale {
+                ts,
+                current: s.updated_ts,
+            });
+        }
+        if s.known && !s.phase.may_become(update.phase) {
+            return Err(SessionError::Transition {
+                from: s.phase,
+                to: update.phase,
+            });
+        }
+        let overrides = match &update.limits {
+            Some(limits) => {
+                let mut out = std::collections::BTreeMap::new();
+                for (rule, o) in limits {
+                    check_override(rules, rule, o)?;
+                    if o.low.is_some() || o.high.is_some() {
+                        out.insert(Arc::from(rule.as_str()), *o);
+                    }
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        let phase_changed = !s.known || update.phase != s.phase || !same_patient;
+        let limits_changed = overrides.as_ref().is_some_and(|o| *o != s.overrides);
+        let mut effects = Effects::default();
+        if !phase_changed && !limits_changed {
+            self.session.updated_ts = self.session.updated_ts.max(ts);
+            return Ok(effects);
+        }
+        let previous = self.session.known.then_some(self.session.phase);
+        let s = &mut self.session;
+        s.updated_ts = ts;
+        s.known = true;
+        s.by = update.by.as_deref().map(Arc::from);
+        if phase_changed {
+            let leaving_baseline = s.phase == Phase::Baseline && update.phase != Phase::Baseline;
+            if leaving_baseline {
+                if let Some(sampler) = self.sampler.take() {
+                    s.baseline = sampler.finish(rules.session.baseline_min_samples);
+                }
+            }
+            let new_session = update.phase == Phase::Idle
+                || (update.phase == Phase::Baseline
+                    && (previous != Some(Phase::Baseline) || !same_patient));
+            if new_session {
+                // A new session: nothing of the previous patient carries over.
+                s.baseline = [None; 6];
+                s.overrides.clear();
+                s.infusion_started = None;
+                s.session_number = None;
+                s.session_count = None;
+                s.route = Default::default();
+            }
+            self.sampler = (update.phase == Phase::Baseline)
+                .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
+            if update.phase == Phase::Infusion && s.infusion_started.is_none() {
+                s.infusion_started = Some(ts);
+            }
+            s.phase = update.phase;
+            s.phase_since = ts;
+            s.applied_at = now_ms;
+            s.discharge_ready = false;
+            self.stable_since = None;
+            effects.sessions.push((SessionChange::Phase, previous));
+        }
+        let s = &mut self.session;
+        if update.patient.is_some() || update.phase == Phase::Idle {
+            s.patient = update.patient.as_deref().map(Arc::from);
+        }
+        if update.session_number.is_some() {
+            s.session_number = update.session_number;
+        }
+        if update.session_count.is_some() {
+            s.session_count = update.session_count;
+        }
+        if let Some(route) = update.route {
+            s.route = route;
+        }
+        if let Some(o) = overrides {
+            s.overrides = o;
+            if !phase_changed {
+                effects.sessions.push((SessionChange::Limits, None));
+            }
+        }
+        self.reevaluate(rules, now_ms, next_id, &mut effects);
+        Ok(effects)
+    }
+
+    /// Change one rule's per-patient limits on behalf of `by` (both `None`: back to
+    /// the configured limits).
+    pub fn set_limit(
+        &mut self,
+        rules: &RuleSet,
+        rule: &str,
+        o: LimitOverride,
+        by: &str,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Result<Effects, SessionError> {
+        check_override(rules, rule, &o)?;
+        let key: Arc<str> = Arc::from(rule);
+        if o.low.is_some() || o.high.is_some() {
+            self.session.overrides.insert(key, o);
+        } else {
+            self.session.overrides.remove(&key);
+        }
+        self.session.by = Some(Arc::from(by));
+        self.session.updated_ts = self.session.updated_ts.max(now_ms);
+        let mut effects = Effects::default();
+        effects.sessions.push((SessionChange::Limits, None));
+        self.reevaluate(rules, now_ms, next_id, &mut effects);
+        Ok(effects)
+    }
+
+    /// Alarm `alarm_id` was acknowledged: a latched alarm whose condition has ended
+    /// clears now (reason `acknowledged`).
+    pub fn acknowledged(&mut self, rules: &RuleSet, alarm_id: u64, now_ms: u64) -> Effects {
+        let mut effects = Effects::default();
+        let Some(i) = self
+            .conditions
+            .iter()
+            .position(|c| c.alarm_id() == Some(alarm_id))
+        else {
+            return effects;
+        };
+        if let Step::Cleared { alarm_id } = Condition::acknowledge(&mut self.conditions[i]) {
+            let (value, limit) = self.report(rules, i, now_ms);
+            effects.transitions.push(Transition {
+                condition: i,
+                step: Step::Cleared { alarm_id },
+                value,
+                limit,
+                ts: now_ms,
+                reason: Some("acknowledged"),
+                parts: Vec::new(),
+            });
+        }
+        self.check_discharge(rules, now_ms, &mut effects);
+        effects
+    }
+
+    /// Restore a session recorded before a restart (the latest session event of the
+    /// audit trail). Alarm states are not restored: conditions start afresh.
+    pub fn restore(&mut self, rules: &RuleSet, e: &SessionEvent, now_ms: u64) {
+        let mut baseline = [None; 6];
+        for (v, b) in &e.baseline {
+            baseline[v.index()] = Some(*b);
+        }
+        let s = &mut self.session;
+        s.phase = e.phase;
+        s.patient = e.patient.clone();
+        s.session_number = e.session_number;
+        s.session_count = e.session_count;
+        s.route = e.route;
+        s.phase_since = e.phase_since;
+        s.infusion_started = e.infusion_started;
+        s.applied_at = now_ms;
+        s.updated_ts = e.at.max(e.phase_since);
+        s.baseline = baseline;
+        s.overrides = e.limits.clone();
+        s.by = e.by.clone();
+        s.discharge_ready = false;
+        s.known = true;
+        // A baseline phase interrupted by the restart starts collecting again.
+        self.sampler = (e.phase == Phase::Baseline)
+            .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
+    }
+
+    /// Withdraw conditions that no longer apply; judge the others again.
+    fn reevaluate(
+        &mut self,
+        rules: &RuleSet,
+        now_ms: u64,
+        next_id: &mut dyn FnMut() -> u64,
+        effects: &mut Effects,
+    ) {
+        for i in 0..rules.len() {
+            let cond = rules.condition(i);
+            if cond.applies(&self.session) {
+                let ts = if cond.check.is_timed() {
+                    now_ms
+                } else {
+                    cond.check
+                        .vital()
+                        .and_then(|v| self.latest.get(v))
+                        .map_or(now_ms, |s| s.ts)
+                };
+                self.evaluate(rules, i, ts, now_ms, next_id, effects);
+            } else if self.conditions[i] != ConditionState::Normal {
+                let (value, limit) = self.report(rules, i, now_ms);
+                if let Step::Cleared { alarm_id } = Condition::withdraw(&mut self.conditions[i]) {
+                    effects.transitions.push(Transition {
+                        condition: i,
+                        step: Step::Cleared { alarm_id },
+                        value,
+                        limit,
+                        ts: now_ms,
+                        reason: Some("phase_change"),
+                        parts: Vec::new(),
+                    });
+                }
+            }
+        }
+        self.check_discharge(rules, now_ms, effects);
+    }
+
+    /// Value and limit to report for condition `i` outside a measurement.
+    fn report(&self, rules: &RuleSet, i: usize, now_ms: u64) -> (f64, f64) {
+        let cond = rules.condition(i);
+        match self.measure(rules, cond, now_ms, now_ms) {
+            Some((m, _)) => (m.value, m.limit),
+            None => (
+                cond.check
+                    .vital()
+                    .and_then(|v| self.latest.get(v))
+                    .map_or(0.0, |s| s.value),
+                0.0,
+            ),
+        }
+    }
+
+    /// In recovery: ready for discharge once every judged vital has stayed within
+    /// its band around the baseline, with no alarm active, for the configured time.
+    pub(super) fn check_discharge(&mut self, rules: &RuleSet, now_ms: u64, effects: &mut Effects) {
+        let policy = &rules.session;
+        let fit =
+            self.session.phase == Phase::Recovery && self.active_alarms().next().is_none() && {
+                let mut judged = 0;
+                let all_in_band = policy.discharge_band.iter().all(|(vital, band)| {
+                    let Some(base) = self.session.baseline_of(*vital) else {
+                        return true;
+                    };
+                    judged += 1;
+                    let stale = rules.stale_ms(*vital);
+                    self.latest.get(*vital).is_some_and(|s| {
+                        (s.value - base).abs() <= *band
+                            && (stale == 0
+                                || now_ms.saturating_sub(self.received[vital.index()]) <= stale)
+                    })
+                });
+                all_in_band && judged > 0
+            };
+        if fit {
+            let since = *self.stable_since.get_or_insert(now_ms);
+            if !self.session.discharge_ready
+                && now_ms.saturating_sub(since) >= policy.discharge_stable_ms
+            {
+                self.session.discharge_ready = true;
+                effects.sessions.push((SessionChange::DischargeReady, None));
+            }
+        } else {
+            self.stable_since = None;
+            if self.session.discharge_ready {
+                self.session.discharge_ready = false;
+                effects.sessions.push((SessionChange::DischargeReady, None));
+            }
+        }
+    }
+
+    /// What an alarm of condition `i` carries as context at gateway time `now_ms`.
+    pub fn context(&self, rules: &RuleSet, i: usize, now_ms: u64) -> AlarmContext {
+        let s = &self.session;
+        AlarmContext {
+            phase: s.phase,
+            patient: s.patient.clone(),
+            session_number: s.session_number,
+            session_count: s.session_count,
+            route: s.route,
+            infusion_minute: s.infusion_minute(now_ms),
+            pump: self.latest.pump.map(|p| p.pump),
+            baseline: rules
+                .condition(i)
+                .check
+                .vital()
+                .and_then(|v| s.baseline_of(v)),
+            parts: Vec::new(),
+        }
+    }
+}
+
+/// A per-patient limit must name a threshold rule with that side, within what the
+/// vital can be.
+fn check_override(rules: &RuleSet, rule: &str, o: &LimitOverride) -> Result<(), SessionError> {
+    let conditions = rules.threshold_conditions(rule);
+    if conditions.is_empty() {
+        return Err(SessionError::UnknownRule(rule.to_string()));
+    }
+    let sides: Vec<(Direction, crate::core::reading::Vital)> = conditions
+        .iter()
+        .filter_map(|&i| match &rules.condition(i).check {
+            crate::core::condition::Check::Threshold {
+                vital, direction, ..
+            } => Some((*direction, *vital)),
+            _ => None,
+        })
+        .collect();
+    for (direction, value, name) in [
+        (Direction::Low, o.low, "low"),
+        (Direction::High, o.high, "high"),
+    ] {
+        let Some(x) = value else { continue };
+        let Some((_, vital)) = sides.iter().find(|(d, _)| *d == direction) else {
+            return Err(SessionError::Limit(format!(
+                "rule '{rule}' has no {name} limit to change"
+            )));
+        };
+        let (lo, hi) = vital.possible_range();
+        if !x.is_finite() || x < lo || x > hi {
+            return Err(SessionError::Limit(format!(
+                "{rule}.{name} = {x} is outside what {vital} can be ({lo}..={hi})"
+            )));
+        }
+    }
+    if let (Some(l), Some(h)) = (o.low, o.high) {
+        if l >= h {
+            return Err(SessionError::Limit(format!(
+                "{rule}: low ({l}) must be less than high ({h})"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The audit API: what happened, from the durable audit trail.
+//!
+//! - `GET /api/alarms?chair=&from=&to=&limit=`: alarm events (raised, acknowledged,
+//!   escalated, reminders, cleared), oldest first;
+//! - `GET /api/sessions/{site}/{chair}?from=&to=&limit=`: the chair's current session
+//!   and its recorded session changes (phases, limits, discharge readiness).
+//!
+//! Bodies are the frames exactly as dashboards received them, so what a nurse saw and
+//! what the audit shows cannot drift apart.
+
+use crate::app::App;
+use crate::audit::Stored;
+use crate::core::{SessionChange, SessionEvent};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Debug, Deserialize)]
+pub struct AlarmQuery {
+    /// `{site}/{chair}`; all chairs when absent.
+    pub chair: Option<String>,
+    /// Gateway time bounds, ms since the epoch, inclusive.
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    /// At most this many rows (capped by `audit.max_query_rows`).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RangeQuery {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// `[body, body, ...]` from stored frames, without re-parsing them.
+fn array(rows: &[Stored]) -> String {
+    let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
+    out.push('[');
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&r.body);
+    }
+    out.push(']');
+    out
+}
+
+async fn query(
+    app: &Arc<App>,
+    kind: &'static str,
+    chair: Option<String>,
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+) -> Result<(Vec<Stored>, bool), Response> {
+    let max = app.config.audit.max_query_rows;
+    let limit = limit.unwrap_or(max).clamp(1, max);
+    let audit = app.audit.clone();
+    // One more than asked for tells whether the answer was cut short.
+    let rows = tokio::task::spawn_blocking(move || {
+        audit.query(Some(kind), chair.as_deref(), from, to, limit + 1)
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+    .map_err(|e| {
+        tracing::error!(error = %e, "audit query failed");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "audit trail query failed",
+        )
+    })?;
+    let mut rows = rows;
+    let truncated = rows.len() > limit;
+    rows.truncate(limit);
+    Ok((rows, truncated))
+}
+
+pub async fn alarms(State(app): State<Arc<App>>, Query(q): Query<AlarmQuery>) -> Response {
+    if let (Some(from), Some(to)) = (q.from, q.to) {
+        if from > to {
+            return error(StatusCode::BAD_REQUEST, "`from` is after `to`");
+        }
+    }
+    match query(&app, "alarm", q.chair, q.from, q.to, q.limit).await {
+        Ok((rows, truncated)) => json(
+            StatusCode::OK,
+            format!(
+                r#"{{"alarms":{},"count":{},"truncated":{truncated}}}"#,
+                array(&rows),
+                rows.len()
+            ),
+        ),
+        Err(response) => response,
+    }
+}
+
+pub async fn sessions(
+    State(app): State<Arc<App>>,
+    Path(chair): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Response {
+    let current = app
+        .ward
+        .chairs()
+        .into_iter()
+        .find(|c| *c.chair == *chair)
+        .map(|c| {
+            SessionEvent::new(
+                c.chair,
+                SessionChange::Phase,
+                &c.session,
+                c.session.applied_at,
+            )
+        });
+    let (rows, truncated) =
+        match query(&app, "session", Some(chair.clone()), q.from, q.to, q.limit).await {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
+    if current.is_none() && rows.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such chair in the ward or the audit trail",
+        );
+    }
+    let current = serde_json::to_string(&current).expect("a session serialises");
+    json(
+        StatusCode::OK,
+        format!(
+            r#"{{"chair":{},"current":{current},"events":{},"count":{},"truncated":{truncated}}}"#,
+            serde_json::to_string(&chair).expect("a string serialises"),
+            array(&rows),
+            rows.len()
+        ),
+    )
+}

@@ -1,0 +1,353 @@
+//! A scripted infusion session over Mosquitto with the shipped rules: baseline,
+//! infusion with a blood-pressure surge and a desaturation, recovery, discharge
+//! readiness. Asserts the exact events a dashboard receives, their context, and what
+//! the audit API returns after a restart.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The shipped rules and technical alarms with test topics and a fresh audit file;
+/// no escalation or reminders (their timing is tested in the core), and a short
+/// discharge period so the test need not wait 15 minutes.
+fn session_config() -> (vitalgate::Config, String) {
+    let (mut c, prefix) = test_config();
+    c.alarms.escalate_after_ms.high = 0;
+    c.alarms.escalate_after_ms.medium = 0;
+    c.alarms.escalate_after_ms.low = 0;
+    c.alarms.reminder_ms = 0;
+    c.session.discharge_stable_ms = 1_500;
+    (c, prefix)
+}
+
+/// One line per event: `alarm <rule> <state>[ <reason>]` or `session <change> <phase>`.
+fn line(v: &Value) -> String {
+    match v["type"].as_str() {
+        Some("alarm") => {
+            let mut s = format!(
+                "alarm {} {}",
+                v["rule"].as_str().unwrap(),
+                v["state"].as_str().unwrap()
+            );
+            if let Some(r) = v["reason"].as_str() {
+                s.push(' ');
+                s.push_str(r);
+            }
+            s
+        }
+        Some("session") => format!(
+            "session {} {}",
+            v["change"].as_str().unwrap(),
+            v["phase"].as_str().unwrap()
+        ),
+        other => panic!("unexpected frame {other:?}: {v}"),
+    }
+}
+
+/// The next `n` alarm and session frames.
+async fn events(dash: &mut Dashboard, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = dash.next().await;
+        if v["type"] == "alarm" || v["type"] == "session" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+struct Script<'a> {
+    dev: &'a mut Device,
+    topic: String,
+    seq: u64,
+}
+
+impl Script<'_> {
+    /// A full reading at device time `t`.
+    async fn read(
+        &mut self,
+        t: u64,
+        hr: f64,
+        spo2: f64,
+        sbp: f64,
+        rr: f64,
+        pump: Option<(f64, f64)>,
+    ) {
+        self.seq += 1;
+        let mut v = json!({
+            "seq": self.seq, "ts": t, "hr": hr, "spo2": spo2, "sbp": sbp, "dbp": 80, "rr": rr,
+        });
+        if let Some((rate, infused)) = pump {
+            v["pump"] = json!({ "running": rate > 0.0, "rate_ml_h": rate, "infused_ml": infused });
+        }
+        self.dev.publish(&self.topic, &v).await;
+        self.dev.wait_acked(1).await;
+    }
+}
+
+#[tokio::test]
+async fn scripted_infusion_session_gives_the_expected_alarms_and_audit() {
+    let (config, prefix) = session_config();
+    let gw = TestGateway::start(config.clone(), prefix.clone()).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let mut dev = gw.device().await;
+    let session_topic = gw.session_topic("north", "1");
+    // Device time: the session happened over the last hour.
+    let t0 = now_ms() - 3_600_000;
+    let min = 60_000u64;
+    let mut seen: Vec<Value> = Vec::new();
+
+    // Baseline: resting values, pump stopped.
+    let baseline = json!({
+        "phase": "baseline", "patient": "P-7", "session_number": 1, "session_count": 6,
+        "route": "iv", "ts": t0, "by": "nurse.kim"
+    });
+    dev.publish_retained(&session_topic, baseline.to_string())
+        .await;
+    seen.extend(events(&mut dash, 1).await);
+    let mut s = Script {
+        dev: &mut dev,
+        topic: gw.topic("north", "1"),
+        seq: 0,
+    };
+    for (i, sbp) in [128.0, 126.0, 250.0, 129.0, 128.0].iter().enumerate() {
+        // One cuff artefact (250): the median ignores it.
+        s.read(
+            t0 + (i as u64 + 1) * min,
+            72.0,
+            98.0,
+            *sbp,
+            14.0,
+            Some((0.0, 0.0)),
+        )
+        .await;
+    }
+    // The artefact raises what any monitor would (and clears on the next cuff
+    // cycle); it does not move the baseline.
+    seen.extend(events(&mut dash, 6).await);
+
+    // Infusion: 40 minutes at 40 ml/h.
+    let start = t0 + 5 * min;
+    let infusion = json!({
+        "phase": "infusion", "patient": "P-7", "session_number": 1, "session_count": 6,
+        "route": "iv", "ts": start, "by": "nurse.kim"
+    });
+    s.dev
+        .publish_retained(&session_topic, infusion.to_string())
+        .await;
+    seen.extend(events(&mut dash, 1).await);
+    for m in [1u64, 10, 20, 29] {
+        s.read(
+            start + m * min,
+            80.0,
+            98.0,
+            132.0,
+            14.0,
+            Some((40.0, m as f64 * 0.6)),
+        )
+        .await;
+    }
+    // Minute 30: blood-pressure surge to 175.
+    s.read(
+        start + 30 * min,
+        84.0,
+        98.0,
+        175.0,
+        14.0,
+        Some((40.0, 18.0)),
+    )
+    .await;
+    seen.extend(events(&mut dash, 4).await);
+    // Minute 31: 150, minute 32: 130.
+    s.read(
+        start + 31 * min,
+        82.0,
+        98.0,
+        150.0,
+        14.0,
+        Some((40.0, 18.6)),
+    )
+    .await;
+    seen.extend(events(&mut dash, 1).await);
+    s.read(
+        start + 32 * min,
+        80.0,
+        98.0,
+        130.0,
+        14.0,
+        Some((40.0, 19.2)),
+    )
+    .await;
+    seen.extend(events(&mut dash, 1).await);
+    // The two latched surge alarms stay until a nurse acknowledges them.
+    for rule in ["sbp_over_baseline", "sbp_early_session"] {
+        let id = seen
+            .iter()
+            .find(|v| v["rule"] == rule && v["state"] == "raised")
+            .unwrap()["id"]
+            .clone();
+        dash.send(json!({ "type": "ack", "id": id, "by": "nurse.kim" }))
+            .await;
+        seen.extend(events(&mut dash, 2).await);
+    }
+    // Minute 35: desaturation with a slow respiratory rate, 20 s long.
+    let desat = start + 35 * min;
+    for (k, sec) in [0u64, 5, 10, 15].iter().enumerate() {
+        s.read(
+            desat + sec * 1_000,
+            84.0,
+            93.0,
+            130.0,
+            8.0,
+            Some((40.0, 21.0)),
+        )
+        .await;
+        if k > 0 {
+            seen.extend(events(&mut dash, 1).await);
+        }
+    }
+    s.read(desat + 20_000, 80.0, 98.0, 130.0, 14.0, Some((40.0, 21.1)))
+        .await;
+    seen.extend(events(&mut dash, 3).await);
+
+    // Recovery, back near baseline: ready for discharge after the stable period.
+    let recovery = json!({
+        "phase": "recovery", "patient": "P-7", "session_number": 1, "session_count": 6,
+        "route": "iv", "ts": start + 40 * min, "by": "nurse.kim"
+    });
+    s.dev
+        .publish_retained(&session_topic, recovery.to_string())
+        .await;
+    seen.extend(events(&mut dash, 1).await);
+    s.read(start + 45 * min, 76.0, 98.0, 135.0, 14.0, Some((0.0, 24.0)))
+        .await;
+    seen.extend(events(&mut dash, 1).await);
+
+    let lines: Vec<String> = seen.iter().map(line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "session phase baseline",
+            "alarm sbp_warn raised",
+            "alarm sbp_critical raised",
+            "alarm sbp_not_fit_to_start raised",
+            "alarm sbp_warn cleared",
+            "alarm sbp_critical cleared",
+            "alarm sbp_not_fit_to_start cleared",
+            "session phase infusion",
+            "alarm sbp_warn raised",
+            "alarm sbp_over_baseline raised",
+            "alarm sbp_early_session raised",
+            "alarm sbp_rising raised",
+            "alarm sbp_rising cleared",
+            "alarm sbp_warn cleared",
+            "alarm sbp_over_baseline acknowledged",
+            "alarm sbp_over_baseline cleared acknowledged",
+            "alarm sbp_early_session acknowledged",
+            "alarm sbp_early_session cleared acknowledged",
+            "alarm respiratory_depression raised",
+            "alarm rr_warn raised",
+            "alarm spo2_warn raised",
+            "alarm spo2_warn cleared",
+            "alarm rr_warn cleared",
+            "alarm respiratory_depression cleared",
+            "session phase recovery",
+            "session discharge_ready recovery",
+        ]
+    );
+
+    // The baseline is the median, artefact ignored, and is sent with the infusion.
+    let infusion_frame = &seen[7];
+    assert_eq!(infusion_frame["previous"], "baseline");
+    assert_eq!(
+        infusion_frame["baseline"],
+        json!({ "hr": 72.0, "spo2": 98.0, "sbp": 128.0, "dbp": 80.0, "rr": 14.0 })
+    );
+    // Each alarm carries its context: the early-session surge alarm, for one.
+    let early = &seen[10];
+    assert_eq!(early["priority"], "high");
+    assert_eq!(early["kind"], "physiological");
+    assert_eq!(early["limit"], 160.0);
+    assert_eq!(early["value"], 175.0);
+    assert_eq!(early["latching"], true);
+    let ctx = &early["context"];
+    assert_eq!(ctx["phase"], "infusion");
+    assert_eq!(ctx["patient"], "P-7");
+    assert_eq!(ctx["session_number"], 1);
+    assert_eq!(ctx["infusion_minute"], 30.0);
+    assert_eq!(
+        ctx["pump"],
+        json!({ "running": true, "rate_ml_h": 40.0, "infused_ml": 18.0 })
+    );
+    assert_eq!(ctx["baseline"], 128.0);
+    // The baseline-relative limit: the stricter of 128 + 40 and 128 x 1.3.
+    assert_eq!(seen[9]["limit"], 166.4);
+    // The combined alarm names both parts.
+    let resp = &seen[18];
+    assert_eq!(resp["priority"], "high");
+    assert_eq!(resp["context"]["parts"][0]["vital"], "rr");
+    assert_eq!(resp["context"]["parts"][1]["limit"], 95.0);
+    assert_eq!(seen[15]["acknowledged_by"], "nurse.kim");
+    assert_eq!(seen.last().unwrap()["discharge_ready"], true);
+
+    // Restart: the audit shows every alarm event the dashboard saw, in order, and
+    // the chair's session is restored.
+    let saw: Vec<(u64, u64, String)> = seen
+        .iter()
+        .filter(|v| v["type"] == "alarm")
+        .map(|v| {
+            (
+                v["seq"].as_u64().unwrap(),
+                v["id"].as_u64().unwrap(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    gw.stop().await;
+    let gw = TestGateway::start(config, prefix).await;
+    let (status, body) = http_get(gw.http(), "/api/alarms?chair=north/1").await;
+    assert_eq!(status, 200, "{body}");
+    let audit: Value = serde_json::from_str(&body).unwrap();
+    let stored: Vec<(u64, u64, String)> = audit["alarms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["seq"].as_u64().unwrap(),
+                v["id"].as_u64().unwrap(),
+                v["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, saw);
+    let (status, body) = http_get(gw.http(), "/api/sessions/north/1").await;
+    assert_eq!(status, 200, "{body}");
+    let sessions: Value = serde_json::from_str(&body).unwrap();
+    let changes: Vec<String> = sessions["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(line)
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            "session phase baseline",
+            "session phase infusion",
+            "session phase recovery",
+            "session discharge_ready recovery"
+        ]
+    );
+    assert_eq!(sessions["current"]["phase"], "recovery");
+    assert_eq!(sessions["current"]["patient"], "P-7");
+    assert_eq!(sessions["current"]["baseline"]["sbp"], 128.0);
+    let (status, _) = http_get(gw.http(), "/api/sessions/north/99").await;
+    assert_eq!(status, 404);
+    // The retained message is the clinic's; clear it so the shared broker keeps nothing.
+    let dev = gw.device().await;
+    dev.publish_retained(&session_topic, Vec::new()).await;
+    gw.stop().await;
+}
