@@ -351,3 +351,164 @@ async fn scripted_infusion_session_gives_the_expected_alarms_and_audit() {
     dev.publish_retained(&session_topic, Vec::new()).await;
     gw.stop().await;
 }
+
+/// The next frame that is not a live-vitals update.
+async fn next_event(dash: &mut Dashboard) -> Value {
+    loop {
+        let v = dash.next().await;
+        if v["type"] != "vitals" {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn dashboard_commands_technical_alarms_escalation_and_reminders() {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    c.alarms.tick_ms = 100;
+    c.alarms.escalate_after_ms.high = 400;
+    c.alarms.max_escalation_level = 1;
+    c.alarms.reminder_ms = 400;
+    c.technical
+        .stale_ms
+        .insert(vitalgate::core::Vital::Spo2, 1_000);
+    c.technical.offline_ms = 60_000;
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let mut dev = gw.device().await;
+    let topic = gw.topic("east", "4");
+
+    // A dashboard starts the session; a jump straight to discharged is refused.
+    for phase in ["baseline", "infusion"] {
+        dash.send(json!({
+            "type": "set_session", "chair": "east/4", "phase": phase, "patient": "P-9",
+            "by": "nurse.ana"
+        }))
+        .await;
+        let v = next_event(&mut dash).await;
+        assert_eq!(
+            (v["type"].as_str(), v["phase"].as_str()),
+            (Some("session"), Some(phase))
+        );
+        assert_eq!(v["by"], "nurse.ana");
+    }
+    dash.send(json!({
+        "type": "set_session", "chair": "east/4", "phase": "discharged", "patient": "P-9",
+        "by": "nurse.ana"
+    }))
+    .await;
+    let v = next_event(&mut dash).await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("bad_transition"))
+    );
+
+    // A per-patient limit, recorded with who set it.
+    dash.send(json!({
+        "type": "set_limit", "chair": "east/4", "rule": "spo2_low", "low": 92, "by": "dr.li"
+    }))
+    .await;
+    let v = next_event(&mut dash).await;
+    assert_eq!(
+        (v["change"].as_str(), v["by"].as_str()),
+        (Some("limits"), Some("dr.li"))
+    );
+    assert_eq!(v["limits"]["spo2_low"]["low"], 92.0);
+
+    // SpO2 91: under the patient's limit of 92 (the configured 90 would not raise).
+    dev.publish(&topic, &reading(1, json!({ "spo2": 91 })))
+        .await;
+    let raised = next_event(&mut dash).await;
+    assert_eq!(
+        (raised["rule"].as_str(), raised["state"].as_str()),
+        (Some("spo2_low"), Some("raised"))
+    );
+    assert_eq!(raised["limit"], 92.0);
+    // Not acknowledged within 400 ms: re-sent escalated, once (max level 1).
+    let esc = next_event(&mut dash).await;
+    assert_eq!(
+        (esc["id"].clone(), esc["state"].as_str()),
+        (raised["id"].clone(), Some("raised"))
+    );
+    assert_eq!(
+        (esc["escalated"].as_bool(), esc["escalation_level"].as_u64()),
+        (Some(true), Some(1))
+    );
+    dash.send(json!({ "type": "ack", "id": raised["id"], "by": "nurse.ana" }))
+        .await;
+    let ack = next_event(&mut dash).await;
+    assert_eq!(ack["state"], "acknowledged");
+    // Acknowledged and still active 400 ms later: a reminder.
+    let reminder = next_event(&mut dash).await;
+    assert_eq!(
+        (reminder["state"].as_str(), reminder["reminder"].as_bool()),
+        (Some("acknowledged"), Some(true))
+    );
+
+    // No SpO2 for over a second during the infusion: a technical alarm. (Reminders
+    // of the SpO2 alarm may come in between.)
+    let stale = loop {
+        let v = next_event(&mut dash).await;
+        if v["rule"] == "spo2_stale" {
+            break v;
+        }
+        assert_eq!(v["reminder"], true, "{v}");
+    };
+    assert_eq!(
+        (stale["kind"].as_str(), stale["state"].as_str()),
+        (Some("technical"), Some("raised"))
+    );
+    assert!(
+        stale["message"].as_str().unwrap().starts_with("SpO2 stale"),
+        "{stale}"
+    );
+    // Data returns: the stale alarm clears; SpO2 97 clears the physiological one.
+    dev.publish(&topic, &reading(2, json!({ "spo2": 97 })))
+        .await;
+    let mut cleared = Vec::new();
+    while cleared.len() < 2 {
+        let v = next_event(&mut dash).await;
+        if v["state"] == "cleared" {
+            cleared.push((
+                v["rule"].as_str().unwrap().to_string(),
+                v["reason"].as_str().map(String::from),
+            ));
+        }
+    }
+    cleared.sort();
+    assert_eq!(
+        cleared,
+        vec![
+            ("spo2_low".to_string(), None),
+            ("spo2_stale".to_string(), Some("data_returned".to_string()))
+        ]
+    );
+
+    // The device's last will: offline at once; online clears it.
+    let status = gw.status_topic("east", "4");
+    dev.publish_retained(&status, "offline").await;
+    let off = loop {
+        let v = next_event(&mut dash).await;
+        if v["rule"] == "device_offline" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (off["kind"].as_str(), off["state"].as_str()),
+        (Some("technical"), Some("raised"))
+    );
+    dev.publish_retained(&status, "online").await;
+    let on = loop {
+        let v = next_event(&mut dash).await;
+        if v["rule"] == "device_offline" {
+            break v;
+        }
+    };
+    assert_eq!(on["state"], "cleared");
+    dev.publish_retained(&status, Vec::new()).await;
+    dev.wait_acked(5).await;
+    assert!(gw.metric("vitalgate_alarm_escalations_total").await >= 1.0);
+    gw.stop().await;
+}

@@ -14,7 +14,7 @@ struct GatewayProcess {
 
 impl GatewayProcess {
     /// Start the `vitalgate` binary against the test broker and wait until ready.
-    async fn start(client_id: &str, prefix: &str) -> GatewayProcess {
+    async fn start(client_id: &str, prefix: &str, audit: &std::path::Path) -> GatewayProcess {
         let (host, port) = test_broker();
         let http: std::net::SocketAddr = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -30,6 +30,15 @@ impl GatewayProcess {
                 "VITALGATE_MQTT__TOPIC",
                 format!("{prefix}/+/chair/+/vitals"),
             )
+            .env(
+                "VITALGATE_MQTT__SESSION_TOPIC",
+                format!("{prefix}/+/chair/+/session"),
+            )
+            .env(
+                "VITALGATE_MQTT__STATUS_TOPIC",
+                format!("{prefix}/+/chair/+/status"),
+            )
+            .env("VITALGATE_AUDIT__PATH", audit)
             .env("VITALGATE_MQTT__RECONNECT_INITIAL_MS", "50")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -69,7 +78,8 @@ async fn readings_published_while_the_gateway_was_killed_are_processed_after_res
     let client_id = unique("gwproc");
     let prefix = unique("site");
     let topic = format!("{prefix}/north/chair/1/vitals");
-    let mut first = GatewayProcess::start(&client_id, &prefix).await;
+    let audit = audit_path();
+    let mut first = GatewayProcess::start(&client_id, &prefix, &audit).await;
     first.child.kill().unwrap(); // SIGKILL: no goodbye, the broker keeps the session
     first.child.wait().unwrap();
 
@@ -85,7 +95,7 @@ async fn readings_published_while_the_gateway_was_killed_are_processed_after_res
     }
     dev.wait_acked(20).await; // all held by the broker for the dead gateway
 
-    let second = GatewayProcess::start(&client_id, &prefix).await;
+    let second = GatewayProcess::start(&client_id, &prefix, &audit).await;
     let deadline = Instant::now() + DEADLINE;
     while metric(second.http, "vitalgate_readings_ingested_total").await < 20.0 {
         assert!(Instant::now() < deadline, "not every reading was processed");
@@ -107,5 +117,49 @@ async fn readings_published_while_the_gateway_was_killed_are_processed_after_res
         0.0
     );
     drop(second);
+    purge_session(&host, port, &client_id).await;
+}
+
+/// Every alarm event a dashboard saw is in the audit trail, even when the gateway is
+/// killed the moment after: events are written before they are sent.
+#[tokio::test]
+async fn nothing_a_dashboard_saw_is_missing_from_the_audit_after_a_kill() {
+    let client_id = unique("gwaudit");
+    let prefix = unique("site");
+    let audit = audit_path();
+    let mut gw = GatewayProcess::start(&client_id, &prefix, &audit).await;
+    let mut dash = Dashboard::connect(gw.http, "").await;
+    dash.next_of("snapshot").await;
+    let (host, port) = test_broker();
+    let dev = Device::connect(&host, port).await;
+    // SBP 190: over both shipped SBP limits, no delay.
+    dev.publish(
+        &format!("{prefix}/north/chair/2/vitals"),
+        &reading(1, json!({ "sbp": 190 })),
+    )
+    .await;
+    let mut saw = Vec::new();
+    for _ in 0..2 {
+        saw.push(dash.next_of("alarm").await);
+    }
+    dash.send(json!({ "type": "ack", "id": saw[1]["id"], "by": "nurse.kim" }))
+        .await;
+    saw.push(dash.next_of("alarm").await);
+    assert_eq!(saw[2]["state"], "acknowledged");
+    gw.child.kill().unwrap(); // SIGKILL right after the last frame arrived
+    gw.child.wait().unwrap();
+
+    let stored = vitalgate::audit::Audit::open(&audit, false)
+        .unwrap()
+        .query(Some("alarm"), Some("north/2"), None, None, 100)
+        .unwrap();
+    let stored: Vec<serde_json::Value> = stored
+        .iter()
+        .map(|r| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    assert_eq!(
+        stored, saw,
+        "the audit holds exactly the frames the dashboard saw"
+    );
     purge_session(&host, port, &client_id).await;
 }

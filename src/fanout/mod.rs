@@ -3,6 +3,7 @@
 pub mod hub;
 pub mod live;
 pub mod protocol;
+mod reader;
 pub mod ws;
 
 pub use hub::{Hub, Start};

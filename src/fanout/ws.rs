@@ -10,14 +10,15 @@
 
 use super::hub::Start;
 use super::live::Scope;
-use super::protocol::{self, Command, Frame};
+use super::protocol::{self, Frame};
+use super::reader::Reader;
 use crate::app::App;
 use crate::telemetry::Metrics;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -108,40 +109,6 @@ impl Drop for Slot {
     }
 }
 
-/// Commands a client may still send: a token bucket refilled at
-/// `websocket.commands_per_second` up to `websocket.command_burst`.
-struct CommandBudget {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: std::time::Instant,
-}
-
-impl CommandBudget {
-    fn new(rate: f64, burst: u32) -> Self {
-        CommandBudget {
-            tokens: burst as f64,
-            rate,
-            burst: burst as f64,
-            last: std::time::Instant::now(),
-        }
-    }
-
-    /// Spend one command; false when the client is over its budget.
-    fn spend(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Why the writer stopped.
 enum End {
     Slow,
@@ -149,17 +116,17 @@ enum End {
 }
 
 /// What the reader and writer halves of one connection tell each other.
-struct Signals {
+pub(super) struct Signals {
     /// Cancelled by the hub (or a reply that found the queue full): cut off as slow.
-    slow: CancellationToken,
+    pub(super) slow: CancellationToken,
     /// Cancelled by the reader when the client has gone or broke the protocol.
-    gone: CancellationToken,
+    pub(super) gone: CancellationToken,
     /// Uptime ms of the last frame received, pongs included.
-    last_seen: AtomicU64,
+    pub(super) last_seen: AtomicU64,
     /// Close code the reader asks the writer to send (0: none).
-    close_with: AtomicU16,
+    pub(super) close_with: AtomicU16,
     /// A requested snapshot is queued and not yet written.
-    snapshot_pending: AtomicBool,
+    pub(super) snapshot_pending: AtomicBool,
 }
 
 struct Conn {
@@ -426,24 +393,6 @@ fn write_failed(e: axum::Error) -> End {
     End::Gone
 }
 
-/// A chair key named in a command must look like one from a topic: `{site}/{chair}`.
-fn check_chair(chair: &str) -> Result<(), crate::core::WardError> {
-    let ok = chair.split_once('/').is_some_and(|(site, seat)| {
-        [site, seat].iter().all(|id| {
-            !id.is_empty()
-                && id.len() <= crate::ingest::topic::MAX_ID_LEN
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        })
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(crate::core::WardError::UnknownChair(chair.to_string()))
-    }
-}
-
 async fn live_changed(live: &mut Option<Live>) {
     match live {
         Some(l) => {
@@ -452,149 +401,5 @@ async fn live_changed(live: &mut Option<Live>) {
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-/// The reading half: commands from the dashboard.
-struct Reader {
-    app: Arc<App>,
-    /// The connection's queue, for replies.
-    tx: mpsc::Sender<Frame>,
-    /// The connection's id in the hub.
-    id: u64,
-    scope_tx: watch::Sender<Option<Scope>>,
-    signals: Arc<Signals>,
-}
-
-impl Reader {
-    async fn run(self, mut stream: SplitStream<WebSocket>) {
-        let app = &self.app;
-        let ws = &app.config.websocket;
-        let mut budget = CommandBudget::new(ws.commands_per_second, ws.command_burst);
-        while let Some(msg) = stream.next().await {
-            self.signals
-                .last_seen
-                .store(app.uptime_ms(), Ordering::Relaxed);
-            let text = match msg {
-                Ok(Message::Text(t)) => t,
-                Ok(Message::Binary(_)) => {
-                    if !budget.spend() {
-                        self.over_rate();
-                        break;
-                    }
-                    self.refuse(
-                        "bad_command",
-                        "binary frames are not supported; send JSON text",
-                        None,
-                    );
-                    continue;
-                }
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) => break,
-                Err(e) => {
-                    // The error type is the WebSocket library's, boxed; its text is the
-                    // only stable way to tell a size cap from other protocol errors.
-                    let code = if e.to_string().contains("too long") {
-                        close_code::TOO_BIG
-                    } else {
-                        close_code::PROTOCOL_ERROR
-                    };
-                    self.signals.close_with.store(code, Ordering::Relaxed);
-                    break;
-                }
-            };
-            let command = Command::parse(text.as_str());
-            // Acknowledgements are never metered: after an alarm storm a nurse must be
-            // able to acknowledge every alarm. Everything else spends the budget.
-            if !matches!(command, Ok(Command::Ack { .. })) && !budget.spend() {
-                self.over_rate();
-                break;
-            }
-            match command {
-                Ok(Command::Ack { id, by }) => {
-                    let now = crate::app::now_ms();
-                    match app.hub.acknowledge(id, &by, now) {
-                        // A latched alarm whose condition has ended clears now.
-                        Ok(acked) => app
-                            .hub
-                            .publish(app.ward.acknowledged(&acked.chair, id, now), None),
-                        Err(e) => self.refuse(e.code(), &e.to_string(), Some(id)),
-                    }
-                }
-                Ok(Command::SetSession { chair, by, session }) => {
-                    // Authorisation of who may change sessions comes with dashboard
-                    // authentication; until then any connected dashboard may.
-                    let result = check_chair(&chair).and_then(|()| {
-                        app.ward
-                            .set_session(&chair, &session.update(&by), crate::app::now_ms())
-                    });
-                    self.apply(result);
-                }
-                Ok(Command::SetLimit {
-                    chair,
-                    rule,
-                    by,
-                    low,
-                    high,
-                }) => {
-                    let limits = crate::core::LimitOverride { low, high };
-                    let result =
-                        app.ward
-                            .set_limit(&chair, &rule, limits, &by, crate::app::now_ms());
-                    self.apply(result);
-                }
-                Ok(Command::SubscribeVitals { site }) => {
-                    self.scope_tx
-                        .send_replace(Some(site.map_or(Scope::All, Scope::Site)));
-                }
-                Ok(Command::UnsubscribeVitals) => {
-                    self.scope_tx.send_replace(None);
-                }
-                Ok(Command::Snapshot) => {
-                    // One requested snapshot in flight per connection: a client that
-                    // asks again and again without reading cannot pile them up.
-                    if self.signals.snapshot_pending.swap(true, Ordering::SeqCst) {
-                        self.refuse(
-                            "snapshot_pending",
-                            "a snapshot is already on its way; read it first",
-                            None,
-                        );
-                    } else {
-                        app.hub.send_snapshot(self.id, &app.ward);
-                    }
-                }
-                Err((code, message)) => self.refuse(code, &message, None),
-            }
-        }
-        self.signals.gone.cancel();
-    }
-
-    /// Publish what a session command changed, or tell the client why it was refused.
-    fn apply(&self, result: Result<Vec<crate::core::Event>, crate::core::WardError>) {
-        match result {
-            Ok(events) => self.app.hub.publish(events, None),
-            Err(e) => {
-                self.app.metrics.session_rejected.increment(1);
-                self.refuse(e.code(), &e.to_string(), None);
-            }
-        }
-    }
-
-    /// The client exceeded its command budget: count it and ask for a 1008 close.
-    fn over_rate(&self) {
-        self.app.metrics.ws_closed_command_rate.increment(1);
-        self.signals
-            .close_with
-            .store(close_code::POLICY, Ordering::Relaxed);
-    }
-
-    /// Count a refused command and tell the client why.
-    fn refuse(&self, code: &str, message: &str, id: Option<u64>) {
-        self.app.metrics.ws_commands_rejected.increment(1);
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.tx.try_send(protocol::error_frame(code, message, id))
-        {
-            self.signals.slow.cancel();
-        }
     }
 }

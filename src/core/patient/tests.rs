@@ -1,0 +1,222 @@
+//! Readings, redeliveries, late values and device clocks.
+
+use super::*;
+use crate::core::rules::{Priority, RuleSpec};
+
+fn rules() -> RuleSet {
+    RuleSet::compile(&[RuleSpec {
+        id: "hr_high".into(),
+        vital: Vital::Hr,
+        high: Some(120.0),
+        priority: Priority::Medium,
+        hysteresis: 5.0,
+        ..RuleSpec::default()
+    }])
+    .unwrap()
+}
+
+fn hr(seq: u64, ts: u64, v: f64) -> Reading {
+    let mut values = [None; 6];
+    values[Vital::Hr.index()] = Some(v);
+    Reading {
+        seq,
+        ts,
+        values,
+        pump: None,
+    }
+}
+
+fn raised(a: &Applied) -> usize {
+    match a {
+        Applied::Accepted { effects, .. } => effects
+            .transitions
+            .iter()
+            .filter(|t| matches!(t.step, Step::Raised { .. }))
+            .count(),
+        Applied::Duplicate => 0,
+    }
+}
+
+#[test]
+fn redelivery_is_applied_once() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut id = 0;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    let r = hr(5, 1_000, 150.0);
+    assert_eq!(raised(&p.apply(&rules, &r, 1, &mut next)), 1);
+    assert_eq!(p.apply(&rules, &r, 2, &mut next), Applied::Duplicate);
+    assert_eq!(p.active_alarms().collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn late_value_does_not_overwrite_newer_state_or_clear() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut next = || 1;
+    p.apply(&rules, &hr(2, 2_000, 150.0), 1, &mut next);
+    let a = p.apply(&rules, &hr(1, 1_000, 60.0), 2, &mut next);
+    match a {
+        Applied::Accepted {
+            late_values,
+            effects,
+            latest,
+            ..
+        } => {
+            assert_eq!(late_values, 1);
+            assert!(effects.transitions.is_empty());
+            assert_eq!(latest.get(Vital::Hr).unwrap().value, 150.0);
+        }
+        Applied::Duplicate => panic!("not a duplicate"),
+    }
+    assert_eq!(p.active_alarms().count(), 1);
+}
+
+#[test]
+fn device_counter_restart_is_not_a_duplicate() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut next = || 1;
+    p.apply(&rules, &hr(0, 1_000, 60.0), 1, &mut next);
+    let a = p.apply(&rules, &hr(0, 9_000, 61.0), 2, &mut next);
+    assert!(matches!(a, Applied::Accepted { late_values: 0, .. }));
+}
+
+/// Every raise and clear (with its device time) that `stream` causes on a fresh
+/// patient, alarm ids numbered from 1.
+fn steps<'a>(rules: &RuleSet, stream: impl IntoIterator<Item = &'a Reading>) -> Vec<(Step, u64)> {
+    let mut p = PatientState::new(rules);
+    let mut id = 0;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    let mut out = Vec::new();
+    for r in stream {
+        if let Applied::Accepted { effects, .. } = p.apply(rules, r, 0, &mut next) {
+            out.extend(effects.transitions.into_iter().map(|t| (t.step, t.ts)));
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    /// Redelivering any of the recent readings, any number of times, changes
+    /// nothing: the transitions are exactly those of the stream without repeats.
+    #[test]
+    fn redeliveries_change_nothing(
+        values in proptest::collection::vec(100.0f64..160.0, 1..60),
+        repeats in proptest::collection::vec((0usize..60, 0usize..8), 0..40),
+    ) {
+        let rules = rules();
+        let readings: Vec<Reading> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| hr(i as u64, 1_000 * i as u64, *v))
+            .collect();
+        // Each repeat re-sends reading `j` right after reading `j + lag`, while it
+        // is still among the recent ids, as a broker redelivery would.
+        let mut stream: Vec<&Reading> = Vec::new();
+        for (i, r) in readings.iter().enumerate() {
+            stream.push(r);
+            for (j, lag) in &repeats {
+                if j + lag == i && *j < readings.len() {
+                    stream.push(&readings[*j]);
+                }
+            }
+        }
+        proptest::prop_assert_eq!(steps(&rules, stream), steps(&rules, &readings));
+    }
+
+    /// Late (out-of-order) readings never raise or clear anything: a stream with
+    /// older readings interleaved gives the transitions of the in-order stream.
+    #[test]
+    fn late_readings_are_ignored(
+        values in proptest::collection::vec(100.0f64..160.0, 2..60),
+        late in proptest::collection::vec((1usize..60, 1usize..10), 0..30),
+    ) {
+        let rules = rules();
+        let readings: Vec<Reading> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| hr(i as u64, 1_000 * (i as u64 + 1), *v))
+            .collect();
+        let mut stream: Vec<Reading> = Vec::new();
+        for (i, r) in readings.iter().enumerate() {
+            stream.push(r.clone());
+            for (at, back) in &late {
+                if *at == i && *back <= i {
+                    // A late delivery: an earlier message (lower seq, older ts) with
+                    // a value that would otherwise alarm.
+                    let j = i - back;
+                    stream.push(hr(j as u64, 1_000 * (j as u64 + 1) - 1, 200.0));
+                }
+            }
+        }
+        proptest::prop_assert_eq!(steps(&rules, &stream), steps(&rules, &readings));
+    }
+}
+
+#[test]
+fn clock_stepping_back_does_not_silence_the_chair() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut next = || 1;
+    p.apply(&rules, &hr(1, 100_000, 80.0), 1, &mut next);
+    // NTP correction: the next message is 60 s "earlier" by the device clock.
+    let a = p.apply(&rules, &hr(2, 40_000, 150.0), 2, &mut next);
+    assert_eq!(raised(&a), 1);
+    assert!(matches!(
+        a,
+        Applied::Accepted {
+            clock_stepped_back: true,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn clock_step_keeps_the_breach_time_already_counted() {
+    let rules = RuleSet::compile(&[RuleSpec {
+        id: "hr_high".into(),
+        vital: Vital::Hr,
+        high: Some(120.0),
+        priority: Priority::Medium,
+        delay_ms: 3_000,
+        ..RuleSpec::default()
+    }])
+    .unwrap();
+    let mut p = PatientState::new(&rules);
+    let mut next = || 1;
+    // Breached at 100 s and 102 s (2 s counted), then the clock steps back 60 s:
+    // one more second of breach (at 43 s on the new clock) completes the delay.
+    assert_eq!(
+        raised(&p.apply(&rules, &hr(1, 100_000, 150.0), 0, &mut next)),
+        0
+    );
+    assert_eq!(
+        raised(&p.apply(&rules, &hr(2, 102_000, 150.0), 0, &mut next)),
+        0
+    );
+    assert_eq!(
+        raised(&p.apply(&rules, &hr(3, 42_000, 150.0), 0, &mut next)),
+        0
+    );
+    assert_eq!(
+        raised(&p.apply(&rules, &hr(4, 43_000, 150.0), 0, &mut next)),
+        1
+    );
+}
+
+/// Issue target: at most 2 KiB of state per patient with the shipped rules (the
+/// map entry's key and bookkeeping add a few dozen bytes).
+#[test]
+fn patient_state_fits_in_two_kib_with_the_shipped_rules() {
+    let rules = crate::config::Config::default().rule_set().unwrap();
+    let bytes =
+        std::mem::size_of::<PatientState>() + rules.len() * std::mem::size_of::<ConditionState>();
+    assert!(bytes <= 2048, "{bytes} bytes per patient");
+}

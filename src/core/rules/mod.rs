@@ -1,0 +1,144 @@
+//! Alarm rules as configured, and their compilation into the conditions every
+//! patient shares ([`RuleSet`]).
+//!
+//! A phase's *profile* is the set of rules that list it in `phases`: the infusion
+//! profile can have tighter limits and shorter delays than the recovery one, and no
+//! rule needs to list `discharged`. Limits can be absolute, relative to the
+//! patient's own baseline, or both (the stricter applies).
+
+mod compile;
+mod spec;
+#[cfg(test)]
+mod tests;
+
+pub use spec::{
+    CombinedRuleSpec, PartSpec, RelativeLimits, RuleSources, RuleSpec, SessionSpec, TechnicalSpec,
+    TrendRuleSpec,
+};
+
+use super::condition::Condition;
+use super::reading::Vital;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Alarm priority after IEC 60601-1-8. Ordered so that `High > Medium > Low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which side of its limit a condition watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Breached when the value is below the limit.
+    Low,
+    /// Breached when the value is above the limit.
+    High,
+}
+
+/// The longest alarm-condition delay accepted; longer would hide a deteriorating patient.
+pub const MAX_DELAY_MS: u64 = 120_000;
+
+/// An invalid rule or setting, naming the offending key (e.g. `rules[2].high`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct RuleError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Samples kept per vital for trend rules: enough for a window of NIBP cycles, and
+/// spread over the window when a vital arrives faster.
+pub const TREND_SAMPLES: usize = 16;
+
+/// All conditions and policies, compiled once from the config and shared by every
+/// patient.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    conditions: Vec<Condition>,
+    /// Conditions to evaluate when a vital arrives, indexed by [`Vital::index`].
+    by_vital: [Vec<usize>; 6],
+    /// Conditions to evaluate on every reading (offline, pump without SpO2).
+    every_reading: Vec<usize>,
+    /// Conditions judged on gateway time by the periodic tick.
+    timed: Vec<usize>,
+    /// Threshold conditions by rule id, for per-patient limit changes.
+    by_rule: HashMap<Arc<str>, Vec<usize>>,
+    /// Per vital, the longest trend window (0: no trend rule), ms.
+    trend_window: [u64; 6],
+    /// Per vital, the stale allowance (0: none), ms.
+    stale_ms: [u64; 6],
+    pub session: SessionSpec,
+}
+
+impl RuleSet {
+    pub fn len(&self) -> usize {
+        self.conditions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    pub fn condition(&self, index: usize) -> &Condition {
+        &self.conditions[index]
+    }
+
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// Conditions to evaluate when `vital` arrives.
+    pub fn for_vital(&self, vital: Vital) -> &[usize] {
+        &self.by_vital[vital.index()]
+    }
+
+    /// Conditions to evaluate on every reading.
+    pub fn every_reading(&self) -> &[usize] {
+        &self.every_reading
+    }
+
+    /// Conditions the periodic tick evaluates.
+    pub fn timed(&self) -> &[usize] {
+        &self.timed
+    }
+
+    /// Threshold conditions of rule `id` (empty for other kinds and unknown ids).
+    pub fn threshold_conditions(&self, id: &str) -> &[usize] {
+        self.by_rule.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The longest trend window on `vital`, ms (0: no trend rule).
+    pub fn trend_window(&self, vital: Vital) -> u64 {
+        self.trend_window[vital.index()]
+    }
+
+    /// The stale allowance of `vital`, ms (0: never stale).
+    pub fn stale_ms(&self, vital: Vital) -> u64 {
+        self.stale_ms[vital.index()]
+    }
+}
