@@ -88,6 +88,9 @@ pub struct App {
     pub connections: TaskTracker,
     /// Dashboards connected or upgrading, against `websocket.max_connections`.
     pub dashboards: std::sync::atomic::AtomicUsize,
+    /// Held from a change to the ward until its events are published (see
+    /// [`App::in_order`]).
+    sequencer: std::sync::Mutex<()>,
     started: Instant,
 }
 
@@ -119,9 +122,22 @@ impl App {
             force_close: CancellationToken::new(),
             connections: TaskTracker::new(),
             dashboards: std::sync::atomic::AtomicUsize::new(0),
+            sequencer: std::sync::Mutex::new(()),
             started: Instant::now(),
             config,
         }
+    }
+
+    /// Hold this from a change to the ward until its events are published.
+    ///
+    /// The ward builds a chair's events under the chair's map guard, but they are
+    /// published after it is released (the hub lock is never taken under a map guard:
+    /// subscribing reads the map under the hub lock). Without one order for the
+    /// whole change, a timer's `raised` and a reading's `cleared` for the same alarm
+    /// could reach the hub the wrong way round and leave an alarm that never clears.
+    /// Ingest and the timer are one task each, so this is rarely contended.
+    pub fn in_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.sequencer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Monotonic ms since this gateway started.

@@ -129,6 +129,7 @@ impl Gateway {
 
         let app = Arc::new(App::new(config, rules, topics, Arc::new(audit)));
         restore_sessions(&app).await;
+        restore_open_alarms(&app).await;
         let stop_http = CancellationToken::new();
         let listener = listener.tap_io(|tcp| {
             // Alarm frames are small: never let Nagle hold them back.
@@ -234,17 +235,69 @@ async fn restore_sessions(app: &Arc<App>) {
     let mut restored = 0;
     for r in records {
         match serde_json::from_str::<core::SessionEvent>(&r.body) {
-            Ok(e) if e.phase != core::Phase::Idle => match app.ward.restore(&e, now) {
+            // Idle chairs too: their last message time keeps an old retained message
+            // for a previous patient from bringing that session back.
+            Ok(e) => match app.ward.restore(&e, now) {
                 Ok(()) => restored += 1,
                 Err(err) => tracing::warn!(chair = %r.chair, error = %err, "session not restored"),
             },
-            Ok(_) => {}
             Err(err) => tracing::warn!(chair = %r.chair, error = %err, "unreadable session record"),
         }
     }
     if restored > 0 {
         tracing::info!(chairs = restored, "sessions restored from the audit trail");
     }
+}
+
+/// Take back the alarms that were open (raised or acknowledged, not cleared) when
+/// the previous run stopped, so that one nobody acknowledged is not lost in a
+/// restart: a latched alarm stays until acknowledged, an unacknowledged one keeps
+/// escalating. One that no longer matches a rule of its chair's profile (rules
+/// changed) is closed with `reason: "not_restored"`, so the record is complete.
+async fn restore_open_alarms(app: &Arc<App>) {
+    let audit = app.audit.clone();
+    let open = match tokio::task::spawn_blocking(move || audit.open_alarms()).await {
+        Ok(Ok(open)) => open,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read open alarms from the audit trail");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "open-alarm restore task failed");
+            return;
+        }
+    };
+    let now = app::now_ms();
+    let (mut restored, mut closed) = (0, Vec::new());
+    for r in open {
+        let mut event = match serde_json::from_str::<core::AlarmEvent>(&r.body) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(chair = %r.chair, error = %err, "unreadable alarm record");
+                continue;
+            }
+        };
+        if app.ward.restore_alarm(&event) {
+            restored += 1;
+            app.hub.restore_alarm(event);
+        } else {
+            event.state = core::AlarmState::Cleared;
+            event.reason = Some("not_restored");
+            event.escalated = false;
+            event.reminder = false;
+            event.ts = now;
+            event.received_at = now;
+            closed.push(core::Event::Alarm(event));
+        }
+    }
+    if restored > 0 || !closed.is_empty() {
+        tracing::warn!(
+            restored,
+            closed = closed.len(),
+            "alarms open at the last stop taken back"
+        );
+    }
+    app.hub.publish(closed, None);
 }
 
 /// Every `alarms.tick_ms`: judge timed conditions (stale data, device offline, pump
@@ -259,6 +312,7 @@ async fn run_timers(app: Arc<App>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = app::now_ms();
+        let _order = app.in_order();
         let events = app.ward.tick(now);
         app.hub.publish(events, None);
         app.hub.escalate(now, &policy);

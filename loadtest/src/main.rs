@@ -100,8 +100,8 @@ struct Args {
 }
 
 /// Settings for a gateway this harness starts: room for every simulated chair, a
-/// write buffer that holds their snapshot (the shipped rules have about 30 alarm
-/// conditions; 32 leaves slack, at 1200 bytes each plus 2 KiB of vitals and session
+/// write buffer that holds their snapshot (the shipped rules have 31 alarm
+/// conditions; 40 leaves slack, at 1200 bytes each plus 2 KiB of vitals and session
 /// per chair), and an audit trail of its own in the temp dir.
 fn gateway_env(chairs: usize) -> Vec<(String, String)> {
     let chairs = chairs.max(1000);
@@ -113,7 +113,7 @@ fn gateway_env(chairs: usize) -> Vec<(String, String)> {
         ("VITALGATE_INGEST__MAX_CHAIRS".into(), chairs.to_string()),
         (
             "VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES".into(),
-            (chairs * (32 * 1200 + 2048) + (1 << 20)).to_string(),
+            (chairs * (40 * 1200 + 2048) + (1 << 20)).to_string(),
         ),
         ("VITALGATE_AUDIT__PATH".into(), audit.display().to_string()),
     ]

@@ -33,6 +33,14 @@ const SCHEMA_VERSION: i64 = 1;
 /// How long a connection waits for a lock held by another connection (or
 /// another process, e.g. a backup tool) before failing with SQLITE_BUSY.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for appends, once the file is open. Appends run where alarms are
+/// sequenced for dashboards: a writer outside the gateway must not stall alarm
+/// delivery for seconds. A failed append is counted and the events still go out.
+const APPEND_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the WAL is checkpointed into the database file. Checkpoints flush to
+/// disk; they run on their own connection and thread so that no append (and no
+/// alarm waiting behind it) ever pays for one.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const COLUMNS: &str = "seq, instance, kind, chair, at_ms, body";
 
 const SCHEMA: &str = "
@@ -66,6 +74,8 @@ pub enum AuditError {
     OutOfRange { field: &'static str, value: u64 },
     #[error("audit database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("audit database {path}: cannot start its checkpoint thread: {message}")]
+    Thread { path: String, message: String },
 }
 
 /// One record: the JSON text exactly as dashboards received it.
@@ -101,6 +111,8 @@ pub struct Audit {
     writer: Mutex<Connection>,
     /// `None` for the in-memory store, whose one connection serves both roles.
     reader: Option<Mutex<Connection>>,
+    /// Dropping it stops the checkpoint thread (file stores only).
+    _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Audit {
@@ -134,6 +146,31 @@ impl Audit {
             .pragma_update(None, "synchronous", sync)
             .map_err(open_err)?;
         init_schema(&writer, &name)?;
+        writer.busy_timeout(APPEND_BUSY_TIMEOUT).map_err(open_err)?;
+        // Checkpoints are the checkpoint thread's job (see CHECKPOINT_EVERY).
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err)?;
+        let checkpointer = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        checkpointer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("audit-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    // PASSIVE: copies what it can without waiting for, or blocking,
+                    // the writer. An error (e.g. busy) is retried next time.
+                    let _ =
+                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+                let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            })
+            .map_err(|e| AuditError::Thread {
+                path: name.clone(),
+                message: e.to_string(),
+            })?;
         // query_only rather than SQLITE_OPEN_READONLY: a read-only connection
         // cannot create the WAL index (-shm) itself.
         let reader = Connection::open_with_flags(path, flags).map_err(open_err)?;
@@ -145,6 +182,7 @@ impl Audit {
         Ok(Audit {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
+            _checkpoints: Some(stop),
         })
     }
 
@@ -156,6 +194,7 @@ impl Audit {
         Ok(Audit {
             writer: Mutex::new(conn),
             reader: None,
+            _checkpoints: None,
         })
     }
 
@@ -238,6 +277,22 @@ impl Audit {
              ORDER BY chair"
         ))?;
         let rows = stmt.query_map([kind], stored)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Alarms whose latest event is not `cleared`: alarms open when the gateway
+    /// stopped, oldest first, each as its latest event. Read at start-up so that an
+    /// alarm nobody acknowledged (a latched one especially) is not lost in a restart.
+    pub fn open_alarms(&self) -> Result<Vec<Stored>, AuditError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE id IN
+               (SELECT max(id) FROM events WHERE kind = 'alarm'
+                GROUP BY json_extract(body, '$.id'))
+             AND json_extract(body, '$.state') <> 'cleared'
+             ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -10,12 +10,12 @@ use super::condition::AlarmKind;
 use super::reading::{Pump, Vital};
 use super::rules::{Direction, Priority};
 use super::session::{Phase, Route};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Where an alarm is in its life: `raised` → (`acknowledged`) → `cleared`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlarmState {
     Raised,
@@ -34,7 +34,7 @@ impl AlarmState {
 }
 
 /// One part of a combined alarm: the vital, its value and the limit it crossed.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PartValue {
     pub vital: Vital,
     pub condition: Direction,
@@ -44,7 +44,8 @@ pub struct PartValue {
 
 /// What was going on at the chair when the alarm changed: what a nurse needs to
 /// judge it without looking anything up.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AlarmContext {
     pub phase: Phase,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,8 +70,9 @@ pub struct AlarmContext {
 }
 
 /// One transition of one alarm, as dashboards receive it (without `type` and `seq`,
-/// which the fan-out adds).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// which the fan-out adds). Read back from the audit trail for alarms open at a
+/// restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmEvent {
     /// The alarm's id: the same for its raised, acknowledged and cleared events.
     pub id: u64,
@@ -80,7 +82,7 @@ pub struct AlarmEvent {
     /// `physiological` (about the patient) or `technical` (equipment, data).
     pub kind: AlarmKind,
     /// The vital concerned; absent for a device offline alarm.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vital: Option<Vital>,
     /// The rule that raised it.
     pub rule: Arc<str>,
@@ -111,11 +113,12 @@ pub struct AlarmEvent {
     pub reminder: bool,
     /// Why a `cleared` alarm ended, when not simply by the value recovering:
     /// `acknowledged` (latched), `phase_change`, `data_returned`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub reason: Option<&'static str>,
     /// Who acknowledged it, once someone has.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<Arc<str>>,
+    #[serde(default)]
     pub context: AlarmContext,
 }
 
@@ -304,6 +307,21 @@ impl Board {
         if let Some(a) = self.active.get_mut(&id) {
             a.reminded_at = Some(now_ms);
         }
+    }
+
+    /// Take back an alarm that was open when the previous run stopped (from the
+    /// audit trail), without a new event: it stays as it was, with its escalation
+    /// timing counted from its original raise.
+    pub fn restore(&mut self, event: AlarmEvent, raised_at: u64, acknowledged_at: Option<u64>) {
+        self.active.insert(
+            event.id,
+            Active {
+                event,
+                raised_at,
+                acknowledged_at,
+                reminded_at: None,
+            },
+        );
     }
 
     /// Active alarms in id order, each as its latest event.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 /// Physiological alarms are about the patient; technical ones about the equipment
 /// or the data (IEC 60601-1-8 keeps the two apart in every signal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlarmKind {
     Physiological,

@@ -16,6 +16,8 @@ pub enum SessionChange {
     Phase,
     /// Per-patient limits changed.
     Limits,
+    /// Route or course position (session number, count) changed.
+    Details,
     /// The chair became ready for discharge, or stopped being.
     DischargeReady,
 }
@@ -48,6 +50,10 @@ pub struct SessionEvent {
     #[serde(default)]
     pub limits: BTreeMap<Arc<str>, LimitOverride>,
     pub discharge_ready: bool,
+    /// `ts` of the latest session message applied (clinic clock), if any: session
+    /// messages are ordered by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ts: Option<u64>,
     /// Who made the change (absent for changes the gateway made itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<Arc<str>>,
@@ -74,6 +80,7 @@ impl SessionEvent {
                 .collect(),
             limits: s.overrides.clone(),
             discharge_ready: s.discharge_ready,
+            message_ts: s.message_ts,
             by: s.by.clone(),
             at,
         }

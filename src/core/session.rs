@@ -249,8 +249,9 @@ pub struct Session {
     /// Gateway time the current phase was applied here: silence is counted from
     /// here, not from before the gateway knew of the session.
     pub applied_at: u64,
-    /// `ts` of the latest accepted update (for ignoring stale retained messages).
-    pub updated_ts: u64,
+    /// `ts` of the latest session message applied (the clinic system's clock), to
+    /// order messages among themselves.
+    pub message_ts: Option<u64>,
     pub baseline: Baseline,
     /// Per-patient limits by rule id.
     pub overrides: BTreeMap<Arc<str>, LimitOverride>,
@@ -261,6 +262,10 @@ pub struct Session {
     /// Set by a message or restored: false for a chair never told its session, which
     /// may therefore enter any phase (a gateway restarting mid-session).
     pub known: bool,
+    /// Restored from the audit trail and not changed since: the gateway may have
+    /// missed phase changes while it was down, so the next newer message may set any
+    /// phase.
+    pub restored: bool,
 }
 
 impl Session {

@@ -233,6 +233,16 @@ impl Ward {
         })
     }
 
+    /// Take back an alarm open when the previous run stopped (see
+    /// [`PatientState::restore_alarm`]). False if no matching condition is there (or
+    /// the chair limit is reached).
+    pub fn restore_alarm(&self, event: &AlarmEvent) -> bool {
+        self.with_chair(&event.chair, true, |_, state, _| {
+            state.restore_alarm(&self.rules, event)
+        })
+        .unwrap_or(false)
+    }
+
     /// Judge every chair's timed conditions at gateway time `now_ms`.
     pub fn tick(&self, now_ms: u64) -> Vec<Event> {
         let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -264,9 +274,9 @@ impl Ward {
             out.push(Event::Session(e));
         }
         for t in effects.transitions {
-            // Minutes into the infusion on the clock of the transition (device time for
-            // physiological alarms), the same clock the session's times come from.
-            let mut context = state.context(&self.rules, t.condition, t.ts);
+            // Minutes into the infusion at the event's gateway time: device clocks
+            // drift; the session's times come from the clinic system or the gateway.
+            let mut context = state.context(&self.rules, t.condition, now_ms);
             context.parts = t.parts.clone();
             out.push(Event::Alarm(self.alarm_event(chair, &t, context, now_ms)));
         }

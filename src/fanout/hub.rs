@@ -67,6 +67,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Where every event is written before any dashboard sees it.
     audit: Option<Arc<Audit>>,
+    /// False after a failed audit write, until one succeeds (shown by `/ready`).
+    audit_ok: std::sync::atomic::AtomicBool,
 }
 
 /// What a new subscriber receives before live events.
@@ -104,7 +106,13 @@ impl Hub {
             instance: format!("{:016x}", fastrand::u64(..)),
             metrics,
             audit: None,
+            audit_ok: std::sync::atomic::AtomicBool::new(true),
         }
+    }
+
+    /// False while audit writes fail (since the last one that failed).
+    pub fn audit_ok(&self) -> bool {
+        self.audit_ok.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This gateway run's id: `seq` values are comparable only within one instance.
@@ -177,7 +185,10 @@ impl Hub {
                 body: frame.as_str(),
             })
             .collect();
-        if let Err(e) = audit.append(&records) {
+        let result = audit.append(&records);
+        self.audit_ok
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = result {
             self.metrics.audit_errors.increment(1);
             tracing::error!(error = %e, events = records.len(), "audit trail write failed; events delivered anyway");
         }
@@ -204,6 +215,14 @@ impl Hub {
         self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
         self.deliver_locked(&mut inner, seq, frame);
         Ok(event)
+    }
+
+    /// Take back an alarm open when the previous run stopped, without a new event
+    /// (it is already in the audit trail; new dashboards see it in their snapshot).
+    pub fn restore_alarm(&self, event: AlarmEvent) {
+        let at = event.received_at;
+        let acknowledged = (event.state == crate::core::AlarmState::Acknowledged).then_some(at);
+        self.lock().board.restore(event, at, acknowledged);
     }
 
     /// Send the escalations and reminders due at gateway time `now_ms`.

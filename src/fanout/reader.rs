@@ -123,6 +123,7 @@ impl Reader {
             match command {
                 Ok(Command::Ack { id, by }) => {
                     let now = crate::app::now_ms();
+                    let _order = app.in_order();
                     match app.hub.acknowledge(id, &by, now) {
                         // A latched alarm whose condition has ended clears now.
                         Ok(acked) => app
@@ -134,6 +135,7 @@ impl Reader {
                 Ok(Command::SetSession { chair, by, session }) => {
                     // Authorisation of who may change sessions comes with dashboard
                     // authentication; until then any connected dashboard may.
+                    let _order = app.in_order();
                     let result = check_chair(&chair).and_then(|()| {
                         app.ward
                             .set_session(&chair, &session.update(&by), crate::app::now_ms())
@@ -148,6 +150,7 @@ impl Reader {
                     high,
                 }) => {
                     let limits = crate::core::LimitOverride { low, high };
+                    let _order = app.in_order();
                     let result =
                         app.ward
                             .set_limit(&chair, &rule, limits, &by, crate::app::now_ms());

@@ -3,7 +3,9 @@
 //! benchmarks drive it directly.
 
 use crate::app::App;
-use crate::core::{decode, Outcome, RejectReason, Rejection, SessionUpdate, WardError};
+use crate::core::{
+    decode, Outcome, RejectReason, Rejection, SessionError, SessionUpdate, WardError,
+};
 use crate::ingest::TopicKind;
 use crate::telemetry::Metrics;
 use std::time::{Duration, Instant};
@@ -51,7 +53,17 @@ fn session(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         // A retained message being cleared: nothing to apply.
         return Processed::Session { events: 0 };
     }
+    let _order = app.in_order();
     let result = SessionUpdate::decode(payload, app.config.session.max_message_bytes)
+        .and_then(|update| match update.ts {
+            Some(_) => Ok(update),
+            // Retained messages are redelivered on every new subscription: without
+            // their own time they could not be told from a newer change.
+            None => Err(SessionError::Invalid(
+                "`ts` is required on session messages (ms since the epoch, when the phase was set)"
+                    .into(),
+            )),
+        })
         .map_err(WardError::from)
         .and_then(|update| app.ward.set_session(chair, &update, now_ms));
     publish_or_refuse(app, result, &app.metrics.session_rejected)
@@ -70,6 +82,7 @@ fn status(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
             detail: "status must be \"online\" or \"offline\" (or {\"status\": ...})".into(),
         };
     };
+    let _order = app.in_order();
     let result = app.ward.set_device_online(chair, online, now_ms);
     publish_or_refuse(app, result, &app.metrics.session_rejected)
 }
@@ -116,7 +129,10 @@ pub fn parse_status(payload: &[u8]) -> Option<bool> {
 
 /// A device reading.
 fn reading(app: &App, chair: &str, payload: &[u8], received: Instant, now_ms: u64) -> Processed {
-    let result = decode(payload, now_ms, &app.decode_limits).and_then(|reading| {
+    let reading = decode(payload, now_ms, &app.decode_limits);
+    // From the change to the ward until its events are published (App::in_order).
+    let _order = app.in_order();
+    let result = reading.and_then(|reading| {
         let outcome = app
             .ward
             .apply(chair, &reading, now_ms)

@@ -8,7 +8,7 @@ use crate::core::rules::{
     CombinedRuleSpec, PartSpec, Priority, RuleSources, RuleSpec, SessionSpec, TechnicalSpec,
     TrendRuleSpec,
 };
-use crate::core::session::{LimitOverride, SessionError, SessionUpdate};
+use crate::core::session::{LimitOverride, Route, SessionError, SessionUpdate};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -272,7 +272,7 @@ proptest! {
         };
         let s = SessionSpec::default();
         let mut c = Chair::new(sources(&[], &t, &s));
-        c.phase(Phase::Baseline, T0);
+        c.phase(Phase::Baseline, T0 - 1);
         c.phase(Phase::Infusion, T0);
         c.read(T0, &[(Vital::Spo2, 98.0)], None);
         let mut raised_at = None;
@@ -304,7 +304,7 @@ fn device_offline_by_last_will_or_silence_and_pump_without_spo2() {
     };
     let s = SessionSpec::default();
     let mut c = Chair::new(sources(&[], &t, &s));
-    c.phase(Phase::Baseline, T0);
+    c.phase(Phase::Baseline, T0 - 1);
     c.phase(Phase::Infusion, T0);
     c.read(T0, &[(Vital::Spo2, 98.0)], Some(true));
     assert!(c.tick_s(T0 + 15_000).is_empty());
@@ -562,9 +562,9 @@ fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
     };
     let s = SessionSpec::default();
     for (k, route, expect_hr, expect_pump) in [
-        (2, crate::core::session::Route::Iv, true, true),
-        (4, crate::core::session::Route::Iv, false, true),
-        (2, crate::core::session::Route::Intranasal, true, false),
+        (2, Route::Iv, true, true),
+        (4, Route::Iv, false, true),
+        (2, Route::Intranasal, true, false),
     ] {
         let mut c = Chair::new(sources(&rules, &t, &s));
         let u = SessionUpdate {
@@ -581,11 +581,184 @@ fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
         let hr = !c
             .read_s(T0 + 1, &[(Vital::Hr, 110.0)], Some(true))
             .is_empty();
-        let pump = !c.tick_s(T0 + 20_000).is_empty();
+        let pump = c
+            .tick_s(T0 + 20_000)
+            .iter()
+            .any(|(rule, what, _)| rule == "pump_without_spo2" && *what == "raised");
         assert_eq!(
             (hr, pump),
             (expect_hr, expect_pump),
             "session {k} {route:?}"
         );
     }
+}
+
+#[test]
+fn a_restored_session_accepts_what_happened_while_the_gateway_was_down() {
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&[], &t, &s));
+    c.phase(Phase::Baseline, T0);
+    c.phase(Phase::Infusion, T0 + 10);
+    let recorded = crate::core::event::SessionEvent::new(
+        std::sync::Arc::from("n/1"),
+        SessionChange::Phase,
+        c.p.session(),
+        T0 + 20,
+    );
+    // A new gateway restores the infusion; meanwhile the patient was discharged.
+    let mut d = Chair::new(sources(&[], &t, &s));
+    d.p.restore(&d.rules, &recorded, T0 + 1_000);
+    let stale = SessionUpdate {
+        phase: Phase::Infusion,
+        patient: Some("P-1".into()),
+        session_number: None,
+        session_count: None,
+        route: None,
+        ts: Some(T0 + 10),
+        by: None,
+        limits: None,
+    };
+    // The retained message that set the infusion, seen again: nothing changes.
+    assert!(d.session(stale.clone(), T0 + 1_001).unwrap().is_empty());
+    let discharged = SessionUpdate {
+        phase: Phase::Discharged,
+        ts: Some(T0 + 500),
+        ..stale
+    };
+    let e = d.session(discharged.clone(), T0 + 1_002).unwrap();
+    assert_eq!(
+        e.sessions,
+        vec![(SessionChange::Phase, Some(Phase::Infusion))]
+    );
+    // Live again: the usual one-step rule applies.
+    let back = SessionUpdate {
+        phase: Phase::Infusion,
+        ts: Some(T0 + 600),
+        ..discharged
+    };
+    assert!(matches!(
+        d.session(back, T0 + 1_003),
+        Err(SessionError::Transition { .. })
+    ));
+}
+
+fn update(
+    phase: Phase,
+    patient: &str,
+    k: Option<u16>,
+    route: Option<Route>,
+    ts: u64,
+) -> SessionUpdate {
+    SessionUpdate {
+        phase,
+        patient: Some(patient.into()),
+        session_number: k,
+        session_count: Some(6),
+        route,
+        ts: Some(ts),
+        by: None,
+        limits: None,
+    }
+}
+
+#[test]
+fn same_phase_changes_of_route_course_or_patient_are_applied() {
+    let rules = [RuleSpec {
+        max_session: Some(3),
+        ..hr_rule("hr_early", 100.0, &[Phase::Infusion])
+    }];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.session(
+        update(Phase::Baseline, "P-1", Some(5), Some(Route::Im), T0),
+        T0,
+    )
+    .unwrap();
+    c.read(T0 + 1, &[(Vital::Hr, 70.0)], None);
+    c.read(T0 + 2, &[(Vital::Hr, 72.0)], None);
+    c.session(
+        update(Phase::Infusion, "P-1", Some(5), Some(Route::Im), T0 + 10),
+        T0 + 10,
+    )
+    .unwrap();
+    assert_eq!(c.p.session().baseline_of(Vital::Hr), Some(71.0));
+    assert!(c.read_s(T0 + 20, &[(Vital::Hr, 110.0)], None).is_empty());
+    // Corrected: it is session 1, IV. The early-session rule applies at once.
+    let e = c
+        .session(
+            update(Phase::Infusion, "P-1", Some(1), Some(Route::Iv), T0 + 30),
+            T0 + 30,
+        )
+        .unwrap();
+    assert_eq!(e.sessions, vec![(SessionChange::Details, None)]);
+    assert_eq!(c.seen(&e), vec![("hr_early".into(), "raised", None)]);
+    assert_eq!(c.p.session().route, Route::Iv);
+    // A different patient in the same phase is a new session: no baseline carried over.
+    let e = c
+        .session(update(Phase::Infusion, "P-2", None, None, T0 + 40), T0 + 40)
+        .unwrap();
+    assert_eq!(
+        e.sessions,
+        vec![(SessionChange::Phase, Some(Phase::Infusion))]
+    );
+    assert_eq!(c.p.session().baseline_of(Vital::Hr), None);
+    assert_eq!(c.p.session().session_number, None);
+    assert_eq!(c.p.session().patient.as_deref(), Some("P-2"));
+}
+
+#[test]
+fn minutes_into_the_infusion_count_from_the_session_on_the_event_clock() {
+    let rules = [hr_rule("hr_high", 100.0, &[Phase::Infusion])];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.phase(Phase::Baseline, T0 - 600_000);
+    c.phase(Phase::Infusion, T0);
+    // The device clock is 10 minutes behind; the event happens 30 minutes in.
+    let at = T0 + 30 * 60_000;
+    c.read(at - 600_000, &[(Vital::Hr, 120.0)], None);
+    let ctx = c.p.context(&c.rules, 0, at);
+    assert_eq!(ctx.infusion_minute, Some(30.0));
+    assert_eq!(ctx.phase, Phase::Infusion);
+}
+
+#[test]
+fn an_alarm_whose_limit_disappears_ends() {
+    // Relative-only rule: without a baseline, only a per-patient limit gives it one.
+    let rules = [RuleSpec {
+        id: "hr_surge".into(),
+        vital: Vital::Hr,
+        above_baseline: Some(30.0),
+        priority: Priority::Medium,
+        phases: vec![Phase::Idle],
+        ..RuleSpec::default()
+    }];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.read(T0, &[(Vital::Hr, 120.0)], None);
+    let high = LimitOverride {
+        low: None,
+        high: Some(110.0),
+    };
+    let next = &mut c.next;
+    let e =
+        c.p.set_limit(&c.rules, "hr_surge", high, "dr.lee", T0 + 1, &mut || {
+            *next += 1;
+            *next
+        })
+        .unwrap();
+    assert_eq!(c.seen(&e), vec![("hr_surge".into(), "raised", None)]);
+    let e =
+        c.p.set_limit(
+            &c.rules,
+            "hr_surge",
+            LimitOverride::default(),
+            "dr.lee",
+            T0 + 2,
+            &mut || 0,
+        )
+        .unwrap();
+    assert_eq!(
+        c.seen(&e),
+        vec![("hr_surge".into(), "cleared", Some("no_limit"))]
+    );
 }

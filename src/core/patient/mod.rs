@@ -10,7 +10,7 @@ mod session;
 
 use super::alarm::PartValue;
 use super::baseline::BaselineSampler;
-use super::condition::{Check, ConditionState, Measure, Step};
+use super::condition::{Check, Condition, ConditionState, Measure, Step};
 use super::event::SessionChange;
 use super::reading::{Pump, Reading, Vital};
 use super::rules::RuleSet;
@@ -353,10 +353,22 @@ impl PatientState {
             return;
         }
         let Some((m, parts)) = self.measure(rules, cond, ts, now_ms) else {
-            // Nothing to judge (no value, or no limit for this patient): a breach
-            // that was building up is no longer known to continue.
-            if let ConditionState::Pending { .. } = self.conditions[i] {
-                self.conditions[i] = ConditionState::Normal;
+            // Nothing to judge (no value, or no limit for this patient any more, e.g.
+            // a per-patient limit removed from a rule that has only relative limits
+            // and no baseline): whatever the condition held ends.
+            if let Step::Cleared { alarm_id } = Condition::withdraw(&mut self.conditions[i]) {
+                effects.transitions.push(Transition {
+                    condition: i,
+                    step: Step::Cleared { alarm_id },
+                    value: self
+                        .latest
+                        .get(cond.check.vital().unwrap_or(Vital::Hr))
+                        .map_or(0.0, |s| s.value),
+                    limit: 0.0,
+                    ts,
+                    reason: Some("no_limit"),
+                    parts: Vec::new(),
+                });
             }
             return;
         };

@@ -14,10 +14,14 @@ use std::sync::Arc;
 impl PatientState {
     /// Apply a session message or command at gateway time `now_ms`.
     ///
-    /// A repeat of the current state (a retained message redelivered on reconnect)
-    /// changes nothing. A phase change swaps the profile at once: conditions of rules
-    /// that do not apply in the new phase end (`cleared`, reason `phase_change`), the
-    /// others are judged again against the new limits.
+    /// Messages are ordered by their own `ts` (the clinic system's clock), compared
+    /// only with the `ts` of earlier messages: one already applied (a retained
+    /// message redelivered) changes nothing, an older one is refused. Commands from
+    /// dashboards carry no `ts` and apply when made. A phase change swaps the profile
+    /// at once: conditions of rules that do not apply in the new phase end
+    /// (`cleared`, reason `phase_change`), the others are judged again against the
+    /// new limits. A new patient, or entering `baseline` or `idle`, starts a new
+    /// session: nothing of the previous patient carries over.
     pub fn set_session(
         &mut self,
         rules: &RuleSet,
@@ -26,18 +30,19 @@ impl PatientState {
         next_id: &mut dyn FnMut() -> u64,
     ) -> Result<Effects, SessionError> {
         let s = &self.session;
-        let ts = update.ts.unwrap_or(now_ms);
         let same_patient = update.patient.as_deref() == s.patient.as_deref();
-        if s.known && ts < s.updated_ts {
-            if update.phase == s.phase && same_patient {
+        if let (Some(ts), Some(last)) = (update.ts, s.message_ts) {
+            if ts == last {
                 return Ok(Effects::default());
             }
-            return Err(SessionError::Stale {
-                ts,
-                current: s.updated_ts,
-            });
+            if ts < last {
+                if update.phase == s.phase && same_patient {
+                    return Ok(Effects::default());
+                }
+                return Err(SessionError::Stale { ts, current: last });
+            }
         }
-        if s.known && !s.phase.may_become(update.phase) {
+        if s.known && !s.restored && !s.phase.may_become(update.phase) {
             return Err(SessionError::Transition {
                 from: s.phase,
                 to: update.phase,
@@ -56,30 +61,38 @@ impl PatientState {
             }
             None => None,
         };
+        let new_session = s.known
+            && (!same_patient
+                || (update.phase == Phase::Idle && s.phase != Phase::Idle)
+                || (update.phase == Phase::Baseline && s.phase != Phase::Baseline));
         let phase_changed = !s.known || update.phase != s.phase || !same_patient;
+        let details_changed = update.route.is_some_and(|r| r != s.route)
+            || update
+                .session_number
+                .is_some_and(|n| Some(n) != s.session_number)
+            || update
+                .session_count
+                .is_some_and(|n| Some(n) != s.session_count);
         let limits_changed = overrides.as_ref().is_some_and(|o| *o != s.overrides);
-        let mut effects = Effects::default();
-        if !phase_changed && !limits_changed {
-            self.session.updated_ts = self.session.updated_ts.max(ts);
-            return Ok(effects);
+        if let Some(ts) = update.ts {
+            self.session.message_ts = Some(ts);
+        }
+        if !phase_changed && !limits_changed && !details_changed {
+            return Ok(Effects::default());
         }
         let previous = self.session.known.then_some(self.session.phase);
+        let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
-        s.updated_ts = ts;
         s.known = true;
+        s.restored = false;
         s.by = update.by.as_deref().map(Arc::from);
         if phase_changed {
-            let leaving_baseline = s.phase == Phase::Baseline && update.phase != Phase::Baseline;
-            if leaving_baseline {
+            if s.phase == Phase::Baseline && update.phase != Phase::Baseline && !new_session {
                 if let Some(sampler) = self.sampler.take() {
                     s.baseline = sampler.finish(rules.session.baseline_min_samples);
                 }
             }
-            let new_session = update.phase == Phase::Idle
-                || (update.phase == Phase::Baseline
-                    && (previous != Some(Phase::Baseline) || !same_patient));
             if new_session {
-                // A new session: nothing of the previous patient carries over.
                 s.baseline = [None; 6];
                 s.overrides.clear();
                 s.infusion_started = None;
@@ -97,7 +110,6 @@ impl PatientState {
             s.applied_at = now_ms;
             s.discharge_ready = false;
             self.stable_since = None;
-            effects.sessions.push((SessionChange::Phase, previous));
         }
         let s = &mut self.session;
         if update.patient.is_some() || update.phase == Phase::Idle {
@@ -114,10 +126,18 @@ impl PatientState {
         }
         if let Some(o) = overrides {
             s.overrides = o;
-            if !phase_changed {
-                effects.sessions.push((SessionChange::Limits, None));
-            }
         }
+        let change = if phase_changed {
+            SessionChange::Phase
+        } else if limits_changed {
+            SessionChange::Limits
+        } else {
+            SessionChange::Details
+        };
+        let mut effects = Effects::default();
+        effects
+            .sessions
+            .push((change, previous.filter(|_| phase_changed)));
         self.reevaluate(rules, now_ms, next_id, &mut effects);
         Ok(effects)
     }
@@ -141,7 +161,6 @@ impl PatientState {
             self.session.overrides.remove(&key);
         }
         self.session.by = Some(Arc::from(by));
-        self.session.updated_ts = self.session.updated_ts.max(now_ms);
         let mut effects = Effects::default();
         effects.sessions.push((SessionChange::Limits, None));
         self.reevaluate(rules, now_ms, next_id, &mut effects);
@@ -191,15 +210,40 @@ impl PatientState {
         s.phase_since = e.phase_since;
         s.infusion_started = e.infusion_started;
         s.applied_at = now_ms;
-        s.updated_ts = e.at.max(e.phase_since);
+        s.message_ts = e.message_ts;
         s.baseline = baseline;
         s.overrides = e.limits.clone();
         s.by = e.by.clone();
         s.discharge_ready = false;
         s.known = true;
+        s.restored = true;
         // A baseline phase interrupted by the restart starts collecting again.
         self.sampler = (e.phase == Phase::Baseline)
             .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
+    }
+
+    /// Take back an alarm that was open when the previous run stopped: its condition
+    /// is active again under the same id (acknowledged or not), so it clears, latches
+    /// or escalates as if there had been no restart. False when no condition of
+    /// this chair's current profile matches it (rules changed, or the phase).
+    pub fn restore_alarm(&mut self, rules: &RuleSet, e: &crate::core::AlarmEvent) -> bool {
+        let found = (0..rules.len()).find(|&i| {
+            let c = rules.condition(i);
+            *c.rule == *e.rule
+                && c.check.direction() == e.condition
+                && c.check.kind() == e.kind
+                && c.applies(&self.session)
+        });
+        match found {
+            Some(i) if self.conditions[i] == ConditionState::Normal => {
+                self.conditions[i] = ConditionState::Active {
+                    alarm_id: e.id,
+                    acknowledged: e.acknowledged_by.is_some(),
+                };
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Withdraw conditions that no longer apply; judge the others again.
