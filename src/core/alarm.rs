@@ -435,6 +435,63 @@ pub(crate) mod tests {
         assert!(run(&mut b, 901_000, 2_000_000).is_empty());
     }
 
+    proptest::proptest! {
+        /// For any escalation period and acknowledgement time: escalations come
+        /// exactly at the period's multiples until acknowledged (up to the maximum
+        /// level) and never after; reminders only after the acknowledgement, every
+        /// reminder period, and none once the alarm clears.
+        #[test]
+        fn escalations_and_reminders_fire_on_time_and_stop(
+            after_s in 1u64..120,
+            max_level in 0u8..5,
+            ack_s in 0u64..600,
+            reminder_s in 1u64..300,
+            clear_s in 0u64..900,
+        ) {
+            let policy = EscalationPolicy {
+                escalate_after_ms: [after_s * 1_000, 0, 0],
+                max_level,
+                reminder_ms: reminder_s * 1_000,
+            };
+            let mut b = Board::default();
+            let mut raised = event(1, AlarmState::Raised);
+            raised.received_at = 0;
+            b.record(&mut raised);
+            let clear_s = ack_s + clear_s;
+            let mut escalations = Vec::new();
+            let mut reminders = Vec::new();
+            for sec in 0..=(clear_s + 600) {
+                let now = sec * 1_000;
+                if sec == ack_s {
+                    let mut ack = b.acknowledge(1, Arc::from("kim"), now).unwrap();
+                    b.record(&mut ack);
+                }
+                if sec == clear_s {
+                    b.record(&mut event(1, AlarmState::Cleared));
+                }
+                for mut e in b.due(now, &policy) {
+                    b.record(&mut e);
+                    if e.reminder {
+                        b.reminded(e.id, now);
+                        reminders.push(sec);
+                    } else {
+                        escalations.push((sec, e.escalation_level));
+                    }
+                }
+            }
+            let expected_escalations: Vec<(u64, u8)> = (1..=max_level)
+                .map(|level| (after_s * u64::from(level), level))
+                .filter(|(sec, _)| *sec < ack_s)
+                .collect();
+            proptest::prop_assert_eq!(escalations, expected_escalations);
+            let expected_reminders: Vec<u64> = (1..)
+                .map(|k| ack_s + k * reminder_s)
+                .take_while(|sec| *sec < clear_s)
+                .collect();
+            proptest::prop_assert_eq!(reminders, expected_reminders);
+        }
+    }
+
     #[test]
     fn low_priority_never_escalates() {
         let mut b = Board::default();
