@@ -77,6 +77,11 @@ struct Frame<'a> {
     ts: u64,
     #[serde(default)]
     vitals: Option<VitalsTs>,
+    /// Re-sends of an alarm (escalation, reminder): not new events.
+    #[serde(default)]
+    escalated: bool,
+    #[serde(default)]
+    reminder: bool,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +164,10 @@ pub async fn watch_alarms(
             "snapshot" if !announced => {
                 announced = true;
                 let _ = ready.send(()).await;
+            }
+            "alarm" if frame.escalated || frame.reminder => {
+                // A re-send of an alarm already counted (nobody acknowledges here).
+                stats.alarms.fetch_add(1, Ordering::Relaxed);
             }
             "alarm" => {
                 stats.alarms.fetch_add(1, Ordering::Relaxed);

@@ -216,7 +216,23 @@ fn clock_step_keeps_the_breach_time_already_counted() {
 #[test]
 fn patient_state_fits_in_two_kib_with_the_shipped_rules() {
     let rules = crate::config::Config::default().rule_set().unwrap();
-    let bytes =
-        std::mem::size_of::<PatientState>() + rules.len() * std::mem::size_of::<ConditionState>();
+    // Inline state, one state per alarm condition, and the trend history of each
+    // vital a trend rule watches (full). Not counted: the patient id and per-patient
+    // limits (a few dozen bytes each, when set) and the baseline sampler, which
+    // exists only during the baseline phase (up to session.baseline_max_samples
+    // values per vital).
+    let trends = Vital::ALL
+        .iter()
+        .filter(|v| rules.trend_window(**v) > 0)
+        .count()
+        * (std::mem::size_of::<Trend>()
+            + crate::core::rules::TREND_SAMPLES * std::mem::size_of::<(u64, f32)>());
+    let bytes = std::mem::size_of::<PatientState>()
+        + rules.len() * std::mem::size_of::<ConditionState>()
+        + trends;
+    eprintln!(
+        "{bytes} bytes per patient ({} alarm conditions)",
+        rules.len()
+    );
     assert!(bytes <= 2048, "{bytes} bytes per patient");
 }
