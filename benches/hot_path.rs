@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("vitalgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = Arc::new(Audit::open(&dir.join("audit.sqlite3"), false).unwrap());
-    let app = App::new(config, rules, topics, audit.clone());
+    let auth = vitalgate::http::auth::Authenticator::from_config(&config.auth).unwrap();
+    let app = App::new(config, rules, topics, audit.clone(), auth);
     let topics: Vec<String> = (0..1000)
         .map(|i| format!("clinic/site{}/chair/{}/vitals", i % 10, i))
         .collect();

@@ -4,6 +4,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::core::{DecodeLimits, RuleSet, Ward};
 use crate::fanout::{Hub, LiveFeed};
+use crate::http::auth::Authenticator;
 use crate::ingest::Topics;
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,8 @@ pub struct App {
     pub topics: Topics,
     /// The durable audit trail (also behind the hub).
     pub audit: Arc<Audit>,
+    /// Checks every `/ws` and `/api/...` request.
+    pub auth: Authenticator,
     pub decode_limits: DecodeLimits,
     /// Cancelled once ingest has stopped: dashboards flush their queues and close.
     pub close_dashboards: CancellationToken,
@@ -96,7 +99,13 @@ pub struct App {
 
 impl App {
     /// Build from a validated config.
-    pub fn new(config: Config, rules: RuleSet, topics: Topics, audit: Arc<Audit>) -> App {
+    pub fn new(
+        config: Config,
+        rules: RuleSet,
+        topics: Topics,
+        audit: Arc<Audit>,
+        auth: Authenticator,
+    ) -> App {
         let metrics = Arc::new(Metrics::new());
         App {
             ward: Ward::with_alarm_ids_after(
@@ -114,6 +123,7 @@ impl App {
             health: Health::default(),
             topics,
             audit,
+            auth,
             decode_limits: DecodeLimits {
                 max_payload_bytes: config.ingest.max_payload_bytes,
                 max_future_skew_ms: config.ingest.max_future_skew_ms,

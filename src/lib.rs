@@ -40,6 +40,8 @@ pub enum Error {
     Ingest(#[from] IngestError),
     #[error("audit trail (audit.path): {0}")]
     Audit(String),
+    #[error(transparent)]
+    Auth(#[from] http::auth::KeyError),
     #[error("cannot listen on {addr} (http.bind): {source}")]
     Bind {
         addr: SocketAddr,
@@ -127,7 +129,16 @@ impl Gateway {
             source,
         })?;
 
-        let app = Arc::new(App::new(config, rules, topics, Arc::new(audit)));
+        let auth = http::auth::Authenticator::from_config(&config.auth)?;
+        if !auth.enabled() {
+            tracing::warn!(
+                "auth.mode = \"none\": dashboards and the API are NOT AUTHENTICATED and anyone \
+                 who can reach {} may acknowledge alarms and change sessions; for local \
+                 demos only",
+                config.http.bind
+            );
+        }
+        let app = Arc::new(App::new(config, rules, topics, Arc::new(audit), auth));
         restore_sessions(&app).await;
         restore_open_alarms(&app).await;
         let stop_http = CancellationToken::new();
@@ -279,7 +290,8 @@ async fn restore_open_alarms(app: &Arc<App>) {
         };
         if app.ward.restore_alarm(&event) {
             restored += 1;
-            app.hub.restore_alarm(event);
+            app.hub
+                .restore_alarm(event, &app.config.alarms.escalation_policy());
         } else {
             event.state = core::AlarmState::Cleared;
             event.reason = Some("not_restored");

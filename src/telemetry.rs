@@ -34,6 +34,7 @@ pub struct Metrics {
     pub ws_commands_rejected: Counter,
     pub ws_refused_max_connections: Counter,
     pub ws_closed_command_rate: Counter,
+    ws_refused_auth: Vec<(&'static str, Counter)>,
     pub mqtt_connected: Gauge,
     pub mqtt_connect_attempts: Counter,
     pub mqtt_connection_errors: Counter,
@@ -144,7 +145,7 @@ impl Metrics {
                 r.describe_counter(
                     "vitalgate_ws_refused_total".into(),
                     None,
-                    "Dashboards refused or closed by a limit, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008).".into(),
+                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin, site_scope: 403).".into(),
                 );
                 r.register_counter(
                     &Key::from_parts(
@@ -161,6 +162,16 @@ impl Metrics {
                 ),
                 &META,
             ),
+            ws_refused_auth: ["unauthorized", "origin", "site_scope"]
+                .into_iter()
+                .map(|reason| {
+                    let key = Key::from_parts(
+                        "vitalgate_ws_refused_total",
+                        vec![Label::new("reason", reason)],
+                    );
+                    (reason, r.register_counter(&key, &META))
+                })
+                .collect(),
             ws_commands_rejected: counter(
                 "vitalgate_ws_commands_rejected_total",
                 "Dashboard commands refused (malformed, unknown or failed).",
@@ -220,6 +231,17 @@ impl Metrics {
             .iter()
             .find(|(r, _)| *r == reason)
             .expect("every reason is registered")
+            .1
+    }
+
+    /// `vitalgate_ws_refused_total{reason}` for a refusal by authentication
+    /// (`unauthorized`, `origin`, `site_scope`); these also count refused API calls.
+    pub fn ws_refused(&self, reason: &str) -> &Counter {
+        &self
+            .ws_refused_auth
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .expect("every authentication refusal reason is registered")
             .1
     }
 

@@ -85,6 +85,7 @@ async fn embedded_broker_works_end_to_end() {
     c.http.bind = "127.0.0.1:0".parse().unwrap();
     c.mqtt.embedded.bind = "127.0.0.1:0".parse().unwrap();
     c.mqtt.client_id = unique("gw");
+    c.audit.path = audit_path();
     let gw = TestGateway::start(c, "clinic".into()).await;
     assert_ne!(gw.gateway.broker().port, 1883);
     let mut dash = gw.dashboard().await;

@@ -37,10 +37,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// sequenced for dashboards: a writer outside the gateway must not stall alarm
 /// delivery for seconds. A failed append is counted and the events still go out.
 const APPEND_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
-/// How often the WAL is checkpointed into the database file. Checkpoints flush to
-/// disk; they run on their own connection and thread so that no append (and no
-/// alarm waiting behind it) ever pays for one.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const COLUMNS: &str = "seq, instance, kind, chair, at_ms, body";
 
 const SCHEMA: &str = "
@@ -74,8 +70,6 @@ pub enum AuditError {
     OutOfRange { field: &'static str, value: u64 },
     #[error("audit database error: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("audit database {path}: cannot start its checkpoint thread: {message}")]
-    Thread { path: String, message: String },
 }
 
 /// One record: the JSON text exactly as dashboards received it.
@@ -111,8 +105,6 @@ pub struct Audit {
     writer: Mutex<Connection>,
     /// `None` for the in-memory store, whose one connection serves both roles.
     reader: Option<Mutex<Connection>>,
-    /// Dropping it stops the checkpoint thread (file stores only).
-    _checkpoints: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl Audit {
@@ -147,30 +139,13 @@ impl Audit {
             .map_err(open_err)?;
         init_schema(&writer, &name)?;
         writer.busy_timeout(APPEND_BUSY_TIMEOUT).map_err(open_err)?;
-        // Checkpoints are the checkpoint thread's job (see CHECKPOINT_EVERY).
+        // SQLite's automatic checkpoints (every 1000 pages) stay in the append path:
+        // a checkpoint on another thread cannot reset the WAL while appends go on,
+        // and the file then grows without bound under steady load (measured). Cap
+        // what is left on disk after each checkpoint.
         writer
-            .pragma_update(None, "wal_autocheckpoint", 0)
+            .pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
             .map_err(open_err)?;
-        let checkpointer = Connection::open_with_flags(path, flags).map_err(open_err)?;
-        checkpointer.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("audit-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    // PASSIVE: copies what it can without waiting for, or blocking,
-                    // the writer. An error (e.g. busy) is retried next time.
-                    let _ =
-                        checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                }
-                let _ = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-            })
-            .map_err(|e| AuditError::Thread {
-                path: name.clone(),
-                message: e.to_string(),
-            })?;
         // query_only rather than SQLITE_OPEN_READONLY: a read-only connection
         // cannot create the WAL index (-shm) itself.
         let reader = Connection::open_with_flags(path, flags).map_err(open_err)?;
@@ -182,7 +157,6 @@ impl Audit {
         Ok(Audit {
             writer: Mutex::new(writer),
             reader: Some(Mutex::new(reader)),
-            _checkpoints: Some(stop),
         })
     }
 
@@ -194,7 +168,6 @@ impl Audit {
         Ok(Audit {
             writer: Mutex::new(conn),
             reader: None,
-            _checkpoints: None,
         })
     }
 

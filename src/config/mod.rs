@@ -39,6 +39,8 @@ pub struct Config {
     pub technical: TechnicalSpec,
     /// The durable audit trail.
     pub audit: AuditConfig,
+    /// Who may use the dashboards' WebSocket and the API.
+    pub auth: AuthConfig,
     /// Alarm limits. Replaces the default list as a whole when given.
     pub rules: Vec<RuleSpec>,
     /// Rules raised only while several limits are crossed at once. Replaces the
@@ -84,6 +86,49 @@ impl AlarmsConfig {
             reminder_ms: self.reminder_ms,
         }
     }
+}
+
+/// Whether dashboards and API clients must present a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: for local demos only (allowed on a loopback `http.bind`
+    /// only, and logged loudly). Commands say who acts in their `by` field.
+    None,
+    /// Every `/ws` and `/api/...` request needs a JWT.
+    Jwt,
+}
+
+/// The JWT signature algorithm, pinned: a token signed any other way (including
+/// `alg: none`) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub algorithm: JwtAlgorithm,
+    /// HS256: a file holding the shared secret (its bytes, trailing newline
+    /// removed). RS256 / ES256: the issuer's public key, PEM.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Required `aud` claim.
+    pub audience: String,
+    /// Required `iss` claim, when set.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Clock tolerance for `exp`, seconds.
+    pub leeway_s: u64,
+    /// Browser origins allowed to open `/ws` (exact match, e.g.
+    /// `https://station.clinic.example`). Empty: not checked. A request whose
+    /// `Origin` is not listed gets 403.
+    pub allowed_origins: Vec<String>,
 }
 
 /// How hard the audit trail pushes each write to disk.

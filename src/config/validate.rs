@@ -250,6 +250,19 @@ impl Config {
             "audit.max_query_rows",
             "must be 1-1000000",
         );
+        let a = &self.auth;
+        check!(
+            a.mode != AuthMode::None || self.http.bind.ip().is_loopback(),
+            "auth.mode",
+            "\"none\" (no authentication) is allowed only with a loopback http.bind (127.0.0.1 or ::1); set auth.mode = \"jwt\" to serve dashboards on the network",
+        );
+        check!(
+            a.mode != AuthMode::Jwt || a.key_file.is_some(),
+            "auth.key_file",
+            "auth.mode = \"jwt\" needs the key to verify tokens with",
+        );
+        check!(!a.audience.is_empty(), "auth.audience", "must not be empty",);
+        check!(a.leeway_s <= 300, "auth.leeway_s", "must be 0-300");
         errs
     }
 }

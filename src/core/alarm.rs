@@ -154,6 +154,13 @@ pub struct EscalationPolicy {
     pub reminder_ms: u64,
 }
 
+impl EscalationPolicy {
+    /// The escalation period of `priority`, ms (0: never).
+    pub fn after_ms(&self, priority: Priority) -> u64 {
+        self.escalate_after_ms[priority_index(priority)]
+    }
+}
+
 fn priority_index(p: Priority) -> usize {
     match p {
         Priority::High => 0,

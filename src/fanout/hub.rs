@@ -219,10 +219,18 @@ impl Hub {
 
     /// Take back an alarm open when the previous run stopped, without a new event
     /// (it is already in the audit trail; new dashboards see it in their snapshot).
-    pub fn restore_alarm(&self, event: AlarmEvent) {
+    pub fn restore_alarm(&self, event: AlarmEvent, policy: &EscalationPolicy) {
         let at = event.received_at;
         let acknowledged = (event.state == crate::core::AlarmState::Acknowledged).then_some(at);
-        self.lock().board.restore(event, at, acknowledged);
+        // An unacknowledged alarm's latest event is its raise or its last
+        // escalation: count the next escalation from the raise.
+        let raised_at = match acknowledged {
+            Some(_) => at,
+            None => at.saturating_sub(
+                policy.after_ms(event.priority) * u64::from(event.escalation_level),
+            ),
+        };
+        self.lock().board.restore(event, raised_at, acknowledged);
     }
 
     /// Send the escalations and reminders due at gateway time `now_ms`.
@@ -394,6 +402,27 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 5);
+    }
+
+    #[test]
+    fn a_restored_alarm_escalates_on_time_from_its_original_raise() {
+        let h = hub(100);
+        let policy = EscalationPolicy {
+            escalate_after_ms: [60_000, 0, 0],
+            max_level: 5,
+            reminder_ms: 0,
+        };
+        // Raised at 0, escalated to level 1 at 60 s; the gateway restarts.
+        let mut e = crate::core::alarm::tests::event(7, AlarmState::Raised);
+        e.escalated = true;
+        e.escalation_level = 1;
+        e.received_at = 60_000;
+        h.restore_alarm(e, &policy);
+        h.escalate(119_000, &policy);
+        assert_eq!(h.last_seq(), 0, "not due before 120 s");
+        h.escalate(120_000, &policy);
+        assert_eq!(h.last_seq(), 1);
+        assert_eq!(h.active_alarms()[0].escalation_level, 2);
     }
 
     #[test]

@@ -254,9 +254,11 @@ pub fn subscribed_frame(subscribed: bool, site: Option<&str>) -> Frame {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
-    /// Acknowledge alarm `id` on behalf of `by`.
+    /// Acknowledge alarm `id` on behalf of `by` (with authentication: the token's
+    /// user, whatever `by` says).
     Ack {
         id: u64,
+        #[serde(default)]
         by: String,
     },
     /// Start live vitals for every chair, or one site's.
@@ -270,6 +272,7 @@ pub enum Command {
     /// Set a chair's session (phase, patient, ...) on behalf of `by`.
     SetSession {
         chair: String,
+        #[serde(default)]
         by: String,
         #[serde(flatten)]
         session: SessionUpdateFields,
@@ -279,6 +282,7 @@ pub enum Command {
     SetLimit {
         chair: String,
         rule: String,
+        #[serde(default)]
         by: String,
         #[serde(default)]
         low: Option<f64>,
@@ -333,15 +337,17 @@ impl Command {
             | Command::SetLimit { by, .. } => Some(by),
             _ => None,
         };
-        if by.is_some_and(|by| by.trim().is_empty() || by.len() > MAX_ACK_BY) {
+        // Empty is allowed here: with authentication the token names who acts;
+        // without, the reader refuses a command that does not say.
+        if by.is_some_and(|by| by.len() > MAX_ACK_BY) {
             return Err((
                 "bad_command",
                 format!("`by` must name who does it, 1-{MAX_ACK_BY} bytes"),
             ));
         }
-        if let Command::SetSession { session, by, .. } = &cmd {
+        if let Command::SetSession { session, .. } = &cmd {
             session
-                .update(by)
+                .update("check")
                 .check()
                 .map_err(|e| ("bad_command", e.to_string()))?;
         }
@@ -368,7 +374,11 @@ mod tests {
                 site: Some("north".into())
             })
         );
-        assert!(Command::parse(r#"{"type":"ack","id":3,"by":" "}"#).is_err());
+        assert!(Command::parse(&format!(
+            r#"{{"type":"ack","id":3,"by":"{}"}}"#,
+            "x".repeat(129)
+        ))
+        .is_err());
         assert!(Command::parse(r#"{"type":"ack","id":"x","by":"kim"}"#).is_err());
         assert!(Command::parse(r#"{"type":"reboot"}"#).is_err());
         assert!(Command::parse("not json").is_err());

@@ -6,6 +6,7 @@ use super::live::Scope;
 use super::protocol::{self, Command, Frame};
 use super::ws::{close_code, Signals};
 use crate::app::App;
+use crate::http::auth::{Identity, Permission};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
@@ -74,6 +75,8 @@ pub(super) struct Reader {
     pub(super) id: u64,
     pub(super) scope_tx: watch::Sender<Option<Scope>>,
     pub(super) signals: Arc<Signals>,
+    /// Who is connected: what they may do, and who acts for the audit trail.
+    pub(super) identity: Identity,
 }
 
 impl Reader {
@@ -122,6 +125,9 @@ impl Reader {
             }
             match command {
                 Ok(Command::Ack { id, by }) => {
+                    let Some(by) = self.actor(Permission::Acknowledge, &by, Some(id)) else {
+                        continue;
+                    };
                     let now = crate::app::now_ms();
                     let _order = app.in_order();
                     match app.hub.acknowledge(id, &by, now) {
@@ -133,8 +139,9 @@ impl Reader {
                     }
                 }
                 Ok(Command::SetSession { chair, by, session }) => {
-                    // Authorisation of who may change sessions comes with dashboard
-                    // authentication; until then any connected dashboard may.
+                    let Some(by) = self.actor(Permission::SetSession, &by, None) else {
+                        continue;
+                    };
                     let _order = app.in_order();
                     let result = check_chair(&chair).and_then(|()| {
                         app.ward
@@ -149,6 +156,9 @@ impl Reader {
                     low,
                     high,
                 }) => {
+                    let Some(by) = self.actor(Permission::SetLimit, &by, None) else {
+                        continue;
+                    };
                     let limits = crate::core::LimitOverride { low, high };
                     let _order = app.in_order();
                     let result =
@@ -180,6 +190,26 @@ impl Reader {
             }
         }
         self.signals.gone.cancel();
+    }
+
+    /// Who acts for a command needing `p`: the token's user, or without
+    /// authentication the command's `by`. `None` (and the client told why) when the
+    /// client may not, or did not say who it is.
+    fn actor(&self, p: Permission, by: &str, id: Option<u64>) -> Option<String> {
+        if !self.identity.may(p) {
+            self.refuse(
+                "forbidden",
+                "your token's roles do not allow this (acknowledge and sessions: nurse or clinician; limits: clinician)",
+                id,
+            );
+            return None;
+        }
+        let actor = self.identity.actor(by);
+        if actor.trim().is_empty() {
+            self.refuse("bad_command", "`by` must name who does it", id);
+            return None;
+        }
+        Some(actor.to_string())
     }
 
     /// Publish what a session command changed, or tell the client why it was refused.

@@ -13,6 +13,7 @@ use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
 use crate::app::App;
+use crate::http::auth::Identity;
 use crate::telemetry::Metrics;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -39,6 +40,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// The client broke the WebSocket protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client's token expired.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// The client sent commands faster than `websocket.commands_per_second` allows.
     pub const POLICY: u16 = 1008;
 }
@@ -49,13 +52,23 @@ pub struct WsQuery {
     pub since: Option<u64>,
     /// The `instance` the client's `since` belongs to.
     pub instance: Option<String>,
+    /// The client's token, for browsers that cannot set `Authorization`.
+    pub access_token: Option<String>,
 }
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     Query(query): Query<WsQuery>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let identity = match app.auth.check(&headers, query.access_token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            app.metrics.ws_refused(e.reason()).increment(1);
+            return (e.status(), format!("{e}\n")).into_response();
+        }
+    };
     if app.health.is_shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,7 +91,7 @@ pub async fn upgrade(
         .max_message_size(c.max_message_bytes)
         .max_frame_size(c.max_frame_bytes)
         .on_upgrade(move |socket| {
-            let connection = serve(socket, query, app.clone());
+            let connection = serve(socket, query, app.clone(), identity);
             app.connections.track_future(async move {
                 connection.await;
                 drop(slot);
@@ -131,6 +144,8 @@ pub(super) struct Signals {
 
 struct Conn {
     app: Arc<App>,
+    /// When the client's token expires: the connection closes then (4001).
+    expires: Option<tokio::time::Instant>,
     sink: SplitSink<WebSocket, Message>,
     signals: Arc<Signals>,
 }
@@ -142,7 +157,7 @@ struct Live {
     version: u64,
 }
 
-async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
+async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Identity) {
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
     let signals = Arc::new(Signals {
@@ -166,15 +181,23 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>) {
     app.metrics.ws_connections_total.increment(1);
 
     let (scope_tx, scope_rx) = watch::channel(None);
+    let expires_at = identity.expires_at;
     let reader = Reader {
         app: app.clone(),
         tx,
         id: sub.id,
         scope_tx,
         signals: signals.clone(),
+        identity,
     };
     let reader = tokio::spawn(reader.run(stream));
     let mut conn = Conn {
+        expires: expires_at.map(|exp_s| {
+            let left = exp_s
+                .saturating_mul(1_000)
+                .saturating_sub(crate::app::now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        }),
         app: app.clone(),
         sink,
         signals: signals.clone(),
@@ -231,6 +254,10 @@ impl Conn {
                 biased;
                 _ = self.signals.slow.cancelled() => return Some(End::Slow),
                 _ = self.signals.gone.cancelled() => return None,
+                _ = until(self.expires) => {
+                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
+                    return None;
+                }
                 _ = shutdown.cancelled() => {
                     // Deliver everything already queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
@@ -391,6 +418,14 @@ impl Conn {
 fn write_failed(e: axum::Error) -> End {
     tracing::debug!(error = %e, "dashboard write failed; closing");
     End::Gone
+}
+
+/// Completes at `at`, or never.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn live_changed(live: &mut Option<Live>) {

@@ -12,7 +12,7 @@ use crate::app::App;
 use crate::audit::Stored;
 use crate::core::{SessionChange, SessionEvent};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct AlarmQuery {
     pub to: Option<u64>,
     /// At most this many rows (capped by `audit.max_query_rows`).
     pub limit: Option<usize>,
+    /// The client's token, where it cannot send `Authorization`.
+    pub access_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,6 +35,14 @@ pub struct RangeQuery {
     pub from: Option<u64>,
     pub to: Option<u64>,
     pub limit: Option<usize>,
+    pub access_token: Option<String>,
+}
+
+/// Any authenticated client may read the audit trail: `Some(refusal)` otherwise.
+fn refused(app: &App, headers: &HeaderMap, token: Option<&str>) -> Option<Response> {
+    let e = app.auth.check(headers, token).err()?;
+    app.metrics.ws_refused(e.reason()).increment(1);
+    Some(error(e.status(), &e.to_string()))
 }
 
 fn json(status: StatusCode, body: String) -> Response {
@@ -87,7 +97,14 @@ async fn query(
     Ok((rows, truncated))
 }
 
-pub async fn alarms(State(app): State<Arc<App>>, Query(q): Query<AlarmQuery>) -> Response {
+pub async fn alarms(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<AlarmQuery>,
+) -> Response {
+    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref()) {
+        return refusal;
+    }
     if let (Some(from), Some(to)) = (q.from, q.to) {
         if from > to {
             return error(StatusCode::BAD_REQUEST, "`from` is after `to`");
@@ -108,9 +125,13 @@ pub async fn alarms(State(app): State<Arc<App>>, Query(q): Query<AlarmQuery>) ->
 
 pub async fn sessions(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     Path(chair): Path<String>,
     Query(q): Query<RangeQuery>,
 ) -> Response {
+    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref()) {
+        return refusal;
+    }
     let current = app
         .ward
         .chairs()

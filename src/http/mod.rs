@@ -2,6 +2,7 @@
 //! `/ready` and `/metrics` (operations).
 
 pub mod api;
+pub mod auth;
 
 use crate::app::App;
 use crate::fanout::ws;

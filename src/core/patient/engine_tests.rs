@@ -762,3 +762,57 @@ fn an_alarm_whose_limit_disappears_ends() {
         vec![("hr_surge".into(), "cleared", Some("no_limit"))]
     );
 }
+
+#[test]
+fn a_restored_alarm_waits_for_data_and_belongs_to_its_patient() {
+    let rules = [RuleSpec {
+        latching: true,
+        ..hr_rule("hr_high", 100.0, &[Phase::Infusion])
+    }];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.session(update(Phase::Baseline, "P-1", Some(1), None, T0), T0)
+        .unwrap();
+    c.session(
+        update(Phase::Infusion, "P-1", Some(1), None, T0 + 10),
+        T0 + 10,
+    )
+    .unwrap();
+    let e = c.read(T0 + 20, &[(Vital::Hr, 130.0)], None);
+    assert_eq!(c.seen(&e), vec![("hr_high".into(), "raised", None)]);
+    let raised = crate::core::alarm::tests::event(
+        c.p.active_alarms().next().unwrap(),
+        crate::core::AlarmState::Raised,
+    );
+    let alarm = crate::core::AlarmEvent {
+        rule: std::sync::Arc::from("hr_high"),
+        condition: crate::core::Direction::High,
+        context: c.p.context(&c.rules, 0, T0 + 20),
+        ..raised
+    };
+    let recorded = crate::core::event::SessionEvent::new(
+        std::sync::Arc::from("n/1"),
+        SessionChange::Phase,
+        c.p.session(),
+        T0 + 10,
+    );
+    // After a restart: the alarm is back; a session change before any reading
+    // must not end it.
+    let mut d = Chair::new(sources(&rules, &t, &s));
+    d.p.restore(&d.rules, &recorded, T0 + 1_000);
+    assert!(d.p.restore_alarm(&d.rules, &alarm));
+    let e = d
+        .session(
+            update(Phase::Infusion, "P-1", Some(1), Some(Route::Iv), T0 + 2_000),
+            T0 + 2_000,
+        )
+        .unwrap();
+    assert!(d.seen(&e).is_empty(), "{:?}", d.seen(&e));
+    assert_eq!(d.p.active_alarms().next(), Some(alarm.id));
+    // Another patient in the chair: not theirs.
+    let mut other = Chair::new(sources(&rules, &t, &s));
+    let mut theirs = recorded.clone();
+    theirs.patient = Some(std::sync::Arc::from("P-2"));
+    other.p.restore(&other.rules, &theirs, T0 + 1_000);
+    assert!(!other.p.restore_alarm(&other.rules, &alarm));
+}

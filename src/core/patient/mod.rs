@@ -353,9 +353,18 @@ impl PatientState {
             return;
         }
         let Some((m, parts)) = self.measure(rules, cond, ts, now_ms) else {
-            // Nothing to judge (no value, or no limit for this patient any more, e.g.
-            // a per-patient limit removed from a rule that has only relative limits
-            // and no baseline): whatever the condition held ends.
+            // Nothing to judge. With a value but no limit any more (a per-patient
+            // limit removed from a rule whose other limits are relative to a baseline
+            // the patient does not have), whatever the condition held ends. Without
+            // a value (nothing measured yet, e.g. just after a restart), an alarm
+            // stays as it is; only a breach building up is forgotten.
+            let no_limit = matches!(&cond.check, Check::Threshold { vital, .. } if self.latest.get(*vital).is_some());
+            if !no_limit {
+                if let ConditionState::Pending { .. } = self.conditions[i] {
+                    self.conditions[i] = ConditionState::Normal;
+                }
+                return;
+            }
             if let Step::Cleared { alarm_id } = Condition::withdraw(&mut self.conditions[i]) {
                 effects.transitions.push(Transition {
                     condition: i,

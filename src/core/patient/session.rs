@@ -227,6 +227,12 @@ impl PatientState {
     /// or escalates as if there had been no restart. False when no condition of
     /// this chair's current profile matches it (rules changed, or the phase).
     pub fn restore_alarm(&mut self, rules: &RuleSet, e: &crate::core::AlarmEvent) -> bool {
+        // Only for the same patient and session: an alarm whose end never reached
+        // the audit trail must not be pinned on whoever is in the chair now.
+        let s = &self.session;
+        if e.context.patient != s.patient || e.context.session_number != s.session_number {
+            return false;
+        }
         let found = (0..rules.len()).find(|&i| {
             let c = rules.condition(i);
             *c.rule == *e.rule

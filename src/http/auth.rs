@@ -1,0 +1,216 @@
+//! Who is asking: JWT verification for `/ws` and `/api/...`, before anything else
+//! happens (before the WebSocket upgrade, before a query runs).
+//!
+//! The algorithm is pinned by configuration (a token claiming any other, `none`
+//! included, is refused), `exp` and `aud` are always checked, `iss` when configured.
+//! The token's `sub` is who acts: it replaces whatever a command names in `by`, so
+//! the audit trail records the authenticated user.
+
+use crate::config::{AuthConfig, AuthMode, JwtAlgorithm};
+use axum::http::{header, HeaderMap, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// What an identity may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Acknowledge alarms.
+    Acknowledge,
+    /// Set a chair's session (phase, patient, ...).
+    SetSession,
+    /// Change a patient's limits.
+    SetLimit,
+}
+
+/// An authenticated (or, with `auth.mode = "none"`, anonymous) client.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's `sub`; `None` without authentication.
+    pub user: Option<Arc<str>>,
+    roles: Vec<String>,
+    /// Token expiry, seconds since the epoch; `None` without authentication.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    fn anonymous() -> Identity {
+        Identity {
+            user: None,
+            roles: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    /// Whether this client may do `p`. Without authentication everyone may.
+    pub fn may(&self, p: Permission) -> bool {
+        if self.user.is_none() {
+            return true;
+        }
+        let has = |r: &str| self.roles.iter().any(|x| x == r);
+        match p {
+            Permission::Acknowledge | Permission::SetSession => has("nurse") || has("clinician"),
+            Permission::SetLimit => has("clinician"),
+        }
+    }
+
+    /// Who acts: the token's subject, or (without authentication) what the command
+    /// says.
+    pub fn actor<'a>(&'a self, claimed: &'a str) -> &'a str {
+        self.user.as_deref().unwrap_or(claimed)
+    }
+}
+
+/// Why a request was refused before it was served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a token is required (Authorization: Bearer, or ?access_token=)")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("origin {0} is not allowed")]
+    Origin(String),
+    #[error("tokens limited to some sites are not accepted yet (per-site scoping is not implemented); use a token for all sites (\"sites\": [\"*\"])")]
+    SiteScoped,
+}
+
+impl AuthError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::Origin(_) | AuthError::SiteScoped => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The `reason` label of `vitalgate_ws_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Origin(_) => "origin",
+            AuthError::SiteScoped => "site_scope",
+            _ => "unauthorized",
+        }
+    }
+}
+
+/// Reading the key failed.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.key_file {path}: {message}")]
+pub struct KeyError {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    sites: Option<Vec<String>>,
+}
+
+/// Checks every request against `[auth]`.
+pub struct Authenticator {
+    verify: Option<(DecodingKey, Validation)>,
+    allowed_origins: Vec<String>,
+}
+
+impl Authenticator {
+    /// Read the key and pin the validation rules. Call after config validation.
+    pub fn from_config(c: &AuthConfig) -> Result<Authenticator, KeyError> {
+        let verify = match (c.mode, &c.key_file) {
+            (AuthMode::None, _) => None,
+            (AuthMode::Jwt, None) => {
+                return Err(KeyError {
+                    path: String::new(),
+                    message: "auth.mode = \"jwt\" needs auth.key_file".into(),
+                })
+            }
+            (AuthMode::Jwt, Some(path)) => {
+                let err = |message: String| KeyError {
+                    path: path.display().to_string(),
+                    message,
+                };
+                let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+                let (key, alg) = match c.algorithm {
+                    JwtAlgorithm::HS256 => {
+                        let secret = bytes.trim_ascii_end();
+                        if secret.len() < 32 {
+                            return Err(err("an HS256 secret must be at least 32 bytes".into()));
+                        }
+                        (DecodingKey::from_secret(secret), Algorithm::HS256)
+                    }
+                    JwtAlgorithm::RS256 => (
+                        DecodingKey::from_rsa_pem(&bytes).map_err(|e| err(e.to_string()))?,
+                        Algorithm::RS256,
+                    ),
+                    JwtAlgorithm::ES256 => (
+                        DecodingKey::from_ec_pem(&bytes).map_err(|e| err(e.to_string()))?,
+                        Algorithm::ES256,
+                    ),
+                };
+                let mut v = Validation::new(alg);
+                v.set_audience(&[&c.audience]);
+                if let Some(iss) = &c.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                v.set_required_spec_claims(&["exp", "aud", "sub"]);
+                v.leeway = c.leeway_s;
+                Some((key, v))
+            }
+        };
+        Ok(Authenticator {
+            verify,
+            allowed_origins: c.allowed_origins.clone(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.verify.is_some()
+    }
+
+    /// Check a request's origin and token (from `Authorization: Bearer`, else the
+    /// `access_token` query parameter).
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        if !self.allowed_origins.is_empty() {
+            if let Some(origin) = headers.get(header::ORIGIN) {
+                let origin = origin.to_str().unwrap_or("(not text)");
+                if !self.allowed_origins.iter().any(|o| o == origin) {
+                    return Err(AuthError::Origin(origin.to_string()));
+                }
+            }
+        }
+        let Some((key, validation)) = &self.verify else {
+            return Ok(Identity::anonymous());
+        };
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or(query_token)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthError::Missing)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if c.sub.trim().is_empty() || c.sub.len() > 128 {
+            return Err(AuthError::Invalid(
+                "`sub` must name the user, 1-128 bytes".into(),
+            ));
+        }
+        if c.sites.is_some_and(|s| s != ["*"]) {
+            return Err(AuthError::SiteScoped);
+        }
+        Ok(Identity {
+            user: Some(Arc::from(c.sub)),
+            roles: c.roles,
+            expires_at: Some(c.exp),
+        })
+    }
+}

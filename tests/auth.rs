@@ -1,0 +1,222 @@
+//! Dashboard authentication: JWTs checked before the upgrade, roles for commands,
+//! the token's user recorded as who acted, expiry mid-connection, Origin allowlist,
+//! the API behind the same check, and the "none" mode refused off loopback.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use vitalgate::config::{AuthMode, JwtAlgorithm};
+
+const SECRET: &str = "a-test-secret-of-more-than-32-bytes-0123456789";
+
+fn token(sub: &str, roles: &[&str], exp_in_s: i64, extra: Value) -> String {
+    let exp = (now_ms() / 1000) as i64 + exp_in_s;
+    let mut claims = json!({ "sub": sub, "aud": "vitalgate", "exp": exp, "roles": roles });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Open `/ws` with optional bearer header and Origin; the HTTP status on refusal.
+async fn open(
+    gw: &TestGateway,
+    query: &str,
+    bearer: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Dashboard, u16> {
+    let mut req = format!("ws://{}/ws{query}", gw.http())
+        .into_client_request()
+        .unwrap();
+    if let Some(t) = bearer {
+        req.headers_mut().insert(
+            "Authorization",
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+    }
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("Origin", HeaderValue::from_str(o).unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(Dashboard { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+async fn jwt_gateway() -> TestGateway {
+    let (mut c, prefix) = test_config();
+    simple_rules(&mut c);
+    let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("jwt-secret"));
+    std::fs::write(&key, format!("{SECRET}\n")).unwrap();
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.algorithm = JwtAlgorithm::HS256;
+    c.auth.key_file = Some(key);
+    c.auth.allowed_origins = vec!["https://station.clinic.example".into()];
+    TestGateway::start(c, prefix).await
+}
+
+#[tokio::test]
+async fn tokens_are_checked_before_the_upgrade() {
+    let gw = jwt_gateway().await;
+    let viewer = token("ana", &["viewer"], 600, json!({}));
+    assert_eq!(open(&gw, "", None, None).await.err(), Some(401), "no token");
+    let forged = {
+        let (head_payload, _) = viewer.rsplit_once('.').unwrap();
+        format!("{head_payload}.AAAA")
+    };
+    assert_eq!(
+        open(&gw, "", Some(&forged), None).await.err(),
+        Some(401),
+        "bad signature"
+    );
+    // alg: none, no signature.
+    let payload = viewer.split('.').nth(1).unwrap();
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+    assert_eq!(
+        open(&gw, "", Some(&none), None).await.err(),
+        Some(401),
+        "alg none"
+    );
+    let expired = token("ana", &["viewer"], -120, json!({}));
+    assert_eq!(
+        open(&gw, "", Some(&expired), None).await.err(),
+        Some(401),
+        "expired"
+    );
+    let wrong_aud = token("ana", &["viewer"], 600, json!({ "aud": "someone-else" }));
+    assert_eq!(
+        open(&gw, "", Some(&wrong_aud), None).await.err(),
+        Some(401),
+        "audience"
+    );
+    let scoped = token("ana", &["viewer"], 600, json!({ "sites": ["north"] }));
+    assert_eq!(
+        open(&gw, "", Some(&scoped), None).await.err(),
+        Some(403),
+        "site scope"
+    );
+    assert_eq!(
+        open(&gw, "", Some(&viewer), Some("https://evil.example"))
+            .await
+            .err(),
+        Some(403),
+        "origin"
+    );
+    // Accepted: header, or query parameter for browsers; an allowed origin.
+    let mut dash = open(
+        &gw,
+        "",
+        Some(&viewer),
+        Some("https://station.clinic.example"),
+    )
+    .await
+    .unwrap();
+    dash.next_of("snapshot").await;
+    let mut dash = open(&gw, &format!("?access_token={viewer}"), None, None)
+        .await
+        .unwrap();
+    dash.next_of("snapshot").await;
+    assert_eq!(
+        gw.metric("vitalgate_ws_refused_total{reason=\"unauthorized\"}")
+            .await,
+        5.0
+    );
+    assert_eq!(
+        gw.metric("vitalgate_ws_refused_total{reason=\"origin\"}")
+            .await,
+        1.0
+    );
+    // The API sits behind the same check.
+    assert_eq!(http_get(gw.http(), "/api/alarms").await.0, 401);
+    assert_eq!(
+        http_get(gw.http(), &format!("/api/alarms?access_token={viewer}"))
+            .await
+            .0,
+        200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn roles_decide_who_acts_and_the_token_names_them() {
+    let gw = jwt_gateway().await;
+    let viewer = token("ana", &["viewer"], 600, json!({}));
+    let nurse = token("nurse.kim", &["nurse"], 600, json!({}));
+    let mut watcher = open(&gw, "", Some(&viewer), None).await.unwrap();
+    watcher.next_of("snapshot").await;
+    let dev = gw.device().await;
+    dev.publish(&gw.topic("north", "1"), &reading(1, json!({ "spo2": 84 })))
+        .await;
+    let alarm = watcher.next_of("alarm").await;
+
+    // A viewer sees alarms but may not acknowledge or change anything.
+    watcher
+        .send(json!({ "type": "ack", "id": alarm["id"], "by": "ana" }))
+        .await;
+    let refused = watcher.next_of("error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["id"].clone()),
+        (Some("forbidden"), alarm["id"].clone())
+    );
+    watcher
+        .send(json!({ "type": "set_session", "chair": "north/1", "phase": "baseline", "patient": "P" }))
+        .await;
+    assert_eq!(watcher.next_of("error").await["code"], "forbidden");
+    // A nurse may; the audit names the token's user, whatever `by` claims.
+    let mut station = open(&gw, "", Some(&nurse), None).await.unwrap();
+    station.next_of("snapshot").await;
+    station
+        .send(json!({ "type": "ack", "id": alarm["id"], "by": "somebody-else" }))
+        .await;
+    let acked = watcher.next_of("alarm").await;
+    assert_eq!(acked["state"], "acknowledged");
+    assert_eq!(acked["acknowledged_by"], "nurse.kim");
+    // Changing limits needs a clinician.
+    station
+        .send(json!({ "type": "set_limit", "chair": "north/1", "rule": "spo2_low", "low": 88 }))
+        .await;
+    assert_eq!(station.next_of("error").await["code"], "forbidden");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_closes_when_its_token_expires() {
+    let gw = jwt_gateway().await;
+    // Expires in 2 s (the gateway allows 30 s of clock leeway at the upgrade, none
+    // afterwards: exp is when the connection ends).
+    let short = token("ana", &["viewer"], 2, json!({}));
+    let mut dash = open(&gw, "", Some(&short), None).await.unwrap();
+    dash.next_of("snapshot").await;
+    assert_eq!(dash.closed().await, Some(4001));
+    gw.stop().await;
+}
+
+#[test]
+fn no_authentication_is_refused_off_loopback() {
+    let mut c = vitalgate::Config::default();
+    assert_eq!(c.auth.mode, AuthMode::None);
+    assert!(c.validate().is_empty());
+    c.http.bind = "0.0.0.0:8080".parse().unwrap();
+    let problems = c.validate();
+    assert!(
+        problems.iter().any(|(key, _)| key == "auth.mode"),
+        "{problems:?}"
+    );
+    c.auth.mode = AuthMode::Jwt;
+    let problems = c.validate();
+    assert!(
+        problems.iter().any(|(key, _)| key == "auth.key_file"),
+        "{problems:?}"
+    );
+}
