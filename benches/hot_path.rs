@@ -131,6 +131,7 @@ fn bench(c: &mut Criterion) {
                 &ward,
                 tx,
                 CancellationToken::new(),
+                vitalgate::http::auth::SiteScope::all(),
             );
             receivers.push(rx);
         }

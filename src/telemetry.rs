@@ -145,7 +145,7 @@ impl Metrics {
                 r.describe_counter(
                     "vitalgate_ws_refused_total".into(),
                     None,
-                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin, site_scope: 403).".into(),
+                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin: 403).".into(),
                 );
                 r.register_counter(
                     &Key::from_parts(
@@ -162,7 +162,7 @@ impl Metrics {
                 ),
                 &META,
             ),
-            ws_refused_auth: ["unauthorized", "origin", "site_scope"]
+            ws_refused_auth: ["unauthorized", "origin"]
                 .into_iter()
                 .map(|reason| {
                     let key = Key::from_parts(
@@ -235,7 +235,7 @@ impl Metrics {
     }
 
     /// `vitalgate_ws_refused_total{reason}` for a refusal by authentication
-    /// (`unauthorized`, `origin`, `site_scope`); these also count refused API calls.
+    /// (`unauthorized`, `origin`); these also count refused API calls.
     pub fn ws_refused(&self, reason: &str) -> &Counter {
         &self
             .ws_refused_auth

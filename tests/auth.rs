@@ -15,7 +15,8 @@ const SECRET: &str = "a-test-secret-of-more-than-32-bytes-0123456789";
 
 fn token(sub: &str, roles: &[&str], exp_in_s: i64, extra: Value) -> String {
     let exp = (now_ms() / 1000) as i64 + exp_in_s;
-    let mut claims = json!({ "sub": sub, "aud": "vitalgate", "exp": exp, "roles": roles });
+    let mut claims =
+        json!({ "sub": sub, "aud": "vitalgate", "exp": exp, "roles": roles, "sites": ["*"] });
     for (k, v) in extra.as_object().unwrap() {
         claims[k] = v.clone();
     }
@@ -100,11 +101,19 @@ async fn tokens_are_checked_before_the_upgrade() {
         Some(401),
         "audience"
     );
-    let scoped = token("ana", &["viewer"], 600, json!({ "sites": ["north"] }));
+    let no_sites = {
+        let exp = (now_ms() / 1000) as i64 + 600;
+        encode(
+            &Header::default(),
+            &json!({ "sub": "ana", "aud": "vitalgate", "exp": exp, "roles": ["viewer"] }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
     assert_eq!(
-        open(&gw, "", Some(&scoped), None).await.err(),
-        Some(403),
-        "site scope"
+        open(&gw, "", Some(&no_sites), None).await.err(),
+        Some(401),
+        "no sites claim"
     );
     assert_eq!(
         open(&gw, "", Some(&viewer), Some("https://evil.example"))
@@ -130,7 +139,7 @@ async fn tokens_are_checked_before_the_upgrade() {
     assert_eq!(
         gw.metric("vitalgate_ws_refused_total{reason=\"unauthorized\"}")
             .await,
-        5.0
+        6.0
     );
     assert_eq!(
         gw.metric("vitalgate_ws_refused_total{reason=\"origin\"}")
@@ -187,6 +196,73 @@ async fn roles_decide_who_acts_and_the_token_names_them() {
         .send(json!({ "type": "set_limit", "chair": "north/1", "rule": "spo2_low", "low": 88 }))
         .await;
     assert_eq!(station.next_of("error").await["code"], "forbidden");
+    gw.stop().await;
+}
+
+/// A token for some sites sees and acts on those sites' chairs only: live events,
+/// replays, snapshots, acknowledgements, session commands, live vitals and the API.
+#[tokio::test]
+async fn a_dashboard_never_receives_or_touches_chairs_outside_its_sites() {
+    let gw = jwt_gateway().await;
+    let north = token("nurse.kim", &["nurse"], 600, json!({ "sites": ["north"] }));
+    let everyone = token("charge", &["nurse"], 600, json!({}));
+    let mut all = open(&gw, "", Some(&everyone), None).await.unwrap();
+    all.next_of("snapshot").await;
+    let mut dash = open(&gw, "", Some(&north), None).await.unwrap();
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    dev.publish(&gw.topic("south", "1"), &reading(1, json!({ "spo2": 80 })))
+        .await;
+    let south_alarm = all.next_of("alarm").await;
+    assert_eq!(south_alarm["chair"], "south/1");
+    dev.publish(&gw.topic("north", "1"), &reading(1, json!({ "spo2": 81 })))
+        .await;
+    assert_eq!(all.next_of("alarm").await["chair"], "north/1");
+    // The north dashboard: the north alarm, and nothing of the south one before
+    // the snapshot it asks for next, which holds only north.
+    assert_eq!(dash.next_of("alarm").await["chair"], "north/1");
+    dash.send(json!({ "type": "snapshot" })).await;
+    let snap = dash.next().await;
+    assert_eq!(snap["type"], "snapshot", "{snap}");
+    let chairs: Vec<&str> = snap["chairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["chair"].as_str().unwrap())
+        .collect();
+    assert_eq!(chairs, vec!["north/1"]);
+    assert_eq!(snap["alarms"].as_array().unwrap().len(), 1);
+    // Nor can it act on the south chair.
+    dash.send(json!({ "type": "ack", "id": south_alarm["id"] }))
+        .await;
+    assert_eq!(dash.next_of("error").await["code"], "unknown_alarm");
+    dash.send(
+        json!({ "type": "set_session", "chair": "south/1", "phase": "baseline", "patient": "P" }),
+    )
+    .await;
+    assert_eq!(dash.next_of("error").await["code"], "forbidden");
+    dash.send(json!({ "type": "subscribe_vitals", "site": "south" }))
+        .await;
+    assert_eq!(dash.next_of("error").await["code"], "forbidden");
+    dash.send(json!({ "type": "subscribe_vitals" })).await;
+    assert_eq!(dash.next_of("vitals_subscribed").await["site"], "north");
+    // A replay from before both alarms holds only the north one.
+    let since = south_alarm["seq"].as_u64().unwrap() - 1;
+    let mut again = open(&gw, &format!("?since={since}"), Some(&north), None)
+        .await
+        .unwrap();
+    let replayed = again.next().await;
+    assert_eq!(
+        (replayed["type"].as_str(), replayed["chair"].as_str()),
+        (Some("alarm"), Some("north/1"))
+    );
+    // The API: one chair at a time, within the sites.
+    let api = |q: &str| format!("/api/alarms?access_token={north}{q}");
+    assert_eq!(http_get(gw.http(), &api("")).await.0, 403);
+    assert_eq!(http_get(gw.http(), &api("&chair=south/1")).await.0, 403);
+    assert_eq!(http_get(gw.http(), &api("&chair=north/1")).await.0, 200);
+    let sessions = format!("/api/sessions/south/1?access_token={north}");
+    assert_eq!(http_get(gw.http(), &sessions).await.0, 403);
     gw.stop().await;
 }
 

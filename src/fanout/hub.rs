@@ -10,6 +10,7 @@
 use super::protocol::{self, Frame, RenderedChairs};
 use crate::audit::{Audit, Record};
 use crate::core::{AckError, AlarmEvent, Board, EscalationPolicy, Event, Ward};
+use crate::http::auth::SiteScope;
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,12 +37,23 @@ struct Subscriber {
     tx: mpsc::Sender<Frame>,
     /// Cancelled when the subscriber is cut off as a slow consumer.
     slow: CancellationToken,
+    /// The sites whose events it receives.
+    scope: SiteScope,
+}
+
+/// Whether a frame about `chair` (if any) is for a client with `scope`.
+fn in_scope(frame: &Frame, scope: &SiteScope) -> bool {
+    frame.chair.as_deref().is_none_or(|c| scope.allows_chair(c))
 }
 
 impl Subscriber {
-    /// Queue a frame without waiting. False when the subscriber is gone, or its queue
-    /// is full, in which case it is told to close as a slow consumer.
+    /// Queue a frame without waiting (a frame about a chair outside its scope is
+    /// skipped). False when the subscriber is gone, or its queue is full, in which
+    /// case it is told to close as a slow consumer.
     fn deliver(&self, frame: &Frame) -> bool {
+        if !in_scope(frame, &self.scope) {
+            return true;
+        }
         match self.tx.try_send(frame.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -69,6 +81,15 @@ pub struct Hub {
     audit: Option<Arc<Audit>>,
     /// False after a failed audit write, until one succeeds (shown by `/ready`).
     audit_ok: std::sync::atomic::AtomicBool,
+}
+
+/// The ward's chairs within `scope`.
+fn chairs_in(ward: &Ward, scope: &SiteScope) -> Vec<crate::core::ChairView> {
+    let mut chairs = ward.chairs();
+    if !scope.is_all() {
+        chairs.retain(|c| scope.allows_chair(&c.chair));
+    }
+    chairs
 }
 
 /// What a new subscriber receives before live events.
@@ -204,9 +225,19 @@ impl Hub {
 
     /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event,
     /// which is returned (the ward may clear a latched alarm on it).
-    pub fn acknowledge(&self, id: u64, by: &str, now_ms: u64) -> Result<AlarmEvent, AckError> {
+    pub fn acknowledge(
+        &self,
+        id: u64,
+        by: &str,
+        now_ms: u64,
+        scope: &SiteScope,
+    ) -> Result<AlarmEvent, AckError> {
         let mut inner = self.lock();
         let mut event = inner.board.acknowledge(id, Arc::from(by), now_ms)?;
+        if !scope.allows_chair(&event.chair) {
+            // Outside the client's sites: as if it did not exist.
+            return Err(AckError::UnknownAlarm(id));
+        }
         let seq = inner.board.record(&mut event);
         self.metrics
             .alarm_event(event.priority, event.state)
@@ -274,6 +305,7 @@ impl Hub {
         ward: &Ward,
         tx: mpsc::Sender<Frame>,
         slow: CancellationToken,
+        scope: SiteScope,
     ) -> Subscription {
         let needs_snapshot = match &start {
             Start::Snapshot => true,
@@ -281,55 +313,60 @@ impl Hub {
                 !self.can_replay(&self.lock(), *since, instance.as_deref())
             }
         };
-        let rendered = needs_snapshot.then(|| protocol::render_chairs(&ward.chairs()));
-        let chairs = || {
-            rendered
-                .clone()
-                .unwrap_or_else(|| protocol::render_chairs(&ward.chairs()))
-        };
+        let render = || protocol::render_chairs(&chairs_in(ward, &scope));
+        let rendered = needs_snapshot.then(render);
+        let chairs = || rendered.clone().unwrap_or_else(render);
         let mut inner = self.lock();
         let last = inner.board.last_seq();
         let mut initial = Vec::new();
         match start {
-            Start::Snapshot => initial.push(self.snapshot_locked(&inner, &chairs())),
+            Start::Snapshot => initial.push(self.snapshot_locked(&inner, &chairs(), &scope)),
             Start::Since { since, instance } => {
                 if self.can_replay(&inner, since, instance.as_deref()) {
                     initial.extend(
                         inner
                             .replay
                             .iter()
-                            .filter(|(s, _)| *s > since)
+                            .filter(|(s, f)| *s > since && in_scope(f, &scope))
                             .map(|(_, f)| f.clone()),
                     );
                 } else {
                     let oldest = inner.replay.front().map_or(last + 1, |(s, _)| *s);
                     initial.push(protocol::missed_frame(&self.instance, since, oldest, last));
-                    initial.push(self.snapshot_locked(&inner, &chairs()));
+                    initial.push(self.snapshot_locked(&inner, &chairs(), &scope));
                 }
             }
         }
         let id = inner.next_subscriber;
         inner.next_subscriber += 1;
-        inner.subscribers.push(Subscriber { id, tx, slow });
+        inner.subscribers.push(Subscriber {
+            id,
+            tx,
+            slow,
+            scope,
+        });
         Subscription { id, initial }
     }
 
     /// Queue a fresh snapshot for subscriber `id`, ordered with its alarm events.
-    pub fn send_snapshot(&self, id: u64, ward: &Ward) {
-        let chairs = protocol::render_chairs(&ward.chairs());
+    pub fn send_snapshot(&self, id: u64, ward: &Ward, scope: &SiteScope) {
+        let chairs = protocol::render_chairs(&chairs_in(ward, scope));
         let mut inner = self.lock();
-        let frame = self.snapshot_locked(&inner, &chairs);
+        let frame = self.snapshot_locked(&inner, &chairs, scope);
         inner
             .subscribers
             .retain(|s| s.id != id || s.deliver(&frame));
     }
 
-    fn snapshot_locked(&self, inner: &Inner, chairs: &RenderedChairs) -> Frame {
+    fn snapshot_locked(&self, inner: &Inner, chairs: &RenderedChairs, scope: &SiteScope) -> Frame {
         protocol::snapshot_frame(
             &self.instance,
             inner.board.last_seq(),
             chairs,
-            inner.board.active(),
+            inner
+                .board
+                .active()
+                .filter(|a| scope.allows_chair(&a.chair)),
         )
     }
 
@@ -384,6 +421,7 @@ mod tests {
             &ward(),
             slow_tx,
             slow.clone(),
+            SiteScope::all(),
         );
         h.subscribe(
             Start::Since {
@@ -393,6 +431,7 @@ mod tests {
             &ward(),
             fast_tx,
             CancellationToken::new(),
+            SiteScope::all(),
         );
         h.publish((1..=5).map(raised).collect(), None);
         assert!(slow.is_cancelled());
@@ -439,6 +478,7 @@ mod tests {
                 &ward(),
                 tx.clone(),
                 CancellationToken::new(),
+                SiteScope::all(),
             );
             seqs(&s.initial)
         };

@@ -19,6 +19,9 @@ pub struct Frame {
     pub ingested_at: Option<Instant>,
     /// A `snapshot` frame (a connection allows one requested snapshot in flight).
     pub snapshot: bool,
+    /// The chair an alarm or session frame is about: only dashboards whose scope
+    /// includes its site receive it. `None`: for everyone in the connection.
+    pub chair: Option<std::sync::Arc<str>>,
 }
 
 impl Frame {
@@ -28,6 +31,7 @@ impl Frame {
             text: Utf8Bytes::from(text),
             ingested_at,
             snapshot: false,
+            chair: None,
         }
     }
 
@@ -46,14 +50,17 @@ struct AlarmFrame<'a> {
 
 /// `{"type":"alarm","seq":N, ...event}`.
 pub fn alarm_frame(seq: u64, event: &AlarmEvent, ingested_at: Option<Instant>) -> Frame {
-    Frame::json(
-        &AlarmFrame {
-            r#type: "alarm",
-            seq,
-            event,
-        },
-        ingested_at,
-    )
+    Frame {
+        chair: Some(event.chair.clone()),
+        ..Frame::json(
+            &AlarmFrame {
+                r#type: "alarm",
+                seq,
+                event,
+            },
+            ingested_at,
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -66,14 +73,17 @@ struct SessionFrame<'a> {
 
 /// `{"type":"session","seq":N, ...event}`: a chair's session changed.
 pub fn session_frame(seq: u64, event: &SessionEvent) -> Frame {
-    Frame::json(
-        &SessionFrame {
-            r#type: "session",
-            seq,
-            event,
-        },
-        None,
-    )
+    Frame {
+        chair: Some(event.chair.clone()),
+        ..Frame::json(
+            &SessionFrame {
+                r#type: "session",
+                seq,
+                event,
+            },
+            None,
+        )
+    }
 }
 
 /// One chair's latest values, as in `snapshot.chairs[]` and `vitals` frames.
@@ -177,6 +187,7 @@ pub fn snapshot_frame<'a>(
         text: Utf8Bytes::from(text),
         ingested_at: None,
         snapshot: true,
+        chair: None,
     }
 }
 

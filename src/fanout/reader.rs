@@ -130,7 +130,7 @@ impl Reader {
                     };
                     let now = crate::app::now_ms();
                     let _order = app.in_order();
-                    match app.hub.acknowledge(id, &by, now) {
+                    match app.hub.acknowledge(id, &by, now, &self.identity.scope) {
                         // A latched alarm whose condition has ended clears now.
                         Ok(acked) => app
                             .hub
@@ -142,6 +142,9 @@ impl Reader {
                     let Some(by) = self.actor(Permission::SetSession, &by, None) else {
                         continue;
                     };
+                    if !self.in_scope(&chair) {
+                        continue;
+                    }
                     let _order = app.in_order();
                     let result = check_chair(&chair).and_then(|()| {
                         app.ward
@@ -159,6 +162,9 @@ impl Reader {
                     let Some(by) = self.actor(Permission::SetLimit, &by, None) else {
                         continue;
                     };
+                    if !self.in_scope(&chair) {
+                        continue;
+                    }
                     let limits = crate::core::LimitOverride { low, high };
                     let _order = app.in_order();
                     let result =
@@ -167,8 +173,23 @@ impl Reader {
                     self.apply(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {
-                    self.scope_tx
-                        .send_replace(Some(site.map_or(Scope::All, Scope::Site)));
+                    let scope = &self.identity.scope;
+                    let live = match site {
+                        Some(site) if scope.allows_site(&site) => Some(Scope::Site(site)),
+                        None if scope.is_all() => Some(Scope::All),
+                        None => scope.single().map(|s| Scope::Site(s.to_string())),
+                        Some(_) => None,
+                    };
+                    match live {
+                        Some(live) => {
+                            self.scope_tx.send_replace(Some(live));
+                        }
+                        None => self.refuse(
+                            "forbidden",
+                            "live vitals: name one of your token's sites (\"site\")",
+                            None,
+                        ),
+                    }
                 }
                 Ok(Command::UnsubscribeVitals) => {
                     self.scope_tx.send_replace(None);
@@ -183,7 +204,8 @@ impl Reader {
                             None,
                         );
                     } else {
-                        app.hub.send_snapshot(self.id, &app.ward);
+                        app.hub
+                            .send_snapshot(self.id, &app.ward, &self.identity.scope);
                     }
                 }
                 Err((code, message)) => self.refuse(code, &message, None),
@@ -210,6 +232,19 @@ impl Reader {
             return None;
         }
         Some(actor.to_string())
+    }
+
+    /// Whether `chair` is within the client's sites; if not, the client is told.
+    fn in_scope(&self, chair: &str) -> bool {
+        let ok = self.identity.scope.allows_chair(chair);
+        if !ok {
+            self.refuse(
+                "forbidden",
+                "that chair is outside your token's sites",
+                None,
+            );
+        }
+        ok
     }
 
     /// Publish what a session command changed, or tell the client why it was refused.

@@ -174,9 +174,13 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
         },
         None => Start::Snapshot,
     };
-    let sub = app
-        .hub
-        .subscribe(start, &app.ward, tx.clone(), signals.slow.clone());
+    let sub = app.hub.subscribe(
+        start,
+        &app.ward,
+        tx.clone(),
+        signals.slow.clone(),
+        identity.scope.clone(),
+    );
     app.metrics.ws_clients.increment(1.0);
     app.metrics.ws_connections_total.increment(1);
 

@@ -38,11 +38,34 @@ pub struct RangeQuery {
     pub access_token: Option<String>,
 }
 
-/// Any authenticated client may read the audit trail: `Some(refusal)` otherwise.
-fn refused(app: &App, headers: &HeaderMap, token: Option<&str>) -> Option<Response> {
-    let e = app.auth.check(headers, token).err()?;
-    app.metrics.ws_refused(e.reason()).increment(1);
-    Some(error(e.status(), &e.to_string()))
+/// Any authenticated client may read the audit trail of the chairs within its
+/// sites; a client limited to some sites must name the chair. `Some(refusal)`
+/// otherwise.
+fn refused(
+    app: &App,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    chair: Option<&str>,
+) -> Option<Response> {
+    let identity = match app.auth.check(headers, token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            app.metrics.ws_refused(e.reason()).increment(1);
+            return Some(error(e.status(), &e.to_string()));
+        }
+    };
+    let scope = &identity.scope;
+    match chair {
+        Some(chair) if !scope.allows_chair(chair) => Some(error(
+            StatusCode::FORBIDDEN,
+            "that chair is outside your token's sites",
+        )),
+        None if !scope.is_all() => Some(error(
+            StatusCode::FORBIDDEN,
+            "a token limited to some sites must ask for one chair (?chair=site/chair)",
+        )),
+        _ => None,
+    }
 }
 
 fn json(status: StatusCode, body: String) -> Response {
@@ -102,7 +125,12 @@ pub async fn alarms(
     headers: HeaderMap,
     Query(q): Query<AlarmQuery>,
 ) -> Response {
-    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref()) {
+    if let Some(refusal) = refused(
+        &app,
+        &headers,
+        q.access_token.as_deref(),
+        q.chair.as_deref(),
+    ) {
         return refusal;
     }
     if let (Some(from), Some(to)) = (q.from, q.to) {
@@ -129,7 +157,7 @@ pub async fn sessions(
     Path(chair): Path<String>,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref()) {
+    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref(), Some(&chair)) {
         return refusal;
     }
     let current = app

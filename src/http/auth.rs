@@ -23,6 +23,43 @@ pub enum Permission {
     SetLimit,
 }
 
+/// The sites a client may see: all, or a list (from the token's `sites` claim).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteScope(Option<Arc<[String]>>);
+
+impl SiteScope {
+    /// Every site.
+    pub fn all() -> SiteScope {
+        SiteScope(None)
+    }
+
+    /// These sites only.
+    pub fn only(sites: Vec<String>) -> SiteScope {
+        SiteScope(Some(sites.into()))
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub fn allows_site(&self, site: &str) -> bool {
+        self.0.as_ref().is_none_or(|s| s.iter().any(|x| x == site))
+    }
+
+    /// Whether the chair `{site}/{chair}` is in scope.
+    pub fn allows_chair(&self, chair: &str) -> bool {
+        self.allows_site(crate::fanout::protocol::site_of(chair))
+    }
+
+    /// The one site of a single-site scope.
+    pub fn single(&self) -> Option<&str> {
+        match self.0.as_deref() {
+            Some([one]) => Some(one),
+            _ => None,
+        }
+    }
+}
+
 /// An authenticated (or, with `auth.mode = "none"`, anonymous) client.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -31,6 +68,8 @@ pub struct Identity {
     roles: Vec<String>,
     /// Token expiry, seconds since the epoch; `None` without authentication.
     pub expires_at: Option<u64>,
+    /// The sites whose chairs this client may see and act on.
+    pub scope: SiteScope,
 }
 
 impl Identity {
@@ -39,6 +78,7 @@ impl Identity {
             user: None,
             roles: Vec::new(),
             expires_at: None,
+            scope: SiteScope::all(),
         }
     }
 
@@ -70,14 +110,12 @@ pub enum AuthError {
     Invalid(String),
     #[error("origin {0} is not allowed")]
     Origin(String),
-    #[error("tokens limited to some sites are not accepted yet (per-site scoping is not implemented); use a token for all sites (\"sites\": [\"*\"])")]
-    SiteScoped,
 }
 
 impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::Origin(_) | AuthError::SiteScoped => StatusCode::FORBIDDEN,
+            AuthError::Origin(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -86,7 +124,6 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Origin(_) => "origin",
-            AuthError::SiteScoped => "site_scope",
             _ => "unauthorized",
         }
     }
@@ -106,8 +143,9 @@ struct Claims {
     exp: u64,
     #[serde(default)]
     roles: Vec<String>,
-    #[serde(default)]
-    sites: Option<Vec<String>>,
+    /// The sites the user may see: `["*"]` for all. Required: a token that does
+    /// not say is refused rather than shown everything.
+    sites: Vec<String>,
 }
 
 /// Checks every request against `[auth]`.
@@ -204,13 +242,16 @@ impl Authenticator {
                 "`sub` must name the user, 1-128 bytes".into(),
             ));
         }
-        if c.sites.is_some_and(|s| s != ["*"]) {
-            return Err(AuthError::SiteScoped);
-        }
+        let scope = if c.sites.iter().any(|s| s == "*") {
+            SiteScope::all()
+        } else {
+            SiteScope::only(c.sites)
+        };
         Ok(Identity {
             user: Some(Arc::from(c.sub)),
             roles: c.roles,
             expires_at: Some(c.exp),
+            scope,
         })
     }
 }
