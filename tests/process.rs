@@ -163,3 +163,79 @@ async fn nothing_a_dashboard_saw_is_missing_from_the_audit_after_a_kill() {
     );
     purge_session(&host, port, &client_id).await;
 }
+
+/// Readings the broker has already sent to the gateway but the gateway has not
+/// acknowledged when it dies are redelivered to the restarted gateway and
+/// processed: the gateway is frozen (SIGSTOP) while readings arrive in its socket,
+/// then killed (SIGKILL) without ever acknowledging them.
+#[tokio::test]
+async fn readings_in_flight_at_the_kill_are_redelivered_and_processed() {
+    let client_id = unique("gwflight");
+    let prefix = unique("site");
+    let audit = audit_path();
+    let mut gw = GatewayProcess::start(&client_id, &prefix, &audit).await;
+    let (host, port) = test_broker();
+    let mut dev = Device::connect(&host, port).await;
+    let topic = format!("{prefix}/north/chair/3/vitals");
+    let signal = |name: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    };
+    signal("STOP", gw.child.id());
+    // Accepted by the broker and sent on to the frozen gateway (within the
+    // broker's in-flight window), never acknowledged by it.
+    for seq in 1..=5u64 {
+        let sbp = if seq == 3 { 195 } else { 120 };
+        dev.publish(&topic, &reading(seq, json!({ "sbp": sbp })))
+            .await;
+    }
+    dev.wait_acked(5).await;
+    signal("KILL", gw.child.id());
+    gw.child.wait().unwrap();
+
+    let back = GatewayProcess::start(&client_id, &prefix, &audit).await;
+    let deadline = Instant::now() + DEADLINE;
+    while metric(back.http, "vitalgate_readings_ingested_total").await < 5.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the readings in flight were not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(back.http, "vitalgate_readings_ingested_total").await,
+        5.0
+    );
+    // The surge in the middle raised its two SBP alarms, once each, and cleared.
+    let stored = vitalgate::audit::Audit::open(&audit, false)
+        .unwrap()
+        .query(Some("alarm"), Some("north/3"), None, None, 100)
+        .unwrap();
+    let states: Vec<String> = stored
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            format!(
+                "{} {}",
+                v["rule"].as_str().unwrap(),
+                v["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            "sbp_warn raised",
+            "sbp_critical raised",
+            "sbp_warn cleared",
+            "sbp_critical cleared"
+        ]
+    );
+    drop(back);
+    purge_session(&host, port, &client_id).await;
+}
