@@ -20,7 +20,6 @@ pub use app::App;
 pub use config::Config;
 
 use audit::Audit;
-use axum::serve::ListenerExt;
 use config::{BrokerMode, ConfigError};
 use ingest::{broker, BrokerAddr, Ingest, IngestError, Topics};
 use std::future::{Future, IntoFuture};
@@ -142,10 +141,11 @@ impl Gateway {
         restore_sessions(&app).await;
         restore_open_alarms(&app).await;
         let stop_http = CancellationToken::new();
-        let listener = listener.tap_io(|tcp| {
-            // Alarm frames are small: never let Nagle hold them back.
-            let _ = tcp.set_nodelay(true);
-        });
+        let listener = http::deadline::HandshakeListener {
+            inner: listener,
+            deadline: Duration::from_millis(app.config.http.handshake_timeout_ms),
+            timeouts: app.metrics.ws_refused("handshake_timeout").clone(),
+        };
         let http = tokio::spawn(
             axum::serve(listener, http::router(app.clone()))
                 .with_graceful_shutdown(stop_http.clone().cancelled_owned())

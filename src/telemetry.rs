@@ -145,7 +145,7 @@ impl Metrics {
                 r.describe_counter(
                     "vitalgate_ws_refused_total".into(),
                     None,
-                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin: 403).".into(),
+                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin: 403; handshake_timeout: no complete request in http.handshake_timeout_ms, dropped).".into(),
                 );
                 r.register_counter(
                     &Key::from_parts(
@@ -162,7 +162,7 @@ impl Metrics {
                 ),
                 &META,
             ),
-            ws_refused_auth: ["unauthorized", "origin"]
+            ws_refused_auth: ["unauthorized", "origin", "handshake_timeout"]
                 .into_iter()
                 .map(|reason| {
                     let key = Key::from_parts(

@@ -198,3 +198,36 @@ async fn acknowledging_many_alarms_at_once_is_not_rate_limited() {
     assert_eq!(gw.metric(m).await, 0.0);
     gw.stop().await;
 }
+
+/// A connection that sends nothing, or trickles an incomplete request, is dropped
+/// after `http.handshake_timeout_ms`; a dashboard connected before keeps working
+/// long past it.
+#[tokio::test]
+async fn connections_that_never_finish_their_request_are_dropped() {
+    let (gw, mut dash, dev) = setup(|c| c.http.handshake_timeout_ms = 300).await;
+    let mut silent = TcpStream::connect(gw.http()).await.unwrap();
+    let mut trickle = TcpStream::connect(gw.http()).await.unwrap();
+    trickle
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut trickle] {
+        let mut buf = Vec::new();
+        // Closed by the gateway (EOF or reset), well before the test's deadline.
+        let read = tokio::time::timeout(DEADLINE, conn.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "connection still open");
+    }
+    assert_eq!(
+        gw.metric("vitalgate_ws_refused_total{reason=\"handshake_timeout\"}")
+            .await,
+        2.0
+    );
+    // The dashboard, connected before both, outlived the deadline.
+    dev.publish(
+        &gw.topic("north", "1"),
+        &reading(1, serde_json::json!({ "spo2": 80 })),
+    )
+    .await;
+    assert_eq!(dash.next_of("alarm").await["state"], "raised");
+    gw.stop().await;
+}

@@ -159,6 +159,9 @@ pub struct AuditConfig {
 pub struct HttpConfig {
     /// Address to listen on; port 0 picks a free port.
     pub bind: SocketAddr,
+    /// A connection must send the headers of its first request within this long,
+    /// or it is dropped (ms).
+    pub handshake_timeout_ms: u64,
 }
 
 /// Which MQTT broker the gateway subscribes to.

@@ -250,6 +250,11 @@ impl Config {
             "audit.max_query_rows",
             "must be 1-1000000",
         );
+        check!(
+            (100..=60_000).contains(&self.http.handshake_timeout_ms),
+            "http.handshake_timeout_ms",
+            "must be 100-60000",
+        );
         let a = &self.auth;
         check!(
             a.mode != AuthMode::None || self.http.bind.ip().is_loopback(),

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod deadline;
 
 use crate::app::App;
 use crate::fanout::ws;
