@@ -313,7 +313,8 @@ async fn restore_open_alarms(app: &Arc<App>) {
 }
 
 /// Every `alarms.tick_ms`: judge timed conditions (stale data, device offline, pump
-/// without SpO2, discharge readiness), then send due escalations and reminders.
+/// without SpO2, discharge readiness), send due escalations and reminders, and forget
+/// chairs idle for `ingest.forget_idle_chair_ms`.
 async fn run_timers(app: Arc<App>, stop: CancellationToken) {
     let policy = app.config.alarms.escalation_policy();
     let mut tick = tokio::time::interval(Duration::from_millis(app.config.alarms.tick_ms));
@@ -328,6 +329,11 @@ async fn run_timers(app: Arc<App>, stop: CancellationToken) {
         let events = app.ward.tick(now);
         app.hub.publish(events, None);
         app.hub.escalate(now, &policy);
+        let forgotten = app
+            .ward
+            .evict_idle(now, app.config.ingest.forget_idle_chair_ms);
+        app.metrics.chairs_forgotten.increment(forgotten as u64);
+        app.metrics.chairs.set(app.ward.chair_count() as f64);
     }
 }
 

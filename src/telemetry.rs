@@ -46,6 +46,8 @@ pub struct Metrics {
     pub alarm_escalations: Counter,
     pub alarm_reminders: Counter,
     pub audit_errors: Counter,
+    pub chairs: Gauge,
+    pub chairs_forgotten: Counter,
 }
 
 impl Metrics {
@@ -219,6 +221,14 @@ impl Metrics {
             audit_errors: counter(
                 "vitalgate_audit_errors_total",
                 "Audit trail writes that failed (the events were still delivered).",
+            ),
+            chairs: gauge(
+                "vitalgate_chairs",
+                "Chairs the gateway holds state for (updated every alarms.tick_ms).",
+            ),
+            chairs_forgotten: counter(
+                "vitalgate_chairs_forgotten_total",
+                "Idle chairs forgotten after ingest.forget_idle_chair_ms.",
             ),
             recorder,
             handle,

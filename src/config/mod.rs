@@ -254,6 +254,9 @@ pub struct IngestConfig {
     pub max_future_skew_ms: u64,
     /// Most chairs tracked at once; readings for more are rejected (`chair_limit`).
     pub max_chairs: usize,
+    /// A chair with no session in progress (idle or discharged), no alarm, and
+    /// nothing heard for this long is forgotten (ms); 0 keeps every chair.
+    pub forget_idle_chair_ms: u64,
     /// At most one log line per rejection reason per this interval, ms.
     pub reject_log_interval_ms: u64,
 }

@@ -125,6 +125,11 @@ impl Config {
             "must be at least 64",
         );
         check!(i.max_chairs >= 1, "ingest.max_chairs", "must be at least 1");
+        check!(
+            i.forget_idle_chair_ms == 0 || i.forget_idle_chair_ms >= 1_000,
+            "ingest.forget_idle_chair_ms",
+            "must be 0 (never) or at least 1000",
+        );
         let w = &self.websocket;
         for (key, v, lo, hi) in [
             ("websocket.queue_capacity", w.queue_capacity, 16, 1 << 20),

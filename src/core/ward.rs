@@ -258,6 +258,20 @@ impl Ward {
         out
     }
 
+    /// Forget chairs that have been idle (or discharged), with nothing raised or
+    /// building up, and silent for `idle_ms` of gateway time: the map would otherwise
+    /// keep every chair ever seen. Returns how many were forgotten. A chair comes
+    /// back with its next message (the broker's retained session message for it is
+    /// its latest, so nothing older can be re-applied).
+    pub fn evict_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
+        if idle_ms == 0 {
+            return 0;
+        }
+        let before = self.patients.len();
+        self.patients.retain(|_, p| !p.evictable(now_ms, idle_ms));
+        before.saturating_sub(self.patients.len())
+    }
+
     /// Turn a chair's effects into events: session changes, then alarm transitions
     /// with their context.
     fn events(
@@ -443,6 +457,31 @@ mod tests {
         assert_eq!(c[0].state, AlarmState::Cleared);
         assert_eq!(c[0].id, 1);
         assert_eq!(w.chairs().len(), 2);
+    }
+
+    #[test]
+    fn idle_chairs_are_forgotten_but_not_with_an_alarm_or_a_session() {
+        let w = ward(10);
+        w.apply("n/1", &spo2(1, 97.0), 1_000).unwrap();
+        w.apply("n/2", &spo2(1, 80.0), 1_000).unwrap(); // alarm raised
+        w.apply("n/3", &spo2(1, 97.0), 1_000).unwrap();
+        let infusion = |phase, ts| SessionUpdate {
+            phase,
+            patient: Some("P".into()),
+            session_number: None,
+            session_count: None,
+            route: None,
+            ts: Some(ts),
+            by: None,
+            limits: None,
+        };
+        w.set_session("n/3", &infusion(crate::core::Phase::Baseline, 1), 1_000)
+            .unwrap();
+        assert_eq!(w.evict_idle(60_999, 60_000), 0);
+        assert_eq!(w.evict_idle(61_000, 60_000), 1);
+        let left: Vec<String> = w.chairs().iter().map(|c| c.chair.to_string()).collect();
+        assert_eq!(left, vec!["n/2", "n/3"]);
+        assert_eq!(w.evict_idle(u64::MAX, 0), 0, "0 keeps every chair");
     }
 
     #[test]

@@ -203,6 +203,19 @@ impl PatientState {
         &self.session
     }
 
+    /// Whether the chair can be forgotten at gateway time `now_ms`: no session in
+    /// progress (idle or discharged), every condition normal, and nothing heard for
+    /// `idle_ms`.
+    pub fn evictable(&self, now_ms: u64, idle_ms: u64) -> bool {
+        matches!(self.session.phase, Phase::Idle | Phase::Discharged)
+            && self.conditions.iter().all(|c| *c == ConditionState::Normal)
+            && now_ms.saturating_sub(
+                self.heard_at
+                    .max(self.session.applied_at)
+                    .max(self.first_heard),
+            ) >= idle_ms
+    }
+
     /// The alarm ids currently active on this chair.
     pub fn active_alarms(&self) -> impl Iterator<Item = u64> + '_ {
         self.conditions.iter().filter_map(ConditionState::alarm_id)
