@@ -314,6 +314,18 @@ fn device_offline_by_last_will_or_silence_and_pump_without_spo2() {
         c.tick_s(T0 + 16_000),
         vec![("pump_without_spo2".into(), "raised", None)]
     );
+    // A pump that has itself gone silent is not known to run: no alarm of this kind
+    // (a silent device is the offline alarm's business).
+    {
+        let mut quiet = Chair::new(sources(&[], &t, &s));
+        quiet.phase(Phase::Baseline, T0 - 1);
+        quiet.phase(Phase::Infusion, T0);
+        quiet.read(T0, &[(Vital::Spo2, 98.0)], Some(true));
+        assert!(quiet
+            .tick_s(T0 + 40_000)
+            .iter()
+            .all(|(rule, _, _)| rule != "pump_without_spo2"));
+    }
     // The pump stops: that alarm ends.
     assert_eq!(
         c.read_s(T0 + 17_000, &[], Some(false)),
@@ -581,6 +593,8 @@ fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
         let hr = !c
             .read_s(T0 + 1, &[(Vital::Hr, 110.0)], Some(true))
             .is_empty();
+        // The pump keeps reporting; SpO2 never comes.
+        c.read(T0 + 10_000, &[], Some(true));
         let pump = c
             .tick_s(T0 + 20_000)
             .iter()

@@ -133,7 +133,10 @@ pub(super) fn measure(
             timed(silent, *silent_ms, p.device_offline)
         }
         Check::PumpWithoutSpo2 { allowance_ms } => {
-            let running = p.latest.pump.is_some_and(|s| s.pump.running);
+            // Running as of a report within the allowance: a pump that has gone
+            // silent is not known to run (its silence is the offline alarm's).
+            let running = p.latest.pump.is_some_and(|s| s.pump.running)
+                && now_ms.saturating_sub(p.pump_received) <= *allowance_ms;
             if !running {
                 Measure {
                     breached: false,

@@ -154,6 +154,8 @@ pub struct PatientState {
     latest: Latest,
     /// Gateway time each vital's latest value arrived.
     received: [u64; 6],
+    /// Gateway time the pump's latest report arrived.
+    pump_received: u64,
     recent: [(u64, u64); RECENT_IDS],
     recent_len: usize,
     recent_next: usize,
@@ -180,6 +182,7 @@ impl PatientState {
         PatientState {
             latest: Latest::default(),
             received: [0; 6],
+            pump_received: 0,
             recent: [(0, 0); RECENT_IDS],
             recent_len: 0,
             recent_next: 0,
@@ -321,6 +324,7 @@ impl PatientState {
                     pump,
                     ts: reading.ts,
                 });
+                self.pump_received = received_at;
             } else {
                 late_values += 1;
             }
