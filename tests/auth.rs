@@ -56,6 +56,10 @@ async fn open(
 }
 
 async fn jwt_gateway() -> TestGateway {
+    jwt_gateway_with(|_| {}).await
+}
+
+async fn jwt_gateway_with(tweak: impl FnOnce(&mut vitalgate::Config)) -> TestGateway {
     let (mut c, prefix) = test_config();
     simple_rules(&mut c);
     let key = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("jwt-secret"));
@@ -64,6 +68,7 @@ async fn jwt_gateway() -> TestGateway {
     c.auth.algorithm = JwtAlgorithm::HS256;
     c.auth.key_file = Some(key);
     c.auth.allowed_origins = vec!["https://station.clinic.example".into()];
+    tweak(&mut c);
     TestGateway::start(c, prefix).await
 }
 
@@ -94,6 +99,17 @@ async fn tokens_are_checked_before_the_upgrade() {
         open(&gw, "", Some(&expired), None).await.err(),
         Some(401),
         "expired"
+    );
+    let later = token(
+        "ana",
+        &["viewer"],
+        600,
+        json!({ "nbf": now_ms() / 1000 + 86_400 }),
+    );
+    assert_eq!(
+        open(&gw, "", Some(&later), None).await.err(),
+        Some(401),
+        "not before"
     );
     let wrong_aud = token("ana", &["viewer"], 600, json!({ "aud": "someone-else" }));
     assert_eq!(
@@ -139,7 +155,7 @@ async fn tokens_are_checked_before_the_upgrade() {
     assert_eq!(
         gw.metric("vitalgate_ws_refused_total{reason=\"unauthorized\"}")
             .await,
-        6.0
+        7.0
     );
     assert_eq!(
         gw.metric("vitalgate_ws_refused_total{reason=\"origin\"}")
@@ -232,10 +248,20 @@ async fn a_dashboard_never_receives_or_touches_chairs_outside_its_sites() {
         .collect();
     assert_eq!(chairs, vec!["north/1"]);
     assert_eq!(snap["alarms"].as_array().unwrap().len(), 1);
-    // Nor can it act on the south chair.
+    // Nor can it act on the south chair, or learn anything of its alarm: once
+    // acknowledged by someone else, it is still unknown (not "already acknowledged
+    // by ...").
+    all.send(json!({ "type": "ack", "id": south_alarm["id"] }))
+        .await;
+    assert_eq!(all.next_of("alarm").await["state"], "acknowledged");
     dash.send(json!({ "type": "ack", "id": south_alarm["id"] }))
         .await;
-    assert_eq!(dash.next_of("error").await["code"], "unknown_alarm");
+    let refused = dash.next_of("error").await;
+    assert_eq!(refused["code"], "unknown_alarm", "{refused}");
+    assert!(!refused["message"].as_str().unwrap().contains("charge"));
+    dash.send(json!({ "type": "set_limit", "chair": "south/1", "rule": "spo2_low", "low": 85 }))
+        .await;
+    assert_eq!(dash.next_of("error").await["code"], "forbidden");
     dash.send(
         json!({ "type": "set_session", "chair": "south/1", "phase": "baseline", "patient": "P" }),
     )
@@ -246,6 +272,11 @@ async fn a_dashboard_never_receives_or_touches_chairs_outside_its_sites() {
     assert_eq!(dash.next_of("error").await["code"], "forbidden");
     dash.send(json!({ "type": "subscribe_vitals" })).await;
     assert_eq!(dash.next_of("vitals_subscribed").await["site"], "north");
+    // A new connection's first snapshot, with both chairs known: north only.
+    let mut fresh = open(&gw, "", Some(&north), None).await.unwrap();
+    let first = fresh.next_of("snapshot").await;
+    assert_eq!(first["chairs"].as_array().unwrap().len(), 1, "{first}");
+    assert_eq!(first["alarms"][0]["chair"], "north/1");
     // A replay from before both alarms holds only the north one.
     let since = south_alarm["seq"].as_u64().unwrap() - 1;
     let mut again = open(&gw, &format!("?since={since}"), Some(&north), None)
@@ -268,9 +299,10 @@ async fn a_dashboard_never_receives_or_touches_chairs_outside_its_sites() {
 
 #[tokio::test]
 async fn a_connection_closes_when_its_token_expires() {
-    let gw = jwt_gateway().await;
-    // Expires in 2 s (the gateway allows 30 s of clock leeway at the upgrade, none
-    // afterwards: exp is when the connection ends).
+    // No clock leeway here: the connection ends at `exp` (with leeway, at exp plus
+    // the leeway, the same tolerance the upgrade accepted).
+    let gw = jwt_gateway_with(|c| c.auth.leeway_s = 0).await;
+    // Expires in 2 s.
     let short = token("ana", &["viewer"], 2, json!({}));
     let mut dash = open(&gw, "", Some(&short), None).await.unwrap();
     dash.next_of("snapshot").await;

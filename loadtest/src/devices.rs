@@ -71,6 +71,8 @@ pub struct Plan {
     /// Chance that a reading starts a breach episode.
     pub breach_probability: f64,
     pub topic_prefix: String,
+    /// Sites are named `{site_prefix}0`, `{site_prefix}1`, ...
+    pub site_prefix: String,
     pub start: Instant,
     /// Wall-clock ms since the epoch at `start`.
     pub start_ms: u64,
@@ -80,7 +82,10 @@ pub struct Plan {
 }
 
 pub fn chair_name(plan: &Plan, g: usize) -> (String, String) {
-    (format!("site{}", g % plan.sites), format!("c{g}"))
+    (
+        format!("{}{}", plan.site_prefix, g % plan.sites),
+        format!("c{g}"),
+    )
 }
 
 /// Drifting values of one simulated patient.

@@ -94,6 +94,9 @@ struct Args {
     /// by one bare MQTT subscriber (no gateway, no dashboards).
     #[arg(long)]
     floor: bool,
+    /// Sites are named PREFIX0, PREFIX1, ...: a new prefix gives new chairs (soak).
+    #[arg(long, default_value = "site")]
+    site_prefix: String,
     /// Random seed for values and breach episodes.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -232,7 +235,9 @@ async fn run(args: Args) -> Result<Report> {
         )));
     }
     for i in (0..args.dashboards).filter(|_| !args.floor) {
-        let site = args.per_site.then(|| format!("site{}", i % args.sites));
+        let site = args
+            .per_site
+            .then(|| format!("{}{}", args.site_prefix, i % args.sites));
         dashboards.push(tokio::spawn(dashboards::watch_alarms(
             target.http,
             site,
@@ -258,6 +263,7 @@ async fn run(args: Args) -> Result<Report> {
         rate: args.rate,
         breach_probability: (1.0 / (args.rate * args.breach_every.as_secs_f64())).min(0.5),
         topic_prefix: target.topic_prefix.clone(),
+        site_prefix: args.site_prefix.clone(),
         start,
         start_ms,
         until: start + args.duration,

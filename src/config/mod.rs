@@ -118,6 +118,10 @@ pub struct AuthConfig {
     /// removed). RS256 / ES256: the issuer's public key, PEM.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The same key given in the configuration itself (e.g. from an environment
+    /// variable), instead of `key_file`.
+    #[serde(default)]
+    pub key: Option<String>,
     /// Required `aud` claim.
     pub audience: String,
     /// Required `iss` claim, when set.

@@ -267,9 +267,9 @@ impl Config {
             "\"none\" (no authentication) is allowed only with a loopback http.bind (127.0.0.1 or ::1); set auth.mode = \"jwt\" to serve dashboards on the network",
         );
         check!(
-            a.mode != AuthMode::Jwt || a.key_file.is_some(),
+            a.mode != AuthMode::Jwt || a.key_file.is_some() != a.key.is_some(),
             "auth.key_file",
-            "auth.mode = \"jwt\" needs the key to verify tokens with",
+            "auth.mode = \"jwt\" needs the key to verify tokens with: auth.key_file or auth.key (one of them)",
         );
         check!(!a.audience.is_empty(), "auth.audience", "must not be empty",);
         check!(a.leeway_s <= 300, "auth.leeway_s", "must be 0-300");

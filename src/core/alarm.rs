@@ -331,6 +331,11 @@ impl Board {
         );
     }
 
+    /// The chair of active alarm `id`.
+    pub fn chair_of(&self, id: u64) -> Option<&Arc<str>> {
+        self.active.get(&id).map(|a| &a.event.chair)
+    }
+
     /// Active alarms in id order, each as its latest event.
     pub fn active(&self) -> impl Iterator<Item = &AlarmEvent> {
         self.active.values().map(|a| &a.event)

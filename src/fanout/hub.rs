@@ -233,11 +233,16 @@ impl Hub {
         scope: &SiteScope,
     ) -> Result<AlarmEvent, AckError> {
         let mut inner = self.lock();
-        let mut event = inner.board.acknowledge(id, Arc::from(by), now_ms)?;
-        if !scope.allows_chair(&event.chair) {
-            // Outside the client's sites: as if it did not exist.
+        // Outside the client's sites: as if it did not exist, before anything else
+        // (who acknowledged it, say) could be told.
+        if inner
+            .board
+            .chair_of(id)
+            .is_some_and(|chair| !scope.allows_chair(chair))
+        {
             return Err(AckError::UnknownAlarm(id));
         }
+        let mut event = inner.board.acknowledge(id, Arc::from(by), now_ms)?;
         let seq = inner.board.record(&mut event);
         self.metrics
             .alarm_event(event.priority, event.state)

@@ -116,6 +116,14 @@ impl Reader {
                     break;
                 }
             };
+            if self.identity.expired(crate::app::now_ms()) {
+                // The writer closes with 4001 at expiry; a writer stuck on a client
+                // that does not read must not leave its commands working.
+                self.signals
+                    .close_with
+                    .store(close_code::TOKEN_EXPIRED, Ordering::Relaxed);
+                break;
+            }
             let command = Command::parse(text.as_str());
             // Acknowledgements are never metered: after an alarm storm a nurse must be
             // able to acknowledge every alarm. Everything else spends the budget.

@@ -219,6 +219,9 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
             conn.close(close_code::PROTOCOL_ERROR, "protocol error")
                 .await
         }
+        (_, close_code::TOKEN_EXPIRED) => {
+            conn.close(close_code::TOKEN_EXPIRED, "token expired").await
+        }
         (_, close_code::POLICY) => {
             conn.close(close_code::POLICY, "command rate limit exceeded")
                 .await
@@ -304,6 +307,7 @@ impl Conn {
             biased;
             _ = self.signals.slow.cancelled() => Err(End::Slow),
             _ = self.app.force_close.cancelled() => Err(End::Gone),
+            _ = until(self.expires) => Err(End::Gone),
             r = self.sink.send(msg) => r.map_err(write_failed),
         }
     }
@@ -335,6 +339,7 @@ impl Conn {
         }
         let slow = self.signals.slow.clone();
         let force = self.app.force_close.clone();
+        let expires = self.expires;
         let write = async {
             for frame in &batch {
                 self.sink.feed(Message::Text(frame.text.clone())).await?;
@@ -345,6 +350,7 @@ impl Conn {
             biased;
             _ = slow.cancelled() => return Err(End::Slow),
             _ = force.cancelled() => return Err(End::Gone),
+            _ = until(expires) => return Err(End::Gone),
             r = write => r.map_err(write_failed)?,
         }
         for frame in &batch {

@@ -66,7 +66,8 @@ pub struct Identity {
     /// The token's `sub`; `None` without authentication.
     pub user: Option<Arc<str>>,
     roles: Vec<String>,
-    /// Token expiry, seconds since the epoch; `None` without authentication.
+    /// Token expiry plus the configured leeway, seconds since the epoch; `None`
+    /// without authentication.
     pub expires_at: Option<u64>,
     /// The sites whose chairs this client may see and act on.
     pub scope: SiteScope,
@@ -92,6 +93,12 @@ impl Identity {
             Permission::Acknowledge | Permission::SetSession => has("nurse") || has("clinician"),
             Permission::SetLimit => has("clinician"),
         }
+    }
+
+    /// Whether the token has expired at gateway time `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at
+            .is_some_and(|exp| now_ms >= exp.saturating_mul(1_000))
     }
 
     /// Who acts: the token's subject, or (without authentication) what the command
@@ -152,17 +159,21 @@ struct Claims {
 pub struct Authenticator {
     verify: Option<(DecodingKey, Validation)>,
     allowed_origins: Vec<String>,
+    /// The clock tolerance accepted at the upgrade also extends the connection.
+    leeway_s: u64,
 }
 
 impl Authenticator {
     /// Read the key and pin the validation rules. Call after config validation.
     pub fn from_config(c: &AuthConfig) -> Result<Authenticator, KeyError> {
-        let verify = match (c.mode, &c.key_file) {
+        let inline = std::path::PathBuf::from("(auth.key)");
+        let key_source = c.key_file.as_ref().or(c.key.as_ref().map(|_| &inline));
+        let verify = match (c.mode, key_source) {
             (AuthMode::None, _) => None,
             (AuthMode::Jwt, None) => {
                 return Err(KeyError {
                     path: String::new(),
-                    message: "auth.mode = \"jwt\" needs auth.key_file".into(),
+                    message: "auth.mode = \"jwt\" needs auth.key_file or auth.key".into(),
                 })
             }
             (AuthMode::Jwt, Some(path)) => {
@@ -170,7 +181,10 @@ impl Authenticator {
                     path: path.display().to_string(),
                     message,
                 };
-                let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+                let bytes = match &c.key {
+                    Some(inline) => inline.clone().into_bytes(),
+                    None => std::fs::read(path).map_err(|e| err(e.to_string()))?,
+                };
                 let (key, alg) = match c.algorithm {
                     JwtAlgorithm::HS256 => {
                         let secret = bytes.trim_ascii_end();
@@ -194,6 +208,7 @@ impl Authenticator {
                     v.set_issuer(&[iss]);
                 }
                 v.set_required_spec_claims(&["exp", "aud", "sub"]);
+                v.validate_nbf = true;
                 v.leeway = c.leeway_s;
                 Some((key, v))
             }
@@ -201,6 +216,7 @@ impl Authenticator {
         Ok(Authenticator {
             verify,
             allowed_origins: c.allowed_origins.clone(),
+            leeway_s: c.leeway_s,
         })
     }
 
@@ -229,7 +245,11 @@ impl Authenticator {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 6750).
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .or(query_token)
             .map(str::trim)
             .filter(|t| !t.is_empty())
@@ -250,7 +270,7 @@ impl Authenticator {
         Ok(Identity {
             user: Some(Arc::from(c.sub)),
             roles: c.roles,
-            expires_at: Some(c.exp),
+            expires_at: Some(c.exp.saturating_add(self.leeway_s)),
             scope,
         })
     }
