@@ -213,7 +213,10 @@ pub async fn publish(
             let offset_ms = intended.duration_since(plan.start).as_millis() as u64;
             let ts = (plan.start_ms + offset_ms).max(p.last_ts + 1);
             p.last_ts = ts;
-            let breach = !p.in_breach && rng.f64() < plan.breach_probability;
+            // No episode on a chair's last reading: it would have no recovery, and
+            // its alarms would stay raised after the run.
+            let last = intended + period >= plan.until;
+            let breach = !p.in_breach && !last && rng.f64() < plan.breach_probability;
             let payload = p.next(ts, &mut rng, breach);
             p.in_breach = breach;
             let actual = Instant::now();
