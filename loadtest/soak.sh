@@ -37,8 +37,11 @@ tmp=$(mktemp -d)
 gw=
 broker=
 cleanup() {
-  [ -n "$gw" ] && kill "$gw" 2>/dev/null
-  [ -n "$broker" ] && kill "$broker" 2>/dev/null
+  set +e
+  for pid in $gw $broker; do
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -76,6 +79,10 @@ ready() { curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null; }
 no_chairs() { [ "$(metric vitalgate_chairs)" = 0 ]; }
 wait_for 30 ready || { cat "$tmp/gateway.log"; echo "gateway not ready"; exit 1; }
 
+alive() {
+  kill -0 "$gw" 2>/dev/null || { echo "the gateway has died:"; cat "$tmp/gateway.log"; exit 1; }
+}
+
 measure() {
   local rss fds
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$gw/status")
@@ -97,18 +104,21 @@ for w in $(seq 1 "$WARMUP"); do
   round "w$w"
 done
 wait_for "$forget_s" no_chairs || { echo "chairs were not forgotten after the warm-up"; exit 1; }
+alive
 read -r base_rss base_fds _ < <(measure)
 echo "baseline: RSS $base_rss kB, $base_fds descriptors, 0 chairs"
 
 peak_rss=$base_rss
 for r in $(seq 1 "$ROUNDS"); do
   round "$r"
+  alive
   read -r rss fds chairs < <(measure)
   echo "after round $r: RSS $rss kB, $fds descriptors, $chairs chairs"
   [ "$rss" -gt "$peak_rss" ] && peak_rss=$rss
 done
 
 wait_for "$forget_s" no_chairs || echo "chairs were not all forgotten in ${forget_s} s"
+alive
 read -r end_rss end_fds end_chairs < <(measure)
 [ "$end_rss" -gt "$peak_rss" ] && peak_rss=$end_rss
 echo "end: RSS $end_rss kB (peak $peak_rss kB), $end_fds descriptors, $end_chairs chairs"

@@ -211,7 +211,12 @@ async fn connections_that_never_finish_their_request_are_dropped() {
         .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    for conn in [&mut silent, &mut trickle] {
+    // A complete request, then nothing on the kept-alive connection.
+    let mut kept = TcpStream::connect(gw.http()).await.unwrap();
+    kept.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut trickle, &mut kept] {
         let mut buf = Vec::new();
         // Closed by the gateway (EOF or reset), well before the test's deadline.
         let read = tokio::time::timeout(DEADLINE, conn.read_to_end(&mut buf)).await;
@@ -220,7 +225,7 @@ async fn connections_that_never_finish_their_request_are_dropped() {
     assert_eq!(
         gw.metric("vitalgate_ws_refused_total{reason=\"handshake_timeout\"}")
             .await,
-        2.0
+        3.0
     );
     // The dashboard, connected before both, outlived the deadline.
     dev.publish(

@@ -83,7 +83,13 @@ pub enum Check {
     /// longer than `silent_ms`.
     Offline { silent_ms: u64 },
     /// Technical: the pump is running but there is no live SpO2.
-    PumpWithoutSpo2 { allowance_ms: u64 },
+    /// The pump counts as running while its latest report says so and the chair
+    /// has been heard from within `heard_within_ms` (the offline allowance): a pump
+    /// may report rarely, but a chair gone silent is not known to infuse.
+    PumpWithoutSpo2 {
+        allowance_ms: u64,
+        heard_within_ms: u64,
+    },
 }
 
 impl Check {

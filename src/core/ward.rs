@@ -260,9 +260,9 @@ impl Ward {
 
     /// Forget chairs that have been idle (or discharged), with nothing raised or
     /// building up, and silent for `idle_ms` of gateway time: the map would otherwise
-    /// keep every chair ever seen. Returns how many were forgotten. A chair comes
-    /// back with its next message (the broker's retained session message for it is
-    /// its latest, so nothing older can be re-applied).
+    /// keep every chair ever seen. Chairs a session message named are kept (their
+    /// last message time guards against stale retained messages). Returns how many
+    /// were forgotten; a chair comes back with its next message.
     pub fn evict_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
         if idle_ms == 0 {
             return 0;
@@ -477,10 +477,19 @@ mod tests {
         };
         w.set_session("n/3", &infusion(crate::core::Phase::Baseline, 1), 1_000)
             .unwrap();
+        let idle = SessionUpdate {
+            patient: None,
+            ..infusion(crate::core::Phase::Idle, 1)
+        };
+        w.set_session("n/4", &idle, 1_000).unwrap();
         assert_eq!(w.evict_idle(60_999, 60_000), 0);
         assert_eq!(w.evict_idle(61_000, 60_000), 1);
         let left: Vec<String> = w.chairs().iter().map(|c| c.chair.to_string()).collect();
-        assert_eq!(left, vec!["n/2", "n/3"]);
+        assert_eq!(
+            left,
+            vec!["n/2", "n/3", "n/4"],
+            "n/4 was named by a session message"
+        );
         assert_eq!(w.evict_idle(u64::MAX, 0), 0, "0 keeps every chair");
     }
 

@@ -126,6 +126,8 @@ impl Drop for Slot {
 enum End {
     Slow,
     Gone,
+    /// The client's token expired while a write was under way.
+    Expired,
 }
 
 /// What the reader and writer halves of one connection tell each other.
@@ -219,7 +221,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
             conn.close(close_code::PROTOCOL_ERROR, "protocol error")
                 .await
         }
-        (_, close_code::TOKEN_EXPIRED) => {
+        (Some(End::Expired), _) | (_, close_code::TOKEN_EXPIRED) => {
             conn.close(close_code::TOKEN_EXPIRED, "token expired").await
         }
         (_, close_code::POLICY) => {
@@ -307,7 +309,7 @@ impl Conn {
             biased;
             _ = self.signals.slow.cancelled() => Err(End::Slow),
             _ = self.app.force_close.cancelled() => Err(End::Gone),
-            _ = until(self.expires) => Err(End::Gone),
+            _ = until(self.expires) => Err(End::Expired),
             r = self.sink.send(msg) => r.map_err(write_failed),
         }
     }
@@ -350,7 +352,7 @@ impl Conn {
             biased;
             _ = slow.cancelled() => return Err(End::Slow),
             _ = force.cancelled() => return Err(End::Gone),
-            _ = until(expires) => return Err(End::Gone),
+            _ = until(expires) => return Err(End::Expired),
             r = write => r.map_err(write_failed)?,
         }
         for frame in &batch {

@@ -1,11 +1,12 @@
-//! A deadline on the HTTP handshake: a connection must deliver the headers of its
-//! first request within `http.handshake_timeout_ms`, or it is dropped.
+//! A deadline on every HTTP request's headers: a connection must deliver the headers
+//! of each request within `http.handshake_timeout_ms` (counted from the connection,
+//! or from the previous response on a kept-alive connection), or it is dropped.
 //!
 //! Without it a client could open connections and send nothing (or a byte a
-//! minute), holding sockets and memory for ever; with `websocket.max_connections` a
-//! flood of such connections would not even reach the limit, since they never ask
-//! to upgrade. The deadline ends once the first request's headers are complete, so
-//! a WebSocket that stays open for hours is unaffected.
+//! minute), holding sockets and memory for ever; `websocket.max_connections` would
+//! not even see them, since they never ask to upgrade. The deadline stops for good
+//! once a response switches protocols (101), so a WebSocket that stays open for
+//! hours is unaffected.
 
 use axum::serve::Listener;
 use metrics::Counter;
@@ -39,6 +40,9 @@ impl Listener for HandshakeListener {
             deadline: Some(Box::pin(tokio::time::sleep(self.deadline))),
             tail: [0; 3],
             timeouts: self.timeouts.clone(),
+            timeout: self.deadline,
+            upgraded: false,
+            read_waker: None,
         };
         (io, addr)
     }
@@ -48,15 +52,40 @@ impl Listener for HandshakeListener {
     }
 }
 
-/// A connection whose reads fail once the deadline passes before the end of the
-/// first request's headers (`\r\n\r\n`) has been read.
+/// A connection whose reads fail once the deadline passes before the end of a
+/// request's headers (`\r\n\r\n`, or `\n\n`) has been read.
 pub struct Handshake<S> {
     inner: S,
-    /// `None` once the headers are complete.
+    /// `None` while no request is awaited (headers complete, response pending).
     deadline: Option<Pin<Box<Sleep>>>,
-    /// The last three bytes read, to find `\r\n\r\n` across reads.
+    /// The last three bytes read, to find the end of headers across reads.
     tail: [u8; 3],
     timeouts: Counter,
+    timeout: Duration,
+    /// A response switched protocols: no deadline any more.
+    upgraded: bool,
+    /// The reader's waker while no deadline runs, so that re-arming it (from a
+    /// write) gets the read side polled again and the timer registered.
+    read_waker: Option<std::task::Waker>,
+}
+
+impl<S> Handshake<S> {
+    /// After a write: a response head re-arms the deadline for the next request on
+    /// a kept-alive connection; `101 Switching Protocols` ends it for good.
+    fn wrote(&mut self, head: &[u8]) {
+        if self.upgraded || self.deadline.is_some() || !head.starts_with(b"HTTP/1.") {
+            return;
+        }
+        if head.get(9..12) == Some(b"101") {
+            self.upgraded = true;
+        } else {
+            self.deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
+            self.tail = [0; 3];
+            if let Some(w) = self.read_waker.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Handshake<S> {
@@ -69,12 +98,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Handshake<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.deadline.is_none() {
+            if polled.is_pending() && !this.upgraded {
+                this.read_waker = Some(cx.waker().clone());
+            }
             return polled;
         }
         if let Poll::Ready(Ok(())) = &polled {
             let mut seen = this.tail.to_vec();
             seen.extend_from_slice(&buf.filled()[before..]);
-            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let end =
+                seen.windows(4).any(|w| w == b"\r\n\r\n") || seen.windows(2).any(|w| w == b"\n\n");
+            if end {
                 this.deadline = None;
                 return polled;
             }
@@ -119,7 +153,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Handshake<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(first)) = (&polled, bufs.iter().find(|b| !b.is_empty())) {
+            let head = &first[..(*n).min(first.len())];
+            self.wrote(head);
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

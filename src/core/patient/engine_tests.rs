@@ -326,6 +326,27 @@ fn device_offline_by_last_will_or_silence_and_pump_without_spo2() {
             .iter()
             .all(|(rule, _, _)| rule != "pump_without_spo2"));
     }
+    // A pump that reports only every 20 s still counts as running.
+    {
+        let mut rare = Chair::new(sources(&[], &t, &s));
+        rare.phase(Phase::Baseline, T0 - 1);
+        rare.phase(Phase::Infusion, T0);
+        rare.read(T0, &[], Some(true));
+        let mut raised = 0;
+        for k in 1..=6u64 {
+            let mut seen = Vec::new();
+            if k % 2 == 0 {
+                seen.extend(rare.read_s(T0 + k * 10_000, &[], Some(true)));
+            }
+            seen.extend(rare.tick_s(T0 + k * 10_000 + 5_000));
+            raised += seen
+                .iter()
+                .filter(|(r, w, _)| r == "pump_without_spo2" && *w == "raised")
+                .count();
+            assert!(seen.iter().all(|(_, w, _)| *w != "cleared"), "{seen:?}");
+        }
+        assert_eq!(raised, 1);
+    }
     // The pump stops: that alarm ends.
     assert_eq!(
         c.read_s(T0 + 17_000, &[], Some(false)),

@@ -132,11 +132,16 @@ pub(super) fn measure(
             let silent = now_ms.saturating_sub(since);
             timed(silent, *silent_ms, p.device_offline)
         }
-        Check::PumpWithoutSpo2 { allowance_ms } => {
-            // Running as of a report within the allowance: a pump that has gone
-            // silent is not known to run (its silence is the offline alarm's).
+        Check::PumpWithoutSpo2 {
+            allowance_ms,
+            heard_within_ms,
+        } => {
+            // Running as of its latest report, while the chair is still heard from:
+            // a chair gone silent is not known to infuse (its silence is the offline
+            // alarm's); a pump that reports rarely still counts.
+            let heard = p.heard_at.max(p.first_heard);
             let running = p.latest.pump.is_some_and(|s| s.pump.running)
-                && now_ms.saturating_sub(p.pump_received) <= *allowance_ms;
+                && now_ms.saturating_sub(heard) <= *heard_within_ms;
             if !running {
                 Measure {
                     breached: false,

@@ -154,8 +154,6 @@ pub struct PatientState {
     latest: Latest,
     /// Gateway time each vital's latest value arrived.
     received: [u64; 6],
-    /// Gateway time the pump's latest report arrived.
-    pump_received: u64,
     recent: [(u64, u64); RECENT_IDS],
     recent_len: usize,
     recent_next: usize,
@@ -182,7 +180,6 @@ impl PatientState {
         PatientState {
             latest: Latest::default(),
             received: [0; 6],
-            pump_received: 0,
             recent: [(0, 0); RECENT_IDS],
             recent_len: 0,
             recent_next: 0,
@@ -207,10 +204,14 @@ impl PatientState {
     }
 
     /// Whether the chair can be forgotten at gateway time `now_ms`: no session in
-    /// progress (idle or discharged), every condition normal, and nothing heard for
-    /// `idle_ms`.
+    /// progress (idle or discharged), never named by a session message, every
+    /// condition normal, and nothing heard for `idle_ms`.
     pub fn evictable(&self, now_ms: u64, idle_ms: u64) -> bool {
         matches!(self.session.phase, Phase::Idle | Phase::Discharged)
+            // A chair a session message ever named keeps the time of the latest, so
+            // an older retained message (e.g. redelivered after the broker lost the
+            // gateway's session) cannot bring a past patient's session back.
+            && self.session.message_ts.is_none()
             && self.conditions.iter().all(|c| *c == ConditionState::Normal)
             && now_ms.saturating_sub(
                 self.heard_at
@@ -324,7 +325,6 @@ impl PatientState {
                     pump,
                     ts: reading.ts,
                 });
-                self.pump_received = received_at;
             } else {
                 late_values += 1;
             }

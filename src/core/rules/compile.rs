@@ -7,6 +7,10 @@ use crate::core::condition::{Check, Limit};
 use crate::core::session::{Phase, PhaseSet};
 use std::collections::HashSet;
 
+/// Without an offline allowance, how long after the chair was last heard from its
+/// pump's last "running" report still counts.
+const DEFAULT_PUMP_HEARD_WITHIN_MS: u64 = 60_000;
+
 struct Errors(Vec<RuleError>);
 
 impl Errors {
@@ -450,6 +454,11 @@ impl RuleSet {
                 technical(
                     Check::PumpWithoutSpo2 {
                         allowance_ms: t.pump_without_spo2_ms,
+                        heard_within_ms: if t.offline_ms > 0 {
+                            t.offline_ms
+                        } else {
+                            DEFAULT_PUMP_HEARD_WITHIN_MS
+                        },
                     },
                     t.pump_without_spo2_priority,
                     &monitored_phases(),
