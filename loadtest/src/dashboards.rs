@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -102,6 +102,25 @@ fn chair_index(chair: &str) -> Option<u32> {
 fn record(h: &mut Histogram<u64>, from: Instant, at: Instant) {
     let us = at.saturating_duration_since(from).as_micros() as u64;
     h.saturating_record(us.max(1));
+}
+
+/// A dashboard that stops reading once connected (a frozen browser tab): the
+/// gateway must cut it off as a slow consumer without anyone else noticing. After
+/// `stop`, reads what the socket holds to see how the connection ended.
+pub async fn stuck(http: SocketAddr, mut stop: watch::Receiver<bool>) -> String {
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await else {
+        return "could not connect".into();
+    };
+    let _ = stop.wait_for(|s| *s).await;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(c))))) => return format!("closed with {}", c.code),
+            Ok(Some(Ok(Message::Close(None)))) => return "closed".into(),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return "dropped by the gateway".into(),
+            Err(_) => return "still open".into(),
+        }
+    }
 }
 
 /// Connect, take the snapshot, optionally subscribe to live vitals, then record

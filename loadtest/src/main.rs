@@ -94,6 +94,10 @@ struct Args {
     /// by one bare MQTT subscriber (no gateway, no dashboards).
     #[arg(long)]
     floor: bool,
+    /// Also connect this many dashboards that never read (not counted in the
+    /// deliveries): the gateway must cut them off; how each ended is printed.
+    #[arg(long, default_value_t = 0)]
+    stuck: usize,
     /// Sites are named PREFIX0, PREFIX1, ...: a new prefix gives new chairs (soak).
     #[arg(long, default_value = "site")]
     site_prefix: String,
@@ -254,6 +258,9 @@ async fn run(args: Args) -> Result<Report> {
             .context("dashboards did not all connect within 60 s")?;
     }
 
+    let stuck: Vec<_> = (0..if args.floor { 0 } else { args.stuck })
+        .map(|_| tokio::spawn(dashboards::stuck(target.http, stop_rx.clone())))
+        .collect();
     let mut sampler = target.pid.and_then(ProcSampler::start);
     let start = Instant::now() + Duration::from_millis(200);
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64 + 200;
@@ -358,6 +365,13 @@ async fn run(args: Args) -> Result<Report> {
     let mut seen: Vec<Seen> = Vec::new();
     for d in dashboards {
         seen.push(d.await?);
+    }
+    if !stuck.is_empty() {
+        let mut ends: std::collections::BTreeMap<String, usize> = Default::default();
+        for s in stuck {
+            *ends.entry(s.await?).or_default() += 1;
+        }
+        eprintln!("stuck dashboards (never reading): {ends:?}");
     }
     target.stop();
     if let Some(client_id) = target.session_to_purge.take() {
