@@ -2,8 +2,7 @@
 //! Server frames are serialised here once and shared by every connection.
 
 use crate::core::{
-    AlarmEvent, ChairView, Latest, LimitOverride, Session, SessionChange, SessionEvent,
-    SessionUpdate, Vital,
+    AlarmEvent, ChairView, Latest, Session, SessionChange, SessionEvent, SessionUpdate, Vital,
 };
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
@@ -280,13 +279,14 @@ pub enum Command {
     UnsubscribeVitals,
     /// Ask for a fresh snapshot.
     Snapshot,
-    /// Set a chair's session (phase, patient, ...) on behalf of `by`.
+    /// Set a chair's session on behalf of `by`: the fields of a session message
+    /// (parsed by [`Command::parse`], which refuses unknown fields as the session
+    /// topic does; a dashboard's `ts` is ignored: a command applies when made).
+    #[serde(skip_deserializing)]
     SetSession {
         chair: String,
-        #[serde(default)]
         by: String,
-        #[serde(flatten)]
-        session: SessionUpdateFields,
+        session: SessionUpdate,
     },
     /// Change one rule's limits for the patient in `chair` (both absent: back to the
     /// configured limits).
@@ -302,46 +302,19 @@ pub enum Command {
     },
 }
 
-/// The session fields of a `set_session` command (a session message without `by`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct SessionUpdateFields {
-    pub phase: crate::core::Phase,
-    #[serde(default)]
-    pub patient: Option<String>,
-    #[serde(default)]
-    pub session_number: Option<u16>,
-    #[serde(default)]
-    pub session_count: Option<u16>,
-    #[serde(default)]
-    pub route: Option<crate::core::Route>,
-    #[serde(default)]
-    pub limits: Option<std::collections::BTreeMap<String, LimitOverride>>,
-}
-
-impl SessionUpdateFields {
-    /// The session update this command asks for, set now by `by`.
-    pub fn update(&self, by: &str) -> SessionUpdate {
-        SessionUpdate {
-            phase: self.phase,
-            patient: self.patient.clone(),
-            session_number: self.session_number,
-            session_count: self.session_count,
-            route: self.route,
-            ts: None,
-            by: Some(by.to_string()),
-            limits: self.limits.clone(),
-        }
-    }
-}
-
 /// Longest accepted `by` in an acknowledgement.
 pub const MAX_ACK_BY: usize = 128;
 
 impl Command {
     /// Parse and check a command. The error is `(code, message)` for an error frame.
     pub fn parse(text: &str) -> Result<Command, (&'static str, String)> {
-        let cmd: Command =
-            serde_json::from_str(text).map_err(|e| ("bad_command", e.to_string()))?;
+        let bad = |e: serde_json::Error| ("bad_command", e.to_string());
+        let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
+        let cmd = if value.get("type").and_then(|t| t.as_str()) == Some("set_session") {
+            Command::set_session(value).map_err(bad)?
+        } else {
+            serde_json::from_value(value).map_err(bad)?
+        };
         let by = match &cmd {
             Command::Ack { by, .. }
             | Command::SetSession { by, .. }
@@ -358,11 +331,32 @@ impl Command {
         }
         if let Command::SetSession { session, .. } = &cmd {
             session
-                .update("check")
                 .check()
                 .map_err(|e| ("bad_command", e.to_string()))?;
         }
         Ok(cmd)
+    }
+
+    /// `set_session`: `chair` and `by`, then exactly the fields of a session message.
+    fn set_session(value: serde_json::Value) -> Result<Command, serde_json::Error> {
+        use serde::de::Error;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(serde_json::Error::custom("a command is a JSON object"));
+        };
+        fields.remove("type");
+        let text = |v: Option<serde_json::Value>, name: &str| match v {
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            None => Ok(None),
+            Some(_) => Err(serde_json::Error::custom(format!(
+                "`{name}` must be a string"
+            ))),
+        };
+        let chair = text(fields.remove("chair"), "chair")?
+            .ok_or_else(|| serde_json::Error::missing_field("chair"))?;
+        let by = text(fields.remove("by"), "by")?.unwrap_or_default();
+        let mut session: SessionUpdate = serde_json::from_value(serde_json::Value::Object(fields))?;
+        session.ts = None;
+        Ok(Command::SetSession { chair, by, session })
     }
 }
 
@@ -392,6 +386,23 @@ mod tests {
         .is_err());
         assert!(Command::parse(r#"{"type":"ack","id":"x","by":"kim"}"#).is_err());
         assert!(Command::parse(r#"{"type":"reboot"}"#).is_err());
+        match Command::parse(
+            r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":"P","ts":5}"#,
+        ) {
+            Ok(Command::SetSession { chair, session, .. }) => {
+                assert_eq!(chair, "n/1");
+                assert_eq!(session.ts, None, "a dashboard's ts is ignored");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A misspelt field is refused, as on the session topic.
+        assert!(Command::parse(
+            r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":"P","limts":{}}"#
+        )
+        .is_err());
+        assert!(
+            Command::parse(r#"{"type":"set_session","phase":"baseline","patient":"P"}"#).is_err()
+        );
         assert!(Command::parse("not json").is_err());
     }
 

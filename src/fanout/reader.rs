@@ -146,17 +146,21 @@ impl Reader {
                         Err(e) => self.refuse(e.code(), &e.to_string(), Some(id)),
                     }
                 }
-                Ok(Command::SetSession { chair, by, session }) => {
+                Ok(Command::SetSession {
+                    chair,
+                    by,
+                    mut session,
+                }) => {
                     let Some(by) = self.actor(Permission::SetSession, &by, None) else {
                         continue;
                     };
                     if !self.in_scope(&chair) {
                         continue;
                     }
+                    session.by = Some(by);
                     let _order = app.in_order();
                     let result = check_chair(&chair).and_then(|()| {
-                        app.ward
-                            .set_session(&chair, &session.update(&by), crate::app::now_ms())
+                        app.ward.set_session(&chair, &session, crate::app::now_ms())
                     });
                     self.apply(result);
                 }
