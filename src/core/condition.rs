@@ -227,6 +227,16 @@ pub enum Step {
     Cleared { alarm_id: u64 },
 }
 
+/// Raise a new alarm on `state`.
+fn raise(state: &mut ConditionState, next_id: &mut dyn FnMut() -> u64) -> Step {
+    let alarm_id = next_id();
+    *state = ConditionState::Active {
+        alarm_id,
+        acknowledged: false,
+    };
+    Step::Raised { alarm_id }
+}
+
 impl Condition {
     /// Advance `state` with a measurement taken at `ts` (non-decreasing; device time
     /// for physiological conditions, gateway time for technical ones). `next_id`
@@ -241,12 +251,7 @@ impl Condition {
         match *state {
             ConditionState::Normal if m.breached => {
                 if self.delay_ms == 0 {
-                    let alarm_id = next_id();
-                    *state = ConditionState::Active {
-                        alarm_id,
-                        acknowledged: false,
-                    };
-                    Step::Raised { alarm_id }
+                    raise(state, next_id)
                 } else {
                     *state = ConditionState::Pending { since: ts };
                     Step::Nothing
@@ -258,12 +263,7 @@ impl Condition {
                     *state = ConditionState::Normal;
                     Step::Nothing
                 } else if ts.saturating_sub(since) >= self.delay_ms {
-                    let alarm_id = next_id();
-                    *state = ConditionState::Active {
-                        alarm_id,
-                        acknowledged: false,
-                    };
-                    Step::Raised { alarm_id }
+                    raise(state, next_id)
                 } else {
                     Step::Nothing
                 }

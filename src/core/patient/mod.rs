@@ -382,20 +382,8 @@ impl PatientState {
                 }
                 return;
             }
-            if let Step::Cleared { alarm_id } = Condition::withdraw(&mut self.conditions[i]) {
-                effects.transitions.push(Transition {
-                    condition: i,
-                    step: Step::Cleared { alarm_id },
-                    value: self
-                        .latest
-                        .get(cond.check.vital().unwrap_or(Vital::Hr))
-                        .map_or(0.0, |s| s.value),
-                    limit: 0.0,
-                    ts,
-                    reason: Some("no_limit"),
-                    parts: Vec::new(),
-                });
-            }
+            let step = Condition::withdraw(&mut self.conditions[i]);
+            self.record_end(rules, i, step, ts, "no_limit", effects);
             return;
         };
         let step = cond.step(&mut self.conditions[i], &m, ts, next_id);

@@ -178,18 +178,8 @@ impl PatientState {
         else {
             return effects;
         };
-        if let Step::Cleared { alarm_id } = Condition::acknowledge(&mut self.conditions[i]) {
-            let (value, limit) = self.report(rules, i, now_ms);
-            effects.transitions.push(Transition {
-                condition: i,
-                step: Step::Cleared { alarm_id },
-                value,
-                limit,
-                ts: now_ms,
-                reason: Some("acknowledged"),
-                parts: Vec::new(),
-            });
-        }
+        let step = Condition::acknowledge(&mut self.conditions[i]);
+        self.record_end(rules, i, step, now_ms, "acknowledged", &mut effects);
         self.check_discharge(rules, now_ms, &mut effects);
         effects
     }
@@ -273,21 +263,36 @@ impl PatientState {
                 };
                 self.evaluate(rules, i, ts, now_ms, next_id, effects);
             } else if self.conditions[i] != ConditionState::Normal {
-                let (value, limit) = self.report(rules, i, now_ms);
-                if let Step::Cleared { alarm_id } = Condition::withdraw(&mut self.conditions[i]) {
-                    effects.transitions.push(Transition {
-                        condition: i,
-                        step: Step::Cleared { alarm_id },
-                        value,
-                        limit,
-                        ts: now_ms,
-                        reason: Some("phase_change"),
-                        parts: Vec::new(),
-                    });
-                }
+                let step = Condition::withdraw(&mut self.conditions[i]);
+                self.record_end(rules, i, step, now_ms, "phase_change", effects);
             }
         }
         self.check_discharge(rules, now_ms, effects);
+    }
+
+    /// Record the end of condition `i`'s alarm for `reason` (not the value
+    /// recovering), if `step` ended one.
+    pub(super) fn record_end(
+        &self,
+        rules: &RuleSet,
+        i: usize,
+        step: Step,
+        ts: u64,
+        reason: &'static str,
+        effects: &mut Effects,
+    ) {
+        if let Step::Cleared { .. } = step {
+            let (value, limit) = self.report(rules, i, ts);
+            effects.transitions.push(Transition {
+                condition: i,
+                step,
+                value,
+                limit,
+                ts,
+                reason: Some(reason),
+                parts: Vec::new(),
+            });
+        }
     }
 
     /// Value and limit to report for condition `i` outside a measurement.
