@@ -225,22 +225,37 @@ impl Gateway {
     }
 }
 
+/// Read records from the audit trail at start-up, off the runtime. `None` (logged,
+/// naming `what`) if they cannot be read: the gateway starts without them.
+async fn read_audit(
+    app: &Arc<App>,
+    what: &str,
+    read: impl FnOnce(&Audit) -> Result<Vec<audit::Stored>, audit::AuditError> + Send + 'static,
+) -> Option<Vec<audit::Stored>> {
+    let audit = app.audit.clone();
+    match tokio::task::spawn_blocking(move || read(&audit)).await {
+        Ok(Ok(records)) => Some(records),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read {what} from the audit trail");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading {what} from the audit trail failed");
+            None
+        }
+    }
+}
+
 /// Restore every chair's session from the audit trail: a restarted gateway knows
 /// each chair's phase, patient, baseline and limits before the first message
 /// arrives (a persistent MQTT session does not resend retained messages).
 async fn restore_sessions(app: &Arc<App>) {
-    let audit = app.audit.clone();
-    let latest = tokio::task::spawn_blocking(move || audit.latest_per_chair("session")).await;
-    let records = match latest {
-        Ok(Ok(records)) => records,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read sessions from the audit trail; chairs start idle");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "session restore task failed; chairs start idle");
-            return;
-        }
+    let Some(records) = read_audit(app, "sessions (chairs start idle)", |a| {
+        a.latest_per_chair("session")
+    })
+    .await
+    else {
+        return;
     };
     let now = app::now_ms();
     let mut restored = 0;
@@ -266,17 +281,8 @@ async fn restore_sessions(app: &Arc<App>) {
 /// escalating. One that no longer matches a rule of its chair's profile (rules
 /// changed) is closed with `reason: "not_restored"`, so the record is complete.
 async fn restore_open_alarms(app: &Arc<App>) {
-    let audit = app.audit.clone();
-    let open = match tokio::task::spawn_blocking(move || audit.open_alarms()).await {
-        Ok(Ok(open)) => open,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read open alarms from the audit trail");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "open-alarm restore task failed");
-            return;
-        }
+    let Some(open) = read_audit(app, "open alarms", Audit::open_alarms).await else {
+        return;
     };
     let now = app::now_ms();
     let (mut restored, mut closed) = (0, Vec::new());

@@ -130,9 +130,10 @@ pub struct SessionUpdate {
     pub session_count: Option<u16>,
     #[serde(default)]
     pub route: Option<Route>,
-    /// When the phase was set, ms since the epoch; defaults to when it arrived. A
-    /// message older than the chair's current session state is ignored, so a stale
-    /// retained message cannot undo a newer change.
+    /// When the message was made, ms since the epoch on the clinic system's clock:
+    /// required on the session topic, where messages are ordered by it (an older one
+    /// cannot undo a newer change); absent for dashboard commands, which apply when
+    /// made.
     #[serde(default)]
     pub ts: Option<u64>,
     /// Who set it.

@@ -132,10 +132,6 @@ fn side_limit(
     })
 }
 
-fn phase_set(phases: &[Phase]) -> PhaseSet {
-    PhaseSet::of(phases)
-}
-
 impl RuleSet {
     /// Compile threshold rules alone, with no technical alarms (tests, benchmarks).
     pub fn compile(specs: &[RuleSpec]) -> Result<RuleSet, Vec<RuleError>> {
@@ -255,7 +251,7 @@ impl RuleSet {
                             priority: spec.priority,
                             delay_ms: spec.delay_ms,
                             hysteresis: spec.hysteresis,
-                            phases: phase_set(&spec.phases),
+                            phases: PhaseSet::of(&spec.phases),
                             max_session: spec.max_session,
                             needs_pump: false,
                             latching: spec.latching,
@@ -318,7 +314,7 @@ impl RuleSet {
                     priority: spec.priority,
                     delay_ms: spec.delay_ms,
                     hysteresis: spec.hysteresis,
-                    phases: phase_set(&spec.phases),
+                    phases: PhaseSet::of(&spec.phases),
                     max_session: spec.max_session,
                     needs_pump: false,
                     latching: spec.latching,
@@ -379,7 +375,7 @@ impl RuleSet {
                         priority: spec.priority,
                         delay_ms: 0,
                         hysteresis: spec.hysteresis,
-                        phases: phase_set(&spec.phases),
+                        phases: PhaseSet::of(&spec.phases),
                         max_session: spec.max_session,
                         needs_pump: false,
                         latching: spec.latching,
@@ -395,7 +391,7 @@ impl RuleSet {
             priority,
             delay_ms: 0,
             hysteresis: 0.0,
-            phases: phase_set(phases),
+            phases: PhaseSet::of(phases),
             max_session: None,
             needs_pump,
             latching: false,
