@@ -67,6 +67,16 @@ pub struct ChairView {
     pub session: Session,
 }
 
+impl ChairView {
+    fn of(chair: &Arc<str>, state: &PatientState) -> ChairView {
+        ChairView {
+            chair: chair.clone(),
+            latest: *state.latest(),
+            session: state.session().clone(),
+        }
+    }
+}
+
 pub struct Ward {
     patients: DashMap<Arc<str>, PatientState>,
     rules: Arc<RuleSet>,
@@ -387,16 +397,19 @@ impl Ward {
         }
     }
 
+    /// One chair with its latest values and session.
+    pub fn chair(&self, chair: &str) -> Option<ChairView> {
+        self.patients
+            .get(chair)
+            .map(|e| ChairView::of(e.key(), e.value()))
+    }
+
     /// Every chair with its latest values and session, ordered by chair key.
     pub fn chairs(&self) -> Vec<ChairView> {
         let mut all: Vec<ChairView> = self
             .patients
             .iter()
-            .map(|e| ChairView {
-                chair: e.key().clone(),
-                latest: *e.value().latest(),
-                session: e.value().session().clone(),
-            })
+            .map(|e| ChairView::of(e.key(), e.value()))
             .collect();
         all.sort_by(|a, b| a.chair.cmp(&b.chair));
         all

@@ -160,19 +160,14 @@ pub async fn sessions(
     if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref(), Some(&chair)) {
         return refusal;
     }
-    let current = app
-        .ward
-        .chairs()
-        .into_iter()
-        .find(|c| *c.chair == *chair)
-        .map(|c| {
-            SessionEvent::new(
-                c.chair,
-                SessionChange::Phase,
-                &c.session,
-                c.session.applied_at,
-            )
-        });
+    let current = app.ward.chair(&chair).map(|c| {
+        SessionEvent::new(
+            c.chair,
+            SessionChange::Phase,
+            &c.session,
+            c.session.applied_at,
+        )
+    });
     let (rows, truncated) =
         match query(&app, "session", Some(chair.clone()), q.from, q.to, q.limit).await {
             Ok(r) => r,
