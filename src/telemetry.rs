@@ -204,7 +204,7 @@ impl Metrics {
             ),
             session_rejected: counter(
                 "vitalgate_session_rejected_total",
-                "Session messages and commands refused (malformed, stale, bad transition, unknown rule).",
+                "Session messages, session commands and device status messages refused (malformed, stale, bad transition, unknown rule, bad status).",
             ),
             status_messages: counter(
                 "vitalgate_device_status_total",

@@ -520,8 +520,18 @@ async fn dashboard_commands_technical_alarms_escalation_and_reminders() {
         }
     };
     assert_eq!(on["state"], "cleared");
+    // A status that is neither online nor offline is refused and counted.
+    dev.publish_retained(&status, "sleeping").await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while gw.metric("vitalgate_session_rejected_total").await < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bad status not counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     dev.publish_retained(&status, Vec::new()).await;
-    dev.wait_acked(5).await;
+    dev.wait_acked(6).await;
     assert!(gw.metric("vitalgate_alarm_escalations_total").await >= 1.0);
     gw.stop().await;
 }

@@ -66,7 +66,7 @@ fn session(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         })
         .map_err(WardError::from)
         .and_then(|update| app.ward.set_session(chair, &update, now_ms));
-    publish_or_refuse(app, result, &app.metrics.session_rejected)
+    publish_or_refuse(app, result)
 }
 
 /// A device status message: `online` / `offline`, as plain text or as
@@ -77,6 +77,7 @@ fn status(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         return Processed::Session { events: 0 };
     }
     let Some(online) = parse_status(payload) else {
+        app.metrics.session_rejected.increment(1);
         return Processed::Refused {
             code: "bad_status",
             detail: "status must be \"online\" or \"offline\" (or {\"status\": ...})".into(),
@@ -84,14 +85,11 @@ fn status(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
     };
     let _order = app.in_order();
     let result = app.ward.set_device_online(chair, online, now_ms);
-    publish_or_refuse(app, result, &app.metrics.session_rejected)
+    publish_or_refuse(app, result)
 }
 
-fn publish_or_refuse(
-    app: &App,
-    result: Result<Vec<crate::core::Event>, WardError>,
-    refused: &metrics::Counter,
-) -> Processed {
+/// Publish what a session or status message changed, or count and name its refusal.
+fn publish_or_refuse(app: &App, result: Result<Vec<crate::core::Event>, WardError>) -> Processed {
     match result {
         Ok(events) => {
             let n = events.len();
@@ -99,7 +97,7 @@ fn publish_or_refuse(
             Processed::Session { events: n }
         }
         Err(e) => {
-            refused.increment(1);
+            app.metrics.session_rejected.increment(1);
             Processed::Refused {
                 code: e.code(),
                 detail: e.to_string(),
