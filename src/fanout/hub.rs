@@ -185,8 +185,34 @@ impl Hub {
             })
             .collect();
         self.record(&frames);
-        for (seq, _, _, _, frame) in frames {
-            self.deliver_locked(&mut inner, seq, frame);
+        let frames: Vec<(u64, Frame)> = frames
+            .into_iter()
+            .map(|(seq, _, _, _, frame)| (seq, frame))
+            .collect();
+        self.deliver_locked(&mut inner, frames);
+        drop(inner);
+        self.checkpoint_if_due();
+    }
+
+    /// Once events are delivered, run an audit checkpoint if one is due, on a
+    /// blocking thread so that its fsync holds up neither this alarm nor an async
+    /// worker (the next append waits for it only if it comes while it runs).
+    fn checkpoint_if_due(&self) {
+        let Some(audit) = &self.audit else { return };
+        if !audit.claim_checkpoint() {
+            return;
+        }
+        let audit = audit.clone();
+        let metrics = self.metrics.clone();
+        let run = move || {
+            if let Err(e) = audit.checkpoint() {
+                metrics.audit_errors.increment(1);
+                tracing::warn!(error = %e, "audit trail checkpoint failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(run)),
+            Err(_) => run(),
         }
     }
 
@@ -215,12 +241,21 @@ impl Hub {
         }
     }
 
-    fn deliver_locked(&self, inner: &mut Inner, seq: u64, frame: Frame) {
-        if inner.replay.len() >= self.replay_capacity {
-            inner.replay.pop_front();
+    /// Store `frames` for replay and queue them, in order, for every subscriber.
+    ///
+    /// Subscriber by subscriber rather than frame by frame: the events of one reading
+    /// (a surge that raises two rules) then sit in each queue together, and its
+    /// writer sends them in one socket write instead of waking once per frame.
+    fn deliver_locked(&self, inner: &mut Inner, frames: Vec<(u64, Frame)>) {
+        for (seq, frame) in &frames {
+            if inner.replay.len() >= self.replay_capacity {
+                inner.replay.pop_front();
+            }
+            inner.replay.push_back((*seq, frame.clone()));
         }
-        inner.replay.push_back((seq, frame.clone()));
-        inner.subscribers.retain(|s| s.deliver(&frame));
+        inner
+            .subscribers
+            .retain(|s| frames.iter().all(|(_, frame)| s.deliver(frame)));
     }
 
     /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event,
@@ -249,7 +284,7 @@ impl Hub {
             .increment(1);
         let frame = protocol::alarm_frame(seq, &event, None);
         self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
-        self.deliver_locked(&mut inner, seq, frame);
+        self.deliver_locked(&mut inner, vec![(seq, frame)]);
         Ok(event)
     }
 
@@ -283,7 +318,7 @@ impl Hub {
             }
             let frame = protocol::alarm_frame(seq, &event, None);
             self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
-            self.deliver_locked(&mut inner, seq, frame);
+            self.deliver_locked(&mut inner, vec![(seq, frame)]);
         }
     }
 
@@ -441,11 +476,18 @@ mod tests {
         h.publish((1..=5).map(raised).collect(), None);
         assert!(slow.is_cancelled());
         assert_eq!(h.subscriber_count(), 1);
-        let mut got = 0;
-        while fast_rx.try_recv().is_ok() {
-            got += 1;
+        let mut got = Vec::new();
+        while let Ok(frame) = fast_rx.try_recv() {
+            got.push(frame);
         }
-        assert_eq!(got, 5);
+        // Every event of the publish, in sequence order, though they are queued
+        // subscriber by subscriber.
+        let seqs: Vec<u64> = seqs(&got)
+            .iter()
+            .map(|s| s.trim_start_matches("alarm:").parse().unwrap())
+            .collect();
+        assert_eq!(seqs.len(), 5);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
     }
 
     #[test]

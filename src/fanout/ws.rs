@@ -22,11 +22,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Close codes sent to dashboards (documented in `docs/protocol.md`).
 pub mod close_code {
@@ -146,10 +147,38 @@ pub(super) struct Signals {
 
 struct Conn {
     app: Arc<App>,
-    /// When the client's token expires: the connection closes then (4001).
-    expires: Option<tokio::time::Instant>,
     sink: SplitSink<WebSocket, Message>,
     signals: Arc<Signals>,
+    stops: Stops,
+}
+
+/// What ends or interrupts a connection's writes, each awaited through one future
+/// made when the connection starts. Making and dropping these on every frame (a
+/// mutex and a waiter-list update each) was a measurable share of the CPU a
+/// delivery costs with a thousand dashboards; a finished one stays finished.
+struct Stops {
+    /// Cut off as slow ([`Signals::slow`]).
+    slow: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The client went away ([`Signals::gone`]).
+    gone: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Gateway shutdown: drain the queue, then close with 1001.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The shutdown grace ran out: stop writing at once.
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the client's token expires: the connection closes then (4001).
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stops {
+    fn new(app: &App, signals: &Signals, expires: Option<tokio::time::Instant>) -> Stops {
+        Stops {
+            slow: Box::pin(signals.slow.clone().cancelled_owned()),
+            gone: Box::pin(signals.gone.clone().cancelled_owned()),
+            shutdown: Box::pin(app.close_dashboards.clone().cancelled_owned()),
+            force: Box::pin(app.force_close.clone().cancelled_owned()),
+            expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
 }
 
 /// A live-vitals subscription held by the writer.
@@ -197,13 +226,14 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
         identity,
     };
     let reader = tokio::spawn(reader.run(stream));
+    let expires = expires_at.map(|exp_s| {
+        let left = exp_s
+            .saturating_mul(1_000)
+            .saturating_sub(crate::app::now_ms());
+        tokio::time::Instant::now() + Duration::from_millis(left)
+    });
     let mut conn = Conn {
-        expires: expires_at.map(|exp_s| {
-            let left = exp_s
-                .saturating_mul(1_000)
-                .saturating_sub(crate::app::now_ms());
-            tokio::time::Instant::now() + Duration::from_millis(left)
-        }),
+        stops: Stops::new(&app, &signals, expires),
         app: app.clone(),
         sink,
         signals: signals.clone(),
@@ -247,27 +277,27 @@ impl Conn {
         mut scope_rx: watch::Receiver<Option<Scope>>,
         live: &mut Option<Live>,
     ) -> Option<End> {
-        for frame in initial {
-            if let Err(end) = self.send(Message::Text(frame.text)).await {
-                return Some(end);
-            }
+        if let Err(end) = self
+            .send_all(initial.into_iter().map(|f| f.text).collect())
+            .await
+        {
+            return Some(end);
         }
         let ws = &self.app.config.websocket;
         let idle_timeout = ws.idle_timeout_ms;
         let mut ping = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let shutdown = self.app.close_dashboards.clone();
         loop {
             let step = tokio::select! {
                 biased;
-                _ = self.signals.slow.cancelled() => return Some(End::Slow),
-                _ = self.signals.gone.cancelled() => return None,
-                _ = until(self.expires) => {
+                _ = &mut self.stops.slow => return Some(End::Slow),
+                _ = &mut self.stops.gone => return None,
+                _ = expired(&mut self.stops.expires) => {
                     self.close(close_code::TOKEN_EXPIRED, "token expired").await;
                     return None;
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut self.stops.shutdown => {
                     // Deliver everything already queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
                         if let Err(end) = self.send_frame(frame).await {
@@ -305,12 +335,33 @@ impl Conn {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), End> {
+        let stops = &mut self.stops;
         tokio::select! {
             biased;
-            _ = self.signals.slow.cancelled() => Err(End::Slow),
-            _ = self.app.force_close.cancelled() => Err(End::Gone),
-            _ = until(self.expires) => Err(End::Expired),
+            _ = &mut stops.slow => Err(End::Slow),
+            _ = &mut stops.force => Err(End::Gone),
+            _ = expired(&mut stops.expires) => Err(End::Expired),
             r = self.sink.send(msg) => r.map_err(write_failed),
+        }
+    }
+
+    /// Send `texts` as text messages with one flush, so a burst costs one socket
+    /// write, not one per message.
+    async fn send_all(&mut self, texts: Vec<Utf8Bytes>) -> Result<(), End> {
+        let stops = &mut self.stops;
+        let sink = &mut self.sink;
+        let write = async {
+            for text in texts {
+                sink.feed(Message::Text(text)).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            _ = &mut stops.slow => Err(End::Slow),
+            _ = &mut stops.force => Err(End::Gone),
+            _ = expired(&mut stops.expires) => Err(End::Expired),
+            r = write => r.map_err(write_failed),
         }
     }
 
@@ -339,22 +390,8 @@ impl Conn {
                 Err(_) => break,
             }
         }
-        let slow = self.signals.slow.clone();
-        let force = self.app.force_close.clone();
-        let expires = self.expires;
-        let write = async {
-            for frame in &batch {
-                self.sink.feed(Message::Text(frame.text.clone())).await?;
-            }
-            self.sink.flush().await
-        };
-        tokio::select! {
-            biased;
-            _ = slow.cancelled() => return Err(End::Slow),
-            _ = force.cancelled() => return Err(End::Gone),
-            _ = until(expires) => return Err(End::Expired),
-            r = write => r.map_err(write_failed)?,
-        }
+        self.send_all(batch.iter().map(|f| f.text.clone()).collect())
+            .await?;
         for frame in &batch {
             if let Some(at) = frame.ingested_at {
                 Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
@@ -388,9 +425,8 @@ impl Conn {
                 changes,
                 version: batch.version,
             });
-            for frame in batch.frames {
-                self.send(Message::Text(frame.text)).await?;
-            }
+            self.send_all(batch.frames.into_iter().map(|f| f.text).collect())
+                .await?;
         }
         Ok(())
     }
@@ -406,10 +442,8 @@ impl Conn {
             None => self.app.live.subscribe_again(&l.scope, &self.app.ward),
         };
         l.version = batch.version;
-        for frame in batch.frames {
-            self.send(Message::Text(frame.text)).await?;
-        }
-        Ok(())
+        self.send_all(batch.frames.into_iter().map(|f| f.text).collect())
+            .await
     }
 
     /// Best-effort close frame, bounded by `close_timeout_ms`.
@@ -432,10 +466,10 @@ fn write_failed(e: axum::Error) -> End {
     End::Gone
 }
 
-/// Completes at `at`, or never.
-async fn until(at: Option<tokio::time::Instant>) {
+/// Completes when the token expires, or never.
+async fn expired(at: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(sleep) => sleep.await,
         None => std::future::pending().await,
     }
 }
