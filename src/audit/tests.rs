@@ -296,13 +296,53 @@ fn wal_stays_bounded_under_steady_appends() {
     let db = TempDb::new("wal");
     let audit = Audit::open(&db.0, false).unwrap();
     let body = "x".repeat(700);
+    let mut checkpoints = 0;
     for i in 0..20_000u64 {
+        audit
+            .append(&[rec(i, "alarm", "north/3", i, &body)])
+            .unwrap();
+        // As the hub does after delivering each batch.
+        if audit.claim_checkpoint() {
+            audit.checkpoint().unwrap();
+            checkpoints += 1;
+        }
+    }
+    assert!(checkpoints >= 2, "{checkpoints} checkpoints");
+    let mut wal = db.0.clone().into_os_string();
+    wal.push("-wal");
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(size <= 8 << 20, "WAL is {size} bytes");
+}
+
+#[test]
+fn appends_never_checkpoint_by_themselves() {
+    // A checkpoint's fsync inside an append would delay the alarm being appended:
+    // appends leave the WAL to grow until the caller checkpoints.
+    let db = TempDb::new("nockpt");
+    let audit = Audit::open(&db.0, false).unwrap();
+    let body = "x".repeat(700);
+    for i in 0..8_000u64 {
         audit
             .append(&[rec(i, "alarm", "north/3", i, &body)])
             .unwrap();
     }
     let mut wal = db.0.clone().into_os_string();
     wal.push("-wal");
-    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(size <= 8 << 20, "WAL is {size} bytes");
+    let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        before > 5 << 20,
+        "WAL is {before} bytes: something checkpointed"
+    );
+    assert!(audit.claim_checkpoint());
+    assert!(!audit.claim_checkpoint(), "claimed twice");
+    audit.checkpoint().unwrap();
+    audit
+        .append(&[rec(9_000, "alarm", "north/3", 9_000, &body)])
+        .unwrap();
+    let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(after < before, "WAL did not start over: {after} bytes");
+    assert_eq!(
+        audit.query(None, None, None, None, 20_000).unwrap().len(),
+        8_001
+    );
 }
