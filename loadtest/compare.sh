@@ -1,55 +1,264 @@
 #!/usr/bin/env bash
 # Side by side in one run, same publishers and the same private Mosquitto settings:
 #   1. the floor: a bare MQTT subscriber that does nothing (vitalgate-loadtest --floor);
-#   2. vitalgate, with DASHBOARDS dashboards.
-# (The Node-RED flow of the comparison is not built yet.)
+#   2. Node-RED: the flow a clinic's integrator would build (loadtest/nodered/flows.json):
+#      `mqtt in` (clinic/+/chair/+/vitals, QoS 1, clean session, a fresh client id) →
+#      `function` (the shipped sbp_warn and sbp_critical limits, hysteresis 5 mmHg,
+#      once per episode per chair and rule, cleared when back inside) →
+#      `websocket out` (/ws, vitalgate's `alarm` frames), with DASHBOARDS dashboards;
+#   3. vitalgate, with DASHBOARDS dashboards.
 #
 #   loadtest/compare.sh                         # rates 1000 10000 20000 readings/s, 10 s each
 #   RATES="1000 5000" DURATION=30s DASHBOARDS=20 loadtest/compare.sh
+#   CONTENDERS="floor vitalgate" loadtest/compare.sh     # without Node-RED
+#   REPORT_ONLY=1 MAX_P99_MS=100 RATES="..." loadtest/compare.sh  # re-judge saved runs
 #
-# Writes one JSON report per run under $OUT and prints a table with the ratios.
+# Writes one JSON report per run under $OUT (floor-R.json, nodered-R.json,
+# vitalgate-R.json, the harness's output beside each as .txt) and prints a table with
+# the ratios vitalgate/floor and vitalgate/Node-RED.
+#
+# Node-RED (node-red@$NODE_RED_VERSION, an exact version) is installed from npm into
+# target/node-red the first time (again only if the version changes). Each Node-RED
+# run starts its own Mosquitto (the settings of the harness's private one, see
+# start_mosquitto in loadtest/src/target.rs) and its own Node-RED (a temp userDir,
+# loadtest/nodered/settings.js: no editor, no admin API) on free ports, waits until
+# the broker has its subscription, then runs the harness with --gateway
+# --ready-on-connect (Node-RED sends no snapshot) and --gateway-pid (Node-RED's CPU
+# and memory). Node-RED logs to $OUT/nodered-R.log, its broker to
+# $OUT/nodered-R.mosquitto.log. Both are stopped after the run, and on failure or
+# Ctrl-C (trap). Every harness run is bounded by `timeout`, so a contender that falls
+# over shows as lost deliveries or a failed run, not as a hang.
+#
+# Sustainable rate: per contender, the highest rate in RATES such that its run at
+# that rate and at every lower rate in RATES kept up, where a run keeps up when:
+#   - it wrote a report and measured at least one breach;
+#   - it lost nothing: no breach delivery missing or duplicated, no dashboard
+#     (subscriber) failed, every reading acknowledged by the broker;
+#   - the generator achieved >= 99 % of the target rate (otherwise the rate was not
+#     really offered);
+#   - the alarm p99 from the intended send is <= MAX_P99_MS (default 1000 ms). A
+#     contender that cannot keep up queues readings and its latency grows through
+#     the whole run, far past a second; one that keeps up stays at tens of ms, so
+#     1 s separates the two without judging normal jitter on this shared machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES=${RATES:-"1000 10000 20000"}
 DURATION=${DURATION:-10s}
+DRAIN=${DRAIN:-5s}
 DASHBOARDS=${DASHBOARDS:-10}
 OUT=${OUT:-target/compare}
+CONTENDERS=${CONTENDERS:-"floor nodered vitalgate"}
+MAX_P99_MS=${MAX_P99_MS:-1000}
+NODE_RED_VERSION=${NODE_RED_VERSION:-4.1.15}
+NODE_RED_DIR=target/node-red
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || {
   echo "installing mosquitto"; apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-cargo build --release --workspace --quiet
+# REPORT_ONLY=1: print the table again from the reports already in $OUT (e.g. with
+# another MAX_P99_MS) without running anything.
+REPORT_ONLY=${REPORT_ONLY:-0}
+[ "$REPORT_ONLY" = 1 ] || cargo build --release --workspace --quiet
 mkdir -p "$OUT"
 lt=target/release/vitalgate-loadtest
+
+# Seconds in a harness duration (500ms, 10s, 2m).
+secs() { python3 -c 'import re,sys; n,u=re.fullmatch(r"([0-9.]+)(us|ms|s|m|)",sys.argv[1]).groups(); print(int(float(n)*{"us":1e-6,"ms":1e-3,"s":1,"m":60,"":1}[u])+1)' "$1"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Dashboards connect (up to 60 s), then publish, then the publishers' acks (5 s) and drain.
+run_limit=$(( $(secs "$DURATION") + $(secs "$DRAIN") + 90 ))
+
+# What this script started and must stop: the harness run in progress (a `timeout`,
+# whose process group holds the harness and what it started), Node-RED, its broker.
+run_pid= nodered_pid= broker_pid= nodered_dir=
+stop_pid() { # pid, seconds to exit after SIGTERM before SIGKILL
+  local pid=$1 tries=$(( $2 * 10 ))
+  [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || return 0
+  while kill -0 "$pid" 2>/dev/null && [ $tries -gt 0 ]; do sleep 0.1; tries=$((tries - 1)); done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+stop_nodered() {
+  stop_pid "$nodered_pid" 5; nodered_pid=
+  stop_pid "$broker_pid" 2; broker_pid=
+  [ -z "$nodered_dir" ] || rm -rf "$nodered_dir"; nodered_dir=
+}
+cleanup() {
+  stop_pid "$run_pid" 15; run_pid=
+  stop_nodered
+}
+trap cleanup EXIT
+trap 'echo "interrupted"; exit 130' INT
+trap 'exit 143' TERM
+
+# One harness run: name, then its arguments. In the background with `wait`, so that
+# Ctrl-C reaches the trap at once.
+run() {
+  local name=$1; shift
+  rm -f "$OUT/$name.json"
+  timeout -k 10 "$run_limit" "$lt" "$@" --json "$OUT/$name.json" >"$OUT/$name.txt" 2>&1 &
+  run_pid=$!
+  local rc=0
+  wait "$run_pid" || rc=$?
+  run_pid=
+  case $rc in
+    0) ;;
+    1) echo "   lost or duplicated deliveries (see $OUT/$name.txt)" ;;
+    2) echo "   SLO missed (see $OUT/$name.txt)" ;;
+    124|137) echo "   timed out after ${run_limit}s (see $OUT/$name.txt)" ;;
+    *) echo "   failed with status $rc (see $OUT/$name.txt)" ;;
+  esac
+}
+
+# Node-RED, installed once. Without it the Node-RED rows say why.
+nodered_js=$NODE_RED_DIR/node_modules/node-red/red.js
+if [[ " $CONTENDERS " == *" nodered "* ]] && [ "$REPORT_ONLY" != 1 ]; then
+  have=$(node -p "require('./$NODE_RED_DIR/node_modules/node-red/package.json').version" 2>/dev/null || true)
+  if [ "$have" != "$NODE_RED_VERSION" ]; then
+    echo "installing node-red@$NODE_RED_VERSION into $NODE_RED_DIR (log: $OUT/npm-install.log)"
+    npm install --prefix "$NODE_RED_DIR" --no-audit --no-fund --omit=dev --save-exact \
+      "node-red@$NODE_RED_VERSION" >"$OUT/npm-install.log" 2>&1 || echo "   npm install failed"
+  fi
+fi
+
+# Start a private broker and Node-RED for one run, setting nodered_http and
+# nodered_broker (host:port), or fail with the reason in $OUT/nodered-$rate.txt.
+start_nodered() {
+  local rate=$1 txt=$OUT/nodered-$1.txt
+  [ -f "$nodered_js" ] || { echo "node-red is not installed (see $OUT/npm-install.log)" >"$txt"; return 1; }
+  nodered_dir=$(mktemp -d "${TMPDIR:-/tmp}/vitalgate-compare-nodered.XXXXXX")
+  local mport hport client_id="vitalgate-compare-nodered-$$-$rate-$RANDOM"
+  mport=$(free_port)
+  # The harness's private Mosquitto (loadtest/src/target.rs), plus the log of
+  # subscriptions that tells when Node-RED is subscribed.
+  cat >"$nodered_dir/mosquitto.conf" <<EOF
+listener $mport 127.0.0.1
+allow_anonymous true
+persistence false
+max_inflight_messages 1000
+max_queued_messages 1000000
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+log_type notice
+log_type information
+log_type subscribe
+EOF
+  "$MOSQUITTO" -c "$nodered_dir/mosquitto.conf" >/dev/null 2>"$OUT/nodered-$rate.mosquitto.log" &
+  broker_pid=$!
+  hport=$(free_port)
+  cp loadtest/nodered/flows.json "$nodered_dir/flows.json"
+  VG_MQTT_HOST=127.0.0.1 VG_MQTT_PORT=$mport VG_MQTT_CLIENT_ID=$client_id \
+    node "$nodered_js" --settings loadtest/nodered/settings.js --userDir "$nodered_dir" \
+    --port "$hport" </dev/null >"$OUT/nodered-$rate.log" 2>&1 &
+  nodered_pid=$!
+  local deadline=$((SECONDS + 60))
+  until listening "$hport" \
+      && grep -qF " $client_id 1 clinic/+/chair/+/vitals" "$OUT/nodered-$rate.mosquitto.log" 2>/dev/null; do
+    if ! kill -0 "$nodered_pid" 2>/dev/null || ! kill -0 "$broker_pid" 2>/dev/null \
+        || [ $SECONDS -ge $deadline ]; then
+      echo "Node-RED did not start and subscribe within 60 s (see $OUT/nodered-$rate.log)" >"$txt"
+      return 1
+    fi
+    sleep 0.1
+  done
+  nodered_http=127.0.0.1:$hport nodered_broker=127.0.0.1:$mport
+}
+
 for rate in $RATES; do
+  [ "$REPORT_ONLY" != 1 ] || break
   chairs=$(( rate / 10 ))
-  common=(--chairs "$chairs" --rate 10 --duration "$DURATION" --breach-every 20s --broker mosquitto)
-  echo "== $rate readings/s: floor"
-  "$lt" "${common[@]}" --floor --json "$OUT/floor-$rate.json" >"$OUT/floor-$rate.txt" 2>&1 || true
-  echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
-  "$lt" "${common[@]}" --dashboards "$DASHBOARDS" --json "$OUT/vitalgate-$rate.json" >"$OUT/vitalgate-$rate.txt" 2>&1 || true
+  common=(--chairs "$chairs" --rate 10 --duration "$DURATION" --drain "$DRAIN" --breach-every 20s)
+  for who in $CONTENDERS; do
+    case $who in
+      floor)
+        echo "== $rate readings/s: floor"
+        run "floor-$rate" "${common[@]}" --broker mosquitto --floor ;;
+      nodered)
+        echo "== $rate readings/s: Node-RED, $DASHBOARDS dashboards"
+        rm -f "$OUT/nodered-$rate.json"
+        if start_nodered "$rate"; then
+          run "nodered-$rate" "${common[@]}" --dashboards "$DASHBOARDS" \
+            --gateway "$nodered_http" --broker "$nodered_broker" \
+            --gateway-pid "$nodered_pid" --ready-on-connect
+        else
+          echo "   $(cat "$OUT/nodered-$rate.txt")"
+        fi
+        stop_nodered ;;
+      vitalgate)
+        echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
+        run "vitalgate-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" ;;
+      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, vitalgate)"; exit 3 ;;
+    esac
+  done
 done
 
-python3 - "$OUT" $RATES <<'PY'
+python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
 import json, sys
-out, rates = sys.argv[1], sys.argv[2:]
+out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+names = {"floor": "floor", "nodered": "Node-RED", "vitalgate": "vitalgate"}
+
+def kept_up(r):
+    """Why a run did not keep up (see the script's header), or None."""
+    l = r["alarm_latency_from_intended"]
+    if r["breaches"] == 0:
+        return "no breach measured"
+    if r["breach_deliveries_lost"] or r["duplicate_alarm_events"]:
+        return f"lost {r['breach_deliveries_lost']}, duplicates {r['duplicate_alarm_events']}"
+    if r["dashboards_failed"]:
+        return f"{len(r['dashboards_failed'])} dashboards failed"
+    if r["readings_acked_by_broker"] < r["readings_sent"]:
+        return "readings not acked by the broker"
+    if r["achieved_readings_per_s"] < 0.99 * r["target_readings_per_s"]:
+        return "generator below 99 % of target"
+    if l["p99_ms"] > max_p99:
+        return f"p99 > {max_p99:.0f} ms"
+    return None
+
 print()
-print(f"{'readings/s':>10} {'who':<10} {'sent/s':>8} {'lost':>5} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'CPU %':>6}   (latency from intended send)")
+print(f"{'readings/s':>10} {'who':<18} {'sent/s':>8} {'lost':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+      f"{'max ms':>9} {'CPU %':>6} {'RSS MiB':>8}  kept up   (latency from intended send)")
+ok = {who: {} for who in contenders}
 for rate in rates:
     rows = {}
-    for who in ("floor", "vitalgate"):
+    for who in contenders:
         try:
             r = json.load(open(f"{out}/{who}-{rate}.json"))
         except (OSError, ValueError):
-            print(f"{rate:>10} {who:<10} (no report: see {out}/{who}-{rate}.txt)")
+            ok[who][rate] = False
+            print(f"{rate:>10} {names[who]:<18} (no report: see {out}/{who}-{rate}.txt)")
             continue
         l = r["alarm_latency_from_intended"]
+        why = kept_up(r)
+        ok[who][rate] = why is None
         rows[who] = l
-        print(f"{rate:>10} {who:<10} {r['achieved_readings_per_s']:>8.0f} {r['breach_deliveries_lost']:>5} "
-              f"{l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>9.3f} {l['max_ms']:>8.3f} "
-              f"{(r['gateway_cpu_percent'] or 0):>6.0f}")
-    if len(rows) == 2 and rows["floor"]["p50_ms"] > 0:
-        f, v = rows["floor"], rows["vitalgate"]
-        print(f"{'':>10} {'ratio':<10} {'':>8} {'':>5} {v['p50_ms']/f['p50_ms']:>8.2f} "
-              f"{v['p99_ms']/max(f['p99_ms'],1e-9):>8.2f} {v['p999_ms']/max(f['p999_ms'],1e-9):>9.2f}")
-print("\nCPU % is the broker's for the floor and the gateway's for vitalgate (of one core).")
+        cpu = r["gateway_cpu_percent"]
+        rss = r["gateway_max_rss_mib"]
+        print(f"{rate:>10} {names[who]:<18} {r['achieved_readings_per_s']:>8.0f} {r['breach_deliveries_lost']:>6} "
+              f"{l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>9.3f} {l['max_ms']:>9.3f} "
+              f"{'' if cpu is None else f'{cpu:.0f}':>6} {'' if rss is None else f'{rss:.1f}':>8}  "
+              f"{'yes' if why is None else 'NO: ' + why}")
+    for other in ("floor", "nodered"):
+        if "vitalgate" in rows and other in rows and rows[other]["p50_ms"] > 0:
+            v, o = rows["vitalgate"], rows[other]
+            note = "" if ok["vitalgate"][rate] and ok[other][rate] else \
+                "  (a run did not keep up: latency of what arrived)"
+            print(f"{'':>10} {'vitalgate/' + names[other]:<18} {'':>8} {'':>6} {v['p50_ms']/o['p50_ms']:>8.2f} "
+                  f"{v['p99_ms']/max(o['p99_ms'],1e-9):>8.2f} {v['p999_ms']/max(o['p999_ms'],1e-9):>9.2f}{note}")
+
+print(f"\nSustainable rate (highest rate in RATES up to which every run kept up: nothing lost, "
+      f">= 99 % of target sent, p99 <= {max_p99:.0f} ms):")
+for who in contenders:
+    best = None
+    for rate in sorted(rates, key=float):
+        if not ok[who][rate]:
+            break
+        best = rate
+    text = "none of the rates tried" if best is None else f"{best} readings/s"
+    if best is not None and best == max(rates, key=float):
+        text += " (the highest tried)"
+    print(f"  {names[who]:<10} {text}")
+print("\nCPU % (of one core) and RSS are the broker's for the floor, Node-RED's (node) and the gateway's.")
 PY

@@ -104,11 +104,31 @@ fn record(h: &mut Histogram<u64>, from: Instant, at: Instant) {
     h.saturating_record(us.max(1));
 }
 
+/// Connect a dashboard as a browser would, but cheaply: Nagle off (its acks and
+/// pongs go out at once) and a 16 KiB read buffer instead of tungstenite's 128 KiB,
+/// so ten thousand dashboards fit in the harness without measuring its page faults.
+async fn connect(
+    http: SocketAddr,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024);
+    tokio_tungstenite::connect_async_with_config(format!("ws://{http}/ws"), Some(config), true)
+        .await
+}
+
 /// A dashboard that stops reading once connected (a frozen browser tab): the
 /// gateway must cut it off as a slow consumer without anyone else noticing. After
 /// `stop`, reads what the socket holds to see how the connection ended.
 pub async fn stuck(http: SocketAddr, mut stop: watch::Receiver<bool>) -> String {
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await else {
+    let Ok((mut ws, _)) = connect(http).await else {
         return "could not connect".into();
     };
     let _ = stop.wait_for(|s| *s).await;
@@ -123,19 +143,33 @@ pub async fn stuck(http: SocketAddr, mut stop: watch::Receiver<bool>) -> String 
     }
 }
 
-/// Connect, take the snapshot, optionally subscribe to live vitals, then record
-/// until `stop` turns true.
+/// How a dashboard connects.
+pub struct Setup {
+    /// Take live vitals of this site only (`None`: every chair).
+    pub site: Option<String>,
+    /// Subscribe to live vitals.
+    pub vitals: bool,
+    /// The target sends no `snapshot`: the dashboard is ready once connected.
+    pub ready_on_connect: bool,
+    /// Permits for WebSocket handshakes in progress, shared by every dashboard.
+    pub connecting: Arc<tokio::sync::Semaphore>,
+}
+
+/// Connect, take the snapshot (unless `ready_on_connect`), optionally subscribe to
+/// live vitals, then record until `stop` turns true.
 pub async fn watch_alarms(
     http: SocketAddr,
-    site: Option<String>,
-    vitals: bool,
+    setup: Setup,
     log: Arc<SentLog>,
     stats: Arc<DashboardStats>,
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
     let mut seen = Seen::new();
-    let (mut ws, _) = match tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await {
+    // Held until the dashboard is ready (its snapshot received), so the gateway
+    // serves a bounded number of handshakes and snapshots at a time.
+    let mut connecting = Some(setup.connecting.acquire().await);
+    let (mut ws, _) = match connect(http).await {
         Ok(ok) => ok,
         Err(e) => {
             seen.error = Some(format!("connect: {e}"));
@@ -143,8 +177,8 @@ pub async fn watch_alarms(
             return seen;
         }
     };
-    if vitals {
-        let cmd = match &site {
+    if setup.vitals {
+        let cmd = match &setup.site {
             Some(s) => format!(r#"{{"type":"subscribe_vitals","site":"{s}"}}"#),
             None => r#"{"type":"subscribe_vitals"}"#.to_string(),
         };
@@ -152,7 +186,11 @@ pub async fn watch_alarms(
     }
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let mut events: HashSet<(u64, u8)> = HashSet::new();
-    let mut announced = false;
+    let mut announced = setup.ready_on_connect;
+    if announced {
+        drop(connecting.take());
+        let _ = ready.send(()).await;
+    }
     loop {
         let msg = tokio::select! {
             biased;
@@ -182,6 +220,7 @@ pub async fn watch_alarms(
         match frame.r#type {
             "snapshot" if !announced => {
                 announced = true;
+                drop(connecting.take());
                 let _ = ready.send(()).await;
             }
             "alarm" if frame.escalated || frame.reminder => {

@@ -68,6 +68,15 @@ struct Args {
     /// First topic level devices publish under, with --gateway.
     #[arg(long, default_value = "clinic")]
     topic_prefix: String,
+    /// With --gateway: the target sends no `snapshot` frame (it is not vitalgate, e.g.
+    /// the Node-RED flow of compare.sh), so a dashboard is ready once its WebSocket
+    /// to `ws://{gateway}/ws` is connected. Nothing else is asked of the target
+    /// (--gateway never polls /ready or /metrics).
+    #[arg(long, requires = "gateway")]
+    ready_on_connect: bool,
+    /// WebSocket handshakes the dashboards have in flight at once while connecting.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
     /// Process id of the --gateway, for its CPU and memory figures.
     #[arg(long)]
     gateway_pid: Option<u32>,
@@ -238,14 +247,23 @@ async fn run(args: Args) -> Result<Report> {
             stop_rx.clone(),
         )));
     }
+    // Thousands of dashboards connect a bounded number at a time, as a clinic's
+    // would trickle in: all at once, handshakes queue past the gateway's header
+    // deadline (`http.handshake_timeout_ms`) and the run measures a connect storm.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
     for i in (0..args.dashboards).filter(|_| !args.floor) {
         let site = args
             .per_site
             .then(|| format!("{}{}", args.site_prefix, i % args.sites));
+        let setup = dashboards::Setup {
+            site,
+            vitals: args.vitals,
+            ready_on_connect: args.ready_on_connect,
+            connecting: connecting.clone(),
+        };
         dashboards.push(tokio::spawn(dashboards::watch_alarms(
             target.http,
-            site,
-            args.vitals,
+            setup,
             log.clone(),
             dash_stats.clone(),
             ready_tx.clone(),
@@ -262,6 +280,8 @@ async fn run(args: Args) -> Result<Report> {
         .map(|_| tokio::spawn(dashboards::stuck(target.http, stop_rx.clone())))
         .collect();
     let mut sampler = target.pid.and_then(ProcSampler::start);
+    // The harness's own share of the machine it shares with what it measures.
+    let mut own = ProcSampler::start(std::process::id());
     let start = Instant::now() + Duration::from_millis(200);
     let start_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64 + 200;
     let plan = Arc::new(Plan {
@@ -356,6 +376,9 @@ async fn run(args: Args) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if let Some(s) = sampler.as_mut() {
+        s.sample();
+    }
+    if let Some(s) = own.as_mut() {
         s.sample();
     }
     let cpu = sampler.as_ref().map(|s| s.cpu_percent());
@@ -460,6 +483,7 @@ async fn run(args: Args) -> Result<Report> {
         vitals_latency_from_sent: Latency::of(&vit_s),
         gateway_cpu_percent: cpu,
         gateway_max_rss_mib: rss,
+        harness_cpu_percent: own.as_ref().map(|s| s.cpu_percent()),
         slo_failures,
     })
 }

@@ -69,6 +69,9 @@ pub struct Report {
     pub vitals_latency_from_sent: Latency,
     pub gateway_cpu_percent: Option<f64>,
     pub gateway_max_rss_mib: Option<f64>,
+    /// This harness's own CPU over the same interval (of one core): publishers,
+    /// dashboards and bookkeeping, on the machine the gateway runs on.
+    pub harness_cpu_percent: Option<f64>,
     pub slo_failures: Vec<String>,
 }
 
@@ -148,6 +151,9 @@ impl Report {
             println!();
             let who = if self.floor { "broker" } else { "gateway" };
             println!("{who}: {cpu:.0} % CPU (of one core), max RSS {rss:.1} MiB");
+        }
+        if let Some(cpu) = self.harness_cpu_percent {
+            println!("harness: {cpu:.0} % CPU (of one core)");
         }
         for f in &self.slo_failures {
             println!("SLO MISSED: {f}");
