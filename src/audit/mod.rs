@@ -29,6 +29,22 @@ use std::time::Duration;
 
 use rusqlite::{params_from_iter, Connection, OpenFlags, Row, ToSql, TransactionBehavior};
 
+/// A claimed checkpoint ([`Audit::claim_checkpoint`]). Dropped without being run
+/// (a blocking task dropped at runtime shutdown, say), it gives the claim back.
+pub struct Checkpoint(Arc<Audit>);
+
+impl Checkpoint {
+    pub fn run(self) -> Result<(), AuditError> {
+        self.0.checkpoint_now()
+    }
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        self.0.checkpointing.store(false, Ordering::Release);
+    }
+}
+
 /// The schema version this code writes, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 /// How long a connection waits for a lock held by another connection (or
@@ -42,6 +58,10 @@ const COLUMNS: &str = "seq, instance, kind, chair, at_ms, body";
 /// WAL pages (frames) after which a checkpoint is due: SQLite's own automatic
 /// threshold, about 4 MB.
 const CHECKPOINT_AFTER_PAGES: u64 = 1000;
+/// WAL pages at which an append checkpoints by itself, as SQLite's automatic
+/// checkpoint would: a backstop should the checkpoints after delivery stop or
+/// fall behind (about 40 MB).
+const CHECKPOINT_BACKSTOP_PAGES: i32 = 10_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events(
@@ -110,11 +130,13 @@ pub struct Stored {
 /// left to SQLite's automatic ones, which run inside the commit that crosses the
 /// threshold: that commit is an alarm on its way to dashboards, and the fsync
 /// measured as the whole p99.9 of alarm latency at clinic scale. Instead the
-/// caller runs [`Audit::checkpoint`] once the events are delivered, when
-/// [`Audit::claim_checkpoint`] says one is due. It runs on the writer
-/// connection, never beside an append: a checkpoint on another connection
-/// cannot reset the WAL while appends go on, and the file then grows without
-/// bound under steady load (measured).
+/// caller, once an append has committed, takes [`Audit::claim_checkpoint`] and
+/// runs it on a thread of its own while the events are delivered. It runs on
+/// the writer connection, never beside an append (an append that comes while it
+/// runs waits for it): a checkpoint on another connection cannot reset the WAL
+/// while appends go on, and the file then grows without bound under steady load
+/// (measured). Should those checkpoints stop, an append checkpoints by itself
+/// at `CHECKPOINT_BACKSTOP_PAGES`.
 pub struct Audit {
     writer: Mutex<Connection>,
     /// `None` for the in-memory store, whose one connection serves both roles.
@@ -168,8 +190,13 @@ impl Audit {
         let wal_pages = Arc::new(AtomicU64::new(0));
         let pages = wal_pages.clone();
         writer
-            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+            .wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, n: i32| {
                 pages.store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+                if n >= CHECKPOINT_BACKSTOP_PAGES {
+                    // What SQLite's own hook does; its outcome is not the
+                    // commit's (which has happened), so it is not reported.
+                    let _ = wal.checkpoint();
+                }
                 Ok(())
             }))
             .map_err(open_err)?;
@@ -233,34 +260,45 @@ impl Audit {
         Ok(())
     }
 
-    /// True when a checkpoint is due and none is under way; the caller must then
-    /// run [`Audit::checkpoint`] (which releases the claim).
-    pub fn claim_checkpoint(&self) -> bool {
-        self.wal_pages.load(Ordering::Relaxed) >= self.checkpoint_at.load(Ordering::Relaxed)
-            && self
-                .checkpointing
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+    /// A checkpoint, when one is due and none is under way: run it with
+    /// [`Checkpoint::run`], off the async workers (it waits for a disk flush).
+    pub fn claim_checkpoint(self: &Arc<Self>) -> Option<Checkpoint> {
+        let due =
+            self.wal_pages.load(Ordering::Relaxed) >= self.checkpoint_at.load(Ordering::Relaxed);
+        (due && self
+            .checkpointing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok())
+        .then(|| Checkpoint(self.clone()))
     }
 
     /// Copy the WAL into the database (PASSIVE: it never waits for the reader),
-    /// so that the next append starts the WAL over. Blocks for the fsync: run it
-    /// off the async workers.
-    pub fn checkpoint(&self) -> Result<(), AuditError> {
+    /// so that the next append starts the WAL over.
+    fn checkpoint_now(&self) -> Result<(), AuditError> {
         let result = lock(&self.writer).query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
         });
         // All copied: the next append starts the WAL over, and the hook then
-        // reports a small count. Otherwise (a reader still uses old pages) try
-        // again after another threshold's worth, not on every append.
+        // reports a small count. Otherwise (a reader still uses old pages, or
+        // another process was checkpointing: busy, -1) try again after another
+        // threshold's worth, not on every append.
         let next = match result {
-            Ok((log, copied)) if copied >= log => CHECKPOINT_AFTER_PAGES,
+            Ok((0, log, copied)) if log >= 0 && copied >= log => CHECKPOINT_AFTER_PAGES,
             _ => self.wal_pages.load(Ordering::Relaxed) + CHECKPOINT_AFTER_PAGES,
         };
         self.checkpoint_at.store(next, Ordering::Relaxed);
-        self.checkpointing.store(false, Ordering::Release);
         result?;
         Ok(())
+    }
+
+    /// Pages in the WAL after the last commit.
+    #[cfg(test)]
+    pub(crate) fn wal_pages(&self) -> u64 {
+        self.wal_pages.load(Ordering::Relaxed)
     }
 
     /// Records of `kind` (None = all kinds), optionally for one chair, with

@@ -294,7 +294,7 @@ fn audit_is_send_and_sync() {
 #[test]
 fn wal_stays_bounded_under_steady_appends() {
     let db = TempDb::new("wal");
-    let audit = Audit::open(&db.0, false).unwrap();
+    let audit = std::sync::Arc::new(Audit::open(&db.0, false).unwrap());
     let body = "x".repeat(700);
     let mut checkpoints = 0;
     for i in 0..20_000u64 {
@@ -302,8 +302,8 @@ fn wal_stays_bounded_under_steady_appends() {
             .append(&[rec(i, "alarm", "north/3", i, &body)])
             .unwrap();
         // As the hub does after delivering each batch.
-        if audit.claim_checkpoint() {
-            audit.checkpoint().unwrap();
+        if let Some(checkpoint) = audit.claim_checkpoint() {
+            checkpoint.run().unwrap();
             checkpoints += 1;
         }
     }
@@ -317,32 +317,53 @@ fn wal_stays_bounded_under_steady_appends() {
 #[test]
 fn appends_never_checkpoint_by_themselves() {
     // A checkpoint's fsync inside an append would delay the alarm being appended:
-    // appends leave the WAL to grow until the caller checkpoints.
+    // below the backstop, appends leave the WAL to grow until the caller
+    // checkpoints.
     let db = TempDb::new("nockpt");
-    let audit = Audit::open(&db.0, false).unwrap();
+    let audit = std::sync::Arc::new(Audit::open(&db.0, false).unwrap());
     let body = "x".repeat(700);
-    for i in 0..8_000u64 {
+    for i in 0..1_500u64 {
         audit
             .append(&[rec(i, "alarm", "north/3", i, &body)])
             .unwrap();
     }
-    let mut wal = db.0.clone().into_os_string();
-    wal.push("-wal");
-    let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let before = audit.wal_pages();
     assert!(
-        before > 5 << 20,
-        "WAL is {before} bytes: something checkpointed"
+        before > 1_000,
+        "WAL has {before} pages: something checkpointed"
     );
-    assert!(audit.claim_checkpoint());
-    assert!(!audit.claim_checkpoint(), "claimed twice");
-    audit.checkpoint().unwrap();
+    let claim = audit.claim_checkpoint().expect("due");
+    assert!(audit.claim_checkpoint().is_none(), "claimed twice");
+    drop(claim);
+    // A claim dropped unrun gives itself back.
+    let claim = audit.claim_checkpoint().expect("given back");
+    claim.run().unwrap();
     audit
         .append(&[rec(9_000, "alarm", "north/3", 9_000, &body)])
         .unwrap();
-    let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    assert!(after < before, "WAL did not start over: {after} bytes");
+    let after = audit.wal_pages();
+    assert!(after < 20, "WAL did not start over: {after} pages");
+    assert!(audit.claim_checkpoint().is_none(), "due again at once");
     assert_eq!(
         audit.query(None, None, None, None, 20_000).unwrap().len(),
-        8_001
+        1_501
     );
+}
+
+#[test]
+fn an_append_checkpoints_by_itself_when_nobody_else_does() {
+    // The backstop: with no caller checkpointing, the WAL still starts over
+    // once it reaches CHECKPOINT_BACKSTOP_PAGES.
+    let db = TempDb::new("backstop");
+    let audit = Audit::open(&db.0, false).unwrap();
+    let body = "x".repeat(700);
+    let mut most = 0;
+    for i in 0..6_000u64 {
+        audit
+            .append(&[rec(i, "alarm", "north/3", i, &body)])
+            .unwrap();
+        most = most.max(audit.wal_pages());
+    }
+    assert!(most >= 10_000, "WAL peaked at {most} pages");
+    assert!(audit.wal_pages() < most, "WAL never started over");
 }

@@ -190,22 +190,18 @@ impl Hub {
             .map(|(seq, _, _, _, frame)| (seq, frame))
             .collect();
         self.deliver_locked(&mut inner, frames);
-        drop(inner);
-        self.checkpoint_if_due();
     }
 
-    /// Once events are delivered, run an audit checkpoint if one is due, on a
-    /// blocking thread so that its fsync holds up neither this alarm nor an async
-    /// worker (the next append waits for it only if it comes while it runs).
-    fn checkpoint_if_due(&self) {
-        let Some(audit) = &self.audit else { return };
-        if !audit.claim_checkpoint() {
+    /// After an append, start an audit checkpoint if one is due, on a blocking
+    /// thread, so that its disk flush runs while the events are delivered instead
+    /// of before (an append that comes while it runs waits for it).
+    fn checkpoint_if_due(&self, audit: &Arc<Audit>) {
+        let Some(checkpoint) = audit.claim_checkpoint() else {
             return;
-        }
-        let audit = audit.clone();
+        };
         let metrics = self.metrics.clone();
         let run = move || {
-            if let Err(e) = audit.checkpoint() {
+            if let Err(e) = checkpoint.run() {
                 metrics.audit_errors.increment(1);
                 tracing::warn!(error = %e, "audit trail checkpoint failed");
             }
@@ -233,6 +229,7 @@ impl Hub {
             })
             .collect();
         let result = audit.append(&records);
+        self.checkpoint_if_due(audit);
         self.audit_ok
             .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = result {

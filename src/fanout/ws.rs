@@ -174,8 +174,10 @@ impl Stops {
         Stops {
             slow: Box::pin(signals.slow.clone().cancelled_owned()),
             gone: Box::pin(signals.gone.clone().cancelled_owned()),
-            shutdown: Box::pin(app.close_dashboards.clone().cancelled_owned()),
-            force: Box::pin(app.force_close.clone().cancelled_owned()),
+            // Children of the gateway-wide tokens: each connection then polls a
+            // token of its own instead of contending for the shared one's lock.
+            shutdown: Box::pin(app.close_dashboards.child_token().cancelled_owned()),
+            force: Box::pin(app.force_close.child_token().cancelled_owned()),
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }

@@ -245,23 +245,38 @@ impl EventLoop {
                 self.mqtt_options.pending_throttle
             ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
                 Ok(request) => {
+                    let mut last = matches!(request, Request::Disconnect(_));
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
                     }
                     // Write what else is already queued (e.g. a run of manual acks)
-                    // before the one flush, within the same flow control.
-                    for _ in 1..MAX_REQUEST_BATCH {
-                        if !self.pending.is_empty()
-                            || self.state.inflight >= self.mqtt_options.inflight
-                            || self.state.collision.is_some()
-                        {
-                            break;
+                    // before the one flush, within the same flow control and the
+                    // same time bound as a flush; nothing after a DISCONNECT.
+                    let state = &mut self.state;
+                    let pending = &self.pending;
+                    let requests = &self.requests_rx;
+                    let max_inflight = self.mqtt_options.inflight;
+                    let batch = async {
+                        for _ in 1..MAX_REQUEST_BATCH {
+                            if last
+                                || !pending.is_empty()
+                                || state.inflight >= max_inflight
+                                || state.collision.is_some()
+                            {
+                                break;
+                            }
+                            let Ok(request) = requests.try_recv() else { break };
+                            last = matches!(request, Request::Disconnect(_));
+                            if let Some(outgoing) = state.handle_outgoing_packet(request)? {
+                                network.write(outgoing).await?;
+                            }
                         }
-                        let Ok(request) = self.requests_rx.try_recv() else { break };
-                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
-                            network.write(outgoing).await?;
-                        }
-                    }
+                        Ok::<(), StateError>(())
+                    };
+                    match time::timeout(network_timeout, batch).await {
+                        Ok(inner) => inner?,
+                        Err(_) => return Err(ConnectionError::FlushTimeout),
+                    };
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,
                         Err(_)=> return Err(ConnectionError::FlushTimeout),
