@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One load run with the gateway and its broker pinned to one core and the harness to
+# the other, to see how much of a latency figure is the two sharing cores.
+#
+#   loadtest/pinned.sh --chairs 10 --rate 1 --duration 30s --dashboards 1000 --breach-every 10s
+#   GATEWAY_CPUS=0 HARNESS_CPUS=1 loadtest/pinned.sh ...   # (the defaults)
+#
+# Starts a private Mosquitto (the harness's load settings) and a release gateway
+# under `taskset -c $GATEWAY_CPUS`, then runs `vitalgate-loadtest --gateway ...`
+# under `taskset -c $HARNESS_CPUS` with the arguments given; its exit status is the
+# script's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GATEWAY_CPUS=${GATEWAY_CPUS:-0}
+HARNESS_CPUS=${HARNESS_CPUS:-1}
+# Room for this many chairs, with a write buffer that holds their snapshot (as the
+# harness sizes a gateway it starts itself).
+MAX_CHAIRS=${MAX_CHAIRS:-4000}
+cargo build --release --workspace --bins --quiet
+tmp=$(mktemp -d)
+gw= broker=
+cleanup() {
+  set +e
+  for pid in $gw $broker; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port)
+mqtt_port=$(free_port)
+PATH="$PATH:/usr/sbin"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\npersistence false\nuser root\n' "$mqtt_port" >"$tmp/mosquitto.conf"
+taskset -c "$GATEWAY_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
+broker=$!
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
+VITALGATE_MQTT__BROKER=external \
+VITALGATE_MQTT__HOST=127.0.0.1 \
+VITALGATE_MQTT__PORT=$mqtt_port \
+VITALGATE_MQTT__CLIENT_ID=pinned-$$ \
+VITALGATE_AUDIT__PATH=$tmp/audit.sqlite3 \
+VITALGATE_INGEST__MAX_CHAIRS=$MAX_CHAIRS \
+VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES=$((MAX_CHAIRS * (40 * 1200 + 2048) + 1048576)) \
+RUST_LOG=warn \
+  taskset -c "$GATEWAY_CPUS" target/release/vitalgate >"$tmp/gateway.log" 2>&1 &
+gw=$!
+for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null || { cat "$tmp/gateway.log"; echo "gateway not ready"; exit 3; }
+taskset -c "$HARNESS_CPUS" target/release/vitalgate-loadtest \
+  --gateway "127.0.0.1:$http_port" --broker "127.0.0.1:$mqtt_port" --gateway-pid "$gw" "$@"
