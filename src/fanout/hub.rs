@@ -65,6 +65,27 @@ impl Subscriber {
     }
 }
 
+/// One event on its way out: what the audit trail records of it, and its frame.
+struct Outgoing {
+    seq: u64,
+    kind: &'static str,
+    chair: Arc<str>,
+    at_ms: u64,
+    frame: Frame,
+}
+
+impl Outgoing {
+    fn alarm(seq: u64, alarm: &AlarmEvent, at_ms: u64, ingested_at: Option<Instant>) -> Outgoing {
+        Outgoing {
+            seq,
+            kind: "alarm",
+            chair: alarm.chair.clone(),
+            at_ms,
+            frame: protocol::alarm_frame(seq, alarm, ingested_at),
+        }
+    }
+}
+
 struct Inner {
     board: Board,
     replay: VecDeque<(u64, Frame)>,
@@ -165,7 +186,7 @@ impl Hub {
             return;
         }
         let mut inner = self.lock();
-        let frames: Vec<(u64, &'static str, std::sync::Arc<str>, u64, Frame)> = events
+        let out = events
             .into_iter()
             .map(|event| match event {
                 Event::Alarm(mut alarm) => {
@@ -173,23 +194,28 @@ impl Hub {
                     self.metrics
                         .alarm_event(alarm.priority, alarm.state)
                         .increment(1);
-                    let frame = protocol::alarm_frame(seq, &alarm, ingested_at);
-                    (seq, "alarm", alarm.chair, alarm.received_at, frame)
+                    Outgoing::alarm(seq, &alarm, alarm.received_at, ingested_at)
                 }
                 Event::Session(session) => {
                     let seq = inner.board.next_seq();
                     self.metrics.session_events.increment(1);
-                    let frame = protocol::session_frame(seq, &session);
-                    (seq, "session", session.chair, session.at, frame)
+                    Outgoing {
+                        seq,
+                        kind: "session",
+                        frame: protocol::session_frame(seq, &session),
+                        chair: session.chair,
+                        at_ms: session.at,
+                    }
                 }
             })
             .collect();
-        self.record(&frames);
-        let frames: Vec<(u64, Frame)> = frames
-            .into_iter()
-            .map(|(seq, _, _, _, frame)| (seq, frame))
-            .collect();
-        self.deliver_locked(&mut inner, frames);
+        self.send_locked(&mut inner, out);
+    }
+
+    /// Record events in the audit trail, then store and deliver them.
+    fn send_locked(&self, inner: &mut Inner, out: Vec<Outgoing>) {
+        self.record(&out);
+        self.deliver_locked(inner, &out);
     }
 
     /// After an append, start an audit checkpoint if one is due, on a blocking
@@ -215,17 +241,17 @@ impl Hub {
     /// Write events to the audit trail. A failure is counted and logged, and the
     /// events are still delivered: a nurse seeing an alarm matters more than its
     /// record.
-    fn record(&self, frames: &[(u64, &'static str, std::sync::Arc<str>, u64, Frame)]) {
+    fn record(&self, out: &[Outgoing]) {
         let Some(audit) = &self.audit else { return };
-        let records: Vec<Record<'_>> = frames
+        let records: Vec<Record<'_>> = out
             .iter()
-            .map(|(seq, kind, chair, at, frame)| Record {
-                seq: *seq,
+            .map(|o| Record {
+                seq: o.seq,
                 instance: &self.instance,
-                kind,
-                chair,
-                at_ms: *at,
-                body: frame.as_str(),
+                kind: o.kind,
+                chair: &o.chair,
+                at_ms: o.at_ms,
+                body: o.frame.as_str(),
             })
             .collect();
         let result = audit.append(&records);
@@ -238,21 +264,21 @@ impl Hub {
         }
     }
 
-    /// Store `frames` for replay and queue them, in order, for every subscriber.
+    /// Store `out` for replay and queue them, in order, for every subscriber.
     ///
     /// Subscriber by subscriber rather than frame by frame: the events of one reading
     /// (a surge that raises two rules) then sit in each queue together, and its
     /// writer sends them in one socket write instead of waking once per frame.
-    fn deliver_locked(&self, inner: &mut Inner, frames: Vec<(u64, Frame)>) {
-        for (seq, frame) in &frames {
+    fn deliver_locked(&self, inner: &mut Inner, out: &[Outgoing]) {
+        for o in out {
             if inner.replay.len() >= self.replay_capacity {
                 inner.replay.pop_front();
             }
-            inner.replay.push_back((*seq, frame.clone()));
+            inner.replay.push_back((o.seq, o.frame.clone()));
         }
         inner
             .subscribers
-            .retain(|s| frames.iter().all(|(_, frame)| s.deliver(frame)));
+            .retain(|s| out.iter().all(|o| s.deliver(&o.frame)));
     }
 
     /// Acknowledge an active alarm on behalf of `by`; every dashboard gets the event,
@@ -279,9 +305,7 @@ impl Hub {
         self.metrics
             .alarm_event(event.priority, event.state)
             .increment(1);
-        let frame = protocol::alarm_frame(seq, &event, None);
-        self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
-        self.deliver_locked(&mut inner, vec![(seq, frame)]);
+        self.send_locked(&mut inner, vec![Outgoing::alarm(seq, &event, now_ms, None)]);
         Ok(event)
     }
 
@@ -313,9 +337,7 @@ impl Hub {
             } else {
                 self.metrics.alarm_escalations.increment(1);
             }
-            let frame = protocol::alarm_frame(seq, &event, None);
-            self.record(&[(seq, "alarm", event.chair.clone(), now_ms, frame.clone())]);
-            self.deliver_locked(&mut inner, vec![(seq, frame)]);
+            self.send_locked(&mut inner, vec![Outgoing::alarm(seq, &event, now_ms, None)]);
         }
     }
 

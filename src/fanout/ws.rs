@@ -181,6 +181,21 @@ impl Stops {
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
+
+    /// Run a socket write unless the connection is cut off as slow, the shutdown
+    /// grace runs out or the token expires first.
+    async fn guard(
+        &mut self,
+        write: impl std::future::Future<Output = Result<(), axum::Error>>,
+    ) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            _ = &mut self.slow => Err(End::Slow),
+            _ = &mut self.force => Err(End::Gone),
+            _ = expired(&mut self.expires) => Err(End::Expired),
+            r = write => r.map_err(write_failed),
+        }
+    }
 }
 
 /// A live-vitals subscription held by the writer.
@@ -337,34 +352,21 @@ impl Conn {
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), End> {
-        let stops = &mut self.stops;
-        tokio::select! {
-            biased;
-            _ = &mut stops.slow => Err(End::Slow),
-            _ = &mut stops.force => Err(End::Gone),
-            _ = expired(&mut stops.expires) => Err(End::Expired),
-            r = self.sink.send(msg) => r.map_err(write_failed),
-        }
+        self.stops.guard(self.sink.send(msg)).await
     }
 
     /// Send `texts` as text messages with one flush, so a burst costs one socket
     /// write, not one per message.
     async fn send_all(&mut self, texts: Vec<Utf8Bytes>) -> Result<(), End> {
-        let stops = &mut self.stops;
         let sink = &mut self.sink;
-        let write = async {
-            for text in texts {
-                sink.feed(Message::Text(text)).await?;
-            }
-            sink.flush().await
-        };
-        tokio::select! {
-            biased;
-            _ = &mut stops.slow => Err(End::Slow),
-            _ = &mut stops.force => Err(End::Gone),
-            _ = expired(&mut stops.expires) => Err(End::Expired),
-            r = write => r.map_err(write_failed),
-        }
+        self.stops
+            .guard(async {
+                for text in texts {
+                    sink.feed(Message::Text(text)).await?;
+                }
+                sink.flush().await
+            })
+            .await
     }
 
     /// Send a queued frame, recording receipt → write latency for alarm frames.
