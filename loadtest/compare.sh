@@ -19,8 +19,8 @@
 #
 # Node-RED (node-red@$NODE_RED_VERSION, an exact version) is installed from npm into
 # target/node-red the first time (again only if the version changes). Each Node-RED
-# run starts its own Mosquitto (the settings of the harness's private one, see
-# start_mosquitto in loadtest/src/target.rs) and its own Node-RED (a temp userDir,
+# run starts its own Mosquitto (the settings of loadtest/broker.sh, the harness's
+# private one's) and its own Node-RED (a temp userDir,
 # loadtest/nodered/settings.js: no editor, no admin API) on free ports, waits until
 # the broker has its subscription, then runs the harness with --gateway
 # --ready-on-connect (Node-RED sends no snapshot) and --gateway-pid (Node-RED's CPU
@@ -53,7 +53,7 @@ NODE_RED_VERSION=${NODE_RED_VERSION:-4.1.15}
 NODE_RED_DIR=target/node-red
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || {
   echo "installing mosquitto"; apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+source loadtest/broker.sh
 
 # REPORT_ONLY=1: print the table again from the reports already in $OUT (e.g. with
 # another MAX_P99_MS) without running anything.
@@ -64,8 +64,6 @@ lt=target/release/vitalgate-loadtest
 
 # Seconds in a harness duration (500ms, 10s, 2m).
 secs() { python3 -c 'import re,sys; n,u=re.fullmatch(r"([0-9.]+)(us|ms|s|m|)",sys.argv[1]).groups(); print(int(float(n)*{"us":1e-6,"ms":1e-3,"s":1,"m":60,"":1}[u])+1)' "$1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Dashboards connect (up to 60 s), then publish, then the publishers' acks (5 s) and drain.
 run_limit=$(( $(secs "$DURATION") + $(secs "$DRAIN") + 90 ))
 
@@ -130,9 +128,12 @@ start_nodered() {
   nodered_dir=$(mktemp -d "${TMPDIR:-/tmp}/vitalgate-compare-nodered.XXXXXX")
   local mport hport client_id="vitalgate-compare-nodered-$$-$rate-$RANDOM"
   mport=$(free_port)
-  # The harness's private Mosquitto (loadtest/src/target.rs), plus the log of
-  # subscriptions that tells when Node-RED is subscribed.
-  cat >"$nodered_dir/mosquitto.conf" <<EOF
+  # The private broker of loadtest/broker.sh, plus the log of subscriptions that
+  # tells when Node-RED is subscribed.
+  {
+    broker_conf "$mport"
+    printf 'log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n'
+  } >"$nodered_dir/mosquitto.conf"
 listener $mport 127.0.0.1
 allow_anonymous true
 persistence false

@@ -25,14 +25,9 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source loadtest/broker.sh
 http_port=$(free_port)
-mqtt_port=$(free_port)
-PATH="$PATH:/usr/sbin"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\npersistence false\nuser root\n' "$mqtt_port" >"$tmp/mosquitto.conf"
-taskset -c "$GATEWAY_CPUS" mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
-broker=$!
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+start_broker "$tmp" taskset -c "$GATEWAY_CPUS" || exit 3
 VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
 VITALGATE_MQTT__BROKER=external \
 VITALGATE_MQTT__HOST=127.0.0.1 \

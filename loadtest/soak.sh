@@ -46,16 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source loadtest/broker.sh
 http_port=$(free_port)
-mqtt_port=$(free_port)
-PATH="$PATH:/usr/sbin"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\nmax_queued_messages 1000000\nset_tcp_nodelay true\npersistence false\nuser root\n' "$mqtt_port" >"$tmp/mosquitto.conf"
-mosquitto -c "$tmp/mosquitto.conf" >"$tmp/mosquitto.log" 2>&1 &
-broker=$!
-broker_up() { (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null; }
-for _ in $(seq 1 100); do broker_up && break; sleep 0.1; done
-broker_up || { cat "$tmp/mosquitto.log"; echo "mosquitto did not start"; exit 1; }
+start_broker "$tmp" || exit 1
 VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
 VITALGATE_MQTT__BROKER=external \
 VITALGATE_MQTT__HOST=127.0.0.1 \

@@ -67,8 +67,8 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<()> {
 }
 
 /// Start a private Mosquitto with the settings the no-loss promise needs.
-/// `loadtest/compare.sh` starts one with the same settings for Node-RED: keep them
-/// in step.
+/// `loadtest/broker.sh` starts one with the same settings for the scripts: keep
+/// them in step.
 fn start_mosquitto() -> Result<(Child, PathBuf, u16)> {
     let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("vitalgate-loadtest-{}", std::process::id()));
