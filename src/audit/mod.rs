@@ -63,14 +63,32 @@ const CHECKPOINT_AFTER_PAGES: u64 = 1000;
 /// fall behind (about 40 MB).
 const CHECKPOINT_BACKSTOP_PAGES: i32 = 10_000;
 
+/// Every page an append changes is written to the WAL in the alarm's commit, so
+/// the table has only what queries need (measured: `publish_alarm_with_audit`
+/// 43 → 23 µs against the earlier three indexes and AUTOINCREMENT):
+/// - `id` is the rowid, without AUTOINCREMENT (whose counter is one more page per
+///   commit): rows are never deleted, so ids still only grow, in insertion order;
+/// - `(kind, at_ms)` serves history by kind over a time range, `(kind, chair,
+///   at_ms)` the same for one chair and the latest record per chair (its entries
+///   carry the rowid). A query without a kind scans the table (the API always
+///   gives one).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL, instance TEXT NOT NULL, kind TEXT NOT NULL,
-    chair TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS events_chair_at ON events(chair, at_ms);
+    chair TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL);";
+
+/// The indexes, brought up to date on every open. Files written by earlier
+/// builds (same schema version: the rows are the same) had `(chair, at_ms)` and
+/// `(kind, chair, id)` instead of `(kind, chair, at_ms)`; the first open replaces
+/// them, once, taking as long as indexing the file's rows. An earlier build can
+/// still use the file (its queries are answered without its own indexes), which
+/// is why the indexes are not a schema version of their own.
+const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_kind_at ON events(kind, at_ms);
-CREATE INDEX IF NOT EXISTS events_kind_chair_id ON events(kind, chair, id);";
+CREATE INDEX IF NOT EXISTS events_kind_chair_at ON events(kind, chair, at_ms);
+DROP INDEX IF EXISTS events_chair_at;
+DROP INDEX IF EXISTS events_kind_chair_id;";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -313,7 +331,7 @@ impl Audit {
         limit: usize,
     ) -> Result<Vec<Stored>, AuditError> {
         // Only the filters actually given go into the SQL, so SQLite can use
-        // the (kind, at_ms) / (chair, at_ms) indexes; `?1 IS NULL OR ...`
+        // the (kind, at_ms) / (kind, chair, at_ms) indexes; `?1 IS NULL OR ...`
         // would defeat them. At most 16 shapes, all kept in the cache.
         let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
         let mut args: Vec<Box<dyn ToSql + '_>> = Vec::new();
@@ -399,12 +417,15 @@ fn init_schema(conn: &Connection, path: &str) -> Result<(), AuditError> {
             supported: SCHEMA_VERSION,
         });
     }
-    if found < SCHEMA_VERSION {
-        // One transaction: a crash here leaves version 0 and no half schema.
-        let sql =
-            format!("BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
-        conn.execute_batch(&sql).map_err(open_err)?;
-    }
+    // One transaction: a crash here leaves the previous version and no half
+    // schema. Only the first open of a file changes anything.
+    let version = if found < SCHEMA_VERSION {
+        format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};")
+    } else {
+        String::new()
+    };
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {version} {INDEXES} COMMIT;"))
+        .map_err(open_err)?;
     Ok(())
 }
 

@@ -367,3 +367,91 @@ fn an_append_checkpoints_by_itself_when_nobody_else_does() {
     assert!(most >= 10_000, "WAL peaked at {most} pages");
     assert!(audit.wal_pages() < most, "WAL never started over");
 }
+
+/// The index names of the `events` table.
+fn indexes(path: &Path) -> Vec<String> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name")
+        .unwrap();
+    let names = stmt.query_map([], |r| r.get(0)).unwrap();
+    names.collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn a_file_from_an_earlier_build_gets_the_new_indexes_and_keeps_its_rows() {
+    let db = TempDb::new("earlier");
+    // What builds before the index change created (schema version 1).
+    let conn = Connection::open(&db.0).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events(
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             seq INTEGER NOT NULL, instance TEXT NOT NULL, kind TEXT NOT NULL,
+             chair TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL);
+         CREATE INDEX events_chair_at ON events(chair, at_ms);
+         CREATE INDEX events_kind_at ON events(kind, at_ms);
+         CREATE INDEX events_kind_chair_id ON events(kind, chair, id);
+         INSERT INTO events(seq, instance, kind, chair, at_ms, body)
+             VALUES (1, 'i', 'alarm', 'north/1', 100, '{}'), (2, 'i', 'alarm', 'north/2', 150, '{}');
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let audit = Audit::open(&db.0, false).unwrap();
+    assert_eq!(indexes(&db.0), ["events_kind_at", "events_kind_chair_at"]);
+    audit
+        .append(&[rec(3, "alarm", "north/1", 200, "{}")])
+        .unwrap();
+    let north1 = audit.query(Some("alarm"), Some("north/1"), None, None, 10);
+    assert_eq!(seqs(&north1.unwrap()), [1, 3]);
+    let latest = audit.latest_per_chair("alarm").unwrap();
+    assert_eq!(seqs(&latest), [3, 2]);
+    // Opening again changes nothing.
+    drop(audit);
+    drop(Audit::open(&db.0, false).unwrap());
+    assert_eq!(indexes(&db.0), ["events_kind_at", "events_kind_chair_at"]);
+}
+
+#[test]
+fn the_queries_the_api_and_start_up_make_use_an_index() {
+    let db = TempDb::new("plans");
+    let audit = Audit::open(&db.0, false).unwrap();
+    sample(&audit);
+    assert_eq!(indexes(&db.0), ["events_kind_at", "events_kind_chair_at"]);
+    // No AUTOINCREMENT: its counter table would be one more page per append.
+    let conn = Connection::open(&db.0).unwrap();
+    let counters: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(counters, 0);
+    // The shapes `Audit::query` builds when a kind is given (as the API always
+    // does), and `latest_per_chair`'s inner query.
+    for sql in [
+        "SELECT seq FROM events WHERE 1 AND kind = ? AND at_ms >= ? AND at_ms <= ? ORDER BY at_ms, id LIMIT ?",
+        "SELECT seq FROM events WHERE 1 AND kind = ? AND chair = ? AND at_ms >= ? ORDER BY at_ms, id LIMIT ?",
+        "SELECT max(id) FROM events WHERE kind = ? GROUP BY chair",
+    ] {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params_from_iter([1; 4].iter().take(sql.matches('?').count())), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Found through an index, already in the order asked for: no table
+        // scan, no sorting afterwards.
+        assert!(
+            plan.iter().any(|step| step.contains("USING") && step.contains("INDEX")),
+            "{sql}: {plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.starts_with("SCAN") || step.contains("TEMP B-TREE")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
