@@ -28,6 +28,9 @@ trap cleanup EXIT
 source loadtest/broker.sh
 http_port=$(free_port)
 start_broker "$tmp" taskset -c "$GATEWAY_CPUS" || exit 3
+# A write buffer that holds a snapshot of MAX_CHAIRS chairs, as the harness sets
+# for a gateway it starts, capped at the gateway's largest accepted value.
+buffer=$((MAX_CHAIRS * (40 * 1200 + 2048) + 1048576))
 VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
 VITALGATE_MQTT__BROKER=external \
 VITALGATE_MQTT__HOST=127.0.0.1 \
@@ -35,7 +38,7 @@ VITALGATE_MQTT__PORT=$mqtt_port \
 VITALGATE_MQTT__CLIENT_ID=pinned-$$ \
 VITALGATE_AUDIT__PATH=$tmp/audit.sqlite3 \
 VITALGATE_INGEST__MAX_CHAIRS=$MAX_CHAIRS \
-VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES=$((MAX_CHAIRS * (40 * 1200 + 2048) + 1048576)) \
+VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES=$(( buffer < 268435456 ? buffer : 268435456 )) \
 RUST_LOG=warn \
   taskset -c "$GATEWAY_CPUS" target/release/vitalgate >"$tmp/gateway.log" 2>&1 &
 gw=$!

@@ -118,20 +118,20 @@ struct Args {
 /// Settings for a gateway this harness starts: room for every simulated chair, a
 /// write buffer that holds their snapshot (the shipped rules have 31 alarm
 /// conditions; 40 leaves slack, at 1200 bytes each plus 2 KiB of vitals and session
-/// per chair), and an audit trail of its own in the temp dir.
+/// per chair, capped at the gateway's largest accepted buffer: past about 6,800
+/// chairs the gateway itself refuses the setting).
 fn gateway_env(chairs: usize) -> Vec<(String, String)> {
+    /// `websocket.max_write_buffer_bytes`' upper bound (src/config/validate.rs).
+    const MAX_WRITE_BUFFER_BYTES: usize = 256 << 20;
     let chairs = chairs.max(1000);
-    let audit = std::env::temp_dir().join(format!(
-        "vitalgate-loadtest-{}-audit.sqlite3",
-        std::process::id()
-    ));
     vec![
         ("VITALGATE_INGEST__MAX_CHAIRS".into(), chairs.to_string()),
         (
             "VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES".into(),
-            (chairs * (40 * 1200 + 2048) + (1 << 20)).to_string(),
+            (chairs * (40 * 1200 + 2048) + (1 << 20))
+                .min(MAX_WRITE_BUFFER_BYTES)
+                .to_string(),
         ),
-        ("VITALGATE_AUDIT__PATH".into(), audit.display().to_string()),
     ]
 }
 

@@ -45,6 +45,8 @@ pub struct Target {
     /// The gateway process, for CPU and memory figures.
     pub pid: Option<u32>,
     gateway: Option<Child>,
+    /// The audit trail of a gateway started here, removed when it has stopped.
+    audit: Option<PathBuf>,
     mosquitto: Option<(Child, PathBuf)>,
     /// The gateway's MQTT client id, whose persistent session is removed afterwards
     /// from a shared broker.
@@ -128,6 +130,7 @@ impl Target {
             topic_prefix: prefix,
             pid,
             gateway: None,
+            audit: None,
             mosquitto: None,
             session_to_purge: None,
         })
@@ -155,6 +158,7 @@ impl Target {
             topic_prefix: format!("loadtest{}", std::process::id()),
             pid,
             gateway: None,
+            audit: None,
             mosquitto,
             session_to_purge: None,
         })
@@ -170,8 +174,11 @@ impl Target {
         let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let run = std::process::id();
         let client_id = format!("vitalgate-loadtest-{run}");
+        // An audit trail of its own in the temp dir, removed by `stop`.
+        let audit = std::env::temp_dir().join(format!("vitalgate-loadtest-{run}-audit.sqlite3"));
         let mut cmd = Command::new(&bin);
         cmd.env("VITALGATE_HTTP__BIND", http.to_string())
+            .env("VITALGATE_AUDIT__PATH", &audit)
             .env("VITALGATE_MQTT__CLIENT_ID", &client_id)
             .env(
                 "RUST_LOG",
@@ -225,6 +232,7 @@ impl Target {
             topic_prefix: prefix,
             pid: Some(pid),
             gateway: Some(child),
+            audit: Some(audit),
             mosquitto,
             session_to_purge,
         };
@@ -266,6 +274,13 @@ impl Target {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(audit) = self.audit.take() {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = audit.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
         }
         if let Some((mut child, dir)) = self.mosquitto.take() {
             let _ = child.kill();
