@@ -134,19 +134,6 @@ start_nodered() {
     broker_conf "$mport"
     printf 'log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n'
   } >"$nodered_dir/mosquitto.conf"
-listener $mport 127.0.0.1
-allow_anonymous true
-persistence false
-max_inflight_messages 1000
-max_queued_messages 1000000
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
-log_type notice
-log_type information
-log_type subscribe
-EOF
   "$MOSQUITTO" -c "$nodered_dir/mosquitto.conf" >/dev/null 2>"$OUT/nodered-$rate.mosquitto.log" &
   broker_pid=$!
   hport=$(free_port)

@@ -135,6 +135,31 @@ fn gateway_env(chairs: usize) -> Vec<(String, String)> {
     ]
 }
 
+/// When dashboards failed, why the gateway says it refused or dropped them: its
+/// non-zero `vitalgate_ws_refused_total` and `vitalgate_ws_slow_disconnects_total`
+/// (a refusal the gateway did not count was not the gateway's).
+async fn gateway_refusals(http: SocketAddr) {
+    match http_get(http, "/metrics").await {
+        Ok((200, body)) => {
+            let counted: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.starts_with("vitalgate_ws_refused_total")
+                        || l.starts_with("vitalgate_ws_slow_disconnects_total")
+                })
+                .filter(|l| !l.ends_with(" 0"))
+                .collect();
+            if counted.is_empty() {
+                eprintln!("gateway: no refusal or slow disconnect counted");
+            }
+            for line in counted {
+                eprintln!("gateway: {line}");
+            }
+        }
+        other => eprintln!("gateway: /metrics unavailable: {other:?}"),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -395,6 +420,9 @@ async fn run(args: Args) -> Result<Report> {
             *ends.entry(s.await?).or_default() += 1;
         }
         eprintln!("stuck dashboards (never reading): {ends:?}");
+    }
+    if !args.ready_on_connect && seen.iter().any(|s| s.error.is_some()) {
+        gateway_refusals(target.http).await;
     }
     target.stop();
     if let Some(client_id) = target.session_to_purge.take() {
