@@ -488,3 +488,59 @@ async fn live_changed(live: &mut Option<Live>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket write that never completes (a client that stopped reading).
+    fn stuck_write() -> impl std::future::Future<Output = Result<(), axum::Error>> {
+        std::future::pending()
+    }
+
+    /// The four tokens and the writer's stops over them.
+    fn stops(expires: Option<Duration>) -> ([CancellationToken; 4], Stops) {
+        let tokens = std::array::from_fn(|_| CancellationToken::new());
+        let wait = |t: &CancellationToken| Box::pin(t.clone().cancelled_owned());
+        let stops = Stops {
+            slow: wait(&tokens[0]),
+            gone: wait(&tokens[1]),
+            shutdown: wait(&tokens[2]),
+            force: wait(&tokens[3]),
+            expires: expires.map(|d| Box::pin(tokio::time::sleep(d))),
+        };
+        (tokens, stops)
+    }
+
+    #[tokio::test]
+    async fn a_blocked_write_ends_when_cut_off_as_slow_or_forced_not_when_gone() {
+        for slow in [true, false] {
+            let ([slow_t, gone, shutdown, force], mut stops) = stops(None);
+            let write = tokio::spawn(async move { stops.guard(stuck_write()).await });
+            // The client going away or a shutdown starting does not abandon a write
+            // under way: the drain goes on until the grace runs out (force).
+            gone.cancel();
+            shutdown.cancel();
+            tokio::task::yield_now().await;
+            assert!(!write.is_finished());
+            if slow {
+                slow_t.cancel();
+            } else {
+                force.cancel();
+            }
+            let end = tokio::time::timeout(Duration::from_secs(5), write)
+                .await
+                .expect("the write was not abandoned")
+                .unwrap();
+            assert_eq!(matches!(end, Err(End::Slow)), slow);
+            assert_eq!(matches!(end, Err(End::Gone)), !slow);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_ends_when_the_token_expires() {
+        let (_tokens, mut stops) = stops(Some(Duration::from_secs(60)));
+        let end = stops.guard(stuck_write()).await;
+        assert!(matches!(end, Err(End::Expired)));
+    }
+}
