@@ -78,17 +78,20 @@ CREATE TABLE IF NOT EXISTS events(
     seq INTEGER NOT NULL, instance TEXT NOT NULL, kind TEXT NOT NULL,
     chair TEXT NOT NULL, at_ms INTEGER NOT NULL, body TEXT NOT NULL);";
 
-/// The indexes, brought up to date on every open. Files written by earlier
-/// builds (same schema version: the rows are the same) had `(chair, at_ms)` and
-/// `(kind, chair, id)` instead of `(kind, chair, at_ms)`; the first open replaces
-/// them, once, taking as long as indexing the file's rows. An earlier build can
-/// still use the file (its queries are answered without its own indexes), which
-/// is why the indexes are not a schema version of their own.
+/// The indexes, brought up to date when a file is opened without them. Files
+/// written by earlier builds (same schema version: the rows are the same) had
+/// `(chair, at_ms)` and `(kind, chair, id)` instead of `(kind, chair, at_ms)`;
+/// the first open replaces them, once, taking as long as indexing the file's
+/// rows (and WAL space for the new index). An earlier build can still use the
+/// file (its queries are answered without its own indexes), which is why the
+/// indexes are not a schema version of their own.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS events_kind_at ON events(kind, at_ms);
 CREATE INDEX IF NOT EXISTS events_kind_chair_at ON events(kind, chair, at_ms);
 DROP INDEX IF EXISTS events_chair_at;
 DROP INDEX IF EXISTS events_kind_chair_id;";
+/// What [`INDEXES`] leaves, as [`index_names`] lists them.
+const INDEX_NAMES: [&str; 2] = ["events_kind_at", "events_kind_chair_at"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -330,29 +333,18 @@ impl Audit {
         to_ms: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, AuditError> {
-        // Only the filters actually given go into the SQL, so SQLite can use
-        // the (kind, at_ms) / (kind, chair, at_ms) indexes; `?1 IS NULL OR ...`
-        // would defeat them. At most 16 shapes, all kept in the cache.
-        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
-        let mut args: Vec<Box<dyn ToSql + '_>> = Vec::new();
-        if let Some(kind) = kind {
-            sql.push_str(" AND kind = ?");
-            args.push(Box::new(kind));
-        }
-        if let Some(chair) = chair {
-            sql.push_str(" AND chair = ?");
-            args.push(Box::new(chair));
-        }
         // A bound beyond i64::MAX can be clamped: no stored value exceeds it.
-        if let Some(from) = from_ms {
-            sql.push_str(" AND at_ms >= ?");
-            args.push(Box::new(clamp_i64(from)));
-        }
-        if let Some(to) = to_ms {
-            sql.push_str(" AND at_ms <= ?");
-            args.push(Box::new(clamp_i64(to)));
-        }
-        sql.push_str(" ORDER BY at_ms, id LIMIT ?");
+        let given: [(&str, Option<Box<dyn ToSql + '_>>); 4] = [
+            (BY_KIND, kind.map(|k| Box::new(k) as Box<dyn ToSql>)),
+            (BY_CHAIR, chair.map(|c| Box::new(c) as Box<dyn ToSql>)),
+            (
+                FROM,
+                from_ms.map(|v| Box::new(clamp_i64(v)) as Box<dyn ToSql>),
+            ),
+            (TO, to_ms.map(|v| Box::new(clamp_i64(v)) as Box<dyn ToSql>)),
+        ];
+        let sql = query_sql(given.iter().filter(|(_, v)| v.is_some()).map(|(c, _)| *c));
+        let mut args: Vec<Box<dyn ToSql + '_>> = given.into_iter().filter_map(|(_, v)| v).collect();
         args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
@@ -367,9 +359,7 @@ impl Audit {
     pub fn latest_per_chair(&self, kind: &str) -> Result<Vec<Stored>, AuditError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE id IN
-               (SELECT max(id) FROM events WHERE kind = ?1 GROUP BY chair)
-             ORDER BY chair"
+            "SELECT {COLUMNS} FROM events WHERE id IN ({LATEST_IDS}) ORDER BY chair"
         ))?;
         let rows = stmt.query_map([kind], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -417,16 +407,71 @@ fn init_schema(conn: &Connection, path: &str) -> Result<(), AuditError> {
             supported: SCHEMA_VERSION,
         });
     }
+    // Nothing to change (every open but a file's first under this build): no
+    // write lock taken, so a backup or an archiving job writing to the file
+    // does not keep the gateway from starting.
+    let indexes = index_names(conn).map_err(open_err)?;
+    if found == SCHEMA_VERSION && indexes == INDEX_NAMES {
+        return Ok(());
+    }
     // One transaction: a crash here leaves the previous version and no half
-    // schema. Only the first open of a file changes anything.
-    let version = if found < SCHEMA_VERSION {
-        format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};")
-    } else {
+    // schema.
+    let upgrade = found == SCHEMA_VERSION;
+    let version = if upgrade {
         String::new()
+    } else {
+        format!("{SCHEMA} PRAGMA user_version = {SCHEMA_VERSION};")
     };
+    if upgrade {
+        tracing::info!(
+            path,
+            found = ?indexes,
+            "audit trail: replacing the indexes of a file from an earlier build, once (about 1 s per million rows)"
+        );
+    }
+    let started = std::time::Instant::now();
     conn.execute_batch(&format!("BEGIN IMMEDIATE; {version} {INDEXES} COMMIT;"))
         .map_err(open_err)?;
+    if upgrade {
+        tracing::info!(
+            path,
+            ms = started.elapsed().as_millis() as u64,
+            "audit trail: indexes replaced"
+        );
+    }
     Ok(())
+}
+
+/// The conditions [`Audit::query`] can put in its SQL, one per filter given.
+const BY_KIND: &str = "kind = ?";
+const BY_CHAIR: &str = "chair = ?";
+const FROM: &str = "at_ms >= ?";
+const TO: &str = "at_ms <= ?";
+
+/// The id of the newest record of kind `?1` for every chair.
+const LATEST_IDS: &str = "SELECT max(id) FROM events WHERE kind = ?1 GROUP BY chair";
+
+/// [`Audit::query`]'s SQL for `conditions`, then a `?` for the limit. Only the
+/// filters actually given go into it, so SQLite can use the indexes
+/// (`?1 IS NULL OR ...` would defeat them): at most 16 shapes, all kept in the
+/// statement cache.
+fn query_sql<'a>(conditions: impl Iterator<Item = &'a str>) -> String {
+    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1");
+    for c in conditions {
+        sql.push_str(" AND ");
+        sql.push_str(c);
+    }
+    sql.push_str(" ORDER BY at_ms, id LIMIT ?");
+    sql
+}
+
+/// The names of the `events` table's indexes, sorted.
+fn index_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events' ORDER BY name",
+    )?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    names.collect()
 }
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, AuditError> {
