@@ -71,7 +71,7 @@ struct Args {
     /// With --gateway: the target sends no `snapshot` frame (it is not vitalgate, e.g.
     /// the Node-RED flow of compare.sh), so a dashboard is ready once its WebSocket
     /// to `ws://{gateway}/ws` is connected. Nothing else is asked of the target
-    /// (--gateway never polls /ready or /metrics).
+    /// (not /ready, nor /metrics when dashboards fail).
     #[arg(long, requires = "gateway")]
     ready_on_connect: bool,
     /// WebSocket handshakes the dashboards have in flight at once while connecting.
@@ -139,8 +139,9 @@ fn gateway_env(chairs: usize) -> Vec<(String, String)> {
 /// non-zero `vitalgate_ws_refused_total` and `vitalgate_ws_slow_disconnects_total`
 /// (a refusal the gateway did not count was not the gateway's).
 async fn gateway_refusals(http: SocketAddr) {
-    match http_get(http, "/metrics").await {
-        Ok((200, body)) => {
+    // A gateway that accepts and never answers must not hang the report.
+    match tokio::time::timeout(Duration::from_secs(5), http_get(http, "/metrics")).await {
+        Ok(Ok((200, body))) => {
             let counted: Vec<&str> = body
                 .lines()
                 .filter(|l| {
@@ -421,7 +422,7 @@ async fn run(args: Args) -> Result<Report> {
         }
         eprintln!("stuck dashboards (never reading): {ends:?}");
     }
-    if !args.ready_on_connect && seen.iter().any(|s| s.error.is_some()) {
+    if !args.floor && !args.ready_on_connect && seen.iter().any(|s| s.error.is_some()) {
         gateway_refusals(target.http).await;
     }
     target.stop();
@@ -482,7 +483,7 @@ async fn run(args: Args) -> Result<Report> {
             }
         }
     }
-    Ok(Report {
+    let report = Report {
         date_unix_s: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         chairs: args.chairs,
@@ -513,7 +514,14 @@ async fn run(args: Args) -> Result<Report> {
         gateway_max_rss_mib: rss,
         harness_cpu_percent: own.as_ref().map(|s| s.cpu_percent()),
         slo_failures,
-    })
+    };
+    if report.lost_anything() {
+        // What the gateway recorded of a run that lost something.
+        if let Some(path) = target.keep_audit() {
+            eprintln!("gateway audit trail kept: {}", path.display());
+        }
+    }
+    Ok(report)
 }
 
 /// Remove the gateway's persistent session from a shared broker.

@@ -45,7 +45,8 @@ pub struct Target {
     /// The gateway process, for CPU and memory figures.
     pub pid: Option<u32>,
     gateway: Option<Child>,
-    /// The audit trail of a gateway started here, removed when it has stopped.
+    /// The audit trail of a gateway started here, removed when the target is
+    /// dropped unless kept ([`Target::keep_audit`]).
     audit: Option<PathBuf>,
     mosquitto: Option<(Child, PathBuf)>,
     /// The gateway's MQTT client id, whose persistent session is removed afterwards
@@ -174,8 +175,11 @@ impl Target {
         let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let run = std::process::id();
         let client_id = format!("vitalgate-loadtest-{run}");
-        // An audit trail of its own in the temp dir, removed by `stop`.
+        // An audit trail of its own in the temp dir, removed on drop. One left by
+        // an earlier run with the same process id (killed before it could remove
+        // it) would bring back that run's sessions and alarms: start afresh.
         let audit = std::env::temp_dir().join(format!("vitalgate-loadtest-{run}-audit.sqlite3"));
+        remove_audit(&audit);
         let mut cmd = Command::new(&bin);
         cmd.env("VITALGATE_HTTP__BIND", http.to_string())
             .env("VITALGATE_AUDIT__PATH", &audit)
@@ -275,13 +279,6 @@ impl Target {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(audit) = self.audit.take() {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = audit.clone().into_os_string();
-                path.push(suffix);
-                let _ = std::fs::remove_file(path);
-            }
-        }
         if let Some((mut child, dir)) = self.mosquitto.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -290,9 +287,29 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Keep the gateway's audit trail after the run (a run that lost something):
+    /// its path, if the harness started the gateway.
+    pub fn keep_audit(&mut self) -> Option<PathBuf> {
+        self.audit.take()
+    }
+}
+
+/// Remove an audit trail file with its WAL and shared-memory files.
+fn remove_audit(audit: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = audit.to_path_buf().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 impl Drop for Target {
     fn drop(&mut self) {
         self.stop();
+        if let Some(audit) = self.audit.take() {
+            remove_audit(&audit);
+        }
     }
 }
 
