@@ -4,6 +4,8 @@
 #
 #   loadtest/pinned.sh --chairs 10 --rate 1 --duration 30s --dashboards 1000 --breach-every 10s
 #   GATEWAY_CPUS=0 HARNESS_CPUS=1 loadtest/pinned.sh ...   # (the defaults)
+#   FLOOR=1 loadtest/pinned.sh --chairs 50 --rate 1 --duration 120s --breach-every 5s
+#                       # the floor placed the same way: broker alone on GATEWAY_CPUS
 #
 # Starts a private Mosquitto (the harness's load settings) and a release gateway
 # under `taskset -c $GATEWAY_CPUS`, then runs `vitalgate-loadtest --gateway ...`
@@ -28,6 +30,11 @@ trap cleanup EXIT
 source loadtest/broker.sh
 http_port=$(free_port)
 start_broker "$tmp" taskset -c "$GATEWAY_CPUS" || exit 3
+if [ "${FLOOR:-0}" = 1 ]; then
+  taskset -c "$HARNESS_CPUS" target/release/vitalgate-loadtest \
+    --floor --broker "127.0.0.1:$mqtt_port" "$@"
+  exit
+fi
 # A write buffer that holds a snapshot of MAX_CHAIRS chairs, as the harness sets
 # for a gateway it starts, capped at the gateway's largest accepted value.
 buffer=$((MAX_CHAIRS * (40 * 1200 + 2048) + 1048576))
