@@ -117,11 +117,12 @@ impl Gateway {
             },
         };
         let options = ingest::mqtt::options(&config.mqtt, &broker)?;
-        let listener = tokio::net::TcpListener::bind(config.http.bind)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.http.bind,
-                source,
+        let listener =
+            http::listen(config.http.bind, config.http.accept_backlog).map_err(|source| {
+                Error::Bind {
+                    addr: config.http.bind,
+                    source,
+                }
             })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.http.bind,

@@ -166,6 +166,10 @@ pub struct HttpConfig {
     /// A connection must send the headers of its first request within this long,
     /// or it is dropped (ms).
     pub handshake_timeout_ms: u64,
+    /// Connections the kernel holds for the gateway to accept (`listen` backlog;
+    /// the kernel caps it at `net.core.somaxconn`). Beyond it new connections' SYNs
+    /// are dropped and retried by the client a second or more later.
+    pub accept_backlog: u32,
 }
 
 /// Which MQTT broker the gateway subscribes to.

@@ -260,6 +260,11 @@ impl Config {
             "http.handshake_timeout_ms",
             "must be 100-60000",
         );
+        check!(
+            (1..=65_535).contains(&self.http.accept_backlog),
+            "http.accept_backlog",
+            "must be 1-65535",
+        );
         let a = &self.auth;
         check!(
             a.mode != AuthMode::None || self.http.bind.ip().is_loopback(),
