@@ -107,28 +107,47 @@ fn record(h: &mut Histogram<u64>, from: Instant, at: Instant) {
 /// Connect a dashboard as a browser would, but cheaply: Nagle off (its acks and
 /// pongs go out at once) and a 16 KiB read buffer instead of tungstenite's 128 KiB,
 /// so ten thousand dashboards fit in the harness without measuring its page faults.
+/// A failure says which step failed and when: the TCP connection (a full accept
+/// queue shows as a slow one) or the WebSocket handshake after it.
 async fn connect(
     http: SocketAddr,
 ) -> Result<
-    (
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    tokio_tungstenite::tungstenite::Error,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
 > {
+    let started = Instant::now();
+    let tcp = tokio::net::TcpStream::connect(http).await.map_err(|e| {
+        format!(
+            "TCP connect: {e} after {:.3} s",
+            started.elapsed().as_secs_f64()
+        )
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let connected = started.elapsed();
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(16 * 1024);
-    tokio_tungstenite::connect_async_with_config(format!("ws://{http}/ws"), Some(config), true)
-        .await
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    match tokio_tungstenite::client_async_with_config(
+        format!("ws://{http}/ws"),
+        stream,
+        Some(config),
+    )
+    .await
+    {
+        Ok((ws, _)) => Ok(ws),
+        Err(e) => Err(format!(
+            "{e} ({:.3} s after the TCP connection, which took {:.3} s)",
+            (started.elapsed() - connected).as_secs_f64(),
+            connected.as_secs_f64()
+        )),
+    }
 }
 
 /// A dashboard that stops reading once connected (a frozen browser tab): the
 /// gateway must cut it off as a slow consumer without anyone else noticing. After
 /// `stop`, reads what the socket holds to see how the connection ended.
 pub async fn stuck(http: SocketAddr, mut stop: watch::Receiver<bool>) -> String {
-    let Ok((mut ws, _)) = connect(http).await else {
+    let Ok(mut ws) = connect(http).await else {
         return "could not connect".into();
     };
     let _ = stop.wait_for(|s| *s).await;
@@ -169,7 +188,7 @@ pub async fn watch_alarms(
     // Held until the dashboard is ready (its snapshot received), so the gateway
     // serves a bounded number of handshakes and snapshots at a time.
     let mut connecting = Some(setup.connecting.acquire().await);
-    let (mut ws, _) = match connect(http).await {
+    let mut ws = match connect(http).await {
         Ok(ok) => ok,
         Err(e) => {
             seen.error = Some(format!("connect: {e}"));
