@@ -29,10 +29,24 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::Tcp
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    // As std and tokio do: a restarted gateway can bind while old connections
-    // linger in TIME_WAIT.
+    // As tokio's bind does (not on Windows, where it would let another process
+    // take the port): a restarted gateway can bind while old connections linger
+    // in TIME_WAIT.
+    #[cfg(not(windows))]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
+    // Linux silently caps the backlog: say so rather than let the setting do
+    // nothing.
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(cap) = cap.filter(|cap| *cap < backlog) {
+        tracing::warn!(
+            http.accept_backlog = backlog,
+            net.core.somaxconn = cap,
+            "the kernel caps the accept backlog below http.accept_backlog; raise net.core.somaxconn for reconnect storms"
+        );
+    }
     socket.listen(backlog)
 }
 
@@ -80,7 +94,8 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     )
 }
 
-#[cfg(test)]
+/// Linux behaviour: a full accept queue drops new SYNs (kernel 4.4 and later).
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::time::Duration;
