@@ -32,3 +32,30 @@ start_broker() {
   echo "mosquitto did not start"
   return 1
 }
+
+# start_gateway DIR NAME COMMAND...: start a gateway subscribed to the broker of
+# start_broker (on $mqtt_port) with MQTT client id NAME-<pid>, its audit trail and
+# log in DIR, on a free HTTP port. COMMAND runs the binary, under a prefix such as
+# `taskset -c 0` or `env VAR=value` for settings of the caller's own. Sets `gw` (its
+# pid) and `http_port`. Fails, showing the log, if it is not ready within 30 s.
+start_gateway() {
+  local dir=$1 name=$2
+  shift 2
+  http_port=$(free_port)
+  VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
+  VITALGATE_MQTT__BROKER=external \
+  VITALGATE_MQTT__HOST=127.0.0.1 \
+  VITALGATE_MQTT__PORT=$mqtt_port \
+  VITALGATE_MQTT__CLIENT_ID=$name-$$ \
+  VITALGATE_AUDIT__PATH=$dir/audit.sqlite3 \
+  RUST_LOG=warn \
+    "$@" >"$dir/gateway.log" 2>&1 &
+  gw=$!
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$dir/gateway.log"
+  echo "gateway not ready"
+  return 1
+}

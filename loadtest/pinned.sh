@@ -28,7 +28,6 @@ cleanup() {
 }
 trap cleanup EXIT
 source loadtest/broker.sh
-http_port=$(free_port)
 start_broker "$tmp" taskset -c "$GATEWAY_CPUS" || exit 3
 if [ "${FLOOR:-0}" = 1 ]; then
   taskset -c "$HARNESS_CPUS" target/release/vitalgate-loadtest \
@@ -38,18 +37,8 @@ fi
 # A write buffer that holds a snapshot of MAX_CHAIRS chairs, as the harness sets
 # for a gateway it starts, capped at the gateway's largest accepted value.
 buffer=$((MAX_CHAIRS * (40 * 1200 + 2048) + 1048576))
-VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
-VITALGATE_MQTT__BROKER=external \
-VITALGATE_MQTT__HOST=127.0.0.1 \
-VITALGATE_MQTT__PORT=$mqtt_port \
-VITALGATE_MQTT__CLIENT_ID=pinned-$$ \
-VITALGATE_AUDIT__PATH=$tmp/audit.sqlite3 \
-VITALGATE_INGEST__MAX_CHAIRS=$MAX_CHAIRS \
-VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES=$(( buffer < 268435456 ? buffer : 268435456 )) \
-RUST_LOG=warn \
-  taskset -c "$GATEWAY_CPUS" target/release/vitalgate >"$tmp/gateway.log" 2>&1 &
-gw=$!
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null || { cat "$tmp/gateway.log"; echo "gateway not ready"; exit 3; }
+start_gateway "$tmp" pinned env VITALGATE_INGEST__MAX_CHAIRS="$MAX_CHAIRS" \
+  VITALGATE_WEBSOCKET__MAX_WRITE_BUFFER_BYTES=$(( buffer < 268435456 ? buffer : 268435456 )) \
+  taskset -c "$GATEWAY_CPUS" target/release/vitalgate || exit 3
 taskset -c "$HARNESS_CPUS" target/release/vitalgate-loadtest \
   --gateway "127.0.0.1:$http_port" --broker "127.0.0.1:$mqtt_port" --gateway-pid "$gw" "$@"

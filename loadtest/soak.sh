@@ -47,19 +47,9 @@ cleanup() {
 trap cleanup EXIT
 
 source loadtest/broker.sh
-http_port=$(free_port)
 start_broker "$tmp" || exit 1
-VITALGATE_HTTP__BIND=127.0.0.1:$http_port \
-VITALGATE_MQTT__BROKER=external \
-VITALGATE_MQTT__HOST=127.0.0.1 \
-VITALGATE_MQTT__PORT=$mqtt_port \
-VITALGATE_MQTT__CLIENT_ID=soak-$$ \
-VITALGATE_AUDIT__PATH=$tmp/audit.sqlite3 \
-VITALGATE_INGEST__FORGET_IDLE_CHAIR_MS=$FORGET_MS \
-VITALGATE_WEBSOCKET__REPLAY_CAPACITY=2000 \
-RUST_LOG=warn \
-  "$bin/vitalgate" >"$tmp/gateway.log" 2>&1 &
-gw=$!
+start_gateway "$tmp" soak env VITALGATE_INGEST__FORGET_IDLE_CHAIR_MS="$FORGET_MS" \
+  VITALGATE_WEBSOCKET__REPLAY_CAPACITY=2000 "$bin/vitalgate" || exit 1
 
 metric() { curl -sf "http://127.0.0.1:$http_port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 # Poll (0.1 s steps) until a command succeeds, at most $1 seconds.
@@ -68,9 +58,7 @@ wait_for() {
   for _ in $(seq 1 $((limit * 10))); do "$@" && return 0; sleep 0.1; done
   return 1
 }
-ready() { curl -sf "http://127.0.0.1:$http_port/ready" >/dev/null; }
 no_chairs() { [ "$(metric vitalgate_chairs)" = 0 ]; }
-wait_for 30 ready || { cat "$tmp/gateway.log"; echo "gateway not ready"; exit 1; }
 
 alive() {
   kill -0 "$gw" 2>/dev/null || { echo "the gateway has died:"; cat "$tmp/gateway.log"; exit 1; }
