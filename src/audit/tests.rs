@@ -43,6 +43,14 @@ fn rec<'a>(seq: u64, kind: &'a str, chair: &'a str, at_ms: u64, body: &'a str) -
     }
 }
 
+/// Append alarm record `i` in a commit of its own, with a 700-byte body.
+fn append_alarm(audit: &Audit, i: u64) {
+    let body = "x".repeat(700);
+    audit
+        .append(&[rec(i, "alarm", "north/3", i, &body)])
+        .unwrap();
+}
+
 fn seqs(rows: &[Stored]) -> Vec<u64> {
     rows.iter().map(|s| s.seq).collect()
 }
@@ -295,12 +303,9 @@ fn audit_is_send_and_sync() {
 fn wal_stays_bounded_under_steady_appends() {
     let db = TempDb::new("wal");
     let audit = std::sync::Arc::new(Audit::open(&db.0, false).unwrap());
-    let body = "x".repeat(700);
     let mut checkpoints = 0;
     for i in 0..20_000u64 {
-        audit
-            .append(&[rec(i, "alarm", "north/3", i, &body)])
-            .unwrap();
+        append_alarm(&audit, i);
         // As the hub does after delivering each batch.
         if let Some(checkpoint) = audit.claim_checkpoint() {
             checkpoint.run().unwrap();
@@ -321,11 +326,8 @@ fn appends_never_checkpoint_by_themselves() {
     // checkpoints.
     let db = TempDb::new("nockpt");
     let audit = std::sync::Arc::new(Audit::open(&db.0, false).unwrap());
-    let body = "x".repeat(700);
     for i in 0..1_500u64 {
-        audit
-            .append(&[rec(i, "alarm", "north/3", i, &body)])
-            .unwrap();
+        append_alarm(&audit, i);
     }
     let before = audit.wal_pages();
     assert!(
@@ -338,9 +340,7 @@ fn appends_never_checkpoint_by_themselves() {
     // A claim dropped unrun gives itself back.
     let claim = audit.claim_checkpoint().expect("given back");
     claim.run().unwrap();
-    audit
-        .append(&[rec(9_000, "alarm", "north/3", 9_000, &body)])
-        .unwrap();
+    append_alarm(&audit, 9_000);
     let after = audit.wal_pages();
     assert!(after < 20, "WAL did not start over: {after} pages");
     assert!(audit.claim_checkpoint().is_none(), "due again at once");
@@ -356,12 +356,9 @@ fn an_append_checkpoints_by_itself_when_nobody_else_does() {
     // once it reaches CHECKPOINT_BACKSTOP_PAGES.
     let db = TempDb::new("backstop");
     let audit = Audit::open(&db.0, false).unwrap();
-    let body = "x".repeat(700);
     let mut most = 0;
     for i in 0..6_000u64 {
-        audit
-            .append(&[rec(i, "alarm", "north/3", i, &body)])
-            .unwrap();
+        append_alarm(&audit, i);
         most = most.max(audit.wal_pages());
     }
     assert!(most >= 10_000, "WAL peaked at {most} pages");
