@@ -12,9 +12,40 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Latency histogram in microseconds, 1 µs to 60 s, 3 significant figures.
+/// Latency histogram in microseconds, 1 µs to 60 s (longer counts as 60 s), 3
+/// significant figures.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// One dashboard's latencies of one kind, in microseconds. A histogram is
+/// 136 KiB, written through when made: a dashboard makes the ones it expects
+/// samples for before the run ([`Latencies::expected`]), and a kind it does not
+/// expect (live vitals when not subscribed) costs nothing unless a sample comes.
+#[derive(Default)]
+pub struct Latencies(Option<Histogram<u64>>);
+
+impl Latencies {
+    /// Latencies made ready for samples, so the first one costs no allocation.
+    pub fn expected() -> Latencies {
+        Latencies(Some(histogram()))
+    }
+
+    /// Record `at − from`, between 1 µs and 60 s.
+    pub fn record(&mut self, from: Instant, at: Instant) {
+        let us = at.saturating_duration_since(from).as_micros() as u64;
+        self.0
+            .get_or_insert_with(histogram)
+            .saturating_record(us.max(1));
+    }
+
+    /// Add these samples to `total`.
+    pub fn add_to(&self, total: &mut Histogram<u64>) -> Result<(), hdrhistogram::AdditionError> {
+        match &self.0 {
+            Some(h) => total.add(h),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What one dashboard saw.
@@ -25,25 +56,33 @@ pub struct Seen {
     pub raised: HashSet<(u32, u64, String)>,
     /// Alarm events received more than once (same id and state).
     pub duplicates: u64,
-    pub alarm_from_intended: Histogram<u64>,
-    pub alarm_from_sent: Histogram<u64>,
-    pub vitals_from_intended: Histogram<u64>,
-    pub vitals_from_sent: Histogram<u64>,
+    pub alarm_from_intended: Latencies,
+    pub alarm_from_sent: Latencies,
+    pub vitals_from_intended: Latencies,
+    pub vitals_from_sent: Latencies,
     pub vitals_frames: u64,
     /// Why the connection ended early, if it did.
     pub error: Option<String>,
 }
 
 impl Seen {
-    pub fn new() -> Seen {
+    /// Ready for alarm samples, and for live vitals if `vitals`.
+    pub fn new(vitals: bool) -> Seen {
+        let vitals = || {
+            if vitals {
+                Latencies::expected()
+            } else {
+                Latencies::default()
+            }
+        };
         Seen {
             breaches: HashSet::new(),
             raised: HashSet::new(),
             duplicates: 0,
-            alarm_from_intended: histogram(),
-            alarm_from_sent: histogram(),
-            vitals_from_intended: histogram(),
-            vitals_from_sent: histogram(),
+            alarm_from_intended: Latencies::expected(),
+            alarm_from_sent: Latencies::expected(),
+            vitals_from_intended: vitals(),
+            vitals_from_sent: vitals(),
             vitals_frames: 0,
             error: None,
         }
@@ -99,16 +138,13 @@ fn chair_index(chair: &str) -> Option<u32> {
     chair.rsplit_once("/c")?.1.parse().ok()
 }
 
-fn record(h: &mut Histogram<u64>, from: Instant, at: Instant) {
-    let us = at.saturating_duration_since(from).as_micros() as u64;
-    h.saturating_record(us.max(1));
-}
-
 /// Connect a dashboard as a browser would, but cheaply: Nagle off (its acks and
-/// pongs go out at once) and a 16 KiB read buffer instead of tungstenite's 128 KiB,
-/// so ten thousand dashboards fit in the harness without measuring its page faults.
+/// pongs go out at once) and a 4 KiB read buffer instead of tungstenite's 128 KiB:
+/// ten thousand dashboards fit in the harness without measuring its page faults,
+/// and tungstenite zeroes the whole buffer before every read (twice per frame).
 /// A failure says which step failed and when: the TCP connection (a full accept
-/// queue shows as a slow one) or the WebSocket handshake after it.
+/// queue shows as a slow one; so does this task waiting for a worker thread of
+/// the harness after the connection completed) or the WebSocket handshake after it.
 async fn connect(
     http: SocketAddr,
 ) -> Result<
@@ -125,7 +161,7 @@ async fn connect(
     let _ = tcp.set_nodelay(true);
     let connected = started.elapsed();
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(16 * 1024);
+        .read_buffer_size(4 * 1024);
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
     match tokio_tungstenite::client_async_with_config(
         format!("ws://{http}/ws"),
@@ -170,8 +206,11 @@ pub struct Setup {
     pub vitals: bool,
     /// The target sends no `snapshot`: the dashboard is ready once connected.
     pub ready_on_connect: bool,
-    /// Permits for WebSocket handshakes in progress, shared by every dashboard.
-    pub connecting: Arc<tokio::sync::Semaphore>,
+    /// This dashboard's permit to connect (one of `--connect-concurrency`), held
+    /// until it is ready. Taken before the task is spawned, so thousands of
+    /// dashboards are never thousands of tasks queued at once in front of the ones
+    /// halfway through their handshake.
+    pub permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Connect, take the snapshot (unless `ready_on_connect`), optionally subscribe to
@@ -184,10 +223,10 @@ pub async fn watch_alarms(
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
-    let mut seen = Seen::new();
+    let mut seen = Seen::new(setup.vitals);
     // Held until the dashboard is ready (its snapshot received), so the gateway
     // serves a bounded number of handshakes and snapshots at a time.
-    let mut connecting = Some(setup.connecting.acquire().await);
+    let mut connecting = Some(setup.permit);
     let mut ws = match connect(http).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -272,8 +311,8 @@ pub async fn watch_alarms(
                             }
                             // Time the first alarm of the breach.
                             if seen.breaches.insert((chair, frame.ts)) {
-                                record(&mut seen.alarm_from_intended, sent.intended, at);
-                                record(&mut seen.alarm_from_sent, sent.actual, at);
+                                seen.alarm_from_intended.record(sent.intended, at);
+                                seen.alarm_from_sent.record(sent.actual, at);
                             }
                         }
                     }
@@ -285,8 +324,8 @@ pub async fn watch_alarms(
                 let stamp = frame.vitals.and_then(|v| v.hr).map(|s| s.ts);
                 if let (Some(chair), Some(ts)) = (chair_index(frame.chair), stamp) {
                     if let Some(sent) = log.reading(chair, ts) {
-                        record(&mut seen.vitals_from_intended, sent.intended, at);
-                        record(&mut seen.vitals_from_sent, sent.actual, at);
+                        seen.vitals_from_intended.record(sent.intended, at);
+                        seen.vitals_from_sent.record(sent.actual, at);
                     }
                 }
             }
@@ -298,4 +337,28 @@ pub async fn watch_alarms(
     }
     let _ = ws.close(None).await;
     seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_keep_their_values_through_the_total() {
+        let t0 = Instant::now();
+        let mut l = Latencies::default();
+        for ms in [1, 10, 250, 70_000] {
+            l.record(t0, t0 + Duration::from_millis(ms));
+        }
+        let mut total = histogram();
+        l.add_to(&mut total).unwrap();
+        Latencies::default().add_to(&mut total).unwrap();
+        assert_eq!(total.len(), 4);
+        let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
+        assert!((ms(0.25) - 1.0).abs() < 0.01, "{}", ms(0.25));
+        assert!((ms(0.5) - 10.0).abs() < 0.01, "{}", ms(0.5));
+        assert!((ms(0.75) - 250.0).abs() < 0.25, "{}", ms(0.75));
+        // Past 60 s counts as 60 s.
+        assert!((ms(1.0) - 60_000.0).abs() < 60.0, "{}", ms(1.0));
+    }
 }

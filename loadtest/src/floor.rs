@@ -34,7 +34,7 @@ pub async fn subscribe(
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Seen {
-    let mut seen = Seen::new();
+    let mut seen = Seen::new(false);
     let (client, mut events) = crate::devices::connect("floor", broker, |_| {});
     let _ = client
         .subscribe(format!("{prefix}/+/chair/+/vitals"), QoS::AtLeastOnce)
@@ -60,12 +60,8 @@ pub async fn subscribe(
                     stats.alarms.fetch_add(1, Ordering::Relaxed);
                     if seen.breaches.insert((chair, ts)) {
                         stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
-                        let us =
-                            |from: Instant| at.saturating_duration_since(from).as_micros() as u64;
-                        seen.alarm_from_intended
-                            .saturating_record(us(sent.intended).max(1));
-                        seen.alarm_from_sent
-                            .saturating_record(us(sent.actual).max(1));
+                        seen.alarm_from_intended.record(sent.intended, at);
+                        seen.alarm_from_sent.record(sent.actual, at);
                     } else {
                         seen.duplicates += 1;
                     }

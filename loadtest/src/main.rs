@@ -276,8 +276,15 @@ async fn run(args: Args) -> Result<Report> {
     // Thousands of dashboards connect a bounded number at a time, as a clinic's
     // would trickle in: all at once, handshakes queue past the gateway's header
     // deadline (`http.handshake_timeout_ms`) and the run measures a connect storm.
+    // A dashboard gives its permit back once ready (or failed) and never waits
+    // for this loop, so taking permits here cannot stall.
     let connecting = Arc::new(tokio::sync::Semaphore::new(args.connect_concurrency.max(1)));
     for i in (0..args.dashboards).filter(|_| !args.floor) {
+        let permit =
+            tokio::time::timeout(Duration::from_secs(60), connecting.clone().acquire_owned())
+                .await
+                .context("dashboards did not connect: none ready within 60 s")?
+                .context("connect permits closed")?;
         let site = args
             .per_site
             .then(|| format!("{}{}", args.site_prefix, i % args.sites));
@@ -285,7 +292,7 @@ async fn run(args: Args) -> Result<Report> {
             site,
             vitals: args.vitals,
             ready_on_connect: args.ready_on_connect,
-            connecting: connecting.clone(),
+            permit,
         };
         dashboards.push(tokio::spawn(dashboards::watch_alarms(
             target.http,
@@ -440,10 +447,10 @@ async fn run(args: Args) -> Result<Report> {
     let mut vitals_frames = 0;
     let mut failed = Vec::new();
     for (i, s) in seen.iter().enumerate() {
-        alarm_i.add(&s.alarm_from_intended)?;
-        alarm_s.add(&s.alarm_from_sent)?;
-        vit_i.add(&s.vitals_from_intended)?;
-        vit_s.add(&s.vitals_from_sent)?;
+        s.alarm_from_intended.add_to(&mut alarm_i)?;
+        s.alarm_from_sent.add_to(&mut alarm_s)?;
+        s.vitals_from_intended.add_to(&mut vit_i)?;
+        s.vitals_from_sent.add_to(&mut vit_s)?;
         duplicates += s.duplicates;
         vitals_frames += s.vitals_frames;
         if let Some(e) = &s.error {
