@@ -6,16 +6,25 @@
 #      `function` (the shipped sbp_warn and sbp_critical limits, hysteresis 5 mmHg,
 #      once per episode per chair and rule, cleared when back inside) →
 #      `websocket out` (/ws, vitalgate's `alarm` frames), with DASHBOARDS dashboards;
-#   3. vitalgate, with DASHBOARDS dashboards.
+#   3. vitalgate, with DASHBOARDS dashboards;
+#   fanout (not run unless named in CONTENDERS): the fan-out floor,
+#      vitalgate-fanout-floor (loadtest/src/bin/fanout_floor.rs), the least a gateway
+#      on vitalgate's stack (tokio, rumqttc, tungstenite) can do between the broker
+#      and DASHBOARDS dashboards: the SBP rules as `alarm` frames, serialised once,
+#      a queue and a writer task per dashboard. What vitalgate adds to it is its own.
+#
+# Readings come from RATE / CHAIR_RATE chairs at CHAIR_RATE readings/s each (default
+# 10), each chair surging once per BREACH_EVERY on average (default 20s).
 #
 #   loadtest/compare.sh                         # rates 1000 10000 20000 readings/s, 10 s each
 #   RATES="1000 5000" DURATION=30s DASHBOARDS=20 loadtest/compare.sh
 #   CONTENDERS="floor vitalgate" loadtest/compare.sh     # without Node-RED
+#   CONTENDERS="fanout vitalgate" RATES=10000 DASHBOARDS=1000 BREACH_EVERY=300s loadtest/compare.sh
 #   REPORT_ONLY=1 MAX_P99_MS=100 RATES="..." loadtest/compare.sh  # re-judge saved runs
 #
 # Writes one JSON report per run under $OUT (floor-R.json, nodered-R.json,
-# vitalgate-R.json, the harness's output beside each as .txt) and prints a table with
-# the ratios vitalgate/floor and vitalgate/Node-RED.
+# fanout-R.json, vitalgate-R.json, the harness's output beside each as .txt) and
+# prints a table with the ratios of vitalgate to each other contender.
 #
 # Node-RED (node-red@$NODE_RED_VERSION, an exact version) is installed from npm into
 # target/node-red the first time (again only if the version changes). Each Node-RED
@@ -48,6 +57,8 @@ DRAIN=${DRAIN:-5s}
 DASHBOARDS=${DASHBOARDS:-10}
 OUT=${OUT:-target/compare}
 CONTENDERS=${CONTENDERS:-"floor nodered vitalgate"}
+CHAIR_RATE=${CHAIR_RATE:-10}
+BREACH_EVERY=${BREACH_EVERY:-20s}
 MAX_P99_MS=${MAX_P99_MS:-1000}
 NODE_RED_VERSION=${NODE_RED_VERSION:-4.1.15}
 NODE_RED_DIR=target/node-red
@@ -82,9 +93,16 @@ stop_nodered() {
   stop_pid "$broker_pid" 2; broker_pid=
   [ -z "$nodered_dir" ] || rm -rf "$nodered_dir"; nodered_dir=
 }
+fanout_pid= fanout_broker= fanout_dir=
+stop_fanout() {
+  stop_pid "$fanout_pid" 2; fanout_pid=
+  stop_pid "$fanout_broker" 2; fanout_broker=
+  [ -z "$fanout_dir" ] || rm -rf "$fanout_dir"; fanout_dir=
+}
 cleanup() {
   stop_pid "$run_pid" 15; run_pid=
   stop_nodered
+  stop_fanout
 }
 trap cleanup EXIT
 trap 'echo "interrupted"; exit 130' INT
@@ -120,8 +138,8 @@ if [[ " $CONTENDERS " == *" nodered "* ]] && [ "$REPORT_ONLY" != 1 ]; then
   fi
 fi
 
-# Start a private broker and Node-RED for one run, setting nodered_http and
-# nodered_broker (host:port), or fail with the reason in $OUT/nodered-$rate.txt.
+# Start a private broker and Node-RED for one run, setting ext_http, ext_mqtt
+# (host:port) and ext_pid, or fail with the reason in $OUT/nodered-$rate.txt.
 start_nodered() {
   local rate=$1 txt=$OUT/nodered-$1.txt
   [ -f "$nodered_js" ] || { echo "node-red is not installed (see $OUT/npm-install.log)" >"$txt"; return 1; }
@@ -152,13 +170,50 @@ start_nodered() {
     fi
     sleep 0.1
   done
-  nodered_http=127.0.0.1:$hport nodered_broker=127.0.0.1:$mport
+  ext_http=127.0.0.1:$hport ext_mqtt=127.0.0.1:$mport ext_pid=$nodered_pid
+}
+
+# Start a private broker and the fan-out floor for one run, setting ext_http,
+# ext_mqtt (host:port) and ext_pid, or fail with the reason in $OUT/fanout-$rate.txt.
+start_fanout() {
+  local rate=$1 txt=$OUT/fanout-$1.txt
+  fanout_dir=$(mktemp -d "${TMPDIR:-/tmp}/vitalgate-compare-fanout.XXXXXX")
+  start_broker "$fanout_dir" >"$txt" || return 1
+  fanout_broker=$broker
+  target/release/vitalgate-fanout-floor --broker "127.0.0.1:$mqtt_port" \
+    >"$fanout_dir/out" 2>"$OUT/fanout-$rate.log" &
+  fanout_pid=$!
+  local deadline=$((SECONDS + 30))
+  until grep -q '^listening on ' "$fanout_dir/out"; do
+    if ! kill -0 "$fanout_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+      echo "the fan-out floor did not subscribe within 30 s (see $OUT/fanout-$rate.log)" >"$txt"
+      return 1
+    fi
+    sleep 0.1
+  done
+  ext_http=$(sed -n 's/^listening on //p' "$fanout_dir/out" | head -1)
+  ext_mqtt=127.0.0.1:$mqtt_port ext_pid=$fanout_pid
+}
+
+# run_beside nodered|fanout RATE: start that contender (start_nodered, start_fanout),
+# run the harness against it as a --gateway that sends no snapshot, stop it.
+run_beside() {
+  local who=$1 rate=$2
+  rm -f "$OUT/$who-$rate.json"
+  if "start_$who" "$rate"; then
+    run "$who-$rate" "${common[@]}" --dashboards "$DASHBOARDS" \
+      --gateway "$ext_http" --broker "$ext_mqtt" --gateway-pid "$ext_pid" --ready-on-connect
+  else
+    echo "   $(cat "$OUT/$who-$rate.txt")"
+  fi
+  "stop_$who"
 }
 
 for rate in $RATES; do
   [ "$REPORT_ONLY" != 1 ] || break
-  chairs=$(( rate / 10 ))
-  common=(--chairs "$chairs" --rate 10 --duration "$DURATION" --drain "$DRAIN" --breach-every 20s)
+  chairs=$(( rate / CHAIR_RATE ))
+  common=(--chairs "$chairs" --rate "$CHAIR_RATE" --duration "$DURATION" --drain "$DRAIN"
+    --breach-every "$BREACH_EVERY")
   for who in $CONTENDERS; do
     case $who in
       floor)
@@ -166,19 +221,14 @@ for rate in $RATES; do
         run "floor-$rate" "${common[@]}" --broker mosquitto --floor ;;
       nodered)
         echo "== $rate readings/s: Node-RED, $DASHBOARDS dashboards"
-        rm -f "$OUT/nodered-$rate.json"
-        if start_nodered "$rate"; then
-          run "nodered-$rate" "${common[@]}" --dashboards "$DASHBOARDS" \
-            --gateway "$nodered_http" --broker "$nodered_broker" \
-            --gateway-pid "$nodered_pid" --ready-on-connect
-        else
-          echo "   $(cat "$OUT/nodered-$rate.txt")"
-        fi
-        stop_nodered ;;
+        run_beside nodered "$rate" ;;
+      fanout)
+        echo "== $rate readings/s: fan-out floor, $DASHBOARDS dashboards"
+        run_beside fanout "$rate" ;;
       vitalgate)
         echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
         run "vitalgate-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" ;;
-      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, vitalgate)"; exit 3 ;;
+      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, fanout, vitalgate)"; exit 3 ;;
     esac
   done
 done
@@ -186,7 +236,8 @@ done
 python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
 import json, sys
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
-names = {"floor": "floor", "nodered": "Node-RED", "vitalgate": "vitalgate"}
+names = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate"}
+short = dict(names, fanout="fan-out")  # in the ratio rows
 
 def kept_up(r):
     """Why a run did not keep up (see the script's header), or None."""
@@ -228,12 +279,12 @@ for rate in rates:
               f"{l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>9.3f} {l['max_ms']:>9.3f} "
               f"{'' if cpu is None else f'{cpu:.0f}':>6} {'' if rss is None else f'{rss:.1f}':>8}  "
               f"{'yes' if why is None else 'NO: ' + why}")
-    for other in ("floor", "nodered"):
+    for other in ("floor", "fanout", "nodered"):
         if "vitalgate" in rows and other in rows and rows[other]["p50_ms"] > 0:
             v, o = rows["vitalgate"], rows[other]
             note = "" if ok["vitalgate"][rate] and ok[other][rate] else \
                 "  (a run did not keep up: latency of what arrived)"
-            print(f"{'':>10} {'vitalgate/' + names[other]:<18} {'':>8} {'':>6} {v['p50_ms']/o['p50_ms']:>8.2f} "
+            print(f"{'':>10} {'vitalgate/' + short[other]:<18} {'':>8} {'':>6} {v['p50_ms']/o['p50_ms']:>8.2f} "
                   f"{v['p99_ms']/max(o['p99_ms'],1e-9):>8.2f} {v['p999_ms']/max(o['p999_ms'],1e-9):>9.2f}{note}")
 
 print(f"\nSustainable rate (highest rate in RATES up to which every run kept up: nothing lost, "
@@ -248,5 +299,6 @@ for who in contenders:
     if best is not None and best == max(rates, key=float):
         text += " (the highest tried)"
     print(f"  {names[who]:<10} {text}")
-print("\nCPU % (of one core) and RSS are the broker's for the floor, Node-RED's (node) and the gateway's.")
+print("\nCPU % (of one core) and RSS are the broker's for the floor, Node-RED's (node), the fan-out\n"
+      "floor's and the gateway's.")
 PY

@@ -1,0 +1,323 @@
+//! `vitalgate-fanout-floor`: the least a gateway can do between the broker and its
+//! dashboards, a floor for vitalgate's fan-out on the same stack (tokio, rumqttc,
+//! tungstenite). It subscribes as vitalgate does (QoS 1, TCP_NODELAY), raises and
+//! clears the shipped SBP rules as vitalgate's `alarm` frames (no delay,
+//! hysteresis 5 mmHg, once per episode, per chair, rule and side: the logic of
+//! compare.sh's Node-RED flow), serialises each frame once, and hands it to every
+//! dashboard through a bounded queue per connection whose writer task sends what
+//! is queued with one flush.
+//!
+//! Nothing else: no audit trail, sessions, other vitals or rules, snapshot,
+//! authentication, metrics, pings, reading what dashboards send, slow-consumer
+//! closes (a full queue drops the frame) or graceful shutdown. What vitalgate
+//! takes beyond this, on the same machine and harness, is its own.
+//!
+//! ```sh
+//! vitalgate-fanout-floor --broker 127.0.0.1:1883 [--listen 127.0.0.1:0] [--topic-prefix clinic]
+//! ```
+//! Prints `listening on HOST:PORT` once subscribed (dashboards connect to
+//! `ws://HOST:PORT/ws`, any path), then serves until killed.
+
+use futures_util::SinkExt;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Frames queued per dashboard before new ones are dropped.
+const QUEUE_FRAMES: usize = 256;
+/// Frames sent with one flush.
+const BATCH_FRAMES: usize = 64;
+/// The listener's backlog (vitalgate's `http.accept_backlog` default).
+const BACKLOG: u32 = 4096;
+
+/// One of the shipped SBP rules (config/vitalgate.toml).
+struct Rule {
+    id: &'static str,
+    priority: &'static str,
+    low: f64,
+    high: f64,
+}
+
+const RULES: [Rule; 2] = [
+    Rule {
+        id: "sbp_warn",
+        priority: "medium",
+        low: 90.0,
+        high: 140.0,
+    },
+    Rule {
+        id: "sbp_critical",
+        priority: "high",
+        low: 60.0,
+        high: 180.0,
+    },
+];
+const HYSTERESIS: f64 = 5.0;
+const SIDES: [&str; 2] = ["low", "high"];
+
+/// Every connected dashboard's queue.
+type Dashboards = Arc<Mutex<Vec<mpsc::Sender<Utf8Bytes>>>>;
+
+/// Open alarms per chair: (id, raised ts) per rule and side.
+type Open = HashMap<String, [[Option<(u64, u64)>; 2]; 2]>;
+
+struct Args {
+    broker: (String, u16),
+    listen: SocketAddr,
+    topic_prefix: String,
+}
+
+fn args() -> Result<Args, String> {
+    let mut broker = None;
+    let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let mut topic_prefix = "clinic".to_string();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--broker" => {
+                let (host, port) = value
+                    .rsplit_once(':')
+                    .ok_or("--broker is host:port".to_string())?;
+                let port = port.parse().map_err(|_| "--broker port".to_string())?;
+                broker = Some((host.to_string(), port));
+            }
+            "--listen" => listen = value.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--topic-prefix" => topic_prefix = value,
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    Ok(Args {
+        broker: broker.ok_or("--broker host:port is required")?,
+        listen,
+        topic_prefix,
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("vitalgate-fanout-floor: {e}");
+            return std::process::ExitCode::from(3);
+        }
+    };
+    match serve(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vitalgate-fanout-floor: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(args.listen)?;
+    let listener = socket.listen(BACKLOG)?;
+    let addr = listener.local_addr()?;
+    let dashboards = Dashboards::default();
+    tokio::spawn(accept(listener, dashboards.clone()));
+
+    let mut o = MqttOptions::new(
+        format!("vitalgate-fanout-floor-{}", std::process::id()),
+        args.broker.0,
+        args.broker.1,
+    );
+    o.set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(1 << 16, 1 << 16);
+    let (client, mut events) = AsyncClient::new(o, 10_000);
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    client
+        .subscribe(
+            format!("{}/+/chair/+/vitals", args.topic_prefix),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+
+    let mut ids = now_us();
+    let mut open = Open::new();
+    loop {
+        match events.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => println!("listening on {addr}"),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let frames = alarms(&mut open, &mut ids, &p.topic, &p.payload);
+                if !frames.is_empty() {
+                    fan_out(&dashboards, &frames);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("vitalgate-fanout-floor: broker: {e}; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Queue `frames` to every dashboard; a full queue drops them, a closed one
+/// leaves the list.
+fn fan_out(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
+    dashboards.lock().unwrap().retain(|tx| {
+        for f in frames {
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(f.clone()) {
+                return false;
+            }
+        }
+        true
+    });
+}
+
+async fn accept(listener: tokio::net::TcpListener, dashboards: Dashboards) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let dashboards = dashboards.clone();
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
+            let (tx, mut rx) = mpsc::channel(QUEUE_FRAMES);
+            dashboards.lock().unwrap().push(tx);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_FRAMES {
+                    match rx.try_recv() {
+                        Ok(f) => batch.push(f),
+                        Err(_) => break,
+                    }
+                }
+                let mut sent = Ok(());
+                for f in batch {
+                    sent = ws.feed(Message::Text(f)).await;
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+                if sent.is_err() || ws.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The alarm frames one reading raises or clears.
+fn alarms(open: &mut Open, ids: &mut u64, topic: &str, payload: &[u8]) -> Vec<Utf8Bytes> {
+    // {prefix}/{site}/chair/{chair}/vitals
+    let levels: Vec<&str> = topic.split('/').collect();
+    let (Some(site), Some(chair)) = (levels.get(1), levels.get(3)) else {
+        return Vec::new();
+    };
+    let Ok(reading) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return Vec::new();
+    };
+    let (Some(ts), Some(value)) = (reading["ts"].as_u64(), reading["sbp"].as_f64()) else {
+        return Vec::new();
+    };
+    let key = format!("{site}/{chair}");
+    let chair_open = open.entry(key.clone()).or_default();
+    let mut frames = Vec::new();
+    for (r, rule) in RULES.iter().enumerate() {
+        for (s, side) in SIDES.iter().enumerate() {
+            let limit = if s == 0 { rule.low } else { rule.high };
+            let high = s == 1;
+            let (state, id, raised_ts) = match chair_open[r][s] {
+                None if (high && value > limit) || (!high && value < limit) => {
+                    *ids += 1;
+                    chair_open[r][s] = Some((*ids, ts));
+                    ("raised", *ids, ts)
+                }
+                Some((id, raised))
+                    if (high && value <= limit - HYSTERESIS)
+                        || (!high && value >= limit + HYSTERESIS) =>
+                {
+                    chair_open[r][s] = None;
+                    ("cleared", id, raised)
+                }
+                _ => continue,
+            };
+            *ids += 1;
+            let frame = serde_json::json!({
+                "type": "alarm",
+                "seq": *ids,
+                "id": id,
+                "state": state,
+                "chair": key,
+                "kind": "physiological",
+                "vital": "sbp",
+                "rule": rule.id,
+                "condition": side,
+                "value": value,
+                "limit": limit,
+                "priority": rule.priority,
+                "message": format!("SBP {value} {} {limit}", if high { "above" } else { "below" }),
+                "latching": false,
+                "ts": ts,
+                "received_at": now_us() / 1000,
+                "raised_ts": raised_ts,
+                "escalated": false,
+                "escalation_level": 0,
+                "reminder": false,
+                "context": {"phase": "idle", "route": "iv"},
+            });
+            frames.push(Utf8Bytes::from(frame.to_string()));
+        }
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_surge_raises_both_rules_once_and_clears_them_after_the_hysteresis() {
+        let (mut open, mut ids) = (Open::new(), 0);
+        // The (rule, side, state) of the frames a reading of `sbp` at `ts` gives.
+        let mut step = |sbp: u32, ts: u64| -> Vec<(String, String, String)> {
+            let payload = format!(r#"{{"seq":1,"ts":{ts},"hr":80,"sbp":{sbp},"dbp":78}}"#);
+            alarms(
+                &mut open,
+                &mut ids,
+                "clinic/site0/chair/c3/vitals",
+                payload.as_bytes(),
+            )
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                assert_eq!((&v["chair"], &v["ts"]), (&"site0/c3".into(), &ts.into()));
+                let s = |k: &str| v[k].as_str().unwrap().to_string();
+                (s("rule"), s("condition"), s("state"))
+            })
+            .collect()
+        };
+        let t = |r: &str, s: &str| ("sbp_".to_string() + r, "high".into(), s.to_string());
+        assert!(step(120, 1).is_empty());
+        assert_eq!(step(192, 2), [t("warn", "raised"), t("critical", "raised")]);
+        // Still above: nothing new.
+        assert!(step(190, 3).is_empty());
+        // Below the critical limit but not by the hysteresis: nothing.
+        assert!(step(177, 4).is_empty());
+        assert_eq!(step(150, 5), [t("critical", "cleared")]);
+        assert_eq!(step(120, 6), [t("warn", "cleared")]);
+    }
+}
