@@ -178,13 +178,15 @@ start_nodered() {
 start_fanout() {
   local rate=$1 txt=$OUT/fanout-$1.txt
   fanout_dir=$(mktemp -d "${TMPDIR:-/tmp}/vitalgate-compare-fanout.XXXXXX")
-  start_broker "$fanout_dir" >"$txt" || return 1
-  fanout_broker=$broker
+  local started=0
+  start_broker "$fanout_dir" >"$txt" && started=1
+  fanout_broker=$broker # stopped by stop_fanout even if it never listened
+  [ "$started" = 1 ] || return 1
   target/release/vitalgate-fanout-floor --broker "127.0.0.1:$mqtt_port" \
     >"$fanout_dir/out" 2>"$OUT/fanout-$rate.log" &
   fanout_pid=$!
   local deadline=$((SECONDS + 30))
-  until grep -q '^listening on ' "$fanout_dir/out"; do
+  until grep -q '^listening on ' "$fanout_dir/out" 2>/dev/null; do
     if ! kill -0 "$fanout_pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
       echo "the fan-out floor did not subscribe within 30 s (see $OUT/fanout-$rate.log)" >"$txt"
       return 1
@@ -298,7 +300,7 @@ for who in contenders:
     text = "none of the rates tried" if best is None else f"{best} readings/s"
     if best is not None and best == max(rates, key=float):
         text += " (the highest tried)"
-    print(f"  {names[who]:<10} {text}")
+    print(f"  {names[who]:<13} {text}")
 print("\nCPU % (of one core) and RSS are the broker's for the floor, Node-RED's (node), the fan-out\n"
       "floor's and the gateway's.")
 PY

@@ -107,7 +107,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(3);
         }
     };
-    match serve(args).await {
+    // On a worker thread, as vitalgate's ingest is: `main` itself runs outside the
+    // runtime's workers, which would give the floor a third thread.
+    match tokio::spawn(serve(args))
+        .await
+        .expect("serve does not panic")
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vitalgate-fanout-floor: {e}");
@@ -137,19 +142,22 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let mut net = events.network_options();
     net.set_tcp_nodelay(true);
     events.set_network_options(net);
-    client
-        .subscribe(
-            format!("{}/+/chair/+/vitals", args.topic_prefix),
-            QoS::AtLeastOnce,
-        )
-        .await
-        .map_err(std::io::Error::other)?;
+    let topics = format!("{}/+/chair/+/vitals", args.topic_prefix);
 
     let mut ids = now_us();
     let mut open = Open::new();
+    let mut announced = false;
     loop {
         match events.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => println!("listening on {addr}"),
+            // A clean session: subscribe on every connection, the first and after
+            // a reconnect.
+            Ok(Event::Incoming(Packet::ConnAck(_))) => client
+                .try_subscribe(topics.as_str(), QoS::AtLeastOnce)
+                .map_err(std::io::Error::other)?,
+            Ok(Event::Incoming(Packet::SubAck(_))) if !announced => {
+                announced = true;
+                println!("listening on {addr}");
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let frames = alarms(&mut open, &mut ids, &p.topic, &p.payload);
                 if !frames.is_empty() {
@@ -186,8 +194,13 @@ fn fan_out(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
 
 async fn accept(listener: tokio::net::TcpListener, dashboards: Dashboards) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                // Out of file descriptors, say: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let dashboards = dashboards.clone();
