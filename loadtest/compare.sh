@@ -12,6 +12,8 @@
 #      on vitalgate's stack (tokio, rumqttc, tungstenite) can do between the broker
 #      and DASHBOARDS dashboards: the SBP rules as `alarm` frames, serialised once,
 #      a queue and a writer task per dashboard. What vitalgate adds to it is its own.
+#      FANOUT_ARGS=--direct: the floor writes every socket from the task that takes
+#      the readings instead (no queue or task per dashboard).
 #
 # Readings come from RATE / CHAIR_RATE chairs at CHAIR_RATE readings/s each (default
 # 10), each chair surging once per BREACH_EVERY on average (default 20s).
@@ -182,7 +184,8 @@ start_fanout() {
   start_broker "$fanout_dir" >"$txt" && started=1
   fanout_broker=$broker # stopped by stop_fanout even if it never listened
   [ "$started" = 1 ] || return 1
-  target/release/vitalgate-fanout-floor --broker "127.0.0.1:$mqtt_port" \
+  # shellcheck disable=SC2086 # FANOUT_ARGS is a list of flags
+  target/release/vitalgate-fanout-floor --broker "127.0.0.1:$mqtt_port" ${FANOUT_ARGS:-} \
     >"$fanout_dir/out" 2>"$OUT/fanout-$rate.log" &
   fanout_pid=$!
   local deadline=$((SECONDS + 30))

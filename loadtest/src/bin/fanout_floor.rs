@@ -12,8 +12,14 @@
 //! closes (a full queue drops the frame) or graceful shutdown. What vitalgate
 //! takes beyond this, on the same machine and harness, is its own.
 //!
+//! With `--direct` there is no queue or writer task: the task that takes the
+//! readings frames each reading's alarms once as WebSocket bytes (server frames
+//! are not masked, so every dashboard gets the same bytes) and writes them to
+//! every socket itself, without waiting (`try_write`); a socket that cannot take
+//! them whole is closed. A floor for a fan-out that wakes no task per dashboard.
+//!
 //! ```sh
-//! vitalgate-fanout-floor --broker 127.0.0.1:1883 [--listen 127.0.0.1:0] [--topic-prefix clinic]
+//! vitalgate-fanout-floor --broker 127.0.0.1:1883 [--listen 127.0.0.1:0] [--topic-prefix clinic] [--direct]
 //! ```
 //! Prints `listening on HOST:PORT` once subscribed (dashboards connect to
 //! `ws://HOST:PORT/ws`, any path), then serves until killed.
@@ -59,8 +65,12 @@ const RULES: [Rule; 2] = [
 const HYSTERESIS: f64 = 5.0;
 const SIDES: [&str; 2] = ["low", "high"];
 
-/// Every connected dashboard's queue.
-type Dashboards = Arc<Mutex<Vec<mpsc::Sender<Utf8Bytes>>>>;
+/// Every connected dashboard: its queue, or with `--direct` its socket.
+#[derive(Default)]
+struct Dashboards {
+    queued: Mutex<Vec<mpsc::Sender<Utf8Bytes>>>,
+    direct: Mutex<Vec<Arc<tokio::net::TcpStream>>>,
+}
 
 /// Open alarms per chair: (id, raised ts) per rule and side.
 type Open = HashMap<String, [[Option<(u64, u64)>; 2]; 2]>;
@@ -69,14 +79,20 @@ struct Args {
     broker: (String, u16),
     listen: SocketAddr,
     topic_prefix: String,
+    direct: bool,
 }
 
 fn args() -> Result<Args, String> {
     let mut broker = None;
     let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
     let mut topic_prefix = "clinic".to_string();
+    let mut direct = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--direct" {
+            direct = true;
+            continue;
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--broker" => {
@@ -95,6 +111,7 @@ fn args() -> Result<Args, String> {
         broker: broker.ok_or("--broker host:port is required")?,
         listen,
         topic_prefix,
+        direct,
     })
 }
 
@@ -127,8 +144,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
     socket.bind(args.listen)?;
     let listener = socket.listen(BACKLOG)?;
     let addr = listener.local_addr()?;
-    let dashboards = Dashboards::default();
-    tokio::spawn(accept(listener, dashboards.clone()));
+    let dashboards = Arc::new(Dashboards::default());
+    tokio::spawn(accept(listener, dashboards.clone(), args.direct));
 
     let mut o = MqttOptions::new(
         format!("vitalgate-fanout-floor-{}", std::process::id()),
@@ -160,8 +177,10 @@ async fn serve(args: Args) -> std::io::Result<()> {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let frames = alarms(&mut open, &mut ids, &p.topic, &p.payload);
-                if !frames.is_empty() {
-                    fan_out(&dashboards, &frames);
+                match (frames.is_empty(), args.direct) {
+                    (true, _) => {}
+                    (false, true) => write_all_direct(&dashboards, &frames),
+                    (false, false) => fan_out(&dashboards, &frames),
                 }
             }
             Ok(_) => {}
@@ -182,7 +201,7 @@ fn now_us() -> u64 {
 /// Queue `frames` to every dashboard; a full queue drops them, a closed one
 /// leaves the list.
 fn fan_out(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
-    dashboards.lock().unwrap().retain(|tx| {
+    dashboards.queued.lock().unwrap().retain(|tx| {
         for f in frames {
             if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(f.clone()) {
                 return false;
@@ -192,7 +211,39 @@ fn fan_out(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
     });
 }
 
-async fn accept(listener: tokio::net::TcpListener, dashboards: Dashboards) {
+/// Frame `frames` once as WebSocket text messages and write the bytes to every
+/// dashboard without waiting; a socket that does not take them whole is closed
+/// (on loopback, only one whose reader has stopped).
+fn write_all_direct(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
+    let mut wire = Vec::new();
+    for f in frames {
+        push_text_frame(&mut wire, f.as_bytes());
+    }
+    dashboards
+        .direct
+        .lock()
+        .unwrap()
+        .retain(|tcp| matches!(tcp.try_write(&wire), Ok(n) if n == wire.len()));
+}
+
+/// Append `payload` as one unmasked WebSocket text frame (RFC 6455 §5.2).
+fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.push(0x81); // FIN, text
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= 0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+async fn accept(listener: tokio::net::TcpListener, dashboards: Arc<Dashboards>, direct: bool) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -208,8 +259,17 @@ async fn accept(listener: tokio::net::TcpListener, dashboards: Dashboards) {
             let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                 return;
             };
+            if direct {
+                // The handshake's response is flushed: the socket is the fan-out's.
+                dashboards
+                    .direct
+                    .lock()
+                    .unwrap()
+                    .push(Arc::new(ws.into_inner()));
+                return;
+            }
             let (tx, mut rx) = mpsc::channel(QUEUE_FRAMES);
-            dashboards.lock().unwrap().push(tx);
+            dashboards.queued.lock().unwrap().push(tx);
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < BATCH_FRAMES {
@@ -301,6 +361,23 @@ fn alarms(open: &mut Open, ids: &mut u64, topic: &str, payload: &[u8]) -> Vec<Ut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_frames_carry_their_length_in_the_shortest_form() {
+        for (len, header) in [
+            (5, vec![0x81, 5]),
+            (125, vec![0x81, 125]),
+            (126, vec![0x81, 126, 0, 126]),
+            (65_535, vec![0x81, 126, 0xff, 0xff]),
+            (65_536, vec![0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let payload = vec![b'x'; len];
+            let mut out = Vec::new();
+            push_text_frame(&mut out, &payload);
+            assert_eq!(out[..header.len()], header[..], "length {len}");
+            assert_eq!(&out[header.len()..], &payload[..]);
+        }
+    }
 
     #[test]
     fn a_surge_raises_both_rules_once_and_clears_them_after_the_hysteresis() {
