@@ -25,8 +25,9 @@
 #   REPORT_ONLY=1 MAX_P99_MS=100 RATES="..." loadtest/compare.sh  # re-judge saved runs
 #
 # Writes one JSON report per run under $OUT (floor-R.json, nodered-R.json,
-# fanout-R.json, vitalgate-R.json, the harness's output beside each as .txt) and
-# prints a table with the ratios of vitalgate to each other contender.
+# fanout-R.json with the floor's FANOUT_ARGS in fanout-R.args, vitalgate-R.json, the
+# harness's output beside each as .txt) and prints a table with the ratios of
+# vitalgate to each other contender.
 #
 # Node-RED (node-red@$NODE_RED_VERSION, an exact version) is installed from npm into
 # target/node-red the first time (again only if the version changes). Each Node-RED
@@ -228,7 +229,8 @@ for rate in $RATES; do
         echo "== $rate readings/s: Node-RED, $DASHBOARDS dashboards"
         run_beside nodered "$rate" ;;
       fanout)
-        echo "== $rate readings/s: fan-out floor, $DASHBOARDS dashboards"
+        echo "== $rate readings/s: fan-out floor ${FANOUT_ARGS:-}, $DASHBOARDS dashboards"
+        echo "${FANOUT_ARGS:-}" >"$OUT/fanout-$rate.args"
         run_beside fanout "$rate" ;;
       vitalgate)
         echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
