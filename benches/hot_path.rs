@@ -11,16 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use vitalgate::audit::Audit;
-use vitalgate::core::{
-    decode, AlarmContext, AlarmEvent, AlarmKind, AlarmState, DecodeLimits, Direction, Event, Phase,
-    Priority, RuleSet, Vital, Ward,
-};
+use vitalgate::core::{decode, DecodeLimits, Event, RuleSet, Ward};
 use vitalgate::fanout::{protocol, Hub, Start};
 use vitalgate::ingest::{process, Topics};
 use vitalgate::telemetry::Metrics;
 use vitalgate::{App, Config};
 
-const NOW: u64 = 1_764_000_000_000;
+mod common;
+use common::{event, NOW};
 
 fn payload(seq: u64, spo2: u32) -> Vec<u8> {
     format!(
@@ -28,40 +26,6 @@ fn payload(seq: u64, spo2: u32) -> Vec<u8> {
         NOW + seq
     )
     .into_bytes()
-}
-
-fn event() -> AlarmEvent {
-    AlarmEvent {
-        id: 17,
-        state: AlarmState::Raised,
-        chair: Arc::from("north/7"),
-        kind: AlarmKind::Physiological,
-        vital: Some(Vital::Spo2),
-        rule: Arc::from("spo2_critical"),
-        condition: Direction::Low,
-        value: 84.0,
-        limit: 86.0,
-        priority: Priority::High,
-        message: Arc::from("SpO2 84 below 86"),
-        latching: false,
-        ts: NOW,
-        received_at: NOW + 3,
-        raised_ts: NOW,
-        escalated: false,
-        escalation_level: 0,
-        reminder: false,
-        reason: None,
-        acknowledged_by: None,
-        context: AlarmContext {
-            phase: Phase::Infusion,
-            patient: Some(Arc::from("P-1042")),
-            session_number: Some(2),
-            session_count: Some(6),
-            infusion_minute: Some(31.5),
-            baseline: Some(98.0),
-            ..AlarmContext::default()
-        },
-    }
 }
 
 fn bench(c: &mut Criterion) {
