@@ -285,9 +285,7 @@ impl Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
 
-impl Target {
     /// Keep the gateway's audit trail after the run (a run that lost something):
     /// its path, if the harness started the gateway.
     pub fn keep_audit(&mut self) -> Option<PathBuf> {

@@ -37,10 +37,7 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::Tcp
     socket.bind(addr)?;
     // Linux silently caps the backlog: say so rather than let the setting do
     // nothing.
-    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    if let Some(cap) = cap.filter(|cap| *cap < backlog) {
+    if let Some(cap) = somaxconn().filter(|cap| *cap < backlog) {
         tracing::warn!(
             http.accept_backlog = backlog,
             net.core.somaxconn = cap,
@@ -48,6 +45,13 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::Tcp
         );
     }
     socket.listen(backlog)
+}
+
+/// The kernel's cap on listen backlogs (`net.core.somaxconn`), where it says.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -129,11 +133,8 @@ mod tests {
     #[tokio::test]
     async fn the_backlog_holds_a_burst_of_connections_nobody_has_accepted_yet() {
         // The kernel caps the backlog at net.core.somaxconn (4096 on current Linux).
-        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(4096);
-        let expected = 512.min(somaxconn + 1);
+        let cap = somaxconn().map_or(4096, |c| c as usize);
+        let expected = 512.min(cap + 1);
         assert!(completed_without_accepting(1024, 512).await >= expected);
         // The runtime's default would have completed about 128 of them.
         let small = completed_without_accepting(128, 512).await;

@@ -177,10 +177,13 @@ async fn serve(args: Args) -> std::io::Result<()> {
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let frames = alarms(&mut open, &mut ids, &p.topic, &p.payload);
-                match (frames.is_empty(), args.direct) {
-                    (true, _) => {}
-                    (false, true) => write_all_direct(&dashboards, &frames),
-                    (false, false) => fan_out(&dashboards, &frames),
+                if frames.is_empty() {
+                    continue;
+                }
+                if args.direct {
+                    write_all_direct(&dashboards, &frames);
+                } else {
+                    fan_out(&dashboards, &frames);
                 }
             }
             Ok(_) => {}
