@@ -1,16 +1,60 @@
 //! Simulated nurse-station dashboards over WebSockets, measuring what arrives.
 
 use crate::devices::SentLog;
-use futures_util::{SinkExt, StreamExt};
+use crate::ws::{Client, Message};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
+
+/// The largest message a dashboard takes (a snapshot of every chair included).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// FxHash's multiply-rotate, for the small integer keys a dashboard looks up on
+/// every alarm frame: SipHash was 7 % of the harness's CPU per frame, and these
+/// keys come from the gateway under test, not from an adversary.
+#[derive(Default, Clone, Copy)]
+pub struct Mix(u64);
+
+impl Mix {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for Mix {
+    fn finish(&self) -> u64 {
+        // The table picks buckets by the low bits, which a multiply leaves to the
+        // inputs' low bits alone: rotate the well-mixed high bits down.
+        self.0.rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.add(u64::from(b)));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n))
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n))
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n))
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n)
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64)
+    }
+}
+
+/// A set hashed with [`Mix`].
+pub type FastSet<T> = HashSet<T, BuildHasherDefault<Mix>>;
 
 /// Latency histogram in microseconds, 1 µs to 60 s (longer counts as 60 s), 3
 /// significant figures.
@@ -51,9 +95,11 @@ impl Latencies {
 /// What one dashboard saw.
 pub struct Seen {
     /// Breach episodes whose `raised` SBP alarm arrived: (chair, ts).
-    pub breaches: HashSet<(u32, u64)>,
-    /// `raised` SBP alarms of breach episodes, per rule: (chair, ts, rule).
-    pub raised: HashSet<(u32, u64, String)>,
+    pub breaches: FastSet<(u32, u64)>,
+    /// `raised` SBP alarms of breach episodes, per rule: (chair, ts, index in `rules`).
+    raised: FastSet<(u32, u64, usize)>,
+    /// The rule names seen, each once.
+    rules: Vec<Box<str>>,
     /// Alarm events received more than once (same id and state).
     pub duplicates: u64,
     pub alarm_from_intended: Latencies,
@@ -76,8 +122,9 @@ impl Seen {
             }
         };
         Seen {
-            breaches: HashSet::new(),
-            raised: HashSet::new(),
+            breaches: FastSet::default(),
+            raised: FastSet::default(),
+            rules: Vec::new(),
             duplicates: 0,
             alarm_from_intended: Latencies::expected(),
             alarm_from_sent: Latencies::expected(),
@@ -86,6 +133,29 @@ impl Seen {
             vitals_frames: 0,
             error: None,
         }
+    }
+}
+
+impl Seen {
+    /// Note a `raised` alarm of `rule` for the breach at (chair, ts): false if one
+    /// was noted before.
+    fn note_raised(&mut self, chair: u32, ts: u64, rule: &str) -> bool {
+        let i = match self.rules.iter().position(|r| **r == *rule) {
+            Some(i) => i,
+            None => {
+                self.rules.push(rule.into());
+                self.rules.len() - 1
+            }
+        };
+        self.raised.insert((chair, ts, i))
+    }
+
+    /// Whether a `raised` alarm of `rule` arrived for the breach at (chair, ts).
+    pub fn was_raised(&self, chair: u32, ts: u64, rule: &str) -> bool {
+        self.rules
+            .iter()
+            .position(|r| **r == *rule)
+            .is_some_and(|i| self.raised.contains(&(chair, ts, i)))
     }
 }
 
@@ -138,19 +208,15 @@ fn chair_index(chair: &str) -> Option<u32> {
     chair.rsplit_once("/c")?.1.parse().ok()
 }
 
-/// Connect a dashboard as a browser would, but cheaply: Nagle off (its acks and
-/// pongs go out at once) and a 4 KiB read buffer instead of tungstenite's 128 KiB:
-/// ten thousand dashboards fit in the harness without measuring its page faults,
-/// and tungstenite zeroes the whole buffer before every read (twice per frame).
+/// Connect a dashboard as a browser would, but cheaply: Nagle off (its pongs go
+/// out at once) and the harness's own client ([`crate::ws`]), which reads into a
+/// 4 KiB buffer it never zeroes: ten thousand dashboards fit in the harness, and
+/// each frame costs it as little CPU as we could make it, CPU the gateway under
+/// test would otherwise lose.
 /// A failure says which step failed and when: the TCP connection (a full accept
 /// queue shows as a slow one; so does this task waiting for a worker thread of
 /// the harness after the connection completed) or the WebSocket handshake after it.
-async fn connect(
-    http: SocketAddr,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-> {
+async fn connect(http: SocketAddr) -> Result<Client, String> {
     let started = Instant::now();
     let tcp = tokio::net::TcpStream::connect(http).await.map_err(|e| {
         format!(
@@ -160,23 +226,15 @@ async fn connect(
     })?;
     let _ = tcp.set_nodelay(true);
     let connected = started.elapsed();
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024);
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
-    match tokio_tungstenite::client_async_with_config(
-        format!("ws://{http}/ws"),
-        stream,
-        Some(config),
-    )
-    .await
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(e) => Err(format!(
-            "{e} ({:.3} s after the TCP connection, which took {:.3} s)",
-            (started.elapsed() - connected).as_secs_f64(),
-            connected.as_secs_f64()
-        )),
-    }
+    Client::handshake(tcp, &http.to_string(), "/ws", MAX_MESSAGE)
+        .await
+        .map_err(|e| {
+            format!(
+                "{e} ({:.3} s after the TCP connection, which took {:.3} s)",
+                (started.elapsed() - connected).as_secs_f64(),
+                connected.as_secs_f64()
+            )
+        })
 }
 
 /// A dashboard that stops reading once connected (a frozen browser tab): the
@@ -189,10 +247,10 @@ pub async fn stuck(http: SocketAddr, mut stop: watch::Receiver<bool>) -> String 
     let _ = stop.wait_for(|s| *s).await;
     loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(c))))) => return format!("closed with {}", c.code),
-            Ok(Some(Ok(Message::Close(None)))) => return "closed".into(),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_))) | Ok(None) => return "dropped by the gateway".into(),
+            Ok(Ok(Message::Close(Some((code, _))))) => return format!("closed with {code}"),
+            Ok(Ok(Message::Close(None))) => return "closed".into(),
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) => return "dropped by the gateway".into(),
             Err(_) => return "still open".into(),
         }
     }
@@ -240,39 +298,42 @@ pub async fn watch_alarms(
             Some(s) => format!(r#"{{"type":"subscribe_vitals","site":"{s}"}}"#),
             None => r#"{"type":"subscribe_vitals"}"#.to_string(),
         };
-        let _ = ws.send(Message::text(cmd)).await;
+        let _ = ws.send_text(&cmd).await;
     }
     stats.connected.fetch_add(1, Ordering::Relaxed);
-    let mut events: HashSet<(u64, u8)> = HashSet::new();
+    let mut events: FastSet<(u64, u8)> = FastSet::default();
     let mut announced = setup.ready_on_connect;
     if announced {
         drop(connecting.take());
         let _ = ready.send(()).await;
     }
+    // Made once: a watch future made per frame registers with (and leaves) the
+    // channel's waiter list that every dashboard shares.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     loop {
         let msg = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            _ = &mut stopped => break,
             msg = ws.next() => msg,
         };
         let at = Instant::now();
         let text = match msg {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(c))) => {
-                seen.error = Some(format!("closed by the gateway: {c:?}"));
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(close)) => {
+                seen.error = Some(match close {
+                    Some((code, reason)) => format!("closed by the gateway: {code} {reason:?}"),
+                    None => "closed by the gateway, without a code".into(),
+                });
                 break;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
+            Ok(Message::Binary(_)) => continue,
+            Err(e) => {
                 seen.error = Some(format!("connection error: {e}"));
                 break;
             }
-            None => {
-                seen.error = Some("connection ended".into());
-                break;
-            }
         };
-        let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+        let Ok(frame) = serde_json::from_str::<Frame>(text) else {
             continue;
         };
         match frame.r#type {
@@ -301,10 +362,7 @@ pub async fn watch_alarms(
                             // Each SBP rule raises once per breach; a second raise
                             // for the same breach and rule, whatever its id, is a
                             // duplicate.
-                            if seen
-                                .raised
-                                .insert((chair, frame.ts, frame.rule.to_string()))
-                            {
+                            if seen.note_raised(chair, frame.ts, frame.rule) {
                                 stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
                             } else {
                                 seen.duplicates += 1;
@@ -335,13 +393,26 @@ pub async fn watch_alarms(
     if !announced {
         let _ = ready.send(()).await;
     }
-    let _ = ws.close(None).await;
+    ws.close().await;
     seen
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raised_alarms_are_told_apart_by_breach_and_rule() {
+        let mut seen = Seen::new(false);
+        assert!(seen.note_raised(3, 1_000, "sbp_warn"));
+        assert!(seen.note_raised(3, 1_000, "sbp_critical"));
+        assert!(seen.note_raised(4, 1_000, "sbp_warn"));
+        assert!(!seen.note_raised(3, 1_000, "sbp_warn"), "a duplicate");
+        assert!(seen.was_raised(3, 1_000, "sbp_critical"));
+        assert!(!seen.was_raised(3, 1_001, "sbp_warn"));
+        assert!(!seen.was_raised(4, 1_000, "sbp_critical"));
+        assert!(!seen.was_raised(3, 1_000, "spo2_low"), "a rule never seen");
+    }
 
     #[test]
     fn latencies_keep_their_values_through_the_total() {

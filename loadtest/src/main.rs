@@ -11,6 +11,7 @@ mod devices;
 mod floor;
 mod report;
 mod target;
+mod ws;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -466,7 +467,7 @@ async fn run(args: Args) -> Result<Report> {
                 continue;
             }
             for rule in &args.expect_rules {
-                if s.raised.contains(&(chair, ts, rule.clone())) {
+                if s.was_raised(chair, ts, rule) {
                     received += 1;
                 } else {
                     lost += 1;
