@@ -267,6 +267,11 @@ impl Board {
 
     /// Escalations and reminders due at gateway time `now_ms`. The caller records
     /// each with [`Board::record`] and sends it.
+    ///
+    /// An unacknowledged alarm is re-sent at the level due now, not one level
+    /// higher than before: when the timer has not run for more than a period (an
+    /// alarm restored at start-up, raised minutes before), a dashboard gets one
+    /// event at the right level, not one per level a tick apart.
     pub fn due(&self, now_ms: u64, policy: &EscalationPolicy) -> Vec<AlarmEvent> {
         let mut out = Vec::new();
         for a in self.active.values() {
@@ -274,14 +279,15 @@ impl Board {
             match a.acknowledged_at {
                 None => {
                     let after = policy.escalate_after_ms[priority_index(e.priority)];
-                    let level = e.escalation_level;
-                    if after > 0
-                        && level < policy.max_level
-                        && now_ms.saturating_sub(a.raised_at) >= after * (u64::from(level) + 1)
-                    {
+                    let due_level = match after {
+                        0 => 0,
+                        _ => (now_ms.saturating_sub(a.raised_at) / after)
+                            .min(u64::from(policy.max_level)) as u8,
+                    };
+                    if due_level > e.escalation_level {
                         out.push(AlarmEvent {
                             escalated: true,
-                            escalation_level: level + 1,
+                            escalation_level: due_level,
                             reminder: false,
                             reason: None,
                             received_at: now_ms,
@@ -501,6 +507,55 @@ pub(crate) mod tests {
                 .take_while(|sec| *sec < clear_s)
                 .collect();
             proptest::prop_assert_eq!(reminders, expected_reminders);
+        }
+    }
+
+    #[test]
+    fn a_restored_alarm_long_unacknowledged_escalates_once_to_the_level_due() {
+        let mut b = Board::default();
+        let mut raised = event(1, AlarmState::Raised);
+        raised.received_at = 0;
+        // Open when the previous run stopped, raised 150 s before this run's timer.
+        b.restore(raised, 0, None);
+        assert_eq!(
+            run(&mut b, 150_000, 300_000),
+            vec![(150_000, "escalated", 2)]
+        );
+    }
+
+    proptest::proptest! {
+        /// However far apart the timer runs (a restart, a stalled tick), an
+        /// unacknowledged alarm is re-sent at most once per run, at the level due
+        /// then, and always carries that level afterwards.
+        #[test]
+        fn escalation_catches_up_in_one_event(
+            after_s in 1u64..120,
+            max_level in 0u8..5,
+            steps_s in proptest::collection::vec(1u64..400, 1..20),
+        ) {
+            let policy = EscalationPolicy {
+                escalate_after_ms: [after_s * 1_000, 0, 0],
+                max_level,
+                reminder_ms: 0,
+            };
+            let mut b = Board::default();
+            let mut raised = event(1, AlarmState::Raised);
+            raised.received_at = 0;
+            b.record(&mut raised);
+            let mut now_s = 0;
+            for step in steps_s {
+                now_s += step;
+                let due = b.due(now_s * 1_000, &policy);
+                proptest::prop_assert!(due.len() <= 1);
+                let level_due = (now_s / after_s).min(u64::from(max_level)) as u8;
+                let before = b.active().next().unwrap().escalation_level;
+                proptest::prop_assert_eq!(due.len(), usize::from(level_due > before));
+                for mut e in due {
+                    proptest::prop_assert!(e.escalated);
+                    b.record(&mut e);
+                }
+                proptest::prop_assert_eq!(b.active().next().unwrap().escalation_level, level_due);
+            }
         }
     }
 
