@@ -147,7 +147,7 @@ impl Metrics {
                 r.describe_counter(
                     "vitalgate_ws_refused_total".into(),
                     None,
-                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin: 403; handshake_timeout: no complete request in http.handshake_timeout_ms, dropped).".into(),
+                    "Dashboards and API calls refused or closed, by reason (max_connections: 503 before the upgrade; command_rate: closed with 1008; unauthorized: 401; origin: 403; scope: 403, an API call for chairs outside the token's sites; handshake_timeout: no complete request in http.handshake_timeout_ms, dropped).".into(),
                 );
                 r.register_counter(
                     &Key::from_parts(
@@ -164,7 +164,7 @@ impl Metrics {
                 ),
                 &META,
             ),
-            ws_refused_auth: ["unauthorized", "origin", "handshake_timeout"]
+            ws_refused_auth: ["unauthorized", "origin", "scope", "handshake_timeout"]
                 .into_iter()
                 .map(|reason| {
                     let key = Key::from_parts(
@@ -245,7 +245,9 @@ impl Metrics {
     }
 
     /// `vitalgate_ws_refused_total{reason}` for a refusal by authentication
-    /// (`unauthorized`, `origin`); these also count refused API calls.
+    /// (`unauthorized`, `origin`; these also count refused API calls) or by the
+    /// token's sites (`scope`, API calls only: a dashboard is never refused for
+    /// its scope, it only receives its sites' frames).
     pub fn ws_refused(&self, reason: &str) -> &Counter {
         &self
             .ws_refused_auth

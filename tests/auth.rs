@@ -294,6 +294,12 @@ async fn a_dashboard_never_receives_or_touches_chairs_outside_its_sites() {
     assert_eq!(http_get(gw.http(), &api("&chair=north/1")).await.0, 200);
     let sessions = format!("/api/sessions/south/1?access_token={north}");
     assert_eq!(http_get(gw.http(), &sessions).await.0, 403);
+    // Each refusal counted, and nothing else under that reason.
+    assert_eq!(
+        gw.metric(r#"vitalgate_ws_refused_total{reason="scope"}"#)
+            .await,
+        3.0
+    );
     gw.stop().await;
 }
 

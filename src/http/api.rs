@@ -55,17 +55,15 @@ fn refused(
         }
     };
     let scope = &identity.scope;
-    match chair {
-        Some(chair) if !scope.allows_chair(chair) => Some(error(
-            StatusCode::FORBIDDEN,
-            "that chair is outside your token's sites",
-        )),
-        None if !scope.is_all() => Some(error(
-            StatusCode::FORBIDDEN,
-            "a token limited to some sites must ask for one chair (?chair=site/chair)",
-        )),
-        _ => None,
-    }
+    let why = match chair {
+        Some(chair) if !scope.allows_chair(chair) => "that chair is outside your token's sites",
+        None if !scope.is_all() => {
+            "a token limited to some sites must ask for one chair (?chair=site/chair)"
+        }
+        _ => return None,
+    };
+    app.metrics.ws_refused("scope").increment(1);
+    Some(error(StatusCode::FORBIDDEN, why))
 }
 
 fn json(status: StatusCode, body: String) -> Response {
