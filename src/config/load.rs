@@ -360,7 +360,9 @@ mod tests {
         ];
         let c = Config::load(None, env).unwrap();
         assert_eq!(c.mqtt.username.as_deref(), Some("4711"));
-        assert_eq!(c.mqtt.password.as_deref(), Some("123456"));
+        assert_eq!(c.mqtt.password.as_ref().map(|p| p.expose()), Some("123456"));
+        // Shown to nobody who prints the configuration.
+        assert!(!format!("{c:?}").contains("123456"));
         assert_eq!(c.mqtt.client_id, "42");
         assert_eq!(c.mqtt.port, 1884);
     }

@@ -108,6 +108,31 @@ pub enum JwtAlgorithm {
     ES256,
 }
 
+/// A secret from the configuration (a JWT key, the MQTT password). Its `Debug`
+/// output is `"<redacted>"`, so that a configuration printed or logged for
+/// diagnosis never shows it; [`Secret::expose`] gives the value to what needs it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// `[auth]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,7 +146,7 @@ pub struct AuthConfig {
     /// The same key given in the configuration itself (e.g. from an environment
     /// variable), instead of `key_file`.
     #[serde(default)]
-    pub key: Option<String>,
+    pub key: Option<Secret>,
     /// Required `aud` claim.
     pub audience: String,
     /// Required `iss` claim, when set.
@@ -204,7 +229,7 @@ pub struct MqttConfig {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// MQTT keep-alive, seconds.

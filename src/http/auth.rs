@@ -182,7 +182,7 @@ impl Authenticator {
                     message,
                 };
                 let bytes = match &c.key {
-                    Some(inline) => inline.clone().into_bytes(),
+                    Some(inline) => inline.expose().as_bytes().to_vec(),
                     None => std::fs::read(path).map_err(|e| err(e.to_string()))?,
                 };
                 let (key, alg) = match c.algorithm {

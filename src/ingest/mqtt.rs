@@ -47,7 +47,7 @@ pub fn options(config: &MqttConfig, broker: &BrokerAddr) -> Result<MqttOptions, 
         .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
         .set_request_channel_capacity(config.request_queue);
     if let Some(user) = &config.username {
-        o.set_credentials(user, config.password.as_deref().unwrap_or(""));
+        o.set_credentials(user, config.password.as_ref().map_or("", |p| p.expose()));
     }
     if let Some(tls) = &config.tls {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
