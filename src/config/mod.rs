@@ -111,6 +111,9 @@ pub enum JwtAlgorithm {
 /// A secret from the configuration (a JWT key, the MQTT password). Its `Debug`
 /// output is `"<redacted>"`, so that a configuration printed or logged for
 /// diagnosis never shows it; [`Secret::expose`] gives the value to what needs it.
+/// `Serialize` still writes the value (the gateway never serializes its
+/// configuration), and rumqttc's `MqttOptions`, which gets the password, prints
+/// it in its own `Debug`: never log those options.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);

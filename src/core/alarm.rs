@@ -107,7 +107,10 @@ pub struct AlarmEvent {
     pub raised_ts: u64,
     /// Re-sent because nobody acknowledged it in time.
     pub escalated: bool,
-    /// 0 until escalated; then 1, 2, ... each time it is re-sent unacknowledged.
+    /// 0 until escalated; then the whole escalation periods since the raise (capped
+    /// at the maximum level), carried by each re-send while unacknowledged: 1, 2,
+    /// ... one per period, or a skip to the level due after the timer did not run
+    /// for more than a period (a restart, a late tick).
     pub escalation_level: u8,
     /// Re-sent because it is still active a while after it was acknowledged.
     pub reminder: bool,

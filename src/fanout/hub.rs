@@ -319,7 +319,9 @@ impl Hub {
         let raised_at = match acknowledged {
             Some(_) => at,
             None => at.saturating_sub(
-                policy.after_ms(event.priority) * u64::from(event.escalation_level),
+                policy
+                    .after_ms(event.priority)
+                    .saturating_mul(u64::from(event.escalation_level)),
             ),
         };
         self.lock().board.restore(event, raised_at, acknowledged);
