@@ -9,7 +9,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use vitalgate::audit::Audit;
 use vitalgate::core::{decode, DecodeLimits, Event, RuleSet, Ward};
 use vitalgate::fanout::{protocol, Hub, Start};
@@ -94,7 +93,7 @@ fn bench(c: &mut Criterion) {
                 },
                 &ward,
                 tx,
-                CancellationToken::new(),
+                vitalgate::fanout::CutOff::default(),
                 vitalgate::http::auth::SiteScope::all(),
             );
             receivers.push(rx);

@@ -31,12 +31,32 @@ pub enum Start {
     },
 }
 
+/// How a dashboard's connection is told it is cut off as a slow consumer.
+#[derive(Clone, Debug, Default)]
+pub struct CutOff {
+    /// Cancelled when cut off: the connection then closes with 4008.
+    pub slow: CancellationToken,
+    /// Cancelled with it: the one token the connection's writer waits on for
+    /// every reason to stop (it is also cancelled when the client goes away and
+    /// when the gateway shuts down), so that a writer polls one future per wake
+    /// instead of one per reason.
+    pub wake: CancellationToken,
+}
+
+impl CutOff {
+    /// Cut the connection off as a slow consumer.
+    pub fn cut(&self) {
+        self.slow.cancel();
+        self.wake.cancel();
+    }
+}
+
 /// A dashboard's place in the hub.
 struct Subscriber {
     id: u64,
     tx: mpsc::Sender<Frame>,
-    /// Cancelled when the subscriber is cut off as a slow consumer.
-    slow: CancellationToken,
+    /// Used when the subscriber is cut off as a slow consumer.
+    cut_off: CutOff,
     /// The sites whose events it receives.
     scope: SiteScope,
 }
@@ -57,7 +77,7 @@ impl Subscriber {
         match self.tx.try_send(frame.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.slow.cancel();
+                self.cut_off.cut();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -365,7 +385,7 @@ impl Hub {
         start: Start,
         ward: &Ward,
         tx: mpsc::Sender<Frame>,
-        slow: CancellationToken,
+        cut_off: CutOff,
         scope: SiteScope,
     ) -> Subscription {
         let needs_snapshot = match &start {
@@ -403,7 +423,7 @@ impl Hub {
         inner.subscribers.push(Subscriber {
             id,
             tx,
-            slow,
+            cut_off,
             scope,
         });
         Subscription { id, initial }
@@ -473,7 +493,7 @@ mod tests {
         let h = hub(100);
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(100);
-        let slow = CancellationToken::new();
+        let slow = CutOff::default();
         h.subscribe(
             Start::Since {
                 since: 0,
@@ -491,11 +511,11 @@ mod tests {
             },
             &ward(),
             fast_tx,
-            CancellationToken::new(),
+            CutOff::default(),
             SiteScope::all(),
         );
         h.publish((1..=5).map(raised).collect(), None);
-        assert!(slow.is_cancelled());
+        assert!(slow.slow.is_cancelled() && slow.wake.is_cancelled());
         assert_eq!(h.subscriber_count(), 1);
         let mut got = Vec::new();
         while let Ok(frame) = fast_rx.try_recv() {
@@ -545,7 +565,7 @@ mod tests {
                 },
                 &ward(),
                 tx.clone(),
-                CancellationToken::new(),
+                CutOff::default(),
                 SiteScope::all(),
             );
             seqs(&s.initial)

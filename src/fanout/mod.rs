@@ -6,6 +6,6 @@ pub mod protocol;
 mod reader;
 pub mod ws;
 
-pub use hub::{Hub, Start};
+pub use hub::{CutOff, Hub, Start};
 pub use live::{LiveFeed, Scope};
 pub use protocol::Frame;

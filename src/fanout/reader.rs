@@ -223,7 +223,7 @@ impl Reader {
                 Err((code, message)) => self.refuse(code, &message, None),
             }
         }
-        self.signals.gone.cancel();
+        self.signals.client_gone();
     }
 
     /// Who acts for a command needing `p`: the token's user, or without
@@ -284,7 +284,7 @@ impl Reader {
         if let Err(mpsc::error::TrySendError::Full(_)) =
             self.tx.try_send(protocol::error_frame(code, message, id))
         {
-            self.signals.slow.cancel();
+            self.signals.cut_off.cut();
         }
     }
 }

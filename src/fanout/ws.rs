@@ -8,7 +8,7 @@
 //! from the [`LiveFeed`](super::LiveFeed) only when the writer is free, so they
 //! coalesce instead of queueing.
 
-use super::hub::Start;
+use super::hub::{CutOff, Start};
 use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
@@ -133,8 +133,10 @@ enum End {
 
 /// What the reader and writer halves of one connection tell each other.
 pub(super) struct Signals {
-    /// Cancelled by the hub (or a reply that found the queue full): cut off as slow.
-    pub(super) slow: CancellationToken,
+    /// Cut by the hub (or a reply that found the queue full): cut off as slow.
+    /// Its `wake` token is also cancelled by the reader (the client has gone) and
+    /// by the gateway's shutdown (it is a child of `App::close_dashboards`).
+    pub(super) cut_off: CutOff,
     /// Cancelled by the reader when the client has gone or broke the protocol.
     pub(super) gone: CancellationToken,
     /// Uptime ms of the last frame received, pongs included.
@@ -143,6 +145,14 @@ pub(super) struct Signals {
     pub(super) close_with: AtomicU16,
     /// A requested snapshot is queued and not yet written.
     pub(super) snapshot_pending: AtomicBool,
+}
+
+impl Signals {
+    /// The client has gone away or broke the protocol: the writer stops.
+    pub(super) fn client_gone(&self) {
+        self.gone.cancel();
+        self.cut_off.wake.cancel();
+    }
 }
 
 struct Conn {
@@ -156,13 +166,19 @@ struct Conn {
 /// made when the connection starts. Making and dropping these on every frame (a
 /// mutex and a waiter-list update each) was a measurable share of the CPU a
 /// delivery costs with a thousand dashboards; a finished one stays finished.
+///
+/// While nothing has happened, the writer polls only `wake` (and the expiry
+/// timer): every reason to stop cancels it. With a future per reason (three
+/// tokens around each wait, two around each write; each poll takes its token's
+/// mutex), token polls were about 8 % of the gateway's CPU in a profile with a
+/// thousand dashboards; polling one took the gateway's CPU per write down by
+/// about 4 % (docs/benchmarks.md).
 struct Stops {
-    /// Cut off as slow ([`Signals::slow`]).
+    /// Cut off as slow, the client gone, or the gateway shutting down
+    /// ([`CutOff::wake`]). The rest are polled only once it has fired.
+    wake: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Cut off as slow ([`CutOff::slow`]): abandons a write under way.
     slow: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The client went away ([`Signals::gone`]).
-    gone: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Gateway shutdown: drain the queue, then close with 1001.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The shutdown grace ran out: stop writing at once.
     force: Pin<Box<WaitForCancellationFutureOwned>>,
     /// When the client's token expires: the connection closes then (4001).
@@ -172,22 +188,29 @@ struct Stops {
 impl Stops {
     fn new(app: &App, signals: &Signals, expires: Option<tokio::time::Instant>) -> Stops {
         Stops {
-            slow: Box::pin(signals.slow.clone().cancelled_owned()),
-            gone: Box::pin(signals.gone.clone().cancelled_owned()),
-            // Children of the gateway-wide tokens: each connection then polls a
+            wake: Box::pin(signals.cut_off.wake.clone().cancelled_owned()),
+            slow: Box::pin(signals.cut_off.slow.clone().cancelled_owned()),
+            // A child of the gateway-wide token: each connection then polls a
             // token of its own instead of contending for the shared one's lock.
-            shutdown: Box::pin(app.close_dashboards.child_token().cancelled_owned()),
             force: Box::pin(app.force_close.child_token().cancelled_owned()),
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
 
     /// Run a socket write unless the connection is cut off as slow, the shutdown
-    /// grace runs out or the token expires first.
+    /// grace runs out or the token expires first. The client going away or the
+    /// gateway shutting down does not abandon a write under way.
     async fn guard(
         &mut self,
         write: impl std::future::Future<Output = Result<(), axum::Error>>,
     ) -> Result<(), End> {
+        let mut write = std::pin::pin!(write);
+        tokio::select! {
+            biased;
+            _ = &mut self.wake => {}
+            _ = expired(&mut self.expires) => return Err(End::Expired),
+            r = &mut write => return r.map_err(write_failed),
+        }
         tokio::select! {
             biased;
             _ = &mut self.slow => Err(End::Slow),
@@ -209,7 +232,10 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
     let signals = Arc::new(Signals {
-        slow: CancellationToken::new(),
+        cut_off: CutOff {
+            slow: CancellationToken::new(),
+            wake: app.close_dashboards.child_token(),
+        },
         gone: CancellationToken::new(),
         last_seen: AtomicU64::new(app.uptime_ms()),
         close_with: AtomicU16::new(0),
@@ -226,7 +252,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
         start,
         &app.ward,
         tx.clone(),
-        signals.slow.clone(),
+        signals.cut_off.clone(),
         identity.scope.clone(),
     );
     app.metrics.ws_clients.increment(1.0);
@@ -308,20 +334,26 @@ impl Conn {
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut self.stops.slow => return Some(End::Slow),
-                _ = &mut self.stops.gone => return None,
-                _ = expired(&mut self.stops.expires) => {
-                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
-                    return None;
-                }
-                _ = &mut self.stops.shutdown => {
-                    // Deliver everything already queued, then say goodbye.
+                _ = &mut self.stops.wake => {
+                    if self.signals.cut_off.slow.is_cancelled() {
+                        return Some(End::Slow);
+                    }
+                    if self.signals.gone.is_cancelled() {
+                        return None;
+                    }
+                    // The gateway is shutting down (`wake` is a child of
+                    // `App::close_dashboards`): deliver everything already
+                    // queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
                         if let Err(end) = self.send_frame(frame).await {
                             return Some(end);
                         }
                     }
                     self.close(close_code::GOING_AWAY, "gateway shutting down").await;
+                    return None;
+                }
+                _ = expired(&mut self.stops.expires) => {
+                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
                     return None;
                 }
                 frame = rx.recv() => match frame {
@@ -498,33 +530,47 @@ mod tests {
         std::future::pending()
     }
 
-    /// The four tokens and the writer's stops over them.
-    fn stops(expires: Option<Duration>) -> ([CancellationToken; 4], Stops) {
-        let tokens = std::array::from_fn(|_| CancellationToken::new());
+    /// A connection's signals, the gateway's shutdown and grace tokens, and the
+    /// writer's stops over them.
+    fn stops(expires: Option<Duration>) -> (Signals, [CancellationToken; 2], Stops) {
+        let [shutdown, force] = std::array::from_fn(|_| CancellationToken::new());
+        let signals = Signals {
+            cut_off: CutOff {
+                slow: CancellationToken::new(),
+                wake: shutdown.child_token(),
+            },
+            gone: CancellationToken::new(),
+            last_seen: AtomicU64::new(0),
+            close_with: AtomicU16::new(0),
+            snapshot_pending: AtomicBool::new(false),
+        };
         let wait = |t: &CancellationToken| Box::pin(t.clone().cancelled_owned());
         let stops = Stops {
-            slow: wait(&tokens[0]),
-            gone: wait(&tokens[1]),
-            shutdown: wait(&tokens[2]),
-            force: wait(&tokens[3]),
+            wake: wait(&signals.cut_off.wake),
+            slow: wait(&signals.cut_off.slow),
+            force: wait(&force),
             expires: expires.map(|d| Box::pin(tokio::time::sleep(d))),
         };
-        (tokens, stops)
+        (signals, [shutdown, force], stops)
     }
 
     #[tokio::test]
     async fn a_blocked_write_ends_when_cut_off_as_slow_or_forced_not_when_gone() {
-        for slow in [true, false] {
-            let ([slow_t, gone, shutdown, force], mut stops) = stops(None);
+        for (slow, under_way) in [(true, true), (false, true), (true, false), (false, false)] {
+            let (signals, [shutdown, force], mut stops) = stops(None);
             let write = tokio::spawn(async move { stops.guard(stuck_write()).await });
+            if under_way {
+                // The guard is waiting on the write when the rest happens.
+                tokio::task::yield_now().await;
+            }
             // The client going away or a shutdown starting does not abandon a write
             // under way: the drain goes on until the grace runs out (force).
-            gone.cancel();
+            signals.client_gone();
             shutdown.cancel();
             tokio::task::yield_now().await;
             assert!(!write.is_finished());
             if slow {
-                slow_t.cancel();
+                signals.cut_off.cut();
             } else {
                 force.cancel();
             }
@@ -539,7 +585,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_blocked_write_ends_when_the_token_expires() {
-        let (_tokens, mut stops) = stops(Some(Duration::from_secs(60)));
+        let (_signals, _tokens, mut stops) = stops(Some(Duration::from_secs(60)));
         let end = stops.guard(stuck_write()).await;
         assert!(matches!(end, Err(End::Expired)));
     }
