@@ -83,6 +83,8 @@ pub struct App {
     pub auth: Authenticator,
     pub decode_limits: DecodeLimits,
     /// Cancelled once ingest has stopped: dashboards flush their queues and close.
+    /// A child of `force_close`, so that the grace running out always reaches a
+    /// dashboard's writer, which waits on one token below this one.
     pub close_dashboards: CancellationToken,
     /// Cancelled when the shutdown grace period is over: dashboards still draining
     /// stop writing and are dropped.
@@ -107,6 +109,7 @@ impl App {
         auth: Authenticator,
     ) -> App {
         let metrics = Arc::new(Metrics::new());
+        let force_close = CancellationToken::new();
         App {
             ward: Ward::with_alarm_ids_after(
                 Arc::new(rules),
@@ -128,8 +131,8 @@ impl App {
                 max_payload_bytes: config.ingest.max_payload_bytes,
                 max_future_skew_ms: config.ingest.max_future_skew_ms,
             },
-            close_dashboards: CancellationToken::new(),
-            force_close: CancellationToken::new(),
+            close_dashboards: force_close.child_token(),
+            force_close,
             connections: TaskTracker::new(),
             dashboards: std::sync::atomic::AtomicUsize::new(0),
             sequencer: std::sync::Mutex::new(()),

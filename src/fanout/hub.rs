@@ -34,13 +34,14 @@ pub enum Start {
 /// How a dashboard's connection is told it is cut off as a slow consumer.
 #[derive(Clone, Debug, Default)]
 pub struct CutOff {
-    /// Cancelled when cut off: the connection then closes with 4008.
-    pub slow: CancellationToken,
+    /// Cancelled when cut off: the connection then closes with 4008. Only through
+    /// [`CutOff::cut`], which wakes the writer too.
+    pub(crate) slow: CancellationToken,
     /// Cancelled with it: the one token the connection's writer waits on for
     /// every reason to stop (it is also cancelled when the client goes away and
     /// when the gateway shuts down), so that a writer polls one future per wake
     /// instead of one per reason.
-    pub wake: CancellationToken,
+    pub(crate) wake: CancellationToken,
 }
 
 impl CutOff {

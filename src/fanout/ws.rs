@@ -171,8 +171,8 @@ struct Conn {
 /// timer): every reason to stop cancels it. With a future per reason (three
 /// tokens around each wait, two around each write; each poll takes its token's
 /// mutex), token polls were about 8 % of the gateway's CPU in a profile with a
-/// thousand dashboards; polling one took the gateway's CPU per write down by
-/// about 4 % (docs/benchmarks.md).
+/// thousand dashboards; with one, the gateway's CPU per write measured about 4 %
+/// lower, a difference not yet significant over eight runs (docs/benchmarks.md).
 struct Stops {
     /// Cut off as slow, the client gone, or the gateway shutting down
     /// ([`CutOff::wake`]). The rest are polled only once it has fired.
@@ -581,6 +581,39 @@ mod tests {
             assert_eq!(matches!(end, Err(End::Slow)), slow);
             assert_eq!(matches!(end, Err(End::Gone)), !slow);
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_under_way_finishes_when_the_client_goes_or_the_gateway_stops() {
+        let (signals, [shutdown, _force], mut stops) = stops(None);
+        let (done, wait) = tokio::sync::oneshot::channel::<()>();
+        let write = tokio::spawn(async move {
+            stops
+                .guard(async move {
+                    let _ = wait.await;
+                    Ok(())
+                })
+                .await
+        });
+        tokio::task::yield_now().await;
+        signals.client_gone();
+        shutdown.cancel();
+        tokio::task::yield_now().await;
+        assert!(!write.is_finished());
+        done.send(()).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), write)
+            .await
+            .expect("the write did not finish")
+            .unwrap();
+        assert!(end.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_ends_when_the_token_expires_during_a_shutdown() {
+        let (_signals, [shutdown, _force], mut stops) = stops(Some(Duration::from_secs(60)));
+        shutdown.cancel();
+        let end = stops.guard(stuck_write()).await;
+        assert!(matches!(end, Err(End::Expired)));
     }
 
     #[tokio::test(start_paused = true)]
