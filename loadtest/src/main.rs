@@ -9,6 +9,7 @@
 mod dashboards;
 mod devices;
 mod floor;
+mod frame;
 mod report;
 mod target;
 mod ws;

@@ -90,18 +90,7 @@ fn header(bytes: &[u8]) -> io::Result<Option<(usize, usize, bool, u8)>> {
 /// A client frame (FIN set, masked, as RFC 6455 requires of clients).
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    crate::frame::push_header(&mut out, opcode, true, payload.len());
     let mask = fastrand::u32(..).to_be_bytes();
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));

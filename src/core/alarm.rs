@@ -281,7 +281,7 @@ impl Board {
             let e = &a.event;
             match a.acknowledged_at {
                 None => {
-                    let after = policy.escalate_after_ms[priority_index(e.priority)];
+                    let after = policy.after_ms(e.priority);
                     let due_level = match after {
                         0 => 0,
                         _ => (now_ms.saturating_sub(a.raised_at) / after)

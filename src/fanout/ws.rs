@@ -137,8 +137,9 @@ pub(super) struct Signals {
     /// Its `wake` token is also cancelled by the reader (the client has gone) and
     /// by the gateway's shutdown (it is a child of `App::close_dashboards`).
     pub(super) cut_off: CutOff,
-    /// Cancelled by the reader when the client has gone or broke the protocol.
-    pub(super) gone: CancellationToken,
+    /// Set by the reader when the client has gone or broke the protocol (with
+    /// `cut_off.wake` cancelled after it: the writer reads it once woken).
+    gone: AtomicBool,
     /// Uptime ms of the last frame received, pongs included.
     pub(super) last_seen: AtomicU64,
     /// Close code the reader asks the writer to send (0: none).
@@ -148,9 +149,23 @@ pub(super) struct Signals {
 }
 
 impl Signals {
+    /// A connection's signals: nothing raised yet, woken by `shutdown` too.
+    fn new(shutdown: &CancellationToken, now_ms: u64) -> Signals {
+        Signals {
+            cut_off: CutOff {
+                slow: CancellationToken::new(),
+                wake: shutdown.child_token(),
+            },
+            gone: AtomicBool::new(false),
+            last_seen: AtomicU64::new(now_ms),
+            close_with: AtomicU16::new(0),
+            snapshot_pending: AtomicBool::new(false),
+        }
+    }
+
     /// The client has gone away or broke the protocol: the writer stops.
     pub(super) fn client_gone(&self) {
-        self.gone.cancel();
+        self.gone.store(true, Ordering::SeqCst);
         self.cut_off.wake.cancel();
     }
 }
@@ -186,13 +201,19 @@ struct Stops {
 }
 
 impl Stops {
-    fn new(app: &App, signals: &Signals, expires: Option<tokio::time::Instant>) -> Stops {
+    /// The stops over `signals`, the gateway's grace token `force_close` and the
+    /// token's expiry.
+    fn new(
+        signals: &Signals,
+        force_close: &CancellationToken,
+        expires: Option<tokio::time::Instant>,
+    ) -> Stops {
         Stops {
             wake: Box::pin(signals.cut_off.wake.clone().cancelled_owned()),
             slow: Box::pin(signals.cut_off.slow.clone().cancelled_owned()),
             // A child of the gateway-wide token: each connection then polls a
             // token of its own instead of contending for the shared one's lock.
-            force: Box::pin(app.force_close.child_token().cancelled_owned()),
+            force: Box::pin(force_close.child_token().cancelled_owned()),
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
         }
     }
@@ -231,16 +252,7 @@ struct Live {
 async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Identity) {
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
-    let signals = Arc::new(Signals {
-        cut_off: CutOff {
-            slow: CancellationToken::new(),
-            wake: app.close_dashboards.child_token(),
-        },
-        gone: CancellationToken::new(),
-        last_seen: AtomicU64::new(app.uptime_ms()),
-        close_with: AtomicU16::new(0),
-        snapshot_pending: AtomicBool::new(false),
-    });
+    let signals = Arc::new(Signals::new(&app.close_dashboards, app.uptime_ms()));
     let start = match query.since {
         Some(since) => Start::Since {
             since,
@@ -276,7 +288,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
         tokio::time::Instant::now() + Duration::from_millis(left)
     });
     let mut conn = Conn {
-        stops: Stops::new(&app, &signals, expires),
+        stops: Stops::new(&signals, &app.force_close, expires),
         app: app.clone(),
         sink,
         signals: signals.clone(),
@@ -338,7 +350,7 @@ impl Conn {
                     if self.signals.cut_off.slow.is_cancelled() {
                         return Some(End::Slow);
                     }
-                    if self.signals.gone.is_cancelled() {
+                    if self.signals.gone.load(Ordering::SeqCst) {
                         return None;
                     }
                     // The gateway is shutting down (`wake` is a child of
@@ -533,24 +545,11 @@ mod tests {
     /// A connection's signals, the gateway's shutdown and grace tokens, and the
     /// writer's stops over them.
     fn stops(expires: Option<Duration>) -> (Signals, [CancellationToken; 2], Stops) {
-        let [shutdown, force] = std::array::from_fn(|_| CancellationToken::new());
-        let signals = Signals {
-            cut_off: CutOff {
-                slow: CancellationToken::new(),
-                wake: shutdown.child_token(),
-            },
-            gone: CancellationToken::new(),
-            last_seen: AtomicU64::new(0),
-            close_with: AtomicU16::new(0),
-            snapshot_pending: AtomicBool::new(false),
-        };
-        let wait = |t: &CancellationToken| Box::pin(t.clone().cancelled_owned());
-        let stops = Stops {
-            wake: wait(&signals.cut_off.wake),
-            slow: wait(&signals.cut_off.slow),
-            force: wait(&force),
-            expires: expires.map(|d| Box::pin(tokio::time::sleep(d))),
-        };
+        let force = CancellationToken::new();
+        let shutdown = force.child_token();
+        let signals = Signals::new(&shutdown, 0);
+        let expires = expires.map(|d| tokio::time::Instant::now() + d);
+        let stops = Stops::new(&signals, &force, expires);
         (signals, [shutdown, force], stops)
     }
 

@@ -24,6 +24,11 @@
 //! Prints `listening on HOST:PORT` once subscribed (dashboards connect to
 //! `ws://HOST:PORT/ws`, any path), then serves until killed.
 
+// The frame header the harness's dashboards write too (this binary has no
+// library to share it through).
+#[path = "../frame.rs"]
+mod frame;
+
 use futures_util::SinkExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashMap;
@@ -231,18 +236,7 @@ fn write_all_direct(dashboards: &Dashboards, frames: &[Utf8Bytes]) {
 
 /// Append `payload` as one unmasked WebSocket text frame (RFC 6455 §5.2).
 fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {
-    out.push(0x81); // FIN, text
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    frame::push_header(out, 0x1, false, payload.len());
     out.extend_from_slice(payload);
 }
 
