@@ -51,6 +51,14 @@ impl SiteScope {
         self.allows_site(crate::fanout::protocol::site_of(chair))
     }
 
+    /// The sites, `["*"]` for all (as a token's `sites` claim says it).
+    pub fn sites(&self) -> Vec<&str> {
+        match self.0.as_deref() {
+            None => vec!["*"],
+            Some(sites) => sites.iter().map(String::as_str).collect(),
+        }
+    }
+
     /// The one site of a single-site scope.
     pub fn single(&self) -> Option<&str> {
         match self.0.as_deref() {
@@ -93,6 +101,11 @@ impl Identity {
             Permission::Acknowledge | Permission::SetSession => has("nurse") || has("clinician"),
             Permission::SetLimit => has("clinician"),
         }
+    }
+
+    /// The token's roles (none without authentication, where everyone may act).
+    pub fn roles(&self) -> &[String] {
+        &self.roles
     }
 
     /// Whether the token has expired at gateway time `now_ms`.

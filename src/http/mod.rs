@@ -1,9 +1,11 @@
-//! The HTTP edge: `/ws` (dashboards), `/api/...` (the audit trail), `/live`,
+//! The HTTP edge: `/` (the nurse station page), `/ws` (dashboards), `/api/...`
+//! (the audit trail, the station's configuration), `/live`,
 //! `/ready` and `/metrics` (operations).
 
 pub mod api;
 pub mod auth;
 pub mod deadline;
+pub mod station;
 
 use crate::app::App;
 use crate::fanout::ws;
@@ -56,6 +58,9 @@ fn somaxconn() -> Option<u32> {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(station::index))
+        .route("/station/{file}", get(station::asset))
+        .route("/api/station", get(station::station))
         .route("/ws", get(ws::upgrade))
         .route("/api/alarms", get(api::alarms))
         .route("/api/sessions/{*chair}", get(api::sessions))

@@ -1,0 +1,202 @@
+// The nurse station in real headless Chromium against a real gateway and Mosquitto:
+// what a nurse sees and does, from the first snapshot to a gateway crash.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { join } from "node:path";
+import { Broker, Devices, Gateway, IMAGES, browser, eventually, station } from "./harness.js";
+
+/** Chairs of the normal ward: two sites, different phases. */
+const WARD = ["north/1", "north/2", "north/3", "north/4", "north/5", "north/6", "south/1", "south/2"];
+const NORMAL = { hr: 76, spo2: 98, sbp: 124, dbp: 78, rr: 14, etco2: 36, pump: { running: true, rate_ml_h: 40, infused_ml: 12.5 } };
+
+describe("nurse station (auth none)", () => {
+  /** @type {Broker} */ let broker;
+  /** @type {Gateway} */ let gateway;
+  /** @type {Devices} */ let devices;
+  /** @type {import("playwright-core").Browser} */ let chromium;
+  /** @type {Awaited<ReturnType<typeof station>>} */ let first;
+
+  before(async () => {
+    broker = await Broker.start();
+    gateway = await Gateway.start(broker);
+    devices = await Devices.connect(broker);
+    // A ward at different points of its sessions.
+    const phases = ["baseline", "infusion", "infusion", "recovery", "idle", "discharged", "infusion", "baseline"];
+    for (const [i, chair] of WARD.entries()) {
+      const phase = phases[i];
+      if (phase === "idle") {
+        await devices.session(chair, { phase: "idle" });
+        continue;
+      }
+      if (phase !== "baseline") {
+        await devices.session(chair, { phase: "baseline", patient: `P-${100 + i}`, session_number: 2, session_count: 6, route: "iv", ts: Date.now() - 50 * 60_000 });
+        await devices.vitals(chair, NORMAL);
+        await devices.vitals(chair, { ...NORMAL, hr: 78, sbp: 126 });
+        if (phase === "recovery") await devices.session(chair, { phase: "infusion", patient: `P-${100 + i}`, ts: Date.now() - 40 * 60_000 });
+        if (phase === "discharged") {
+          await devices.session(chair, { phase: "infusion", patient: `P-${100 + i}`, ts: Date.now() - 40 * 60_000 });
+          await devices.session(chair, { phase: "recovery", patient: `P-${100 + i}`, ts: Date.now() - 20 * 60_000 });
+        }
+      }
+      await devices.session(chair, { phase, patient: `P-${100 + i}`, session_number: 2, session_count: 6, route: "iv", ts: Date.now() - (phase === "infusion" ? 35 : 12) * 60_000 });
+      await devices.vitals(chair, NORMAL);
+    }
+    chromium = await browser();
+    first = await station(chromium, gateway.url);
+    await first.page.locator("#signin-field").fill("nurse.kim");
+    await first.page.locator("#signin-form button").click();
+  });
+
+  after(async () => {
+    await chromium?.close();
+    await devices?.close();
+    await gateway?.stop();
+    broker?.stop();
+  });
+
+  test("the snapshot renders every chair, with nothing fetched from elsewhere", async () => {
+    const { page, foreign, errors } = first;
+    await eventually(async () => (await page.locator(".tile").count()) === WARD.length, "a tile per chair");
+    await page.locator("#disconnected-banner").waitFor({ state: "hidden" });
+    for (const chair of WARD) {
+      const tile = page.locator(`.tile[data-chair="${chair}"]`);
+      assert.equal(await tile.count(), 1, chair);
+    }
+    const infusion = page.locator('.tile[data-chair="north/2"]');
+    await eventually(async () => (await infusion.locator(".phase").textContent()) === "INFUSION", "north/2 in infusion");
+    assert.match(await infusion.locator(".course").innerText(), /session 2 of 6 · IV/);
+    assert.match(await infusion.locator(".minutes").innerText(), /3[45] min into infusion/);
+    assert.equal(await infusion.locator('.num[data-vital="spo2"] .value').innerText(), "98");
+    assert.match(await infusion.locator('.num[data-vital="nibp"] .value').innerText(), /124\/78|126\/78/);
+    assert.match(await infusion.locator('.num[data-vital="hr"] .base').innerText(), /base 7[67]/);
+    assert.equal(await page.locator('.tile[data-chair="north/5"] .patient').innerText(), "empty");
+    // Every numeric is current: nothing stale in a ward that just reported.
+    assert.equal(await infusion.locator('.num[data-stale="true"]').count(), 0);
+    assert.equal(await page.locator("#count-high").getAttribute("data-count"), "0");
+    await page.screenshot({ path: join(IMAGES, "station-normal.png") });
+    assert.deepEqual(foreign, [], "the page requested nothing outside the gateway");
+    assert.deepEqual(errors, [], "no script errors");
+  });
+
+  test("audio says AUDIO OFF until a click arms it, then sounds a high alarm's 10-pulse burst", async () => {
+    const { page } = first;
+    assert.equal(await page.locator("#audio-off").isVisible(), true, "AUDIO OFF before any click");
+    assert.equal(await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.armed), false);
+    await page.locator("#audio-off").click();
+    await page.locator("#audio-off").waitFor({ state: "hidden" });
+    assert.equal(await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.ctx.state), "running");
+  });
+
+  test("an SpO2 breach turns its tile red and flashing within a second; acknowledging it stops the flashing at every station", async () => {
+    const { page } = first;
+    const second = await station(chromium, gateway.url);
+    await second.page.locator("#signin-field").fill("nurse.lee");
+    await second.page.locator("#signin-form button").click();
+    const tile = page.locator('.tile[data-chair="north/3"]');
+    const otherTile = second.page.locator('.tile[data-chair="north/3"]');
+    await otherTile.waitFor();
+    await second.page.locator("#disconnected-banner").waitFor({ state: "hidden" });
+
+    // spo2_critical (below 86, 5 s of device time): two readings 6 s apart in device time.
+    const t0 = Date.now() - 6_000;
+    await devices.client.publishAsync("clinic/north/chair/3/vitals", JSON.stringify({ seq: 1000, ts: t0, spo2: 82, hr: 96 }), { qos: 1 });
+    const sent = Date.now();
+    await devices.client.publishAsync("clinic/north/chair/3/vitals", JSON.stringify({ seq: 1001, ts: Date.now(), spo2: 81, hr: 97 }), { qos: 1 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "north/3 red", 5_000);
+    const shownAfter = Date.now() - sent;
+    assert.ok(shownAfter < 1_000, `tile turned red ${shownAfter} ms after the reading`);
+    assert.equal(await tile.getAttribute("data-flashing"), "high");
+    const animation = await tile.evaluate((e) => getComputedStyle(e, "::after").animationName + " " + getComputedStyle(e, "::after").animationDuration);
+    assert.equal(animation, "blink 0.5s", "2 Hz flashing");
+    const strip = tile.locator(".alarm-strip");
+    await eventually(async () => /SpO2 81/.test(await strip.innerText()), "the alarm's message in the strip");
+    assert.match(await strip.innerText(), /!!! HIGH/);
+    assert.match(await page.locator("#count-high").innerText(), /!!! HIGH [1-9]/);
+    assert.match(await page.locator("#top-alarm").innerText(), /north\/3/);
+    // The armed station sounds the high burst: 10 pulses in the Web Audio graph.
+    await eventually(() => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.played.some((/** @type {any} */ b) => b.priority === "high" && b.pulses === 10)), "a 10-pulse high burst");
+    const starts = await page.evaluate(() => /** @type {any} */ (window).oscillatorStarts.length);
+    assert.ok(starts >= 10, `${starts} oscillators started`);
+    await page.screenshot({ path: join(IMAGES, "station-alarm.png") });
+
+    await strip.click();
+    await eventually(async () => (await tile.getAttribute("data-flashing")) === "none", "flashing stopped after the acknowledgement");
+    assert.equal(await tile.evaluate((e) => getComputedStyle(e, "::after").animationName), "none");
+    assert.equal(await tile.getAttribute("data-priority"), "high", "still red while the condition lasts");
+    await eventually(async () => (await otherTile.getAttribute("data-flashing")) === "none", "the second station sees the acknowledgement");
+    await eventually(async () => /nurse\.kim/.test(await otherTile.locator(".alarm-strip").innerText()), "who acknowledged, at the second station");
+    await second.context.close();
+
+    // Recover: the alarm clears and the tile calms.
+    await devices.client.publishAsync("clinic/north/chair/3/vitals", JSON.stringify({ seq: 1002, ts: Date.now(), spo2: 97, hr: 80 }), { qos: 1 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "none", "north/3 clear again");
+  });
+
+  test("a session started from the page moves the chair's phase", async () => {
+    const { page } = first;
+    const tile = page.locator('.tile[data-chair="north/5"]');
+    await tile.locator(".open").click();
+    const dialog = page.locator("#chair-dialog");
+    await dialog.locator('input[name="patient"]').fill("P-777");
+    await dialog.locator('input[name="session_number"]').fill("1");
+    await dialog.locator('input[name="session_count"]').fill("4");
+    await dialog.locator('button[data-phase="baseline"]').click();
+    await eventually(async () => (await tile.getAttribute("data-phase")) === "baseline", "north/5 in baseline");
+    assert.equal(await tile.locator(".patient").innerText(), "P-777");
+    assert.match(await tile.locator(".course").innerText(), /session 1 of 4/);
+    // A step the gateway refuses is explained in words (baseline → recovery skips infusion).
+    await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.connection().send({ type: "set_session", chair: "north/5", phase: "recovery", patient: "P-777", by: "nurse.kim" }));
+    await eventually(async () => /phases move one step forward/.test(await page.locator("#toasts").innerText()), "the refusal in words");
+    await dialog.locator('button[data-phase="infusion"]').click();
+    await eventually(async () => (await tile.getAttribute("data-phase")) === "infusion", "north/5 in infusion");
+    await dialog.locator('button[value="close"]').click();
+  });
+
+  test("a clinician's limit change states the old and the new limit, then applies", async () => {
+    const { page } = first;
+    const tile = page.locator('.tile[data-chair="north/2"]');
+    await tile.locator(".open").click();
+    const row = page.locator('#chair-dialog tr[data-rule="sbp_critical"][data-side="high"]');
+    await row.locator("input").fill("170");
+    await row.locator("button").click();
+    const text = await page.locator("#confirm-text").innerText();
+    assert.match(text, /from 180 to 170/);
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => /170 \(patient\)/.test(await page.locator('#chair-dialog tr[data-rule="sbp_critical"][data-side="high"]').innerText()), "the patient's limit shown");
+    await page.locator('#chair-dialog button[value="close"]').click();
+  });
+
+  test("the alarm history lists the acknowledged SpO2 alarm with who and when", async () => {
+    const { page } = first;
+    await page.locator("#history-open").click();
+    const rows = page.locator("#history-rows tr");
+    await eventually(async () => (await rows.count()) > 0, "history rows");
+    const text = await page.locator("#history-rows").innerText();
+    assert.match(text, /north\/3/);
+    assert.match(text, /81 < 86/);
+    assert.match(text, /nurse\.kim at/);
+    await page.locator("#history-chair").selectOption("north/1");
+    await eventually(async () => (await rows.count()) === 0, "filtered to a chair without alarms");
+    await page.locator("#history-close").click();
+  });
+
+  test("killing the gateway shows NOT CONNECTED within seconds; after the restart no alarm is lost", async () => {
+    const { page } = first;
+    await gateway.kill();
+    const banner = page.locator("#disconnected-banner");
+    const killedAt = Date.now();
+    await banner.waitFor({ state: "visible", timeout: 5_000 });
+    assert.ok(Date.now() - killedAt < 5_000);
+    assert.match(await banner.innerText(), /alarms are NOT being received since/);
+    // While the gateway is down, a chair desaturates: the broker keeps the readings.
+    await devices.client.publishAsync("clinic/south/chair/1/vitals", JSON.stringify({ seq: 2000, ts: Date.now() - 6_000, spo2: 80 }), { qos: 1 });
+    await devices.client.publishAsync("clinic/south/chair/1/vitals", JSON.stringify({ seq: 2001, ts: Date.now(), spo2: 80 }), { qos: 1 });
+    await page.screenshot({ path: join(IMAGES, "station-disconnected.png") });
+    await gateway.run();
+    await banner.waitFor({ state: "hidden", timeout: 20_000 });
+    const tile = page.locator('.tile[data-chair="south/1"]');
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "the alarm raised while the station was away", 10_000);
+    assert.match(await tile.locator(".alarm-strip").innerText(), /SpO2 80/);
+  });
+});

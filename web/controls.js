@@ -1,0 +1,278 @@
+// A chair's controls: session steps for nurses (start baseline with patient id,
+// session k of n and route; start infusion; recovery; discharge; free the chair)
+// and per-patient limits for clinicians, each change confirmed with the old and the
+// new limit. Controls the signed-in role may not use are not offered; the gateway
+// judges every command again and a refusal is shown in words.
+
+import { VITALS, el, formatValue } from "./format.js";
+
+/** @typedef {import("./ward.js").Ward} Ward */
+/** @typedef {import("./ward.js").Chair} Chair */
+/** @typedef {import("./ward.js").Phase} Phase */
+/** @typedef {import("./ward.js").Vital} Vital */
+
+/**
+ * @typedef {object} RuleSpec  a `[[rules]]` entry as `GET /api/station` returns it
+ * @property {string} id
+ * @property {Vital} vital
+ * @property {number|null} [low]
+ * @property {number|null} [high]
+ * @property {"high"|"medium"|"low"} priority
+ * @property {Phase[]} phases
+ * @property {number} [max_session]
+ */
+
+/**
+ * @typedef {object} May
+ * @property {boolean} ack
+ * @property {boolean} set_session
+ * @property {boolean} set_limit
+ */
+
+/**
+ * @typedef {object} ControlsOptions
+ * @property {(command: object) => boolean} send
+ * @property {() => string} by  who acts
+ * @property {() => May} may
+ * @property {() => RuleSpec[]} rules
+ * @property {(text: string, kind?: "error"|"info") => void} toast
+ */
+
+/** The next step of each phase, as the nurse sees it (docs/protocol.md: phases move one step forward). */
+const STEPS = /** @type {Record<Phase, {phase: Phase, label: string}[]>} */ ({
+  idle: [{ phase: "baseline", label: "Start baseline" }],
+  baseline: [
+    { phase: "infusion", label: "Start infusion" },
+    { phase: "idle", label: "Call off (free chair)" },
+  ],
+  infusion: [{ phase: "recovery", label: "End infusion: start recovery" }],
+  recovery: [{ phase: "discharged", label: "Discharge" }],
+  discharged: [
+    { phase: "idle", label: "Free chair" },
+    { phase: "baseline", label: "Start baseline" },
+  ],
+});
+
+export class ChairControls {
+  /** @param {ControlsOptions} o */
+  constructor(o) {
+    this.o = o;
+    this.dialog = /** @type {HTMLDialogElement} */ (document.getElementById("chair-dialog"));
+    this.body = /** @type {HTMLElement} */ (document.getElementById("chair-dialog-body"));
+    this.title = /** @type {HTMLElement} */ (document.getElementById("chair-dialog-title"));
+    this.confirm = /** @type {HTMLDialogElement} */ (document.getElementById("confirm-dialog"));
+    this.confirmText = /** @type {HTMLElement} */ (document.getElementById("confirm-text"));
+    /** @type {string|null} */
+    this.chair = null;
+    /** @type {(() => void)|null} */
+    this.onConfirm = null;
+    this.confirm.addEventListener("close", () => {
+      if (this.confirm.returnValue === "yes" && this.onConfirm) this.onConfirm();
+      this.onConfirm = null;
+    });
+    this.dialog.addEventListener("close", () => {
+      this.chair = null;
+    });
+  }
+
+  /**
+   * @param {Chair} chair
+   */
+  open(chair) {
+    this.chair = chair.key;
+    this.fill(chair);
+    if (!this.dialog.open) this.dialog.showModal();
+  }
+
+  /**
+   * The chair changed while its controls are open: show it as it is now (unless the
+   * user is typing in a field).
+   * @param {Ward} ward
+   */
+  refresh(ward) {
+    if (!this.chair || !this.dialog.open) return;
+    const chair = ward.chairs.get(this.chair);
+    if (!chair) {
+      this.dialog.close();
+      this.o.toast(`Chair ${this.chair} left the ward.`, "info");
+      return;
+    }
+    if (this.dialog.contains(document.activeElement) && document.activeElement instanceof HTMLInputElement) return;
+    this.fill(chair);
+  }
+
+  /** @param {Chair} chair */
+  fill(chair) {
+    const s = chair.session;
+    const phase = s?.phase ?? "idle";
+    this.title.textContent = `Chair ${chair.key} — ${phase.toUpperCase()}${s?.patient ? ` — ${s.patient}` : ""}`;
+    this.body.replaceChildren();
+    const may = this.o.may();
+    if (may.set_session) this.body.append(this.sessionSection(chair, phase));
+    if (may.set_limit && s?.patient && phase !== "idle" && phase !== "discharged") this.body.append(this.limitSection(chair, phase));
+    if (!may.set_session && !may.set_limit) this.body.append(el("p", "note", "Your role may view this chair only."));
+  }
+
+  /**
+   * @param {Chair} chair
+   * @param {Phase} phase
+   */
+  sessionSection(chair, phase) {
+    const box = el("section", "session-controls");
+    box.append(el("h3", "", "Session"));
+    for (const step of STEPS[phase]) {
+      if (step.phase === "baseline") {
+        box.append(this.baselineForm(chair));
+        continue;
+      }
+      const b = el("button", "step", step.label);
+      b.type = "button";
+      b.dataset.phase = step.phase;
+      b.addEventListener("click", () => {
+        const patient = chair.session?.patient;
+        /** @type {Record<string, unknown>} */
+        const command = { type: "set_session", chair: chair.key, phase: step.phase, by: this.o.by() };
+        if (patient && step.phase !== "idle") command.patient = patient;
+        this.sendOrSay(command, `${step.label}: chair ${chair.key}`);
+      });
+      box.append(b);
+    }
+    return box;
+  }
+
+  /** @param {Chair} chair */
+  baselineForm(chair) {
+    const form = el("form", "baseline-form");
+    const patient = input("text", "patient", "Patient id", true);
+    patient.maxLength = 128;
+    const number = input("number", "session_number", "Session", false);
+    number.min = "1";
+    const count = input("number", "session_count", "of", false);
+    count.min = "1";
+    const route = el("select");
+    route.name = "route";
+    for (const r of ["iv", "im", "sublingual", "intranasal"]) {
+      const o = el("option", "", r.toUpperCase());
+      o.value = r;
+      route.append(o);
+    }
+    const submit = el("button", "step", "Start baseline");
+    submit.type = "submit";
+    submit.dataset.phase = "baseline";
+    form.append(label("Patient id", patient), label("Session", number), label("of", count), label("Route", route), submit);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      /** @type {Record<string, unknown>} */
+      const command = { type: "set_session", chair: chair.key, phase: "baseline", patient: patient.value.trim(), route: route.value, by: this.o.by() };
+      if (number.value) command.session_number = Number(number.value);
+      if (count.value) command.session_count = Number(count.value);
+      this.sendOrSay(command, `Start baseline: chair ${chair.key}, ${patient.value.trim()}`);
+    });
+    return form;
+  }
+
+  /**
+   * Threshold rules that apply in this phase, with the limit in force for the
+   * patient (their override, else the configured one).
+   * @param {Chair} chair
+   * @param {Phase} phase
+   */
+  limitSection(chair, phase) {
+    const box = el("section", "limit-controls");
+    box.append(el("h3", "", "Limits for this patient"));
+    const table = el("table");
+    const overrides = chair.session?.limits ?? {};
+    for (const rule of this.o.rules()) {
+      if (!rule.phases.includes(phase)) continue;
+      for (const side of /** @type {const} */ (["low", "high"])) {
+        const configured = rule[side];
+        if (configured === undefined || configured === null) continue;
+        const override = overrides[rule.id]?.[side];
+        const current = override ?? configured;
+        const row = el("tr");
+        row.dataset.rule = rule.id;
+        row.dataset.side = side;
+        const field = input("number", `${rule.id}.${side}`, "", false);
+        field.value = String(current);
+        field.step = "any";
+        const change = el("button", "change", "Change…");
+        change.type = "button";
+        change.addEventListener("click", () => {
+          const next = Number(field.value);
+          if (field.value === "" || !Number.isFinite(next) || next === current) return;
+          this.ask(`Change ${VITALS[rule.vital].label} ${side} limit of ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} from ${formatValue(current)} to ${formatValue(next)}?`, () => {
+            const o = overrides[rule.id] ?? {};
+            /** @type {Record<string, unknown>} */
+            const command = { type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() };
+            const other = side === "low" ? "high" : "low";
+            if (o[other] !== undefined && o[other] !== null) command[other] = o[other];
+            command[side] = next;
+            this.sendOrSay(command, `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
+          });
+        });
+        row.append(
+          el("td", "", `${VITALS[rule.vital].label} ${side === "low" ? "below" : "above"}`),
+          el("td", "rule", `${rule.id} (${rule.priority})`),
+          el("td", "now", override !== undefined && override !== null ? `${formatValue(current)} (patient)` : formatValue(current)),
+          cell(field),
+          cell(change),
+        );
+        table.append(row);
+      }
+    }
+    box.append(table);
+    return box;
+  }
+
+  /**
+   * @param {string} text
+   * @param {() => void} action
+   */
+  ask(text, action) {
+    this.confirmText.textContent = text;
+    this.onConfirm = action;
+    this.confirm.returnValue = "";
+    this.confirm.showModal();
+  }
+
+  /**
+   * @param {object} command
+   * @param {string} what
+   */
+  sendOrSay(command, what) {
+    if (this.o.send(command)) this.o.toast(`Sent: ${what}`, "info");
+    else this.o.toast(`NOT sent (not connected to the gateway): ${what}`, "error");
+  }
+}
+
+/**
+ * @param {string} type
+ * @param {string} name
+ * @param {string} placeholder
+ * @param {boolean} required
+ */
+function input(type, name, placeholder, required) {
+  const i = el("input");
+  i.type = type;
+  i.name = name;
+  i.placeholder = placeholder;
+  i.required = required;
+  return i;
+}
+
+/**
+ * @param {string} text
+ * @param {HTMLElement} control
+ */
+function label(text, control) {
+  const l = el("label", "", `${text} `);
+  l.append(control);
+  return l;
+}
+
+/** @param {HTMLElement} child */
+function cell(child) {
+  const td = el("td");
+  td.append(child);
+  return td;
+}

@@ -1,0 +1,119 @@
+// The alarm history, from the audit trail (`GET /api/alarms`): one row per alarm
+// with when it was raised, the chair, priority, the value against the limit, who
+// acknowledged it and when, and when it cleared. Filterable by chair.
+
+import { PRIORITY_TEXT, dateTime, el, formatValue } from "./format.js";
+
+/** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
+
+/** How far back the panel reads, ms. */
+const WINDOW_MS = 24 * 3600_000;
+/** Most events read at once. */
+const LIMIT = 2000;
+
+/**
+ * @typedef {object} HistoryRow
+ * @property {AlarmFrame} raised
+ * @property {AlarmFrame|null} acked
+ * @property {AlarmFrame|null} cleared
+ * @property {number} escalation
+ */
+
+export class AlarmHistory {
+  /**
+   * @param {(path: string) => Promise<Response>} get  an authenticated GET
+   * @param {() => string[]} chairs  chair keys to offer in the filter
+   */
+  constructor(get, chairs) {
+    this.get = get;
+    this.chairs = chairs;
+    this.panel = /** @type {HTMLElement} */ (document.getElementById("history"));
+    this.filter = /** @type {HTMLSelectElement} */ (document.getElementById("history-chair"));
+    this.rows = /** @type {HTMLElement} */ (document.getElementById("history-rows"));
+    this.note = /** @type {HTMLElement} */ (document.getElementById("history-note"));
+    this.filter.addEventListener("change", () => this.load());
+    /** @type {HTMLElement} */ (document.getElementById("history-refresh")).addEventListener("click", () => this.load());
+    /** @type {HTMLElement} */ (document.getElementById("history-close")).addEventListener("click", () => this.toggle(false));
+  }
+
+  /** @param {boolean} [show] */
+  toggle(show) {
+    this.panel.hidden = show === undefined ? !this.panel.hidden : !show;
+    if (!this.panel.hidden) {
+      this.fillFilter();
+      this.load();
+    }
+  }
+
+  fillFilter() {
+    const chosen = this.filter.value;
+    const all = el("option", "", "All chairs");
+    all.value = "";
+    this.filter.replaceChildren(all);
+    for (const k of this.chairs()) {
+      const o = el("option", "", k);
+      o.value = k;
+      this.filter.append(o);
+    }
+    this.filter.value = chosen;
+  }
+
+  async load() {
+    const params = new URLSearchParams({ from: String(Date.now() - WINDOW_MS), limit: String(LIMIT) });
+    if (this.filter.value) params.set("chair", this.filter.value);
+    this.note.textContent = "Loading…";
+    let body;
+    try {
+      const r = await this.get(`/api/alarms?${params}`);
+      body = await r.json();
+      if (!r.ok) throw new Error(body.error ?? r.statusText);
+    } catch (e) {
+      this.note.textContent = `Could not read the history: ${e instanceof Error ? e.message : e}`;
+      return;
+    }
+    const rows = group(/** @type {AlarmFrame[]} */ (body.alarms));
+    this.rows.replaceChildren(...rows.map(row));
+    this.note.textContent = `${rows.length} alarms in the last 24 h${body.truncated ? " (only the oldest shown: narrow by chair)" : ""}.`;
+  }
+}
+
+/**
+ * Events → one row per alarm, newest first.
+ * @param {AlarmFrame[]} events
+ * @returns {HistoryRow[]}
+ */
+export function group(events) {
+  /** @type {Map<number, HistoryRow>} */
+  const byId = new Map();
+  for (const e of events) {
+    let r = byId.get(e.id);
+    if (!r) {
+      r = { raised: e, acked: null, cleared: null, escalation: 0 };
+      byId.set(e.id, r);
+    }
+    if (e.state === "acknowledged" && !e.reminder && !r.acked) r.acked = e;
+    if (e.state === "cleared") r.cleared = e;
+    r.escalation = Math.max(r.escalation, e.escalation_level);
+  }
+  return [...byId.values()].sort((a, b) => b.raised.raised_ts - a.raised.raised_ts);
+}
+
+/** @param {HistoryRow} r */
+function row(r) {
+  const a = r.raised;
+  const tr = el("tr");
+  tr.dataset.priority = a.priority;
+  const p = PRIORITY_TEXT[a.priority];
+  const valueVsLimit = a.kind === "technical" ? `${formatValue(a.value)} s (allowed ${formatValue(a.limit)} s)` : `${formatValue(a.value)} ${a.condition === "low" ? "<" : ">"} ${formatValue(a.limit)}`;
+  tr.append(
+    el("td", "", dateTime(a.raised_ts)),
+    el("td", "", a.chair),
+    el("td", "prio", `${p.symbol} ${p.word}`),
+    el("td", "", a.message),
+    el("td", "", valueVsLimit),
+    el("td", "", r.acked ? `${r.acked.acknowledged_by ?? "?"} at ${dateTime(r.acked.received_at)}` : "not acknowledged"),
+    el("td", "", r.cleared ? `${dateTime(r.cleared.received_at)}${r.cleared.reason ? ` (${r.cleared.reason})` : ""}` : "active"),
+    el("td", "", r.escalation > 0 ? String(r.escalation) : ""),
+  );
+  return tr;
+}

@@ -1,0 +1,265 @@
+// The nurse station: signs in, keeps one WebSocket to the gateway, holds the ward
+// and draws it. Everything it shows comes from the documented protocol
+// (docs/protocol.md): `/api/station` once, then `/ws` frames.
+
+import { AlarmAudio } from "./audio.js";
+import { Connection } from "./connection.js";
+import { ChairControls } from "./controls.js";
+import { errorInWords, el } from "./format.js";
+import { StationHeader, byId } from "./header.js";
+import { AlarmHistory } from "./history.js";
+import { forgetToken, get, savedName, signIn, token } from "./signin.js";
+import { Grid } from "./tiles.js";
+import { Ward } from "./ward.js";
+
+/** @typedef {import("./ward.js").Vital} Vital */
+/** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
+/** @typedef {import("./signin.js").StationInfo} StationInfo */
+
+/** Window over which the data's delay is judged (its smallest value in the window). */
+const LAG_WINDOW_MS = 10_000;
+/** Alarm-to-paint samples kept for the station's own measurement. */
+const PAINT_SAMPLES = 5_000;
+
+const ward = new Ward();
+const audio = new AlarmAudio();
+const header = new StationHeader();
+/** @type {StationInfo} */
+let info = await signIn();
+/** Gateway clock minus this station's, ms (from `/api/station`, to within its round trip). */
+let clockOffset = info.now - Date.now();
+const gatewayNow = () => Date.now() + clockOffset;
+
+/** Smallest delay of data in the current window, and the window's start. */
+let lag = { min: Infinity, since: Date.now(), shown: 0 };
+
+/** @type {Set<string>} chairs whose tiles need drawing */
+const dirty = new Set();
+let drawAll = true;
+let frameRequested = false;
+/** Alarm frames waiting for their tile to be painted: performance.now() at receipt. */
+/** @type {number[]} */
+let awaitingPaint = [];
+const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0 };
+
+const grid = new Grid({
+  container: byId("grid"),
+  onAck: acknowledge,
+  onOpen: (key) => {
+    const c = ward.chairs.get(key);
+    if (c) controls.open(c);
+  },
+  staleAfterMs,
+  now: gatewayNow,
+});
+const controls = new ChairControls({
+  send: (c) => connection.send(c),
+  by: actor,
+  may: () => info.me.may,
+  rules: () => info.rules,
+  toast,
+});
+const history = new AlarmHistory(get, () => [...ward.chairs.keys()]);
+let connection = connect();
+showUser();
+
+/** @param {Vital} v */
+function staleAfterMs(v) {
+  const stale = info.technical.stale_ms;
+  const own = stale[v] ?? 0;
+  if (own > 0) return own;
+  // DBP comes with SBP; EtCO2 as often as HR.
+  const proxy = v === "dbp" ? stale.sbp : stale.hr;
+  return proxy && proxy > 0 ? proxy : 15_000;
+}
+
+function actor() {
+  return info.me.user ?? savedName() ?? "station";
+}
+
+function connect() {
+  const c = new Connection({
+    url: () => {
+      const p = new URLSearchParams();
+      if (ward.seq !== null && ward.instance !== null) {
+        p.set("since", String(ward.seq));
+        p.set("instance", ward.instance);
+      }
+      const t = token();
+      if (t) p.set("access_token", t);
+      return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws?${p}`;
+    },
+    onFrame,
+    onStatus: (s) => {
+      schedule();
+      // A refused upgrade looks like an unreachable gateway to a browser: ask the
+      // API whether the token is still good.
+      if (!s.connected && s.attempts === 3 && info.auth === "jwt") recheckSignIn();
+    },
+    onEnd: () => reSignIn("Your sign-in expired. Sign in again to go on receiving alarms."),
+  });
+  c.start();
+  return c;
+}
+
+async function recheckSignIn() {
+  const r = await get("/api/station").catch(() => null);
+  if (r && r.status === 401) reSignIn("Your token is no longer accepted. Sign in again.");
+}
+
+/** @param {string} why */
+async function reSignIn(why) {
+  connection.stop();
+  forgetToken();
+  info = await signIn(why);
+  clockOffset = info.now - Date.now();
+  showUser();
+  connection = connect();
+}
+
+/** @param {any} f */
+function onFrame(f) {
+  metrics.frames++;
+  switch (f.type) {
+    case "snapshot":
+      ward.applySnapshot(f);
+      drawAll = true;
+      break;
+    case "alarm": {
+      /** @type {AlarmFrame} */
+      const a = f;
+      ward.applyAlarm(a);
+      noteLag(a.received_at);
+      if (a.state === "raised" && !a.escalated) audio.raised(a);
+      dirty.add(a.chair);
+      awaitingPaint.push(performance.now());
+      break;
+    }
+    case "session":
+      ward.applySession(f);
+      dirty.add(f.chair);
+      break;
+    case "vitals":
+      ward.applyVitals(f);
+      noteLag(f.received_at);
+      dirty.add(f.chair);
+      return;
+    case "missed":
+      toast("Events were missed while this station was disconnected: the ward is rebuilt from the gateway's current state. See History for what happened meanwhile.", "info");
+      break;
+    case "error":
+      toast(errorInWords(f.code, f.message), "error");
+      break;
+    default:
+      return;
+  }
+  schedule();
+}
+
+/** @param {number|undefined} receivedAt */
+function noteLag(receivedAt) {
+  if (!receivedAt) return;
+  lag.min = Math.min(lag.min, gatewayNow() - receivedAt);
+}
+
+/**
+ * Draw in the next animation frame. Live vitals are not urgent: they arrive about
+ * once a second per chair and are drawn with the once-a-second redraw, so 40 chairs
+ * at 1 Hz cost one frame a second rather than forty. Alarms, sessions and the
+ * connection's status are drawn at once.
+ */
+function schedule() {
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(draw);
+}
+
+function draw() {
+  frameRequested = false;
+  const now = Date.now();
+  if (now - lag.since >= LAG_WINDOW_MS) {
+    lag = { min: Infinity, since: now, shown: Number.isFinite(lag.min) ? lag.min : 0 };
+  }
+  grid.render(ward, drawAll ? null : dirty);
+  drawAll = false;
+  dirty.clear();
+  header.render(ward, audio, connection.status, clockOffset, lag.shown);
+  controls.refresh(ward);
+  if (awaitingPaint.length > 0) {
+    const painted = awaitingPaint;
+    awaitingPaint = [];
+    // A task queued from the frame callback runs after that frame is painted.
+    setTimeout(() => {
+      const t = performance.now();
+      for (const t0 of painted) metrics.alarmToPaintMs.push(t - t0);
+      if (metrics.alarmToPaintMs.length > PAINT_SAMPLES) metrics.alarmToPaintMs.splice(0, metrics.alarmToPaintMs.length - PAINT_SAMPLES);
+    });
+  }
+}
+
+/** Acknowledge every unacknowledged alarm of a chair (what is active now). */
+/** @param {string} key */
+function acknowledge(key) {
+  const raised = ward.alarmsOf(key).filter((a) => a.state === "raised");
+  if (raised.length === 0) return;
+  if (!info.me.may.ack) {
+    toast("Your role may not acknowledge alarms.", "error");
+    return;
+  }
+  for (const a of raised) {
+    if (!connection.send({ type: "ack", id: a.id, by: actor() })) {
+      toast("NOT acknowledged: not connected to the gateway.", "error");
+      return;
+    }
+  }
+}
+
+/**
+ * A message in the corner for a few seconds (errors stay longer).
+ * @param {string} text
+ * @param {"error"|"info"} [kind]
+ */
+function toast(text, kind = "info") {
+  const t = el("div", `toast ${kind}`, text);
+  t.setAttribute("role", kind === "error" ? "alert" : "status");
+  byId("toasts").append(t);
+  setTimeout(() => t.remove(), kind === "error" ? 12_000 : 5_000);
+}
+
+function showUser() {
+  const me = info.me;
+  const who = me.user ?? savedName() ?? "?";
+  const roles = info.auth === "none" ? "no sign-in: every control" : me.roles.join(", ") || "viewer";
+  byId("user").textContent = `${who} (${roles}) · sites ${me.sites.join(", ")}`;
+}
+
+// Audio is armed by the first click anywhere (browsers allow sound only after one).
+const arm = () => {
+  audio.arm().then(schedule, () => toast("This browser refused to start sound.", "error"));
+};
+document.addEventListener("pointerdown", arm, { once: true });
+document.addEventListener("keydown", arm, { once: true });
+byId("audio-off").addEventListener("click", arm);
+byId("audio-pause").addEventListener("click", () => {
+  if (audio.paused) audio.resume();
+  else audio.pause(ward.activeAlarms().filter((a) => a.state === "raised"));
+  schedule();
+});
+byId("history-open").addEventListener("click", () => history.toggle());
+byId("sign-out").addEventListener("click", () => {
+  forgetToken();
+  if (info.auth === "none") localStorage.removeItem("vitalgate.name");
+  location.reload();
+});
+
+setInterval(() => {
+  audio.tick(ward.activeAlarms().filter((a) => a.state === "raised"));
+}, 250);
+// Live vitals, ages, rotation of alarm messages, countdowns and stale values.
+setInterval(() => {
+  drawAll = true;
+  schedule();
+}, 1_000);
+
+// For the station's own measurements and the browser tests.
+Object.assign(window, { vitalgateStation: { ward, audio, metrics, connection: () => connection } });

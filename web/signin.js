@@ -1,0 +1,128 @@
+// Who is at the station.
+//
+// With `auth.mode = "jwt"` the station needs a token: from the URL fragment
+// (`/#token=...`, which browsers never send to a server, so it stays out of logs)
+// or pasted into the sign-in form. It is kept for this browser tab only
+// (sessionStorage) and sent as `access_token` on the WebSocket, as browsers cannot
+// set headers there. With `auth.mode = "none"` the station asks for a name, which
+// it sends as `by` with every command.
+
+import { byId } from "./header.js";
+
+const TOKEN_KEY = "vitalgate.token";
+const NAME_KEY = "vitalgate.name";
+
+/**
+ * @typedef {object} Me  the `me` of `GET /api/station`
+ * @property {string|null} user
+ * @property {string[]} roles
+ * @property {string[]} sites
+ * @property {number|null} expires_at
+ * @property {import("./controls.js").May} may
+ */
+
+/**
+ * @typedef {object} StationInfo  `GET /api/station`
+ * @property {"none"|"jwt"} auth
+ * @property {string} version
+ * @property {number} now
+ * @property {Me} me
+ * @property {import("./controls.js").RuleSpec[]} rules
+ * @property {{stale_ms: Record<string, number>, offline_ms: number}} technical
+ */
+
+/** The token this tab holds, taking one from the URL fragment first. */
+export function token() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** The name given at this station (auth "none"). */
+export function savedName() {
+  return localStorage.getItem(NAME_KEY);
+}
+
+/**
+ * An authenticated GET to the gateway.
+ * @param {string} path
+ */
+export function get(path) {
+  const t = token();
+  return fetch(path, { headers: t ? { Authorization: `Bearer ${t}` } : {}, cache: "no-store" });
+}
+
+/**
+ * Ask the gateway who we are; sign in (token or name) until it answers.
+ * @param {string} [why]  shown above the form (e.g. "Your sign-in expired.")
+ * @returns {Promise<StationInfo>}
+ */
+export async function signIn(why) {
+  for (;;) {
+    let r;
+    try {
+      r = await get("/api/station");
+    } catch {
+      await showForm("token", "The gateway cannot be reached. Check the network, then try again.");
+      continue;
+    }
+    if (r.status === 401 || r.status === 403) {
+      const body = await r.json().catch(() => ({}));
+      const refused = token() !== null;
+      forgetToken();
+      await showForm("token", why ?? (refused ? `That token was refused: ${body.error ?? r.status}.` : "Sign in with your access token."));
+      why = undefined;
+      continue;
+    }
+    if (!r.ok) {
+      await showForm("token", `The gateway answered ${r.status}. Try again.`);
+      continue;
+    }
+    /** @type {StationInfo} */
+    const info = await r.json();
+    if (info.auth === "none" && !savedName()) {
+      await showForm("name", "This gateway does not authenticate: give your name, recorded with what you acknowledge and change.");
+      continue;
+    }
+    return info;
+  }
+}
+
+/**
+ * Show the sign-in form and wait for it to be submitted.
+ * @param {"token"|"name"} kind
+ * @param {string} message
+ * @returns {Promise<void>}
+ */
+function showForm(kind, message) {
+  const section = byId("signin");
+  const form = /** @type {HTMLFormElement} */ (byId("signin-form"));
+  const field = /** @type {HTMLInputElement} */ (byId("signin-field"));
+  const label = byId("signin-label");
+  byId("signin-message").textContent = message;
+  label.textContent = kind === "token" ? "Access token" : "Your name";
+  field.value = "";
+  field.type = kind === "token" ? "password" : "text";
+  field.autocomplete = kind === "token" ? "off" : "name";
+  section.hidden = false;
+  field.focus();
+  return new Promise((resolve) => {
+    form.onsubmit = (e) => {
+      e.preventDefault();
+      const v = field.value.trim();
+      if (!v) return;
+      if (kind === "token") sessionStorage.setItem(TOKEN_KEY, v);
+      else localStorage.setItem(NAME_KEY, v.slice(0, 128));
+      section.hidden = true;
+      form.onsubmit = null;
+      resolve();
+    };
+  });
+}
