@@ -5,7 +5,8 @@
 //! start the same thing through [`Gateway::start`] to learn the bound addresses.
 //!
 //! Layout: [`core`] holds the alarm logic and does no I/O; [`ingest`] is the MQTT
-//! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints.
+//! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints;
+//! [`sim`] simulates a ward of bedside devices (`vitalgate demo`).
 
 pub mod app;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod core;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
+pub mod sim;
 pub mod telemetry;
 
 pub use app::App;

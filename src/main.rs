@@ -1,8 +1,9 @@
 //! The `vitalgate` binary: parse the command line, set up logging, run.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use vitalgate::sim::demo::{self, DemoOptions};
 use vitalgate::Config;
 
 /// MQTT-to-WebSocket alarm gateway for ketamine infusion chairs.
@@ -11,11 +12,27 @@ use vitalgate::Config;
 struct Cli {
     /// TOML config file; keys not given keep the defaults of config/vitalgate.toml.
     /// VITALGATE_* environment variables override both.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a SIMULATED ward of 12 chairs on site "demo" (embedded
+    /// broker, temporary audit trail) and print the nurse station's URL.
+    Demo {
+        /// Seed of the simulated ward: same seed, same ward.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use this MQTT broker instead of the embedded one.
+        #[arg(long, value_name = "HOST:PORT", value_parser = demo::parse_broker)]
+        broker: Option<vitalgate::ingest::BrokerAddr>,
+    },
 }
 
 #[tokio::main]
@@ -32,9 +49,16 @@ async fn main() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    vitalgate::run(config, shutdown_signal())
-        .await
-        .context("vitalgate failed")?;
+    match cli.command {
+        None => vitalgate::run(config, shutdown_signal())
+            .await
+            .context("vitalgate failed")?,
+        Some(Command::Demo { seed, broker }) => {
+            demo::run(config, DemoOptions { seed, broker }, shutdown_signal())
+                .await
+                .context("vitalgate demo failed")?
+        }
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ export const IMAGES = join(ROOT, "docs/images");
 export const ARTIFACTS = join(ROOT, "tests/browser/artifacts");
 mkdirSync(ARTIFACTS, { recursive: true });
 
-const BIN = process.env.VITALGATE_BIN ?? join(ROOT, "target/debug/vitalgate");
+export const BIN = process.env.VITALGATE_BIN ?? join(ROOT, "target/debug/vitalgate");
 const MOSQUITTO = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].find((p) => existsSync(p)) ?? "mosquitto";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
