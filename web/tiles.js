@@ -241,17 +241,15 @@ export class Grid {
     // Numerics, stale or current, with the baseline beside each.
     const offline = alarms.some((a) => a.rule === "device_offline");
     const staleRules = new Set(alarms.filter((a) => a.rule.endsWith("_stale")).map((a) => a.vital));
-    /**
-     * @param {Vital} v
-     */
-    const stale = (v) => {
+    const staleNote = (/** @type {number} */ age) => (offline ? "DEVICE OFFLINE" : `STALE ${formatAge(age)}`);
+    const stale = (/** @type {Vital} */ v) => {
       const sample = chair.vitals[v];
       return offline || staleRules.has(v) || (sample !== undefined && now - sample.ts > this.o.staleAfterMs(v));
     };
     for (const v of /** @type {const} */ (["hr", "spo2", "rr", "etco2"])) {
       const n = t.nums[v];
       const sample = chair.vitals[v];
-      showNumeric(n, sample ? formatValue(sample.value) : "–", sample ? stale(v) : false, sample && stale(v) ? `STALE ${formatAge(now - sample.ts)}` : "");
+      showNumeric(n, sample ? formatValue(sample.value) : "–", sample ? stale(v) : false, sample && stale(v) ? staleNote(now - sample.ts) : "");
       const b = s?.baseline?.[v];
       setText(n.base, b !== undefined ? `base ${formatValue(b)}` : "");
       n.box.hidden = v === "etco2" && !sample;
@@ -261,7 +259,7 @@ export class Grid {
       const sbp = chair.vitals.sbp;
       const dbp = chair.vitals.dbp;
       const text = sbp ? `${formatValue(sbp.value)}/${dbp ? formatValue(dbp.value) : "–"}` : "–/–";
-      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `STALE: cuff ${formatAge(now - sbp.ts)} ago` : `cuff ${formatMinutes(now - sbp.ts)} ago`) : "");
+      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(now - sbp.ts)} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago`) : "");
       const bs = s?.baseline?.sbp;
       const bd = s?.baseline?.dbp;
       setText(n.base, bs !== undefined ? `base ${formatValue(bs)}/${bd !== undefined ? formatValue(bd) : "–"}` : "");

@@ -246,8 +246,9 @@ export async function browser() {
  * checked through the Web Audio graph, not by ear).
  * @param {import("playwright-core").Browser} b
  * @param {string} url
+ * @param {{clockOffsetMs?: number}} [o]  run the page's clock this far from the real one
  */
-export async function station(b, url) {
+export async function station(b, url, o = {}) {
   const context = await b.newContext({ viewport: { width: 1920, height: 1080 } });
   const page = await context.newPage();
   /** @type {string[]} */
@@ -270,6 +271,12 @@ export async function station(b, url) {
       return start.call(this, when);
     };
   });
+  if (o.clockOffsetMs) {
+    await page.addInitScript((offset) => {
+      const now = Date.now;
+      Date.now = () => now() + offset;
+    }, o.clockOffsetMs);
+  }
   await page.goto(url);
   return { page, context, foreign, errors };
 }

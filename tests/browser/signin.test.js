@@ -72,9 +72,9 @@ describe("nurse station (auth jwt)", () => {
       await tile.waitFor();
       await tile.locator(".open").click();
       const dialog = page.locator("#chair-dialog");
-      await dialog.locator('button[data-phase="infusion"]').waitFor();
+      await dialog.locator('button[data-phase="infusion"]').waitFor({ timeout: 10_000 });
       const rows = await dialog.locator("tr[data-rule]").count();
-      assert.equal(rows > 0 ? 1 : 0, limits, `${role}: ${rows} limit rows`);
+      assert.equal(rows > 0 ? 1 : 0, limits, `${role}: ${rows} limit rows in ${await dialog.innerText()}`);
       await context.close();
     }
   });

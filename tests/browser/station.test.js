@@ -19,7 +19,9 @@ describe("nurse station (auth none)", () => {
 
   before(async () => {
     broker = await Broker.start();
-    gateway = await Gateway.start(broker);
+    // Chairs nobody named in a session are forgotten after 3 s of silence, and
+    // discharge readiness needs 2 s of stability, so that both show within a test.
+    gateway = await Gateway.start(broker, { env: { VITALGATE_INGEST__FORGET_IDLE_CHAIR_MS: "3000", VITALGATE_SESSION__DISCHARGE_STABLE_MS: "2000" } });
     devices = await Devices.connect(broker);
     // A ward at different points of its sessions.
     const phases = ["baseline", "infusion", "infusion", "recovery", "idle", "discharged", "infusion", "baseline"];
@@ -133,6 +135,96 @@ describe("nurse station (auth none)", () => {
     await eventually(async () => (await tile.getAttribute("data-priority")) === "none", "north/3 clear again");
   });
 
+  test("a low-priority alarm is cyan and steady, said as ! LOW", async () => {
+    const { page } = first;
+    // Baseline phase: DBP above 90 (and not above 100) is the low-priority "not fit
+    // to start" advisory alone.
+    await devices.vitals("north/1", { sbp: 126, dbp: 95 });
+    const tile = page.locator('.tile[data-chair="north/1"]');
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "low", "north/1 low");
+    assert.equal(await tile.getAttribute("data-flashing"), "low");
+    assert.equal(await tile.evaluate((e) => getComputedStyle(e, "::after").animationName), "none", "steady");
+    assert.match(await tile.locator(".alarm-strip").innerText(), /! LOW/);
+    assert.equal(await tile.locator(".alarm-strip").evaluate((e) => getComputedStyle(e).backgroundColor), "rgb(25, 195, 230)", "cyan");
+    await devices.vitals("north/1", { sbp: 124, dbp: 78 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "none", "north/1 clear");
+  });
+
+  test("audio pause holds the sounding priority with a countdown; a higher priority breaks through", async () => {
+    const { page } = first;
+    if (await page.locator("#audio-off").isVisible()) await page.locator("#audio-off").click();
+    /** @returns {Promise<{priority: string, pulses: number}[]>} */
+    const played = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.played);
+    // A low alarm sounds (one pulse, once).
+    await devices.vitals("north/1", { sbp: 126, dbp: 95 });
+    await eventually(async () => (await played()).some((b) => b.priority === "low" && b.pulses === 1), "the low alarm's single pulse");
+    await page.locator("#audio-pause").click();
+    await eventually(async () => /AUDIO PAUSED [12]:[0-5][0-9]/.test(await page.locator("#audio-pause").innerText()), "the pause's countdown");
+    const before = (await played()).length;
+    // Another low alarm while paused: no sound, still paused.
+    await devices.vitals("south/2", { sbp: 126, dbp: 95 });
+    await eventually(async () => (await page.locator('.tile[data-chair="south/2"]').getAttribute("data-priority")) === "low", "south/2 low");
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal((await played()).length, before, "nothing sounded while paused");
+    assert.equal(await page.locator("#audio-pause").getAttribute("data-paused"), "true");
+    assert.equal(await page.locator('.tile[data-chair="south/2"]').getAttribute("data-flashing"), "low", "the visual signal stays");
+    // A medium alarm breaks through: the pause ends and its 3-pulse burst sounds.
+    await devices.vitals("north/1", { sbp: 150, dbp: 95 });
+    await eventually(async () => (await played()).slice(before).some((b) => b.priority === "medium" && b.pulses === 3), "the medium burst");
+    await eventually(async () => (await page.locator("#audio-pause").getAttribute("data-paused")) === "false", "the pause over");
+    await devices.vitals("north/1", { sbp: 124, dbp: 78 });
+    await devices.vitals("south/2", { sbp: 124, dbp: 78 });
+    await eventually(async () => (await page.locator('.tile[data-chair="north/1"]').getAttribute("data-priority")) === "none", "north/1 clear");
+  });
+
+  test("several alarms on a tile take turns every 2 s; A on the selected tile acknowledges them", async () => {
+    const { page } = first;
+    // SBP 190 in infusion, session 2: sbp_critical, sbp_early_session, sbp_warn, sbp_over_baseline.
+    await devices.vitals("south/1", { sbp: 190, dbp: 80 });
+    const tile = page.locator('.tile[data-chair="south/1"]');
+    const count = tile.locator(".alarm-strip .count");
+    await eventually(async () => /^1\/[2-9]$/.test(await count.innerText()), "1/n");
+    const shownFirst = await tile.locator(".alarm-strip .text").innerText();
+    await eventually(async () => /^2\/[2-9]$/.test(await count.innerText()), "2/n", 4_000);
+    assert.notEqual(await tile.locator(".alarm-strip .text").innerText(), shownFirst, "another message");
+    await tile.focus();
+    await page.keyboard.press("a");
+    await eventually(async () => (await tile.getAttribute("data-flashing")) === "none", "acknowledged from the keyboard");
+    await devices.vitals("south/1", { sbp: 124, dbp: 78 });
+  });
+
+  test("a recovering patient back near the baseline shows READY FOR DISCHARGE", async () => {
+    const { page } = first;
+    const tile = page.locator('.tile[data-chair="north/4"]');
+    await eventually(async () => (await tile.getAttribute("data-phase")) === "recovery", "north/4 in recovery");
+    await devices.vitals("north/4", NORMAL);
+    await tile.locator(".ready").waitFor({ state: "visible", timeout: 10_000 });
+    assert.match(await tile.locator(".ready").innerText(), /READY FOR DISCHARGE/);
+  });
+
+  test("a chair the gateway forgets leaves the grid", async () => {
+    const { page } = first;
+    // Readings but no session: forgotten after FORGET_IDLE_CHAIR_MS of silence.
+    await devices.vitals("south/9", { hr: 80, spo2: 97 });
+    const tile = page.locator('.tile[data-chair="south/9"]');
+    await tile.waitFor();
+    await eventually(async () => {
+      // The station asks for a snapshot every 30 s; ask now rather than wait.
+      await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.connection().send({ type: "snapshot" }));
+      await new Promise((r) => setTimeout(r, 500));
+      return (await tile.count()) === 0;
+    }, "south/9 gone", 15_000);
+  });
+
+  test("a station whose clock is behind the gateway's says so", async () => {
+    const late = await station(chromium, gateway.url, { clockOffsetMs: -90_000 });
+    await late.page.locator("#signin-field").fill("nurse.kim");
+    await late.page.locator("#signin-form button").click();
+    await eventually(async () => /clock is 1 min behind the gateway/.test(await late.page.locator("#lag-banner").innerText()), "the clock warning");
+    assert.equal(await first.page.locator("#lag-banner").isVisible(), false, "a station on time shows none");
+    await late.context.close();
+  });
+
   test("a session started from the page moves the chair's phase", async () => {
     const { page } = first;
     const tile = page.locator('.tile[data-chair="north/5"]');
@@ -176,7 +268,7 @@ describe("nurse station (auth none)", () => {
     assert.match(text, /north\/3/);
     assert.match(text, /81 < 86/);
     assert.match(text, /nurse\.kim at/);
-    await page.locator("#history-chair").selectOption("north/1");
+    await page.locator("#history-chair").selectOption("north/6");
     await eventually(async () => (await rows.count()) === 0, "filtered to a chair without alarms");
     await page.locator("#history-close").click();
   });

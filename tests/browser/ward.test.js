@@ -1,0 +1,75 @@
+// The station's ward model (web/ward.js) on its own: it holds no DOM, so it runs
+// under node as it runs in the page.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { TREND_MS, Ward, compareAlarms, highestPriority } from "../../web/ward.js";
+import { group } from "../../web/history.js";
+
+/** @param {Partial<import("../../web/ward.js").AlarmFrame>} a */
+function alarm(a) {
+  return /** @type {import("../../web/ward.js").AlarmFrame} */ ({
+    id: 1, state: "raised", chair: "north/1", kind: "physiological", vital: "spo2", rule: "spo2_critical", condition: "low",
+    value: 82, limit: 86, priority: "high", message: "SpO2 82 below 86", latching: false, ts: 1, received_at: 1, raised_ts: 1,
+    escalated: false, escalation_level: 0, reminder: false, ...a,
+  });
+}
+
+test("a snapshot replaces the ward: chairs it no longer lists leave, alarms are exactly its own", () => {
+  const w = new Ward();
+  w.applyVitals({ chair: "north/1", site: "north", vitals: { hr: { value: 70, ts: 1 } } });
+  w.applyVitals({ chair: "north/2", site: "north", vitals: { hr: { value: 71, ts: 1 } } });
+  w.applyAlarm(alarm({ id: 5, chair: "north/2" }));
+  const gone = w.applySnapshot({ instance: "i", seq: 9, chairs: [{ chair: "north/1", site: "north", vitals: {} }], alarms: [alarm({ id: 6 })] });
+  assert.deepEqual(gone, ["north/2"]);
+  assert.deepEqual([...w.chairs.keys()], ["north/1"]);
+  assert.deepEqual([...w.alarms.keys()], [6]);
+  assert.equal(w.seq, 9);
+  assert.equal(w.instance, "i");
+});
+
+test("a cleared alarm leaves; an acknowledged one stays, after the unacknowledged", () => {
+  const w = new Ward();
+  w.applyAlarm(alarm({ id: 1, seq: 10 }));
+  w.applyAlarm(alarm({ id: 2, seq: 11, priority: "medium" }));
+  w.applyAlarm(alarm({ id: 1, seq: 12, state: "acknowledged", acknowledged_by: "kim" }));
+  assert.deepEqual(w.alarmsOf("north/1").map((a) => a.id), [2, 1], "unacknowledged medium before acknowledged high");
+  assert.equal(highestPriority(w.alarmsOf("north/1")), "high");
+  w.applyAlarm(alarm({ id: 2, seq: 13, state: "cleared" }));
+  assert.deepEqual([...w.alarms.keys()], [1]);
+  assert.equal(w.seq, 13, "the last applied seq is kept for `since`");
+  assert.ok(compareAlarms(alarm({ priority: "high" }), alarm({ priority: "low" })) < 0);
+});
+
+test("the trend keeps 15 minutes of device time, thinned, and starts over when the device clock steps back", () => {
+  const w = new Ward();
+  const t0 = 1_700_000_000_000;
+  for (let s = 0; s <= 3600; s++) {
+    w.applyVitals({ chair: "a/1", site: "a", vitals: { spo2: { value: s === 3000 ? 80 : 97, ts: t0 + s * 1000 } } });
+  }
+  const t = /** @type {import("../../web/ward.js").Chair} */ (w.chairs.get("a/1")).trend.spo2;
+  const times = t.filter((_, i) => i % 2 === 0);
+  assert.ok(times[0] >= t0 + 3600_000 - TREND_MS, "nothing older than 15 minutes");
+  assert.ok(times.length <= TREND_MS / 2000 + 2, `${times.length} samples`);
+  assert.ok(t.includes(80), "a one-second dip survives the thinning");
+  // NTP stepped the device clock back an hour: the line restarts at the new time.
+  w.applyVitals({ chair: "a/1", site: "a", vitals: { spo2: { value: 96, ts: t0 } } });
+  assert.deepEqual(t, [t0, 96]);
+});
+
+test("the history makes one row per alarm, newest first, with who acknowledged and the clearing", () => {
+  const rows = group([
+    alarm({ id: 1, raised_ts: 100, received_at: 100 }),
+    alarm({ id: 2, raised_ts: 200, received_at: 200, priority: "medium" }),
+    alarm({ id: 1, state: "acknowledged", acknowledged_by: "kim", received_at: 150, raised_ts: 100 }),
+    alarm({ id: 1, state: "acknowledged", reminder: true, acknowledged_by: "kim", received_at: 450, raised_ts: 100 }),
+    alarm({ id: 1, state: "raised", escalated: true, escalation_level: 2, raised_ts: 100 }),
+    alarm({ id: 1, state: "cleared", reason: "acknowledged", received_at: 500, raised_ts: 100 }),
+  ]);
+  assert.deepEqual(rows.map((r) => r.raised.id), [2, 1]);
+  const one = rows[1];
+  assert.equal(one.acked?.received_at, 150, "the acknowledgement, not the reminder");
+  assert.equal(one.cleared?.reason, "acknowledged");
+  assert.equal(one.escalation, 2);
+  assert.equal(rows[0].acked, null);
+});
