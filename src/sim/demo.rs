@@ -189,11 +189,18 @@ impl Demo {
 struct WardGate(Arc<App>);
 
 impl Gate for WardGate {
-    fn applied(&self, chair: &str, device_ms: u64) -> bool {
+    fn reading_applied(&self, chair: &str, device_ms: u64) -> bool {
         self.0.ward.chair(chair).is_some_and(|c| {
             c.latest.vitals.iter().flatten().any(|s| s.ts >= device_ms)
                 || c.latest.pump.is_some_and(|p| p.ts >= device_ms)
         })
+    }
+
+    fn session_applied(&self, chair: &str, ts: u64) -> bool {
+        self.0
+            .ward
+            .chair(chair)
+            .is_some_and(|c| c.session.message_ts.is_some_and(|m| m >= ts))
     }
 }
 

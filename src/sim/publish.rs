@@ -11,15 +11,16 @@
 //! Ordering: MQTT orders a client's messages per topic only, and a broker may forward
 //! different subscriptions' messages in any order (rumqttd keeps one log per filter,
 //! and serves a paused subscriber one filter at a time). But a chair's session
-//! message must not overtake the readings before it: the gateway takes the baseline
-//! from readings that arrive in the `baseline` phase. So before a retained message
-//! (session, status) the publisher waits until everything before it is acknowledged
-//! by the broker and then, with a [`Gate`] (the demo's, which reads the gateway's
-//! ward), until the gateway has applied the chair's latest reading; the next message
-//! waits for the retained one's acknowledgement. Without a gate (a gateway in another
-//! process) a settle time ([`ORDER_SETTLE`]) stands in for the gateway's word: usually
-//! enough, not a guarantee. Each wait is bounded by [`BARRIER_TIMEOUT`], so a lost
-//! acknowledgement does not stall a chair.
+//! message must not overtake the readings before it, nor be overtaken by those after
+//! it: the gateway takes the baseline from readings that arrive in the `baseline`
+//! phase. So around a retained message (session, status) the publisher waits until
+//! everything before it is acknowledged by the broker and then, with a [`Gate`] (the
+//! demo's, which reads the gateway's ward), until the gateway has applied the chair's
+//! latest reading before the message and the session message itself before the next
+//! reading. Without a gate (a gateway in another process) a settle time
+//! ([`ORDER_SETTLE`]) stands in for the gateway's word: usually enough, not a
+//! guarantee. Each wait is bounded by [`BARRIER_TIMEOUT`] (a timeout is logged), so a
+//! lost acknowledgement does not stall a chair.
 //!
 //! Nothing here blocks a runtime worker: waits are timers and channel waits, and the
 //! MQTT event loop of each chair runs in its own task, reconnecting with the gateway's
@@ -44,13 +45,24 @@ pub const ORDER_SETTLE: Duration = Duration::from_millis(500);
 /// How often a [`Gate`] is asked again while the gateway catches up.
 const GATE_POLL: Duration = Duration::from_millis(10);
 
-/// Whether the gateway has applied a chair's reading of a given device time: the
-/// word of a gateway in the same process that its readings came before a session
-/// message (see the module docs).
+/// What the gateway has applied of a chair's messages: the word of a gateway in the
+/// same process that a session message and the readings around it arrived in the
+/// order they were sent (see the module docs).
 pub trait Gate: Send + Sync {
     /// True once the gateway holds a reading of `chair` (`site/chair`) with device
     /// time `device_ms` or later.
-    fn applied(&self, chair: &str, device_ms: u64) -> bool;
+    fn reading_applied(&self, chair: &str, device_ms: u64) -> bool;
+    /// True once the gateway has applied a session message of `chair` with `ts` at
+    /// least `ts`.
+    fn session_applied(&self, chair: &str, ts: u64) -> bool;
+}
+
+/// What a barrier waits for from the gateway, besides the broker's acknowledgements.
+#[derive(Clone, Copy)]
+enum Applied {
+    Nothing,
+    Reading(u64),
+    Session(u64),
 }
 /// Longest wait for the clean disconnect at stop.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -120,12 +132,20 @@ impl Simulator {
     }
 
     /// Stop publishing and disconnect every chair.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
         tracing::info!("simulator stopped");
+    }
+}
+
+impl Drop for Simulator {
+    /// Dropped without [`Simulator::stop`] (an error path): the chairs' tasks end
+    /// rather than wait for ever.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -241,24 +261,33 @@ struct Barrier<'a> {
 }
 
 impl Barrier<'_> {
-    async fn wait(&mut self, reading_ms: Option<u64>) -> bool {
+    async fn wait(&mut self, applied: Applied) -> bool {
         let target = self.issued.load(Ordering::SeqCst);
         let acked = &mut self.acked;
         let (gate, chair) = (self.gate, &self.chair);
+        let done = |gate: &dyn Gate| match applied {
+            Applied::Nothing => true,
+            Applied::Reading(ms) => gate.reading_applied(chair, ms),
+            Applied::Session(ts) => gate.session_applied(chair, ts),
+        };
         tokio::select! {
             _ = self.stop.cancelled() => false,
-            _ = tokio::time::timeout(BARRIER_TIMEOUT, async {
+            r = tokio::time::timeout(BARRIER_TIMEOUT, async {
                 let _ = acked.wait_for(|a| *a >= target).await;
-                match (gate, reading_ms) {
-                    (Some(gate), Some(ms)) => {
-                        while !gate.applied(chair, ms) {
+                match gate {
+                    Some(gate) => {
+                        while !done(gate) {
                             tokio::time::sleep(GATE_POLL).await;
                         }
                     }
-                    (Some(_), None) => {}
-                    (None, _) => tokio::time::sleep(ORDER_SETTLE).await,
+                    None => tokio::time::sleep(ORDER_SETTLE).await,
                 }
-            }) => true,
+            }) => {
+                if r.is_err() {
+                    tracing::warn!(chair = %self.chair, "simulator: ordering wait timed out; the gateway may see this chair's messages out of order");
+                }
+                true
+            }
         }
     }
 }
@@ -274,6 +303,7 @@ async fn publish_chair(
     stop: CancellationToken,
 ) {
     let vitals = scenario.chairs[i].topic("vitals");
+    let session = scenario.chairs[i].topic("session");
     let mut barrier = Barrier {
         issued: &issued,
         acked,
@@ -292,12 +322,19 @@ async fn publish_chair(
             }
         }
         if m.retain {
-            if !barrier.wait(reading_ms.take()).await {
+            let before = reading_ms.take().map_or(Applied::Nothing, Applied::Reading);
+            if !barrier.wait(before).await {
                 return;
             }
         } else if m.topic == vitals {
             reading_ms = Some(m.at_ms);
         }
+        // A session message's `ts` is its `at_ms`.
+        let after = if m.topic == session && !m.payload.is_empty() {
+            Applied::Session(m.at_ms)
+        } else {
+            Applied::Nothing
+        };
         issued.fetch_add(1, Ordering::SeqCst);
         let sent = tokio::select! {
             _ = stop.cancelled() => return,
@@ -307,7 +344,7 @@ async fn publish_chair(
             // The event loop is gone: only at stop.
             return;
         }
-        if m.retain && !barrier.wait(None).await {
+        if m.retain && !barrier.wait(after).await {
             return;
         }
     }

@@ -183,7 +183,7 @@ impl<'a> ChairStream<'a> {
                 }
                 let k = (t - self.chair.origin_ms - self.offset) / 1000;
                 let every = HISTORY_BASELINE_EVERY_MS / 1000;
-                if k % every != 0 {
+                if !k.is_multiple_of(every) {
                     self.tick = t + (every - k % every) * 1000;
                     continue;
                 }
@@ -221,7 +221,7 @@ impl<'a> ChairStream<'a> {
             p.hr = Some(body.hr(t, rng) as u32);
             p.spo2 = Some(body.spo2(t, rng) as u32);
         }
-        if history || k % RR_EVERY == 0 {
+        if history || k.is_multiple_of(RR_EVERY) {
             p.rr = Some(body.rr(t, rng) as u32);
             p.etco2 = body.etco2(t, rng).map(|v| v as u32);
         }
