@@ -104,9 +104,13 @@ impl Gateway {
                 } else {
                     addr.ip().to_string()
                 };
-                tracing::info!(
+                tracing::warn!(
                     %addr,
-                    "embedded MQTT broker started: devices publish to mqtt://{addr} (set mqtt.broker = \"external\" to use Mosquitto or EMQX)"
+                    "embedded MQTT broker started: devices publish to mqtt://{addr}. For \
+                     trying out only: it lives in this process and keeps nothing across a \
+                     restart (sessions, queued readings, retained messages). Use an external \
+                     broker for patients (mqtt.broker = \"external\", Mosquitto or EMQX; \
+                     see docs/operations.md)"
                 );
                 BrokerAddr {
                     host,

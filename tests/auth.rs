@@ -73,6 +73,43 @@ async fn jwt_gateway_with(tweak: impl FnOnce(&mut vitalgate::Config)) -> TestGat
 }
 
 #[tokio::test]
+async fn a_configured_issuer_must_be_named_by_the_token() {
+    let gw =
+        jwt_gateway_with(|c| c.auth.issuer = Some("https://login.clinic.example".into())).await;
+    let without = token("ana", &["viewer"], 600, json!({}));
+    assert_eq!(
+        open(&gw, "", Some(&without), None).await.err(),
+        Some(401),
+        "a token leaving `iss` out does not pass the pin"
+    );
+    let wrong = token(
+        "ana",
+        &["viewer"],
+        600,
+        json!({ "iss": "https://evil.example" }),
+    );
+    assert_eq!(open(&gw, "", Some(&wrong), None).await.err(), Some(401));
+    let right = token(
+        "ana",
+        &["viewer"],
+        600,
+        json!({ "iss": "https://login.clinic.example" }),
+    );
+    open(&gw, "", Some(&right), None)
+        .await
+        .unwrap()
+        .next_of("snapshot")
+        .await;
+    assert_eq!(
+        http_get(gw.http(), &format!("/api/alarms?access_token={without}"))
+            .await
+            .0,
+        401
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_are_checked_before_the_upgrade() {
     let gw = jwt_gateway().await;
     let viewer = token("ana", &["viewer"], 600, json!({}));
@@ -333,4 +370,67 @@ fn no_authentication_is_refused_off_loopback() {
         problems.iter().any(|(key, _)| key == "auth.key_file"),
         "{problems:?}"
     );
+}
+
+/// A token for several sites gets live vitals for all of them, and none of the others.
+#[tokio::test]
+async fn live_vitals_for_a_token_of_several_sites_cover_each_of_them() {
+    let gw = jwt_gateway().await;
+    let two = token(
+        "pat",
+        &["nurse"],
+        600,
+        json!({ "sites": ["north", "east"] }),
+    );
+    let mut dash = open(&gw, "", Some(&two), None).await.unwrap();
+    dash.next_of("snapshot").await;
+    dash.send(json!({ "type": "subscribe_vitals" })).await;
+    let subscribed = dash.next_of("vitals_subscribed").await;
+    assert!(subscribed.get("site").is_none(), "{subscribed}");
+    let dev = gw.device().await;
+    for (seq, site) in [(1, "south"), (2, "north"), (3, "east")] {
+        dev.publish(
+            &gw.topic(site, "1"),
+            &reading(seq, json!({ "hr": 70 + seq })),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let v = dash.next_of("vitals").await;
+        seen.push(v["chair"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["east/1", "north/1"]);
+    gw.stop().await;
+}
+
+/// `/api/station` tells a station who it is and what it may do, behind the same
+/// check as every API call; the page itself needs no token (it holds no data).
+#[tokio::test]
+async fn the_station_learns_who_it_is_and_what_it_may_do() {
+    let gw = jwt_gateway().await;
+    assert_eq!(http_get(gw.http(), "/api/station").await.0, 401);
+    let (status, page) = http_get(gw.http(), "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("nurse station"), "{page}");
+    for (who, roles, ack, limit) in [
+        ("vic", ["viewer"], false, false),
+        ("kim", ["nurse"], true, false),
+        ("lee", ["clinician"], true, true),
+    ] {
+        let t = token(who, &roles, 600, json!({ "sites": ["north"] }));
+        let (status, body) = http_get(gw.http(), &format!("/api/station?access_token={t}")).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["auth"], "jwt");
+        assert_eq!(v["me"]["user"], who);
+        assert_eq!(v["me"]["sites"], json!(["north"]));
+        assert_eq!(v["me"]["may"]["ack"], ack, "{who}");
+        assert_eq!(v["me"]["may"]["set_session"], ack, "{who}");
+        assert_eq!(v["me"]["may"]["set_limit"], limit, "{who}");
+        assert!(v["rules"].as_array().is_some_and(|r| !r.is_empty()));
+        assert!(v["now"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    gw.stop().await;
 }

@@ -359,6 +359,18 @@ async fn scripted_infusion_session_gives_the_expected_alarms_and_audit() {
     assert_eq!(sessions["current"]["baseline"]["sbp"], 128.0);
     let (status, _) = http_get(gw.http(), "/api/sessions/north/99").await;
     assert_eq!(status, 404);
+    // What cannot name a chair or a time range is refused, not answered with nothing.
+    for bad in [
+        "/api/alarms?chair=north",
+        "/api/alarms?chair=north/1/x",
+        "/api/alarms?chair=a%20b/1",
+        "/api/alarms?chair=north/1&from=5&to=4",
+        "/api/alarms?from=abc",
+        "/api/sessions/north",
+    ] {
+        let (status, body) = http_get(gw.http(), bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     // The retained message is the clinic's; clear it so the shared broker keeps nothing.
     let dev = gw.device().await;
     dev.publish_retained(&session_topic, Vec::new()).await;

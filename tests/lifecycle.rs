@@ -254,3 +254,21 @@ async fn graceful_stop_with_hundreds_of_dashboards_delivers_queued_alarms() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     purge_session(&broker.host, broker.port, &client_id).await;
 }
+
+/// A configuration error is printed as it is (naming the key and where it came from)
+/// and nothing else, even with `RUST_BACKTRACE` set in the operator's environment.
+#[test]
+fn a_configuration_error_prints_the_error_and_no_backtrace() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .arg("--check")
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
+        .env("VITALGATE_MQTT__PORT", "not-a-port")
+        .output()
+        .expect("vitalgate runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mqtt.port"), "{stderr}");
+    assert!(stderr.contains("VITALGATE_MQTT__PORT"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+}

@@ -4,6 +4,7 @@
 
 pub mod alarm;
 pub mod baseline;
+pub mod chair_key;
 pub mod condition;
 pub mod event;
 pub mod patient;

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 pub enum Scope {
     All,
     Site(String),
+    /// Every site of a token limited to several (`subscribe_vitals` without `site`).
+    Sites(Vec<String>),
 }
 
 impl Scope {
@@ -27,6 +29,7 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Site(site) => protocol::site_of(chair) == site,
+            Scope::Sites(sites) => sites.iter().any(|s| s == protocol::site_of(chair)),
         }
     }
 }

@@ -50,16 +50,7 @@ impl CommandBudget {
 
 /// A chair key named in a command must look like one from a topic: `{site}/{chair}`.
 fn check_chair(chair: &str) -> Result<(), crate::core::WardError> {
-    let ok = chair.split_once('/').is_some_and(|(site, seat)| {
-        [site, seat].iter().all(|id| {
-            !id.is_empty()
-                && id.len() <= crate::ingest::topic::MAX_ID_LEN
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        })
-    });
-    if ok {
+    if crate::core::chair_key::is_chair_key(chair) {
         Ok(())
     } else {
         Err(crate::core::WardError::UnknownChair(chair.to_string()))
@@ -189,7 +180,12 @@ impl Reader {
                     let live = match site {
                         Some(site) if scope.allows_site(&site) => Some(Scope::Site(site)),
                         None if scope.is_all() => Some(Scope::All),
-                        None => scope.single().map(|s| Scope::Site(s.to_string())),
+                        None => Some(match scope.single() {
+                            Some(s) => Scope::Site(s.to_string()),
+                            None => {
+                                Scope::Sites(scope.sites().into_iter().map(String::from).collect())
+                            }
+                        }),
                         Some(_) => None,
                     };
                     match live {
@@ -198,7 +194,7 @@ impl Reader {
                         }
                         None => self.refuse(
                             "forbidden",
-                            "live vitals: name one of your token's sites (\"site\")",
+                            "live vitals: that site is not one of your token's sites",
                             None,
                         ),
                     }

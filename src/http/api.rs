@@ -66,6 +66,25 @@ fn refused(
     Some(error(StatusCode::FORBIDDEN, why))
 }
 
+/// 400 for parameters no chair or time range can match: a chair that is not a
+/// `{site}/{chair}` key (`?chair=north`) would otherwise answer an empty list, as if
+/// nothing had happened there.
+fn malformed(chair: Option<&str>, from: Option<u64>, to: Option<u64>) -> Option<Response> {
+    if let Some(chair) = chair.filter(|c| !crate::core::chair_key::is_chair_key(c)) {
+        let message = format!(
+            "`chair` must be a {{site}}/{{chair}} key (names of 1-{} letters, digits, '_', '-' or '.'), not {chair:?}",
+            crate::core::chair_key::MAX_ID_LEN
+        );
+        return Some(error(StatusCode::BAD_REQUEST, &message));
+    }
+    match (from, to) {
+        (Some(from), Some(to)) if from > to => {
+            Some(error(StatusCode::BAD_REQUEST, "`from` is after `to`"))
+        }
+        _ => None,
+    }
+}
+
 fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -131,10 +150,8 @@ pub async fn alarms(
     ) {
         return refusal;
     }
-    if let (Some(from), Some(to)) = (q.from, q.to) {
-        if from > to {
-            return error(StatusCode::BAD_REQUEST, "`from` is after `to`");
-        }
+    if let Some(refusal) = malformed(q.chair.as_deref(), q.from, q.to) {
+        return refusal;
     }
     match query(&app, "alarm", q.chair, q.from, q.to, q.limit).await {
         Ok((rows, truncated)) => json(
@@ -156,6 +173,9 @@ pub async fn sessions(
     Query(q): Query<RangeQuery>,
 ) -> Response {
     if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref(), Some(&chair)) {
+        return refusal;
+    }
+    if let Some(refusal) = malformed(Some(&chair), q.from, q.to) {
         return refusal;
     }
     let current = app.ward.chair(&chair).map(|c| {

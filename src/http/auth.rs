@@ -217,10 +217,13 @@ impl Authenticator {
                 };
                 let mut v = Validation::new(alg);
                 v.set_audience(&[&c.audience]);
+                v.set_required_spec_claims(&["exp", "aud", "sub"]);
                 if let Some(iss) = &c.issuer {
                     v.set_issuer(&[iss]);
+                    // jsonwebtoken checks `iss` only when the token has one: a token
+                    // leaving it out would pass the pin.
+                    v.set_required_spec_claims(&["exp", "aud", "sub", "iss"]);
                 }
-                v.set_required_spec_claims(&["exp", "aud", "sub"]);
                 v.validate_nbf = true;
                 v.leeway = c.leeway_s;
                 Some((key, v))

@@ -22,7 +22,7 @@ enum Level {
 pub struct TopicError(String);
 
 /// Longest site or chair name accepted.
-pub const MAX_ID_LEN: usize = 64;
+pub use crate::core::chair_key::MAX_ID_LEN;
 
 impl TopicPattern {
     pub fn parse(filter: &str) -> Result<TopicPattern, TopicError> {
@@ -100,12 +100,7 @@ impl TopicPattern {
         }
         let (site, chair) = (site.unwrap_or(""), chair.unwrap_or(""));
         for (what, id) in [("site", site), ("chair", chair)] {
-            let ok = !id.is_empty()
-                && id.len() <= MAX_ID_LEN
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-            if !ok {
+            if !crate::core::chair_key::valid_id(id) {
                 return Err(TopicError(format!(
                     "{what} '{}' must be 1-{MAX_ID_LEN} characters of letters, digits, '_', '-' or '.'",
                     id.escape_debug()
