@@ -3,7 +3,9 @@
 // IEC 60601-1-8 burst patterns: high = 10 pulses (3 + 2, pause, 3 + 2) repeated
 // every HIGH_REPEAT_MS; medium = 3 pulses every MEDIUM_REPEAT_MS; low = 1 pulse,
 // once per new low alarm. Pulses are 150-1000 Hz tones with harmonics (a
-// fundamental and four overtones). Only unacknowledged alarms sound.
+// fundamental and four overtones). Only unacknowledged alarms sound, plus one burst
+// for each reminder of an acknowledged one, and the station's own alarm when it has
+// lost the gateway.
 //
 // Browsers start audio only after a user gesture, so the station is "armed" by a
 // click and says AUDIO OFF until then. Audio pause silences the station for
@@ -18,6 +20,10 @@ import { PRIORITY_RANK, highestPriority } from "./ward.js";
 /** Vendors' default audio pause (Dräger, GE, Masimo: 2 minutes, with a countdown). */
 export const PAUSE_MS = 120_000;
 const HIGH_REPEAT_MS = 5_000;
+/** The station sounds its own alarm once the gateway has been lost this long... */
+export const DISCONNECTED_SOUND_AFTER_MS = 10_000;
+/** ...and again this often while it stays lost. */
+const DISCONNECTED_REPEAT_MS = 15_000;
 const MEDIUM_REPEAT_MS = 10_000;
 
 /** Pulse onsets within a burst (ms) and each pulse's length. */
@@ -33,6 +39,7 @@ const BURSTS = /** @type {Record<Priority, {freq: number, onsets: number[], puls
  * @property {Priority} priority
  * @property {number} pulses
  * @property {number} at  Date.now() when it started
+ * @property {"alarm"|"reminder"|"disconnected"} why
  */
 
 export class AlarmAudio {
@@ -47,6 +54,8 @@ export class AlarmAudio {
     this.pausedRank = 0;
     /** @type {Map<Priority, number>} when each priority last sounded */
     this.lastBurst = new Map();
+    /** When the station last sounded that it has lost the gateway. */
+    this.lastDisconnected = 0;
     /** Low alarms already announced (each sounds once). @type {Set<number>} */
     this.announced = new Set();
     /** Every burst played, newest last (bounded), for the station's own checks. @type {Burst[]} */
@@ -97,29 +106,53 @@ export class AlarmAudio {
   }
 
   /**
-   * Called every few hundred ms with the unacknowledged alarms: start the burst
-   * their highest priority is due.
-   * @param {AlarmFrame[]} sounding
+   * An acknowledged alarm still active was re-sent as a reminder: one burst of its
+   * priority, unless audio is paused.
+   * @param {AlarmFrame} a
    */
-  tick(sounding) {
+  remind(a) {
+    if (this.armed && !this.paused) this.burst(a.priority, "reminder");
+  }
+
+  /**
+   * Called every few hundred ms with the unacknowledged alarms and the connection:
+   * start the burst that is due. A station that has lost the gateway for
+   * DISCONNECTED_SOUND_AFTER_MS sounds the medium burst every DISCONNECTED_REPEAT_MS,
+   * paused or not: it is the station's own technical alarm, and the only one it can
+   * raise when no alarm can reach it.
+   * @param {AlarmFrame[]} sounding
+   * @param {{connected: boolean, downSince: number|null}} link
+   */
+  tick(sounding, link) {
     const live = new Set(sounding.map((a) => a.id));
     for (const id of this.announced) if (!live.has(id)) this.announced.delete(id);
-    if (!this.armed || this.paused || sounding.length === 0) return;
+    if (!this.armed) return;
     const now = Date.now();
+    if (!link.connected && link.downSince !== null && now - link.downSince >= DISCONNECTED_SOUND_AFTER_MS) {
+      if (now - this.lastDisconnected >= DISCONNECTED_REPEAT_MS) {
+        this.lastDisconnected = now;
+        this.burst("medium", "disconnected");
+      }
+      return;
+    }
+    if (this.paused || sounding.length === 0) return;
     const top = highestPriority(sounding) ?? "low";
     if (top === "low") {
       const fresh = sounding.filter((a) => !this.announced.has(a.id));
       if (fresh.length === 0) return;
       for (const a of fresh) this.announced.add(a.id);
-      this.burst("low");
+      this.burst("low", "alarm");
       return;
     }
     const every = top === "high" ? HIGH_REPEAT_MS : MEDIUM_REPEAT_MS;
-    if (now - (this.lastBurst.get(top) ?? 0) >= every) this.burst(top);
+    if (now - (this.lastBurst.get(top) ?? 0) >= every) this.burst(top, "alarm");
   }
 
-  /** @param {Priority} priority */
-  burst(priority) {
+  /**
+   * @param {Priority} priority
+   * @param {Burst["why"]} why
+   */
+  burst(priority, why) {
     const ctx = /** @type {AudioContext} */ (this.ctx);
     const spec = BURSTS[priority];
     const start = ctx.currentTime + 0.02;
@@ -139,7 +172,7 @@ export class AlarmAudio {
       osc.stop(t + spec.pulseMs / 1000 + 0.01);
     }
     this.lastBurst.set(priority, Date.now());
-    this.played.push({ priority, pulses: spec.onsets.length, at: Date.now() });
+    this.played.push({ priority, pulses: spec.onsets.length, at: Date.now(), why });
     if (this.played.length > 100) this.played.shift();
   }
 }

@@ -13,16 +13,19 @@ const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8_000;
 /** A snapshot is asked for this often: it lets chairs the gateway forgot leave the
  * grid, and its answer proves the connection is alive. */
-export const REFRESH_MS = 30_000;
-/** With nothing at all received for this long, the connection is taken as dead. */
-const SILENCE_MS = REFRESH_MS + 15_000;
+export const REFRESH_MS = 10_000;
+/** With nothing at all received for this long (two refreshes unanswered), the
+ * connection is taken as dead. */
+const SILENCE_MS = 2 * REFRESH_MS;
+/** A socket that opens but says nothing for this long is given up and retried. */
+const FIRST_FRAME_MS = 10_000;
 
 /** Close code: the token expired (docs/protocol.md). */
 export const TOKEN_EXPIRED = 4001;
 
 /**
  * @typedef {object} Status
- * @property {boolean} connected  a snapshot or replay has arrived on the current socket
+ * @property {boolean} connected  the gateway has sent a frame on the current socket
  * @property {number|null} downSince  when the station last lost the gateway (ms), null while connected
  * @property {number} attempts  failed attempts since the last success
  * @property {string} detail  why, in words
@@ -96,7 +99,9 @@ export class Connection {
       } catch {
         return;
       }
-      if (!this.status.connected && (frame.type === "snapshot" || frame.type === "alarm" || frame.type === "session" || frame.type === "vitals_subscribed")) {
+      // Any frame is the gateway talking: a resumed connection with nothing to
+      // replay sends only the reply to the subscription.
+      if (!this.status.connected) {
         this.lastRefresh = Date.now();
         this.setStatus({ connected: true, downSince: null, attempts: 0, detail: "connected" });
       }
@@ -135,8 +140,17 @@ export class Connection {
   /** Once a second: refresh the snapshot, and treat a silent socket as lost. */
   check() {
     const s = this.socket;
-    if (!s || s.readyState !== WebSocket.OPEN || !this.status.connected) return;
+    if (!s) return;
     const now = Date.now();
+    if (!this.status.connected) {
+      // Opening, or open without a word: neither may last.
+      if (now - this.lastFrameAt > FIRST_FRAME_MS) {
+        this.socket = null;
+        s.close();
+        this.lost("the gateway does not answer");
+      }
+      return;
+    }
     if (now - this.lastFrameAt > SILENCE_MS) {
       this.socket = null;
       s.close();

@@ -35,6 +35,7 @@ import { VITALS, el, formatValue } from "./format.js";
  * @property {() => string} by  who acts
  * @property {() => May} may
  * @property {() => RuleSpec[]} rules
+ * @property {(key: string) => Chair|undefined} chair  the chair as the ward holds it now
  * @property {(text: string, kind?: "error"|"info") => void} toast
  */
 
@@ -47,10 +48,7 @@ const STEPS = /** @type {Record<Phase, {phase: Phase, label: string}[]>} */ ({
   ],
   infusion: [{ phase: "recovery", label: "End infusion: start recovery" }],
   recovery: [{ phase: "discharged", label: "Discharge" }],
-  discharged: [
-    { phase: "idle", label: "Free chair" },
-    { phase: "baseline", label: "Start baseline" },
-  ],
+  discharged: [{ phase: "idle", label: "Free chair" }],
 });
 
 export class ChairControls {
@@ -64,6 +62,8 @@ export class ChairControls {
     this.confirmText = /** @type {HTMLElement} */ (document.getElementById("confirm-text"));
     /** @type {string|null} */
     this.chair = null;
+    /** The session the dialog was filled from. @type {import("./ward.js").SessionFrame|null} */
+    this.shownSession = null;
     /** @type {(() => void)|null} */
     this.onConfirm = null;
     this.confirm.addEventListener("close", () => {
@@ -85,8 +85,8 @@ export class ChairControls {
   }
 
   /**
-   * The chair changed while its controls are open: show it as it is now (unless the
-   * user is typing in a field).
+   * The chair's session changed while its controls are open: show it as it is now,
+   * unless the user is in one of the dialog's fields (what they typed stays).
    * @param {Ward} ward
    */
   refresh(ward) {
@@ -97,12 +97,15 @@ export class ChairControls {
       this.o.toast(`Chair ${this.chair} left the ward.`, "info");
       return;
     }
-    if (this.dialog.contains(document.activeElement) && document.activeElement instanceof HTMLInputElement) return;
+    if (chair.session === this.shownSession) return;
+    const focus = document.activeElement;
+    if (this.dialog.contains(focus) && (focus instanceof HTMLInputElement || focus instanceof HTMLSelectElement)) return;
     this.fill(chair);
   }
 
   /** @param {Chair} chair */
   fill(chair) {
+    this.shownSession = chair.session;
     const s = chair.session;
     const phase = s?.phase ?? "idle";
     this.title.textContent = `Chair ${chair.key} — ${phase.toUpperCase()}${s?.patient ? ` — ${s.patient}` : ""}`;
@@ -182,8 +185,12 @@ export class ChairControls {
     box.append(el("h3", "", "Limits for this patient"));
     const table = el("table");
     const overrides = chair.session?.limits ?? {};
+    const k = chair.session?.session_number;
     for (const rule of this.o.rules()) {
+      // Rules in force: this phase, and this session of the course (a rule with
+      // max_session applies while the session number is unknown).
       if (!rule.phases.includes(phase)) continue;
+      if (rule.max_session !== undefined && rule.max_session !== null && k !== undefined && k > rule.max_session) continue;
       for (const side of /** @type {const} */ (["low", "high"])) {
         const configured = rule[side];
         if (configured === undefined || configured === null) continue;
@@ -201,7 +208,9 @@ export class ChairControls {
           const next = Number(field.value);
           if (field.value === "" || !Number.isFinite(next) || next === current) return;
           this.ask(`Change ${VITALS[rule.vital].label} ${side} limit of ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} from ${formatValue(current)} to ${formatValue(next)}?`, () => {
-            const o = overrides[rule.id] ?? {};
+            // set_limit replaces both sides: the other side as it is now, not as it
+            // was when the dialog was drawn (another clinician may have changed it).
+            const o = this.o.chair(chair.key)?.session?.limits?.[rule.id] ?? {};
             /** @type {Record<string, unknown>} */
             const command = { type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() };
             const other = side === "low" ? "high" : "low";
@@ -210,12 +219,23 @@ export class ChairControls {
             this.sendOrSay(command, `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
           });
         });
+        const own = override !== undefined && override !== null;
+        const reset = el("button", "reset", "Configured");
+        reset.type = "button";
+        reset.hidden = !own;
+        reset.title = `Back to the configured limits of ${rule.id}`;
+        reset.addEventListener("click", () => {
+          this.ask(`Put ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} back to its configured limits (${side} ${formatValue(current)} → ${formatValue(configured)})?`, () => {
+            this.sendOrSay({ type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() }, `${rule.id} back to configured`);
+          });
+        });
         row.append(
           el("td", "", `${VITALS[rule.vital].label} ${side === "low" ? "below" : "above"}`),
           el("td", "rule", `${rule.id} (${rule.priority})`),
-          el("td", "now", override !== undefined && override !== null ? `${formatValue(current)} (patient)` : formatValue(current)),
+          el("td", "now", own ? `${formatValue(current)} (patient)` : formatValue(current)),
           cell(field),
           cell(change),
+          cell(reset),
         );
         table.append(row);
       }

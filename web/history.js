@@ -23,10 +23,15 @@ export class AlarmHistory {
   /**
    * @param {(path: string) => Promise<Response>} get  an authenticated GET
    * @param {() => string[]} chairs  chair keys to offer in the filter
+   * @param {() => boolean} everySite  whether the user may read every chair at once
+   *   (a token limited to some sites must name a chair: docs/protocol.md)
    */
-  constructor(get, chairs) {
+  constructor(get, chairs, everySite) {
     this.get = get;
     this.chairs = chairs;
+    this.everySite = everySite;
+    /** The latest load: an older one finishing later is dropped. */
+    this.loads = 0;
     this.panel = /** @type {HTMLElement} */ (document.getElementById("history"));
     this.filter = /** @type {HTMLSelectElement} */ (document.getElementById("history-chair"));
     this.rows = /** @type {HTMLElement} */ (document.getElementById("history-rows"));
@@ -47,18 +52,23 @@ export class AlarmHistory {
 
   fillFilter() {
     const chosen = this.filter.value;
-    const all = el("option", "", "All chairs");
-    all.value = "";
-    this.filter.replaceChildren(all);
+    this.filter.replaceChildren();
+    if (this.everySite()) {
+      const all = el("option", "", "All chairs");
+      all.value = "";
+      this.filter.append(all);
+    }
     for (const k of this.chairs()) {
       const o = el("option", "", k);
       o.value = k;
       this.filter.append(o);
     }
     this.filter.value = chosen;
+    if (this.filter.selectedIndex < 0) this.filter.selectedIndex = 0;
   }
 
   async load() {
+    const load = ++this.loads;
     const params = new URLSearchParams({ from: String(Date.now() - WINDOW_MS), limit: String(LIMIT) });
     if (this.filter.value) params.set("chair", this.filter.value);
     this.note.textContent = "Loading…";
@@ -68,9 +78,10 @@ export class AlarmHistory {
       body = await r.json();
       if (!r.ok) throw new Error(body.error ?? r.statusText);
     } catch (e) {
-      this.note.textContent = `Could not read the history: ${e instanceof Error ? e.message : e}`;
+      if (load === this.loads) this.note.textContent = `Could not read the history: ${e instanceof Error ? e.message : e}`;
       return;
     }
+    if (load !== this.loads) return;
     const rows = group(/** @type {AlarmFrame[]} */ (body.alarms));
     this.rows.replaceChildren(...rows.map(row));
     this.note.textContent = `${rows.length} alarms in the last 24 h${body.truncated ? " (only the oldest shown: narrow by chair)" : ""}.`;

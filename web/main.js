@@ -10,7 +10,7 @@ import { StationHeader, byId } from "./header.js";
 import { AlarmHistory } from "./history.js";
 import { forgetToken, get, savedName, signIn, token } from "./signin.js";
 import { Grid } from "./tiles.js";
-import { Ward } from "./ward.js";
+import { Ward, compareChairs } from "./ward.js";
 
 /** @typedef {import("./ward.js").Vital} Vital */
 /** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
@@ -18,6 +18,8 @@ import { Ward } from "./ward.js";
 
 /** Window over which the data's delay is judged (its smallest value in the window). */
 const LAG_WINDOW_MS = 10_000;
+/** How often the gateway's clock is read again, ms. */
+const CLOCK_CHECK_MS = 5 * 60_000;
 /** Alarm-to-paint samples kept for the station's own measurement. */
 const PAINT_SAMPLES = 5_000;
 
@@ -30,7 +32,9 @@ let info = await signIn();
 let clockOffset = info.now - Date.now();
 const gatewayNow = () => Date.now() + clockOffset;
 
-/** Smallest delay of data in the current window, and the window's start. */
+/** The next snapshot replaces the ward rather than refreshing it (after `missed`). */
+let replaceNext = false;
+/** Smallest delay of live data in the current window, and the window's start. */
 let lag = { min: Infinity, since: Date.now(), shown: 0 };
 
 /** @type {Set<string>} chairs whose tiles need drawing */
@@ -45,6 +49,7 @@ const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0 };
 const grid = new Grid({
   container: byId("grid"),
   onAck: acknowledge,
+  mayAck: () => info.me.may.ack,
   onOpen: (key) => {
     const c = ward.chairs.get(key);
     if (c) controls.open(c);
@@ -57,9 +62,10 @@ const controls = new ChairControls({
   by: actor,
   may: () => info.me.may,
   rules: () => info.rules,
+  chair: (key) => ward.chairs.get(key),
   toast,
 });
-const history = new AlarmHistory(get, () => [...ward.chairs.keys()]);
+const history = new AlarmHistory(get, () => [...ward.chairs.keys()].sort(compareChairs), () => info.me.sites.includes("*"));
 let connection = connect();
 showUser();
 
@@ -92,9 +98,11 @@ function connect() {
     onFrame,
     onStatus: (s) => {
       schedule();
-      // A refused upgrade looks like an unreachable gateway to a browser: ask the
-      // API whether the token is still good.
-      if (!s.connected && s.attempts === 3 && info.auth === "jwt") recheckSignIn();
+      // A refused upgrade looks like an unreachable gateway to a browser: every third
+      // attempt, and whenever the token's time is up, ask the API whether the token
+      // is still good.
+      const expired = info.me.expires_at !== null && Date.now() + clockOffset >= info.me.expires_at * 1000;
+      if (!s.connected && info.auth === "jwt" && (s.attempts % 3 === 0 || expired)) recheckSignIn();
     },
     onEnd: () => reSignIn("Your sign-in expired. Sign in again to go on receiving alarms."),
   });
@@ -111,6 +119,10 @@ async function recheckSignIn() {
 async function reSignIn(why) {
   connection.stop();
   forgetToken();
+  // Whoever signs in next may see other sites: start from a fresh snapshot, never
+  // from the previous user's place in the stream.
+  ward.seq = null;
+  ward.instance = null;
   info = await signIn(why);
   clockOffset = info.now - Date.now();
   showUser();
@@ -121,16 +133,21 @@ async function reSignIn(why) {
 function onFrame(f) {
   metrics.frames++;
   switch (f.type) {
-    case "snapshot":
-      ward.applySnapshot(f);
+    case "snapshot": {
+      const known = new Set(ward.alarms.keys());
+      ward.applySnapshot(f, replaceNext);
+      replaceNext = false;
+      // Alarms first seen in a snapshot (after `missed`) are new to this station.
+      for (const a of ward.alarms.values()) if (!known.has(a.id) && a.state === "raised") audio.raised(a);
       drawAll = true;
       break;
+    }
     case "alarm": {
       /** @type {AlarmFrame} */
       const a = f;
       ward.applyAlarm(a);
-      noteLag(a.received_at);
       if (a.state === "raised" && !a.escalated) audio.raised(a);
+      if (a.reminder) audio.remind(a);
       dirty.add(a.chair);
       awaitingPaint.push(performance.now());
       break;
@@ -145,6 +162,7 @@ function onFrame(f) {
       dirty.add(f.chair);
       return;
     case "missed":
+      replaceNext = true;
       toast("Events were missed while this station was disconnected: the ward is rebuilt from the gateway's current state. See History for what happened meanwhile.", "info");
       break;
     case "error":
@@ -197,21 +215,24 @@ function draw() {
   }
 }
 
-/** Acknowledge every unacknowledged alarm of a chair (what is active now). */
-/** @param {string} key */
+/**
+ * Acknowledge the unacknowledged alarms of a chair that its tile showed when the
+ * nurse acted (not one that arrived since and was never drawn), and only while
+ * connected: a greyed, not-live grid may show alarms that are no longer so.
+ * @param {string} key
+ */
 function acknowledge(key) {
-  const raised = ward.alarmsOf(key).filter((a) => a.state === "raised");
-  if (raised.length === 0) return;
+  const ids = grid.shownUnacknowledged(key).filter((id) => ward.alarms.get(id)?.state === "raised");
+  if (ids.length === 0) return;
   if (!info.me.may.ack) {
     toast("Your role may not acknowledge alarms.", "error");
     return;
   }
-  for (const a of raised) {
-    if (!connection.send({ type: "ack", id: a.id, by: actor() })) {
-      toast("NOT acknowledged: not connected to the gateway.", "error");
-      return;
-    }
+  if (!connection.status.connected) {
+    toast("NOT acknowledged: not connected to the gateway.", "error");
+    return;
   }
+  for (const id of ids) connection.send({ type: "ack", id, by: actor() });
 }
 
 /**
@@ -253,8 +274,16 @@ byId("sign-out").addEventListener("click", () => {
 });
 
 setInterval(() => {
-  audio.tick(ward.activeAlarms().filter((a) => a.state === "raised"));
+  audio.tick(ward.activeAlarms().filter((a) => a.state === "raised"), connection.status);
 }, 250);
+// The gateway's clock, again now and then: the station's clock may be stepped.
+setInterval(async () => {
+  const r = await get("/api/station").catch(() => null);
+  if (r?.ok) {
+    const fresh = /** @type {StationInfo} */ (await r.json());
+    clockOffset = fresh.now - Date.now();
+  }
+}, CLOCK_CHECK_MS);
 // Live vitals, ages, rotation of alarm messages, countdowns and stale values.
 setInterval(() => {
   drawAll = true;

@@ -119,10 +119,25 @@ function showForm(kind, message) {
       const v = field.value.trim();
       if (!v) return;
       if (kind === "token") sessionStorage.setItem(TOKEN_KEY, v);
-      else localStorage.setItem(NAME_KEY, v.slice(0, 128));
+      else localStorage.setItem(NAME_KEY, upToBytes(v, 128));
       section.hidden = true;
       form.onsubmit = null;
       resolve();
     };
   });
+}
+
+/**
+ * The longest start of `s` of at most `max` UTF-8 bytes (`by` is 1-128 bytes).
+ * @param {string} s
+ * @param {number} max
+ */
+function upToBytes(s, max) {
+  const enc = new TextEncoder();
+  let out = "";
+  for (const ch of s) {
+    if (enc.encode(out + ch).length > max) break;
+    out += ch;
+  }
+  return out;
 }

@@ -53,6 +53,7 @@ const TRENDS = /** @type {const} */ ([
  * @typedef {object} GridOptions
  * @property {HTMLElement} container
  * @property {(chair: string) => void} onAck  acknowledge the chair's unacknowledged alarms
+ * @property {() => boolean} mayAck  whether the signed-in role may acknowledge
  * @property {(chair: string) => void} onOpen  open the chair's controls
  * @property {(vital: Vital) => number} staleAfterMs  how old a value may be before it is stale
  * @property {() => number} now  gateway time, ms
@@ -64,6 +65,8 @@ export class Grid {
     this.o = o;
     /** @type {Map<string, Tile>} */
     this.tiles = new Map();
+    /** The unacknowledged alarm ids each tile showed when last drawn. @type {Map<string, number[]>} */
+    this.shown = new Map();
     this.empty = el("p", "empty-ward", "No chairs yet. Chairs appear as soon as their devices publish or a session starts.");
     o.container.append(this.empty);
     new ResizeObserver(() => this.layout()).observe(o.container);
@@ -80,6 +83,7 @@ export class Grid {
       if (!ward.chairs.has(key)) {
         tile.root.remove();
         this.tiles.delete(key);
+        this.shown.delete(key);
         added = true;
       }
     }
@@ -89,12 +93,24 @@ export class Grid {
       let tile = this.tiles.get(key);
       if (!tile) {
         tile = this.build(chair);
+        // In the page before its first update, so that its trends have a size to
+        // be drawn at; `order` puts it in its place.
+        this.o.container.append(tile.root);
         this.tiles.set(key, tile);
         added = true;
       }
       this.update(tile, chair, ward);
     }
     if (added) this.order();
+  }
+
+  /**
+   * The unacknowledged alarms of a chair as its tile last showed them (what a nurse
+   * who acts on the tile has seen).
+   * @param {string} key
+   */
+  shownUnacknowledged(key) {
+    return this.shown.get(key) ?? [];
   }
 
   /** Put tiles in chair order and size the grid for their number. */
@@ -216,6 +232,7 @@ export class Grid {
     const alarms = ward.alarmsOf(chair.key);
     const top = highestPriority(alarms) ?? "none";
     const unacked = alarms.filter((a) => a.state === "raised");
+    this.shown.set(chair.key, unacked.map((a) => a.id));
     const flashing = unacked.length > 0 ? unacked[0].priority : "none";
     t.root.dataset.priority = top;
     t.root.dataset.flashing = flashing;
@@ -230,12 +247,13 @@ export class Grid {
       t.strip.dataset.state = shown.state;
       t.strip.dataset.alarmId = String(shown.id);
       setText(t.stripSymbol, `${p.symbol} ${p.word}`);
-      const tags = [shown.kind === "technical" ? "technical" : "", shown.state === "acknowledged" ? `ACK ${shown.acknowledged_by ?? ""}`.trim() : "", shown.escalated || shown.escalation_level > 0 ? `escalated ${shown.escalation_level}` : ""].filter(Boolean);
+      const tags = [shown.kind === "technical" ? "technical" : "", shown.state === "acknowledged" ? `ACK ${shown.acknowledged_by ?? ""}`.trim() : "", shown.reminder ? "REMINDER: still active" : "", shown.escalated || shown.escalation_level > 0 ? `escalated ${shown.escalation_level}` : ""].filter(Boolean);
       const ack = shown.state === "acknowledged" ? "✓ " : "";
       setText(t.stripText, `${ack}${shown.message}${tags.length ? ` (${tags.join(", ")})` : ""}`);
       setText(t.stripCount, alarms.length > 1 ? `${alarms.indexOf(shown) + 1}/${alarms.length}` : "");
-      t.strip.title = unacked.length ? "Click, or press A on the tile, to acknowledge" : "Acknowledged";
-      t.strip.disabled = unacked.length === 0;
+      const mayAck = this.o.mayAck();
+      t.strip.title = !unacked.length ? "Acknowledged" : mayAck ? "Click, or press A on the tile, to acknowledge" : "Your role may not acknowledge alarms";
+      t.strip.disabled = unacked.length === 0 || !mayAck;
     }
 
     // Numerics, stale or current, with the baseline beside each.
@@ -244,7 +262,10 @@ export class Grid {
     const staleNote = (/** @type {number} */ age) => (offline ? "DEVICE OFFLINE" : `STALE ${formatAge(age)}`);
     const stale = (/** @type {Vital} */ v) => {
       const sample = chair.vitals[v];
-      return offline || staleRules.has(v) || (sample !== undefined && now - sample.ts > this.o.staleAfterMs(v));
+      // Device time, and the gateway's receipt: a device clock running fast must
+      // not keep a value current once the chair has gone quiet.
+      const allowed = this.o.staleAfterMs(v);
+      return offline || staleRules.has(v) || (sample !== undefined && (now - sample.ts > allowed || (chair.receivedAt > 0 && now - chair.receivedAt > allowed)));
     };
     for (const v of /** @type {const} */ (["hr", "spo2", "rr", "etco2"])) {
       const n = t.nums[v];
@@ -274,8 +295,9 @@ export class Grid {
     }
     // 15 minutes across: redrawn every TREND_REDRAW_MS (1 % of the axis) is smooth enough.
     if (now - t.trendDrawnAt >= TREND_REDRAW_MS) {
-      t.trendDrawnAt = now;
-      TRENDS.forEach((spec, i) => drawTrend(t.trends[i], chair.trend[spec.vital], spec, now));
+      // A tile not laid out yet (just built) has nothing to draw on: try next time.
+      const drawn = TRENDS.map((spec, i) => drawTrend(t.trends[i], chair.trend[spec.vital], spec, now));
+      if (drawn.every(Boolean)) t.trendDrawnAt = now;
     }
   }
 }
@@ -299,11 +321,12 @@ function showNumeric(n, text, stale, note) {
  * @param {number[]} points flat [ts, value, ...]
  * @param {{vital: string, min: number, max: number, grid: readonly number[]}} spec
  * @param {number} now
+ * @returns {boolean} whether the canvas could be drawn on
  */
 function drawTrend(c, points, spec, now) {
   const w = c.clientWidth;
   const h = c.clientHeight;
-  if (w === 0 || h === 0) return;
+  if (w === 0 || h === 0) return false;
   const dpr = window.devicePixelRatio || 1;
   if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
     c.width = Math.round(w * dpr);
@@ -323,9 +346,9 @@ function drawTrend(c, points, spec, now) {
   }
   g.stroke();
   g.fillStyle = "rgba(255,255,255,0.55)";
-  g.font = "10px sans-serif";
-  g.fillText(`${VITALS[/** @type {Vital} */ (spec.vital)].label} 15 min`, 2, 10);
-  if (points.length < 2) return;
+  g.font = "bold 12px sans-serif";
+  g.fillText(`${VITALS[/** @type {Vital} */ (spec.vital)].label} 15 min`, 3, 13);
+  if (points.length < 2) return true;
   g.strokeStyle = spec.vital === "sbp" ? "#f0f0f0" : "#7fd4ff";
   g.lineWidth = 1.5;
   g.beginPath();
@@ -340,4 +363,5 @@ function drawTrend(c, points, spec, now) {
     g.fillStyle = g.strokeStyle;
     for (let i = 0; i < points.length; i += 2) g.fillRect(x(points[i]) - 1.5, y(points[i + 1]) - 1.5, 3, 3);
   }
+  return true;
 }

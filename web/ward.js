@@ -161,23 +161,27 @@ export class Ward {
   }
 
   /**
-   * Replace everything with a snapshot. Returns the keys of chairs that left.
+   * A snapshot: the chairs it lists and exactly its alarms. With `replace` (after
+   * `missed`: the station may have missed anything) every chair starts again from
+   * it; otherwise (a refresh) a value is kept where live vitals brought a newer one.
+   * Returns the keys of chairs that left.
    * @param {SnapshotFrame} s
+   * @param {boolean} replace
    * @returns {string[]}
    */
-  applySnapshot(s) {
+  applySnapshot(s, replace) {
     this.instance = s.instance;
     this.seq = s.seq;
     const listed = new Set(s.chairs.map((c) => c.chair));
-    const gone = [...this.chairs.keys()].filter((k) => !listed.has(k));
+    const gone = [...this.chairs.keys()].filter((k) => replace || !listed.has(k));
     for (const k of gone) this.chairs.delete(k);
     for (const c of s.chairs) {
-      this.applyVitals(c);
+      this.applyVitals(c, true);
       if (c.session) this.chair(c.chair, c.site).session = c.session;
     }
     this.alarms.clear();
     for (const a of s.alarms) this.alarms.set(a.id, a);
-    return gone;
+    return gone.filter((k) => !listed.has(k));
   }
 
   /**
@@ -198,21 +202,27 @@ export class Ward {
   }
 
   /**
-   * A chair's latest values (live vitals, or a snapshot entry).
+   * A chair's latest values: live vitals, or (`fromSnapshot`) a snapshot entry.
    * @param {ChairFrame} f
+   * @param {boolean} [fromSnapshot]
    */
-  applyVitals(f) {
+  applyVitals(f, fromSnapshot = false) {
     const c = this.chair(f.chair, f.site);
+    // A live frame is the gateway's newest (it orders by the device's seq, so a
+    // device clock stepped back still counts) and is taken as it is. A snapshot's
+    // values are read just before its alarms and may be older than live frames
+    // already applied: there the newer device time wins.
+    if (fromSnapshot && f.received_at !== undefined && f.received_at < c.receivedAt) return;
     c.receivedAt = Math.max(c.receivedAt, f.received_at ?? 0);
-    // The gateway decides what is newest (it orders by the device's seq, so a device
-    // clock stepped back still counts): its frames are taken as they are.
     for (const [name, sample] of Object.entries(f.vitals)) {
       const v = /** @type {Vital} */ (name);
       if (!sample) continue;
+      const old = c.vitals[v];
+      if (fromSnapshot && old && old.ts > sample.ts) continue;
       c.vitals[v] = sample;
       if (v === "sbp" || v === "spo2") addTrend(c.trend[v], sample);
     }
-    if (f.pump) c.pump = f.pump;
+    if (f.pump && !(fromSnapshot && c.pump && (c.pump.ts ?? 0) > (f.pump.ts ?? 0))) c.pump = f.pump;
   }
 
   /**

@@ -61,6 +61,12 @@ describe("nurse station (auth jwt)", () => {
     assert.equal(await dialog.locator("button.step").count(), 0, "no session controls");
     assert.equal(await dialog.locator("tr[data-rule]").count(), 0, "no limit controls");
     assert.match(await dialog.innerText(), /may view this chair only/);
+    await dialog.locator('button[value="close"]').click();
+    // An alarm is shown, but the viewer is not offered its acknowledgement.
+    await devices.vitals("east/1", { sbp: 195, dbp: 80 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "east/1 red");
+    assert.equal(await tile.locator(".alarm-strip").isDisabled(), true, "no acknowledge for a viewer");
+    await devices.vitals("east/1", { sbp: 120, dbp: 75 });
     await context.close();
   });
 

@@ -20,7 +20,7 @@ test("a snapshot replaces the ward: chairs it no longer lists leave, alarms are 
   w.applyVitals({ chair: "north/1", site: "north", vitals: { hr: { value: 70, ts: 1 } } });
   w.applyVitals({ chair: "north/2", site: "north", vitals: { hr: { value: 71, ts: 1 } } });
   w.applyAlarm(alarm({ id: 5, chair: "north/2" }));
-  const gone = w.applySnapshot({ instance: "i", seq: 9, chairs: [{ chair: "north/1", site: "north", vitals: {} }], alarms: [alarm({ id: 6 })] });
+  const gone = w.applySnapshot({ instance: "i", seq: 9, chairs: [{ chair: "north/1", site: "north", vitals: {} }], alarms: [alarm({ id: 6 })] }, false);
   assert.deepEqual(gone, ["north/2"]);
   assert.deepEqual([...w.chairs.keys()], ["north/1"]);
   assert.deepEqual([...w.alarms.keys()], [6]);
@@ -72,4 +72,16 @@ test("the history makes one row per alarm, newest first, with who acknowledged a
   assert.equal(one.cleared?.reason, "acknowledged");
   assert.equal(one.escalation, 2);
   assert.equal(rows[0].acked, null);
+});
+
+test("a refreshing snapshot keeps newer live values; one after `missed` starts the chair again", () => {
+  const w = new Ward();
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 200, vitals: { hr: { value: 90, ts: 190 } } });
+  // Read just before: older than what live vitals brought.
+  w.applySnapshot({ instance: "i", seq: 1, chairs: [{ chair: "a/1", site: "a", received_at: 150, vitals: { hr: { value: 80, ts: 140 } } }], alarms: [] }, false);
+  assert.equal(w.chairs.get("a/1")?.vitals.hr?.value, 90);
+  w.applySnapshot({ instance: "i", seq: 2, chairs: [{ chair: "a/1", site: "a", received_at: 300, vitals: { spo2: { value: 95, ts: 290 } } }], alarms: [] }, true);
+  const c = w.chairs.get("a/1");
+  assert.equal(c?.vitals.hr, undefined, "nothing of before the gap survives");
+  assert.equal(c?.vitals.spo2?.value, 95);
 });
