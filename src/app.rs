@@ -7,7 +7,7 @@ use crate::fanout::{Hub, LiveFeed};
 use crate::http::auth::Authenticator;
 use crate::ingest::Topics;
 use crate::telemetry::Metrics;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -28,6 +28,9 @@ pub struct Health {
     mqtt_subscribed: watch::Sender<bool>,
     listening: AtomicBool,
     shutting_down: AtomicBool,
+    /// Gateway time of the alarm timers' last completed tick, ms (0: none yet): the
+    /// service watchdog's sign of life.
+    last_tick_ms: AtomicU64,
 }
 
 impl Default for Health {
@@ -36,6 +39,7 @@ impl Default for Health {
             mqtt_subscribed: watch::Sender::new(false),
             listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            last_tick_ms: AtomicU64::new(0),
         }
     }
 }
@@ -59,6 +63,13 @@ impl Health {
     }
     pub fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
+    }
+    /// The alarm timers completed a tick at gateway time `now_ms`.
+    pub fn ticked(&self, now_ms: u64) {
+        self.last_tick_ms.store(now_ms, Ordering::Relaxed);
+    }
+    pub fn last_tick_ms(&self) -> u64 {
+        self.last_tick_ms.load(Ordering::Relaxed)
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)

@@ -15,6 +15,7 @@ pub mod core;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
+pub mod service;
 pub mod sim;
 pub mod telemetry;
 
@@ -347,14 +348,29 @@ async fn run_timers(app: Arc<App>, stop: CancellationToken) {
             .evict_idle(now, app.config.ingest.forget_idle_chair_ms);
         app.metrics.chairs_forgotten.increment(forgotten as u64);
         app.metrics.chairs.set(app.ward.chair_count() as f64);
+        // The default allowance when the offline check is off: a minute of silence.
+        let silent_ms = match app.config.technical.offline_ms {
+            0 => 60_000,
+            ms => ms,
+        };
+        app.metrics
+            .chairs_silent
+            .set(app.ward.silent_in_session(now, silent_ms) as f64);
+        app.health.ticked(now);
+        app.metrics.timers_last_tick.set(now as f64 / 1000.0);
     }
 }
 
-/// Run the gateway until `shutdown` completes, then stop gracefully.
+/// Run the gateway until `shutdown` completes, then stop gracefully. Under systemd
+/// (`Type=notify`), readiness and the watchdog are reported ([`service`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let gateway = Gateway::start(config).await?;
+    let stop_service = CancellationToken::new();
+    let service = tokio::spawn(service::run(gateway.app().clone(), stop_service.clone()));
     shutdown.await;
     tracing::info!("shutting down");
+    stop_service.cancel();
+    let _ = service.await;
     gateway.shutdown().await;
     Ok(())
 }

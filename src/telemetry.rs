@@ -48,6 +48,8 @@ pub struct Metrics {
     pub audit_errors: Counter,
     pub chairs: Gauge,
     pub chairs_forgotten: Counter,
+    pub chairs_silent: Gauge,
+    pub timers_last_tick: Gauge,
 }
 
 impl Metrics {
@@ -229,6 +231,14 @@ impl Metrics {
             chairs_forgotten: counter(
                 "vitalgate_chairs_forgotten_total",
                 "Idle chairs forgotten after ingest.forget_idle_chair_ms.",
+            ),
+            chairs_silent: gauge(
+                "vitalgate_chairs_silent",
+                "Chairs in a session (baseline, infusion, recovery) with nothing heard for technical.offline_ms (updated every alarms.tick_ms).",
+            ),
+            timers_last_tick: gauge(
+                "vitalgate_timers_last_tick_seconds",
+                "Gateway time of the alarm timers' last tick, seconds since the epoch: stale when the gateway hangs.",
             ),
             recorder,
             handle,

@@ -272,3 +272,56 @@ fn a_configuration_error_prints_the_error_and_no_backtrace() {
     assert!(stderr.contains("VITALGATE_MQTT__PORT"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec`): READY=1 once listening, the broker
+/// state as STATUS, WATCHDOG=1 pings while the alarm timers tick, STOPPING=1 at a
+/// graceful stop. The service manager's socket is the test's.
+#[test]
+fn the_service_manager_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(unique("notify"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env("VITALGATE_HTTP__BIND", "127.0.0.1:0")
+        .env("VITALGATE_MQTT__EMBEDDED__BIND", "127.0.0.1:0")
+        .env("VITALGATE_MQTT__CLIENT_ID", unique("notify-gw"))
+        .env("VITALGATE_AUDIT__PATH", audit_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    // READY, the status, and two watchdog pings (every 0.5 s for a 2 s watchdog).
+    while heard
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 2
+    {
+        let n = socket.recv(&mut buf).expect("a notification within 15 s");
+        heard.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(heard[0].contains("READY=1"), "{heard:?}");
+    assert!(heard.iter().any(|m| m.contains("STATUS=")), "{heard:?}");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING within 15 s");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

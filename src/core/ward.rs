@@ -268,6 +268,21 @@ impl Ward {
         out
     }
 
+    /// Chairs with a patient in them (baseline, infusion, recovery) from which
+    /// nothing has been heard for `silent_ms` of gateway time (or ever): for the
+    /// operator, beside each chair's own `device_offline` alarm.
+    pub fn silent_in_session(&self, now_ms: u64, silent_ms: u64) -> usize {
+        self.patients
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.session().phase,
+                    super::Phase::Baseline | super::Phase::Infusion | super::Phase::Recovery
+                ) && now_ms.saturating_sub(p.latest().received_at) > silent_ms
+            })
+            .count()
+    }
+
     /// Forget chairs that have been idle (or discharged), with nothing raised or
     /// building up, and silent for `idle_ms` of gateway time: the map would otherwise
     /// keep every chair ever seen. Chairs a session message named are kept (their

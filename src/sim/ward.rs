@@ -113,6 +113,15 @@ fn patient(rng: &mut Rng, capnography: bool) -> (Baseline, f64) {
     (baseline, 0.8 + rng.f64() * 0.2)
 }
 
+/// The pump rate of chair `c`'s sessions: 40-51 ml/h by chair, none off the IV route.
+fn pump_rate(route: Route, c: usize) -> f64 {
+    if route == Route::Iv {
+        40.0 + c as f64
+    } else {
+        0.0
+    }
+}
+
 /// The demo ward at `start_ms` (the scenario's `live_from_ms`), deterministic in
 /// `seed`.
 pub fn demo_ward(start_ms: u64, seed: u64) -> Scenario {
@@ -150,11 +159,7 @@ pub fn demo_ward(start_ms: u64, seed: u64) -> Scenario {
                     infusion_ms,
                     recovery_ms,
                     discharged_ms: Some(5 * MIN),
-                    pump_rate_ml_h: if route == Route::Iv {
-                        40.0 + c as f64
-                    } else {
-                        0.0
-                    },
+                    pump_rate_ml_h: pump_rate(route, c),
                     events: Vec::new(),
                 });
                 s + baseline_ms + infusion_ms + recovery_ms + 5 * MIN + TURNOVER_MS
@@ -177,11 +182,7 @@ pub fn demo_ward(start_ms: u64, seed: u64) -> Scenario {
                 infusion_ms: rng.u64(40..=60) * MIN,
                 recovery_ms: rng.u64(30..=60) * MIN,
                 discharged_ms: Some(5 * MIN),
-                pump_rate_ml_h: if route == Route::Iv {
-                    40.0 + c as f64
-                } else {
-                    0.0
-                },
+                pump_rate_ml_h: pump_rate(route, c),
                 events: Vec::new(),
             };
             next_start = s.idle_at().unwrap_or(end) + TURNOVER_MS;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -70,6 +72,23 @@ pub fn test_config() -> (Config, String) {
     c.mqtt.reconnect_initial_ms = 50;
     c.shutdown.grace_period_ms = 3_000;
     (c, prefix)
+}
+
+/// Wait until `check` holds, asking again every 20 ms; fail naming `what` after
+/// [`DEADLINE`].
+pub async fn eventually<F, Fut>(mut check: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A fresh audit trail file for one gateway (kept in the build's temp dir).

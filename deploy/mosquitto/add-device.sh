@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Give a chair's bedside device its own broker user, allowed to publish that chair's
+# readings and status only.
+#
+#   add-device.sh SITE CHAIR [PASSWORD]      (a random password is made and printed
+#                                            when none is given)
+#
+# Environment: VITALGATE_MOSQUITTO_DIR (default /etc/mosquitto/vitalgate), holding
+# `passwd` and `acl`. Reload Mosquitto afterwards (kill -HUP, or systemctl reload).
+set -euo pipefail
+dir=${VITALGATE_MOSQUITTO_DIR:-/etc/mosquitto/vitalgate}
+[ $# -ge 2 ] || { echo "usage: $0 SITE CHAIR [PASSWORD]" >&2; exit 2; }
+site=$1 chair=$2
+valid='^[A-Za-z0-9_.-]{1,64}$'   # the names docs/protocol.md allows in topics
+[[ $site =~ $valid && $chair =~ $valid ]] || { echo "site and chair: 1-64 letters, digits, '_', '-' or '.'" >&2; exit 2; }
+password=${3:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
+user="device-$site-$chair"
+if [ -f "$dir/passwd" ]; then
+  mosquitto_passwd -b "$dir/passwd" "$user" "$password"
+else
+  mosquitto_passwd -c -b "$dir/passwd" "$user" "$password"
+fi
+if ! grep -qx "user $user" "$dir/acl"; then
+  printf '\nuser %s\ntopic write clinic/%s/chair/%s/vitals\ntopic write clinic/%s/chair/%s/status\n' \
+    "$user" "$site" "$chair" "$site" "$chair" >>"$dir/acl"
+fi
+[ $# -ge 3 ] || echo "$user $password"
