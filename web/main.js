@@ -284,6 +284,14 @@ setInterval(async () => {
     clockOffset = fresh.now - Date.now();
   }
 }, CLOCK_CHECK_MS);
+// A hidden page is not drawn (browsers pause animation frames): draw all of it the
+// moment it is shown again.
+document.addEventListener("visibilitychange", () => {
+  if (!document.hidden) {
+    drawAll = true;
+    schedule();
+  }
+});
 // Live vitals, ages, rotation of alarm messages, countdowns and stale values.
 setInterval(() => {
   drawAll = true;

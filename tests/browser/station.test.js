@@ -60,6 +60,7 @@ describe("nurse station (auth none)", () => {
 
   test("the snapshot renders every chair, with nothing fetched from elsewhere", async () => {
     const { page, foreign, errors } = first;
+    await page.bringToFront();
     await eventually(async () => (await page.locator(".tile").count()) === WARD.length, "a tile per chair");
     await page.locator("#disconnected-banner").waitFor({ state: "hidden" });
     for (const chair of WARD) {
@@ -84,6 +85,7 @@ describe("nurse station (auth none)", () => {
 
   test("audio says AUDIO OFF until a click arms it, then sounds a high alarm's 10-pulse burst", async () => {
     const { page } = first;
+    await page.bringToFront();
     assert.equal(await page.locator("#audio-off").isVisible(), true, "AUDIO OFF before any click");
     assert.equal(await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.armed), false);
     await page.locator("#audio-off").click();
@@ -93,6 +95,7 @@ describe("nurse station (auth none)", () => {
 
   test("an SpO2 breach turns its tile red and flashing within a second; acknowledging it stops the flashing at every station", async () => {
     const { page } = first;
+    await page.bringToFront();
     const second = await station(chromium, gateway.url);
     await second.page.locator("#signin-field").fill("nurse.lee");
     await second.page.locator("#signin-form button").click();
@@ -119,8 +122,11 @@ describe("nurse station (auth none)", () => {
     assert.match(await page.locator("#top-alarm").innerText(), /north\/3/);
     // The armed station sounds the high burst: 10 pulses in the Web Audio graph.
     await eventually(() => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.played.some((/** @type {any} */ b) => b.priority === "high" && b.pulses === 10)), "a 10-pulse high burst");
-    const starts = await page.evaluate(() => /** @type {any} */ (window).oscillatorStarts.length);
-    assert.ok(starts >= 10, `${starts} oscillators started`);
+    /** @type {{freq: number, type: string}[]} */
+    const starts = await page.evaluate(() => /** @type {any} */ (window).oscillatorStarts);
+    assert.ok(starts.length >= 10, `${starts.length} oscillators started`);
+    // Tones with harmonics (a periodic wave of a fundamental and four overtones), 150-1000 Hz.
+    assert.ok(starts.every((o) => o.type === "custom" && o.freq >= 150 && o.freq <= 1000), JSON.stringify(starts.slice(0, 3)));
     await page.screenshot({ path: join(IMAGES, "station-alarm.png") });
 
     await strip.click();
@@ -142,6 +148,7 @@ describe("nurse station (auth none)", () => {
 
   test("a low-priority alarm is cyan and steady, said as ! LOW", async () => {
     const { page } = first;
+    await page.bringToFront();
     // Baseline phase: DBP above 90 (and not above 100) is the low-priority "not fit
     // to start" advisory alone.
     await devices.vitals("north/1", { sbp: 126, dbp: 95 });
@@ -157,6 +164,7 @@ describe("nurse station (auth none)", () => {
 
   test("audio pause holds the sounding priority with a countdown; a higher priority breaks through", async () => {
     const { page } = first;
+    await page.bringToFront();
     if (await page.locator("#audio-off").isVisible()) await page.locator("#audio-off").click();
     /** @returns {Promise<{priority: string, pulses: number}[]>} */
     const played = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.played);
@@ -187,22 +195,46 @@ describe("nurse station (auth none)", () => {
 
   test("several alarms on a tile take turns every 2 s; A on the selected tile acknowledges them", async () => {
     const { page } = first;
+    await page.bringToFront();
     // SBP 190 in infusion, session 2: sbp_critical, sbp_early_session, sbp_warn, sbp_over_baseline.
     await devices.vitals("south/1", { sbp: 190, dbp: 80 });
     const tile = page.locator('.tile[data-chair="south/1"]');
     const count = tile.locator(".alarm-strip .count");
-    await eventually(async () => /^1\/\d+$/.test(await count.innerText()), "1/n");
+    // k/n, then the next one within a turn (2 s) and a redraw (1 s).
+    const [k, n] = await eventually(async () => /^(\d+)\/(\d+)$/.exec(await count.innerText())?.slice(1).map(Number), "k/n");
+    assert.ok(n >= 4, `${n} alarms on the tile`);
     const shownFirst = await tile.locator(".alarm-strip .text").innerText();
-    await eventually(async () => /^2\/\d+$/.test(await count.innerText()), "2/n", 4_000);
+    await eventually(async () => (await count.innerText()) === `${(k % n) + 1}/${n}`, `${(k % n) + 1}/${n} after ${k}/${n}`, 4_000);
     assert.notEqual(await tile.locator(".alarm-strip .text").innerText(), shownFirst, "another message");
+    /** @returns {Promise<string[]>} the chair's SBP alarms as rule:state */
+    const sbpAlarms = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf("south/1").filter((/** @type {any} */ a) => a.vital === "sbp").map((/** @type {any} */ a) => `${a.rule}:${a.state}`).sort());
+    // Back to normal: the latched alarms (the surge over baseline, the early-session
+    // limit) stay until someone acknowledges them; the others clear.
+    await devices.vitals("south/1", { sbp: 124, dbp: 78 });
+    await eventually(async () => JSON.stringify(await sbpAlarms()) === JSON.stringify(["sbp_early_session:raised", "sbp_over_baseline:raised"]), "only the latched alarms left");
+    assert.notEqual(await tile.getAttribute("data-flashing"), "none", "still flashing: nobody acknowledged them");
     await tile.focus();
     await page.keyboard.press("a");
-    await eventually(async () => (await tile.getAttribute("data-flashing")) === "none", "acknowledged from the keyboard");
-    await devices.vitals("south/1", { sbp: 124, dbp: 78 });
+    await eventually(async () => (await sbpAlarms()).length === 0, "acknowledged from the keyboard: the latched alarms end");
+  });
+
+  test("a value older than its allowance shows as stale, never as current", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    // An SpO2 reading measured 40 s ago (allowance 15 s), alone.
+    await devices.vitals("north/2", { spo2: 96, ts: Date.now() - 40_000 });
+    const spo2 = page.locator('.tile[data-chair="north/2"] .num[data-vital="spo2"]');
+    await eventually(async () => (await spo2.locator(".value").innerText()) === "96", "the old reading shown");
+    assert.equal(await spo2.getAttribute("data-stale"), "true", "shown as stale");
+    assert.match(await spo2.locator(".note").innerText(), /STALE 4\d s/);
+    assert.equal(await spo2.locator(".value").evaluate((e) => getComputedStyle(e).textDecorationLine), "line-through");
+    await devices.vitals("north/2", { spo2: 97 });
+    await eventually(async () => (await spo2.getAttribute("data-stale")) === "false", "SpO2 current again");
   });
 
   test("a recovering patient back near the baseline shows READY FOR DISCHARGE", async () => {
     const { page } = first;
+    await page.bringToFront();
     const tile = page.locator('.tile[data-chair="north/4"]');
     await eventually(async () => (await tile.getAttribute("data-phase")) === "recovery", "north/4 in recovery");
     await devices.vitals("north/4", NORMAL);
@@ -212,6 +244,7 @@ describe("nurse station (auth none)", () => {
 
   test("a chair the gateway forgets leaves the grid", async () => {
     const { page } = first;
+    await page.bringToFront();
     // Readings but no session: forgotten after FORGET_IDLE_CHAIR_MS of silence.
     await devices.vitals("south/9", { hr: 80, spo2: 97 });
     const tile = page.locator('.tile[data-chair="south/9"]');
@@ -235,6 +268,7 @@ describe("nurse station (auth none)", () => {
 
   test("a session started from the page moves the chair's phase", async () => {
     const { page } = first;
+    await page.bringToFront();
     const tile = page.locator('.tile[data-chair="north/5"]');
     await tile.locator(".open").click();
     const dialog = page.locator("#chair-dialog");
@@ -255,6 +289,7 @@ describe("nurse station (auth none)", () => {
 
   test("a clinician's limit change states the old and the new limit, then applies", async () => {
     const { page } = first;
+    await page.bringToFront();
     const tile = page.locator('.tile[data-chair="north/2"]');
     await tile.locator(".open").click();
     const row = page.locator('#chair-dialog tr[data-rule="sbp_critical"][data-side="high"]');
@@ -275,6 +310,7 @@ describe("nurse station (auth none)", () => {
 
   test("the alarm history lists the acknowledged SpO2 alarm with who and when", async () => {
     const { page } = first;
+    await page.bringToFront();
     await page.locator("#history-open").click();
     const rows = page.locator("#history-rows tr");
     await eventually(async () => (await rows.count()) > 0, "history rows");
@@ -289,6 +325,7 @@ describe("nurse station (auth none)", () => {
 
   test("killing the gateway shows NOT CONNECTED within seconds; after the restart no alarm is lost", async () => {
     const { page } = first;
+    await page.bringToFront();
     if (await page.locator("#audio-off").isVisible()) await page.locator("#audio-off").click();
     await gateway.kill();
     const banner = page.locator("#disconnected-banner");
@@ -297,16 +334,17 @@ describe("nurse station (auth none)", () => {
     assert.ok(Date.now() - killedAt < 5_000);
     assert.match(await banner.innerText(), /alarms are NOT being received since/);
     // While the gateway is down, a chair desaturates: the broker keeps the readings.
-    await devices.client.publishAsync("clinic/south/chair/1/vitals", JSON.stringify({ seq: 2000, ts: Date.now() - 6_000, spo2: 80 }), { qos: 1 });
-    await devices.client.publishAsync("clinic/south/chair/1/vitals", JSON.stringify({ seq: 2001, ts: Date.now(), spo2: 80 }), { qos: 1 });
+    await devices.client.publishAsync("clinic/south/chair/5/vitals", JSON.stringify({ seq: 2000, ts: Date.now() - 6_000, spo2: 80 }), { qos: 1 });
+    await devices.client.publishAsync("clinic/south/chair/5/vitals", JSON.stringify({ seq: 2001, ts: Date.now(), spo2: 80 }), { qos: 1 });
     await page.screenshot({ path: join(IMAGES, "station-disconnected.png") });
     // Lost for 10 s: the station sounds its own alarm.
     const lostAt = Date.now();
     await eventually(() => page.evaluate((t) => /** @type {any} */ (window).vitalgateStation.audio.played.some((/** @type {any} */ b) => b.at >= t && b.why === "disconnected"), lostAt), "the disconnected station's sound", 20_000);
     await gateway.run();
     await banner.waitFor({ state: "hidden", timeout: 20_000 });
-    const tile = page.locator('.tile[data-chair="south/1"]');
+    const tile = page.locator('.tile[data-chair="south/5"]');
     await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "the alarm raised while the station was away", 10_000);
-    assert.match(await tile.locator(".alarm-strip").innerText(), /SpO2 80/);
+    const raised = await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf("south/5").map((/** @type {any} */ a) => `${a.rule} ${a.message}`));
+    assert.ok(raised.some((/** @type {string} */ a) => /^spo2_critical SpO2 80/.test(a)), JSON.stringify(raised));
   });
 });
