@@ -169,7 +169,7 @@ impl Gateway {
             topics = %app.topics,
             client_id = %app.config.mqtt.client_id,
             dashboards = %format!("ws://{http_addr}/ws"),
-            "vitalgate started"
+            "vitalgate started; nurse station at http://{http_addr}/"
         );
         Ok(Gateway {
             app,

@@ -271,12 +271,13 @@ export async function station(b, url, o = {}) {
       return start.call(this, when);
     };
   });
-  if (o.clockOffsetMs) {
-    await page.addInitScript((offset) => {
-      const now = Date.now;
-      Date.now = () => now() + offset;
-    }, o.clockOffsetMs);
-  }
+  // The page's clock, shifted by window.clockOffsetMs (which a test may change while
+  // the page runs: a station whose clock is stepped).
+  await page.addInitScript((offset) => {
+    const now = Date.now;
+    /** @type {any} */ (window).clockOffsetMs = offset;
+    Date.now = () => now() + /** @type {any} */ (window).clockOffsetMs;
+  }, o.clockOffsetMs ?? 0);
   await page.goto(url);
   return { page, context, foreign, errors };
 }

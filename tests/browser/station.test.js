@@ -266,6 +266,24 @@ describe("nurse station (auth none)", () => {
     await late.context.close();
   });
 
+  test("a station whose clock steps ahead after sign-in says the data looks late", async () => {
+    const stepped = await station(chromium, gateway.url);
+    await stepped.page.locator("#signin-field").fill("nurse.kim");
+    await stepped.page.locator("#signin-form button").click();
+    await stepped.page.locator("#disconnected-banner").waitFor({ state: "hidden" });
+    await stepped.page.evaluate(() => {
+      /** @type {any} */ (window).clockOffsetMs = 60_000;
+    });
+    // Live vitals keep coming; measured against the station's clock, they are a
+    // minute old when they arrive.
+    let hr = 70;
+    await eventually(async () => {
+      await devices.vitals("north/2", { hr: hr++ });
+      return /Data is arriving 1 min late/.test(await stepped.page.locator("#lag-banner").innerText());
+    }, "the late-data warning", 30_000);
+    await stepped.context.close();
+  });
+
   test("a session started from the page moves the chair's phase", async () => {
     const { page } = first;
     await page.bringToFront();
