@@ -1,6 +1,7 @@
 // The nurse station: signs in, keeps one WebSocket to the gateway, holds the ward
 // and draws it. Everything it shows comes from the documented protocol
-// (docs/protocol.md): `/api/station` once, then `/ws` frames.
+// (docs/protocol.md): `/api/station` at sign-in (and for the gateway's clock every
+// few minutes), then `/ws` frames.
 
 import { AlarmAudio } from "./audio.js";
 import { Connection } from "./connection.js";
@@ -25,6 +26,13 @@ const PAINT_SAMPLES = 5_000;
 
 const ward = new Ward();
 const audio = new AlarmAudio();
+// Audio is armed by the first click or key anywhere, the sign-in's included
+// (browsers allow sound only after one); until then the header says AUDIO OFF.
+const arm = () => {
+  audio.arm().catch(refusedSound);
+};
+document.addEventListener("pointerdown", arm, { once: true });
+document.addEventListener("keydown", arm, { once: true });
 const header = new StationHeader();
 /** @type {StationInfo} */
 let info = await signIn();
@@ -68,6 +76,10 @@ const controls = new ChairControls({
 const history = new AlarmHistory(get, () => [...ward.chairs.keys()].sort(compareChairs), () => info.me.sites.includes("*"));
 let connection = connect();
 showUser();
+
+function refusedSound() {
+  toast("This browser refused to start sound: alarms will NOT be heard at this station.", "error");
+}
 
 /** @param {Vital} v */
 function staleAfterMs(v) {
@@ -254,13 +266,9 @@ function showUser() {
   byId("user").textContent = `${who} (${roles}) · sites ${me.sites.join(", ")}`;
 }
 
-// Audio is armed by the first click anywhere (browsers allow sound only after one).
-const arm = () => {
-  audio.arm().then(schedule, () => toast("This browser refused to start sound.", "error"));
-};
-document.addEventListener("pointerdown", arm, { once: true });
-document.addEventListener("keydown", arm, { once: true });
-byId("audio-off").addEventListener("click", arm);
+byId("audio-off").addEventListener("click", () => {
+  audio.arm().then(schedule, refusedSound);
+});
 byId("audio-pause").addEventListener("click", () => {
   if (audio.paused) audio.resume();
   else audio.pause(ward.activeAlarms().filter((a) => a.state === "raised"));

@@ -246,7 +246,8 @@ export async function browser() {
  * checked through the Web Audio graph, not by ear).
  * @param {import("playwright-core").Browser} b
  * @param {string} url
- * @param {{clockOffsetMs?: number}} [o]  run the page's clock this far from the real one
+ * @param {{clockOffsetMs?: number, name?: string}} [o]  run the page's clock this far from
+ *   the real one; a name saved at this station before (auth "none")
  */
 export async function station(b, url, o = {}) {
   const context = await b.newContext({ viewport: { width: 1920, height: 1080 } });
@@ -278,6 +279,9 @@ export async function station(b, url, o = {}) {
     /** @type {any} */ (window).clockOffsetMs = offset;
     Date.now = () => now() + /** @type {any} */ (window).clockOffsetMs;
   }, o.clockOffsetMs ?? 0);
+  if (o.name) {
+    await page.addInitScript((name) => localStorage.setItem("vitalgate.name", name), o.name);
+  }
   await page.goto(url);
   return { page, context, foreign, errors };
 }

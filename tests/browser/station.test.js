@@ -83,14 +83,20 @@ describe("nurse station (auth none)", () => {
     assert.deepEqual(errors, [], "no script errors");
   });
 
-  test("audio says AUDIO OFF until a click arms it, then sounds a high alarm's 10-pulse burst", async () => {
-    const { page } = first;
-    await page.bringToFront();
+  test("a station reopened with a saved name says AUDIO OFF until a click arms it", async () => {
+    // Reloaded after a power cut: nobody has clicked yet, so the browser plays nothing.
+    const reopened = await station(chromium, gateway.url, { name: "nurse.kim" });
+    const { page } = reopened;
+    await page.locator(".tile").first().waitFor();
+    assert.equal(await page.locator("#signin").isVisible(), false, "no sign-in: the name was saved");
     assert.equal(await page.locator("#audio-off").isVisible(), true, "AUDIO OFF before any click");
     assert.equal(await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.armed), false);
     await page.locator("#audio-off").click();
     await page.locator("#audio-off").waitFor({ state: "hidden" });
     assert.equal(await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.ctx.state), "running");
+    await reopened.context.close();
+    // The first station was armed by the click that signed in.
+    assert.equal(await first.page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.armed), true);
   });
 
   test("an SpO2 breach turns its tile red and flashing within a second; acknowledging it stops the flashing at every station", async () => {
