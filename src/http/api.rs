@@ -11,6 +11,7 @@
 use crate::app::App;
 use crate::audit::Stored;
 use crate::core::{SessionChange, SessionEvent};
+use crate::http::auth::{AuthError, Identity};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +39,23 @@ pub struct RangeQuery {
     pub access_token: Option<String>,
 }
 
+/// Who asks, as every `/api` call checks it; a refusal is counted. Answer it with
+/// [`refusal`].
+pub(super) fn authenticated(
+    app: &App,
+    headers: &HeaderMap,
+    token: Option<&str>,
+) -> Result<Identity, AuthError> {
+    app.auth.check(headers, token).inspect_err(|e| {
+        app.metrics.ws_refused(e.reason()).increment(1);
+    })
+}
+
+/// The answer to a refused `/api` call: its status, and the reason as JSON.
+pub(super) fn refusal(e: AuthError) -> Response {
+    error(e.status(), &e.to_string())
+}
+
 /// Any authenticated client may read the audit trail of the chairs within its
 /// sites; a client limited to some sites must name the chair. `Some(refusal)`
 /// otherwise.
@@ -47,12 +65,9 @@ fn refused(
     token: Option<&str>,
     chair: Option<&str>,
 ) -> Option<Response> {
-    let identity = match app.auth.check(headers, token) {
+    let identity = match authenticated(app, headers, token) {
         Ok(identity) => identity,
-        Err(e) => {
-            app.metrics.ws_refused(e.reason()).increment(1);
-            return Some(error(e.status(), &e.to_string()));
-        }
+        Err(e) => return Some(refusal(e)),
     };
     let scope = &identity.scope;
     let why = match chair {

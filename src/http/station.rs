@@ -135,18 +135,9 @@ pub async fn station(
     headers: HeaderMap,
     Query(q): Query<StationQuery>,
 ) -> Response {
-    let identity = match app.auth.check(&headers, q.access_token.as_deref()) {
+    let identity = match super::api::authenticated(&app, &headers, q.access_token.as_deref()) {
         Ok(identity) => identity,
-        Err(e) => {
-            app.metrics.ws_refused(e.reason()).increment(1);
-            let body = serde_json::json!({ "error": e.to_string() }).to_string();
-            return (
-                e.status(),
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response();
-        }
+        Err(e) => return super::api::refusal(e),
     };
     let c = &app.config;
     let body = serde_json::json!({
