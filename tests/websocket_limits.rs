@@ -107,6 +107,89 @@ async fn oversized_message_is_closed_with_1009() {
     gw.stop().await;
 }
 
+/// A masked client frame (mask key zero, so the payload goes as it is).
+fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=65535 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Send `frames` (an oversized message) and then a close frame without reading in
+/// between, as a client streaming a large message does, while reading what the
+/// gateway sends. The gateway must read up to the client's close before it closes
+/// TCP: closing with input unread makes the kernel send a reset, and the client
+/// never reads the 1009 (RFC 6455 §7.1.1). Returns the close code read.
+async fn oversized_then_close(frames: Vec<u8>) -> Option<u16> {
+    let (mut c, prefix) = test_config();
+    c.websocket.max_message_bytes = 1024;
+    c.websocket.max_frame_bytes = 1024;
+    // Long, so that a gateway ending the close by its timeout instead of on the
+    // client's close frame fails the deadline below.
+    c.websocket.close_timeout_ms = 30_000;
+    let gw = TestGateway::start(c, prefix).await;
+    let s = TcpStream::connect(gw.http()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(async move {
+        let mut bytes = frames;
+        bytes.extend(client_frame(0x8, true, &1000u16.to_be_bytes()));
+        // The gateway may close once it has the close frame: a write error after
+        // that is not the test's concern, what the reader saw is.
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, rd.read_to_end(&mut bytes))
+        .await
+        .expect("the gateway closed the connection well before its close timeout");
+    assert!(
+        read.is_ok(),
+        "the connection must end cleanly, not with {read:?}"
+    );
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    drop(writer.await);
+    assert_eq!(gw.metric("vitalgate_ws_clients").await, 0.0);
+    gw.stop().await;
+    close_code(&bytes)
+}
+
+/// A message over the cap sent in fragments: the client reads 1009 and the
+/// connection ends cleanly once the client has sent its close.
+#[tokio::test]
+async fn oversized_fragmented_message_closes_cleanly_with_1009() {
+    let piece = vec![b'x'; 512];
+    let mut frames = client_frame(0x1, false, &piece);
+    for _ in 0..512 {
+        frames.extend(client_frame(0x0, false, &piece));
+    }
+    frames.extend(client_frame(0x0, true, &piece));
+    assert_eq!(oversized_then_close(frames).await, Some(1009));
+}
+
+/// One frame over `websocket.max_frame_bytes`: the same clean 1009.
+#[tokio::test]
+async fn oversized_frame_closes_cleanly_with_1009() {
+    let frames = client_frame(0x1, true, &vec![b'x'; 256 * 1024]);
+    assert_eq!(oversized_then_close(frames).await, Some(1009));
+}
+
 /// Past `websocket.max_connections`, upgrades are refused with 503 and counted, the
 /// dashboards already connected keep receiving alarms, and a freed place is reused.
 #[tokio::test]

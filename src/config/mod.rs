@@ -321,7 +321,8 @@ pub struct WebSocketConfig {
     pub ping_interval_ms: u64,
     /// A client that sends nothing (not even a pong) for this long is closed, ms.
     pub idle_timeout_ms: u64,
-    /// How long to try sending a close frame to a slow client before dropping it, ms.
+    /// How long to try sending a close frame to a slow client before dropping it,
+    /// and after a 1009 close how long to wait for the client's close frame, ms.
     pub close_timeout_ms: u64,
     /// Most dashboards connected at once; further upgrades are refused with 503.
     pub max_connections: usize,

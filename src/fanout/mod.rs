@@ -4,6 +4,7 @@ pub mod hub;
 pub mod live;
 pub mod protocol;
 mod reader;
+pub mod socket;
 pub mod ws;
 
 pub use hub::{CutOff, Hub, Start};

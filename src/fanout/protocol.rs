@@ -4,10 +4,10 @@
 use crate::core::{
     AlarmEvent, ChairView, Latest, Session, SessionChange, SessionEvent, SessionUpdate, Vital,
 };
-use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A serialised server frame, cheap to clone (reference-counted bytes).
 #[derive(Debug, Clone)]

@@ -4,15 +4,16 @@
 
 use super::live::Scope;
 use super::protocol::{self, Command, Frame};
+use super::socket::Socket;
 use super::ws::{close_code, Signals};
 use crate::app::App;
 use crate::http::auth::{Identity, Permission};
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Commands a client may still send: a token bucket refilled at
 /// `websocket.commands_per_second` up to `websocket.command_burst`.
@@ -71,7 +72,10 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    pub(super) async fn run(self, mut stream: SplitStream<WebSocket>) {
+    /// Runs until the client goes, breaks the protocol or must be closed. Hands
+    /// back its half of the socket when a message was over the size caps, for the
+    /// closing handshake; `None` otherwise.
+    pub(super) async fn run(self, mut stream: SplitStream<Socket>) -> Option<SplitStream<Socket>> {
         let app = &self.app;
         let ws = &app.config.websocket;
         let mut budget = CommandBudget::new(ws.commands_per_second, ws.command_burst);
@@ -93,17 +97,19 @@ impl Reader {
                     );
                     continue;
                 }
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
                 Ok(Message::Close(_)) => break,
-                Err(e) => {
-                    // The error type is the WebSocket library's, boxed; its text is the
-                    // only stable way to tell a size cap from other protocol errors.
-                    let code = if e.to_string().contains("too long") {
-                        close_code::TOO_BIG
-                    } else {
-                        close_code::PROTOCOL_ERROR
-                    };
-                    self.signals.close_with.store(code, Ordering::Relaxed);
+                Err(WsError::Capacity(_)) => {
+                    self.signals
+                        .close_with
+                        .store(close_code::TOO_BIG, Ordering::Relaxed);
+                    self.signals.client_gone();
+                    return Some(stream);
+                }
+                Err(_) => {
+                    self.signals
+                        .close_with
+                        .store(close_code::PROTOCOL_ERROR, Ordering::Relaxed);
                     break;
                 }
             };
@@ -220,6 +226,7 @@ impl Reader {
             }
         }
         self.signals.client_gone();
+        None
     }
 
     /// Who acts for a command needing `p`: the token's user, or without

@@ -12,10 +12,11 @@ use super::hub::{CutOff, Start};
 use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
+use super::socket::{self, Socket, Watched};
 use crate::app::App;
 use crate::http::auth::Identity;
+use crate::http::upgrade::WebSocketRequest;
 use crate::telemetry::Metrics;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,6 +28,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// Close codes sent to dashboards (documented in `docs/protocol.md`).
@@ -61,7 +66,7 @@ pub async fn upgrade(
     State(app): State<Arc<App>>,
     Query(query): Query<WsQuery>,
     headers: axum::http::HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: WebSocketRequest,
 ) -> Response {
     let identity = match app.auth.check(&headers, query.access_token.as_deref()) {
         Ok(identity) => identity,
@@ -86,18 +91,25 @@ pub async fn upgrade(
             .into_response();
     };
     let c = &app.config.websocket;
-    ws.read_buffer_size(c.read_buffer_bytes)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
         .max_write_buffer_size(c.max_write_buffer_bytes)
-        .max_message_size(c.max_message_bytes)
-        .max_frame_size(c.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let connection = serve(socket, query, app.clone(), identity);
-            app.connections.track_future(async move {
-                connection.await;
-                drop(slot);
-            })
-        })
+        .max_message_size(Some(c.max_message_bytes))
+        .max_frame_size(Some(c.max_frame_bytes));
+    ws.accept(move |io| {
+        let connection = async move {
+            let socket =
+                WebSocketStream::from_raw_socket(Watched::new(io), Role::Server, Some(config))
+                    .await;
+            serve(socket, query, app, identity).await;
+        };
+        let tracked = slot.0.connections.track_future(connection);
+        async move {
+            tracked.await;
+            drop(slot);
+        }
+    })
 }
 
 /// One of `websocket.max_connections` places, held from the upgrade request until
@@ -172,7 +184,7 @@ impl Signals {
 
 struct Conn {
     app: Arc<App>,
-    sink: SplitSink<WebSocket, Message>,
+    sink: SplitSink<Socket, Message>,
     signals: Arc<Signals>,
     stops: Stops,
 }
@@ -223,7 +235,7 @@ impl Stops {
     /// gateway shutting down does not abandon a write under way.
     async fn guard(
         &mut self,
-        write: impl std::future::Future<Output = Result<(), axum::Error>>,
+        write: impl std::future::Future<Output = Result<(), WsError>>,
     ) -> Result<(), End> {
         let mut write = std::pin::pin!(write);
         tokio::select! {
@@ -249,7 +261,7 @@ struct Live {
     version: u64,
 }
 
-async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Identity) {
+async fn serve(socket: Socket, query: WsQuery, app: Arc<App>, identity: Identity) {
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
     let signals = Arc::new(Signals::new(&app.close_dashboards, app.uptime_ms()));
@@ -280,7 +292,7 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
         signals: signals.clone(),
         identity,
     };
-    let reader = tokio::spawn(reader.run(stream));
+    let mut reader = tokio::spawn(reader.run(stream));
     let expires = expires_at.map(|exp_s| {
         let left = exp_s
             .saturating_mul(1_000)
@@ -301,7 +313,17 @@ async fn serve(socket: WebSocket, query: WsQuery, app: Arc<App>, identity: Ident
             conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
                 .await
         }
-        (_, close_code::TOO_BIG) => conn.close(close_code::TOO_BIG, "message too big").await,
+        (_, close_code::TOO_BIG) => {
+            conn.close(close_code::TOO_BIG, "message too big").await;
+            // The reader has ended (it asked for this close) and hands back its
+            // half: read the client's close before closing TCP (`fanout::socket`).
+            if let Ok(Some(stream)) = (&mut reader).await {
+                if let Ok(mut whole) = conn.sink.reunite(stream) {
+                    let timeout = Duration::from_millis(app.config.websocket.close_timeout_ms);
+                    socket::discard_until_close(&mut whole, timeout).await;
+                }
+            }
+        }
         (_, close_code::PROTOCOL_ERROR) => {
             conn.close(close_code::PROTOCOL_ERROR, "protocol error")
                 .await
@@ -497,7 +519,7 @@ impl Conn {
     /// Best-effort close frame, bounded by `close_timeout_ms`.
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         }));
         let timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
@@ -509,7 +531,7 @@ impl Conn {
     }
 }
 
-fn write_failed(e: axum::Error) -> End {
+fn write_failed(e: WsError) -> End {
     tracing::debug!(error = %e, "dashboard write failed; closing");
     End::Gone
 }
@@ -538,7 +560,7 @@ mod tests {
     use super::*;
 
     /// A socket write that never completes (a client that stopped reading).
-    fn stuck_write() -> impl std::future::Future<Output = Result<(), axum::Error>> {
+    fn stuck_write() -> impl std::future::Future<Output = Result<(), WsError>> {
         std::future::pending()
     }
 

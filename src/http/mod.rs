@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod deadline;
 pub mod station;
+pub mod upgrade;
 
 use crate::app::App;
 use crate::fanout::ws;
