@@ -313,9 +313,16 @@ impl Ward {
             out.push(Event::Session(e));
         }
         for t in effects.transitions {
-            // Minutes into the infusion at the event's gateway time: device clocks
-            // drift; the session's times come from the clinic system or the gateway.
-            let mut context = state.context(&self.rules, t.condition, now_ms);
+            // The session's times come from the clinic system or the gateway: a
+            // physiological change is placed when it was measured (its reading's
+            // device time on the gateway's clock), so a reading delivered late keeps
+            // its minute of the infusion; technical ones happen at gateway time.
+            let at = if self.rules.condition(t.condition).check.is_timed() {
+                now_ms
+            } else {
+                state.gateway_time_of(t.ts)
+            };
+            let mut context = state.context(&self.rules, t.condition, at);
             context.parts = t.parts.clone();
             out.push(Event::Alarm(self.alarm_event(chair, &t, context, now_ms)));
         }
@@ -530,5 +537,47 @@ mod tests {
             Err(WardError::ChairLimit(1))
         );
         assert!(w.apply("n/1", &spo2(2, 95.0), 1).is_ok());
+    }
+
+    /// A reading delivered late keeps the minute of the infusion it was measured at,
+    /// whatever the device's clock offset: 35.5, not the 48 it arrived at.
+    #[test]
+    fn a_late_reading_keeps_its_minute_of_the_infusion() {
+        const MIN: u64 = 60_000;
+        let w = ward(10);
+        let start = 1_780_000_000_000;
+        let behind = 10 * MIN; // the device's clock
+        let phase = |phase, ts| SessionUpdate {
+            phase,
+            patient: Some("P".into()),
+            session_number: None,
+            session_count: None,
+            route: None,
+            ts: Some(ts),
+            by: None,
+            limits: None,
+        };
+        let baseline = phase(crate::core::Phase::Baseline, start - 10 * MIN);
+        w.set_session("n/1", &baseline, start - 10 * MIN).unwrap();
+        let infusion = phase(crate::core::Phase::Infusion, start);
+        w.set_session("n/1", &infusion, start).unwrap();
+        let at = |seq: u64, v| Reading {
+            ts: start - behind + seq * 1_000,
+            ..spo2(seq, v)
+        };
+        // 35 minutes delivered within 40 ms of being measured.
+        for seq in 1..=35 * 60 {
+            let r = at(seq, 97.0);
+            w.apply("n/1", &r, r.ts + behind + 40).unwrap();
+        }
+        // The next 13 minutes buffered, delivered together at minute 48.
+        let delivered = start + 48 * MIN;
+        let mut raised = vec![];
+        for seq in 35 * 60 + 1..=48 * 60 {
+            let v = if seq == 35 * 60 + 30 { 80.0 } else { 97.0 };
+            raised.extend(events(w.apply("n/1", &at(seq, v), delivered).unwrap()));
+        }
+        assert_eq!(raised[0].state, AlarmState::Raised);
+        assert_eq!(raised[0].context.infusion_minute, Some(35.5));
     }
 }

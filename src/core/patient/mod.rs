@@ -5,6 +5,7 @@
 //! Everything here is pure: time comes in as arguments (device `ts` for physiological
 //! rules, gateway ms for technical ones and timers), so tests drive it with any clock.
 
+mod clock;
 mod measure;
 mod session;
 
@@ -15,6 +16,7 @@ use super::event::SessionChange;
 use super::reading::{Pump, Reading, Vital};
 use super::rules::RuleSet;
 use super::session::{Phase, Session};
+use clock::DeviceClock;
 use serde::Serialize;
 use std::collections::VecDeque;
 
@@ -173,6 +175,8 @@ pub struct PatientState {
     first_heard: u64,
     /// In recovery, gateway time since which the chair has looked fit to leave.
     stable_since: Option<u64>,
+    /// The device's clock against the gateway's, from its readings' `ts`.
+    clock: DeviceClock,
 }
 
 impl PatientState {
@@ -192,7 +196,13 @@ impl PatientState {
             heard_at: 0,
             first_heard: 0,
             stable_since: None,
+            clock: DeviceClock::default(),
         }
+    }
+
+    /// Device time `ts` of this chair's device on the gateway's clock.
+    pub fn gateway_time_of(&self, ts: u64) -> u64 {
+        self.clock.to_gateway(ts)
     }
 
     pub fn latest(&self) -> &Latest {
@@ -268,6 +278,7 @@ impl PatientState {
             return Applied::Duplicate;
         }
         self.remember(reading.seq, reading.ts);
+        self.clock.observe(reading.ts, received_at);
         let in_order = self.in_order(reading.seq);
         if in_order {
             self.last_seq = Some(reading.seq);
