@@ -15,6 +15,7 @@ pub mod core;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
+pub mod replay;
 pub mod service;
 pub mod sim;
 pub mod telemetry;
@@ -24,6 +25,7 @@ pub use config::Config;
 
 use audit::Audit;
 use config::{BrokerMode, ConfigError};
+use ingest::capture::Capture;
 use ingest::{broker, BrokerAddr, Ingest, IngestError, Topics};
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -40,6 +42,8 @@ pub enum Error {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Capture(#[from] ingest::capture::CaptureError),
     #[error("audit trail (audit.path): {0}")]
     Audit(String),
     #[error(transparent)]
@@ -146,6 +150,21 @@ impl Gateway {
             );
         }
         let app = Arc::new(App::new(config, rules, topics, Arc::new(audit), auth));
+        let capture = match app.config.capture.enabled {
+            true => {
+                let capture = Capture::start(
+                    &app.config.capture,
+                    app::now_ms(),
+                    app.metrics.capture_dropped.clone(),
+                )?;
+                tracing::info!(
+                    dir = %app.config.capture.dir.display(),
+                    "capturing every applied message for `vitalgate replay` (the files hold patient ids)"
+                );
+                Some(capture)
+            }
+            false => None,
+        };
         restore_sessions(&app).await;
         restore_open_alarms(&app).await;
         let stop_http = CancellationToken::new();
@@ -162,7 +181,8 @@ impl Gateway {
         app.health.set_listening(true);
 
         let stop_ingest = CancellationToken::new();
-        let ingest = tokio::spawn(Ingest::new(app.clone(), options).run(stop_ingest.clone()));
+        let ingest = Ingest::new(app.clone(), options).with_capture(capture);
+        let ingest = tokio::spawn(ingest.run(stop_ingest.clone()));
         let timers = tokio::spawn(run_timers(app.clone(), stop_ingest.clone()));
         tracing::info!(
             broker = %format!("{}:{}", broker.host, broker.port),

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub chairs_forgotten: Counter,
     pub chairs_silent: Gauge,
     pub timers_last_tick: Gauge,
+    pub capture_dropped: Counter,
 }
 
 impl Metrics {
@@ -239,6 +240,10 @@ impl Metrics {
             timers_last_tick: gauge(
                 "vitalgate_timers_last_tick_seconds",
                 "Gateway time of the alarm timers' last tick, seconds since the epoch: stale when the gateway hangs.",
+            ),
+            capture_dropped: counter(
+                "vitalgate_capture_dropped_total",
+                "Messages left out of the [capture] files because the disk fell behind (the gateway applied them).",
             ),
             recorder,
             handle,

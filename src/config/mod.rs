@@ -41,6 +41,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who may use the dashboards' WebSocket and the API.
     pub auth: AuthConfig,
+    /// Recording every applied message for `vitalgate replay`.
+    pub capture: CaptureConfig,
     /// Alarm limits. Replaces the default list as a whole when given.
     pub rules: Vec<RuleSpec>,
     /// Rules raised only while several limits are crossed at once. Replaces the
@@ -177,6 +179,24 @@ pub struct AuditConfig {
     pub synchronous: AuditSync,
     /// Most rows one `GET /api/...` query returns.
     pub max_query_rows: usize,
+}
+
+/// `[capture]`: every message the gateway applies, written to rotating JSON Lines
+/// files that `vitalgate replay` reads. The files hold patient ids: owner-only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Off by default.
+    pub enabled: bool,
+    /// Directory for the files (created `0700`; files are `0600`).
+    pub dir: PathBuf,
+    /// Start a new file once one reaches this many bytes.
+    pub rotate_bytes: u64,
+    /// Keep this many newest files, removing older ones (0: keep all).
+    pub max_files: usize,
+    /// Messages queued for the writer; beyond it they are left out of the capture
+    /// (never out of the gateway) and counted.
+    pub queue_capacity: usize,
 }
 
 /// `[http]`: the listener for `/ws`, `/live`, `/ready` and `/metrics`.

@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod broker;
+pub mod capture;
 pub mod mqtt;
 pub mod pipeline;
 pub mod topic;

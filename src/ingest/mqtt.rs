@@ -7,6 +7,7 @@
 //! a reconnect or a gateway restart; redeliveries are recognised by the core.
 
 use super::backoff::Backoff;
+use super::capture::Capture;
 use super::pipeline::{process, Processed};
 use crate::app::{now_ms, App};
 use crate::config::{MqttConfig, TlsConfig};
@@ -146,6 +147,8 @@ pub struct Ingest {
     /// Whether this process has subscribed on the current broker session.
     subscribed: bool,
     rejects: RejectLog,
+    /// `[capture]`: where applied messages are recorded, when enabled.
+    capture: Option<Capture>,
 }
 
 impl Ingest {
@@ -173,7 +176,14 @@ impl Ingest {
             pending_acks: VecDeque::new(),
             subscribed: false,
             rejects,
+            capture: None,
         }
+    }
+
+    /// Record every applied message to `capture`.
+    pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
+        self.capture = capture;
+        self
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
@@ -225,6 +235,10 @@ impl Ingest {
             }
         }
         self.disconnect().await;
+        if let Some(capture) = self.capture.take() {
+            // Everything applied is on disk before the gateway reports it stopped.
+            let _ = tokio::task::spawn_blocking(move || capture.finish()).await;
+        }
     }
 
     fn set_ready(&self, ready: bool) {
@@ -260,10 +274,15 @@ impl Ingest {
 
     fn on_publish(&mut self, publish: Publish) {
         let topic = publish.topic.as_str();
-        match process(&self.app, topic, &publish.payload, Instant::now(), now_ms()) {
+        let now = now_ms();
+        match process(&self.app, topic, &publish.payload, Instant::now(), now) {
             Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
             Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
-            Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {}
+            Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {
+                if let Some(capture) = &self.capture {
+                    capture.record(now, topic, &publish.payload, publish.retain);
+                }
+            }
         }
         // Processed (or rejected for good): acknowledge, in arrival order.
         self.pending_acks.push_back(publish);

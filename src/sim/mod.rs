@@ -27,6 +27,7 @@
 //!   phase, which is enough for the gateway to take the patient's baseline median.
 
 pub mod demo;
+pub mod library;
 mod physiology;
 pub mod publish;
 mod stream;
@@ -52,6 +53,11 @@ pub struct Message {
     pub payload: String,
     /// Session and status messages are retained; readings are not.
     pub retain: bool,
+    /// When the gateway receives the message, if later than `at_ms`: the device
+    /// buffered it through a network outage ([`EventKind::NetworkOutage`]). Messages are
+    /// in `at_ms` order; per chair, delivery times (this, else `at_ms`) never decrease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
 }
 
 /// In the history of a chair that started before the simulator, one baseline reading
@@ -129,6 +135,18 @@ pub enum EventKind {
     MotionArtefact {
         spo2: f64,
     },
+    /// Blood pressure climbs steadily through the window: cuff readings go from the
+    /// patient's usual curve at the start to about `sbp`/`dbp` at the end, then (the
+    /// event over) follow the usual curve again. Only the routine cuff cycle sees it:
+    /// too slow for a rate-of-rise rule, caught by the absolute and baseline limits.
+    SlowHypertension {
+        sbp: f64,
+        dbp: f64,
+    },
+    /// The chair's network is down: the device goes on measuring and buffers, and
+    /// everything it sends in the window reaches the gateway together at the end
+    /// ([`Message::delivered_ms`]), with its own `at_ms`/`ts`. No status change.
+    NetworkOutage,
 }
 
 impl EventKind {
@@ -151,6 +169,8 @@ impl EventKind {
             EventKind::DeviceOffline => "device_offline",
             EventKind::CuffArtefact { .. } => "cuff_artefact",
             EventKind::MotionArtefact { .. } => "motion_artefact",
+            EventKind::SlowHypertension { .. } => "slow_hypertension",
+            EventKind::NetworkOutage => "network_outage",
         }
     }
 }

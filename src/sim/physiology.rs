@@ -152,14 +152,27 @@ impl Physiology<'_> {
             EventKind::BpSurge { sbp, dbp } if e.covers(t) => Some((sbp, dbp)),
             _ => None,
         });
+        // A slow rise: the fraction of the way from the usual curve to its target.
+        let slow = self.s.events.iter().find_map(|e| match e.kind {
+            EventKind::SlowHypertension { sbp, dbp } if e.covers(t) => {
+                let x = (t - e.start_ms) as f64 / (e.end_ms - e.start_ms) as f64;
+                Some((sbp, dbp, x))
+            }
+            _ => None,
+        });
         let (sbp, dbp) = match surge {
             Some((sbp, dbp)) => (sbp + noise(rng, 3.0), dbp + noise(rng, 2.0)),
             None => {
                 let k = self.ketamine(t);
-                (
-                    self.s.baseline.sbp + SBP_RISE * k + noise(rng, 4.0),
-                    self.s.baseline.dbp + DBP_RISE * k + noise(rng, 3.0),
-                )
+                let (mut sbp, mut dbp) = (
+                    self.s.baseline.sbp + SBP_RISE * k,
+                    self.s.baseline.dbp + DBP_RISE * k,
+                );
+                if let Some((to_sbp, to_dbp, x)) = slow {
+                    (sbp, dbp) = (lerp(sbp, to_sbp, x), lerp(dbp, to_dbp, x));
+                }
+                // Same draws in the same order with or without the event.
+                (sbp + noise(rng, 4.0), dbp + noise(rng, 3.0))
             }
         };
         (

@@ -202,7 +202,16 @@ impl<'a> ChairStream<'a> {
             topic: self.topic_vitals.clone(),
             payload: serde_json::to_string(&p).expect("payload serialises"),
             retain: false,
+            delivered_ms: self.delivered(at),
         });
+    }
+
+    /// A message sent during a scripted network outage reaches the gateway at the
+    /// outage's end (every message of the chair: one connection carries them all).
+    fn delivered(&self, at: u64) -> Option<u64> {
+        let s = self.chair.session_at(at)?;
+        s.event_at(at, |k| *k == EventKind::NetworkOutage)
+            .map(|e| e.end_ms)
     }
 
     fn monitor(&mut self, t: u64) {
@@ -239,11 +248,13 @@ impl<'a> ChairStream<'a> {
     }
 
     fn retained(&mut self, at: u64, topic: String, payload: String) {
+        let delivered_ms = self.delivered(at);
         self.out.push_back(Message {
             at_ms: at,
             topic,
             payload,
             retain: true,
+            delivered_ms,
         });
     }
 
