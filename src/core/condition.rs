@@ -17,7 +17,7 @@ pub enum AlarmKind {
 }
 
 /// A limit on one side of one vital: absolute, relative to the patient's baseline,
-/// or both, in which case the stricter one applies.
+/// or both, in which case the stricter one applies — unless `widens`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Limit {
     pub absolute: Option<f64>,
@@ -25,6 +25,11 @@ pub struct Limit {
     pub from_baseline: Option<f64>,
     /// Multiple of the baseline (e.g. 1.3 for a high limit, 0.9 for a low one).
     pub baseline_ratio: Option<f64>,
+    /// The baseline-relative limit replaces the absolute one where it lies further
+    /// out: the limit follows a patient whose own baseline plus the expected change
+    /// is beyond the absolute limit, and is the absolute one for everyone else and
+    /// for a patient without a baseline. A per-patient limit then applies alone.
+    pub widens: bool,
 }
 
 impl Limit {
@@ -36,6 +41,9 @@ impl Limit {
         baseline: Option<f64>,
         absolute_override: Option<f64>,
     ) -> Option<f64> {
+        if self.widens && absolute_override.is_some() {
+            return absolute_override;
+        }
         let absolute = absolute_override.or(self.absolute);
         let relative = baseline.into_iter().flat_map(|b| {
             let delta = self.from_baseline.map(|d| match direction {
@@ -44,6 +52,19 @@ impl Limit {
             });
             [delta, self.baseline_ratio.map(|r| b * r)]
         });
+        if self.widens {
+            // The stricter of the relative limits, then the looser of that and the
+            // absolute one.
+            let relative = match direction {
+                Direction::Low => relative.flatten().reduce(f64::max),
+                Direction::High => relative.flatten().reduce(f64::min),
+            };
+            let candidates = absolute.into_iter().chain(relative);
+            return match direction {
+                Direction::Low => candidates.reduce(f64::min),
+                Direction::High => candidates.reduce(f64::max),
+            };
+        }
         let candidates = absolute.into_iter().chain(relative.flatten());
         match direction {
             Direction::Low => candidates.reduce(f64::max),
@@ -377,6 +398,7 @@ mod tests {
             absolute: Some(180.0),
             from_baseline: Some(40.0),
             baseline_ratio: Some(1.3),
+            widens: false,
         };
         // Baseline 120: 160 (delta) and 156 (ratio) are both under 180: 156.
         assert_eq!(
@@ -397,6 +419,7 @@ mod tests {
             absolute: Some(90.0),
             from_baseline: Some(4.0),
             baseline_ratio: None,
+            widens: false,
         };
         assert_eq!(low.effective(Direction::Low, Some(97.0), None), Some(93.0));
         let relative_only = Limit {
@@ -404,6 +427,40 @@ mod tests {
             ..Limit::default()
         };
         assert_eq!(relative_only.effective(Direction::Low, None, None), None);
+    }
+
+    #[test]
+    fn a_widening_limit_follows_a_baseline_beyond_the_absolute_one() {
+        let high = Limit {
+            absolute: Some(140.0),
+            from_baseline: Some(30.0),
+            baseline_ratio: Some(1.3),
+            widens: true,
+        };
+        // Baseline 150: the stricter relative limit is 180 (195 by ratio), beyond 140.
+        assert_eq!(
+            high.effective(Direction::High, Some(150.0), None),
+            Some(180.0)
+        );
+        // Baseline 100: 130 is inside 140: the absolute limit stays.
+        assert_eq!(
+            high.effective(Direction::High, Some(100.0), None),
+            Some(140.0)
+        );
+        assert_eq!(high.effective(Direction::High, None, None), Some(140.0));
+        // A clinician's limit for the patient applies as set.
+        assert_eq!(
+            high.effective(Direction::High, Some(150.0), Some(150.0)),
+            Some(150.0)
+        );
+        let low = Limit {
+            absolute: Some(90.0),
+            from_baseline: Some(20.0),
+            baseline_ratio: None,
+            widens: true,
+        };
+        assert_eq!(low.effective(Direction::Low, Some(100.0), None), Some(80.0));
+        assert_eq!(low.effective(Direction::Low, Some(125.0), None), Some(90.0));
     }
 
     #[test]

@@ -236,7 +236,7 @@ fn scores(out: &mut String, r: &Report) {
     let missed: Vec<_> = score.missed().collect();
     let _ = writeln!(
         out,
-        "\n{}: {} true events in {} annotated recordings: {} detected at their priority, {} missed; {} alarms outside true events ({} during artefacts); {} physiological alarms in normal sessions",
+        "\n{}: {} true events in {} annotated recordings: {} detected at their priority, {} missed; {} alarms outside true events ({} during artefacts); {} physiological alarms in normal sessions (no event at all)",
         r.config,
         score.events.len(),
         score.recordings,

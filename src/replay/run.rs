@@ -7,7 +7,7 @@ use super::ReplayError;
 use crate::config::Config;
 use crate::core::{
     decode, AlarmEvent, AlarmKind, AlarmState, DecodeLimits, Direction, Event, Outcome, Priority,
-    SessionUpdate, Vital, Ward,
+    Reading, SessionUpdate, Vital, Ward,
 };
 use crate::ingest::pipeline::parse_status;
 use crate::ingest::{TopicKind, Topics};
@@ -76,6 +76,30 @@ impl Replayed {
     }
 }
 
+/// One recorded message, decoded as the gateway's ingest decodes it.
+#[derive(Clone)]
+pub struct Decoded {
+    /// The gateway's clock when it arrived.
+    now: u64,
+    /// `None`: the topic is not one the gateway subscribes to.
+    chair: Option<String>,
+    what: What,
+}
+
+#[derive(Clone)]
+enum What {
+    Reading {
+        reading: Reading,
+        simulated: bool,
+    },
+    Session(SessionUpdate),
+    Status(bool),
+    /// An empty retained message: a topic being cleared.
+    Cleared,
+    /// What the gateway would refuse.
+    Refused,
+}
+
 /// One replay in progress.
 pub struct Run {
     ward: Ward,
@@ -117,66 +141,97 @@ impl Run {
 
     /// Apply one message at its delivery time, after the timer ticks due before it.
     pub fn feed(&mut self, record: &Record) {
+        let message = self.decode(record);
+        self.apply(message);
+    }
+
+    /// A record as the gateway's ingest reads it: topic, then payload. No state
+    /// changes: the engine's share of a replay is [`Run::apply`].
+    pub fn decode(&self, record: &Record) -> Decoded {
         let now = record.delivered_at();
+        let payload = record.payload.as_bytes();
+        let Ok((kind, chair)) = self.topics.classify(&record.topic) else {
+            return Decoded {
+                now,
+                chair: None,
+                what: What::Refused,
+            };
+        };
+        let what = match kind {
+            TopicKind::Vitals => match decode(payload, now, &self.limits) {
+                Ok(reading) => What::Reading {
+                    reading,
+                    // The flag is on every reading of a simulator: looking in the
+                    // first readings of a recording is enough.
+                    simulated: self.out.readings < 16
+                        && record.payload.contains("\"simulated\":true"),
+                },
+                Err(_) => What::Refused,
+            },
+            TopicKind::Session | TopicKind::Status if payload.is_empty() => What::Cleared,
+            TopicKind::Session => match SessionUpdate::decode(payload, self.session_max_bytes) {
+                Ok(update) if update.ts.is_some() => What::Session(update),
+                _ => What::Refused,
+            },
+            TopicKind::Status => match parse_status(payload) {
+                Some(online) => What::Status(online),
+                None => What::Refused,
+            },
+        };
+        Decoded {
+            now,
+            chair: Some(chair),
+            what,
+        }
+    }
+
+    /// Apply one decoded message, after the timer ticks due before it.
+    pub fn apply(&mut self, message: Decoded) {
+        let now = message.now;
         self.tick_until(now);
         self.out.messages += 1;
         self.out.end_ms = self.out.end_ms.max(now);
-        let payload = record.payload.as_bytes();
-        let Ok((kind, chair)) = self.topics.classify(&record.topic) else {
+        let Some(chair) = message.chair else {
             self.out.refused += 1;
             return;
         };
-        let span = self.out.chairs.entry(chair.clone()).or_insert((now, now));
-        span.1 = span.1.max(now);
-        let events = match kind {
-            TopicKind::Vitals => match decode(payload, now, &self.limits) {
-                Ok(reading) => {
-                    // Looked for in the first readings only: the flag is on every
-                    // reading of a simulator, and a long capture need not be searched.
-                    if self.out.readings < 16 && !self.out.simulated {
-                        self.out.simulated = record.payload.contains("\"simulated\":true");
+        match self.out.chairs.get_mut(&chair) {
+            Some(span) => span.1 = span.1.max(now),
+            None => {
+                self.out.chairs.insert(chair.clone(), (now, now));
+            }
+        }
+        let events = match message.what {
+            What::Reading { reading, simulated } => {
+                self.out.readings += 1;
+                self.out.simulated |= simulated;
+                let events = match self.ward.apply(&chair, &reading, now) {
+                    Ok(Outcome::Accepted { events, .. }) => events,
+                    Ok(Outcome::Duplicate) => Vec::new(),
+                    Err(_) => {
+                        self.out.refused += 1;
+                        Vec::new()
                     }
-                    self.out.readings += 1;
-                    let events = match self.ward.apply(&chair, &reading, now) {
-                        Ok(Outcome::Accepted { events, .. }) => events,
-                        Ok(Outcome::Duplicate) => Vec::new(),
-                        Err(_) => {
-                            self.out.refused += 1;
-                            Vec::new()
-                        }
-                    };
-                    self.worsen(&chair, &reading);
-                    events
-                }
+                };
+                self.worsen(&chair, &reading);
+                events
+            }
+            What::Session(update) => match self.ward.set_session(&chair, &update, now) {
+                Ok(events) => events,
                 Err(_) => {
                     self.out.refused += 1;
                     Vec::new()
                 }
             },
-            TopicKind::Session if payload.is_empty() => Vec::new(),
-            TopicKind::Session => {
-                let update = SessionUpdate::decode(payload, self.session_max_bytes)
-                    .ok()
-                    .filter(|u| u.ts.is_some());
-                match update.map(|u| self.ward.set_session(&chair, &u, now)) {
-                    Some(Ok(events)) => events,
-                    _ => {
-                        self.out.refused += 1;
-                        Vec::new()
-                    }
-                }
+            What::Status(online) => self
+                .ward
+                .set_device_online(&chair, online, now)
+                .unwrap_or_default(),
+            What::Cleared => Vec::new(),
+            What::Refused => {
+                self.out.refused += 1;
+                Vec::new()
             }
-            TopicKind::Status if payload.is_empty() => Vec::new(),
-            TopicKind::Status => match parse_status(payload) {
-                Some(online) => self
-                    .ward
-                    .set_device_online(&chair, online, now)
-                    .unwrap_or_default(),
-                None => {
-                    self.out.refused += 1;
-                    Vec::new()
-                }
-            },
         };
         self.record(events);
     }
@@ -236,7 +291,7 @@ impl Run {
     }
 
     /// Follow the worst value of every open physiological alarm of `chair`.
-    fn worsen(&mut self, chair: &str, reading: &crate::core::Reading) {
+    fn worsen(&mut self, chair: &str, reading: &Reading) {
         if self.open.is_empty() {
             return;
         }

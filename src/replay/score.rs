@@ -96,7 +96,9 @@ pub struct Unneeded {
 pub struct Score {
     pub events: Vec<EventResult>,
     pub unneeded: Vec<Unneeded>,
-    /// Physiological alarms in sessions annotated as normal.
+    /// Physiological alarms in the normal sessions: those with no annotated event
+    /// at all (sessions with artefacts only are scored by their alarms outside
+    /// true events).
     pub in_normal_sessions: usize,
     pub recordings: usize,
 }
@@ -132,7 +134,10 @@ impl Score {
             if actionable.iter().any(|e| e.covers(span)) {
                 continue;
             }
-            if annotation.normal && span.kind == AlarmKind::Physiological {
+            if annotation.normal
+                && annotation.events.is_empty()
+                && span.kind == AlarmKind::Physiological
+            {
                 self.in_normal_sessions += 1;
             }
             self.unneeded.push(Unneeded {

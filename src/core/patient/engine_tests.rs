@@ -851,3 +851,36 @@ fn a_restored_alarm_waits_for_data_and_belongs_to_its_patient() {
     other.p.restore(&other.rules, &theirs, T0 + 1_000);
     assert!(!other.p.restore_alarm(&other.rules, &alarm));
 }
+
+#[test]
+fn an_empty_chair_is_not_judged_on_the_last_patients_values() {
+    // A limit for chairs without a session, and none in the session's phases.
+    let rules = [hr_rule("hr_idle", 100.0, &[Phase::Idle])];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.phase(Phase::Baseline, T0);
+    c.phase(Phase::Infusion, T0 + 600_000);
+    c.phase(Phase::Recovery, T0 + 3_000_000);
+    c.read(T0 + 3_100_000, &[(Vital::Hr, 120.0)], None);
+    c.phase(Phase::Discharged, T0 + 5_000_000);
+    let idle = c.session(
+        SessionUpdate {
+            phase: Phase::Idle,
+            patient: None,
+            session_number: None,
+            session_count: None,
+            route: None,
+            ts: Some(T0 + 5_300_000),
+            by: None,
+            limits: None,
+        },
+        T0 + 5_300_000,
+    );
+    assert_eq!(c.seen(&idle.unwrap()), vec![]);
+    assert_eq!(c.p.latest().get(Vital::Hr), None);
+    // The chair's own readings are judged again as they come.
+    assert_eq!(
+        c.read_s(T0 + 5_400_000, &[(Vital::Hr, 120.0)], None),
+        vec![("hr_idle".into(), "raised", None)]
+    );
+}

@@ -81,6 +81,13 @@ impl PatientState {
             return Ok(Effects::default());
         }
         let previous = self.session.known.then_some(self.session.phase);
+        if phase_changed && new_session {
+            // The patient has left (or another one sits down): their last values
+            // are not the chair's now, and must not be judged against the limits
+            // of the next phase (an empty chair alarming on the last cuff reading).
+            self.latest.vitals = [None; 6];
+            self.trends = Default::default();
+        }
         let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
         s.known = true;

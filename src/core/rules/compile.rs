@@ -129,6 +129,7 @@ fn side_limit(
         absolute,
         from_baseline: delta,
         baseline_ratio: ratio,
+        widens: false,
     })
 }
 
@@ -191,22 +192,37 @@ impl RuleSet {
                 spec.max_session,
             );
             let (lo, hi) = spec.vital.possible_range();
-            let low = side_limit(
+            let widen = |limit: Option<Limit>| {
+                limit.map(|l| Limit {
+                    widens: spec.widen_to_baseline,
+                    ..l
+                })
+            };
+            let low = widen(side_limit(
                 &mut errs,
                 &key,
                 spec.vital,
                 Direction::Low,
                 spec.low,
                 &spec.relative(),
-            );
-            let high = side_limit(
+            ));
+            let high = widen(side_limit(
                 &mut errs,
                 &key,
                 spec.vital,
                 Direction::High,
                 spec.high,
                 &spec.relative(),
-            );
+            ));
+            if spec.widen_to_baseline
+                && !low.is_some_and(|l| l.uses_baseline())
+                && !high.is_some_and(|l| l.uses_baseline())
+            {
+                errs.push(
+                    format!("{key}.widen_to_baseline"),
+                    "needs a limit relative to the baseline (above_baseline, ...) to widen to",
+                );
+            }
             match (spec.low, spec.high) {
                 _ if low.is_none() && high.is_none() => errs.push(
                     format!("{key}.low"),

@@ -69,6 +69,11 @@ pub struct RuleSpec {
     /// Breach when the value is above baseline × this (e.g. 1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_baseline_ratio: Option<f64>,
+    /// The baseline-relative limits replace the absolute ones where they lie further
+    /// out (instead of the stricter applying): the limit follows a patient whose own
+    /// baseline plus the expected change is beyond the absolute limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub widen_to_baseline: bool,
     pub priority: Priority,
     /// How long, in device time, the breach must persist before an alarm is raised.
     #[serde(default)]
@@ -98,6 +103,7 @@ impl Default for RuleSpec {
             above_baseline: None,
             below_baseline_ratio: None,
             above_baseline_ratio: None,
+            widen_to_baseline: false,
             priority: Priority::Medium,
             delay_ms: 0,
             hysteresis: 0.0,
