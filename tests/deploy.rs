@@ -49,6 +49,19 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Debian 12's /etc/mosquitto/mosquitto.conf as the `mosquitto` package installs it,
+/// with its directories moved into `dir` (the pid file and log file left out).
+fn debian_main_conf(dir: &Path) -> String {
+    format!(
+        "# Place your local configuration in /etc/mosquitto/conf.d/\n\
+         persistence true\n\
+         persistence_location {data}/\n\
+         include_dir {confd}\n",
+        data = dir.join("data").display(),
+        confd = dir.join("conf.d").display(),
+    )
+}
+
 impl ShippedBroker {
     async fn start() -> ShippedBroker {
         let dir = std::env::temp_dir().join(unique("deploy-mosq"));
@@ -80,7 +93,6 @@ impl ShippedBroker {
         let here = format!("{}/", dir.display());
         let conf = shipped
             .replace("/etc/mosquitto/vitalgate/", &here)
-            .replace("/var/lib/mosquitto/", &format!("{here}data/"))
             .replace("listener 8883", &format!("listener {tls_port}"))
             .replace(
                 "listener 1883 127.0.0.1",
@@ -90,8 +102,12 @@ impl ShippedBroker {
         // Run as the test's user: the shipped file relies on Debian's `mosquitto`
         // user owning /var/lib/mosquitto, which a temporary directory is not.
         let conf = format!("{conf}\nuser root\n");
+        // Installed as the recipe says: conf.d/vitalgate.conf, included by Debian's
+        // own mosquitto.conf (as the package ships it, its paths moved here).
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::write(dir.join("conf.d/vitalgate.conf"), conf).unwrap();
         let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, conf).unwrap();
+        std::fs::write(&path, debian_main_conf(&dir)).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&path)

@@ -325,3 +325,47 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The service manager's STATUS follows the broker subscription at once, not at the
+/// next watchdog round (7.5 s for the shipped unit): `systemctl status` right after
+/// `systemctl start` says "subscribed".
+#[test]
+fn the_status_says_subscribed_as_soon_as_it_is() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(unique("notify"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    // Without a watchdog the status round is every 5 s: well over this.
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .env("NOTIFY_SOCKET", &path)
+        .env("VITALGATE_HTTP__BIND", "127.0.0.1:0")
+        .env("VITALGATE_MQTT__EMBEDDED__BIND", "127.0.0.1:0")
+        .env("VITALGATE_MQTT__CLIENT_ID", unique("notify-gw"))
+        .env("VITALGATE_AUDIT__PATH", audit_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let mut heard = Vec::new();
+    let subscribed = loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let m = String::from_utf8_lossy(&buf[..n]).to_string();
+                if m.contains("STATUS=subscribed to the broker") {
+                    break true;
+                }
+                heard.push(m);
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    assert!(subscribed, "no 'subscribed' status within 3 s: {heard:?}");
+}
