@@ -25,7 +25,7 @@ fn bench(c: &mut Criterion) {
     let decoded: Vec<_> = recordings
         .iter()
         .map(|recs| {
-            let run = Run::new(&config).unwrap();
+            let mut run = Run::new(&config).unwrap();
             recs.iter().map(|r| run.decode(r)).collect::<Vec<_>>()
         })
         .collect();

@@ -257,14 +257,16 @@ impl Ward {
     pub fn tick(&self, now_ms: u64) -> Vec<Event> {
         let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut out = Vec::new();
-        for mut entry in self.patients.iter_mut() {
-            let key = entry.key().clone();
-            let state = entry.value_mut();
+        // `retain` keeping every chair: it takes each shard's lock once, where
+        // `iter_mut` also allocates a shared guard per shard, on every tick (in a
+        // replay, as often as readings arrive).
+        self.patients.retain(|key, state| {
             let effects = state.tick(&self.rules, now_ms, &mut next_id);
             if !effects.is_empty() {
-                out.extend(self.events(&key, state, effects, now_ms));
+                out.extend(self.events(key, state, effects, now_ms));
             }
-        }
+            true
+        });
         out
     }
 

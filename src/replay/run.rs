@@ -82,7 +82,7 @@ pub struct Decoded {
     /// The gateway's clock when it arrived.
     now: u64,
     /// `None`: the topic is not one the gateway subscribes to.
-    chair: Option<String>,
+    chair: Option<Arc<str>>,
     what: What,
 }
 
@@ -110,6 +110,8 @@ pub struct Run {
     next_tick: Option<u64>,
     /// Open spans by alarm id, and where they are in `out.spans`.
     open: HashMap<u64, usize>,
+    /// Each chair's key, once: decoded messages share it.
+    keys: HashMap<String, Arc<str>>,
     out: Replayed,
 }
 
@@ -135,6 +137,7 @@ impl Run {
             tick_ms: config.alarms.tick_ms.max(1),
             next_tick: None,
             open: HashMap::new(),
+            keys: HashMap::new(),
             out: Replayed::default(),
         })
     }
@@ -147,7 +150,7 @@ impl Run {
 
     /// A record as the gateway's ingest reads it: topic, then payload. No state
     /// changes: the engine's share of a replay is [`Run::apply`].
-    pub fn decode(&self, record: &Record) -> Decoded {
+    pub fn decode(&mut self, record: &Record) -> Decoded {
         let now = record.delivered_at();
         let payload = record.payload.as_bytes();
         let Ok((kind, chair)) = self.topics.classify(&record.topic) else {
@@ -178,6 +181,14 @@ impl Run {
                 None => What::Refused,
             },
         };
+        let chair = match self.keys.get(&chair) {
+            Some(key) => key.clone(),
+            None => {
+                let key: Arc<str> = Arc::from(chair.as_str());
+                self.keys.insert(chair, key.clone());
+                key
+            }
+        };
         Decoded {
             now,
             chair: Some(chair),
@@ -195,10 +206,10 @@ impl Run {
             self.out.refused += 1;
             return;
         };
-        match self.out.chairs.get_mut(&chair) {
+        match self.out.chairs.get_mut(&*chair) {
             Some(span) => span.1 = span.1.max(now),
             None => {
-                self.out.chairs.insert(chair.clone(), (now, now));
+                self.out.chairs.insert(chair.to_string(), (now, now));
             }
         }
         let events = match message.what {

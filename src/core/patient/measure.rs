@@ -49,7 +49,7 @@ pub(super) fn measure(
     cond: &Condition,
     _ts: u64,
     now_ms: u64,
-) -> Option<(Measure, Vec<PartValue>)> {
+) -> Option<Measure> {
     let m = match &cond.check {
         Check::Threshold {
             vital,
@@ -61,51 +61,32 @@ pub(super) fn measure(
             Measure::against(value, limit, *direction, cond.hysteresis)
         }
         Check::Combined { parts } => {
-            let newest = parts
-                .iter()
-                .filter_map(|(v, _, _)| p.latest.get(*v).map(|s| s.ts))
-                .max()?;
-            let mut values = Vec::with_capacity(parts.len());
+            // The breach, and the first part's value and limit, without collecting
+            // the parts: that happens only on a transition ([`parts`]).
             let mut breached = true;
             let mut recovered = false;
-            for (vital, direction, limit) in parts {
-                let fresh = COMBINED_FRESH_MS.max(rules.stale_ms(*vital));
-                let sample = p
-                    .latest
-                    .get(*vital)
-                    .filter(|s| newest.saturating_sub(s.ts) <= fresh);
-                let limit = p.limit_for(cond, *vital, *direction, limit);
-                match (sample, limit) {
-                    (Some(s), Some(l)) => {
-                        let m = Measure::against(s.value, l, *direction, cond.hysteresis);
-                        breached &= m.breached;
-                        recovered |= m.recovered;
-                        values.push(PartValue {
-                            vital: *vital,
-                            condition: *direction,
-                            value: s.value,
-                            limit: l,
-                        });
-                    }
-                    // A part without a current value or limit cannot be breached;
-                    // an alarm raised on it ends when its data is gone.
-                    _ => {
-                        breached = false;
-                        recovered = true;
-                    }
+            let mut first = None;
+            for_each_part(p, rules, cond, parts, |part| match part {
+                Some((value, limit, direction)) => {
+                    let m = Measure::against(value, limit, direction, cond.hysteresis);
+                    breached &= m.breached;
+                    recovered |= m.recovered;
+                    first.get_or_insert((value, limit));
                 }
+                // A part without a current value or limit cannot be breached; an
+                // alarm raised on it ends when its data is gone.
+                None => {
+                    breached = false;
+                    recovered = true;
+                }
+            })?;
+            let (value, limit) = first.unwrap_or((0.0, 0.0));
+            Measure {
+                breached,
+                recovered,
+                value,
+                limit,
             }
-            let first = values.first().copied();
-            let (value, limit) = first.map_or((0.0, 0.0), |f| (f.value, f.limit));
-            return Some((
-                Measure {
-                    breached,
-                    recovered,
-                    value,
-                    limit,
-                },
-                values,
-            ));
         }
         Check::Trend {
             vital,
@@ -154,7 +135,54 @@ pub(super) fn measure(
             }
         }
     };
-    Some((m, Vec::new()))
+    Some(m)
+}
+
+/// Each part of a combined condition in order: its current value and limit with
+/// its direction, or `None` when it has no fresh value or no limit. `None` overall
+/// when no part has a value at all.
+fn for_each_part(
+    p: &PatientState,
+    rules: &RuleSet,
+    cond: &Condition,
+    parts: &[(Vital, Direction, crate::core::condition::Limit)],
+    mut f: impl FnMut(Option<(f64, f64, Direction)>),
+) -> Option<()> {
+    let newest = parts
+        .iter()
+        .filter_map(|(v, _, _)| p.latest.get(*v).map(|s| s.ts))
+        .max()?;
+    for (vital, direction, limit) in parts {
+        let fresh = COMBINED_FRESH_MS.max(rules.stale_ms(*vital));
+        let sample = p
+            .latest
+            .get(*vital)
+            .filter(|s| newest.saturating_sub(s.ts) <= fresh);
+        let limit = p.limit_for(cond, *vital, *direction, limit);
+        f(sample.zip(limit).map(|(s, l)| (s.value, l, *direction)));
+    }
+    Some(())
+}
+
+/// A combined condition's parts as an alarm reports them (empty for other kinds).
+pub(super) fn parts(p: &PatientState, rules: &RuleSet, cond: &Condition) -> Vec<PartValue> {
+    let Check::Combined { parts } = &cond.check else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    let mut vitals = parts.iter();
+    let _ = for_each_part(p, rules, cond, parts, |part| {
+        let (vital, _, _) = vitals.next().expect("one call per part");
+        if let Some((value, limit, direction)) = part {
+            out.push(PartValue {
+                vital: *vital,
+                condition: direction,
+                value,
+                limit,
+            });
+        }
+    });
+    out
 }
 
 /// A silence of `silent_ms` against an allowance, reported in seconds.

@@ -151,6 +151,53 @@ impl Trend {
     }
 }
 
+/// A set of condition indexes, iterated in index order: a bitset on the stack for
+/// rule sets of up to 256 conditions (no allocation per reading), a vector beyond.
+enum Due {
+    Small([u64; 4]),
+    Large(Vec<bool>),
+}
+
+impl Due {
+    fn new(conditions: usize) -> Due {
+        if conditions <= 256 {
+            Due::Small([0; 4])
+        } else {
+            Due::Large(vec![false; conditions])
+        }
+    }
+
+    fn insert(&mut self, i: usize) {
+        match self {
+            Due::Small(bits) => bits[i / 64] |= 1 << (i % 64),
+            Due::Large(v) => v[i] = true,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let (small, large) = match self {
+            Due::Small(bits) => (Some(bits), None),
+            Due::Large(v) => (None, Some(v)),
+        };
+        let small = small.into_iter().flat_map(|bits| {
+            bits.iter().enumerate().flat_map(|(w, &word)| {
+                let mut word = word;
+                std::iter::from_fn(move || {
+                    (word != 0).then(|| {
+                        let bit = word.trailing_zeros() as usize;
+                        word &= word - 1;
+                        w * 64 + bit
+                    })
+                })
+            })
+        });
+        let large = large
+            .into_iter()
+            .flat_map(|v| v.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i));
+        small.chain(large)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PatientState {
     latest: Latest,
@@ -286,8 +333,11 @@ impl PatientState {
         let mut late_values = 0;
         let mut clock_stepped_back = false;
         // Conditions to evaluate: those on the vitals this reading updated, and those
-        // judged on every reading. A small list: dedup by scanning.
-        let mut due: Vec<usize> = rules.every_reading().to_vec();
+        // judged on every reading.
+        let mut due = Due::new(rules.len());
+        for &i in rules.every_reading() {
+            due.insert(i);
+        }
         for (vital, value) in reading.vitals() {
             let slot = &mut self.latest.vitals[vital.index()];
             if let Some(prev) = *slot {
@@ -325,9 +375,7 @@ impl PatientState {
                     .push(reading.ts, value, window);
             }
             for &i in rules.for_vital(vital) {
-                if !due.contains(&i) {
-                    due.push(i);
-                }
+                due.insert(i);
             }
         }
         if let Some(pump) = reading.pump {
@@ -347,9 +395,8 @@ impl PatientState {
         if self.first_heard == 0 {
             self.first_heard = received_at;
         }
-        due.sort_unstable();
         let mut effects = Effects::default();
-        for i in due {
+        for i in due.iter() {
             let ts = if rules.condition(i).check.is_timed() {
                 received_at
             } else {
@@ -380,7 +427,7 @@ impl PatientState {
         if !cond.applies(&self.session) {
             return;
         }
-        let Some((m, parts)) = self.measure(rules, cond, ts, now_ms) else {
+        let Some(m) = self.measure(rules, cond, ts, now_ms) else {
             // Nothing to judge. With a value but no limit any more (a per-patient
             // limit removed from a rule whose other limits are relative to a baseline
             // the patient does not have), whatever the condition held ends. Without
@@ -410,7 +457,7 @@ impl PatientState {
                 limit: m.limit,
                 ts,
                 reason,
-                parts,
+                parts: measure::parts(self, rules, cond),
             });
         }
     }
@@ -464,7 +511,7 @@ impl PatientState {
         cond: &super::condition::Condition,
         ts: u64,
         now_ms: u64,
-    ) -> Option<(Measure, Vec<PartValue>)> {
+    ) -> Option<Measure> {
         measure::measure(self, rules, cond, ts, now_ms)
     }
 }

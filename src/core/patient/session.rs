@@ -306,7 +306,7 @@ impl PatientState {
     fn report(&self, rules: &RuleSet, i: usize, now_ms: u64) -> (f64, f64) {
         let cond = rules.condition(i);
         match self.measure(rules, cond, now_ms, now_ms) {
-            Some((m, _)) => (m.value, m.limit),
+            Some(m) => (m.value, m.limit),
             None => (
                 cond.check
                     .vital()

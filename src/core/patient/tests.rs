@@ -236,3 +236,24 @@ fn patient_state_fits_in_two_kib_with_the_shipped_rules() {
     );
     assert!(bytes <= 2048, "{bytes} bytes per patient");
 }
+
+#[test]
+fn due_conditions_come_once_each_in_index_order() {
+    for size in [10, 256, 300] {
+        let mut due = super::Due::new(size);
+        for i in [7, 3, 9, 3, 0, 7] {
+            due.insert(i);
+        }
+        if size > 64 {
+            due.insert(200);
+            due.insert(64);
+        }
+        let got: Vec<usize> = due.iter().collect();
+        let want: Vec<usize> = if size > 64 {
+            vec![0, 3, 7, 9, 64, 200]
+        } else {
+            vec![0, 3, 7, 9]
+        };
+        assert_eq!(got, want, "{size} conditions");
+    }
+}
