@@ -124,8 +124,19 @@ impl<'a> Comparison<'a> {
             .iter()
             .map(|k| rate(&rows_a, k).max(rate(&rows_b, k)))
             .fold(0.0_f64, f64::max)
-            .max(0.01);
+            .max(FLOOR * 10.0);
         let (label_w, bar_w, row_h) = (260.0, 420.0, 34.0);
+        // Rates span several orders of magnitude (a flickering limit raises
+        // hundreds of times what a well-set one does): a log scale from FLOOR keeps
+        // every bar readable.
+        let span = (max / FLOOR).log10();
+        let width = |v: f64| {
+            if v <= 0.0 {
+                0.0
+            } else {
+                (bar_w * (v.max(FLOOR) / FLOOR).log10() / span).max(2.0)
+            }
+        };
         let height = 70.0 + row_h * keys.len() as f64;
         let mut s = String::new();
         let _ = writeln!(
@@ -137,7 +148,7 @@ impl<'a> Comparison<'a> {
         let simulated = self.a.simulated || self.b.is_some_and(|b| b.simulated);
         let _ = writeln!(
             s,
-            r#"<text x="10" y="20" font-size="14" font-weight="bold">Alarms per chair-hour, by rule{}</text>"#,
+            r#"<text x="10" y="20" font-size="14" font-weight="bold">Alarms per chair-hour, by rule (log scale){}</text>"#,
             if simulated {
                 " (SIMULATED patients)"
             } else {
@@ -174,7 +185,7 @@ impl<'a> Comparison<'a> {
             .enumerate()
             {
                 let v = rate(rows, key);
-                let w = bar_w * v / max;
+                let w = width(v);
                 let by = y + 3.0 + 14.0 * j as f64;
                 let _ = writeln!(
                     s,
@@ -188,6 +199,9 @@ impl<'a> Comparison<'a> {
         s
     }
 }
+
+/// The smallest rate the chart's log scale shows apart from zero, per chair-hour.
+const FLOOR: f64 = 0.01;
 
 fn rows(report: &Report) -> BTreeMap<(String, Priority), &RuleRow> {
     report
