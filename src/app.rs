@@ -152,6 +152,14 @@ impl App {
         }
     }
 
+    /// Send live-vitals subscribers the chair's values after a session change: a
+    /// chair whose patient left has forgotten them.
+    pub fn publish_live(&self, chair: &str) {
+        if let Some(view) = self.ward.chair(chair) {
+            self.live.publish(&view.chair, &view.latest, Instant::now());
+        }
+    }
+
     /// Hold this from a change to the ward until its events are published.
     ///
     /// The ward builds a chair's events under the chair's map guard, but they are

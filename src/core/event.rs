@@ -59,6 +59,10 @@ pub struct SessionEvent {
     pub by: Option<Arc<str>>,
     /// Gateway wall-clock time of the change, ms since the epoch.
     pub at: u64,
+    /// The chair's device clock against the gateway's (`gateway − device`, ms), as
+    /// estimated when the event was made; a restarted gateway starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl SessionEvent {
@@ -83,6 +87,7 @@ impl SessionEvent {
             message_ts: s.message_ts,
             by: s.by.clone(),
             at,
+            clock_offset_ms: None,
         }
     }
 }

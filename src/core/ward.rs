@@ -312,6 +312,7 @@ impl Ward {
         for (change, previous) in effects.sessions {
             let mut e = SessionEvent::new(chair.clone(), change, state.session(), now_ms);
             e.previous = previous;
+            e.clock_offset_ms = state.clock_offset();
             out.push(Event::Session(e));
         }
         for t in effects.transitions {
@@ -319,10 +320,10 @@ impl Ward {
             // physiological change is placed when it was measured (its reading's
             // device time on the gateway's clock), so a reading delivered late keeps
             // its minute of the infusion; technical ones happen at gateway time.
-            let at = if self.rules.condition(t.condition).check.is_timed() {
-                now_ms
-            } else {
+            let at = if t.on_device_clock {
                 state.gateway_time_of(t.ts)
+            } else {
+                now_ms
             };
             let mut context = state.context(&self.rules, t.condition, at);
             context.parts = t.parts.clone();

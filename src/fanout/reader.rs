@@ -159,7 +159,11 @@ impl Reader {
                     let result = check_chair(&chair).and_then(|()| {
                         app.ward.set_session(&chair, &session, crate::app::now_ms())
                     });
+                    let changed = matches!(&result, Ok(events) if !events.is_empty());
                     self.apply(result);
+                    if changed {
+                        app.publish_live(&chair);
+                    }
                 }
                 Ok(Command::SetLimit {
                     chair,

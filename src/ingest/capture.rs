@@ -77,7 +77,9 @@ impl Capture {
             retain,
             delivered_ms: None,
         };
-        if let Err(TrySendError::Full(_)) = tx.try_send(record) {
+        // Full: the disk is behind. Disconnected: the writer stopped on a disk error
+        // (logged once by the writer). Either way the line is lost, and counted.
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(record) {
             self.dropped.increment(1);
         }
     }
@@ -157,7 +159,7 @@ impl Files {
             .filter(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("vitalgate-") && n.ends_with(".jsonl"))
+                    .is_some_and(is_capture_file)
             })
             .collect();
         files.sort();
@@ -168,6 +170,19 @@ impl Files {
             }
         }
     }
+}
+
+/// Whether `name` is a capture file as [`Files`] names them
+/// (`vitalgate-{13 digits}-{5 digits}.jsonl`): pruning removes nothing else.
+fn is_capture_file(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("vitalgate-")
+        .and_then(|r| r.strip_suffix(".jsonl"))
+    else {
+        return false;
+    };
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    matches!(rest.split_once('-'), Some((start, n)) if digits(start, 13) && digits(n, 5))
 }
 
 /// The writer thread: one line a message, flushed whenever the queue is empty,
@@ -206,7 +221,10 @@ fn write_all(rx: Receiver<Record>, mut files: Files) {
             next = rx.try_recv().ok();
         }
         if let Some((w, _)) = out.as_mut() {
-            let _ = w.flush();
+            if let Err(e) = w.flush() {
+                tracing::error!(error = %e, "capture write failed; capture stopped");
+                return;
+            }
         }
     }
 }
@@ -231,6 +249,14 @@ mod tests {
             .unwrap()
             .as_nanos();
         std::env::temp_dir().join(format!("vitalgate-capture-{}-{nanos}", std::process::id()))
+    }
+
+    #[test]
+    fn only_capture_files_are_pruned() {
+        assert!(is_capture_file("vitalgate-1780000000000-00012.jsonl"));
+        assert!(!is_capture_file("vitalgate-export.jsonl"));
+        assert!(!is_capture_file("vitalgate-1780000000000-00012.jsonl.gz"));
+        assert!(!is_capture_file("vitalgate-178000000000-00012.jsonl"));
     }
 
     #[test]

@@ -66,7 +66,12 @@ fn session(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         })
         .map_err(WardError::from)
         .and_then(|update| app.ward.set_session(chair, &update, now_ms));
-    publish_or_refuse(app, result)
+    let changed = matches!(&result, Ok(events) if !events.is_empty());
+    let processed = publish_or_refuse(app, result);
+    if changed {
+        app.publish_live(chair);
+    }
+    processed
 }
 
 /// A device status message: `online` / `offline`, as plain text or as

@@ -9,6 +9,9 @@
 //! - [`score`]: alarms against annotated true events;
 //! - [`report`] and [`render`]: burden per rule, A against B, as a table, JSON or SVG.
 //!
+//! Nobody acknowledges in a replay: a latched alarm stays active to the end of its
+//! recording. There is no chair limit and no forgetting of idle chairs.
+//!
 //! A recording with an annotation beside it (`x.json` next to `x.jsonl` or
 //! `x.jsonl.gz`) is replayed
 //! alone and scored; recordings without one (a capture's rotated files) are replayed

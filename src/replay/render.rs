@@ -85,7 +85,7 @@ impl<'a> Comparison<'a> {
                     (&self.a.config, &self.only_in_a),
                     (&b.config, &self.only_in_b),
                 ] {
-                    let _ = writeln!(out, "\nRaised only by {name} (no alarm of the other for that chair, vital and direction at the time):");
+                    let _ = writeln!(out, "\nRaised only by {name} (no alarm of the other for that chair, vital and direction at the time, at that priority or higher):");
                     if only.is_empty() {
                         let _ = writeln!(out, "  none");
                     }

@@ -3,7 +3,7 @@
 
 use super::run::{Replayed, Span};
 use super::score::Score;
-use crate::core::{Direction, Priority, Vital};
+use crate::core::{AlarmKind, Direction, Priority, Vital};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -152,24 +152,44 @@ pub struct OnlyIn {
     pub worst_recording: String,
 }
 
-/// What `a` raises that `b` does not, by rule.
+/// Which alarms of two limit sets are the same clinical alarm: recording, chair,
+/// vital (technical alarms: also the rule) and direction.
+type Key<'a> = (&'a str, &'a str, Option<Vital>, &'a str, Direction);
+
+fn key<'a>(recording: &'a str, span: &'a Span) -> Key<'a> {
+    let technical = if span.kind == AlarmKind::Technical {
+        &*span.rule
+    } else {
+        ""
+    };
+    (
+        recording,
+        &*span.chair,
+        span.vital,
+        technical,
+        span.condition,
+    )
+}
+
+/// What `a` raises that `b` does not, by rule: an alarm of `a` counts when `b` has
+/// none for the same chair, vital (technical alarms: the same rule) and direction,
+/// at the same priority or higher, at an overlapping time.
 pub fn only_in(a: &Report, b: &Report) -> Vec<OnlyIn> {
-    type Key<'a> = (&'a str, &'a str, Option<Vital>, Direction);
-    let mut others: HashMap<Key, Vec<(u64, u64)>> = HashMap::new();
+    let mut others: HashMap<Key, Vec<(u64, u64, Priority)>> = HashMap::new();
     for (recording, span) in b.spans() {
         let end = span.cleared_ms.unwrap_or(u64::MAX);
         others
-            .entry((recording, &span.chair, span.vital, span.condition))
+            .entry(key(recording, span))
             .or_default()
-            .push((span.raised_ms, end));
+            .push((span.raised_ms, end, span.priority));
     }
     let mut out: BTreeMap<(String, Priority), OnlyIn> = BTreeMap::new();
     for (recording, span) in a.spans() {
         let end = span.cleared_ms.unwrap_or(u64::MAX);
-        let key = (recording, &*span.chair, span.vital, span.condition);
-        let overlaps = others
-            .get(&key)
-            .is_some_and(|v| v.iter().any(|(s, e)| *s <= end && span.raised_ms <= *e));
+        let overlaps = others.get(&key(recording, span)).is_some_and(|v| {
+            v.iter()
+                .any(|(s, e, p)| *s <= end && span.raised_ms <= *e && *p >= span.priority)
+        });
         if overlaps {
             continue;
         }

@@ -155,9 +155,9 @@ describe("nurse station (auth none)", () => {
   test("a low-priority alarm is cyan and steady, said as ! LOW", async () => {
     const { page } = first;
     await page.bringToFront();
-    // Baseline phase: DBP above 90 (and not above 100) is the low-priority "not fit
-    // to start" advisory alone.
-    await devices.vitals("north/1", { sbp: 126, dbp: 95 });
+    // Baseline phase: DBP at stage 2 hypertension (100 or more; not above 120) is the
+    // low-priority "not fit to start" advisory alone.
+    await devices.vitals("north/1", { sbp: 126, dbp: 105 });
     const tile = page.locator('.tile[data-chair="north/1"]');
     await eventually(async () => (await tile.getAttribute("data-priority")) === "low", "north/1 low");
     assert.equal(await tile.getAttribute("data-flashing"), "low");
@@ -175,28 +175,32 @@ describe("nurse station (auth none)", () => {
     /** @returns {Promise<{priority: string, pulses: number}[]>} */
     const played = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.audio.played);
     // A low alarm sounds (one pulse, once).
-    await devices.vitals("north/1", { sbp: 126, dbp: 95 });
+    await devices.vitals("north/1", { sbp: 126, dbp: 105 });
     await eventually(async () => (await played()).some((b) => b.priority === "low" && b.pulses === 1), "the low alarm's single pulse");
     await page.locator("#audio-pause").click();
     await eventually(async () => /AUDIO PAUSED [12]:[0-5][0-9]/.test(await page.locator("#audio-pause").innerText()), "the pause's countdown");
     const before = (await played()).length;
     // Another low alarm while paused: no sound, still paused.
-    await devices.vitals("south/2", { sbp: 126, dbp: 95 });
+    await devices.vitals("south/2", { sbp: 126, dbp: 105 });
     await eventually(async () => (await page.locator('.tile[data-chair="south/2"]').getAttribute("data-priority")) === "low", "south/2 low");
     await new Promise((r) => setTimeout(r, 600));
     assert.equal((await played()).length, before, "nothing sounded while paused");
     assert.equal(await page.locator("#audio-pause").getAttribute("data-paused"), "true");
     assert.equal(await page.locator('.tile[data-chair="south/2"]').getAttribute("data-flashing"), "low", "the visual signal stays");
     // A medium alarm breaks through: the pause ends and its 3-pulse burst sounds.
-    await devices.vitals("north/1", { sbp: 150, dbp: 95 });
+    // North/2 is in infusion with a baseline of 125: 158 is over its own limit (155)
+    // and a rise of more than 30, under the high limits.
+    await devices.vitals("north/2", { sbp: 158, dbp: 80 });
     await eventually(async () => (await played()).slice(before).some((b) => b.priority === "medium" && b.pulses === 3), "the medium burst");
-    const medium = page.locator('.tile[data-chair="north/1"]');
+    const medium = page.locator('.tile[data-chair="north/2"]');
     assert.equal(await medium.getAttribute("data-flashing"), "medium");
     assert.equal(await medium.evaluate((e) => getComputedStyle(e, "::after").animationName + " " + getComputedStyle(e, "::after").animationDuration), "blink-tint 1.6s", "0.625 Hz");
     await eventually(async () => (await page.locator("#audio-pause").getAttribute("data-paused")) === "false", "the pause over");
     await devices.vitals("north/1", { sbp: 124, dbp: 78 });
+    await devices.vitals("north/2", { sbp: 124, dbp: 78 });
     await devices.vitals("south/2", { sbp: 124, dbp: 78 });
     await eventually(async () => (await page.locator('.tile[data-chair="north/1"]').getAttribute("data-priority")) === "none", "north/1 clear");
+    await eventually(async () => (await page.locator('.tile[data-chair="north/2"]').getAttribute("data-priority")) === "none", "north/2 clear");
   });
 
   test("several alarms on a tile take turns every 2 s; A on the selected tile acknowledges them", async () => {

@@ -11,8 +11,10 @@
 //! was measured at, instead of the minute it arrived.
 //!
 //! The minimum is taken over two consecutive buckets of [`BUCKET_MS`] of gateway
-//! time, so a clock that is corrected or drifts is followed within twice that, and a
-//! late burst shorter than that does not move the estimate.
+//! time, so a clock that is corrected or drifts is followed within twice that; the
+//! last estimate carries over a silence of any length, and is recorded with each
+//! session event so a restarted gateway starts from it. A chair whose very first
+//! readings arrive late in a burst has nothing better than their own delays.
 
 /// Length of one bucket of the minimum, gateway ms.
 pub const BUCKET_MS: u64 = 15 * 60_000;
@@ -33,17 +35,25 @@ impl DeviceClock {
             self.bucket_start = received;
         }
         if received.saturating_sub(self.bucket_start) >= BUCKET_MS {
-            // A silence longer than both buckets leaves nothing to carry over.
-            self.previous = if received.saturating_sub(self.bucket_start) < 2 * BUCKET_MS {
-                self.current
-            } else {
-                None
-            };
+            // After a silence, the last estimate carries over whatever its age: a
+            // clock drifts little in an outage, and the readings that end one are
+            // the late ones it must not be taken from.
+            self.previous = self.current.or(self.previous);
             self.current = None;
             self.bucket_start = received;
         }
         let offset = received as i64 - ts as i64;
         self.current = Some(self.current.map_or(offset, |o| o.min(offset)));
+    }
+
+    /// Start from an offset estimated before (restored after a gateway restart), so
+    /// that readings redelivered late in a burst are not the first estimate.
+    pub fn seed(&mut self, offset: i64) {
+        *self = DeviceClock {
+            bucket_start: 0,
+            current: None,
+            previous: Some(offset),
+        };
     }
 
     /// The estimated `gateway − device` offset, ms, if any reading has been seen.
@@ -105,6 +115,29 @@ mod tests {
             t += 1000;
         }
         assert_eq!(clock.offset(), Some(20));
+    }
+
+    #[test]
+    fn an_outage_of_any_length_keeps_the_estimate_and_so_does_a_restart() {
+        let mut clock = DeviceClock::default();
+        for s in 0..60 {
+            let ts = T0 + s * 1000;
+            clock.observe(ts, ts + 40);
+        }
+        // An hour without anything, then the buffered hour in one burst.
+        let back = T0 + 60_000 + 3_600_000;
+        for s in 0..3600 {
+            clock.observe(T0 + 60_000 + s * 1000, back);
+        }
+        assert_eq!(clock.offset(), Some(40));
+        // A restarted gateway, seeded with the offset it recorded, then a burst.
+        let mut restarted = DeviceClock::default();
+        restarted.seed(40);
+        let redelivered = T0 + 900_000;
+        for s in 0..600 {
+            restarted.observe(T0 + s * 1000, redelivered);
+        }
+        assert_eq!(restarted.to_gateway(T0 + 300_000), T0 + 300_040);
     }
 
     #[test]

@@ -878,6 +878,34 @@ fn an_empty_chair_is_not_judged_on_the_last_patients_values() {
     );
     assert_eq!(c.seen(&idle.unwrap()), vec![]);
     assert_eq!(c.p.latest().get(Vital::Hr), None);
+    // A late delivery of the previous patient's reading does not bring it back.
+    let late = Reading {
+        seq: 999,
+        ts: T0 + 5_200_000,
+        values: {
+            let mut v = [None; 6];
+            v[Vital::Hr.index()] = Some(130.0);
+            v
+        },
+        pump: None,
+    };
+    let next = &mut c.next;
+    let applied = c.p.apply(&c.rules, &late, T0 + 5_350_000, &mut || {
+        *next += 1;
+        *next
+    });
+    match applied {
+        Applied::Accepted {
+            effects,
+            late_values,
+            ..
+        } => {
+            assert!(effects.transitions.is_empty());
+            assert_eq!(late_values, 1);
+        }
+        Applied::Duplicate => panic!("not a duplicate"),
+    }
+    assert_eq!(c.p.latest().get(Vital::Hr), None);
     // The chair's own readings are judged again as they come.
     assert_eq!(
         c.read_s(T0 + 5_400_000, &[(Vital::Hr, 120.0)], None),

@@ -69,8 +69,11 @@ pub struct Transition {
     /// The value and limit that caused it.
     pub value: f64,
     pub limit: f64,
-    /// Device time (physiological) or gateway time (technical, timers).
+    /// Device time (`on_device_clock`) or gateway time (technical conditions,
+    /// timers, acknowledgements, phase changes).
     pub ts: u64,
+    /// `ts` is the device time of the reading behind the transition.
+    pub on_device_clock: bool,
     /// Why a clear happened, when not by the value recovering.
     pub reason: Option<&'static str>,
     /// For combined conditions, every part.
@@ -224,6 +227,9 @@ pub struct PatientState {
     stable_since: Option<u64>,
     /// The device's clock against the gateway's, from its readings' `ts`.
     clock: DeviceClock,
+    /// Gateway time the chair's patient last left (a new session): values measured
+    /// before it are the previous patient's and are not taken (0: never).
+    forgotten_at: u64,
 }
 
 impl PatientState {
@@ -244,12 +250,18 @@ impl PatientState {
             first_heard: 0,
             stable_since: None,
             clock: DeviceClock::default(),
+            forgotten_at: 0,
         }
     }
 
     /// Device time `ts` of this chair's device on the gateway's clock.
     pub fn gateway_time_of(&self, ts: u64) -> u64 {
         self.clock.to_gateway(ts)
+    }
+
+    /// The device clock's estimated offset (`gateway − device`, ms), if known.
+    pub fn clock_offset(&self) -> Option<i64> {
+        self.clock.offset()
     }
 
     pub fn latest(&self) -> &Latest {
@@ -338,7 +350,14 @@ impl PatientState {
         for &i in rules.every_reading() {
             due.insert(i);
         }
+        // Measured before the chair's patient left: the previous patient's values.
+        let previous_patient =
+            self.forgotten_at > 0 && self.clock.to_gateway(reading.ts) < self.forgotten_at;
         for (vital, value) in reading.vitals() {
+            if previous_patient {
+                late_values += 1;
+                continue;
+            }
             let slot = &mut self.latest.vitals[vital.index()];
             if let Some(prev) = *slot {
                 if reading.ts < prev.ts {
@@ -379,7 +398,9 @@ impl PatientState {
             }
         }
         if let Some(pump) = reading.pump {
-            if in_order || self.latest.pump.is_none_or(|p| reading.ts >= p.ts) {
+            if previous_patient {
+                late_values += 1;
+            } else if in_order || self.latest.pump.is_none_or(|p| reading.ts >= p.ts) {
                 self.latest.pump = Some(PumpSample {
                     pump,
                     ts: reading.ts,
@@ -441,7 +462,15 @@ impl PatientState {
                 return;
             }
             let step = Condition::withdraw(&mut self.conditions[i]);
-            self.record_end(rules, i, step, ts, "no_limit", effects);
+            self.record_end(
+                rules,
+                i,
+                step,
+                ts,
+                !cond.check.is_timed(),
+                "no_limit",
+                effects,
+            );
             return;
         };
         let step = cond.step(&mut self.conditions[i], &m, ts, next_id);
@@ -456,6 +485,7 @@ impl PatientState {
                 value: m.value,
                 limit: m.limit,
                 ts,
+                on_device_clock: !cond.check.is_timed(),
                 reason,
                 parts: measure::parts(self, rules, cond),
             });

@@ -84,9 +84,12 @@ impl PatientState {
         if phase_changed && new_session {
             // The patient has left (or another one sits down): their last values
             // are not the chair's now, and must not be judged against the limits
-            // of the next phase (an empty chair alarming on the last cuff reading).
+            // of the next phase (an empty chair alarming on the last cuff reading),
+            // nor come back with a late delivery.
             self.latest.vitals = [None; 6];
+            self.latest.pump = None;
             self.trends = Default::default();
+            self.forgotten_at = now_ms;
         }
         let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
@@ -186,7 +189,7 @@ impl PatientState {
             return effects;
         };
         let step = Condition::acknowledge(&mut self.conditions[i]);
-        self.record_end(rules, i, step, now_ms, "acknowledged", &mut effects);
+        self.record_end(rules, i, step, now_ms, false, "acknowledged", &mut effects);
         self.check_discharge(rules, now_ms, &mut effects);
         effects
     }
@@ -214,6 +217,9 @@ impl PatientState {
         s.discharge_ready = false;
         s.known = true;
         s.restored = true;
+        if let Some(offset) = e.clock_offset_ms {
+            self.clock.seed(offset);
+        }
         // A baseline phase interrupted by the restart starts collecting again.
         self.sampler = (e.phase == Phase::Baseline)
             .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
@@ -271,7 +277,7 @@ impl PatientState {
                 self.evaluate(rules, i, ts, now_ms, next_id, effects);
             } else if self.conditions[i] != ConditionState::Normal {
                 let step = Condition::withdraw(&mut self.conditions[i]);
-                self.record_end(rules, i, step, now_ms, "phase_change", effects);
+                self.record_end(rules, i, step, now_ms, false, "phase_change", effects);
             }
         }
         self.check_discharge(rules, now_ms, effects);
@@ -279,12 +285,14 @@ impl PatientState {
 
     /// Record the end of condition `i`'s alarm for `reason` (not the value
     /// recovering), if `step` ended one.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn record_end(
         &self,
         rules: &RuleSet,
         i: usize,
         step: Step,
         ts: u64,
+        on_device_clock: bool,
         reason: &'static str,
         effects: &mut Effects,
     ) {
@@ -296,6 +304,7 @@ impl PatientState {
                 value,
                 limit,
                 ts,
+                on_device_clock,
                 reason: Some(reason),
                 parts: Vec::new(),
             });
