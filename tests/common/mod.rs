@@ -23,17 +23,81 @@ use vitalgate::{Config, Gateway};
 /// How long any single expected event may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
-/// The broker integration tests use: `MQTT_TEST_BROKER` (host:port), default the
-/// local Mosquitto.
+/// The broker integration tests use: `MQTT_TEST_BROKER` (host:port) when set, or
+/// else one private Mosquitto per test process on a free port (see
+/// [`process_broker`]), so that `cargo test` neither needs nor disturbs a broker on
+/// 1883.
 pub fn test_broker() -> (String, u16) {
-    let addr = std::env::var("MQTT_TEST_BROKER").unwrap_or_else(|_| "127.0.0.1:1883".into());
-    let (host, port) = addr
-        .rsplit_once(':')
-        .expect("MQTT_TEST_BROKER is host:port");
-    (
-        host.to_string(),
-        port.parse().expect("MQTT_TEST_BROKER port"),
-    )
+    match std::env::var("MQTT_TEST_BROKER") {
+        Ok(addr) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .expect("MQTT_TEST_BROKER is host:port");
+            (
+                host.to_string(),
+                port.parse().expect("MQTT_TEST_BROKER port"),
+            )
+        }
+        Err(_) => ("127.0.0.1".into(), process_broker()),
+    }
+}
+
+/// The port of this test process's own Mosquitto, started on first use with the
+/// settings the operations guide asks for. It lives as long as the process: it is
+/// started under a shell that kills it when its standard input closes, which the
+/// kernel does when the test process exits, however it exits.
+fn process_broker() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    // The shell, holding the write end of its standard input open until exit.
+    static LIFELINE: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+    *PORT.get_or_init(|| {
+        let bin = mosquitto_bin();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = std::env::temp_dir().join(unique("mosq-process"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
+            ),
+        )
+        .unwrap();
+        let shell = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#""$1" -c "$2" & broker=$!; read _; kill "$broker"; wait "$broker"; rm -rf "$3""#)
+            .args(["sh", bin, conf.to_str().unwrap(), dir.to_str().unwrap()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        *LIFELINE.lock().unwrap() = Some(shell);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tests' own mosquitto did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        port
+    })
+}
+
+/// Mosquitto's binary; a missing one stops the tests with one line saying how to
+/// install it.
+pub fn mosquitto_bin() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("mosquitto is not installed; the integration tests start their own: apt-get install mosquitto")
+        })
 }
 
 /// A name unique to this test run, for client ids and topic prefixes.
@@ -456,17 +520,13 @@ impl PrivateBroker {
     }
 
     async fn spawn(conf: &std::path::Path, port: u16) -> std::process::Child {
-        let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("mosquitto");
-        let child = std::process::Command::new(bin)
+        let child = std::process::Command::new(mosquitto_bin())
             .arg("-c")
             .arg(conf)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("mosquitto starts (install it: apt-get install mosquitto)");
+            .expect("mosquitto starts");
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             assert!(
