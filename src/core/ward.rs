@@ -125,6 +125,19 @@ impl Ward {
         }
     }
 
+    /// A ward used from one thread only (a replay): the chair map in dashmap's
+    /// fewest shards (two), so the timer tick takes two locks instead of one per
+    /// shard (a tick per second of recording is about one per reading there). No
+    /// alarm-id offset, no chair limit.
+    pub fn single_threaded(rules: Arc<RuleSet>) -> Self {
+        Ward {
+            patients: DashMap::with_shard_amount(2),
+            rules,
+            max_chairs: usize::MAX,
+            last_alarm_id: AtomicU64::new(0),
+        }
+    }
+
     pub fn rules(&self) -> &RuleSet {
         &self.rules
     }

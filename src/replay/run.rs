@@ -127,7 +127,7 @@ impl Run {
         )
         .map_err(|(key, e)| ReplayError::Config(format!("{key}: {e}")))?;
         Ok(Run {
-            ward: Ward::new(Arc::new(rules), usize::MAX),
+            ward: Ward::single_threaded(Arc::new(rules)),
             topics,
             limits: DecodeLimits {
                 max_payload_bytes: config.ingest.max_payload_bytes,
