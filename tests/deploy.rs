@@ -31,14 +31,6 @@ impl Drop for ShippedBroker {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("the command runs");
     assert!(

@@ -135,9 +135,7 @@ async fn graceful_shutdown_flushes_and_closes_with_1001() {
 async fn ready_reports_not_ready_without_a_broker() {
     let (mut c, prefix) = test_config();
     // Nothing listens here: the gateway starts, retries with backoff, and is not ready.
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    c.mqtt.port = unused.local_addr().unwrap().port();
-    drop(unused);
+    c.mqtt.port = free_port();
     let _ = prefix;
     let gw = Gateway::start(c).await.unwrap();
     let (status, body) = http_get(gw.http_addr(), "/ready").await;
@@ -276,19 +274,31 @@ fn a_configuration_error_prints_the_error_and_no_backtrace() {
 /// Under systemd (`Type=notify`, `WatchdogSec`): READY=1 once listening, the broker
 /// state as STATUS, WATCHDOG=1 pings while the alarm timers tick, STOPPING=1 at a
 /// graceful stop. The service manager's socket is the test's.
-#[test]
-fn the_service_manager_hears_ready_watchdog_and_stopping() {
-    use std::os::unix::net::UnixDatagram;
+/// The gateway binary (embedded broker) started as a service manager would, with
+/// `watchdog_usec` if given, and the manager's socket it notifies (reads time out
+/// after `read_timeout_s`). Returns the socket, the process and the directory to
+/// remove.
+fn under_service_manager(
+    watchdog_usec: Option<&str>,
+    read_timeout_s: u64,
+) -> (
+    std::os::unix::net::UnixDatagram,
+    std::process::Child,
+    std::path::PathBuf,
+) {
     let dir = std::env::temp_dir().join(unique("notify"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     socket
-        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .set_read_timeout(Some(std::time::Duration::from_secs(read_timeout_s)))
         .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"));
+    if let Some(usec) = watchdog_usec {
+        command.env("WATCHDOG_USEC", usec);
+    }
+    let child = command
         .env("NOTIFY_SOCKET", &path)
-        .env("WATCHDOG_USEC", "2000000")
         .env("VITALGATE_HTTP__BIND", "127.0.0.1:0")
         .env("VITALGATE_MQTT__EMBEDDED__BIND", "127.0.0.1:0")
         .env("VITALGATE_MQTT__CLIENT_ID", unique("notify-gw"))
@@ -297,6 +307,12 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    (socket, child, dir)
+}
+
+#[test]
+fn the_service_manager_hears_ready_watchdog_and_stopping() {
+    let (socket, mut child, dir) = under_service_manager(Some("2000000"), 15);
     let mut heard = Vec::new();
     let mut buf = [0u8; 512];
     // READY, the status, and two watchdog pings (every 0.5 s for a 2 s watchdog).
@@ -331,25 +347,8 @@ fn the_service_manager_hears_ready_watchdog_and_stopping() {
 /// `systemctl start` says "subscribed".
 #[test]
 fn the_status_says_subscribed_as_soon_as_it_is() {
-    use std::os::unix::net::UnixDatagram;
-    let dir = std::env::temp_dir().join(unique("notify"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    // Without a watchdog the status round is every 5 s: well over this.
-    socket
-        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
-        .unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
-        .env("NOTIFY_SOCKET", &path)
-        .env("VITALGATE_HTTP__BIND", "127.0.0.1:0")
-        .env("VITALGATE_MQTT__EMBEDDED__BIND", "127.0.0.1:0")
-        .env("VITALGATE_MQTT__CLIENT_ID", unique("notify-gw"))
-        .env("VITALGATE_AUDIT__PATH", audit_path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Without a watchdog the status round is every 5 s: well over the 3 s allowed.
+    let (socket, mut child, dir) = under_service_manager(None, 3);
     let mut buf = [0u8; 512];
     let mut heard = Vec::new();
     let subscribed = loop {

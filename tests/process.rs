@@ -16,10 +16,7 @@ impl GatewayProcess {
     /// Start the `vitalgate` binary against the test broker and wait until ready.
     async fn start(client_id: &str, prefix: &str, audit: &std::path::Path) -> GatewayProcess {
         let (host, port) = test_broker();
-        let http: std::net::SocketAddr = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_vitalgate"))
             .env("VITALGATE_HTTP__BIND", http.to_string())
             .env("VITALGATE_MQTT__BROKER", "external")

@@ -484,6 +484,20 @@ mod tests {
         }
     }
 
+    /// Patient `P` in `phase`, as a session message sent at `ts`.
+    fn session(phase: crate::core::Phase, ts: u64) -> SessionUpdate {
+        SessionUpdate {
+            phase,
+            patient: Some("P".into()),
+            session_number: None,
+            session_count: None,
+            route: None,
+            ts: Some(ts),
+            by: None,
+            limits: None,
+        }
+    }
+
     fn events(o: Outcome) -> Vec<AlarmEvent> {
         match o {
             Outcome::Accepted { events, .. } => events
@@ -516,21 +530,11 @@ mod tests {
         w.apply("n/1", &spo2(1, 97.0), 1_000).unwrap();
         w.apply("n/2", &spo2(1, 80.0), 1_000).unwrap(); // alarm raised
         w.apply("n/3", &spo2(1, 97.0), 1_000).unwrap();
-        let infusion = |phase, ts| SessionUpdate {
-            phase,
-            patient: Some("P".into()),
-            session_number: None,
-            session_count: None,
-            route: None,
-            ts: Some(ts),
-            by: None,
-            limits: None,
-        };
-        w.set_session("n/3", &infusion(crate::core::Phase::Baseline, 1), 1_000)
+        w.set_session("n/3", &session(crate::core::Phase::Baseline, 1), 1_000)
             .unwrap();
         let idle = SessionUpdate {
             patient: None,
-            ..infusion(crate::core::Phase::Idle, 1)
+            ..session(crate::core::Phase::Idle, 1)
         };
         w.set_session("n/4", &idle, 1_000).unwrap();
         assert_eq!(w.evict_idle(60_999, 60_000), 0);
@@ -563,19 +567,9 @@ mod tests {
         let w = ward(10);
         let start = 1_780_000_000_000;
         let behind = 10 * MIN; // the device's clock
-        let phase = |phase, ts| SessionUpdate {
-            phase,
-            patient: Some("P".into()),
-            session_number: None,
-            session_count: None,
-            route: None,
-            ts: Some(ts),
-            by: None,
-            limits: None,
-        };
-        let baseline = phase(crate::core::Phase::Baseline, start - 10 * MIN);
+        let baseline = session(crate::core::Phase::Baseline, start - 10 * MIN);
         w.set_session("n/1", &baseline, start - 10 * MIN).unwrap();
-        let infusion = phase(crate::core::Phase::Infusion, start);
+        let infusion = session(crate::core::Phase::Infusion, start);
         w.set_session("n/1", &infusion, start).unwrap();
         let at = |seq: u64, v| Reading {
             ts: start - behind + seq * 1_000,

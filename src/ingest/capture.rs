@@ -87,10 +87,6 @@ impl Capture {
     /// Write out what is queued and stop the writer. Blocks until it has: call it
     /// off the runtime's workers.
     pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
         drop(self.tx.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();

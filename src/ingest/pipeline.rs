@@ -54,16 +54,7 @@ fn session(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         return Processed::Session { events: 0 };
     }
     let _order = app.in_order();
-    let result = SessionUpdate::decode(payload, app.config.session.max_message_bytes)
-        .and_then(|update| match update.ts {
-            Some(_) => Ok(update),
-            // Retained messages are redelivered on every new subscription: without
-            // their own time they could not be told from a newer change.
-            None => Err(SessionError::Invalid(
-                "`ts` is required on session messages (ms since the epoch, when the phase was set)"
-                    .into(),
-            )),
-        })
+    let result = decode_session(payload, app.config.session.max_message_bytes)
         .map_err(WardError::from)
         .and_then(|update| app.ward.set_session(chair, &update, now_ms));
     let changed = matches!(&result, Ok(events) if !events.is_empty());
@@ -72,6 +63,19 @@ fn session(app: &App, chair: &str, payload: &[u8], now_ms: u64) -> Processed {
         app.publish_live(chair);
     }
     processed
+}
+
+/// A session message's payload as the gateway takes it from MQTT (the replay too).
+pub fn decode_session(payload: &[u8], max_bytes: usize) -> Result<SessionUpdate, SessionError> {
+    SessionUpdate::decode(payload, max_bytes).and_then(|update| match update.ts {
+        Some(_) => Ok(update),
+        // Retained messages are redelivered on every new subscription: without
+        // their own time they could not be told from a newer change.
+        None => Err(SessionError::Invalid(
+            "`ts` is required on session messages (ms since the epoch, when the phase was set)"
+                .into(),
+        )),
+    })
 }
 
 /// A device status message: `online` / `offline`, as plain text or as

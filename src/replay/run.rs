@@ -9,7 +9,7 @@ use crate::core::{
     decode, AlarmEvent, AlarmKind, AlarmState, DecodeLimits, Direction, Event, Outcome, Priority,
     Reading, SessionUpdate, Vital, Ward,
 };
-use crate::ingest::pipeline::parse_status;
+use crate::ingest::pipeline::{decode_session, parse_status};
 use crate::ingest::{TopicKind, Topics};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -172,9 +172,9 @@ impl Run {
                 Err(_) => What::Refused,
             },
             TopicKind::Session | TopicKind::Status if payload.is_empty() => What::Cleared,
-            TopicKind::Session => match SessionUpdate::decode(payload, self.session_max_bytes) {
-                Ok(update) if update.ts.is_some() => What::Session(update),
-                _ => What::Refused,
+            TopicKind::Session => match decode_session(payload, self.session_max_bytes) {
+                Ok(update) => What::Session(update),
+                Err(_) => What::Refused,
             },
             TopicKind::Status => match parse_status(payload) {
                 Some(online) => What::Status(online),

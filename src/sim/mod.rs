@@ -44,21 +44,12 @@ pub use ward::{demo_ward, DEMO_CHAIRS, DEMO_EVENT_PERIOD_MS, DEMO_HORIZON_MS, DE
 use crate::core::Phase;
 use serde::{Deserialize, Serialize};
 
-/// One MQTT message a device sends: what a recorded scenario stores, one per line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    /// Device time the message is sent at (and its `ts`), ms since the epoch.
-    pub at_ms: u64,
-    pub topic: String,
-    pub payload: String,
-    /// Session and status messages are retained; readings are not.
-    pub retain: bool,
-    /// When the gateway receives the message, if later than `at_ms`: the device
-    /// buffered it through a network outage ([`EventKind::NetworkOutage`]). Messages are
-    /// in `at_ms` order; per chair, delivery times (this, else `at_ms`) never decrease.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivered_ms: Option<u64>,
-}
+/// One MQTT message a device sends: what a recorded scenario stores, one per line,
+/// in the recording format `vitalgate replay` reads. `at_ms` is the device time the
+/// message is sent at (and its `ts`); `delivered_ms`, when the device buffered it
+/// through a network outage ([`EventKind::NetworkOutage`]). Messages are in `at_ms`
+/// order; per chair, delivery times never decrease.
+pub use crate::replay::record::Record as Message;
 
 /// In the history of a chair that started before the simulator, one baseline reading
 /// (HR, SpO2, RR, EtCO2) per this interval.

@@ -52,21 +52,11 @@ fn process_broker() -> u16 {
     static LIFELINE: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
     *PORT.get_or_init(|| {
         let bin = mosquitto_bin();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let dir = std::env::temp_dir().join(unique("mosq-process"));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, broker_conf(port, "", "persistence false\n")).unwrap();
         let shell = std::process::Command::new("sh")
             .arg("-c")
             .arg(r#""$1" -c "$2" & broker=$!; read _; kill "$broker"; wait "$broker"; rm -rf "$3""#)
@@ -87,6 +77,22 @@ fn process_broker() -> u16 {
         }
         port
     })
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A Mosquitto configuration the way the operations guide asks for load: a large
+/// inflight window and queue (the defaults drop QoS 1 messages silently under
+/// bursts) and TCP_NODELAY; `extra` lines for the listener, `persistence` lines.
+fn broker_conf(port: u16, extra: &str, persistence: &str) -> String {
+    format!(
+        "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\n{persistence}\
+         max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
+    )
 }
 
 /// Mosquitto's binary; a missing one stops the tests with one line saying how to
@@ -485,10 +491,7 @@ impl PrivateBroker {
 
     /// With `extra` lines added to the listener (e.g. TLS settings).
     pub async fn start_config(persistence: bool, extra: &str) -> PrivateBroker {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let dir = std::env::temp_dir().join(unique("mosq"));
         std::fs::create_dir_all(&dir).unwrap();
         let conf = dir.join("mosquitto.conf");
@@ -502,14 +505,7 @@ impl PrivateBroker {
         } else {
             "persistence false\n".to_string()
         };
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\n{persistence}\
-                 max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, broker_conf(port, extra, &persistence)).unwrap();
         let child = Self::spawn(&conf, port).await;
         PrivateBroker {
             port,

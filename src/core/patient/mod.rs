@@ -154,50 +154,56 @@ impl Trend {
     }
 }
 
-/// A set of condition indexes, iterated in index order: a bitset on the stack for
-/// rule sets of up to 256 conditions (no allocation per reading), a vector beyond.
-enum Due {
-    Small([u64; 4]),
-    Large(Vec<bool>),
+/// A set of condition indexes, iterated in index order: a bitset, on the stack for
+/// rule sets of up to 256 conditions (no allocation per reading), on the heap beyond.
+struct Due {
+    small: [u64; 4],
+    /// Used instead of `small` when the rule set has more conditions (empty, and so
+    /// not allocated, otherwise).
+    large: Vec<u64>,
 }
 
 impl Due {
     fn new(conditions: usize) -> Due {
-        if conditions <= 256 {
-            Due::Small([0; 4])
+        let large = if conditions > 256 {
+            vec![0; conditions.div_ceil(64)]
         } else {
-            Due::Large(vec![false; conditions])
+            Vec::new()
+        };
+        Due {
+            small: [0; 4],
+            large,
+        }
+    }
+
+    fn words(&self) -> &[u64] {
+        if self.large.is_empty() {
+            &self.small
+        } else {
+            &self.large
         }
     }
 
     fn insert(&mut self, i: usize) {
-        match self {
-            Due::Small(bits) => bits[i / 64] |= 1 << (i % 64),
-            Due::Large(v) => v[i] = true,
-        }
+        let words = if self.large.is_empty() {
+            &mut self.small[..]
+        } else {
+            &mut self.large[..]
+        };
+        words[i / 64] |= 1 << (i % 64);
     }
 
     fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let (small, large) = match self {
-            Due::Small(bits) => (Some(bits), None),
-            Due::Large(v) => (None, Some(v)),
-        };
-        let small = small.into_iter().flat_map(|bits| {
-            bits.iter().enumerate().flat_map(|(w, &word)| {
-                let mut word = word;
-                std::iter::from_fn(move || {
-                    (word != 0).then(|| {
-                        let bit = word.trailing_zeros() as usize;
-                        word &= word - 1;
-                        w * 64 + bit
-                    })
+        self.words().iter().enumerate().flat_map(|(w, &word)| {
+            let mut word = word;
+            std::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let bit = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    w * 64 + bit
                 })
             })
-        });
-        let large = large
-            .into_iter()
-            .flat_map(|v| v.iter().enumerate().filter(|(_, d)| **d).map(|(i, _)| i));
-        small.chain(large)
+        })
     }
 }
 

@@ -301,16 +301,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 fn read_back(path: &Path) -> Vec<Message> {
     crate::replay::record::records(path)
         .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            Message {
-                at_ms: r.at_ms,
-                topic: r.topic,
-                payload: r.payload,
-                retain: r.retain,
-                delivered_ms: r.delivered_ms,
-            }
-        })
+        .map(Result::unwrap)
         .collect()
 }
 
