@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{audit_path, now_ms, unique, Dashboard};
+use common::{audit_path, holds_rule, now_ms, unique, Dashboard};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -33,7 +33,7 @@ fn cleared(alarms: &[Value], raised: &Value) -> bool {
 /// each of the last three cleared again.
 fn promises_met(alarms: &[Value]) -> bool {
     let demo = |a: &Value| a["chair"].as_str().is_some_and(|c| c.starts_with("demo/"));
-    let rule = |r: &'static str| move |a: &Value| demo(a) && a["rule"] == r;
+    let rule = |r: &'static str| move |a: &Value| demo(a) && holds_rule(a, r);
     let sbp_high = raised(alarms, |a| {
         demo(a) && a["vital"] == "sbp" && a["priority"] == "high"
     });

@@ -10,8 +10,17 @@ use std::collections::BTreeSet;
 
 const MIN: u64 = 60_000;
 
-/// (rule, state, ts) of every raised and cleared alarm event.
-type Transitions = BTreeSet<(String, String, u64)>;
+/// Every alarm as (raised ts, cleared ts, the rule at the highest priority it
+/// reached, that priority).
+type Alarms = BTreeSet<(u64, Option<u64>, String, String)>;
+
+fn rank(priority: &str) -> u8 {
+    match priority {
+        "high" => 3,
+        "medium" => 2,
+        _ => 1,
+    }
+}
 
 #[tokio::test]
 async fn a_capture_replays_to_the_alarms_raised_live() {
@@ -65,19 +74,29 @@ async fn a_capture_replays_to_the_alarms_raised_live() {
     let (status, body) = http_get(gw.http(), "/api/alarms?limit=10000").await;
     assert_eq!(status, 200);
     let live: Value = serde_json::from_str(&body).unwrap();
-    let live: Transitions = live["alarms"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["state"] != "acknowledged" && a["escalated"] != true)
-        .map(|a| {
-            (
-                a["rule"].as_str().unwrap().to_string(),
-                a["state"].as_str().unwrap().to_string(),
-                a["ts"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    // Per alarm id, in event order: raise, updates, clear.
+    let mut by_id: std::collections::BTreeMap<u64, (u64, Option<u64>, String, String)> =
+        Default::default();
+    for a in live["alarms"].as_array().unwrap() {
+        if a["escalated"] == true || a["reminder"] == true {
+            continue;
+        }
+        let ts = a["ts"].as_u64().unwrap();
+        let rule = a["rule"].as_str().unwrap().to_string();
+        let priority = a["priority"].as_str().unwrap().to_string();
+        let entry = by_id
+            .entry(a["id"].as_u64().unwrap())
+            .or_insert_with(|| (ts, None, rule.clone(), priority.clone()));
+        match a["state"].as_str().unwrap() {
+            "cleared" => entry.1 = Some(ts),
+            _ if rank(&priority) > rank(&entry.3) => {
+                entry.2 = rule;
+                entry.3 = priority;
+            }
+            _ => {}
+        }
+    }
+    let live: Alarms = by_id.into_values().collect();
     gw.stop().await;
 
     let replayed = vitalgate::replay::replay_files(
@@ -85,14 +104,19 @@ async fn a_capture_replays_to_the_alarms_raised_live() {
         &vitalgate::replay::record::expand(std::slice::from_ref(&capture_dir)).unwrap(),
     )
     .unwrap();
-    let mut again = Transitions::new();
-    for span in &replayed.spans {
-        again.insert((span.rule.to_string(), "raised".into(), span.raised_ms));
-        if let Some(at) = span.cleared_ms {
-            again.insert((span.rule.to_string(), "cleared".into(), at));
-        }
-    }
-    let rules: BTreeSet<&str> = live.iter().map(|t| t.0.as_str()).collect();
+    let again: Alarms = replayed
+        .spans
+        .iter()
+        .map(|s| {
+            (
+                s.raised_ms,
+                s.cleared_ms,
+                s.rule.to_string(),
+                s.priority.as_str().to_string(),
+            )
+        })
+        .collect();
+    let rules: BTreeSet<&str> = live.iter().map(|t| t.2.as_str()).collect();
     assert!(
         rules.contains("spo2_critical") && rules.contains("sbp_critical"),
         "the session raised what it was written to: {rules:?}"

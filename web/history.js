@@ -1,8 +1,10 @@
 // The alarm history, from the audit trail (`GET /api/alarms`): one row per alarm
-// with when it was raised, the chair, priority, the value against the limit, who
+// with when it was raised, the chair, the highest priority it reached with its
+// message and the value against the limit then, who
 // acknowledged it and when, and when it cleared. Filterable by chair.
 
 import { PRIORITY_TEXT, dateTime, el, formatValue } from "./format.js";
+import { PRIORITY_RANK } from "./ward.js";
 
 /** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
 
@@ -14,6 +16,7 @@ const LIMIT = 2000;
 /**
  * @typedef {object} HistoryRow
  * @property {AlarmFrame} raised
+ * @property {AlarmFrame} worst  the event at the highest priority it reached
  * @property {AlarmFrame|null} acked
  * @property {AlarmFrame|null} cleared
  * @property {number} escalation
@@ -99,9 +102,10 @@ export function group(events) {
   for (const e of events) {
     let r = byId.get(e.id);
     if (!r) {
-      r = { raised: e, acked: null, cleared: null, escalation: 0 };
+      r = { raised: e, worst: e, acked: null, cleared: null, escalation: 0 };
       byId.set(e.id, r);
     }
+    if (e.state !== "cleared" && PRIORITY_RANK[e.priority] > PRIORITY_RANK[r.worst.priority]) r.worst = e;
     if (e.state === "acknowledged" && !e.reminder && !r.acked) r.acked = e;
     if (e.state === "cleared") r.cleared = e;
     r.escalation = Math.max(r.escalation, e.escalation_level);
@@ -111,13 +115,13 @@ export function group(events) {
 
 /** @param {HistoryRow} r */
 function row(r) {
-  const a = r.raised;
+  const a = r.worst;
   const tr = el("tr");
   tr.dataset.priority = a.priority;
   const p = PRIORITY_TEXT[a.priority];
   const valueVsLimit = a.kind === "technical" ? `${formatValue(a.value)} s (allowed ${formatValue(a.limit)} s)` : `${formatValue(a.value)} ${a.condition === "low" ? "<" : ">"} ${formatValue(a.limit)}`;
   tr.append(
-    el("td", "", dateTime(a.raised_ts)),
+    el("td", "", dateTime(r.raised.raised_ts)),
     el("td", "", a.chair),
     el("td", "prio", `${p.symbol} ${p.word}`),
     el("td", "", a.message),

@@ -10,7 +10,7 @@
 // batch of changes (`Grid.render`), so 40 chairs at 1 Hz cost little main-thread time.
 
 import { PRIORITY_TEXT, VITALS, el, formatAge, formatMinutes, formatValue, setText } from "./format.js";
-import { SIMULATED_SITE, TREND_MS, compareChairs, highestPriority } from "./ward.js";
+import { SIMULATED_SITE, TREND_MS, compareChairs, highestPriority, holdsRule } from "./ward.js";
 
 /** @typedef {import("./ward.js").Ward} Ward */
 /** @typedef {import("./ward.js").Chair} Chair */
@@ -257,8 +257,8 @@ export class Grid {
     }
 
     // Numerics, stale or current, with the baseline beside each.
-    const offline = alarms.some((a) => a.rule === "device_offline");
-    const staleRules = new Set(alarms.filter((a) => a.rule.endsWith("_stale")).map((a) => a.vital));
+    const offline = alarms.some((a) => holdsRule(a, (r) => r === "device_offline"));
+    const staleRules = new Set(alarms.filter((a) => holdsRule(a, (r) => r.endsWith("_stale"))).map((a) => a.vital));
     const staleNote = (/** @type {number} */ age) => (offline ? "DEVICE OFFLINE" : `STALE ${formatAge(age)}`);
     const stale = (/** @type {Vital} */ v) => {
       const sample = chair.vitals[v];

@@ -59,8 +59,22 @@
  * @property {boolean} reminder
  * @property {string} [reason]
  * @property {string} [acknowledged_by]
+ * @property {{rule: string, priority: Priority, value: number, limit: number}[]} [rules]
+ *   every rule the alarm holds, highest priority first (one alarm per vital and
+ *   direction, or per probe)
+ * @property {boolean} [updated] rules joined or left the open alarm
+ * @property {Priority} [previous_priority] on an update that changed the priority
  * @property {{phase?: Phase, patient?: string}} [context]
  */
+
+/**
+ * Whether alarm `a` holds a rule matching `test` (its own rule, or any it holds).
+ * @param {AlarmFrame} a
+ * @param {(rule: string) => boolean} test
+ */
+export function holdsRule(a, test) {
+  return test(a.rule) || (a.rules ?? []).some((r) => test(r.rule));
+}
 
 /**
  * @typedef {object} ChairFrame

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 use vitalgate::core::{
-    AlarmContext, AlarmEvent, AlarmKind, AlarmState, Direction, Phase, Priority, Vital,
+    AlarmContext, AlarmEvent, AlarmKind, AlarmState, Direction, Phase, Priority, RuleMet, Vital,
 };
 
 /// Gateway time of the benches' events (ms since the epoch).
 pub const NOW: u64 = 1_764_000_000_000;
 
-/// An SpO2 alarm raised mid-infusion, with the context a dashboard shows.
+/// An SpO2 alarm raised mid-infusion, with the context a dashboard shows: the
+/// critical limit met, and the warning limit with it.
 pub fn event() -> AlarmEvent {
     AlarmEvent {
         id: 17,
@@ -31,6 +32,22 @@ pub fn event() -> AlarmEvent {
         reminder: false,
         reason: None,
         acknowledged_by: None,
+        rules: vec![
+            RuleMet {
+                rule: Arc::from("spo2_critical"),
+                priority: Priority::High,
+                value: 84.0,
+                limit: 86.0,
+            },
+            RuleMet {
+                rule: Arc::from("spo2_warn"),
+                priority: Priority::Medium,
+                value: 84.0,
+                limit: 95.0,
+            },
+        ],
+        updated: false,
+        previous_priority: None,
         context: AlarmContext {
             phase: Phase::Infusion,
             patient: Some(Arc::from("P-1042")),

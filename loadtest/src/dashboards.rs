@@ -191,6 +191,17 @@ struct Frame<'a> {
     escalated: bool,
     #[serde(default)]
     reminder: bool,
+    /// A change of an open alarm (rules joined or left it): not a new event.
+    #[serde(default)]
+    updated: bool,
+    /// Every rule the alarm holds (one alarm per vital and direction).
+    #[serde(default, borrow)]
+    rules: Vec<RuleHeld<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RuleHeld<'a> {
+    rule: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -342,8 +353,9 @@ pub async fn watch_alarms(
                 drop(connecting.take());
                 let _ = ready.send(()).await;
             }
-            "alarm" if frame.escalated || frame.reminder => {
-                // A re-send of an alarm already counted (nobody acknowledges here).
+            "alarm" if frame.escalated || frame.reminder || frame.updated => {
+                // A re-send or a change of an alarm already counted (nobody
+                // acknowledges here).
                 stats.alarms.fetch_add(1, Ordering::Relaxed);
             }
             "alarm" => {
@@ -359,13 +371,22 @@ pub async fn watch_alarms(
                 if state == 0 && frame.vital == "sbp" {
                     if let Some(chair) = chair_index(frame.chair) {
                         if let Some(sent) = log.breach(chair, frame.ts) {
-                            // Each SBP rule raises once per breach; a second raise
-                            // for the same breach and rule, whatever its id, is a
-                            // duplicate.
-                            if seen.note_raised(chair, frame.ts, frame.rule) {
-                                stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
+                            // The breach's one SBP alarm holds every SBP rule it
+                            // meets; each rule is raised once per breach: a second
+                            // raise for the same breach and rule, whatever its id,
+                            // is a duplicate.
+                            let held = frame.rules.iter().map(|r| r.rule);
+                            let held: Vec<&str> = if frame.rules.is_empty() {
+                                vec![frame.rule]
                             } else {
-                                seen.duplicates += 1;
+                                held.collect()
+                            };
+                            for rule in held {
+                                if seen.note_raised(chair, frame.ts, rule) {
+                                    stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    seen.duplicates += 1;
+                                }
                             }
                             // Time the first alarm of the breach.
                             if seen.breaches.insert((chair, frame.ts)) {

@@ -97,8 +97,9 @@ struct Args {
     /// Fail (exit 2) if the alarm p99.9 from intended send exceeds this.
     #[arg(long, value_parser = parse_duration)]
     max_p999: Option<Duration>,
-    /// Rules every breach (an SBP surge to 192) must raise on every dashboard; each
-    /// missing one counts as lost. The defaults are the shipped SBP rules.
+    /// Rules every breach (an SBP surge to 192) must raise on every dashboard (held
+    /// by the breach's one SBP alarm); each missing one counts as lost. The
+    /// defaults are the shipped SBP rules.
     #[arg(long, value_delimiter = ',', default_value = "sbp_warn,sbp_critical")]
     expect_rules: Vec<String>,
     /// Measure the floor instead: the same publishers into the same broker, received

@@ -42,6 +42,17 @@ pub struct PartValue {
     pub limit: f64,
 }
 
+/// One rule an alarm holds: met now, or latched (ended, waiting for an
+/// acknowledgement).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleMet {
+    pub rule: Arc<str>,
+    pub priority: Priority,
+    /// The value and limit it joined the alarm with.
+    pub value: f64,
+    pub limit: f64,
+}
+
 /// What was going on at the chair when the alarm changed: what a nurse needs to
 /// judge it without looking anything up.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -121,6 +132,17 @@ pub struct AlarmEvent {
     /// Who acknowledged it, once someone has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<Arc<str>>,
+    /// Every rule the alarm holds, highest priority first: the first is `rule` and
+    /// sets `priority`. One alarm stands for one vital and direction (or one probe),
+    /// however many of its rules are met. Empty on `cleared`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleMet>,
+    /// An open alarm changed: rules joined or left it, its priority may have too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub updated: bool,
+    /// On an update that changed the priority, the priority before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_priority: Option<Priority>,
     #[serde(default)]
     pub context: AlarmContext,
 }
@@ -213,21 +235,48 @@ impl Board {
     /// `raised_ts`, escalation and `acknowledged_by` from the alarm it clears.
     pub fn record(&mut self, event: &mut AlarmEvent) -> u64 {
         match event.state {
-            AlarmState::Raised => {
-                let entry = self.active.entry(event.id).or_insert_with(|| Active {
-                    event: event.clone(),
-                    raised_at: event.received_at,
-                    acknowledged_at: None,
-                    reminded_at: None,
-                });
-                entry.event = event.clone();
-            }
+            AlarmState::Raised => match self.active.get_mut(&event.id) {
+                None => {
+                    self.active.insert(
+                        event.id,
+                        Active {
+                            event: event.clone(),
+                            raised_at: event.received_at,
+                            acknowledged_at: None,
+                            reminded_at: None,
+                        },
+                    );
+                }
+                Some(a) => {
+                    if event.updated {
+                        event.raised_ts = a.event.raised_ts;
+                        if a.acknowledged_at.is_some() || event.priority != a.event.priority {
+                            // Unacknowledged again, or at a new priority: its
+                            // escalation counts afresh from now.
+                            a.raised_at = event.received_at;
+                            a.acknowledged_at = None;
+                            a.reminded_at = None;
+                            event.escalation_level = 0;
+                            event.acknowledged_by = None;
+                        } else {
+                            event.escalation_level = a.event.escalation_level;
+                        }
+                    }
+                    a.event = event.clone();
+                }
+            },
             AlarmState::Acknowledged => {
                 if let Some(a) = self.active.get_mut(&event.id) {
-                    a.event = event.clone();
-                    if !event.reminder {
+                    if event.updated {
+                        event.raised_ts = a.event.raised_ts;
+                        event.escalation_level = a.event.escalation_level;
+                        if event.acknowledged_by.is_none() {
+                            event.acknowledged_by = a.event.acknowledged_by.clone();
+                        }
+                    } else if !event.reminder {
                         a.acknowledged_at = Some(event.received_at);
                     }
+                    a.event = event.clone();
                 }
             }
             AlarmState::Cleared => {
@@ -264,6 +313,8 @@ impl Board {
             acknowledged_by: Some(by),
             escalated: false,
             reminder: false,
+            updated: false,
+            previous_priority: None,
             ..alarm.clone()
         })
     }
@@ -289,6 +340,8 @@ impl Board {
                     };
                     if due_level > e.escalation_level {
                         out.push(AlarmEvent {
+                            updated: false,
+                            previous_priority: None,
                             escalated: true,
                             escalation_level: due_level,
                             reminder: false,
@@ -304,6 +357,8 @@ impl Board {
                     if policy.reminder_ms > 0 && now_ms.saturating_sub(since) >= policy.reminder_ms
                     {
                         out.push(AlarmEvent {
+                            updated: false,
+                            previous_priority: None,
                             reminder: true,
                             escalated: false,
                             reason: None,
@@ -377,6 +432,9 @@ pub(crate) mod tests {
             reminder: false,
             reason: None,
             acknowledged_by: None,
+            rules: Vec::new(),
+            updated: false,
+            previous_priority: None,
             context: AlarmContext::default(),
         }
     }

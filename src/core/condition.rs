@@ -335,6 +335,17 @@ impl Condition {
         }
     }
 
+    /// The condition joined an alarm already acknowledged, without raising its
+    /// priority: it is acknowledged with it (an active one only; nothing clears).
+    pub fn acknowledge_joined(state: &mut ConditionState) {
+        if let ConditionState::Active { alarm_id, .. } = *state {
+            *state = ConditionState::Active {
+                alarm_id,
+                acknowledged: true,
+            };
+        }
+    }
+
     /// The condition no longer applies (phase changed): end whatever it holds.
     pub fn withdraw(state: &mut ConditionState) -> Step {
         let was = *state;

@@ -13,7 +13,10 @@ pub mod rules;
 pub mod session;
 pub mod ward;
 
-pub use alarm::{AckError, AlarmContext, AlarmEvent, AlarmState, Board, EscalationPolicy};
+#[cfg(test)]
+mod group_tests;
+
+pub use alarm::{AckError, AlarmContext, AlarmEvent, AlarmState, Board, EscalationPolicy, RuleMet};
 pub use condition::AlarmKind;
 pub use event::{Event, SessionChange, SessionEvent};
 pub use patient::{Latest, PumpSample, Sample};

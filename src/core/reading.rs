@@ -94,6 +94,26 @@ pub struct Reading {
 }
 
 impl Reading {
+    /// A reading of `vitals` at device time `ts`, with a pump infusing 40 ml/h
+    /// (10 ml so far) reported as `pump` says (running or stopped), if at all.
+    #[cfg(test)]
+    pub(crate) fn of(seq: u64, ts: u64, vitals: &[(Vital, f64)], pump: Option<bool>) -> Reading {
+        let mut values = [None; 6];
+        for (v, x) in vitals {
+            values[v.index()] = Some(*x);
+        }
+        Reading {
+            seq,
+            ts,
+            values,
+            pump: pump.map(|running| Pump {
+                running,
+                rate_ml_h: 40.0,
+                infused_ml: 10.0,
+            }),
+        }
+    }
+
     /// The vitals this reading carries, with their values.
     pub fn vitals(&self) -> impl Iterator<Item = (Vital, f64)> + '_ {
         Vital::ALL

@@ -4,10 +4,10 @@
 //! events it caused while holding it; no guard is ever held across an `.await` or
 //! while another key is touched.
 
-use super::alarm::{AlarmContext, AlarmEvent, AlarmState};
-use super::condition::{Check, Step};
+use super::alarm::{AlarmContext, AlarmEvent, AlarmState, RuleMet};
+use super::condition::Check;
 use super::event::{Event, SessionEvent};
-use super::patient::{Applied, Effects, Latest, PatientState, Transition};
+use super::patient::{Applied, Change, Effects, GroupChange, Latest, PatientState};
 use super::reading::{Reading, Vital};
 use super::rules::{Direction, RuleSet};
 use super::session::{LimitOverride, Session, SessionError, SessionUpdate};
@@ -312,12 +312,12 @@ impl Ward {
         before.saturating_sub(self.patients.len())
     }
 
-    /// Turn a chair's effects into events: session changes, then alarm transitions
-    /// with their context.
+    /// Turn a chair's effects into events: session changes, then the changes of
+    /// the alarms people see (one per group touched), with their context.
     fn events(
         &self,
         chair: &Arc<str>,
-        state: &PatientState,
+        state: &mut PatientState,
         effects: Effects,
         now_ms: u64,
     ) -> Vec<Event> {
@@ -328,19 +328,25 @@ impl Ward {
             e.clock_offset_ms = state.clock_offset();
             out.push(Event::Session(e));
         }
-        for t in effects.transitions {
+        if effects.transitions.is_empty() {
+            return out;
+        }
+        for g in state.present(&self.rules, effects.transitions) {
             // The session's times come from the clinic system or the gateway: a
             // physiological change is placed when it was measured (its reading's
             // device time on the gateway's clock), so a reading delivered late keeps
             // its minute of the infusion; technical ones happen at gateway time.
+            let t = &g.cause;
             let at = if t.on_device_clock {
                 state.gateway_time_of(t.ts)
             } else {
                 now_ms
             };
-            let mut context = state.context(&self.rules, t.condition, at);
-            context.parts = t.parts.clone();
-            out.push(Event::Alarm(self.alarm_event(chair, &t, context, now_ms)));
+            let mut context = state.context(&self.rules, g.top, at);
+            if g.cause.condition == g.top {
+                context.parts = t.parts.clone();
+            }
+            out.push(Event::Alarm(self.alarm_event(chair, &g, context, now_ms)));
         }
         out
     }
@@ -348,25 +354,28 @@ impl Ward {
     fn alarm_event(
         &self,
         chair: &Arc<str>,
-        t: &Transition,
+        g: &GroupChange,
         context: AlarmContext,
         now_ms: u64,
     ) -> AlarmEvent {
-        let c = self.rules.condition(t.condition);
-        let (id, state) = match t.step {
-            Step::Raised { alarm_id } => (alarm_id, AlarmState::Raised),
-            Step::Cleared { alarm_id } => (alarm_id, AlarmState::Cleared),
-            Step::Nothing => unreachable!("transitions hold only changes"),
+        let c = self.rules.condition(g.top);
+        let t = &g.cause;
+        // The top rule's own value and limit while the alarm is open; at a clear, the
+        // transition that ended it.
+        let (value, limit) = match (g.change, g.members.first()) {
+            (Change::Cleared, _) | (_, None) => (t.value, t.limit),
+            (_, Some(m)) => (m.value, m.limit),
+        };
+        let state = match g.change {
+            Change::Cleared => AlarmState::Cleared,
+            _ if g.acknowledged => AlarmState::Acknowledged,
+            _ => AlarmState::Raised,
         };
         let direction = c.check.direction();
         let message = match &c.check {
-            Check::Threshold { vital, .. } => format!(
-                "{} {} {} {}",
-                label(*vital),
-                t.value,
-                side(direction),
-                t.limit
-            ),
+            Check::Threshold { vital, .. } => {
+                format!("{} {} {} {}", label(*vital), value, side(direction), limit)
+            }
             Check::Combined { .. } => {
                 let parts: Vec<String> = context
                     .parts
@@ -401,36 +410,59 @@ impl Ward {
                 format!(
                     "{} {moved} more than {by} in {window} (now {})",
                     label(*vital),
-                    t.value
+                    value
                 )
             }
-            Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), t.value),
-            Check::Offline { .. } => format!("Device offline ({} s without data)", t.value),
+            Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), value),
+            Check::Offline { .. } => format!("Device offline ({} s without data)", value),
             Check::PumpWithoutSpo2 { .. } => {
-                format!("Pump running without live SpO2 ({} s)", t.value)
+                format!("Pump running without live SpO2 ({} s)", value)
             }
         };
+        let rules = g
+            .members
+            .iter()
+            .map(|m| {
+                let c = self.rules.condition(m.condition);
+                RuleMet {
+                    rule: c.rule.clone(),
+                    priority: c.priority,
+                    value: m.value,
+                    limit: m.limit,
+                }
+            })
+            .collect();
+        let previous_priority = match g.change {
+            Change::Updated { previous } if previous != c.priority => Some(previous),
+            _ => None,
+        };
         AlarmEvent {
-            id,
+            id: g.id,
             state,
             chair: chair.clone(),
             kind: c.check.kind(),
             vital: c.check.vital(),
             rule: c.rule.clone(),
             condition: direction,
-            value: t.value,
-            limit: t.limit,
+            value,
+            limit,
             priority: c.priority,
             message: Arc::from(message),
             latching: c.latching,
             ts: t.ts,
             received_at: now_ms,
-            raised_ts: t.ts,
+            raised_ts: g.raised_ts,
             escalated: false,
             escalation_level: 0,
             reminder: false,
-            reason: t.reason,
+            reason: match g.change {
+                Change::Cleared => t.reason,
+                _ => None,
+            },
             acknowledged_by: None,
+            rules,
+            updated: matches!(g.change, Change::Updated { .. }),
+            previous_priority,
             context,
         }
     }

@@ -15,13 +15,22 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// One alarm from raise to clear (or to the end of the recording).
+/// One alarm from raise to clear (or to the end of the recording). An alarm stands
+/// for one vital and direction (or one probe) and its priority follows the rules
+/// met: a span is counted under the highest priority it reached and the rule that
+/// set it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Span {
     pub id: u64,
     pub chair: Arc<str>,
+    /// The rule that set the highest priority it reached.
     pub rule: Arc<str>,
+    /// The highest priority it reached.
     pub priority: Priority,
+    /// Every rule it held at some time, in the order they joined.
+    pub rules: Vec<Arc<str>>,
+    /// Device time it first reached each priority (high, medium, low).
+    pub reached: [Option<u64>; 3],
     pub kind: AlarmKind,
     pub vital: Option<Vital>,
     pub condition: Direction,
@@ -34,6 +43,23 @@ pub struct Span {
 }
 
 impl Span {
+    fn reach(&mut self, a: &AlarmEvent) {
+        let i = Priority::ALL
+            .iter()
+            .position(|p| *p == a.priority)
+            .unwrap_or(0);
+        self.reached[i].get_or_insert(a.ts);
+        if a.priority > self.priority {
+            self.priority = a.priority;
+            self.rule = a.rule.clone();
+        }
+        for r in a.rules.iter().map(|r| &r.rule).chain([&a.rule]) {
+            if !self.rules.contains(r) {
+                self.rules.push(r.clone());
+            }
+        }
+    }
+
     /// How long it was active, counting one still active up to `end_ms`.
     pub fn duration_ms(&self, end_ms: u64) -> u64 {
         self.cleared_ms
@@ -277,20 +303,29 @@ impl Run {
 
     fn alarm(&mut self, a: AlarmEvent) {
         match a.state {
+            _ if a.updated => {
+                if let Some(&i) = self.open.get(&a.id) {
+                    self.out.spans[i].reach(&a);
+                }
+            }
             AlarmState::Raised if !a.escalated => {
                 self.open.insert(a.id, self.out.spans.len());
-                self.out.spans.push(Span {
+                let mut span = Span {
                     id: a.id,
-                    chair: a.chair,
-                    rule: a.rule,
+                    chair: a.chair.clone(),
+                    rule: a.rule.clone(),
                     priority: a.priority,
+                    rules: Vec::new(),
+                    reached: [None; 3],
                     kind: a.kind,
                     vital: a.vital,
                     condition: a.condition,
                     raised_ms: a.ts,
                     cleared_ms: None,
                     worst: a.value,
-                });
+                };
+                span.reach(&a);
+                self.out.spans.push(span);
             }
             AlarmState::Cleared => {
                 if let Some(i) = self.open.remove(&a.id) {

@@ -36,11 +36,27 @@ pub struct TrueEvent {
 }
 
 impl TrueEvent {
-    /// Whether `span` was raised during this event (or its grace after it).
+    /// Whether device time `ts` lies in this event (or its grace after it).
+    fn during(&self, ts: u64) -> bool {
+        self.start_ms <= ts && ts <= self.end_ms + GRACE_MS
+    }
+
+    /// Whether `span` belongs to this event: raised, or its priority raised, during
+    /// it.
     fn covers(&self, span: &Span) -> bool {
         *span.chair == *self.chair
-            && self.start_ms <= span.raised_ms
-            && span.raised_ms <= self.end_ms + GRACE_MS
+            && (self.during(span.raised_ms)
+                || span.reached.iter().flatten().any(|t| self.during(*t)))
+    }
+
+    /// When `span` first reached `priority` (or higher) during this event.
+    fn reached(&self, span: &Span, priority: Priority) -> Option<u64> {
+        Priority::ALL
+            .iter()
+            .zip(span.reached)
+            .filter(|(p, _)| **p >= priority)
+            .filter_map(|(_, t)| t.filter(|t| self.during(*t)))
+            .min()
     }
 }
 
@@ -124,10 +140,17 @@ impl Score {
                 event: (*event).clone(),
                 time_to_alarm_ms: during
                     .iter()
-                    .filter(|s| s.priority >= needed)
-                    .map(|s| s.raised_ms.saturating_sub(event.start_ms))
+                    .filter_map(|s| event.reached(s, needed))
+                    .map(|t| t.saturating_sub(event.start_ms))
                     .min(),
-                highest: during.iter().map(|s| s.priority).max(),
+                highest: during
+                    .iter()
+                    .filter_map(|s| {
+                        Priority::ALL
+                            .into_iter()
+                            .find(|p| event.reached(s, *p).is_some())
+                    })
+                    .max(),
             });
         }
         for span in &replayed.spans {
@@ -168,6 +191,12 @@ mod tests {
             chair: Arc::from("demo/1"),
             rule: Arc::from("spo2_low"),
             priority,
+            rules: vec![Arc::from("spo2_low")],
+            reached: {
+                let mut r = [None; 3];
+                r[Priority::ALL.iter().position(|p| *p == priority).unwrap()] = Some(raised_ms);
+                r
+            },
             kind: AlarmKind::Physiological,
             vital: None,
             condition: Direction::Low,

@@ -38,7 +38,7 @@ fn rules_raised(replayed: &run::Replayed, chair: &str, from_ms: u64) -> Vec<Stri
         .spans
         .iter()
         .filter(|s| &*s.chair == chair && s.raised_ms >= from_ms)
-        .map(|s| s.rule.to_string())
+        .flat_map(|s| s.rules.iter().map(|r| r.to_string()))
         .collect();
     rules.sort();
     rules.dedup();

@@ -571,3 +571,13 @@ impl Drop for PrivateBroker {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether alarm frame `a` holds `rule`: as its own (highest) rule, or among the
+/// rules of its vital and direction it lists.
+#[allow(dead_code)]
+pub fn holds_rule(a: &serde_json::Value, rule: &str) -> bool {
+    a["rule"] == rule
+        || a["rules"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["rule"] == rule))
+}

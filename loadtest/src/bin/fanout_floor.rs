@@ -77,8 +77,18 @@ struct Dashboards {
     direct: Mutex<Vec<Arc<tokio::net::TcpStream>>>,
 }
 
-/// Open alarms per chair: (id, raised ts) per rule and side.
-type Open = HashMap<String, [[Option<(u64, u64)>; 2]; 2]>;
+/// One side's alarm of one chair, as the gateway presents it: one alarm per vital
+/// and direction, holding the rules met.
+#[derive(Default, Clone, Copy)]
+struct SideAlarm {
+    /// (id, raised ts) while open.
+    open: Option<(u64, u64)>,
+    /// Per rule, whether the alarm holds it.
+    held: [bool; 2],
+}
+
+/// Open alarms per chair, per side.
+type Open = HashMap<String, [SideAlarm; 2]>;
 
 struct Args {
     broker: (String, u16),
@@ -306,51 +316,85 @@ fn alarms(open: &mut Open, ids: &mut u64, topic: &str, payload: &[u8]) -> Vec<Ut
     let key = format!("{site}/{chair}");
     let chair_open = open.entry(key.clone()).or_default();
     let mut frames = Vec::new();
-    for (r, rule) in RULES.iter().enumerate() {
-        for (s, side) in SIDES.iter().enumerate() {
-            let limit = if s == 0 { rule.low } else { rule.high };
-            let high = s == 1;
-            let (state, id, raised_ts) = match chair_open[r][s] {
-                None if (high && value > limit) || (!high && value < limit) => {
-                    *ids += 1;
-                    chair_open[r][s] = Some((*ids, ts));
-                    ("raised", *ids, ts)
-                }
-                Some((id, raised))
-                    if (high && value <= limit - HYSTERESIS)
-                        || (!high && value >= limit + HYSTERESIS) =>
-                {
-                    chair_open[r][s] = None;
-                    ("cleared", id, raised)
-                }
-                _ => continue,
-            };
-            *ids += 1;
-            let frame = serde_json::json!({
-                "type": "alarm",
-                "seq": *ids,
-                "id": id,
-                "state": state,
-                "chair": key,
-                "kind": "physiological",
-                "vital": "sbp",
-                "rule": rule.id,
-                "condition": side,
-                "value": value,
-                "limit": limit,
-                "priority": rule.priority,
-                "message": format!("SBP {value} {} {limit}", if high { "above" } else { "below" }),
-                "latching": false,
-                "ts": ts,
-                "received_at": now_us() / 1000,
-                "raised_ts": raised_ts,
-                "escalated": false,
-                "escalation_level": 0,
-                "reminder": false,
-                "context": {"phase": "idle", "route": "iv"},
-            });
-            frames.push(Utf8Bytes::from(frame.to_string()));
+    for (s, side) in SIDES.iter().enumerate() {
+        let high = s == 1;
+        let alarm = &mut chair_open[s];
+        let before = alarm.held;
+        for (r, rule) in RULES.iter().enumerate() {
+            let limit = if high { rule.high } else { rule.low };
+            let breached = (high && value > limit) || (!high && value < limit);
+            let recovered =
+                (high && value <= limit - HYSTERESIS) || (!high && value >= limit + HYSTERESIS);
+            if !alarm.held[r] && breached {
+                alarm.held[r] = true;
+            } else if alarm.held[r] && recovered {
+                alarm.held[r] = false;
+            }
         }
+        if alarm.held == before {
+            continue;
+        }
+        // Highest priority first: sbp_critical, then sbp_warn.
+        let top_of = |held: [bool; 2]| (0..RULES.len()).rev().find(|&r| held[r]);
+        let (state, id, raised_ts, top, updated) = match (alarm.open, top_of(alarm.held)) {
+            (None, Some(top)) => {
+                *ids += 1;
+                alarm.open = Some((*ids, ts));
+                ("raised", *ids, ts, top, false)
+            }
+            (Some((id, raised)), None) => {
+                alarm.open = None;
+                ("cleared", id, raised, top_of(before).unwrap_or(0), false)
+            }
+            (Some((id, raised)), Some(top)) => ("raised", id, raised, top, true),
+            (None, None) => continue,
+        };
+        *ids += 1;
+        let rule = &RULES[top];
+        let limit = if high { rule.high } else { rule.low };
+        let rules: Vec<serde_json::Value> = (0..RULES.len())
+            .rev()
+            .filter(|&r| state != "cleared" && alarm.held[r])
+            .map(|r| {
+                let l = if high { RULES[r].high } else { RULES[r].low };
+                serde_json::json!({"rule": RULES[r].id, "priority": RULES[r].priority, "value": value, "limit": l})
+            })
+            .collect();
+        let mut frame = serde_json::json!({
+            "type": "alarm",
+            "seq": *ids,
+            "id": id,
+            "state": state,
+            "chair": key,
+            "kind": "physiological",
+            "vital": "sbp",
+            "rule": rule.id,
+            "condition": side,
+            "value": value,
+            "limit": limit,
+            "priority": rule.priority,
+            "message": format!("SBP {value} {} {limit}", if high { "above" } else { "below" }),
+            "latching": false,
+            "ts": ts,
+            "received_at": now_us() / 1000,
+            "raised_ts": raised_ts,
+            "escalated": false,
+            "escalation_level": 0,
+            "reminder": false,
+            "context": {"phase": "idle", "route": "iv"},
+        });
+        if !rules.is_empty() {
+            frame["rules"] = rules.into();
+        }
+        if updated {
+            frame["updated"] = true.into();
+            if let Some(prev) = top_of(before) {
+                if prev != top {
+                    frame["previous_priority"] = RULES[prev].priority.into();
+                }
+            }
+        }
+        frames.push(Utf8Bytes::from(frame.to_string()));
     }
     frames
 }
@@ -377,10 +421,11 @@ mod tests {
     }
 
     #[test]
-    fn a_surge_raises_both_rules_once_and_clears_them_after_the_hysteresis() {
+    fn a_surge_raises_one_alarm_holding_both_rules_and_clears_it_after_the_hysteresis() {
         let (mut open, mut ids) = (Open::new(), 0);
-        // The (rule, side, state) of the frames a reading of `sbp` at `ts` gives.
-        let mut step = |sbp: u32, ts: u64| -> Vec<(String, String, String)> {
+        // The (rule, side, state, rules held) of the frames a reading of `sbp` at
+        // `ts` gives.
+        let mut step = |sbp: u32, ts: u64| -> Vec<(String, String, String, usize)> {
             let payload = format!(r#"{{"seq":1,"ts":{ts},"hr":80,"sbp":{sbp},"dbp":78}}"#);
             alarms(
                 &mut open,
@@ -393,18 +438,20 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
                 assert_eq!((&v["chair"], &v["ts"]), (&"site0/c3".into(), &ts.into()));
                 let s = |k: &str| v[k].as_str().unwrap().to_string();
-                (s("rule"), s("condition"), s("state"))
+                let held = v["rules"].as_array().map_or(0, Vec::len);
+                (s("rule"), s("condition"), s("state"), held)
             })
             .collect()
         };
-        let t = |r: &str, s: &str| ("sbp_".to_string() + r, "high".into(), s.to_string());
+        let t = |r: &str, s: &str, n| ("sbp_".to_string() + r, "high".into(), s.to_string(), n);
         assert!(step(120, 1).is_empty());
-        assert_eq!(step(192, 2), [t("warn", "raised"), t("critical", "raised")]);
+        assert_eq!(step(192, 2), [t("critical", "raised", 2)]);
         // Still above: nothing new.
         assert!(step(190, 3).is_empty());
         // Below the critical limit but not by the hysteresis: nothing.
         assert!(step(177, 4).is_empty());
-        assert_eq!(step(150, 5), [t("critical", "cleared")]);
-        assert_eq!(step(120, 6), [t("warn", "cleared")]);
+        // The critical rule leaves: the same alarm, now medium.
+        assert_eq!(step(150, 5), [t("warn", "raised", 1)]);
+        assert_eq!(step(120, 6), [t("warn", "cleared", 0)]);
     }
 }

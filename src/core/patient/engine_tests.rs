@@ -57,20 +57,7 @@ impl Chair {
     /// A reading at device time = gateway time `t`.
     fn read(&mut self, t: u64, vitals: &[(Vital, f64)], pump: Option<bool>) -> Effects {
         self.seq += 1;
-        let mut values = [None; 6];
-        for (v, x) in vitals {
-            values[v.index()] = Some(*x);
-        }
-        let r = Reading {
-            seq: self.seq,
-            ts: t,
-            values,
-            pump: pump.map(|running| Pump {
-                running,
-                rate_ml_h: 40.0,
-                infused_ml: 10.0,
-            }),
-        };
+        let r = Reading::of(self.seq, t, vitals, pump);
         let next = &mut self.next;
         match self.p.apply(&self.rules, &r, t, &mut || {
             *next += 1;

@@ -6,8 +6,11 @@
 //! rules, gateway ms for technical ones and timers), so tests drive it with any clock.
 
 mod clock;
+mod group;
 mod measure;
 mod session;
+
+pub use group::{Change, GroupChange, Member};
 
 use super::alarm::PartValue;
 use super::baseline::BaselineSampler;
@@ -236,6 +239,8 @@ pub struct PatientState {
     /// Gateway time the chair's patient last left (a new session): values measured
     /// before it are the previous patient's and are not taken (0: never).
     forgotten_at: u64,
+    /// Per alarm group, what dashboards were last told of its alarm.
+    shown: Box<[Option<group::Shown>]>,
 }
 
 impl PatientState {
@@ -257,6 +262,7 @@ impl PatientState {
             stable_since: None,
             clock: DeviceClock::default(),
             forgotten_at: 0,
+            shown: vec![None; rules.group_count()].into_boxed_slice(),
         }
     }
 
@@ -479,7 +485,19 @@ impl PatientState {
             );
             return;
         };
-        let step = cond.step(&mut self.conditions[i], &m, ts, next_id);
+        // A condition raising while another of its group holds an alarm joins that
+        // alarm: one alarm per group (see `group`).
+        let conditions = &self.conditions;
+        let mut state = conditions[i];
+        let mut id = || {
+            rules
+                .group(rules.group_of(i))
+                .iter()
+                .find_map(|&j| conditions[j].alarm_id())
+                .unwrap_or_else(&mut *next_id)
+        };
+        let step = cond.step(&mut state, &m, ts, &mut id);
+        self.conditions[i] = state;
         if step != Step::Nothing {
             let reason = match (step, cond.check.is_timed()) {
                 (Step::Cleared { .. }, true) => Some("data_returned"),

@@ -2,7 +2,7 @@
 //! per-patient limits, acknowledgements of latched alarms, discharge readiness,
 //! restoring after a restart, and the context carried by every alarm.
 
-use super::{Effects, PatientState, Transition};
+use super::{Effects, Member, PatientState, Transition};
 use crate::core::alarm::AlarmContext;
 use crate::core::baseline::BaselineSampler;
 use crate::core::condition::{Condition, ConditionState, Step};
@@ -181,15 +181,18 @@ impl PatientState {
     /// clears now (reason `acknowledged`).
     pub fn acknowledged(&mut self, rules: &RuleSet, alarm_id: u64, now_ms: u64) -> Effects {
         let mut effects = Effects::default();
-        let Some(i) = self
-            .conditions
-            .iter()
-            .position(|c| c.alarm_id() == Some(alarm_id))
-        else {
+        // Every condition holding the alarm: the rules of one group share its id.
+        let holding: Vec<usize> = (0..self.conditions.len())
+            .filter(|&i| self.conditions[i].alarm_id() == Some(alarm_id))
+            .collect();
+        if holding.is_empty() {
             return effects;
-        };
-        let step = Condition::acknowledge(&mut self.conditions[i]);
-        self.record_end(rules, i, step, now_ms, false, "acknowledged", &mut effects);
+        }
+        self.group_acknowledged(alarm_id);
+        for i in holding {
+            let step = Condition::acknowledge(&mut self.conditions[i]);
+            self.record_end(rules, i, step, now_ms, false, "acknowledged", &mut effects);
+        }
         self.check_discharge(rules, now_ms, &mut effects);
         effects
     }
@@ -225,10 +228,12 @@ impl PatientState {
             .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
     }
 
-    /// Take back an alarm that was open when the previous run stopped: its condition
-    /// is active again under the same id (acknowledged or not), so it clears, latches
-    /// or escalates as if there had been no restart. False when no condition of
-    /// this chair's current profile matches it (rules changed, or the phase).
+    /// Take back an alarm that was open when the previous run stopped: the
+    /// conditions of every rule it held are active again under the same id
+    /// (acknowledged or not), so it clears, latches or escalates as if there had
+    /// been no restart. False when none of its rules matches a condition of this
+    /// chair's current profile (rules changed, or the phase), or its group already
+    /// holds another alarm.
     pub fn restore_alarm(&mut self, rules: &RuleSet, e: &crate::core::AlarmEvent) -> bool {
         // Only for the same patient and session: an alarm whose end never reached
         // the audit trail must not be pinned on whoever is in the chair now.
@@ -236,23 +241,53 @@ impl PatientState {
         if e.context.patient != s.patient || e.context.session_number != s.session_number {
             return false;
         }
-        let found = (0..rules.len()).find(|&i| {
-            let c = rules.condition(i);
-            *c.rule == *e.rule
-                && c.check.direction() == e.condition
-                && c.check.kind() == e.kind
-                && c.applies(&self.session)
-        });
-        match found {
-            Some(i) if self.conditions[i] == ConditionState::Normal => {
-                self.conditions[i] = ConditionState::Active {
-                    alarm_id: e.id,
-                    acknowledged: e.acknowledged_by.is_some(),
-                };
-                true
+        // Recorded before alarms were grouped, an event names its one rule only.
+        let held: Vec<(&str, f64, f64)> = if e.rules.is_empty() {
+            vec![(&*e.rule, e.value, e.limit)]
+        } else {
+            e.rules
+                .iter()
+                .map(|r| (&*r.rule, r.value, r.limit))
+                .collect()
+        };
+        let mut group = None;
+        let mut members = Vec::new();
+        for (rule, value, limit) in held {
+            let found = (0..rules.len()).find(|&i| {
+                let c = rules.condition(i);
+                *c.rule == *rule
+                    && c.check.direction() == e.condition
+                    && c.check.kind() == e.kind
+                    && c.applies(&self.session)
+            });
+            let Some(i) = found else { continue };
+            let g = rules.group_of(i);
+            if *group.get_or_insert(g) != g
+                || self.conditions[i] != ConditionState::Normal
+                || self.group_shown(g)
+                || self.group_alarm(rules, g).is_some()
+            {
+                continue;
             }
-            _ => false,
+            members.push(Member {
+                condition: i,
+                value,
+                limit,
+            });
         }
+        let Some(g) = group.filter(|_| !members.is_empty()) else {
+            return false;
+        };
+        let acknowledged = e.acknowledged_by.is_some();
+        for m in &members {
+            self.conditions[m.condition] = ConditionState::Active {
+                alarm_id: e.id,
+                acknowledged,
+            };
+        }
+        members.sort_by_key(|m| std::cmp::Reverse(rules.condition(m.condition).priority));
+        self.group_restored(g, e, members);
+        true
     }
 
     /// Withdraw conditions that no longer apply; judge the others again.
@@ -312,7 +347,7 @@ impl PatientState {
     }
 
     /// Value and limit to report for condition `i` outside a measurement.
-    fn report(&self, rules: &RuleSet, i: usize, now_ms: u64) -> (f64, f64) {
+    pub(super) fn report(&self, rules: &RuleSet, i: usize, now_ms: u64) -> (f64, f64) {
         let cond = rules.condition(i);
         match self.measure(rules, cond, now_ms, now_ms) {
             Some(m) => (m.value, m.limit),

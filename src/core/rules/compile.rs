@@ -511,6 +511,7 @@ impl RuleSet {
             errs.push("session.max_message_bytes", "must be 256-1048576");
         }
 
+        set.assign_groups();
         if errs.0.is_empty() {
             Ok(set)
         } else {

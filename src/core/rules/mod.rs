@@ -16,7 +16,7 @@ pub use spec::{
     TrendRuleSpec,
 };
 
-use super::condition::Condition;
+use super::condition::{AlarmKind, Condition};
 use super::reading::Vital;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -92,6 +92,10 @@ pub struct RuleSet {
     trend_window: [u64; 6],
     /// Per vital, the stale allowance (0: none), ms.
     stale_ms: [u64; 6],
+    /// Per condition, the index of its alarm group (see [`RuleSet::group_of`]).
+    group_of: Vec<usize>,
+    /// Per group, its conditions in index order.
+    groups: Vec<Vec<usize>>,
     pub session: SessionSpec,
 }
 
@@ -140,5 +144,77 @@ impl RuleSet {
     /// The stale allowance of `vital`, ms (0: never stale).
     pub fn stale_ms(&self, vital: Vital) -> u64 {
         self.stale_ms[vital.index()]
+    }
+
+    /// The alarm group of condition `i`. People are shown one alarm per group, as
+    /// central stations show one alarm per parameter whose priority rises and falls:
+    /// - physiological thresholds and trends: one group per vital and direction
+    ///   (`sbp_warn`, `sbp_critical`, `sbp_over_baseline` and `sbp_rising` are one
+    ///   "SBP high" alarm);
+    /// - technical conditions: one group per probe (`spo2_stale` and
+    ///   `pump_without_spo2` are one "SpO2" alarm), and `device_offline` alone;
+    /// - a combined rule is its own group: it is already one alarm about several
+    ///   vitals.
+    pub fn group_of(&self, i: usize) -> usize {
+        self.group_of[i]
+    }
+
+    /// The conditions of group `g`, in index order.
+    pub fn group(&self, g: usize) -> &[usize] {
+        &self.groups[g]
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Assign every condition its group (after all are compiled).
+    fn assign_groups(&mut self) {
+        let mut keys: Vec<GroupKey> = Vec::new();
+        self.group_of = Vec::with_capacity(self.conditions.len());
+        self.groups.clear();
+        for (i, c) in self.conditions.iter().enumerate() {
+            let key = GroupKey::of(c);
+            let g = match keys.iter().position(|k| *k == key) {
+                Some(g) => g,
+                None => {
+                    keys.push(key);
+                    self.groups.push(Vec::new());
+                    keys.len() - 1
+                }
+            };
+            self.group_of.push(g);
+            self.groups[g].push(i);
+        }
+    }
+}
+
+/// What makes conditions one alarm for people (see [`RuleSet::group_of`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GroupKey {
+    Vital(AlarmKind, Vital, Direction),
+    Offline,
+    Rule(Arc<str>),
+}
+
+impl GroupKey {
+    fn of(c: &Condition) -> GroupKey {
+        use super::condition::Check;
+        match &c.check {
+            Check::Threshold {
+                vital, direction, ..
+            }
+            | Check::Trend {
+                vital, direction, ..
+            } => GroupKey::Vital(AlarmKind::Physiological, *vital, *direction),
+            Check::Combined { .. } => GroupKey::Rule(c.rule.clone()),
+            Check::Stale { vital, .. } => {
+                GroupKey::Vital(AlarmKind::Technical, *vital, Direction::High)
+            }
+            Check::PumpWithoutSpo2 { .. } => {
+                GroupKey::Vital(AlarmKind::Technical, Vital::Spo2, Direction::High)
+            }
+            Check::Offline { .. } => GroupKey::Offline,
+        }
     }
 }
