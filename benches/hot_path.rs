@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
                 &ward,
                 tx,
                 vitalgate::fanout::CutOff::default(),
-                vitalgate::http::auth::SiteScope::all(),
+                vitalgate::access::SiteScope::all(),
             );
             receivers.push(rx);
         }

@@ -8,8 +8,10 @@
 //! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints;
 //! [`sim`] simulates a ward of bedside devices (`vitalgate demo`).
 
+pub mod access;
 pub mod app;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod fanout;

@@ -10,7 +10,8 @@
 //! workers are all blocked, stops pinging, and systemd restarts it; the restarted
 //! gateway takes back its open alarms from the audit trail.
 
-use crate::app::{now_ms, App};
+use crate::app::App;
+use crate::clock::now_ms;
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;

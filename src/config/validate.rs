@@ -28,7 +28,7 @@ impl Config {
             ("mqtt.session_topic", &m.session_topic),
             ("mqtt.status_topic", &m.status_topic),
         ] {
-            if let Err(e) = crate::ingest::TopicPattern::parse(filter) {
+            if let Err(e) = crate::core::topic::TopicPattern::parse(filter) {
                 errs.push((key.into(), e.to_string()));
             }
             if !filters.insert(filter) {

@@ -2,6 +2,11 @@
 //! comes from a device's topic (`clinic/{site}/chair/{chair}/...`), and a dashboard
 //! command or an API query that names a chair must name it the same way.
 
+/// The site of chair key `{site}/{chair}`.
+pub fn site_of(chair: &str) -> &str {
+    chair.split('/').next().unwrap_or(chair)
+}
+
 /// Longest site or chair name.
 pub const MAX_ID_LEN: usize = 64;
 

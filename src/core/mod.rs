@@ -7,10 +7,12 @@ pub mod baseline;
 pub mod chair_key;
 pub mod condition;
 pub mod event;
+pub mod message;
 pub mod patient;
 pub mod reading;
 pub mod rules;
 pub mod session;
+pub mod topic;
 pub mod ward;
 
 #[cfg(test)]

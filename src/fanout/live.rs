@@ -28,8 +28,10 @@ impl Scope {
     pub fn contains(&self, chair: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::Site(site) => protocol::site_of(chair) == site,
-            Scope::Sites(sites) => sites.iter().any(|s| s == protocol::site_of(chair)),
+            Scope::Site(site) => crate::core::chair_key::site_of(chair) == site,
+            Scope::Sites(sites) => sites
+                .iter()
+                .any(|s| s == crate::core::chair_key::site_of(chair)),
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod hub;
 pub mod live;
 pub mod protocol;
 mod reader;
+pub mod signals;
 pub mod socket;
 pub mod ws;
 

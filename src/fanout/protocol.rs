@@ -1,6 +1,7 @@
 //! The dashboard wire format (documented in `docs/protocol.md`): JSON text frames.
 //! Server frames are serialised here once and shared by every connection.
 
+use crate::core::chair_key::site_of;
 use crate::core::{
     AlarmEvent, ChairView, Latest, Session, SessionChange, SessionEvent, SessionUpdate, Vital,
 };
@@ -130,11 +131,6 @@ impl<'a> ChairJson<'a> {
             ..ChairJson::new(chair, latest)
         }
     }
-}
-
-/// The site part of a `{site}/{chair}` key.
-pub fn site_of(chair: &str) -> &str {
-    chair.split('/').next().unwrap_or(chair)
 }
 
 #[derive(Serialize)]

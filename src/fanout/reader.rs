@@ -4,10 +4,10 @@
 
 use super::live::Scope;
 use super::protocol::{self, Command, Frame};
+use super::signals::{close_code, Signals};
 use super::socket::Socket;
-use super::ws::{close_code, Signals};
+use crate::access::{Identity, Permission};
 use crate::app::App;
-use crate::http::auth::{Identity, Permission};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -113,7 +113,7 @@ impl Reader {
                     break;
                 }
             };
-            if self.identity.expired(crate::app::now_ms()) {
+            if self.identity.expired(crate::clock::now_ms()) {
                 // The writer closes with 4001 at expiry; a writer stuck on a client
                 // that does not read must not leave its commands working.
                 self.signals
@@ -133,7 +133,7 @@ impl Reader {
                     let Some(by) = self.actor(Permission::Acknowledge, &by, Some(id)) else {
                         continue;
                     };
-                    let now = crate::app::now_ms();
+                    let now = crate::clock::now_ms();
                     let _order = app.in_order();
                     match app.hub.acknowledge(id, &by, now, &self.identity.scope) {
                         // A latched alarm whose condition has ended clears now.
@@ -157,7 +157,8 @@ impl Reader {
                     session.by = Some(by);
                     let _order = app.in_order();
                     let result = check_chair(&chair).and_then(|()| {
-                        app.ward.set_session(&chair, &session, crate::app::now_ms())
+                        app.ward
+                            .set_session(&chair, &session, crate::clock::now_ms())
                     });
                     let changed = matches!(&result, Ok(events) if !events.is_empty());
                     self.apply(result);
@@ -182,7 +183,7 @@ impl Reader {
                     let _order = app.in_order();
                     let result =
                         app.ward
-                            .set_limit(&chair, &rule, limits, &by, crate::app::now_ms());
+                            .set_limit(&chair, &rule, limits, &by, crate::clock::now_ms());
                     self.apply(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {

@@ -8,132 +8,26 @@
 //! from the [`LiveFeed`](super::LiveFeed) only when the writer is free, so they
 //! coalesce instead of queueing.
 
-use super::hub::{CutOff, Start};
+use super::hub::Start;
 use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
-use super::socket::{self, Socket, Watched};
+use super::signals::{close_code, Signals};
+use super::socket::{self, Socket};
+use crate::access::Identity;
 use crate::app::App;
-use crate::http::auth::Identity;
-use crate::http::upgrade::WebSocketRequest;
 use crate::telemetry::Metrics;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-
-/// Close codes sent to dashboards (documented in `docs/protocol.md`).
-pub mod close_code {
-    /// The gateway is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Nothing received from the client, not even a pong, within the idle timeout.
-    pub const IDLE_TIMEOUT: u16 = 4000;
-    /// The client did not read fast enough and its send queue filled.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The client sent a frame or message over the size caps.
-    pub const TOO_BIG: u16 = 1009;
-    /// The client broke the WebSocket protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The client's token expired.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The client sent commands faster than `websocket.commands_per_second` allows.
-    pub const POLICY: u16 = 1008;
-}
-
-#[derive(Debug, Deserialize)]
-pub struct WsQuery {
-    /// Resume after this alarm `seq`.
-    pub since: Option<u64>,
-    /// The `instance` the client's `since` belongs to.
-    pub instance: Option<String>,
-    /// The client's token, for browsers that cannot set `Authorization`.
-    pub access_token: Option<String>,
-}
-
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
-    Query(query): Query<WsQuery>,
-    headers: axum::http::HeaderMap,
-    ws: WebSocketRequest,
-) -> Response {
-    let identity = match app.auth.check(&headers, query.access_token.as_deref()) {
-        Ok(identity) => identity,
-        Err(e) => {
-            app.metrics.ws_refused(e.reason()).increment(1);
-            return (e.status(), format!("{e}\n")).into_response();
-        }
-    };
-    if app.health.is_shutting_down() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway is shutting down\n",
-        )
-            .into_response();
-    }
-    let Some(slot) = Slot::reserve(&app) else {
-        app.metrics.ws_refused_max_connections.increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many dashboards connected (websocket.max_connections)\n",
-        )
-            .into_response();
-    };
-    let c = &app.config.websocket;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(c.read_buffer_bytes)
-        .write_buffer_size(c.write_buffer_bytes)
-        .max_write_buffer_size(c.max_write_buffer_bytes)
-        .max_message_size(Some(c.max_message_bytes))
-        .max_frame_size(Some(c.max_frame_bytes));
-    ws.accept(move |io| {
-        let connection = async move {
-            let socket =
-                WebSocketStream::from_raw_socket(Watched::new(io), Role::Server, Some(config))
-                    .await;
-            serve(socket, query, app, identity).await;
-        };
-        let tracked = slot.0.connections.track_future(connection);
-        async move {
-            tracked.await;
-            drop(slot);
-        }
-    })
-}
-
-/// One of `websocket.max_connections` places, held from the upgrade request until
-/// the connection ends (or the upgrade fails and the callback holding it is dropped).
-struct Slot(Arc<App>);
-
-impl Slot {
-    fn reserve(app: &Arc<App>) -> Option<Slot> {
-        // Compare-and-swap, so a refused request never holds a place even briefly.
-        let max = app.config.websocket.max_connections;
-        app.dashboards
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(app.clone()))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.dashboards.fetch_sub(1, Ordering::SeqCst);
-    }
-}
 
 /// Why the writer stopped.
 enum End {
@@ -141,45 +35,6 @@ enum End {
     Gone,
     /// The client's token expired while a write was under way.
     Expired,
-}
-
-/// What the reader and writer halves of one connection tell each other.
-pub(super) struct Signals {
-    /// Cut by the hub (or a reply that found the queue full): cut off as slow.
-    /// Its `wake` token is also cancelled by the reader (the client has gone) and
-    /// by the gateway's shutdown (it is a child of `App::close_dashboards`).
-    pub(super) cut_off: CutOff,
-    /// Set by the reader when the client has gone or broke the protocol (with
-    /// `cut_off.wake` cancelled after it: the writer reads it once woken).
-    gone: AtomicBool,
-    /// Uptime ms of the last frame received, pongs included.
-    pub(super) last_seen: AtomicU64,
-    /// Close code the reader asks the writer to send (0: none).
-    pub(super) close_with: AtomicU16,
-    /// A requested snapshot is queued and not yet written.
-    pub(super) snapshot_pending: AtomicBool,
-}
-
-impl Signals {
-    /// A connection's signals: nothing raised yet, woken by `shutdown` too.
-    fn new(shutdown: &CancellationToken, now_ms: u64) -> Signals {
-        Signals {
-            cut_off: CutOff {
-                slow: CancellationToken::new(),
-                wake: shutdown.child_token(),
-            },
-            gone: AtomicBool::new(false),
-            last_seen: AtomicU64::new(now_ms),
-            close_with: AtomicU16::new(0),
-            snapshot_pending: AtomicBool::new(false),
-        }
-    }
-
-    /// The client has gone away or broke the protocol: the writer stops.
-    pub(super) fn client_gone(&self) {
-        self.gone.store(true, Ordering::SeqCst);
-        self.cut_off.wake.cancel();
-    }
 }
 
 struct Conn {
@@ -261,17 +116,12 @@ struct Live {
     version: u64,
 }
 
-async fn serve(socket: Socket, query: WsQuery, app: Arc<App>, identity: Identity) {
+/// Serve one dashboard on an upgraded `socket` (the HTTP edge authenticated it as
+/// `identity`), from `start`, until it ends.
+pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identity) {
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
     let signals = Arc::new(Signals::new(&app.close_dashboards, app.uptime_ms()));
-    let start = match query.since {
-        Some(since) => Start::Since {
-            since,
-            instance: query.instance,
-        },
-        None => Start::Snapshot,
-    };
     let sub = app.hub.subscribe(
         start,
         &app.ward,
@@ -296,7 +146,7 @@ async fn serve(socket: Socket, query: WsQuery, app: Arc<App>, identity: Identity
     let expires = expires_at.map(|exp_s| {
         let left = exp_s
             .saturating_mul(1_000)
-            .saturating_sub(crate::app::now_ms());
+            .saturating_sub(crate::clock::now_ms());
         tokio::time::Instant::now() + Duration::from_millis(left)
     });
     let mut conn = Conn {

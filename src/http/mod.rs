@@ -4,12 +4,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboards;
 pub mod deadline;
 pub mod station;
 pub mod upgrade;
 
 use crate::app::App;
-use crate::fanout::ws;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -62,7 +62,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(station::index))
         .route("/station/{file}", get(station::asset))
         .route("/api/station", get(station::station))
-        .route("/ws", get(ws::upgrade))
+        .route("/ws", get(dashboards::upgrade))
         .route("/api/alarms", get(api::alarms))
         .route("/api/sessions/{*chair}", get(api::sessions))
         .route("/live", get(live))

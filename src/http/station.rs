@@ -7,8 +7,8 @@
 //! Content-Security-Policy makes that a property the browser enforces: the page may
 //! load and connect to its own origin only.
 
+use crate::access::{Identity, Permission};
 use crate::app::App;
-use crate::http::auth::{Identity, Permission};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -143,7 +143,7 @@ pub async fn station(
     let body = serde_json::json!({
         "auth": if app.auth.enabled() { "jwt" } else { "none" },
         "version": env!("CARGO_PKG_VERSION"),
-        "now": crate::app::now_ms(),
+        "now": crate::clock::now_ms(),
         "me": me(&identity),
         "rules": c.rules,
         "combined_rules": c.combined_rules,

@@ -8,8 +8,8 @@
 //! `capture.queue_capacity` messages, messages are dropped from the capture (never
 //! from the gateway) and counted in `vitalgate_capture_dropped_total`.
 
+use super::recording::Record;
 use crate::config::CaptureConfig;
-use crate::replay::record::Record;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@
 use super::backoff::Backoff;
 use super::capture::Capture;
 use super::pipeline::{process, Processed};
-use crate::app::{now_ms, App};
+use crate::app::App;
+use crate::clock::now_ms;
 use crate::config::{MqttConfig, TlsConfig};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,

@@ -15,7 +15,7 @@
 
 use super::publish::{Gate, PublishOptions, Simulator};
 use super::{demo_ward, Scenario};
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::config::BrokerMode;
 use crate::ingest::BrokerAddr;
 use crate::{App, Config, Gateway};

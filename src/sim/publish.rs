@@ -27,7 +27,7 @@
 //! jittered exponential backoff.
 
 use super::Scenario;
-use crate::app::now_ms;
+use crate::clock::now_ms;
 use crate::ingest::backoff::Backoff;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};

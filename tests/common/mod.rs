@@ -438,20 +438,27 @@ impl Dashboard {
 
 /// `GET path` over a plain TCP connection: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    try_http_get(addr, path)
+        .await
+        .unwrap_or_else(|| panic!("GET {path} from {addr} failed"))
+}
+
+/// `GET path`, or `None` if the connection failed or the answer was not HTTP.
+pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
-        .unwrap();
+        .ok()?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text[9..12].parse().unwrap();
+    let status = text.get(9..12)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|x| x.1)
         .unwrap_or("")
         .to_string();
-    (status, body)
+    Some((status, body))
 }
 
 /// A metric's value from `/metrics`, e.g. `vitalgate_readings_rejected_total{reason="no_vitals"}`.

@@ -16,49 +16,12 @@ pub use spec::{
     TrendRuleSpec,
 };
 
+pub use super::condition::{Direction, Priority};
+
 use super::condition::{AlarmKind, Condition};
 use super::reading::Vital;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
-
-/// Alarm priority after IEC 60601-1-8. Ordered so that `High > Medium > Low`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    Medium,
-    High,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Medium, Priority::Low];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::High => "high",
-            Priority::Medium => "medium",
-            Priority::Low => "low",
-        }
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Which side of its limit a condition watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Breached when the value is below the limit.
-    Low,
-    /// Breached when the value is above the limit.
-    High,
-}
 
 /// The longest alarm-condition delay accepted; longer would hide a deteriorating patient.
 pub const MAX_DELAY_MS: u64 = 120_000;

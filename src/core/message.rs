@@ -1,0 +1,82 @@
+//! Alarm messages as people read them: "SpO2 88 below 90", "SBP rose more than 30
+//! in 10 min (now 168)", "SpO2 stale 15 s".
+
+use super::alarm::PartValue;
+use super::condition::{Check, Direction};
+use super::reading::Vital;
+
+/// How a vital is named to people.
+fn label(v: Vital) -> &'static str {
+    match v {
+        Vital::Hr => "HR",
+        Vital::Spo2 => "SpO2",
+        Vital::Sbp => "SBP",
+        Vital::Dbp => "DBP",
+        Vital::Rr => "RR",
+        Vital::Etco2 => "EtCO2",
+    }
+}
+
+fn side(d: Direction) -> &'static str {
+    match d {
+        Direction::Low => "below",
+        Direction::High => "above",
+    }
+}
+
+/// The one-line message of an alarm of `check` (rule `rule`) at `value` against
+/// `limit`; a combined rule names each of its `parts`.
+pub fn alarm(check: &Check, rule: &str, value: f64, limit: f64, parts: &[PartValue]) -> String {
+    match check {
+        Check::Threshold { vital, .. } => {
+            format!(
+                "{} {} {} {}",
+                label(*vital),
+                value,
+                side(check.direction()),
+                limit
+            )
+        }
+        Check::Combined { .. } => {
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {} {}",
+                        label(p.vital),
+                        p.value,
+                        side(p.condition),
+                        p.limit
+                    )
+                })
+                .collect();
+            format!("{}: {}", rule, parts.join(" and "))
+        }
+        Check::Trend {
+            vital,
+            by,
+            window_ms,
+            ..
+        } => {
+            let window = if window_ms % 60_000 == 0 {
+                format!("{} min", window_ms / 60_000)
+            } else {
+                format!("{} s", window_ms / 1_000)
+            };
+            let moved = match check.direction() {
+                Direction::High => "rose",
+                Direction::Low => "fell",
+            };
+            format!(
+                "{} {moved} more than {by} in {window} (now {})",
+                label(*vital),
+                value
+            )
+        }
+        Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), value),
+        Check::Offline { .. } => format!("Device offline ({} s without data)", value),
+        Check::PumpWithoutSpo2 { .. } => {
+            format!("Pump running without live SpO2 ({} s)", value)
+        }
+    }
+}

@@ -1,0 +1,134 @@
+use super::*;
+use crate::core::reading::Vital;
+use crate::core::rules::{Priority, RuleSpec};
+
+fn ward(max_chairs: usize) -> Ward {
+    let rules = RuleSet::compile(&[RuleSpec {
+        id: "spo2_low".into(),
+        vital: Vital::Spo2,
+        low: Some(90.0),
+        priority: Priority::High,
+        hysteresis: 1.0,
+        ..RuleSpec::default()
+    }])
+    .unwrap();
+    Ward::new(Arc::new(rules), max_chairs)
+}
+
+fn spo2(seq: u64, v: f64) -> Reading {
+    let mut values = [None; 6];
+    values[Vital::Spo2.index()] = Some(v);
+    Reading {
+        seq,
+        ts: 1_000 * seq,
+        values,
+        pump: None,
+    }
+}
+
+/// Patient `P` in `phase`, as a session message sent at `ts`.
+fn session(phase: crate::core::Phase, ts: u64) -> SessionUpdate {
+    SessionUpdate {
+        phase,
+        patient: Some("P".into()),
+        session_number: None,
+        session_count: None,
+        route: None,
+        ts: Some(ts),
+        by: None,
+        limits: None,
+    }
+}
+
+fn events(o: Outcome) -> Vec<AlarmEvent> {
+    match o {
+        Outcome::Accepted { events, .. } => events
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Alarm(a) => Some(a),
+                Event::Session(_) => None,
+            })
+            .collect(),
+        Outcome::Duplicate => vec![],
+    }
+}
+
+#[test]
+fn chairs_are_independent_and_ids_are_gateway_wide() {
+    let w = ward(10);
+    let a = events(w.apply("n/1", &spo2(1, 85.0), 5).unwrap());
+    let b = events(w.apply("n/2", &spo2(1, 85.0), 6).unwrap());
+    assert_eq!((a[0].id, b[0].id), (1, 2));
+    assert_eq!(&*b[0].chair, "n/2");
+    let c = events(w.apply("n/1", &spo2(2, 95.0), 7).unwrap());
+    assert_eq!(c[0].state, AlarmState::Cleared);
+    assert_eq!(c[0].id, 1);
+    assert_eq!(w.chairs().len(), 2);
+}
+
+#[test]
+fn idle_chairs_are_forgotten_but_not_with_an_alarm_or_a_session() {
+    let w = ward(10);
+    w.apply("n/1", &spo2(1, 97.0), 1_000).unwrap();
+    w.apply("n/2", &spo2(1, 80.0), 1_000).unwrap(); // alarm raised
+    w.apply("n/3", &spo2(1, 97.0), 1_000).unwrap();
+    w.set_session("n/3", &session(crate::core::Phase::Baseline, 1), 1_000)
+        .unwrap();
+    let idle = SessionUpdate {
+        patient: None,
+        ..session(crate::core::Phase::Idle, 1)
+    };
+    w.set_session("n/4", &idle, 1_000).unwrap();
+    assert_eq!(w.evict_idle(60_999, 60_000), 0);
+    assert_eq!(w.evict_idle(61_000, 60_000), 1);
+    let left: Vec<String> = w.chairs().iter().map(|c| c.chair.to_string()).collect();
+    assert_eq!(
+        left,
+        vec!["n/2", "n/3", "n/4"],
+        "n/4 was named by a session message"
+    );
+    assert_eq!(w.evict_idle(u64::MAX, 0), 0, "0 keeps every chair");
+}
+
+#[test]
+fn chair_limit_is_enforced_for_new_chairs_only() {
+    let w = ward(1);
+    w.apply("n/1", &spo2(1, 95.0), 1).unwrap();
+    assert_eq!(
+        w.apply("n/2", &spo2(1, 95.0), 1),
+        Err(WardError::ChairLimit(1))
+    );
+    assert!(w.apply("n/1", &spo2(2, 95.0), 1).is_ok());
+}
+
+/// A reading delivered late keeps the minute of the infusion it was measured at,
+/// whatever the device's clock offset: 35.5, not the 48 it arrived at.
+#[test]
+fn a_late_reading_keeps_its_minute_of_the_infusion() {
+    const MIN: u64 = 60_000;
+    let w = ward(10);
+    let start = 1_780_000_000_000;
+    let behind = 10 * MIN; // the device's clock
+    let baseline = session(crate::core::Phase::Baseline, start - 10 * MIN);
+    w.set_session("n/1", &baseline, start - 10 * MIN).unwrap();
+    let infusion = session(crate::core::Phase::Infusion, start);
+    w.set_session("n/1", &infusion, start).unwrap();
+    let at = |seq: u64, v| Reading {
+        ts: start - behind + seq * 1_000,
+        ..spo2(seq, v)
+    };
+    // 35 minutes delivered within 40 ms of being measured.
+    for seq in 1..=35 * 60 {
+        let r = at(seq, 97.0);
+        w.apply("n/1", &r, r.ts + behind + 40).unwrap();
+    }
+    // The next 13 minutes buffered, delivered together at minute 48.
+    let delivered = start + 48 * MIN;
+    let mut raised = vec![];
+    for seq in 35 * 60 + 1..=48 * 60 {
+        let v = if seq == 35 * 60 + 30 { 80.0 } else { 97.0 };
+        raised.extend(events(w.apply("n/1", &at(seq, v), delivered).unwrap()));
+    }
+    assert_eq!(raised[0].state, AlarmState::Raised);
+    assert_eq!(raised[0].context.infusion_minute, Some(35.5));
+}
