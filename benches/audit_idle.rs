@@ -4,7 +4,7 @@
 //! come about 100 ms apart). Timed by hand rather than by criterion, which
 //! would plan its iterations from the commit's time alone and sleep for hours.
 //!
-//! `cargo bench --bench audit_idle`; results in docs/benchmarks.md.
+//! `cargo bench --bench audit_idle`; results in docs/performance.md.
 
 mod common;
 

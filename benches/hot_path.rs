@@ -2,7 +2,7 @@
 //! (decode + state update + rule evaluation + fan-out hand-off), alarm frame
 //! serialisation, and publishing one alarm to 1k / 10k in-memory dashboard queues.
 //!
-//! `cargo bench --bench hot_path`; results in docs/benchmarks.md.
+//! `cargo bench --bench hot_path`; results in docs/performance.md.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use std::hint::black_box;

@@ -54,7 +54,8 @@ struct Conn {
 /// tokens around each wait, two around each write; each poll takes its token's
 /// mutex), token polls were about 8 % of the gateway's CPU in a profile with a
 /// thousand dashboards; with one, the gateway's CPU per write measured about 4 %
-/// lower, a difference not yet significant over eight runs (docs/benchmarks.md).
+/// lower, a difference not yet significant over eight runs (measured at 54fcaf1:
+/// `git show 63039d1:docs/benchmarks.md`, "One stop token per writer").
 struct Stops {
     /// Cut off as slow, the client gone, or the gateway shutting down
     /// ([`CutOff::wake`]). The rest are polled only once it has fired.
