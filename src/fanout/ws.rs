@@ -165,15 +165,21 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
                 .await
         }
         (_, close_code::TOO_BIG) => {
-            conn.close(close_code::TOO_BIG, "message too big").await;
-            // The reader has ended (it asked for this close) and hands back its
-            // half: read the client's close before closing TCP (`fanout::socket`).
-            if let Ok(Some(stream)) = (&mut reader).await {
-                if let Ok(mut whole) = conn.sink.reunite(stream) {
-                    let timeout = Duration::from_millis(app.config.websocket.close_timeout_ms);
-                    socket::discard_until_close(&mut whole, timeout).await;
+            // Boxed: the reunited socket and the discard's read buffer would
+            // otherwise be part of every connection's task, about 8 KiB each for
+            // an ending that is rare.
+            Box::pin(async {
+                conn.close(close_code::TOO_BIG, "message too big").await;
+                // The reader has ended (it asked for this close) and hands back its
+                // half: read the client's close before closing TCP (`fanout::socket`).
+                if let Ok(Some(stream)) = (&mut reader).await {
+                    if let Ok(mut whole) = conn.sink.reunite(stream) {
+                        let timeout = Duration::from_millis(app.config.websocket.close_timeout_ms);
+                        socket::discard_until_close(&mut whole, timeout).await;
+                    }
                 }
-            }
+            })
+            .await
         }
         (_, close_code::PROTOCOL_ERROR) => {
             conn.close(close_code::PROTOCOL_ERROR, "protocol error")
