@@ -25,8 +25,16 @@ fn side(d: Direction) -> &'static str {
 }
 
 /// The one-line message of an alarm of `check` (rule `rule`) at `value` against
-/// `limit`; a combined rule names each of its `parts`.
-pub fn alarm(check: &Check, rule: &str, value: f64, limit: f64, parts: &[PartValue]) -> String {
+/// `limit`; a combined rule names each of its `parts`. `ended`: for the event
+/// that clears it.
+pub fn alarm(
+    check: &Check,
+    rule: &str,
+    value: f64,
+    limit: f64,
+    parts: &[PartValue],
+    ended: bool,
+) -> String {
     match check {
         Check::Threshold { vital, .. } => {
             format!(
@@ -74,9 +82,37 @@ pub fn alarm(check: &Check, rule: &str, value: f64, limit: f64, parts: &[PartVal
             )
         }
         Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), value),
+        // Inside the allowance, the device itself said it is offline (its last
+        // will): say so, rather than a silence of "0 s".
+        Check::Offline { .. } if value < limit && !ended => {
+            format!("Device offline (it said so; {} s without data)", value)
+        }
         Check::Offline { .. } => format!("Device offline ({} s without data)", value),
         Check::PumpWithoutSpo2 { .. } => {
             format!("Pump running without live SpO2 ({} s)", value)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_device_is_told_apart_from_a_silent_one() {
+        let offline = Check::Offline { silent_ms: 30_000 };
+        assert_eq!(
+            alarm(&offline, "device_offline", 31.0, 30.0, &[], false),
+            "Device offline (31 s without data)"
+        );
+        assert_eq!(
+            alarm(&offline, "device_offline", 0.0, 30.0, &[], false),
+            "Device offline (it said so; 0 s without data)"
+        );
+        assert_eq!(
+            alarm(&offline, "device_offline", 0.0, 30.0, &[], true),
+            "Device offline (0 s without data)",
+            "its clear, when data returns"
+        );
     }
 }

@@ -353,7 +353,8 @@ impl Ward {
             _ => AlarmState::Raised,
         };
         let direction = c.check.direction();
-        let message = message::alarm(&c.check, &c.rule, value, limit, &context.parts);
+        let ended = matches!(g.change, Change::Cleared);
+        let message = message::alarm(&c.check, &c.rule, value, limit, &context.parts, ended);
         let rules = g
             .members
             .iter()
