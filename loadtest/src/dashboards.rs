@@ -375,13 +375,9 @@ pub async fn watch_alarms(
                             // meets; each rule is raised once per breach: a second
                             // raise for the same breach and rule, whatever its id,
                             // is a duplicate.
-                            let held = frame.rules.iter().map(|r| r.rule);
-                            let held: Vec<&str> = if frame.rules.is_empty() {
-                                vec![frame.rule]
-                            } else {
-                                held.collect()
-                            };
-                            for rule in held {
+                            // (A frame without `rules` names its one rule.)
+                            let own = frame.rules.is_empty().then_some(frame.rule);
+                            for rule in frame.rules.iter().map(|r| r.rule).chain(own) {
                                 if seen.note_raised(chair, frame.ts, rule) {
                                     stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
                                 } else {

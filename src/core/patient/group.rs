@@ -18,7 +18,7 @@
 //! [`present`]: PatientState::present
 
 use super::{PatientState, Transition};
-use crate::core::condition::{Condition, Step};
+use crate::core::condition::{Condition, ConditionState, Step};
 use crate::core::rules::{Priority, RuleSet};
 
 /// A condition holding a group's alarm, with the value and limit it joined with.
@@ -71,15 +71,21 @@ pub struct GroupChange {
     pub raised_ts: u64,
 }
 
-impl PatientState {
-    /// The id of the alarm group `g` holds, if any.
-    pub(super) fn group_alarm(&self, rules: &RuleSet, g: usize) -> Option<u64> {
-        rules
-            .group(g)
-            .iter()
-            .find_map(|&j| self.conditions[j].alarm_id())
-    }
+/// The id of the alarm group `g` holds in `conditions` (a chair's), if any.
+pub(super) fn group_alarm(conditions: &[ConditionState], rules: &RuleSet, g: usize) -> Option<u64> {
+    rules
+        .group(g)
+        .iter()
+        .find_map(|&j| conditions[j].alarm_id())
+}
 
+/// Order `members` as an alarm lists them: highest priority first; the sort is
+/// stable, so rule order breaks ties.
+fn highest_first(rules: &RuleSet, members: &mut [Member]) {
+    members.sort_by_key(|m| std::cmp::Reverse(rules.condition(m.condition).priority));
+}
+
+impl PatientState {
     /// Turn one operation's condition transitions into the changes of the alarms
     /// people see, one per group touched, in the order the groups were first
     /// touched.
@@ -132,8 +138,7 @@ impl PatientState {
             };
             now.push(member);
         }
-        // Highest priority first; the sort is stable, so rule order breaks ties.
-        now.sort_by_key(|m| std::cmp::Reverse(rules.condition(m.condition).priority));
+        highest_first(rules, &mut now);
         let last = ts.last().expect("a touched group has a transition").clone();
         let own = |top: usize, step_raised: bool| {
             ts.iter()
@@ -251,20 +256,17 @@ impl PatientState {
     /// A restored alarm (see [`PatientState::restore_alarm`]) is shown as it was.
     pub(super) fn group_restored(
         &mut self,
+        rules: &RuleSet,
         g: usize,
         e: &crate::core::AlarmEvent,
-        members: Vec<Member>,
+        mut members: Vec<Member>,
     ) {
+        highest_first(rules, &mut members);
         self.shown[g] = Some(Shown {
             id: e.id,
             members,
             acknowledged: e.acknowledged_by.is_some(),
             raised_ts: e.raised_ts,
         });
-    }
-
-    /// Whether group `g` shows an alarm.
-    pub(super) fn group_shown(&self, g: usize) -> bool {
-        self.shown[g].is_some()
     }
 }

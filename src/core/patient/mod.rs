@@ -398,11 +398,7 @@ impl PatientState {
         let conditions = &self.conditions;
         let mut state = conditions[i];
         let mut id = || {
-            rules
-                .group(rules.group_of(i))
-                .iter()
-                .find_map(|&j| conditions[j].alarm_id())
-                .unwrap_or_else(&mut *next_id)
+            group::group_alarm(conditions, rules, rules.group_of(i)).unwrap_or_else(&mut *next_id)
         };
         let step = cond.step(&mut state, &m, ts, &mut id);
         self.conditions[i] = state;

@@ -2,6 +2,7 @@
 //! per-patient limits, acknowledgements of latched alarms, discharge readiness,
 //! restoring after a restart, and the context carried by every alarm.
 
+use super::group::group_alarm;
 use super::{Effects, Member, PatientState, Transition};
 use crate::core::alarm::AlarmContext;
 use crate::core::baseline::BaselineSampler;
@@ -264,8 +265,7 @@ impl PatientState {
             let g = rules.group_of(i);
             if *group.get_or_insert(g) != g
                 || self.conditions[i] != ConditionState::Normal
-                || self.group_shown(g)
-                || self.group_alarm(rules, g).is_some()
+                || group_alarm(&self.conditions, rules, g).is_some()
             {
                 continue;
             }
@@ -285,8 +285,7 @@ impl PatientState {
                 acknowledged,
             };
         }
-        members.sort_by_key(|m| std::cmp::Reverse(rules.condition(m.condition).priority));
-        self.group_restored(g, e, members);
+        self.group_restored(rules, g, e, members);
         true
     }
 
