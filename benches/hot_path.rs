@@ -9,9 +9,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use vitalgate::audit::Audit;
-use vitalgate::core::{decode, DecodeLimits, Event, RuleSet, Ward};
-use vitalgate::fanout::{protocol, Hub, Start};
+use vitalgate::audit::{Audit, Record};
+use vitalgate::core::{decode, DecodeLimits, Ward};
+use vitalgate::engine::{Engine, Journal, Parts, Sequenced, SqliteJournal};
+use vitalgate::fanout::hub::Subscriber;
+use vitalgate::fanout::{protocol, Hub};
 use vitalgate::ingest::{process, Topics};
 use vitalgate::telemetry::Metrics;
 use vitalgate::{App, Config};
@@ -37,33 +39,95 @@ fn bench(c: &mut Criterion) {
         b.iter(|| decode(black_box(&p), NOW, &limits).unwrap())
     });
 
-    // One reading through the whole core for one of 1,000 chairs, with the shipped
-    // rules; every 50th reading breaches SpO2 so raises and clears happen too.
+    // One reading for one of 1,000 chairs with the shipped rules; every 50th round
+    // breaches SpO2 so raises and clears happen too. First the ward alone, then
+    // the whole in-process path: ingest's decode, the engine task, the journal
+    // thread (a WAL file with synchronous=NORMAL, as deployed) and the receipt.
     let config = Config::default();
     let rules = config.rule_set().unwrap();
     let m = &config.mqtt;
     let topics = Topics::parse(&m.topic, &m.session_topic, &m.status_topic).unwrap();
-    // The audit trail as deployed: a WAL file with synchronous=NORMAL.
+    let chairs: Vec<String> = (0..1000).map(|i| format!("site{}/{}", i % 10, i)).collect();
+    let ward = Ward::new(Arc::new(rules.clone()), 1000);
+    let mut n = 0u64;
+    let mut next = move || {
+        // A fresh (seq, ts) per chair visit, so never a duplicate.
+        n += 1;
+        let round = n / 1000;
+        let spo2 = if round % 50 == 49 { 80 } else { 97 };
+        ((n % 1000) as usize, payload(round, spo2), round)
+    };
+    let mut next_apply = next;
+    c.bench_function("apply_reading_1k_chairs", |b| {
+        b.iter_batched(
+            &mut next_apply,
+            |(i, body, round)| {
+                let r = decode(&body, NOW + round, &limits).unwrap();
+                ward.apply(&chairs[i], &r, NOW + round).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
     let dir = std::env::temp_dir().join(format!("vitalgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = Arc::new(Audit::open(&dir.join("audit.sqlite3"), false).unwrap());
-    let auth = vitalgate::http::auth::Authenticator::from_config(&config.auth).unwrap();
-    let app = App::new(config, rules, topics, audit.clone(), auth);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = rt.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new());
+        let live = Arc::new(vitalgate::fanout::LiveFeed::new(1024));
+        let (receipts, _) = tokio::sync::mpsc::unbounded_channel();
+        let (engine, _running) = Engine::start(
+            Parts {
+                ward: Ward::new(Arc::new(rules), 1000),
+                last_seq: 0,
+                instance: "bench".into(),
+                replay_capacity: 10_000,
+                commands: 1024,
+                escalation: config.alarms.escalation_policy(),
+                forget_idle_chair_ms: 0,
+                silent_ms: 60_000,
+                metrics: metrics.clone(),
+            },
+            Box::new(SqliteJournal {
+                audit: audit.clone(),
+                metrics: metrics.clone(),
+            }),
+            Arc::new(vitalgate::fanout::hub::Outlets {
+                hub: hub.clone(),
+                live: live.clone(),
+            }),
+            receipts,
+            |_| {},
+        );
+        let auth = vitalgate::http::auth::Authenticator::from_config(&config.auth).unwrap();
+        let parts = vitalgate::app::Parts {
+            engine,
+            hub,
+            live,
+            metrics,
+        };
+        App::new(config.clone(), parts, topics, audit.clone(), auth)
+    });
     let topics: Vec<String> = (0..1000)
         .map(|i| format!("clinic/site{}/chair/{}/vitals", i % 10, i))
         .collect();
-    let mut n = 0u64;
     c.bench_function("process_reading_1k_chairs", |b| {
         b.iter_batched(
-            || {
-                // A fresh (seq, ts) per chair visit, so never a duplicate; every 50th
-                // round breaches SpO2, so raises and clears happen too.
-                n += 1;
-                let round = n / 1000;
-                let spo2 = if round % 50 == 49 { 80 } else { 97 };
-                (&topics[(n % 1000) as usize], payload(round, spo2), round)
+            &mut next,
+            |(i, body, round)| {
+                rt.block_on(process(
+                    &app,
+                    &topics[i],
+                    &body,
+                    Instant::now(),
+                    NOW + round,
+                ))
             },
-            |(t, body, round)| process(&app, t, &body, Instant::now(), NOW + round),
             BatchSize::SmallInput,
         )
     });
@@ -73,38 +137,57 @@ fn bench(c: &mut Criterion) {
         b.iter(|| protocol::alarm_frame(black_box(42), &ev, None))
     });
 
-    // What the audit trail adds to each alarm event: one SQLite transaction.
-    let hub = Hub::new(10_000, Arc::new(Metrics::new()), Some(audit));
-    c.bench_function("publish_alarm_with_audit_no_queues", |b| {
-        b.iter(|| hub.publish(vec![Event::Alarm(event())], None))
+    // What the journal adds to each alarm event when it commits alone: one SQLite
+    // transaction.
+    let mut journal = SqliteJournal {
+        audit,
+        metrics: Arc::new(Metrics::new()),
+    };
+    let frame = protocol::alarm_frame(42, &ev, None);
+    let mut seq = 0;
+    c.bench_function("journal_commit_one_alarm", |b| {
+        b.iter(|| {
+            seq += 1;
+            let record = Record {
+                seq,
+                instance: "bench",
+                kind: "alarm",
+                chair: "north/1",
+                at_ms: NOW,
+                body: frame.as_str(),
+            };
+            journal.commit(&[record]).unwrap()
+        })
     });
     let _ = std::fs::remove_dir_all(&dir);
 
     for subscribers in [1_000usize, 10_000] {
-        let hub = Hub::new(10_000, Arc::new(Metrics::new()), None);
-        let ward = Ward::new(Arc::new(RuleSet::default()), 1);
+        let hub = Hub::new();
         let mut receivers = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
             let (tx, rx) = mpsc::channel(64);
-            hub.subscribe(
-                Start::Since {
-                    since: 0,
-                    instance: None,
-                },
-                &ward,
+            hub.register(Subscriber {
+                id: hub.next_id(),
                 tx,
-                vitalgate::fanout::CutOff::default(),
-                vitalgate::access::SiteScope::all(),
-            );
+                cut_off: vitalgate::fanout::CutOff::default(),
+                scope: vitalgate::access::SiteScope::all(),
+            });
             receivers.push(rx);
         }
         c.bench_function(&format!("publish_alarm_to_{subscribers}_queues"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
-                for _ in 0..iters {
+                for i in 0..iters {
                     let e = event();
                     let start = Instant::now();
-                    hub.publish(vec![Event::Alarm(e)], None);
+                    let released = [Sequenced {
+                        seq: i,
+                        kind: "alarm",
+                        chair: e.chair.clone(),
+                        at_ms: NOW,
+                        frame: protocol::alarm_frame(i, &e, None),
+                    }];
+                    hub.deliver(&released);
                     total += start.elapsed();
                     for rx in receivers.iter_mut() {
                         let _ = rx.try_recv();
@@ -115,7 +198,6 @@ fn bench(c: &mut Criterion) {
         });
     }
 }
-
 criterion_group! {
     name = benches;
     config = Criterion::default()

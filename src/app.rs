@@ -2,7 +2,8 @@
 
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::core::{DecodeLimits, RuleSet, Ward};
+use crate::core::DecodeLimits;
+use crate::engine::Engine;
 use crate::fanout::{Hub, LiveFeed};
 use crate::http::auth::Authenticator;
 use crate::ingest::Topics;
@@ -76,13 +77,14 @@ impl Health {
 
 pub struct App {
     pub config: Config,
-    pub ward: Ward,
-    pub hub: Hub,
-    pub live: LiveFeed,
+    /// The alarm engine: every change to alarm state goes through it.
+    pub engine: Engine,
+    pub hub: Arc<Hub>,
+    pub live: Arc<LiveFeed>,
     pub metrics: Arc<Metrics>,
     pub health: Health,
     pub topics: Topics,
-    /// The durable audit trail (also behind the hub).
+    /// The durable audit trail, read by `/api/...` (the engine's journal writes it).
     pub audit: Arc<Audit>,
     /// Checks every `/ws` and `/api/...` request.
     pub auth: Authenticator,
@@ -98,36 +100,32 @@ pub struct App {
     pub connections: TaskTracker,
     /// Dashboards connected or upgrading, against `websocket.max_connections`.
     pub dashboards: std::sync::atomic::AtomicUsize,
-    /// Held from a change to the ward until its events are published (see
-    /// [`App::in_order`]).
-    sequencer: std::sync::Mutex<()>,
     started: Instant,
 }
 
+/// The fan-out and engine an [`App`] is built around.
+pub struct Parts {
+    pub engine: Engine,
+    pub hub: Arc<Hub>,
+    pub live: Arc<LiveFeed>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl App {
-    /// Build from a validated config.
+    /// Build from a validated config and a started engine.
     pub fn new(
         config: Config,
-        rules: RuleSet,
+        parts: Parts,
         topics: Topics,
         audit: Arc<Audit>,
         auth: Authenticator,
     ) -> App {
-        let metrics = Arc::new(Metrics::new());
         let force_close = CancellationToken::new();
         App {
-            ward: Ward::with_alarm_ids_after(
-                Arc::new(rules),
-                config.ingest.max_chairs,
-                now_ms().saturating_mul(1_000),
-            ),
-            hub: Hub::new(
-                config.websocket.replay_capacity,
-                metrics.clone(),
-                Some(audit.clone()),
-            ),
-            live: LiveFeed::new(config.websocket.live_log_capacity),
-            metrics,
+            engine: parts.engine,
+            hub: parts.hub,
+            live: parts.live,
+            metrics: parts.metrics,
             health: Health::default(),
             topics,
             audit,
@@ -140,30 +138,9 @@ impl App {
             force_close,
             connections: TaskTracker::new(),
             dashboards: std::sync::atomic::AtomicUsize::new(0),
-            sequencer: std::sync::Mutex::new(()),
             started: Instant::now(),
             config,
         }
-    }
-
-    /// Send live-vitals subscribers the chair's values after a session change: a
-    /// chair whose patient left has forgotten them.
-    pub fn publish_live(&self, chair: &str) {
-        if let Some(view) = self.ward.chair(chair) {
-            self.live.publish(&view.chair, &view.latest, Instant::now());
-        }
-    }
-
-    /// Hold this from a change to the ward until its events are published.
-    ///
-    /// The ward builds a chair's events under the chair's map guard, but they are
-    /// published after it is released (the hub lock is never taken under a map guard:
-    /// subscribing reads the map under the hub lock). Without one order for the
-    /// whole change, a timer's `raised` and a reading's `cleared` for the same alarm
-    /// could reach the hub the wrong way round and leave an alarm that never clears.
-    /// Ingest and the timer are one task each, so this is rarely contended.
-    pub fn in_order(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.sequencer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Monotonic ms since this gateway started.

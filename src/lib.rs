@@ -4,8 +4,10 @@
 //! The crate is a library with a thin binary: [`run`] is the whole gateway, and tests
 //! start the same thing through [`Gateway::start`] to learn the bound addresses.
 //!
-//! Layout: [`core`] holds the alarm logic and does no I/O; [`ingest`] is the MQTT
-//! edge, [`fanout`] the WebSocket edge and [`http`] the operations endpoints;
+//! Layout: [`core`] holds the alarm logic and does no I/O; [`engine`] owns the
+//! alarm state built from it and the journal, behind one channel of commands;
+//! [`ingest`] is the MQTT edge, [`fanout`] the WebSocket edge and [`http`] the
+//! operations endpoints;
 //! [`sim`] simulates a ward of bedside devices (`vitalgate demo`).
 
 pub mod access;
@@ -14,9 +16,11 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod engine;
 pub mod fanout;
 pub mod http;
 pub mod ingest;
+pub mod protocol;
 pub mod replay;
 pub mod service;
 pub mod sim;
@@ -66,6 +70,7 @@ pub struct Gateway {
     stop_http: CancellationToken,
     ingest: JoinHandle<()>,
     timers: JoinHandle<()>,
+    engine: engine::Running,
     http: JoinHandle<std::io::Result<()>>,
 }
 
@@ -74,6 +79,15 @@ impl Gateway {
     /// listener and start ingest. Returns once listeners are bound; `/ready` turns
     /// true when the broker subscription is confirmed.
     pub async fn start(config: Config) -> Result<Gateway, Error> {
+        Gateway::start_with_journal(config, |journal| journal).await
+    }
+
+    /// [`Gateway::start`] with the journal as `wrap` makes it of the SQLite one:
+    /// for tests and measurements of what a slow or failing journal does.
+    pub async fn start_with_journal(
+        config: Config,
+        wrap: impl FnOnce(Box<dyn engine::Journal>) -> Box<dyn engine::Journal>,
+    ) -> Result<Gateway, Error> {
         let problems = config.validate();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -151,7 +165,57 @@ impl Gateway {
                 config.http.bind
             );
         }
-        let app = Arc::new(App::new(config, rules, topics, Arc::new(audit), auth));
+        let audit = Arc::new(audit);
+        let metrics = Arc::new(telemetry::Metrics::new());
+        let hub = Arc::new(fanout::Hub::new());
+        let live = Arc::new(fanout::LiveFeed::new(config.websocket.live_log_capacity));
+        let (receipts_tx, receipts) = tokio::sync::mpsc::unbounded_channel();
+        let restored = Restored::read(&audit).await;
+        let now = app::now_ms();
+        let (engine, engine_running) = engine::Engine::start(
+            engine::Parts {
+                ward: core::Ward::with_alarm_ids_after(
+                    Arc::new(rules),
+                    config.ingest.max_chairs,
+                    now.saturating_mul(1_000),
+                ),
+                // `seq` starts after the wall-clock time in microseconds, so that it
+                // keeps increasing across restarts (as long as fewer than a million
+                // events a second are raised): a client resuming with a `since`
+                // from an earlier run is always told it missed events, with or
+                // without `instance`. Such values stay below 2^53, exact in
+                // JavaScript numbers.
+                last_seq: now.saturating_mul(1_000),
+                instance: format!("{:016x}", fastrand::u64(..)),
+                replay_capacity: config.websocket.replay_capacity,
+                commands: config.mqtt.request_queue.max(1024),
+                escalation: config.alarms.escalation_policy(),
+                forget_idle_chair_ms: config.ingest.forget_idle_chair_ms,
+                // The default allowance when the offline check is off: a minute of silence.
+                silent_ms: match config.technical.offline_ms {
+                    0 => 60_000,
+                    ms => ms,
+                },
+                metrics: metrics.clone(),
+            },
+            wrap(Box::new(engine::SqliteJournal {
+                audit: audit.clone(),
+                metrics: metrics.clone(),
+            })),
+            Arc::new(fanout::hub::Outlets {
+                hub: hub.clone(),
+                live: live.clone(),
+            }),
+            receipts_tx,
+            |r| restored.apply(r, now),
+        );
+        let parts = app::Parts {
+            engine,
+            hub,
+            live,
+            metrics,
+        };
+        let app = Arc::new(App::new(config, parts, topics, audit, auth));
         let capture = match app.config.capture.enabled {
             true => {
                 let capture = Capture::start(
@@ -167,8 +231,6 @@ impl Gateway {
             }
             false => None,
         };
-        restore_sessions(&app).await;
-        restore_open_alarms(&app).await;
         let stop_http = CancellationToken::new();
         let listener = http::deadline::HandshakeListener {
             inner: listener,
@@ -183,7 +245,7 @@ impl Gateway {
         app.health.set_listening(true);
 
         let stop_ingest = CancellationToken::new();
-        let ingest = Ingest::new(app.clone(), options).with_capture(capture);
+        let ingest = Ingest::new(app.clone(), options, receipts).with_capture(capture);
         let ingest = tokio::spawn(ingest.run(stop_ingest.clone()));
         let timers = tokio::spawn(run_timers(app.clone(), stop_ingest.clone()));
         tracing::info!(
@@ -201,6 +263,7 @@ impl Gateway {
             stop_http,
             ingest,
             timers,
+            engine: engine_running,
             http,
         })
     }
@@ -231,6 +294,10 @@ impl Gateway {
         self.stop_ingest.cancel();
         let _ = self.ingest.await;
         let _ = self.timers.await;
+        // Every event already made is journaled and queued for dashboards before
+        // they are told to flush and close.
+        self.app.engine.close();
+        self.engine.finished().await;
         self.app.close_dashboards.cancel();
         self.app.connections.close();
         if tokio::time::timeout(grace, self.app.connections.wait())
@@ -255,104 +322,90 @@ impl Gateway {
     }
 }
 
-/// Read records from the audit trail at start-up, off the runtime. `None` (logged,
-/// naming `what`) if they cannot be read: the gateway starts without them.
-async fn read_audit(
-    app: &Arc<App>,
-    what: &str,
-    read: impl FnOnce(&Audit) -> Result<Vec<audit::Stored>, audit::AuditError> + Send + 'static,
-) -> Option<Vec<audit::Stored>> {
-    let audit = app.audit.clone();
-    match tokio::task::spawn_blocking(move || read(&audit)).await {
-        Ok(Ok(records)) => Some(records),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot read {what} from the audit trail");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reading {what} from the audit trail failed");
-            None
-        }
-    }
+/// What the audit trail says was going on when the previous run stopped.
+#[derive(Default)]
+struct Restored {
+    sessions: Vec<audit::Stored>,
+    open_alarms: Vec<audit::Stored>,
 }
 
-/// Restore every chair's session from the audit trail: a restarted gateway knows
-/// each chair's phase, patient, baseline and limits before the first message
-/// arrives (a persistent MQTT session does not resend retained messages).
-async fn restore_sessions(app: &Arc<App>) {
-    let Some(records) = read_audit(app, "sessions (chairs start idle)", |a| {
-        a.latest_per_chair("session")
-    })
-    .await
-    else {
-        return;
-    };
-    let now = app::now_ms();
-    let mut restored = 0;
-    for r in records {
-        match serde_json::from_str::<core::SessionEvent>(&r.body) {
-            // Idle chairs too: their last message time keeps an old retained message
-            // for a previous patient from bringing that session back.
-            Ok(e) => match app.ward.restore(&e, now) {
-                Ok(()) => restored += 1,
-                Err(err) => tracing::warn!(chair = %r.chair, error = %err, "session not restored"),
-            },
-            Err(err) => tracing::warn!(chair = %r.chair, error = %err, "unreadable session record"),
-        }
-    }
-    if restored > 0 {
-        tracing::info!(chairs = restored, "sessions restored from the audit trail");
-    }
-}
-
-/// Take back the alarms that were open (raised or acknowledged, not cleared) when
-/// the previous run stopped, so that one nobody acknowledged is not lost in a
-/// restart: a latched alarm stays until acknowledged, an unacknowledged one keeps
-/// escalating. One that no longer matches a rule of its chair's profile (rules
-/// changed) is closed with `reason: "not_restored"`, so the record is complete.
-async fn restore_open_alarms(app: &Arc<App>) {
-    let Some(open) = read_audit(app, "open alarms", Audit::open_alarms).await else {
-        return;
-    };
-    let now = app::now_ms();
-    let (mut restored, mut closed) = (0, Vec::new());
-    for r in open {
-        let mut event = match serde_json::from_str::<core::AlarmEvent>(&r.body) {
-            Ok(e) => e,
-            Err(err) => {
-                tracing::warn!(chair = %r.chair, error = %err, "unreadable alarm record");
-                continue;
+impl Restored {
+    /// Read at start-up, off the runtime. What cannot be read is logged and left
+    /// out: the gateway starts without it.
+    async fn read(audit: &Arc<Audit>) -> Restored {
+        let audit = audit.clone();
+        let read = move || {
+            let mut r = Restored::default();
+            match audit.latest_per_chair("session") {
+                Ok(records) => r.sessions = records,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read sessions from the audit trail (chairs start idle)")
+                }
             }
+            match audit.open_alarms() {
+                Ok(records) => r.open_alarms = records,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read open alarms from the audit trail")
+                }
+            }
+            r
         };
-        if app.ward.restore_alarm(&event) {
-            restored += 1;
-            app.hub
-                .restore_alarm(event, &app.config.alarms.escalation_policy());
-        } else {
-            event.state = core::AlarmState::Cleared;
-            event.reason = Some("not_restored");
-            event.escalated = false;
-            event.reminder = false;
-            event.ts = now;
-            event.received_at = now;
-            closed.push(core::Event::Alarm(event));
+        tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the audit trail at start-up failed");
+            Restored::default()
+        })
+    }
+
+    /// Restore every chair's session, so that a restarted gateway knows each
+    /// chair's phase, patient, baseline and limits before the first message
+    /// arrives (a persistent MQTT session does not resend retained messages); then
+    /// take back the alarms that were open (raised or acknowledged, not cleared),
+    /// so that one nobody acknowledged is not lost in a restart: a latched alarm
+    /// stays until acknowledged, an unacknowledged one keeps escalating. One that
+    /// no longer matches a rule of its chair's profile (rules changed) is closed
+    /// with `reason: "not_restored"`, so the record is complete.
+    fn apply(self, r: &mut engine::Restore<'_>, now: u64) {
+        let mut sessions = 0;
+        for record in self.sessions {
+            match serde_json::from_str::<core::SessionEvent>(&record.body) {
+                // Idle chairs too: their last message time keeps an old retained
+                // message for a previous patient from bringing that session back.
+                Ok(e) => match r.session(&e, now) {
+                    Ok(()) => sessions += 1,
+                    Err(err) => {
+                        tracing::warn!(chair = %record.chair, error = %err, "session not restored")
+                    }
+                },
+                Err(err) => {
+                    tracing::warn!(chair = %record.chair, error = %err, "unreadable session record")
+                }
+            }
+        }
+        if sessions > 0 {
+            tracing::info!(chairs = sessions, "sessions restored from the audit trail");
+        }
+        let (mut restored, mut closed) = (0, 0);
+        for record in self.open_alarms {
+            match serde_json::from_str::<core::AlarmEvent>(&record.body) {
+                Ok(event) => match r.alarm(event, now) {
+                    true => restored += 1,
+                    false => closed += 1,
+                },
+                Err(err) => {
+                    tracing::warn!(chair = %record.chair, error = %err, "unreadable alarm record")
+                }
+            }
+        }
+        if restored > 0 || closed > 0 {
+            tracing::warn!(restored, closed, "alarms open at the last stop taken back");
         }
     }
-    if restored > 0 || !closed.is_empty() {
-        tracing::warn!(
-            restored,
-            closed = closed.len(),
-            "alarms open at the last stop taken back"
-        );
-    }
-    app.hub.publish(closed, None);
 }
 
 /// Every `alarms.tick_ms`: judge timed conditions (stale data, device offline, pump
 /// without SpO2, discharge readiness), send due escalations and reminders, and forget
 /// chairs idle for `ingest.forget_idle_chair_ms`.
 async fn run_timers(app: Arc<App>, stop: CancellationToken) {
-    let policy = app.config.alarms.escalation_policy();
     let mut tick = tokio::time::interval(Duration::from_millis(app.config.alarms.tick_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -361,25 +414,20 @@ async fn run_timers(app: Arc<App>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = app::now_ms();
-        let _order = app.in_order();
-        let events = app.ward.tick(now);
-        app.hub.publish(events, None);
-        app.hub.escalate(now, &policy);
-        let forgotten = app
-            .ward
-            .evict_idle(now, app.config.ingest.forget_idle_chair_ms);
-        app.metrics.chairs_forgotten.increment(forgotten as u64);
-        app.metrics.chairs.set(app.ward.chair_count() as f64);
-        // The default allowance when the offline check is off: a minute of silence.
-        let silent_ms = match app.config.technical.offline_ms {
-            0 => 60_000,
-            ms => ms,
+        let Some(ticked) = app
+            .engine
+            .ask(|reply| engine::Command::Tick { now_ms: now, reply })
+            .await
+        else {
+            return;
         };
-        app.metrics
-            .chairs_silent
-            .set(app.ward.silent_in_session(now, silent_ms) as f64);
+        let m = &app.metrics;
+        m.chairs_forgotten.increment(ticked.forgotten as u64);
+        m.chairs.set(ticked.chairs as f64);
+        m.chairs_silent.set(ticked.silent as f64);
+        // The engine answered: the service watchdog's sign of life.
         app.health.ticked(now);
-        app.metrics.timers_last_tick.set(now as f64 / 1000.0);
+        m.timers_last_tick.set(now as f64 / 1000.0);
     }
 }
 

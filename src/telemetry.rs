@@ -46,6 +46,8 @@ pub struct Metrics {
     pub alarm_escalations: Counter,
     pub alarm_reminders: Counter,
     pub audit_errors: Counter,
+    pub journal_commit: Histogram,
+    pub journal_commits: Counter,
     pub chairs: Gauge,
     pub chairs_forgotten: Counter,
     pub chairs_silent: Gauge,
@@ -98,7 +100,7 @@ impl Metrics {
         r.describe_counter(
             "vitalgate_alarm_events_total".into(),
             None,
-            "Alarm events handed to dashboards, by priority and state (raised, acknowledged, cleared).".into(),
+            "Alarm events made (journaled, then handed to dashboards), by priority and state (raised, acknowledged, cleared).".into(),
         );
         let mut alarm_events = Vec::new();
         for p in Priority::ALL {
@@ -224,6 +226,14 @@ impl Metrics {
             audit_errors: counter(
                 "vitalgate_audit_errors_total",
                 "Audit trail writes that failed (the events were still delivered).",
+            ),
+            journal_commit: histogram(
+                "vitalgate_journal_commit_seconds",
+                "One journal commit (a transaction holding every event that arrived while the previous one ran).",
+            ),
+            journal_commits: counter(
+                "vitalgate_journal_commits_total",
+                "Journal commits (each covers one or more events: group commit).",
             ),
             chairs: gauge(
                 "vitalgate_chairs",

@@ -86,7 +86,8 @@ async fn snapshot_of_thousands_of_chairs_reaches_the_dashboard() {
             payload.as_bytes(),
             std::time::Instant::now(),
             now_ms(),
-        );
+        )
+        .await;
         assert!(
             matches!(done, vitalgate::ingest::Processed::Accepted { .. }),
             "{done:?}"

@@ -1,5 +1,6 @@
 //! The module graph, read from the sources: the core depends on nothing outside
-//! it, the access rules on nothing but the core, and no modules depend on each
+//! it, the access rules on nothing but the core, the engine on no edge, and no
+//! modules depend on each
 //! other in a circle (a module and its submodules count as one; `app`, the
 //! composition root that every edge still reaches for, is left out until the
 //! edges are handed narrow handles of their own).
@@ -174,6 +175,24 @@ fn the_core_depends_on_nothing_outside_it() {
         .filter(|t| *t != "core")
         .collect();
     assert!(access.is_empty(), "access reaches {access:?}");
+}
+
+/// The engine owns alarm state and knows nothing of sockets, brokers or HTTP: the
+/// edges send it commands and implement its `Outlet`.
+#[test]
+fn the_engine_reaches_no_edge() {
+    let edges = graph(1);
+    let reached: Vec<&String> = edges
+        .get("engine")
+        .into_iter()
+        .flatten()
+        .filter(|t| ["app", "fanout", "http", "ingest", "sim", "service"].contains(&t.as_str()))
+        .collect();
+    assert!(reached.is_empty(), "engine reaches {reached:?}");
+    assert!(
+        edges.get("engine").is_some_and(|t| t.contains("core")),
+        "the check reads the engine's sources"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Simulated nurse-station dashboards over WebSockets, measuring what arrives.
 
-use crate::devices::SentLog;
+use crate::devices::{Sent, SentLog};
 use crate::ws::{Client, Message};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
@@ -102,6 +102,12 @@ pub struct Seen {
     rules: Vec<Box<str>>,
     /// Alarm events received more than once (same id and state).
     pub duplicates: u64,
+    /// Each storm breach's first `raised` alarm: (its reading's actual send,
+    /// arrival). The storm's report needs the arrival instants themselves, which
+    /// a histogram of latencies would lose.
+    pub storm: Vec<(Instant, Instant)>,
+    /// `raised` alarms of a storm breach after its first (whatever their id).
+    pub storm_duplicates: u64,
     pub alarm_from_intended: Latencies,
     pub alarm_from_sent: Latencies,
     pub vitals_from_intended: Latencies,
@@ -126,6 +132,8 @@ impl Seen {
             raised: FastSet::default(),
             rules: Vec::new(),
             duplicates: 0,
+            storm: Vec::new(),
+            storm_duplicates: 0,
             alarm_from_intended: Latencies::expected(),
             alarm_from_sent: Latencies::expected(),
             vitals_from_intended: vitals(),
@@ -137,6 +145,21 @@ impl Seen {
 }
 
 impl Seen {
+    /// Note the first alarm of the breach `sent` at `at` (time it, and keep a
+    /// storm's arrival); false if one was noted before.
+    pub fn note_breach(&mut self, chair: u32, sent: &Sent, at: Instant) -> bool {
+        if !self.breaches.insert((chair, sent.ts)) {
+            self.storm_duplicates += u64::from(sent.storm);
+            return false;
+        }
+        self.alarm_from_intended.record(sent.intended, at);
+        self.alarm_from_sent.record(sent.actual, at);
+        if sent.storm {
+            self.storm.push((sent.actual, at));
+        }
+        true
+    }
+
     /// Note a `raised` alarm of `rule` for the breach at (chair, ts): false if one
     /// was noted before.
     fn note_raised(&mut self, chair: u32, ts: u64, rule: &str) -> bool {
@@ -384,11 +407,7 @@ pub async fn watch_alarms(
                                     seen.duplicates += 1;
                                 }
                             }
-                            // Time the first alarm of the breach.
-                            if seen.breaches.insert((chair, frame.ts)) {
-                                seen.alarm_from_intended.record(sent.intended, at);
-                                seen.alarm_from_sent.record(sent.actual, at);
-                            }
+                            seen.note_breach(chair, &sent, at);
                         }
                     }
                 }

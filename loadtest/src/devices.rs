@@ -5,6 +5,10 @@
 //! than skipping, and latency is measured from the intended time as well as from the
 //! actual send, so a stall shows in the figures instead of hiding (coordinated
 //! omission).
+//!
+//! A storm ([`Plan::storm`]) is the exception the schedule makes on purpose: at the
+//! storm instant each publisher sends a surge for every one of its chairs back to
+//! back, all intended at that instant, so their latency counts from it.
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +22,8 @@ pub struct Sent {
     pub ts: u64,
     pub intended: Instant,
     pub actual: Instant,
+    /// A chair's storm reading (its `intended` is the storm instant).
+    pub storm: bool,
 }
 
 /// Readings per chair recent enough to match live-vitals frames against.
@@ -26,7 +32,7 @@ const RECENT_PER_CHAIR: usize = 256;
 /// What was sent, for dashboards to match what they receive against.
 pub struct SentLog {
     recent: Vec<Mutex<VecDeque<Sent>>>,
-    /// Every breach episode: (chair, ts) → when it was sent.
+    /// Every breach episode and storm reading: (chair, ts) → when it was sent.
     pub breaches: Mutex<HashMap<(u32, u64), Sent>>,
 }
 
@@ -53,7 +59,8 @@ impl SentLog {
 pub struct DeviceStats {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
-    /// Readings sent more than [`LATE`] after their intended time.
+    /// Readings sent more than [`LATE`] after their intended time (storm readings,
+    /// sent in a burst on purpose, are not counted here nor in `max_lag_us`).
     pub late: AtomicU64,
     pub max_lag_us: AtomicU64,
     pub breaches: AtomicU64,
@@ -77,6 +84,10 @@ pub struct Plan {
     /// Wall-clock ms since the epoch at `start`.
     pub start_ms: u64,
     pub until: Instant,
+    /// The storm instant, if any: at least one period after `start` and before
+    /// `until`, so that each chair publishes before it and each publisher reaches it.
+    /// Breach episodes are off then (`breach_probability` 0).
+    pub storm: Option<Instant>,
     /// Record every reading (needed to measure live vitals).
     pub record_all: bool,
 }
@@ -147,6 +158,77 @@ pub fn connect(
     (client, events)
 }
 
+/// What a reading is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Normal,
+    /// The surge that starts a breach episode: logged as a breach.
+    Episode,
+    /// A chair's surge at the storm instant: logged as a breach.
+    Storm,
+    /// A surge after the chair's storm reading: holds its alarm raised, no new breach.
+    Held,
+}
+
+/// What every reading of one publisher goes through.
+struct Out<'a> {
+    client: &'a AsyncClient,
+    plan: &'a Plan,
+    log: &'a SentLog,
+    stats: &'a DeviceStats,
+}
+
+impl Out<'_> {
+    /// Send `p`'s next reading, meant for `intended`, and log it.
+    async fn send(&self, p: &mut Patient, intended: Instant, kind: Kind, rng: &mut fastrand::Rng) {
+        let offset_ms = intended.duration_since(self.plan.start).as_millis() as u64;
+        let ts = (self.plan.start_ms + offset_ms).max(p.last_ts + 1);
+        p.last_ts = ts;
+        let payload = p.next(ts, rng, kind != Kind::Normal);
+        p.in_breach = kind != Kind::Normal;
+        let actual = Instant::now();
+        let sent = Sent {
+            ts,
+            intended,
+            actual,
+            storm: kind == Kind::Storm,
+        };
+        if matches!(kind, Kind::Episode | Kind::Storm) {
+            self.log
+                .breaches
+                .lock()
+                .unwrap()
+                .insert((p.g as u32, ts), sent);
+            self.stats.breaches.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.plan.record_all {
+            let mut recent = self.log.recent[p.g].lock().unwrap();
+            if recent.len() >= RECENT_PER_CHAIR {
+                recent.pop_front();
+            }
+            recent.push_back(sent);
+        }
+        if kind != Kind::Storm {
+            let lag = actual.saturating_duration_since(intended);
+            if lag > LATE {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stats
+                .max_lag_us
+                .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
+        }
+        if self
+            .client
+            .publish(&p.topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .is_err()
+        {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One publisher connection driving `chairs` (global indices, in phase order).
 pub async fn publish(
     id: usize,
@@ -200,9 +282,24 @@ pub async fn publish(
         .collect();
     let period = Duration::from_secs_f64(1.0 / plan.rate);
     let phase = |g: usize| period.mul_f64(g as f64 / plan.chairs as f64);
+    let out = Out {
+        client: &client,
+        plan: &plan,
+        log: &log,
+        stats: &stats,
+    };
+    // The storm instant until this publisher has sent its storm readings.
+    let mut storm = plan.storm;
     'rounds: for round in 0u32.. {
-        for p in patients.iter_mut() {
-            let intended = plan.start + period * round + phase(p.g);
+        for i in 0..patients.len() {
+            let intended = plan.start + period * round + phase(patients[i].g);
+            if let Some(at) = storm.filter(|&at| intended >= at) {
+                storm = None;
+                tokio::time::sleep_until(at.into()).await;
+                for p in patients.iter_mut() {
+                    out.send(p, at, Kind::Storm, &mut rng).await;
+                }
+            }
             if intended >= plan.until {
                 break 'rounds;
             }
@@ -210,47 +307,18 @@ pub async fn publish(
             if intended > now {
                 tokio::time::sleep_until(intended.into()).await;
             }
-            let offset_ms = intended.duration_since(plan.start).as_millis() as u64;
-            let ts = (plan.start_ms + offset_ms).max(p.last_ts + 1);
-            p.last_ts = ts;
+            let p = &mut patients[i];
             // No episode on a chair's last reading: it would have no recovery, and
             // its alarms would stay raised after the run.
             let last = intended + period >= plan.until;
-            let breach = !p.in_breach && !last && rng.f64() < plan.breach_probability;
-            let payload = p.next(ts, &mut rng, breach);
-            p.in_breach = breach;
-            let actual = Instant::now();
-            let sent = Sent {
-                ts,
-                intended,
-                actual,
+            let kind = if plan.storm.is_some() && storm.is_none() {
+                Kind::Held
+            } else if !p.in_breach && !last && rng.f64() < plan.breach_probability {
+                Kind::Episode
+            } else {
+                Kind::Normal
             };
-            if breach {
-                log.breaches.lock().unwrap().insert((p.g as u32, ts), sent);
-                stats.breaches.fetch_add(1, Ordering::Relaxed);
-            }
-            if plan.record_all {
-                let mut recent = log.recent[p.g].lock().unwrap();
-                if recent.len() >= RECENT_PER_CHAIR {
-                    recent.pop_front();
-                }
-                recent.push_back(sent);
-            }
-            let lag = actual.saturating_duration_since(intended);
-            if lag > LATE {
-                stats.late.fetch_add(1, Ordering::Relaxed);
-            }
-            stats
-                .max_lag_us
-                .fetch_max(lag.as_micros() as u64, Ordering::Relaxed);
-            if client
-                .publish(&p.topic, QoS::AtLeastOnce, false, payload)
-                .await
-                .is_err()
-            {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            stats.sent.fetch_add(1, Ordering::Relaxed);
+            out.send(p, intended, kind, &mut rng).await;
         }
     }
     // Let outstanding publishes be acknowledged before the connection goes.

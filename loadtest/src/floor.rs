@@ -58,10 +58,8 @@ pub async fn subscribe(
                 };
                 if let Some(sent) = log.breach(chair, ts) {
                     stats.alarms.fetch_add(1, Ordering::Relaxed);
-                    if seen.breaches.insert((chair, ts)) {
+                    if seen.note_breach(chair, &sent, at) {
                         stats.breach_deliveries.fetch_add(1, Ordering::Relaxed);
-                        seen.alarm_from_intended.record(sent.intended, at);
-                        seen.alarm_from_sent.record(sent.actual, at);
                     } else {
                         seen.duplicates += 1;
                     }

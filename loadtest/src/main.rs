@@ -1,122 +1,35 @@
 //! `vitalgate-loadtest`: drives vitalgate with simulated chairs (MQTT, open loop,
 //! fixed rate) and dashboards (WebSocket), and measures end to end: device publish →
 //! alarm on every dashboard, and → live-vitals update, from each reading's intended
-//! send time (coordinated-omission corrected) and from its actual send.
+//! send time (coordinated-omission corrected) and from its actual send. With
+//! `--storm`, also how long an alarm storm takes to reach every dashboard ([`storm`]).
 //!
 //! Exit status: 0 all delivered and within the SLOs given, 1 something was lost or
 //! duplicated, 2 an SLO was missed, 3 the run could not be set up.
 
+mod args;
 mod dashboards;
 mod devices;
 mod floor;
 mod frame;
 mod report;
+mod storm;
 mod target;
 mod ws;
 
 use anyhow::{bail, Context, Result};
+use args::Args;
 use clap::Parser;
 use dashboards::{DashboardStats, Seen};
 use devices::{DeviceStats, Plan, SentLog};
 use report::{Latency, Report};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use target::{Broker, ProcSampler, Target};
+use target::{ProcSampler, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Load-test vitalgate end to end.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Simulated chairs.
-    #[arg(long, default_value_t = 50)]
-    chairs: usize,
-    /// Readings per second per chair (numerics; up to 500).
-    #[arg(long, default_value_t = 1.0)]
-    rate: f64,
-    /// Sites the chairs are spread over (site0, site1, ...).
-    #[arg(long, default_value_t = 4)]
-    sites: usize,
-    /// Dashboards.
-    #[arg(long, default_value_t = 20)]
-    dashboards: usize,
-    /// Each dashboard takes live vitals for one site (round-robin) instead of every
-    /// chair. Alarms go to every dashboard either way.
-    #[arg(long)]
-    per_site: bool,
-    /// Dashboards also subscribe to live vitals.
-    #[arg(long)]
-    vitals: bool,
-    /// How long to publish (e.g. 500ms, 10s, 2m).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    duration: Duration,
-    /// Mean time between breach episodes (SBP surges) per chair.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    breach_every: Duration,
-    /// MQTT publisher connections the chairs are spread over.
-    #[arg(long, default_value_t = 4)]
-    publishers: usize,
-    /// Target a running gateway at this HTTP address (host:port) instead of starting one.
-    #[arg(long)]
-    gateway: Option<SocketAddr>,
-    /// Broker: `embedded` (the gateway's own), `mosquitto` (a private Mosquitto tuned
-    /// for load, started here), or host:port of an existing broker.
-    #[arg(long, default_value = "embedded")]
-    broker: Broker,
-    /// First topic level devices publish under, with --gateway.
-    #[arg(long, default_value = "clinic")]
-    topic_prefix: String,
-    /// With --gateway: the target sends no `snapshot` frame (it is not vitalgate, e.g.
-    /// the Node-RED flow of compare.sh), so a dashboard is ready once its WebSocket
-    /// to `ws://{gateway}/ws` is connected. Nothing else is asked of the target
-    /// (not /ready, nor /metrics when dashboards fail).
-    #[arg(long, requires = "gateway")]
-    ready_on_connect: bool,
-    /// WebSocket handshakes the dashboards have in flight at once while connecting.
-    #[arg(long, default_value_t = 256)]
-    connect_concurrency: usize,
-    /// Process id of the --gateway, for its CPU and memory figures.
-    #[arg(long)]
-    gateway_pid: Option<u32>,
-    /// The vitalgate binary to start (default: next to this one).
-    #[arg(long)]
-    vitalgate_bin: Option<PathBuf>,
-    /// After the last publish, wait at most this long for alarms in flight.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    drain: Duration,
-    /// Write the report as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Fail (exit 2) if the alarm p99 from intended send exceeds this.
-    #[arg(long, value_parser = parse_duration)]
-    max_p99: Option<Duration>,
-    /// Fail (exit 2) if the alarm p99.9 from intended send exceeds this.
-    #[arg(long, value_parser = parse_duration)]
-    max_p999: Option<Duration>,
-    /// Rules every breach (an SBP surge to 192) must raise on every dashboard (held
-    /// by the breach's one SBP alarm); each missing one counts as lost. The
-    /// defaults are the shipped SBP rules.
-    #[arg(long, value_delimiter = ',', default_value = "sbp_warn,sbp_critical")]
-    expect_rules: Vec<String>,
-    /// Measure the floor instead: the same publishers into the same broker, received
-    /// by one bare MQTT subscriber (no gateway, no dashboards).
-    #[arg(long)]
-    floor: bool,
-    /// Also connect this many dashboards that never read (not counted in the
-    /// deliveries): the gateway must cut them off; how each ended is printed.
-    #[arg(long, default_value_t = 0)]
-    stuck: usize,
-    /// Sites are named PREFIX0, PREFIX1, ...: a new prefix gives new chairs (soak).
-    #[arg(long, default_value = "site")]
-    site_prefix: String,
-    /// Random seed for values and breach episodes.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
 
 /// Settings for a gateway this harness starts: room for every simulated chair, a
 /// write buffer that holds their snapshot (the shipped rules have 31 alarm
@@ -162,26 +75,6 @@ async fn gateway_refusals(http: SocketAddr) {
         }
         other => eprintln!("gateway: /metrics unavailable: {other:?}"),
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration '{s}'"))?;
-    let secs = match unit {
-        "us" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad unit in '{s}': use us, ms, s or m")),
-    };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("bad duration '{s}'"));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `GET path` over plain TCP: (status, body).
@@ -239,6 +132,10 @@ async fn run(args: Args) -> Result<Report> {
     if !(args.rate > 0.0 && args.rate <= 500.0) {
         bail!("--rate must be above 0 and at most 500 readings/s per chair");
     }
+    let storm_at = args
+        .storm
+        .then(|| storm::instant(args.storm_at, args.duration, args.rate))
+        .transpose()?;
     let dashboards_n = if args.floor { 1 } else { args.dashboards };
     let mut target = match args.gateway {
         _ if args.floor => Target::broker_only(args.broker.clone())?,
@@ -251,7 +148,7 @@ async fn run(args: Args) -> Result<Report> {
         None => Target::start(
             args.broker.clone(),
             args.vitalgate_bin.clone(),
-            &gateway_env(args.chairs),
+            &[gateway_env(args.chairs), args.gateway_env.clone()].concat(),
         )
         .await
         .context("starting the gateway")?,
@@ -324,12 +221,17 @@ async fn run(args: Args) -> Result<Report> {
         chairs: args.chairs,
         sites: args.sites,
         rate: args.rate,
-        breach_probability: (1.0 / (args.rate * args.breach_every.as_secs_f64())).min(0.5),
+        breach_probability: if args.storm {
+            0.0
+        } else {
+            (1.0 / (args.rate * args.breach_every.as_secs_f64())).min(0.5)
+        },
         topic_prefix: target.topic_prefix.clone(),
         site_prefix: args.site_prefix.clone(),
         start,
         start_ms,
         until: start + args.duration,
+        storm: storm_at.map(|at| start + at),
         record_all: args.vitals,
     });
     let dev_stats = Arc::new(DeviceStats::default());
@@ -477,6 +379,7 @@ async fn run(args: Args) -> Result<Report> {
             }
         }
     }
+    let storm = storm_at.map(|at| storm::tally(at, &log, &seen, &args.expect_rules, args.floor));
     let sent = dev_stats.sent.load(Ordering::Relaxed);
     let alarm_intended = Latency::of(&alarm_i);
     let mut slo_failures = Vec::new();
@@ -492,6 +395,9 @@ async fn run(args: Args) -> Result<Report> {
                 ));
             }
         }
+    }
+    if let (Some(storm), Some(limit)) = (&storm, args.max_storm) {
+        slo_failures.extend(storm.missed(limit));
     }
     let report = Report {
         date_unix_s: SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs(),
@@ -523,6 +429,7 @@ async fn run(args: Args) -> Result<Report> {
         gateway_cpu_percent: cpu,
         gateway_max_rss_mib: rss,
         harness_cpu_percent: own.as_ref().map(|s| s.cpu_percent()),
+        storm,
         slo_failures,
     };
     if report.lost_anything() {

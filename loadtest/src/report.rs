@@ -1,5 +1,6 @@
 //! The run's results: a table for people, JSON for machines, and the verdict.
 
+use crate::storm::StormReport;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -72,6 +73,9 @@ pub struct Report {
     /// This harness's own CPU over the same interval (of one core): publishers,
     /// dashboards and bookkeeping, on the machine the gateway runs on.
     pub harness_cpu_percent: Option<f64>,
+    /// With --storm: the storm's own figures (its alarms are also those above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormReport>,
     pub slo_failures: Vec<String>,
 }
 
@@ -81,6 +85,10 @@ impl Report {
             || self.duplicate_alarm_events > 0
             || !self.dashboards_failed.is_empty()
             || self.readings_acked_by_broker < self.readings_sent
+            || self
+                .storm
+                .as_ref()
+                .is_some_and(|s| s.alarms_lost > 0 || s.alarms_duplicated > 0)
     }
 
     pub fn print(&self) {
@@ -146,6 +154,9 @@ impl Report {
                 "{:<36} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3}",
                 name, l.samples, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.p9999_ms, l.max_ms
             );
+        }
+        if let Some(storm) = &self.storm {
+            storm.print();
         }
         if let (Some(cpu), Some(rss)) = (self.gateway_cpu_percent, self.gateway_max_rss_mib) {
             println!();

@@ -154,6 +154,8 @@ pub enum AckError {
     UnknownAlarm(u64),
     #[error("alarm {id} was already acknowledged by {by}")]
     AlreadyAcknowledged { id: u64, by: Arc<str> },
+    #[error("the gateway is shutting down; acknowledge the alarm on the gateway you reconnect to")]
+    ShuttingDown,
 }
 
 impl AckError {
@@ -162,6 +164,7 @@ impl AckError {
         match self {
             AckError::UnknownAlarm(_) => "unknown_alarm",
             AckError::AlreadyAcknowledged { .. } => "already_acknowledged",
+            AckError::ShuttingDown => "shutting_down",
         }
     }
 }

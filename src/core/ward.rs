@@ -24,6 +24,8 @@ pub enum WardError {
     UnknownChair(String),
     #[error(transparent)]
     Session(#[from] SessionError),
+    #[error("the gateway is shutting down; send it again to the gateway you reconnect to")]
+    ShuttingDown,
 }
 
 impl WardError {
@@ -33,6 +35,7 @@ impl WardError {
             WardError::ChairLimit(_) => "chair_limit",
             WardError::UnknownChair(_) => "unknown_chair",
             WardError::Session(e) => e.code(),
+            WardError::ShuttingDown => "shutting_down",
         }
     }
 }

@@ -8,7 +8,8 @@
 //! however many dashboards watch.
 
 use super::protocol::{self, Frame};
-use crate::core::{ChairView, Latest, Ward};
+use crate::core::{ChairView, Latest};
+use crate::engine::WardView;
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,13 +92,13 @@ impl LiveFeed {
     ///
     /// The subscriber count goes up before the version and the ward are read, so any
     /// reading not yet in the ward when it is read is logged after that version.
-    pub fn subscribe(&self, scope: &Scope, ward: &Ward) -> (watch::Receiver<u64>, Batch) {
+    pub fn subscribe(&self, scope: &Scope, ward: &WardView) -> (watch::Receiver<u64>, Batch) {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
         (self.version.subscribe(), self.subscribe_again(scope, ward))
     }
 
     /// Every chair in scope from the ward again, for a subscriber that fell off the log.
-    pub fn subscribe_again(&self, scope: &Scope, ward: &Ward) -> Batch {
+    pub fn subscribe_again(&self, scope: &Scope, ward: &WardView) -> Batch {
         let version = self.log.lock().unwrap_or_else(|p| p.into_inner()).version;
         Batch {
             frames: Self::frames_for(scope, &ward.chairs()),
@@ -148,8 +149,8 @@ mod tests {
     use super::*;
     use crate::core::{RuleSet, Sample, Vital};
 
-    fn ward() -> Ward {
-        Ward::new(Arc::new(RuleSet::default()), 10)
+    fn ward() -> WardView {
+        crate::core::Ward::new(Arc::new(RuleSet::default()), 10).into()
     }
 
     fn latest(hr: f64) -> Latest {

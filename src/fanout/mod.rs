@@ -2,7 +2,7 @@
 
 pub mod hub;
 pub mod live;
-pub mod protocol;
+pub use crate::protocol;
 mod reader;
 pub mod signals;
 pub mod socket;

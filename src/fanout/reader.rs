@@ -8,6 +8,8 @@ use super::signals::{close_code, Signals};
 use super::socket::Socket;
 use crate::access::{Identity, Permission};
 use crate::app::App;
+use crate::core::WardError;
+use crate::engine::Command as EngineCommand;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -134,13 +136,9 @@ impl Reader {
                         continue;
                     };
                     let now = crate::clock::now_ms();
-                    let _order = app.in_order();
-                    match app.hub.acknowledge(id, &by, now, &self.identity.scope) {
-                        // A latched alarm whose condition has ended clears now.
-                        Ok(acked) => app
-                            .hub
-                            .publish(app.ward.acknowledged(&acked.chair, id, now), None),
-                        Err(e) => self.refuse(e.code(), &e.to_string(), Some(id)),
+                    let scope = self.identity.scope.clone();
+                    if let Err(e) = app.engine.acknowledge(id, by, now, scope).await {
+                        self.refuse(e.code(), &e.to_string(), Some(id));
                     }
                 }
                 Ok(Command::SetSession {
@@ -155,16 +153,21 @@ impl Reader {
                         continue;
                     }
                     session.by = Some(by);
-                    let _order = app.in_order();
-                    let result = check_chair(&chair).and_then(|()| {
-                        app.ward
-                            .set_session(&chair, &session, crate::clock::now_ms())
-                    });
-                    let changed = matches!(&result, Ok(events) if !events.is_empty());
-                    self.apply(result);
-                    if changed {
-                        app.publish_live(&chair);
-                    }
+                    let now = crate::clock::now_ms();
+                    let result = match check_chair(&chair) {
+                        Ok(()) => app
+                            .engine
+                            .ask(|reply| EngineCommand::SetSession {
+                                chair,
+                                update: session,
+                                now_ms: now,
+                                reply,
+                            })
+                            .await
+                            .unwrap_or(Err(WardError::ShuttingDown)),
+                        Err(e) => Err(e),
+                    };
+                    self.answer(result);
                 }
                 Ok(Command::SetLimit {
                     chair,
@@ -180,11 +183,20 @@ impl Reader {
                         continue;
                     }
                     let limits = crate::core::LimitOverride { low, high };
-                    let _order = app.in_order();
-                    let result =
-                        app.ward
-                            .set_limit(&chair, &rule, limits, &by, crate::clock::now_ms());
-                    self.apply(result);
+                    let now = crate::clock::now_ms();
+                    let result = app
+                        .engine
+                        .ask(|reply| EngineCommand::SetLimit {
+                            chair,
+                            rule,
+                            limits,
+                            by,
+                            now_ms: now,
+                            reply,
+                        })
+                        .await
+                        .unwrap_or(Err(WardError::ShuttingDown));
+                    self.answer(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {
                     let scope = &self.identity.scope;
@@ -223,8 +235,14 @@ impl Reader {
                             None,
                         );
                     } else {
-                        app.hub
-                            .send_snapshot(self.id, &app.ward, &self.identity.scope);
+                        let (hub, id) = (app.hub.clone(), self.id);
+                        let command = EngineCommand::Snapshot {
+                            scope: self.identity.scope.clone(),
+                            then: Box::new(move |frame| hub.deliver_to(id, &frame)),
+                        };
+                        if app.engine.send(command).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Err((code, message)) => self.refuse(code, &message, None),
@@ -267,14 +285,12 @@ impl Reader {
         ok
     }
 
-    /// Publish what a session command changed, or tell the client why it was refused.
-    fn apply(&self, result: Result<Vec<crate::core::Event>, crate::core::WardError>) {
-        match result {
-            Ok(events) => self.app.hub.publish(events, None),
-            Err(e) => {
-                self.app.metrics.session_rejected.increment(1);
-                self.refuse(e.code(), &e.to_string(), None);
-            }
+    /// Tell the client why a session or limit command was refused, if it was (what
+    /// it changed reaches every dashboard as events).
+    fn answer(&self, result: Result<(), WardError>) {
+        if let Err(e) = result {
+            self.app.metrics.session_rejected.increment(1);
+            self.refuse(e.code(), &e.to_string(), None);
         }
     }
 

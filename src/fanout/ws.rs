@@ -8,7 +8,7 @@
 //! from the [`LiveFeed`](super::LiveFeed) only when the writer is free, so they
 //! coalesce instead of queueing.
 
-use super::hub::Start;
+use super::hub::{Start, Subscriber};
 use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -123,13 +123,31 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
     let signals = Arc::new(Signals::new(&app.close_dashboards, app.uptime_ms()));
-    let sub = app.hub.subscribe(
+    // Registered with the hub by the engine's journal thread, in order with
+    // events: every event after the first frames reaches this queue exactly once.
+    let id = app.hub.next_id();
+    let (first_tx, first_rx) = oneshot::channel();
+    let subscriber = Subscriber {
+        id,
+        tx: tx.clone(),
+        cut_off: signals.cut_off.clone(),
+        scope: identity.scope.clone(),
+    };
+    let hub = app.hub.clone();
+    let subscribe = crate::engine::Command::Subscribe {
         start,
-        &app.ward,
-        tx.clone(),
-        signals.cut_off.clone(),
-        identity.scope.clone(),
-    );
+        scope: identity.scope.clone(),
+        then: Box::new(move |initial| {
+            hub.register(subscriber);
+            let _ = first_tx.send(initial);
+        }),
+    };
+    if app.engine.send(subscribe).await.is_err() {
+        return; // shutting down
+    }
+    let Ok(initial) = first_rx.await else {
+        return;
+    };
     app.metrics.ws_clients.increment(1.0);
     app.metrics.ws_connections_total.increment(1);
 
@@ -138,7 +156,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
     let reader = Reader {
         app: app.clone(),
         tx,
-        id: sub.id,
+        id,
         scope_tx,
         signals: signals.clone(),
         identity,
@@ -157,7 +175,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
         signals: signals.clone(),
     };
     let mut live = None;
-    let end = conn.write_loop(sub.initial, rx, scope_rx, &mut live).await;
+    let end = conn.write_loop(initial, rx, scope_rx, &mut live).await;
     match (end, signals.close_with.load(Ordering::Relaxed)) {
         (Some(End::Slow), _) => {
             app.metrics.ws_slow_disconnects.increment(1);
@@ -198,7 +216,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
         app.live.unsubscribe();
     }
     reader.abort();
-    app.hub.unsubscribe(sub.id);
+    app.hub.unsubscribe(id);
     app.metrics.ws_clients.decrement(1.0);
 }
 
@@ -346,7 +364,7 @@ impl Conn {
         let ack = protocol::subscribed_frame(scope.is_some(), site);
         self.send(Message::Text(ack.text)).await?;
         if let Some(scope) = scope {
-            let (changes, batch) = self.app.live.subscribe(&scope, &self.app.ward);
+            let (changes, batch) = self.app.live.subscribe(&scope, self.app.engine.ward());
             *live = Some(Live {
                 scope,
                 changes,
@@ -366,7 +384,10 @@ impl Conn {
         let batch = match self.app.live.since(l.version, &l.scope) {
             Some(batch) => batch,
             // Fell off the log: every chair's current values instead.
-            None => self.app.live.subscribe_again(&l.scope, &self.app.ward),
+            None => self
+                .app
+                .live
+                .subscribe_again(&l.scope, self.app.engine.ward()),
         };
         l.version = batch.version;
         self.send_all(batch.frames.into_iter().map(|f| f.text).collect())

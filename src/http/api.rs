@@ -193,7 +193,7 @@ pub async fn sessions(
     if let Some(refusal) = malformed(Some(&chair), q.from, q.to) {
         return refusal;
     }
-    let current = app.ward.chair(&chair).map(|c| {
+    let current = app.engine.ward().chair(&chair).map(|c| {
         SessionEvent::new(
             c.chair,
             SessionChange::Phase,

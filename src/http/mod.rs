@@ -87,7 +87,7 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
         "shutting_down": h.is_shutting_down(),
         // Informational: alarms still flow when the audit trail cannot be written,
         // so this does not make the gateway unready (see docs/operations.md).
-        "audit_ok": app.hub.audit_ok(),
+        "audit_ok": app.engine.journal_ok(),
     });
     let status = if h.is_ready() {
         StatusCode::OK

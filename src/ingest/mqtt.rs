@@ -1,17 +1,20 @@
 //! The MQTT session: connect, subscribe, receive, process, acknowledge, reconnect.
 //!
 //! Manual acknowledgements are the no-loss promise: a PUBACK goes out only after the
-//! message has been processed (state applied, alarms queued for every dashboard),
-//! in arrival order. The broker keeps anything unacknowledged in our persistent
+//! message has been settled (state applied by the engine, its events committed to
+//! the journal and queued for every dashboard), in arrival order. Messages are
+//! handed to the engine without waiting for the ones before them to settle, so a
+//! slow journal commit delays acknowledgements, not the readings behind it. The broker keeps anything unacknowledged in our persistent
 //! session (stable client id, `clean_session = false`, QoS 1) and redelivers it after
 //! a reconnect or a gateway restart; redeliveries are recognised by the core.
 
 use super::backoff::Backoff;
 use super::capture::Capture;
-use super::pipeline::{process, Processed};
+use super::pipeline::{intake, Intake, Processed};
 use crate::app::App;
 use crate::clock::now_ms;
 use crate::config::{MqttConfig, TlsConfig};
+use crate::engine::{Receipt, Reply};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
@@ -136,6 +139,15 @@ impl RejectLog {
     }
 }
 
+/// A message received and not yet acknowledged.
+struct Unsettled {
+    ticket: u64,
+    publish: Publish,
+    received_ms: u64,
+    /// Set once settled (at once for a message refused here).
+    outcome: Option<Processed>,
+}
+
 /// The ingest task. Runs until `stop` is cancelled, then disconnects cleanly so the
 /// broker keeps the session.
 pub struct Ingest {
@@ -143,6 +155,11 @@ pub struct Ingest {
     client: AsyncClient,
     events: EventLoop,
     backoff: Backoff,
+    /// Messages in arrival order, until they are settled.
+    unsettled: VecDeque<Unsettled>,
+    /// Outcomes of the messages handed to the engine.
+    receipts: tokio::sync::mpsc::UnboundedReceiver<Receipt>,
+    next_ticket: u64,
     /// Acknowledgements not yet accepted by the client's request queue, in order.
     pending_acks: VecDeque<Publish>,
     /// Whether this process has subscribed on the current broker session.
@@ -153,7 +170,11 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(app: Arc<App>, options: MqttOptions) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        options: MqttOptions,
+        receipts: tokio::sync::mpsc::UnboundedReceiver<Receipt>,
+    ) -> Self {
         let c = &app.config.mqtt;
         let (client, mut events) = AsyncClient::new(options, c.request_queue);
         // Nagle plus delayed ACK adds ~40 ms tails to PUBACKs on loopback.
@@ -174,6 +195,9 @@ impl Ingest {
             client,
             events,
             backoff,
+            unsettled: VecDeque::new(),
+            receipts,
+            next_ticket: 0,
             pending_acks: VecDeque::new(),
             subscribed: false,
             rejects,
@@ -194,10 +218,14 @@ impl Ingest {
             let event = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                Some(receipt) = self.receipts.recv() => {
+                    self.on_receipt(receipt);
+                    continue;
+                }
                 event = self.events.poll() => event,
             };
             match event {
-                Ok(Event::Incoming(Packet::Publish(publish))) => self.on_publish(publish),
+                Ok(Event::Incoming(Packet::Publish(publish))) => self.on_publish(publish).await,
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.on_connack(ack.session_present, ack.code)
                 }
@@ -223,6 +251,8 @@ impl Ingest {
                 Ok(_) => {}
                 Err(e) => {
                     self.set_ready(false);
+                    // Those the broker sent on the lost connection come again.
+                    self.unsettled.clear();
                     self.pending_acks.clear();
                     self.app.metrics.mqtt_connection_errors.increment(1);
                     let delay = self.backoff.next_delay();
@@ -273,20 +303,72 @@ impl Ingest {
         }
     }
 
-    fn on_publish(&mut self, publish: Publish) {
-        let topic = publish.topic.as_str();
+    async fn on_publish(&mut self, publish: Publish) {
         let now = now_ms();
-        match process(&self.app, topic, &publish.payload, Instant::now(), now) {
-            Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
-            Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
-            Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {
-                if let Some(capture) = &self.capture {
-                    capture.record(now, topic, &publish.payload, publish.retain);
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let reply = Reply::Ticket(ticket);
+        let outcome = match intake(
+            &self.app,
+            &publish.topic,
+            &publish.payload,
+            Instant::now(),
+            now,
+            reply,
+        ) {
+            Intake::Done(processed) => Some(processed),
+            // Waits only while the engine's queue is full: backpressure to the broker.
+            Intake::Engine(command) => match self.app.engine.send(command).await {
+                Ok(()) => None,
+                Err(_) => Some(Processed::stopped()),
+            },
+        };
+        self.unsettled.push_back(Unsettled {
+            ticket,
+            publish,
+            received_ms: now,
+            outcome,
+        });
+        self.settle();
+    }
+
+    fn on_receipt(&mut self, receipt: Receipt) {
+        // A receipt for a message of a lost connection finds nothing: it comes again.
+        if let Some(u) = self
+            .unsettled
+            .iter_mut()
+            .find(|u| u.ticket == receipt.ticket)
+        {
+            u.outcome = Some(receipt.processed);
+        }
+        self.settle();
+    }
+
+    /// Log, record and acknowledge the settled messages at the front, in arrival order.
+    fn settle(&mut self) {
+        while self.unsettled.front().is_some_and(|u| u.outcome.is_some()) {
+            let Some(Unsettled {
+                publish,
+                received_ms,
+                outcome: Some(outcome),
+                ..
+            }) = self.unsettled.pop_front()
+            else {
+                break;
+            };
+            let topic = publish.topic.as_str();
+            match outcome {
+                Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
+                Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
+                Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {
+                    if let Some(capture) = &self.capture {
+                        capture.record(received_ms, topic, &publish.payload, publish.retain);
+                    }
                 }
             }
+            // Settled (or rejected for good): acknowledge, in arrival order.
+            self.pending_acks.push_back(publish);
         }
-        // Processed (or rejected for good): acknowledge, in arrival order.
-        self.pending_acks.push_back(publish);
         self.flush_acks();
     }
 
@@ -305,9 +387,25 @@ impl Ingest {
     /// the remaining acknowledgements and the DISCONNECT, within a short bound.
     async fn disconnect(&mut self) {
         self.set_ready(false);
+        let bound = Duration::from_millis(self.app.config.shutdown.mqtt_disconnect_timeout_ms);
+        // The messages handed to the engine settle first, so that they are
+        // acknowledged rather than sent again after the restart.
+        let settled = async {
+            while !self.unsettled.is_empty() {
+                match self.receipts.recv().await {
+                    Some(receipt) => self.on_receipt(receipt),
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(bound, settled).await.is_err() {
+            tracing::warn!(
+                unsettled = self.unsettled.len(),
+                "messages still unsettled at shutdown: the broker sends them again"
+            );
+        }
         self.flush_acks();
         let _ = self.client.try_disconnect();
-        let bound = Duration::from_millis(self.app.config.shutdown.mqtt_disconnect_timeout_ms);
         let drain = async {
             loop {
                 match self.events.poll().await {

@@ -190,7 +190,7 @@ struct WardGate(Arc<App>);
 
 impl Gate for WardGate {
     fn reading_applied(&self, chair: &str, device_ms: u64) -> bool {
-        self.0.ward.chair(chair).is_some_and(|c| {
+        self.0.engine.ward().chair(chair).is_some_and(|c| {
             c.latest.vitals.iter().flatten().any(|s| s.ts >= device_ms)
                 || c.latest.pump.is_some_and(|p| p.ts >= device_ms)
         })
@@ -198,7 +198,8 @@ impl Gate for WardGate {
 
     fn session_applied(&self, chair: &str, ts: u64) -> bool {
         self.0
-            .ward
+            .engine
+            .ward()
             .chair(chair)
             .is_some_and(|c| c.session.message_ts.is_some_and(|m| m >= ts))
     }

@@ -214,9 +214,20 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(config: Config, prefix: String) -> TestGateway {
+        TestGateway::start_with_journal(config, prefix, |j| j).await
+    }
+
+    /// [`TestGateway::start`] with the journal `wrap` makes of the SQLite one.
+    pub async fn start_with_journal(
+        config: Config,
+        prefix: String,
+        wrap: impl FnOnce(Box<dyn vitalgate::engine::Journal>) -> Box<dyn vitalgate::engine::Journal>,
+    ) -> TestGateway {
         let client_id = config.mqtt.client_id.clone();
         let external = config.mqtt.broker == BrokerMode::External;
-        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let gateway = Gateway::start_with_journal(config, wrap)
+            .await
+            .expect("gateway starts");
         let mut ready = gateway.app().health.watch_mqtt_subscribed();
         tokio::time::timeout(DEADLINE, ready.wait_for(|r| *r))
             .await

@@ -1,0 +1,527 @@
+//! The engine task: applies commands to the ward and the board, sequences the
+//! events they make, and hands them to the journal.
+
+use super::{Command, Outlet, Parts, Processed, Receipt, Reply, Sequenced, Start, Ticked};
+use crate::access::SiteScope;
+use crate::core::{
+    AlarmEvent, AlarmState, Board, EscalationPolicy, Event, Outcome, RejectReason, Rejection,
+    SessionEvent, Ward, WardError,
+};
+use crate::protocol::{self, Frame};
+use crate::telemetry::Metrics;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// One step of the engine's output, released by the journal thread in order.
+pub(super) enum Pass {
+    /// Committed, then handed to the fan-out.
+    Events(Vec<Sequenced>),
+    /// A device message's outcome, once everything before it is released.
+    Receipt(Reply, Processed),
+    /// Run once everything before it is released (a subscription's first frames).
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+/// The engine's way to the journal thread.
+pub(super) struct Pipe {
+    pub to_journal: mpsc::Sender<Vec<Pass>>,
+    /// Batches sent to the journal and not yet wholly released: when none are, a
+    /// batch with nothing to commit is released here, without a thread hop.
+    pub in_flight: Arc<AtomicUsize>,
+    pub receipts: mpsc::UnboundedSender<Receipt>,
+}
+
+impl Pipe {
+    async fn send(&self, batch: Vec<Pass>) {
+        let commits = batch.iter().any(|p| !matches!(p, Pass::Receipt(..)));
+        if !commits && self.in_flight.load(Ordering::Acquire) == 0 {
+            for pass in batch {
+                if let Pass::Receipt(reply, processed) = pass {
+                    deliver_receipt(&self.receipts, reply, processed);
+                }
+            }
+            return;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.to_journal.send(batch).await.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+pub(super) fn deliver_receipt(
+    receipts: &mpsc::UnboundedSender<Receipt>,
+    reply: Reply,
+    processed: Processed,
+) {
+    match reply {
+        Reply::Ticket(ticket) => drop(receipts.send(Receipt { ticket, processed })),
+        Reply::Once(tx) => drop(tx.send(processed)),
+    }
+}
+
+/// Most commands taken per wake-up: one journal hand-off covers them all.
+const BATCH: usize = 256;
+
+pub(super) async fn run(
+    mut state: State,
+    mut rx: mpsc::Receiver<Command>,
+    pipe: Pipe,
+    first: Vec<Pass>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if !first.is_empty() {
+        pipe.send(first).await;
+    }
+    let mut commands = Vec::with_capacity(BATCH);
+    let mut closing = false;
+    loop {
+        let taken = if closing {
+            rx.recv_many(&mut commands, BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut commands, BATCH) => n,
+                _ = stop.cancelled() => {
+                    // No new commands; those queued are still applied.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        if taken == 0 {
+            break;
+        }
+        let mut out = Vec::new();
+        for command in commands.drain(..) {
+            state.apply(command, &mut out);
+        }
+        if !out.is_empty() {
+            pipe.send(out).await;
+        }
+    }
+}
+
+/// What restoring at start-up may do to the engine's state, before it runs.
+pub struct Restore<'a> {
+    state: &'a mut State,
+    closed: Vec<Event>,
+}
+
+impl Restore<'_> {
+    /// A chair's session recorded before the restart.
+    pub fn session(&mut self, event: &SessionEvent, now_ms: u64) -> Result<(), WardError> {
+        self.state.ward.restore(event, now_ms)
+    }
+
+    /// An alarm open when the previous run stopped: taken back without a new
+    /// event when a rule of its chair still matches, otherwise closed with
+    /// `reason: "not_restored"` so that the record is complete. True if taken back.
+    pub fn alarm(&mut self, mut event: AlarmEvent, now_ms: u64) -> bool {
+        if self.state.ward.restore_alarm(&event) {
+            let policy = &self.state.policy;
+            let at = event.received_at;
+            let acknowledged = (event.state == AlarmState::Acknowledged).then_some(at);
+            // An unacknowledged alarm's latest event is its raise or its last
+            // escalation: count the next escalation from the raise.
+            let raised_at = match acknowledged {
+                Some(_) => at,
+                None => at.saturating_sub(
+                    policy
+                        .after_ms(event.priority)
+                        .saturating_mul(u64::from(event.escalation_level)),
+                ),
+            };
+            self.state.board.restore(event, raised_at, acknowledged);
+            true
+        } else {
+            event.state = AlarmState::Cleared;
+            event.reason = Some("not_restored");
+            event.escalated = false;
+            event.reminder = false;
+            event.ts = now_ms;
+            event.received_at = now_ms;
+            self.closed.push(Event::Alarm(event));
+            false
+        }
+    }
+}
+
+pub(super) struct State {
+    pub ward: Arc<Ward>,
+    board: Board,
+    /// The latest events, for dashboards resuming with `since`.
+    replay: VecDeque<(u64, Frame)>,
+    replay_capacity: usize,
+    pub instance: Arc<str>,
+    policy: EscalationPolicy,
+    forget_idle_chair_ms: u64,
+    silent_ms: u64,
+    metrics: Arc<Metrics>,
+    outlet: Arc<dyn Outlet>,
+}
+
+impl State {
+    pub fn new(parts: Parts, outlet: Arc<dyn Outlet>) -> State {
+        State {
+            ward: Arc::new(parts.ward),
+            board: Board::starting_after(parts.last_seq),
+            replay: VecDeque::with_capacity(parts.replay_capacity.min(4096)),
+            replay_capacity: parts.replay_capacity,
+            instance: Arc::from(parts.instance),
+            policy: parts.escalation,
+            forget_idle_chair_ms: parts.forget_idle_chair_ms,
+            silent_ms: parts.silent_ms,
+            metrics: parts.metrics,
+            outlet,
+        }
+    }
+
+    /// Run `restore` on this state; the events it makes, sequenced.
+    pub fn restore(&mut self, restore: impl FnOnce(&mut Restore<'_>)) -> Vec<Pass> {
+        let mut r = Restore {
+            state: self,
+            closed: Vec::new(),
+        };
+        restore(&mut r);
+        let closed = std::mem::take(&mut r.closed);
+        let mut out = Vec::new();
+        self.sequence(closed, None, &mut out);
+        out
+    }
+
+    pub fn apply(&mut self, command: Command, out: &mut Vec<Pass>) {
+        match command {
+            Command::Reading {
+                chair,
+                reading,
+                received,
+                now_ms,
+                reply,
+            } => {
+                let processed = self.reading(&chair, &reading, received, now_ms, out);
+                out.push(Pass::Receipt(reply, processed));
+            }
+            Command::Session {
+                chair,
+                update,
+                now_ms,
+                reply,
+            } => {
+                let result = self.ward.set_session(&chair, &update, now_ms);
+                let processed = self.session_result(&chair, result, out);
+                out.push(Pass::Receipt(reply, processed));
+            }
+            Command::Status {
+                chair,
+                online,
+                now_ms,
+                reply,
+            } => {
+                let result = self.ward.set_device_online(&chair, online, now_ms);
+                let processed = self.session_result(&chair, result, out);
+                out.push(Pass::Receipt(reply, processed));
+            }
+            Command::Acknowledge {
+                id,
+                by,
+                now_ms,
+                scope,
+                reply,
+            } => {
+                let result = self.acknowledge(id, &by, now_ms, &scope, out);
+                answer(reply, result, out);
+            }
+            Command::SetSession {
+                chair,
+                update,
+                now_ms,
+                reply,
+            } => {
+                let result = self.ward.set_session(&chair, &update, now_ms);
+                let changed = matches!(&result, Ok(events) if !events.is_empty());
+                let result = result.map(|events| self.sequence(events, None, out));
+                answer(reply, result, out);
+                if changed {
+                    self.show_vitals(&chair);
+                }
+            }
+            Command::SetLimit {
+                chair,
+                rule,
+                limits,
+                by,
+                now_ms,
+                reply,
+            } => {
+                let result = self.ward.set_limit(&chair, &rule, limits, &by, now_ms);
+                let result = result.map(|events| self.sequence(events, None, out));
+                answer(reply, result, out);
+            }
+            Command::Tick { now_ms, reply } => {
+                let _ = reply.send(self.tick(now_ms, out));
+            }
+            Command::Subscribe { start, scope, then } => {
+                let initial = self.first_frames(start, &scope);
+                out.push(Pass::Then(Box::new(move || then(initial))));
+            }
+            Command::Snapshot { scope, then } => {
+                let frame = self.snapshot(&scope);
+                out.push(Pass::Then(Box::new(move || then(frame))));
+            }
+        }
+    }
+
+    fn reading(
+        &mut self,
+        chair: &str,
+        reading: &crate::core::Reading,
+        received: Instant,
+        now_ms: u64,
+        out: &mut Vec<Pass>,
+    ) -> Processed {
+        let m = &self.metrics;
+        let outcome = match self.ward.apply(chair, reading, now_ms) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let reason = match e {
+                    WardError::ChairLimit(_) => RejectReason::ChairLimit,
+                    _ => RejectReason::BadTopic,
+                };
+                let rejection = Rejection::new(reason, e.to_string());
+                m.rejected(rejection.reason).increment(1);
+                return Processed::Rejected(rejection);
+            }
+        };
+        match outcome {
+            Outcome::Duplicate => {
+                m.readings_duplicate.increment(1);
+                Processed::Duplicate
+            }
+            Outcome::Accepted {
+                chair,
+                events,
+                late_values,
+                clock_stepped_back,
+                latest,
+            } => {
+                m.readings_ingested.increment(1);
+                if clock_stepped_back {
+                    m.device_clock_steps.increment(1);
+                }
+                if late_values > 0 {
+                    m.readings_late_values.increment(late_values as u64);
+                }
+                Metrics::observe(
+                    &m.device_to_ingest,
+                    Duration::from_millis(now_ms.saturating_sub(reading.ts)),
+                );
+                let alarm_events = events.len();
+                self.sequence(events, Some(received), out);
+                self.outlet.vitals(&chair, &latest, received);
+                Processed::Accepted { alarm_events }
+            }
+        }
+    }
+
+    /// Sequence what a session or status message changed, or count its refusal.
+    fn session_result(
+        &mut self,
+        chair: &str,
+        result: Result<Vec<Event>, WardError>,
+        out: &mut Vec<Pass>,
+    ) -> Processed {
+        match result {
+            Ok(events) => {
+                let n = events.len();
+                let changed = n > 0;
+                self.sequence(events, None, out);
+                if changed {
+                    self.show_vitals(chair);
+                }
+                Processed::Session { events: n }
+            }
+            Err(e) => {
+                self.metrics.session_rejected.increment(1);
+                Processed::Refused {
+                    code: e.code(),
+                    detail: e.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Send live-vitals subscribers the chair's values after a session change: a
+    /// chair whose patient left has forgotten them.
+    fn show_vitals(&self, chair: &str) {
+        if let Some(view) = self.ward.chair(chair) {
+            self.outlet
+                .vitals(&view.chair, &view.latest, Instant::now());
+        }
+    }
+
+    fn acknowledge(
+        &mut self,
+        id: u64,
+        by: &str,
+        now_ms: u64,
+        scope: &SiteScope,
+        out: &mut Vec<Pass>,
+    ) -> Result<(), crate::core::AckError> {
+        // Outside the client's sites: as if it did not exist, before anything else
+        // (who acknowledged it, say) could be told.
+        if self
+            .board
+            .chair_of(id)
+            .is_some_and(|chair| !scope.allows_chair(chair))
+        {
+            return Err(crate::core::AckError::UnknownAlarm(id));
+        }
+        let event = self.board.acknowledge(id, Arc::from(by), now_ms)?;
+        let chair = event.chair.clone();
+        self.sequence(vec![Event::Alarm(event)], None, out);
+        // A latched alarm whose condition has ended clears now.
+        let cleared = self.ward.acknowledged(&chair, id, now_ms);
+        self.sequence(cleared, None, out);
+        Ok(())
+    }
+
+    fn tick(&mut self, now_ms: u64, out: &mut Vec<Pass>) -> Ticked {
+        let events = self.ward.tick(now_ms);
+        self.sequence(events, None, out);
+        for event in self.board.due(now_ms, &self.policy) {
+            if event.reminder {
+                self.metrics.alarm_reminders.increment(1);
+            } else {
+                self.metrics.alarm_escalations.increment(1);
+            }
+            let (id, reminder) = (event.id, event.reminder);
+            self.sequence(vec![Event::Alarm(event)], None, out);
+            if reminder {
+                self.board.reminded(id, now_ms);
+            }
+        }
+        let forgotten = self.ward.evict_idle(now_ms, self.forget_idle_chair_ms);
+        Ticked {
+            chairs: self.ward.chair_count(),
+            forgotten,
+            silent: self.ward.silent_in_session(now_ms, self.silent_ms),
+        }
+    }
+
+    /// Give events their `seq`, record them on the board, keep them for replay and
+    /// queue them for the journal.
+    fn sequence(&mut self, events: Vec<Event>, ingested_at: Option<Instant>, out: &mut Vec<Pass>) {
+        if events.is_empty() {
+            return;
+        }
+        let sequenced: Vec<Sequenced> = events
+            .into_iter()
+            .map(|event| match event {
+                Event::Alarm(mut alarm) => {
+                    let seq = self.board.record(&mut alarm);
+                    self.metrics
+                        .alarm_event(alarm.priority, alarm.state)
+                        .increment(1);
+                    Sequenced {
+                        seq,
+                        kind: "alarm",
+                        chair: alarm.chair.clone(),
+                        at_ms: alarm.received_at,
+                        frame: protocol::alarm_frame(seq, &alarm, ingested_at),
+                    }
+                }
+                Event::Session(session) => {
+                    let seq = self.board.next_seq();
+                    self.metrics.session_events.increment(1);
+                    Sequenced {
+                        seq,
+                        kind: "session",
+                        frame: protocol::session_frame(seq, &session),
+                        chair: session.chair,
+                        at_ms: session.at,
+                    }
+                }
+            })
+            .collect();
+        for s in &sequenced {
+            if self.replay.len() >= self.replay_capacity {
+                self.replay.pop_front();
+            }
+            self.replay.push_back((s.seq, s.frame.clone()));
+        }
+        // The events of one command stay one release: each dashboard's writer then
+        // sends them in one socket write.
+        match out.last_mut() {
+            Some(Pass::Events(held)) => held.extend(sequenced),
+            _ => out.push(Pass::Events(sequenced)),
+        }
+    }
+
+    /// Whether a `since` can be served from the replay buffer as it is now.
+    fn can_replay(&self, since: u64, instance: Option<&str>) -> bool {
+        let last = self.board.last_seq();
+        let oldest = self.replay.front().map_or(last + 1, |(s, _)| *s);
+        // A `since` from before this run started is older than anything held:
+        // `oldest` is then this run's first seq, and the check fails.
+        instance.is_none_or(|i| i == &*self.instance)
+            && since <= last
+            && (since + 1 >= oldest || since == last)
+    }
+
+    /// What a new subscriber receives before live events: a snapshot, or the replay
+    /// after `since` (or `missed` and a snapshot).
+    fn first_frames(&self, start: Start, scope: &SiteScope) -> Vec<Frame> {
+        match start {
+            Start::Snapshot => vec![self.snapshot(scope)],
+            Start::Since { since, instance } => {
+                if self.can_replay(since, instance.as_deref()) {
+                    self.replay
+                        .iter()
+                        .filter(|(s, f)| *s > since && in_scope(f, scope))
+                        .map(|(_, f)| f.clone())
+                        .collect()
+                } else {
+                    let last = self.board.last_seq();
+                    let oldest = self.replay.front().map_or(last + 1, |(s, _)| *s);
+                    vec![
+                        protocol::missed_frame(&self.instance, since, oldest, last),
+                        self.snapshot(scope),
+                    ]
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self, scope: &SiteScope) -> Frame {
+        let mut chairs = self.ward.chairs();
+        if !scope.is_all() {
+            chairs.retain(|c| scope.allows_chair(&c.chair));
+        }
+        protocol::snapshot_frame(
+            &self.instance,
+            self.board.last_seq(),
+            &protocol::render_chairs(&chairs),
+            self.board.active().filter(|a| scope.allows_chair(&a.chair)),
+        )
+    }
+}
+
+/// Answer a dashboard's command once the events it made are released, so that a
+/// refusal reaches the client in order with the alarms around it.
+fn answer<T: Send + 'static>(
+    reply: tokio::sync::oneshot::Sender<T>,
+    result: T,
+    out: &mut Vec<Pass>,
+) {
+    out.push(Pass::Then(Box::new(move || drop(reply.send(result)))));
+}
+
+/// Whether a frame about `chair` (if any) is for a client with `scope`.
+pub fn in_scope(frame: &Frame, scope: &SiteScope) -> bool {
+    frame.chair.as_deref().is_none_or(|c| scope.allows_chair(c))
+}
