@@ -16,7 +16,7 @@ use vitalgate::fanout::hub::Subscriber;
 use vitalgate::fanout::{protocol, Hub};
 use vitalgate::ingest::{process, Topics};
 use vitalgate::telemetry::Metrics;
-use vitalgate::{App, Config};
+use vitalgate::Config;
 
 mod common;
 use common::{event, NOW};
@@ -76,10 +76,11 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let app = rt.block_on(async {
+    let devices = rt.block_on(async {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new());
         let live = Arc::new(vitalgate::fanout::LiveFeed::new(1024));
+        let outlets = vitalgate::fanout::hub::Outlets { hub, live };
         let (receipts, _) = tokio::sync::mpsc::unbounded_channel();
         let (engine, _running) = Engine::start(
             Parts {
@@ -97,21 +98,18 @@ fn bench(c: &mut Criterion) {
                 audit: audit.clone(),
                 metrics: metrics.clone(),
             }),
-            Arc::new(vitalgate::fanout::hub::Outlets {
-                hub: hub.clone(),
-                live: live.clone(),
-            }),
+            Arc::new(outlets),
             receipts,
             |_| {},
         );
-        let auth = vitalgate::http::auth::Authenticator::from_config(&config.auth).unwrap();
-        let parts = vitalgate::app::Parts {
+        vitalgate::ingest::Devices {
             engine,
-            hub,
-            live,
+            topics,
+            decode_limits: limits,
+            session_max_bytes: config.session.max_message_bytes,
             metrics,
-        };
-        App::new(config.clone(), parts, topics, audit.clone(), auth)
+            health: Default::default(),
+        }
     });
     let topics: Vec<String> = (0..1000)
         .map(|i| format!("clinic/site{}/chair/{}/vitals", i % 10, i))
@@ -121,7 +119,7 @@ fn bench(c: &mut Criterion) {
             &mut next,
             |(i, body, round)| {
                 rt.block_on(process(
-                    &app,
+                    &devices,
                     &topics[i],
                     &body,
                     Instant::now(),

@@ -14,6 +14,9 @@
 #      a queue and a writer task per dashboard. What vitalgate adds to it is its own.
 #      FANOUT_ARGS=--direct: the floor writes every socket from the task that takes
 #      the readings instead (no queue or task per dashboard).
+#   baseline (not run unless named in CONTENDERS): another vitalgate binary,
+#      BASELINE_BIN (e.g. a build of an earlier commit), run exactly as vitalgate is:
+#      a change measured against the code before it, in the same run.
 #
 # Readings come from RATE / CHAIR_RATE chairs at CHAIR_RATE readings/s each (default
 # 10), each chair surging once per BREACH_EVERY on average (default 20s).
@@ -235,7 +238,11 @@ for rate in $RATES; do
       vitalgate)
         echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
         run "vitalgate-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" ;;
-      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, fanout, vitalgate)"; exit 3 ;;
+      baseline)
+        echo "== $rate readings/s: baseline ${BASELINE_BIN:?set BASELINE_BIN}, $DASHBOARDS dashboards"
+        run "baseline-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" \
+          --vitalgate-bin "$BASELINE_BIN" ;;
+      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, fanout, vitalgate, baseline)"; exit 3 ;;
     esac
   done
 done
@@ -243,7 +250,8 @@ done
 python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
 import json, sys
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
-names = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate"}
+names = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate",
+         "baseline": "baseline"}
 short = dict(names, fanout="fan-out")  # in the ratio rows
 
 def kept_up(r):
@@ -286,7 +294,7 @@ for rate in rates:
               f"{l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>9.3f} {l['max_ms']:>9.3f} "
               f"{'' if cpu is None else f'{cpu:.0f}':>6} {'' if rss is None else f'{rss:.1f}':>8}  "
               f"{'yes' if why is None else 'NO: ' + why}")
-    for other in ("floor", "fanout", "nodered"):
+    for other in ("floor", "fanout", "nodered", "baseline"):
         if "vitalgate" in rows and other in rows and rows[other]["p50_ms"] > 0:
             v, o = rows["vitalgate"], rows[other]
             note = "" if ok["vitalgate"][rate] and ok[other][rate] else \

@@ -18,6 +18,7 @@ pub mod config;
 pub mod core;
 pub mod engine;
 pub mod fanout;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod protocol;
@@ -209,13 +210,27 @@ impl Gateway {
             receipts_tx,
             |r| restored.apply(r, now),
         );
-        let parts = app::Parts {
-            engine,
+        // What restoring closed is in the audit trail before anyone is served.
+        engine.flushed().await;
+        let dashboards = Arc::new(fanout::Dashboards::new(
+            engine.clone(),
             hub,
             live,
+            metrics.clone(),
+            config.websocket.clone(),
+        ));
+        let devices = Arc::new(ingest::Devices {
+            engine,
+            topics,
+            decode_limits: core::DecodeLimits {
+                max_payload_bytes: config.ingest.max_payload_bytes,
+                max_future_skew_ms: config.ingest.max_future_skew_ms,
+            },
+            session_max_bytes: config.session.max_message_bytes,
             metrics,
-        };
-        let app = Arc::new(App::new(config, parts, topics, audit, auth));
+            health: Arc::new(health::Health::default()),
+        });
+        let app = Arc::new(App::new(config, dashboards, devices, audit));
         let capture = match app.config.capture.enabled {
             true => {
                 let capture = Capture::start(
@@ -238,19 +253,20 @@ impl Gateway {
             timeouts: app.metrics.ws_refused("handshake_timeout").clone(),
         };
         let http = tokio::spawn(
-            axum::serve(listener, http::router(app.clone()))
+            axum::serve(listener, http::router(app.clone(), auth))
                 .with_graceful_shutdown(stop_http.clone().cancelled_owned())
                 .into_future(),
         );
         app.health.set_listening(true);
 
         let stop_ingest = CancellationToken::new();
-        let ingest = Ingest::new(app.clone(), options, receipts).with_capture(capture);
+        let ingest =
+            Ingest::new(app.devices.clone(), &app.config, options, receipts).with_capture(capture);
         let ingest = tokio::spawn(ingest.run(stop_ingest.clone()));
         let timers = tokio::spawn(run_timers(app.clone(), stop_ingest.clone()));
         tracing::info!(
             broker = %format!("{}:{}", broker.host, broker.port),
-            topics = %app.topics,
+            topics = %app.devices.topics,
             client_id = %app.config.mqtt.client_id,
             dashboards = %format!("ws://{http_addr}/ws"),
             "vitalgate started; nurse station at http://{http_addr}/"
@@ -298,19 +314,20 @@ impl Gateway {
         // they are told to flush and close.
         self.app.engine.close();
         self.engine.finished().await;
-        self.app.close_dashboards.cancel();
-        self.app.connections.close();
-        if tokio::time::timeout(grace, self.app.connections.wait())
+        let dashboards = &self.app.dashboards;
+        dashboards.close.cancel();
+        dashboards.connections.close();
+        if tokio::time::timeout(grace, dashboards.connections.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = self.app.connections.len(),
+                remaining = dashboards.connections.len(),
                 "grace period over: dropping dashboards that did not drain"
             );
-            self.app.force_close.cancel();
+            dashboards.force_close.cancel();
             let close_timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
-            let _ = tokio::time::timeout(close_timeout, self.app.connections.wait()).await;
+            let _ = tokio::time::timeout(close_timeout, dashboards.connections.wait()).await;
         }
         let http_stop = Duration::from_millis(self.app.config.shutdown.http_stop_timeout_ms);
         match tokio::time::timeout(http_stop, self.http).await {

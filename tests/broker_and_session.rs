@@ -81,7 +81,7 @@ async fn snapshot_of_thousands_of_chairs_reaches_the_dashboard() {
     for i in 0..CHAIRS {
         let topic = gw.topic("big", &format!("chair-{i:05}"));
         let done = vitalgate::ingest::process(
-            app,
+            &app.devices,
             &topic,
             payload.as_bytes(),
             std::time::Instant::now(),

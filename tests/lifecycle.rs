@@ -66,7 +66,7 @@ async fn slow_dashboard_is_cut_off_and_fast_one_gets_every_alarm() {
     }
     assert_eq!(gw.metric("vitalgate_ws_slow_disconnects_total").await, 1.0);
     // Cut off at once: the hub no longer holds it, only the fast one.
-    assert_eq!(gw.gateway.app().hub.subscriber_count(), 1);
+    assert_eq!(gw.gateway.app().dashboards.hub.subscriber_count(), 1);
 
     // The slow client finds its connection closed after whatever was buffered.
     let mut slow = Dashboard { ws: slow };

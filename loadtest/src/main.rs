@@ -35,7 +35,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// write buffer that holds their snapshot (the shipped rules have 31 alarm
 /// conditions; 40 leaves slack, at 1200 bytes each plus 2 KiB of vitals and session
 /// per chair, capped at the gateway's largest accepted buffer: past about 6,800
-/// chairs the gateway itself refuses the setting).
+/// chairs the gateway itself refuses the setting), and a queue per dashboard that
+/// holds an alarm from every chair.
 fn gateway_env(chairs: usize) -> Vec<(String, String)> {
     /// `websocket.max_write_buffer_bytes`' upper bound (src/config/validate.rs).
     const MAX_WRITE_BUFFER_BYTES: usize = 256 << 20;
@@ -47,6 +48,12 @@ fn gateway_env(chairs: usize) -> Vec<(String, String)> {
             (chairs * (40 * 1200 + 2048) + (1 << 20))
                 .min(MAX_WRITE_BUFFER_BYTES)
                 .to_string(),
+        ),
+        // As config/vitalgate.toml asks: a storm (every chair alarming at once)
+        // must fit each dashboard's queue.
+        (
+            "VITALGATE_WEBSOCKET__QUEUE_CAPACITY".into(),
+            chairs.max(1024).to_string(),
         ),
     ]
 }

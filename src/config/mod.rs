@@ -316,7 +316,9 @@ pub struct IngestConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// Frames (alarms, replies) queued per connection; a client that lets it fill is
-    /// disconnected as a slow consumer.
+    /// disconnected as a slow consumer. Events arrive a journal commit at a time, and
+    /// in a storm one commit can hold an alarm for every chair: keep it at least
+    /// `ingest.max_chairs`.
     pub queue_capacity: usize,
     /// Alarm events kept for `?since=` replay.
     pub replay_capacity: usize,

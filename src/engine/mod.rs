@@ -162,6 +162,8 @@ pub enum Command {
         scope: SiteScope,
         then: OnSubscribed,
     },
+    /// Answered once every event made before it is journaled and released.
+    Flush { reply: oneshot::Sender<()> },
     /// A dashboard asks for a fresh snapshot, ordered with its events.
     Snapshot {
         scope: SiteScope,
@@ -347,6 +349,12 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         self.send(command(reply)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Wait until every event made so far is journaled and released (false: the
+    /// engine stopped first).
+    pub async fn flushed(&self) -> bool {
+        self.ask(|reply| Command::Flush { reply }).await.is_some()
     }
 
     pub fn ward(&self) -> &WardView {

@@ -269,6 +269,7 @@ impl State {
                 let initial = self.first_frames(start, &scope);
                 out.push(Pass::Then(Box::new(move || then(initial))));
             }
+            Command::Flush { reply } => answer(reply, (), out),
             Command::Snapshot { scope, then } => {
                 let frame = self.snapshot(&scope);
                 out.push(Pass::Then(Box::new(move || then(frame))));

@@ -1,5 +1,6 @@
 //! The WebSocket edge: alarm events and live vitals out to nurse-station dashboards.
 
+mod edge;
 pub mod hub;
 pub mod live;
 pub use crate::protocol;
@@ -8,6 +9,7 @@ pub mod signals;
 pub mod socket;
 pub mod ws;
 
+pub use edge::Dashboards;
 pub use hub::{CutOff, Hub, Start};
 pub use live::{LiveFeed, Scope};
 pub use protocol::Frame;

@@ -6,8 +6,8 @@ use super::live::Scope;
 use super::protocol::{self, Command, Frame};
 use super::signals::{close_code, Signals};
 use super::socket::Socket;
+use super::Dashboards;
 use crate::access::{Identity, Permission};
-use crate::app::App;
 use crate::core::WardError;
 use crate::engine::Command as EngineCommand;
 use futures_util::stream::SplitStream;
@@ -62,7 +62,7 @@ fn check_chair(chair: &str) -> Result<(), crate::core::WardError> {
 
 /// The reading half: commands from the dashboard.
 pub(super) struct Reader {
-    pub(super) app: Arc<App>,
+    pub(super) dashboards: Arc<Dashboards>,
     /// The connection's queue, for replies.
     pub(super) tx: mpsc::Sender<Frame>,
     /// The connection's id in the hub.
@@ -78,13 +78,13 @@ impl Reader {
     /// back its half of the socket when a message was over the size caps, for the
     /// closing handshake; `None` otherwise.
     pub(super) async fn run(self, mut stream: SplitStream<Socket>) -> Option<SplitStream<Socket>> {
-        let app = &self.app;
-        let ws = &app.config.websocket;
+        let dashboards = &self.dashboards;
+        let ws = &dashboards.config;
         let mut budget = CommandBudget::new(ws.commands_per_second, ws.command_burst);
         while let Some(msg) = stream.next().await {
             self.signals
                 .last_seen
-                .store(app.uptime_ms(), Ordering::Relaxed);
+                .store(dashboards.uptime_ms(), Ordering::Relaxed);
             let text = match msg {
                 Ok(Message::Text(t)) => t,
                 Ok(Message::Binary(_)) => {
@@ -137,7 +137,7 @@ impl Reader {
                     };
                     let now = crate::clock::now_ms();
                     let scope = self.identity.scope.clone();
-                    if let Err(e) = app.engine.acknowledge(id, by, now, scope).await {
+                    if let Err(e) = dashboards.engine.acknowledge(id, by, now, scope).await {
                         self.refuse(e.code(), &e.to_string(), Some(id));
                     }
                 }
@@ -155,7 +155,7 @@ impl Reader {
                     session.by = Some(by);
                     let now = crate::clock::now_ms();
                     let result = match check_chair(&chair) {
-                        Ok(()) => app
+                        Ok(()) => dashboards
                             .engine
                             .ask(|reply| EngineCommand::SetSession {
                                 chair,
@@ -184,7 +184,7 @@ impl Reader {
                     }
                     let limits = crate::core::LimitOverride { low, high };
                     let now = crate::clock::now_ms();
-                    let result = app
+                    let result = dashboards
                         .engine
                         .ask(|reply| EngineCommand::SetLimit {
                             chair,
@@ -235,12 +235,12 @@ impl Reader {
                             None,
                         );
                     } else {
-                        let (hub, id) = (app.hub.clone(), self.id);
+                        let (hub, id) = (dashboards.hub.clone(), self.id);
                         let command = EngineCommand::Snapshot {
                             scope: self.identity.scope.clone(),
                             then: Box::new(move |frame| hub.deliver_to(id, &frame)),
                         };
-                        if app.engine.send(command).await.is_err() {
+                        if dashboards.engine.send(command).await.is_err() {
                             break;
                         }
                     }
@@ -289,14 +289,14 @@ impl Reader {
     /// it changed reaches every dashboard as events).
     fn answer(&self, result: Result<(), WardError>) {
         if let Err(e) = result {
-            self.app.metrics.session_rejected.increment(1);
+            self.dashboards.metrics.session_rejected.increment(1);
             self.refuse(e.code(), &e.to_string(), None);
         }
     }
 
     /// The client exceeded its command budget: count it and ask for a 1008 close.
     fn over_rate(&self) {
-        self.app.metrics.ws_closed_command_rate.increment(1);
+        self.dashboards.metrics.ws_closed_command_rate.increment(1);
         self.signals
             .close_with
             .store(close_code::POLICY, Ordering::Relaxed);
@@ -304,7 +304,7 @@ impl Reader {
 
     /// Count a refused command and tell the client why.
     fn refuse(&self, code: &str, message: &str, id: Option<u64>) {
-        self.app.metrics.ws_commands_rejected.increment(1);
+        self.dashboards.metrics.ws_commands_rejected.increment(1);
         if let Err(mpsc::error::TrySendError::Full(_)) =
             self.tx.try_send(protocol::error_frame(code, message, id))
         {

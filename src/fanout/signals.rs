@@ -27,7 +27,7 @@ pub mod close_code {
 pub(super) struct Signals {
     /// Cut by the hub (or a reply that found the queue full): cut off as slow.
     /// Its `wake` token is also cancelled by the reader (the client has gone) and
-    /// by the gateway's shutdown (it is a child of `App::close_dashboards`).
+    /// by the gateway's shutdown (it is a child of `Dashboards::close`).
     pub(super) cut_off: CutOff,
     /// Set by the reader when the client has gone or broke the protocol (with
     /// `cut_off.wake` cancelled after it: the writer reads it once woken).

@@ -14,8 +14,8 @@ use super::protocol::{self, Frame};
 use super::reader::Reader;
 use super::signals::{close_code, Signals};
 use super::socket::{self, Socket};
+use super::Dashboards;
 use crate::access::Identity;
-use crate::app::App;
 use crate::telemetry::Metrics;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -38,7 +38,7 @@ enum End {
 }
 
 struct Conn {
-    app: Arc<App>,
+    dashboards: Arc<Dashboards>,
     sink: SplitSink<Socket, Message>,
     signals: Arc<Signals>,
     stops: Stops,
@@ -119,13 +119,13 @@ struct Live {
 
 /// Serve one dashboard on an upgraded `socket` (the HTTP edge authenticated it as
 /// `identity`), from `start`, until it ends.
-pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identity) {
+pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, identity: Identity) {
     let (sink, stream) = socket.split();
-    let (tx, rx) = mpsc::channel(app.config.websocket.queue_capacity);
-    let signals = Arc::new(Signals::new(&app.close_dashboards, app.uptime_ms()));
+    let (tx, rx) = mpsc::channel(dashboards.config.queue_capacity);
+    let signals = Arc::new(Signals::new(&dashboards.close, dashboards.uptime_ms()));
     // Registered with the hub by the engine's journal thread, in order with
     // events: every event after the first frames reaches this queue exactly once.
-    let id = app.hub.next_id();
+    let id = dashboards.hub.next_id();
     let (first_tx, first_rx) = oneshot::channel();
     let subscriber = Subscriber {
         id,
@@ -133,7 +133,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
         cut_off: signals.cut_off.clone(),
         scope: identity.scope.clone(),
     };
-    let hub = app.hub.clone();
+    let hub = dashboards.hub.clone();
     let subscribe = crate::engine::Command::Subscribe {
         start,
         scope: identity.scope.clone(),
@@ -142,19 +142,19 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
             let _ = first_tx.send(initial);
         }),
     };
-    if app.engine.send(subscribe).await.is_err() {
+    if dashboards.engine.send(subscribe).await.is_err() {
         return; // shutting down
     }
     let Ok(initial) = first_rx.await else {
         return;
     };
-    app.metrics.ws_clients.increment(1.0);
-    app.metrics.ws_connections_total.increment(1);
+    dashboards.metrics.ws_clients.increment(1.0);
+    dashboards.metrics.ws_connections_total.increment(1);
 
     let (scope_tx, scope_rx) = watch::channel(None);
     let expires_at = identity.expires_at;
     let reader = Reader {
-        app: app.clone(),
+        dashboards: dashboards.clone(),
         tx,
         id,
         scope_tx,
@@ -169,8 +169,8 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
         tokio::time::Instant::now() + Duration::from_millis(left)
     });
     let mut conn = Conn {
-        stops: Stops::new(&signals, &app.force_close, expires),
-        app: app.clone(),
+        stops: Stops::new(&signals, &dashboards.force_close, expires),
+        dashboards: dashboards.clone(),
         sink,
         signals: signals.clone(),
     };
@@ -178,7 +178,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
     let end = conn.write_loop(initial, rx, scope_rx, &mut live).await;
     match (end, signals.close_with.load(Ordering::Relaxed)) {
         (Some(End::Slow), _) => {
-            app.metrics.ws_slow_disconnects.increment(1);
+            dashboards.metrics.ws_slow_disconnects.increment(1);
             conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
                 .await
         }
@@ -192,7 +192,7 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
                 // half: read the client's close before closing TCP (`fanout::socket`).
                 if let Ok(Some(stream)) = (&mut reader).await {
                     if let Ok(mut whole) = conn.sink.reunite(stream) {
-                        let timeout = Duration::from_millis(app.config.websocket.close_timeout_ms);
+                        let timeout = Duration::from_millis(dashboards.config.close_timeout_ms);
                         socket::discard_until_close(&mut whole, timeout).await;
                     }
                 }
@@ -213,11 +213,11 @@ pub async fn serve(socket: Socket, start: Start, app: Arc<App>, identity: Identi
         _ => {}
     }
     if live.is_some() {
-        app.live.unsubscribe();
+        dashboards.live.unsubscribe();
     }
     reader.abort();
-    app.hub.unsubscribe(id);
-    app.metrics.ws_clients.decrement(1.0);
+    dashboards.hub.unsubscribe(id);
+    dashboards.metrics.ws_clients.decrement(1.0);
 }
 
 impl Conn {
@@ -235,7 +235,7 @@ impl Conn {
         {
             return Some(end);
         }
-        let ws = &self.app.config.websocket;
+        let ws = &self.dashboards.config;
         let idle_timeout = ws.idle_timeout_ms;
         let mut ping = tokio::time::interval(Duration::from_millis(ws.ping_interval_ms));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -251,7 +251,7 @@ impl Conn {
                         return None;
                     }
                     // The gateway is shutting down (`wake` is a child of
-                    // `App::close_dashboards`): deliver everything already
+                    // `Dashboards::close`): deliver everything already
                     // queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
                         if let Err(end) = self.send_frame(frame).await {
@@ -278,7 +278,7 @@ impl Conn {
                 }
                 _ = live_changed(live) => self.send_live(live).await,
                 _ = ping.tick() => {
-                    let silent = self.app.uptime_ms().saturating_sub(self.signals.last_seen.load(Ordering::Relaxed));
+                    let silent = self.dashboards.uptime_ms().saturating_sub(self.signals.last_seen.load(Ordering::Relaxed));
                     if silent > idle_timeout {
                         self.close(close_code::IDLE_TIMEOUT, "idle timeout: no pong").await;
                         return None;
@@ -315,7 +315,7 @@ impl Conn {
         let ingested_at = frame.ingested_at;
         self.send(Message::Text(frame.text)).await?;
         if let Some(at) = ingested_at {
-            Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+            Metrics::observe(&self.dashboards.metrics.ingest_to_ws_send, at.elapsed());
         }
         Ok(())
     }
@@ -329,7 +329,7 @@ impl Conn {
         rx: &mut mpsc::Receiver<Frame>,
     ) -> Result<(), End> {
         let mut batch = vec![first];
-        while batch.len() < self.app.config.websocket.write_batch_frames {
+        while batch.len() < self.dashboards.config.write_batch_frames {
             match rx.try_recv() {
                 Ok(frame) => batch.push(frame),
                 Err(_) => break,
@@ -339,7 +339,7 @@ impl Conn {
             .await?;
         for frame in &batch {
             if let Some(at) = frame.ingested_at {
-                Metrics::observe(&self.app.metrics.ingest_to_ws_send, at.elapsed());
+                Metrics::observe(&self.dashboards.metrics.ingest_to_ws_send, at.elapsed());
             }
             if frame.snapshot {
                 self.signals.snapshot_pending.store(false, Ordering::SeqCst);
@@ -354,7 +354,7 @@ impl Conn {
         live: &mut Option<Live>,
     ) -> Result<(), End> {
         if live.is_some() {
-            self.app.live.unsubscribe();
+            self.dashboards.live.unsubscribe();
             *live = None;
         }
         let site = match &scope {
@@ -364,7 +364,10 @@ impl Conn {
         let ack = protocol::subscribed_frame(scope.is_some(), site);
         self.send(Message::Text(ack.text)).await?;
         if let Some(scope) = scope {
-            let (changes, batch) = self.app.live.subscribe(&scope, self.app.engine.ward());
+            let (changes, batch) = self
+                .dashboards
+                .live
+                .subscribe(&scope, self.dashboards.engine.ward());
             *live = Some(Live {
                 scope,
                 changes,
@@ -381,13 +384,13 @@ impl Conn {
             return Ok(());
         };
         l.changes.borrow_and_update();
-        let batch = match self.app.live.since(l.version, &l.scope) {
+        let batch = match self.dashboards.live.since(l.version, &l.scope) {
             Some(batch) => batch,
             // Fell off the log: every chair's current values instead.
             None => self
-                .app
+                .dashboards
                 .live
-                .subscribe_again(&l.scope, self.app.engine.ward()),
+                .subscribe_again(&l.scope, self.dashboards.engine.ward()),
         };
         l.version = batch.version;
         self.send_all(batch.frames.into_iter().map(|f| f.text).collect())
@@ -400,7 +403,7 @@ impl Conn {
             code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         }));
-        let timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
+        let timeout = Duration::from_millis(self.dashboards.config.close_timeout_ms);
         let _ = tokio::time::timeout(timeout, async {
             let _ = self.sink.send(frame).await;
             let _ = self.sink.close().await;
@@ -440,7 +443,7 @@ mod tests {
     /// The size of the future an async fn returns, without calling it.
     fn size_of_future<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(Socket, Start, Arc<App>, Identity) -> Fut,
+        F: FnOnce(Socket, Start, Arc<Dashboards>, Identity) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -11,7 +11,7 @@
 use crate::app::App;
 use crate::audit::Stored;
 use crate::core::{SessionChange, SessionEvent};
-use crate::http::auth::{AuthError, Identity};
+use crate::http::auth::{AuthError, Authenticator, Identity};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,10 +43,11 @@ pub struct RangeQuery {
 /// [`refusal`].
 pub(super) fn authenticated(
     app: &App,
+    auth: &Authenticator,
     headers: &HeaderMap,
     token: Option<&str>,
 ) -> Result<Identity, AuthError> {
-    app.auth.check(headers, token).inspect_err(|e| {
+    auth.check(headers, token).inspect_err(|e| {
         app.metrics.ws_refused(e.reason()).increment(1);
     })
 }
@@ -61,11 +62,12 @@ pub(super) fn refusal(e: AuthError) -> Response {
 /// otherwise.
 fn refused(
     app: &App,
+    auth: &Authenticator,
     headers: &HeaderMap,
     token: Option<&str>,
     chair: Option<&str>,
 ) -> Option<Response> {
-    let identity = match authenticated(app, headers, token) {
+    let identity = match authenticated(app, auth, headers, token) {
         Ok(identity) => identity,
         Err(e) => return Some(refusal(e)),
     };
@@ -154,11 +156,13 @@ async fn query(
 
 pub async fn alarms(
     State(app): State<Arc<App>>,
+    State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
     Query(q): Query<AlarmQuery>,
 ) -> Response {
     if let Some(refusal) = refused(
         &app,
+        &auth,
         &headers,
         q.access_token.as_deref(),
         q.chair.as_deref(),
@@ -183,11 +187,18 @@ pub async fn alarms(
 
 pub async fn sessions(
     State(app): State<Arc<App>>,
+    State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
     Path(chair): Path<String>,
     Query(q): Query<RangeQuery>,
 ) -> Response {
-    if let Some(refusal) = refused(&app, &headers, q.access_token.as_deref(), Some(&chair)) {
+    if let Some(refusal) = refused(
+        &app,
+        &auth,
+        &headers,
+        q.access_token.as_deref(),
+        Some(&chair),
+    ) {
         return refusal;
     }
     if let Some(refusal) = malformed(Some(&chair), q.from, q.to) {

@@ -2,10 +2,11 @@
 //! `websocket.max_connections`) before the WebSocket upgrade; the connection itself
 //! is the fan-out's ([`ws::serve`]).
 
+use super::auth::Authenticator;
 use super::upgrade::WebSocketRequest;
 use crate::app::App;
 use crate::fanout::socket::Watched;
-use crate::fanout::{ws, Start};
+use crate::fanout::{ws, Dashboards, Start};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,11 +29,12 @@ pub struct WsQuery {
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
+    State(auth): State<Arc<Authenticator>>,
     Query(query): Query<WsQuery>,
     headers: axum::http::HeaderMap,
     request: WebSocketRequest,
 ) -> Response {
-    let identity = match app.auth.check(&headers, query.access_token.as_deref()) {
+    let identity = match auth.check(&headers, query.access_token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
             app.metrics.ws_refused(e.reason()).increment(1);
@@ -46,7 +48,7 @@ pub async fn upgrade(
         )
             .into_response();
     }
-    let Some(slot) = Slot::reserve(&app) else {
+    let Some(slot) = Slot::reserve(&app.dashboards) else {
         app.metrics.ws_refused_max_connections.increment(1);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -61,6 +63,7 @@ pub async fn upgrade(
         .max_write_buffer_size(c.max_write_buffer_bytes)
         .max_message_size(Some(c.max_message_bytes))
         .max_frame_size(Some(c.max_frame_bytes));
+    let dashboards = app.dashboards.clone();
     request.accept(move |io| {
         let connection = async move {
             let socket =
@@ -73,7 +76,7 @@ pub async fn upgrade(
                 },
                 None => Start::Snapshot,
             };
-            ws::serve(socket, start, app, identity).await;
+            ws::serve(socket, start, dashboards, identity).await;
         };
         let tracked = slot.0.connections.track_future(connection);
         async move {
@@ -85,23 +88,24 @@ pub async fn upgrade(
 
 /// One of `websocket.max_connections` places, held from the upgrade request until
 /// the connection ends (or the upgrade fails and the callback holding it is dropped).
-struct Slot(Arc<App>);
+struct Slot(Arc<Dashboards>);
 
 impl Slot {
-    fn reserve(app: &Arc<App>) -> Option<Slot> {
+    fn reserve(dashboards: &Arc<Dashboards>) -> Option<Slot> {
         // Compare-and-swap, so a refused request never holds a place even briefly.
-        let max = app.config.websocket.max_connections;
-        app.dashboards
+        let max = dashboards.config.max_connections;
+        dashboards
+            .count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(app.clone()))
+            .map(|_| Slot(dashboards.clone()))
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.dashboards.fetch_sub(1, Ordering::SeqCst);
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
     }
 }

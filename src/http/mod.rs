@@ -57,7 +57,26 @@ fn somaxconn() -> Option<u32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-pub fn router(app: Arc<App>) -> Router {
+/// What the handlers take: the gateway, and who may use it.
+#[derive(Clone)]
+struct Http {
+    app: Arc<App>,
+    auth: Arc<auth::Authenticator>,
+}
+
+impl axum::extract::FromRef<Http> for Arc<App> {
+    fn from_ref(http: &Http) -> Arc<App> {
+        http.app.clone()
+    }
+}
+
+impl axum::extract::FromRef<Http> for Arc<auth::Authenticator> {
+    fn from_ref(http: &Http) -> Arc<auth::Authenticator> {
+        http.auth.clone()
+    }
+}
+
+pub fn router(app: Arc<App>, auth: auth::Authenticator) -> Router {
     Router::new()
         .route("/", get(station::index))
         .route("/station/{file}", get(station::asset))
@@ -68,7 +87,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(app)
+        .with_state(Http {
+            app,
+            auth: Arc::new(auth),
+        })
 }
 
 /// The process is up and serving HTTP.

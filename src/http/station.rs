@@ -9,6 +9,7 @@
 
 use crate::access::{Identity, Permission};
 use crate::app::App;
+use crate::http::auth::Authenticator;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -132,16 +133,18 @@ fn me(identity: &Identity) -> Me<'_> {
 /// as every `/api` call is: 401 tells the page that it must sign in.
 pub async fn station(
     State(app): State<Arc<App>>,
+    State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
     Query(q): Query<StationQuery>,
 ) -> Response {
-    let identity = match super::api::authenticated(&app, &headers, q.access_token.as_deref()) {
+    let identity = match super::api::authenticated(&app, &auth, &headers, q.access_token.as_deref())
+    {
         Ok(identity) => identity,
         Err(e) => return super::api::refusal(e),
     };
     let c = &app.config;
     let body = serde_json::json!({
-        "auth": if app.auth.enabled() { "jwt" } else { "none" },
+        "auth": if auth.enabled() { "jwt" } else { "none" },
         "version": env!("CARGO_PKG_VERSION"),
         "now": crate::clock::now_ms(),
         "me": me(&identity),

@@ -11,3 +11,21 @@ pub mod recording;
 pub use crate::core::topic::{self, TopicKind, TopicPattern, Topics};
 pub use mqtt::{BrokerAddr, Ingest, IngestError};
 pub use pipeline::{process, Processed};
+
+use crate::core::DecodeLimits;
+use crate::engine::Engine;
+use crate::health::Health;
+use crate::telemetry::Metrics;
+use std::sync::Arc;
+
+/// What the MQTT edge needs of the gateway: where device messages go, what they
+/// are checked against, and where it reports.
+pub struct Devices {
+    pub engine: Engine,
+    pub topics: Topics,
+    pub decode_limits: DecodeLimits,
+    /// `session.max_message_bytes`.
+    pub session_max_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}

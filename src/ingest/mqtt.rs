@@ -11,7 +11,7 @@
 use super::backoff::Backoff;
 use super::capture::Capture;
 use super::pipeline::{intake, Intake, Processed};
-use crate::app::App;
+use super::Devices;
 use crate::clock::now_ms;
 use crate::config::{MqttConfig, TlsConfig};
 use crate::engine::{Receipt, Reply};
@@ -151,7 +151,11 @@ struct Unsettled {
 /// The ingest task. Runs until `stop` is cancelled, then disconnects cleanly so the
 /// broker keeps the session.
 pub struct Ingest {
-    app: Arc<App>,
+    app: Arc<Devices>,
+    /// `mqtt.client_id`, for the log.
+    client_id: String,
+    /// `shutdown.mqtt_disconnect_timeout_ms`.
+    disconnect_timeout: Duration,
     client: AsyncClient,
     events: EventLoop,
     backoff: Backoff,
@@ -171,11 +175,12 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(
-        app: Arc<App>,
+        app: Arc<Devices>,
+        config: &crate::config::Config,
         options: MqttOptions,
         receipts: tokio::sync::mpsc::UnboundedReceiver<Receipt>,
     ) -> Self {
-        let c = &app.config.mqtt;
+        let c = &config.mqtt;
         let (client, mut events) = AsyncClient::new(options, c.request_queue);
         // Nagle plus delayed ACK adds ~40 ms tails to PUBACKs on loopback.
         let mut net = events.network_options();
@@ -187,11 +192,13 @@ impl Ingest {
             Duration::from_millis(c.reconnect_max_ms),
         );
         let rejects = RejectLog {
-            interval: Duration::from_millis(app.config.ingest.reject_log_interval_ms),
+            interval: Duration::from_millis(config.ingest.reject_log_interval_ms),
             last: HashMap::new(),
         };
         Ingest {
             app,
+            client_id: c.client_id.clone(),
+            disconnect_timeout: Duration::from_millis(config.shutdown.mqtt_disconnect_timeout_ms),
             client,
             events,
             backoff,
@@ -286,7 +293,7 @@ impl Ingest {
             return;
         }
         self.backoff.reset();
-        tracing::info!(session_present, client_id = %self.app.config.mqtt.client_id, "connected to MQTT broker");
+        tracing::info!(session_present, client_id = %self.client_id, "connected to MQTT broker");
         if session_present && self.subscribed {
             self.set_ready(true);
             return;
@@ -387,7 +394,7 @@ impl Ingest {
     /// the remaining acknowledgements and the DISCONNECT, within a short bound.
     async fn disconnect(&mut self) {
         self.set_ready(false);
-        let bound = Duration::from_millis(self.app.config.shutdown.mqtt_disconnect_timeout_ms);
+        let bound = self.disconnect_timeout;
         // The messages handed to the engine settle first, so that they are
         // acknowledged rather than sent again after the restart.
         let settled = async {

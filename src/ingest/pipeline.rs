@@ -2,7 +2,7 @@
 //! reading, session or status. No network I/O, so tests and benchmarks drive it
 //! directly; what the message changes is the engine's to decide.
 
-use crate::app::App;
+use super::Devices;
 use crate::core::{decode, RejectReason, Rejection, SessionError, SessionUpdate};
 use crate::engine::{Command, Reply};
 use crate::ingest::TopicKind;
@@ -22,7 +22,7 @@ pub enum Intake {
 /// Turn one message received at `received` (monotonic) / `now_ms` (wall clock)
 /// into a command whose outcome goes to `reply`.
 pub fn intake(
-    app: &App,
+    app: &Devices,
     topic: &str,
     payload: &[u8],
     received: Instant,
@@ -58,7 +58,7 @@ pub fn intake(
             }
             Intake::Done(Processed::Session { events: 0 })
         }
-        TopicKind::Session => match decode_session(payload, app.config.session.max_message_bytes) {
+        TopicKind::Session => match decode_session(payload, app.session_max_bytes) {
             Ok(update) => Intake::Engine(Command::Session {
                 chair,
                 update,
@@ -99,7 +99,7 @@ pub fn intake(
 /// Process one message and wait until it is settled: when this returns, its
 /// events are in the journal and in every dashboard's queue.
 pub async fn process(
-    app: &App,
+    app: &Devices,
     topic: &str,
     payload: &[u8],
     received: Instant,
