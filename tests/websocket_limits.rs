@@ -190,6 +190,35 @@ async fn oversized_frame_closes_cleanly_with_1009() {
     assert_eq!(oversized_then_close(frames).await, Some(1009));
 }
 
+/// A client that breaks the WebSocket protocol (here an unmasked frame, which RFC
+/// 6455 forbids a client) is closed with 1002 and counted out.
+#[tokio::test]
+async fn a_protocol_violation_is_closed_with_1002() {
+    let (c, prefix) = test_config();
+    let gw = TestGateway::start(c, prefix).await;
+    let mut s = TcpStream::connect(gw.http()).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // A text frame "hi" without the mask bit.
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut bytes))
+        .await
+        .expect("the gateway closed the connection");
+    assert!(bytes.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(close_code(&bytes), Some(1002));
+    eventually(
+        || async { gw.metric("vitalgate_ws_clients").await == 0.0 },
+        "the connection is counted out",
+    )
+    .await;
+    gw.stop().await;
+}
+
 /// Past `websocket.max_connections`, upgrades are refused with 503 and counted, the
 /// dashboards already connected keep receiving alarms, and a freed place is reused.
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use super::live::Scope;
 use super::protocol::{self, Command, Frame};
-use super::signals::{close_code, Signals};
+use super::signals::{Disconnect, Signals};
 use super::socket::Socket;
 use super::Dashboards;
 use crate::access::{Identity, Permission};
@@ -102,25 +102,18 @@ impl Reader {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
                 Ok(Message::Close(_)) => break,
                 Err(WsError::Capacity(_)) => {
-                    self.signals
-                        .close_with
-                        .store(close_code::TOO_BIG, Ordering::Relaxed);
-                    self.signals.client_gone();
+                    self.signals.end(Disconnect::TOO_BIG);
                     return Some(stream);
                 }
                 Err(_) => {
-                    self.signals
-                        .close_with
-                        .store(close_code::PROTOCOL_ERROR, Ordering::Relaxed);
+                    self.signals.end(Disconnect::PROTOCOL_ERROR);
                     break;
                 }
             };
             if self.identity.expired(crate::clock::now_ms()) {
                 // The writer closes with 4001 at expiry; a writer stuck on a client
                 // that does not read must not leave its commands working.
-                self.signals
-                    .close_with
-                    .store(close_code::TOKEN_EXPIRED, Ordering::Relaxed);
+                self.signals.end(Disconnect::TOKEN_EXPIRED);
                 break;
             }
             let command = Command::parse(text.as_str());
@@ -137,7 +130,11 @@ impl Reader {
                     };
                     let now = crate::clock::now_ms();
                     let scope = self.identity.scope.clone();
-                    if let Err(e) = dashboards.engine.acknowledge(id, by, now, scope).await {
+                    // Boxed, here and below: a command's wait for the engine is rare
+                    // in a connection's life, and inline it would make every
+                    // connection's reader task larger by the command and its send.
+                    let acked = Box::pin(dashboards.engine.acknowledge(id, by, now, scope));
+                    if let Err(e) = acked.await {
                         self.refuse(e.code(), &e.to_string(), Some(id));
                     }
                 }
@@ -155,16 +152,16 @@ impl Reader {
                     session.by = Some(by);
                     let now = crate::clock::now_ms();
                     let result = match check_chair(&chair) {
-                        Ok(()) => dashboards
-                            .engine
-                            .ask(|reply| EngineCommand::SetSession {
+                        Ok(()) => {
+                            Box::pin(dashboards.engine.ask(|reply| EngineCommand::SetSession {
                                 chair,
                                 update: session,
                                 now_ms: now,
                                 reply,
-                            })
+                            }))
                             .await
-                            .unwrap_or(Err(WardError::ShuttingDown)),
+                            .unwrap_or(Err(WardError::ShuttingDown))
+                        }
                         Err(e) => Err(e),
                     };
                     self.answer(result);
@@ -184,18 +181,16 @@ impl Reader {
                     }
                     let limits = crate::core::LimitOverride { low, high };
                     let now = crate::clock::now_ms();
-                    let result = dashboards
-                        .engine
-                        .ask(|reply| EngineCommand::SetLimit {
-                            chair,
-                            rule,
-                            limits,
-                            by,
-                            now_ms: now,
-                            reply,
-                        })
-                        .await
-                        .unwrap_or(Err(WardError::ShuttingDown));
+                    let result = Box::pin(dashboards.engine.ask(|reply| EngineCommand::SetLimit {
+                        chair,
+                        rule,
+                        limits,
+                        by,
+                        now_ms: now,
+                        reply,
+                    }))
+                    .await
+                    .unwrap_or(Err(WardError::ShuttingDown));
                     self.answer(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {
@@ -240,7 +235,7 @@ impl Reader {
                             scope: self.identity.scope.clone(),
                             then: Box::new(move |frame| hub.deliver_to(id, &frame)),
                         };
-                        if dashboards.engine.send(command).await.is_err() {
+                        if Box::pin(dashboards.engine.send(command)).await.is_err() {
                             break;
                         }
                     }
@@ -248,7 +243,7 @@ impl Reader {
                 Err((code, message)) => self.refuse(code, &message, None),
             }
         }
-        self.signals.client_gone();
+        self.signals.end(Disconnect::GONE);
         None
     }
 
@@ -297,9 +292,7 @@ impl Reader {
     /// The client exceeded its command budget: count it and ask for a 1008 close.
     fn over_rate(&self) {
         self.dashboards.metrics.ws_closed_command_rate.increment(1);
-        self.signals
-            .close_with
-            .store(close_code::POLICY, Ordering::Relaxed);
+        self.signals.end(Disconnect::POLICY);
     }
 
     /// Count a refused command and tell the client why.

@@ -12,7 +12,7 @@ use super::hub::{Start, Subscriber};
 use super::live::Scope;
 use super::protocol::{self, Frame};
 use super::reader::Reader;
-use super::signals::{close_code, Signals};
+use super::signals::{Disconnect, Signals};
 use super::socket::{self, Socket};
 use super::Dashboards;
 use crate::access::Identity;
@@ -28,14 +28,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-
-/// Why the writer stopped.
-enum End {
-    Slow,
-    Gone,
-    /// The client's token expired while a write was under way.
-    Expired,
-}
 
 struct Conn {
     dashboards: Arc<Dashboards>,
@@ -92,19 +84,19 @@ impl Stops {
     async fn guard(
         &mut self,
         write: impl std::future::Future<Output = Result<(), WsError>>,
-    ) -> Result<(), End> {
+    ) -> Result<(), Disconnect> {
         let mut write = std::pin::pin!(write);
         tokio::select! {
             biased;
             _ = &mut self.wake => {}
-            _ = expired(&mut self.expires) => return Err(End::Expired),
+            _ = expired(&mut self.expires) => return Err(Disconnect::TOKEN_EXPIRED),
             r = &mut write => return r.map_err(write_failed),
         }
         tokio::select! {
             biased;
-            _ = &mut self.slow => Err(End::Slow),
-            _ = &mut self.force => Err(End::Gone),
-            _ = expired(&mut self.expires) => Err(End::Expired),
+            _ = &mut self.slow => Err(Disconnect::SLOW_CONSUMER),
+            _ = &mut self.force => Err(Disconnect::DROPPED),
+            _ = expired(&mut self.expires) => Err(Disconnect::TOKEN_EXPIRED),
             r = write => r.map_err(write_failed),
         }
     }
@@ -142,7 +134,9 @@ pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, id
             let _ = first_tx.send(initial);
         }),
     };
-    if dashboards.engine.send(subscribe).await.is_err() {
+    // Boxed: once per connection, and inline it would stay in every
+    // connection's task for as long as it lives.
+    if Box::pin(dashboards.engine.send(subscribe)).await.is_err() {
         return; // shutting down
     }
     let Ok(initial) = first_rx.await else {
@@ -176,41 +170,27 @@ pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, id
     };
     let mut live = None;
     let end = conn.write_loop(initial, rx, scope_rx, &mut live).await;
-    match (end, signals.close_with.load(Ordering::Relaxed)) {
-        (Some(End::Slow), _) => {
-            dashboards.metrics.ws_slow_disconnects.increment(1);
-            conn.close(close_code::SLOW_CONSUMER, "slow consumer: send queue full")
-                .await
-        }
-        (_, close_code::TOO_BIG) => {
-            // Boxed: the reunited socket and the discard's read buffer would
-            // otherwise be part of every connection's task, about 8 KiB each for
-            // an ending that is rare.
-            Box::pin(async {
-                conn.close(close_code::TOO_BIG, "message too big").await;
-                // The reader has ended (it asked for this close) and hands back its
-                // half: read the client's close before closing TCP (`fanout::socket`).
-                if let Ok(Some(stream)) = (&mut reader).await {
-                    if let Ok(mut whole) = conn.sink.reunite(stream) {
-                        let timeout = Duration::from_millis(dashboards.config.close_timeout_ms);
-                        socket::discard_until_close(&mut whole, timeout).await;
-                    }
+    if end == Disconnect::SLOW_CONSUMER {
+        dashboards.metrics.ws_slow_disconnects.increment(1);
+    }
+    if end == Disconnect::TOO_BIG {
+        // Boxed: the reunited socket and the discard's read buffer would
+        // otherwise be part of every connection's task, about 8 KiB each for
+        // an ending that is rare.
+        Box::pin(async {
+            conn.close(end).await;
+            // The reader has ended (it asked for this close) and hands back its
+            // half: read the client's close before closing TCP (`fanout::socket`).
+            if let Ok(Some(stream)) = (&mut reader).await {
+                if let Ok(mut whole) = conn.sink.reunite(stream) {
+                    let timeout = Duration::from_millis(dashboards.config.close_timeout_ms);
+                    socket::discard_until_close(&mut whole, timeout).await;
                 }
-            })
-            .await
-        }
-        (_, close_code::PROTOCOL_ERROR) => {
-            conn.close(close_code::PROTOCOL_ERROR, "protocol error")
-                .await
-        }
-        (Some(End::Expired), _) | (_, close_code::TOKEN_EXPIRED) => {
-            conn.close(close_code::TOKEN_EXPIRED, "token expired").await
-        }
-        (_, close_code::POLICY) => {
-            conn.close(close_code::POLICY, "command rate limit exceeded")
-                .await
-        }
-        _ => {}
+            }
+        })
+        .await
+    } else if end.code != 0 {
+        conn.close(end).await;
     }
     if live.is_some() {
         dashboards.live.unsubscribe();
@@ -221,19 +201,19 @@ pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, id
 }
 
 impl Conn {
-    /// Runs until the connection ends; `Some(End::Slow)` asks the caller to close it as slow.
+    /// Runs until the connection ends, and says why: the caller closes with it.
     async fn write_loop(
         &mut self,
         initial: Vec<Frame>,
         mut rx: mpsc::Receiver<Frame>,
         mut scope_rx: watch::Receiver<Option<Scope>>,
         live: &mut Option<Live>,
-    ) -> Option<End> {
+    ) -> Disconnect {
         if let Err(end) = self
             .send_all(initial.into_iter().map(|f| f.text).collect())
             .await
         {
-            return Some(end);
+            return end;
         }
         let ws = &self.dashboards.config;
         let idle_timeout = ws.idle_timeout_ms;
@@ -245,33 +225,29 @@ impl Conn {
                 biased;
                 _ = &mut self.stops.wake => {
                     if self.signals.cut_off.slow.is_cancelled() {
-                        return Some(End::Slow);
+                        return Disconnect::SLOW_CONSUMER;
                     }
-                    if self.signals.gone.load(Ordering::SeqCst) {
-                        return None;
+                    if let Some(why) = self.signals.ending() {
+                        return why;
                     }
                     // The gateway is shutting down (`wake` is a child of
                     // `Dashboards::close`): deliver everything already
                     // queued, then say goodbye.
                     while let Ok(frame) = rx.try_recv() {
                         if let Err(end) = self.send_frame(frame).await {
-                            return Some(end);
+                            return end;
                         }
                     }
-                    self.close(close_code::GOING_AWAY, "gateway shutting down").await;
-                    return None;
+                    return Disconnect::GOING_AWAY;
                 }
-                _ = expired(&mut self.stops.expires) => {
-                    self.close(close_code::TOKEN_EXPIRED, "token expired").await;
-                    return None;
-                }
+                _ = expired(&mut self.stops.expires) => return Disconnect::TOKEN_EXPIRED,
                 frame = rx.recv() => match frame {
                     Some(frame) => self.send_queued(frame, &mut rx).await,
-                    None => return None,
+                    None => return Disconnect::GONE,
                 },
                 changed = scope_rx.changed() => {
                     if changed.is_err() {
-                        return None;
+                        return Disconnect::GONE;
                     }
                     let scope = scope_rx.borrow_and_update().clone();
                     self.set_scope(scope, live).await
@@ -280,25 +256,24 @@ impl Conn {
                 _ = ping.tick() => {
                     let silent = self.dashboards.uptime_ms().saturating_sub(self.signals.last_seen.load(Ordering::Relaxed));
                     if silent > idle_timeout {
-                        self.close(close_code::IDLE_TIMEOUT, "idle timeout: no pong").await;
-                        return None;
+                        return Disconnect::IDLE_TIMEOUT;
                     }
                     self.send(Message::Ping(Default::default())).await
                 }
             };
             if let Err(end) = step {
-                return Some(end);
+                return end;
             }
         }
     }
 
-    async fn send(&mut self, msg: Message) -> Result<(), End> {
+    async fn send(&mut self, msg: Message) -> Result<(), Disconnect> {
         self.stops.guard(self.sink.send(msg)).await
     }
 
     /// Send `texts` as text messages with one flush, so a burst costs one socket
     /// write, not one per message.
-    async fn send_all(&mut self, texts: Vec<Utf8Bytes>) -> Result<(), End> {
+    async fn send_all(&mut self, texts: Vec<Utf8Bytes>) -> Result<(), Disconnect> {
         let sink = &mut self.sink;
         self.stops
             .guard(async {
@@ -311,7 +286,7 @@ impl Conn {
     }
 
     /// Send a queued frame, recording receipt → write latency for alarm frames.
-    async fn send_frame(&mut self, frame: Frame) -> Result<(), End> {
+    async fn send_frame(&mut self, frame: Frame) -> Result<(), Disconnect> {
         let ingested_at = frame.ingested_at;
         self.send(Message::Text(frame.text)).await?;
         if let Some(at) = ingested_at {
@@ -327,7 +302,7 @@ impl Conn {
         &mut self,
         first: Frame,
         rx: &mut mpsc::Receiver<Frame>,
-    ) -> Result<(), End> {
+    ) -> Result<(), Disconnect> {
         let mut batch = vec![first];
         while batch.len() < self.dashboards.config.write_batch_frames {
             match rx.try_recv() {
@@ -352,7 +327,7 @@ impl Conn {
         &mut self,
         scope: Option<Scope>,
         live: &mut Option<Live>,
-    ) -> Result<(), End> {
+    ) -> Result<(), Disconnect> {
         if live.is_some() {
             self.dashboards.live.unsubscribe();
             *live = None;
@@ -379,7 +354,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn send_live(&mut self, live: &mut Option<Live>) -> Result<(), End> {
+    async fn send_live(&mut self, live: &mut Option<Live>) -> Result<(), Disconnect> {
         let Some(l) = live.as_mut() else {
             return Ok(());
         };
@@ -398,10 +373,10 @@ impl Conn {
     }
 
     /// Best-effort close frame, bounded by `close_timeout_ms`.
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    async fn close(&mut self, why: Disconnect) {
         let frame = Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: Utf8Bytes::from_static(reason),
+            code: CloseCode::from(why.code),
+            reason: Utf8Bytes::from_static(why.reason),
         }));
         let timeout = Duration::from_millis(self.dashboards.config.close_timeout_ms);
         let _ = tokio::time::timeout(timeout, async {
@@ -412,9 +387,9 @@ impl Conn {
     }
 }
 
-fn write_failed(e: WsError) -> End {
+fn write_failed(e: WsError) -> Disconnect {
     tracing::debug!(error = %e, "dashboard write failed; closing");
-    End::Gone
+    Disconnect::GONE
 }
 
 /// Completes when the token expires, or never.
@@ -448,13 +423,23 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// Every dashboard's task holds this future for as long as it is connected: a
-    /// rare path inlined in it costs memory per connection (the 1009 closing path
-    /// once made it 5,984 bytes, 8 KiB per connection in all; boxed, 1,752).
+    /// Every dashboard's tasks hold these futures for as long as it is connected: a
+    /// rare path inlined in one costs memory per connection (the 1009 closing path
+    /// once made the writer's 5,984 bytes, 8 KiB per connection in all; boxed, 1,752).
     #[test]
     fn a_connection_future_stays_small() {
         let size = size_of_future(serve);
         assert!(size <= 3 * 1024, "ws::serve's future is {size} bytes");
+        // The reader's task lives as long: a command's wait for the engine inline
+        // once made it 1,752 bytes; boxed, 824.
+        fn of<F, Fut>(_: F) -> usize
+        where
+            F: FnOnce(Reader, futures_util::stream::SplitStream<Socket>) -> Fut,
+        {
+            std::mem::size_of::<Fut>()
+        }
+        let reader = of(Reader::run);
+        assert!(reader <= 1024, "the reader's future is {reader} bytes");
     }
 
     /// A socket write that never completes (a client that stopped reading).
@@ -484,7 +469,7 @@ mod tests {
             }
             // The client going away or a shutdown starting does not abandon a write
             // under way: the drain goes on until the grace runs out (force).
-            signals.client_gone();
+            signals.end(Disconnect::GONE);
             shutdown.cancel();
             tokio::task::yield_now().await;
             assert!(!write.is_finished());
@@ -497,8 +482,11 @@ mod tests {
                 .await
                 .expect("the write was not abandoned")
                 .unwrap();
-            assert_eq!(matches!(end, Err(End::Slow)), slow);
-            assert_eq!(matches!(end, Err(End::Gone)), !slow);
+            let expected = match slow {
+                true => Disconnect::SLOW_CONSUMER,
+                false => Disconnect::DROPPED,
+            };
+            assert_eq!(end, Err(expected));
         }
     }
 
@@ -515,7 +503,7 @@ mod tests {
                 .await
         });
         tokio::task::yield_now().await;
-        signals.client_gone();
+        signals.end(Disconnect::GONE);
         shutdown.cancel();
         tokio::task::yield_now().await;
         assert!(!write.is_finished());
@@ -532,13 +520,13 @@ mod tests {
         let (_signals, [shutdown, _force], mut stops) = stops(Some(Duration::from_secs(60)));
         shutdown.cancel();
         let end = stops.guard(stuck_write()).await;
-        assert!(matches!(end, Err(End::Expired)));
+        assert_eq!(end, Err(Disconnect::TOKEN_EXPIRED));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_blocked_write_ends_when_the_token_expires() {
         let (_signals, _tokens, mut stops) = stops(Some(Duration::from_secs(60)));
         let end = stops.guard(stuck_write()).await;
-        assert!(matches!(end, Err(End::Expired)));
+        assert_eq!(end, Err(Disconnect::TOKEN_EXPIRED));
     }
 }

@@ -339,14 +339,21 @@ impl Ingest {
         self.settle();
     }
 
+    /// Take `receipt` and every other one already waiting, then settle once: the
+    /// engine answers a burst of messages together.
     fn on_receipt(&mut self, receipt: Receipt) {
-        // A receipt for a message of a lost connection finds nothing: it comes again.
-        if let Some(u) = self
-            .unsettled
-            .iter_mut()
-            .find(|u| u.ticket == receipt.ticket)
-        {
-            u.outcome = Some(receipt.processed);
+        let mut next = Some(receipt);
+        while let Some(receipt) = next {
+            // A receipt for a message of a lost connection finds nothing: it comes
+            // again.
+            if let Some(u) = self
+                .unsettled
+                .iter_mut()
+                .find(|u| u.ticket == receipt.ticket)
+            {
+                u.outcome = Some(receipt.processed);
+            }
+            next = self.receipts.try_recv().ok();
         }
         self.settle();
     }
