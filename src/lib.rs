@@ -157,6 +157,16 @@ impl Gateway {
             source,
         })?;
 
+        if config.websocket.queue_capacity < config.ingest.max_chairs {
+            tracing::warn!(
+                queue_capacity = config.websocket.queue_capacity,
+                max_chairs = config.ingest.max_chairs,
+                "websocket.queue_capacity is below ingest.max_chairs: when every chair alarms \
+                 at once (a storm, as after a broker reconnect) one journal commit can release \
+                 more alarms than a dashboard's queue holds, and dashboards are cut off as slow \
+                 (4008) and must reconnect; raise websocket.queue_capacity"
+            );
+        }
         let auth = http::auth::Authenticator::from_config(&config.auth)?;
         if !auth.enabled() {
             tracing::warn!(

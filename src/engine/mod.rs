@@ -30,10 +30,12 @@
 //! edges that send it commands and implement [`Outlet`].
 
 mod journal;
+mod restore;
 mod state;
 
 pub use journal::{Journal, JournalError, SqliteJournal};
-pub use state::{in_scope, Restore};
+pub use restore::Restore;
+pub use state::in_scope;
 
 use crate::access::SiteScope;
 use crate::core::{AckError, LimitOverride, Reading, Rejection, SessionUpdate, Ward, WardError};
@@ -276,7 +278,7 @@ impl Engine {
         let (to_journal, from_engine) = mpsc::channel(JOURNAL_QUEUE);
         let mut state = state::State::new(parts, outlet.clone());
         let (ward, instance) = (state.ward.clone(), state.instance.clone());
-        let first = state.restore(restore);
+        let first = restore::run(&mut state, restore);
         let release = journal::Release {
             instance: instance.clone(),
             outlet,

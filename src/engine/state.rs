@@ -4,8 +4,7 @@
 use super::{Command, Outlet, Parts, Processed, Receipt, Reply, Sequenced, Start, Ticked};
 use crate::access::SiteScope;
 use crate::core::{
-    AlarmEvent, AlarmState, Board, EscalationPolicy, Event, Outcome, RejectReason, Rejection,
-    SessionEvent, Ward, WardError,
+    Board, EscalationPolicy, Event, Outcome, RejectReason, Rejection, Ward, WardError,
 };
 use crate::protocol::{self, Frame};
 use crate::telemetry::Metrics;
@@ -106,59 +105,14 @@ pub(super) async fn run(
     }
 }
 
-/// What restoring at start-up may do to the engine's state, before it runs.
-pub struct Restore<'a> {
-    state: &'a mut State,
-    closed: Vec<Event>,
-}
-
-impl Restore<'_> {
-    /// A chair's session recorded before the restart.
-    pub fn session(&mut self, event: &SessionEvent, now_ms: u64) -> Result<(), WardError> {
-        self.state.ward.restore(event, now_ms)
-    }
-
-    /// An alarm open when the previous run stopped: taken back without a new
-    /// event when a rule of its chair still matches, otherwise closed with
-    /// `reason: "not_restored"` so that the record is complete. True if taken back.
-    pub fn alarm(&mut self, mut event: AlarmEvent, now_ms: u64) -> bool {
-        if self.state.ward.restore_alarm(&event) {
-            let policy = &self.state.policy;
-            let at = event.received_at;
-            let acknowledged = (event.state == AlarmState::Acknowledged).then_some(at);
-            // An unacknowledged alarm's latest event is its raise or its last
-            // escalation: count the next escalation from the raise.
-            let raised_at = match acknowledged {
-                Some(_) => at,
-                None => at.saturating_sub(
-                    policy
-                        .after_ms(event.priority)
-                        .saturating_mul(u64::from(event.escalation_level)),
-                ),
-            };
-            self.state.board.restore(event, raised_at, acknowledged);
-            true
-        } else {
-            event.state = AlarmState::Cleared;
-            event.reason = Some("not_restored");
-            event.escalated = false;
-            event.reminder = false;
-            event.ts = now_ms;
-            event.received_at = now_ms;
-            self.closed.push(Event::Alarm(event));
-            false
-        }
-    }
-}
-
 pub(super) struct State {
     pub ward: Arc<Ward>,
-    board: Board,
+    pub(super) board: Board,
     /// The latest events, for dashboards resuming with `since`.
     replay: VecDeque<(u64, Frame)>,
     replay_capacity: usize,
     pub instance: Arc<str>,
-    policy: EscalationPolicy,
+    pub(super) policy: EscalationPolicy,
     forget_idle_chair_ms: u64,
     silent_ms: u64,
     metrics: Arc<Metrics>,
@@ -179,19 +133,6 @@ impl State {
             metrics: parts.metrics,
             outlet,
         }
-    }
-
-    /// Run `restore` on this state; the events it makes, sequenced.
-    pub fn restore(&mut self, restore: impl FnOnce(&mut Restore<'_>)) -> Vec<Pass> {
-        let mut r = Restore {
-            state: self,
-            closed: Vec::new(),
-        };
-        restore(&mut r);
-        let closed = std::mem::take(&mut r.closed);
-        let mut out = Vec::new();
-        self.sequence(closed, None, &mut out);
-        out
     }
 
     pub fn apply(&mut self, command: Command, out: &mut Vec<Pass>) {
@@ -416,7 +357,12 @@ impl State {
 
     /// Give events their `seq`, record them on the board, keep them for replay and
     /// queue them for the journal.
-    fn sequence(&mut self, events: Vec<Event>, ingested_at: Option<Instant>, out: &mut Vec<Pass>) {
+    pub(super) fn sequence(
+        &mut self,
+        events: Vec<Event>,
+        ingested_at: Option<Instant>,
+        out: &mut Vec<Pass>,
+    ) {
         if events.is_empty() {
             return;
         }

@@ -1,0 +1,63 @@
+//! What start-up may do to the engine's state before it runs: take back the
+//! sessions and open alarms the audit trail holds.
+
+use super::state::{Pass, State};
+use crate::core::{AlarmEvent, AlarmState, Event, SessionEvent, WardError};
+
+/// What restoring at start-up may do to the engine's state, before it runs.
+pub struct Restore<'a> {
+    pub(super) state: &'a mut State,
+    pub(super) closed: Vec<Event>,
+}
+
+impl Restore<'_> {
+    /// A chair's session recorded before the restart.
+    pub fn session(&mut self, event: &SessionEvent, now_ms: u64) -> Result<(), WardError> {
+        self.state.ward.restore(event, now_ms)
+    }
+
+    /// An alarm open when the previous run stopped: taken back without a new
+    /// event when a rule of its chair still matches, otherwise closed with
+    /// `reason: "not_restored"` so that the record is complete. True if taken back.
+    pub fn alarm(&mut self, mut event: AlarmEvent, now_ms: u64) -> bool {
+        if self.state.ward.restore_alarm(&event) {
+            let policy = &self.state.policy;
+            let at = event.received_at;
+            let acknowledged = (event.state == AlarmState::Acknowledged).then_some(at);
+            // An unacknowledged alarm's latest event is its raise or its last
+            // escalation: count the next escalation from the raise.
+            let raised_at = match acknowledged {
+                Some(_) => at,
+                None => at.saturating_sub(
+                    policy
+                        .after_ms(event.priority)
+                        .saturating_mul(u64::from(event.escalation_level)),
+                ),
+            };
+            self.state.board.restore(event, raised_at, acknowledged);
+            true
+        } else {
+            event.state = AlarmState::Cleared;
+            event.reason = Some("not_restored");
+            event.escalated = false;
+            event.reminder = false;
+            event.ts = now_ms;
+            event.received_at = now_ms;
+            self.closed.push(Event::Alarm(event));
+            false
+        }
+    }
+}
+
+/// Run `restore` on `state`; the events it makes, sequenced.
+pub(super) fn run(state: &mut State, restore: impl FnOnce(&mut Restore<'_>)) -> Vec<Pass> {
+    let mut r = Restore {
+        state,
+        closed: Vec::new(),
+    };
+    restore(&mut r);
+    let closed = std::mem::take(&mut r.closed);
+    let mut out = Vec::new();
+    state.sequence(closed, None, &mut out);
+    out
+}
