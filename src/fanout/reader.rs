@@ -124,74 +124,18 @@ impl Reader {
                 break;
             }
             match command {
-                Ok(Command::Ack { id, by }) => {
-                    let Some(by) = self.actor(Permission::Acknowledge, &by, Some(id)) else {
-                        continue;
-                    };
-                    let now = crate::clock::now_ms();
-                    let scope = self.identity.scope.clone();
-                    // Boxed, here and below: a command's wait for the engine is rare
-                    // in a connection's life, and inline it would make every
-                    // connection's reader task larger by the command and its send.
-                    let acked = Box::pin(dashboards.engine.acknowledge(id, by, now, scope));
-                    if let Err(e) = acked.await {
-                        self.refuse(e.code(), &e.to_string(), Some(id));
+                Ok(
+                    command @ (Command::Ack { .. }
+                    | Command::SetSession { .. }
+                    | Command::SetLimit { .. }
+                    | Command::Snapshot),
+                ) => {
+                    // Boxed: a command's wait for the engine is rare in a
+                    // connection's life; inline, its state would make every
+                    // connection's reader task larger.
+                    if !Box::pin(self.to_engine(command)).await {
+                        break;
                     }
-                }
-                Ok(Command::SetSession {
-                    chair,
-                    by,
-                    mut session,
-                }) => {
-                    let Some(by) = self.actor(Permission::SetSession, &by, None) else {
-                        continue;
-                    };
-                    if !self.in_scope(&chair) {
-                        continue;
-                    }
-                    session.by = Some(by);
-                    let now = crate::clock::now_ms();
-                    let result = match check_chair(&chair) {
-                        Ok(()) => {
-                            Box::pin(dashboards.engine.ask(|reply| EngineCommand::SetSession {
-                                chair,
-                                update: session,
-                                now_ms: now,
-                                reply,
-                            }))
-                            .await
-                            .unwrap_or(Err(WardError::ShuttingDown))
-                        }
-                        Err(e) => Err(e),
-                    };
-                    self.answer(result);
-                }
-                Ok(Command::SetLimit {
-                    chair,
-                    rule,
-                    by,
-                    low,
-                    high,
-                }) => {
-                    let Some(by) = self.actor(Permission::SetLimit, &by, None) else {
-                        continue;
-                    };
-                    if !self.in_scope(&chair) {
-                        continue;
-                    }
-                    let limits = crate::core::LimitOverride { low, high };
-                    let now = crate::clock::now_ms();
-                    let result = Box::pin(dashboards.engine.ask(|reply| EngineCommand::SetLimit {
-                        chair,
-                        rule,
-                        limits,
-                        by,
-                        now_ms: now,
-                        reply,
-                    }))
-                    .await
-                    .unwrap_or(Err(WardError::ShuttingDown));
-                    self.answer(result);
                 }
                 Ok(Command::SubscribeVitals { site }) => {
                     let scope = &self.identity.scope;
@@ -220,31 +164,108 @@ impl Reader {
                 Ok(Command::UnsubscribeVitals) => {
                     self.scope_tx.send_replace(None);
                 }
-                Ok(Command::Snapshot) => {
-                    // One requested snapshot in flight per connection: a client that
-                    // asks again and again without reading cannot pile them up.
-                    if self.signals.snapshot_pending.swap(true, Ordering::SeqCst) {
-                        self.refuse(
-                            "snapshot_pending",
-                            "a snapshot is already on its way; read it first",
-                            None,
-                        );
-                    } else {
-                        let (hub, id) = (dashboards.hub.clone(), self.id);
-                        let command = EngineCommand::Snapshot {
-                            scope: self.identity.scope.clone(),
-                            then: Box::new(move |frame| hub.deliver_to(id, &frame)),
-                        };
-                        if Box::pin(dashboards.engine.send(command)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
                 Err((code, message)) => self.refuse(code, &message, None),
             }
         }
         self.signals.end(Disconnect::GONE);
         None
+    }
+
+    /// A command the engine answers: acknowledge, session, limit, snapshot. False
+    /// when the engine has stopped (the gateway is shutting down).
+    async fn to_engine(&self, command: Command) -> bool {
+        let dashboards = &self.dashboards;
+        match command {
+            Command::Ack { id, by } => {
+                let Some(by) = self.actor(Permission::Acknowledge, &by, Some(id)) else {
+                    return true;
+                };
+                let now = crate::clock::now_ms();
+                let scope = self.identity.scope.clone();
+                if let Err(e) = dashboards.engine.acknowledge(id, by, now, scope).await {
+                    self.refuse(e.code(), &e.to_string(), Some(id));
+                }
+            }
+            Command::SetSession {
+                chair,
+                by,
+                mut session,
+            } => {
+                let Some(by) = self.actor(Permission::SetSession, &by, None) else {
+                    return true;
+                };
+                if !self.in_scope(&chair) {
+                    return true;
+                }
+                session.by = Some(by);
+                let now = crate::clock::now_ms();
+                let result = match check_chair(&chair) {
+                    Ok(()) => dashboards
+                        .engine
+                        .ask(|reply| EngineCommand::SetSession {
+                            chair,
+                            update: session,
+                            now_ms: now,
+                            reply,
+                        })
+                        .await
+                        .unwrap_or(Err(WardError::ShuttingDown)),
+                    Err(e) => Err(e),
+                };
+                self.answer(result);
+            }
+            Command::SetLimit {
+                chair,
+                rule,
+                by,
+                low,
+                high,
+            } => {
+                let Some(by) = self.actor(Permission::SetLimit, &by, None) else {
+                    return true;
+                };
+                if !self.in_scope(&chair) {
+                    return true;
+                }
+                let limits = crate::core::LimitOverride { low, high };
+                let now = crate::clock::now_ms();
+                let result = dashboards
+                    .engine
+                    .ask(|reply| EngineCommand::SetLimit {
+                        chair,
+                        rule,
+                        limits,
+                        by,
+                        now_ms: now,
+                        reply,
+                    })
+                    .await
+                    .unwrap_or(Err(WardError::ShuttingDown));
+                self.answer(result);
+            }
+            Command::Snapshot => {
+                // One requested snapshot in flight per connection: a client that
+                // asks again and again without reading cannot pile them up.
+                if self.signals.snapshot_pending.swap(true, Ordering::SeqCst) {
+                    self.refuse(
+                        "snapshot_pending",
+                        "a snapshot is already on its way; read it first",
+                        None,
+                    );
+                } else {
+                    let (hub, id) = (dashboards.hub.clone(), self.id);
+                    let command = EngineCommand::Snapshot {
+                        scope: self.identity.scope.clone(),
+                        then: Box::new(move |frame| hub.deliver_to(id, &frame)),
+                    };
+                    if dashboards.engine.send(command).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
     }
 
     /// Who acts for a command needing `p`: the token's user, or without
