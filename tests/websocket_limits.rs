@@ -8,6 +8,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A WebSocket upgrade request for `/ws`, as a raw client sends it.
+const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 /// The close code of the first close frame in a server byte stream (after the HTTP
 /// response), parsing unmasked server frames.
 fn close_code(bytes: &[u8]) -> Option<u16> {
@@ -44,12 +49,7 @@ async fn silent_client_is_closed_with_4000() {
     c.websocket.idle_timeout_ms = 300;
     let gw = TestGateway::start(c, prefix).await;
     let mut s = TcpStream::connect(gw.http()).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(UPGRADE).await.unwrap();
     let mut bytes = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut bytes))
         .await
@@ -141,12 +141,7 @@ async fn oversized_then_close(frames: Vec<u8>) -> Option<u16> {
     let gw = TestGateway::start(c, prefix).await;
     let s = TcpStream::connect(gw.http()).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
-    wr.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    wr.write_all(UPGRADE).await.unwrap();
     let writer = tokio::spawn(async move {
         let mut bytes = frames;
         bytes.extend(client_frame(0x8, true, &1000u16.to_be_bytes()));
@@ -197,12 +192,7 @@ async fn a_protocol_violation_is_closed_with_1002() {
     let (c, prefix) = test_config();
     let gw = TestGateway::start(c, prefix).await;
     let mut s = TcpStream::connect(gw.http()).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(UPGRADE).await.unwrap();
     // A text frame "hi" without the mask bit.
     s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
     let mut bytes = Vec::new();

@@ -154,8 +154,7 @@ impl State {
                 reply,
             } => {
                 let result = self.ward.set_session(&chair, &update, now_ms);
-                let processed = self.session_result(&chair, result, out);
-                out.push(Pass::Receipt(reply, processed));
+                self.settle_session(&chair, result, reply, out);
             }
             Command::Status {
                 chair,
@@ -164,8 +163,7 @@ impl State {
                 reply,
             } => {
                 let result = self.ward.set_device_online(&chair, online, now_ms);
-                let processed = self.session_result(&chair, result, out);
-                out.push(Pass::Receipt(reply, processed));
+                self.settle_session(&chair, result, reply, out);
             }
             Command::Acknowledge {
                 id,
@@ -270,14 +268,16 @@ impl State {
         }
     }
 
-    /// Sequence what a session or status message changed, or count its refusal.
-    fn session_result(
+    /// Sequence what a session or status message changed, or count its refusal;
+    /// its outcome follows its events to `reply`.
+    fn settle_session(
         &mut self,
         chair: &str,
         result: Result<Vec<Event>, WardError>,
+        reply: Reply,
         out: &mut Vec<Pass>,
-    ) -> Processed {
-        match result {
+    ) {
+        let processed = match result {
             Ok(events) => {
                 let n = events.len();
                 let changed = n > 0;
@@ -294,7 +294,8 @@ impl State {
                     detail: e.to_string(),
                 }
             }
-        }
+        };
+        out.push(Pass::Receipt(reply, processed));
     }
 
     /// Send live-vitals subscribers the chair's values after a session change: a
