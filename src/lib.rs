@@ -14,6 +14,7 @@ pub mod access;
 pub mod app;
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod engine;

@@ -177,7 +177,7 @@ fn the_core_depends_on_nothing_outside_it() {
     assert!(access.is_empty(), "access reaches {access:?}");
 }
 
-/// The engine owns alarm state and knows nothing of sockets, brokers or HTTP: the
+/// The engine owns alarm state and knows nothing of sockets, brokers, NATS or HTTP: the
 /// edges send it commands and implement its `Outlet`.
 #[test]
 fn the_engine_reaches_no_edge() {
@@ -186,7 +186,12 @@ fn the_engine_reaches_no_edge() {
         .get("engine")
         .into_iter()
         .flatten()
-        .filter(|t| ["app", "fanout", "http", "ingest", "sim", "service"].contains(&t.as_str()))
+        .filter(|t| {
+            [
+                "app", "cluster", "fanout", "http", "ingest", "sim", "service",
+            ]
+            .contains(&t.as_str())
+        })
         .collect();
     assert!(reached.is_empty(), "engine reaches {reached:?}");
     assert!(

@@ -1,0 +1,139 @@
+//! Cluster mode on NATS JetStream: the parts that scale the gateway past one
+//! machine and one broker. The binary does not start them yet: `vitalgate` runs
+//! single-node (embedded broker or Mosquitto, SQLite journal), and nothing here
+//! changes that mode.
+//!
+//! # Design
+//! - **Devices** publish MQTT QoS 1 to any NATS node's MQTT listener. The shipped
+//!   NATS configuration (`deploy/nats/partitions.conf`) maps every
+//!   `clinic.{site}.chair.{chair}.{kind}` subject into
+//!   `vitalgate.p.{partition}.clinic.{site}.chair.{chair}.{kind}`, the partition a
+//!   hash of site and chair, so one chair's messages are always in one partition.
+//!   Each partition is read through a durable consumer on the MQTT listener's
+//!   own replicated stream, because only that makes a device's PUBACK mean the
+//!   reading is kept ([`streams`] says why, with the measurement).
+//! - **Partitions** are owned through leases ([`lease`]): a key per partition in a
+//!   replicated key-value bucket whose entries expire. The owner renews well before
+//!   expiry and treats its lease as gone `margin` before the earliest instant
+//!   another gateway could create it, measured from when it *sent* the renewal,
+//!   so that a gateway that stalls (a SIGSTOP, a long pause) has stopped acting
+//!   for the partition before anyone else may start.
+//! - **Events** (alarm, session and limit frames) are journaled in one replicated
+//!   stream whose sequence is the `seq` dashboards see; published with
+//!   deterministic `Nats-Msg-Id`s, so a takeover that evaluates a reading again
+//!   cannot raise its alarm twice (the stream drops the duplicate).
+//! - **Takeover** restores a chair from its snapshot (kept with the readings
+//!   stream position it reflects) and replays the readings after it on device
+//!   time before going live.
+//!
+//! # NATS 2.10 or later
+//! Leases need the server to serialise writes that expect a revision; 2.9.10
+//! (Debian 12's) does not (see [`lease`]). Tested with 2.10.26.
+//!
+//! # Names and the cluster's limits
+//! A NATS subject token cannot hold `.`: in cluster mode a site or chair name is
+//! letters, digits, `_` and `-` only (single-node mode also allows `.`).
+
+pub mod lease;
+pub mod ownership;
+pub mod streams;
+
+use std::time::Duration;
+
+/// The subjects the shipped mapping writes device messages to.
+pub const READINGS_PREFIX: &str = "vitalgate.p";
+/// The key-value bucket holding one lease per partition.
+pub const LEASE_BUCKET: &str = "vitalgate_leases";
+/// The key-value bucket where each gateway alive announces itself.
+pub const MEMBER_BUCKET: &str = "vitalgate_gateways";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("JetStream {what}: {reason}")]
+    JetStream { what: &'static str, reason: String },
+    #[error("the {bucket} bucket keeps entries {found:?}, not the configured {configured:?}: every gateway must use one lease time (change it on all of them, and delete the bucket, while all are stopped)")]
+    LeaseTime {
+        bucket: &'static str,
+        found: Duration,
+        configured: Duration,
+    },
+}
+
+impl ClusterError {
+    fn js(what: &'static str, e: impl std::fmt::Display) -> ClusterError {
+        ClusterError::JetStream {
+            what,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Connect to the cluster (any of `servers`; the client follows the cluster's
+/// own list of nodes once connected) and return its JetStream context.
+pub async fn connect(
+    servers: &[String],
+    name: &str,
+) -> Result<async_nats::jetstream::Context, ClusterError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .map_err(|e| ClusterError::Connect {
+            servers: servers.join(","),
+            reason: e.to_string(),
+        })?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// The partition of a device message's subject
+/// (`vitalgate.p.{partition}.clinic.{site}.chair.{chair}.{kind}`, as mapped, or
+/// with the `$MQTT.msgs.` prefix of the MQTT listener's stream), with the chair
+/// key `{site}/{chair}` and the message kind.
+pub fn parse_reading_subject(subject: &str) -> Option<(u32, String, &str)> {
+    let subject = subject
+        .strip_prefix(streams::MQTT_SUBJECT_PREFIX)
+        .unwrap_or(subject);
+    let rest = subject.strip_prefix(READINGS_PREFIX)?.strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let partition = tokens.next()?.parse().ok()?;
+    let (clinic, site, chair_word, chair, kind) = (
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+        tokens.next()?,
+    );
+    if clinic != "clinic" || chair_word != "chair" || tokens.next().is_some() {
+        return None;
+    }
+    Some((partition, format!("{site}/{chair}"), kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readings_subject_names_partition_chair_and_kind() {
+        assert_eq!(
+            parse_reading_subject("vitalgate.p.7.clinic.north.chair.3.vitals"),
+            Some((7, "north/3".to_string(), "vitals"))
+        );
+        assert_eq!(
+            parse_reading_subject("$MQTT.msgs.vitalgate.p.7.clinic.north.chair.3.session"),
+            Some((7, "north/3".to_string(), "session"))
+        );
+        for bad in [
+            "vitalgate.p.x.clinic.north.chair.3.vitals",
+            "vitalgate.p.7.clinic.north.chair.3",
+            "vitalgate.p.7.clinic.north.chair.3.vitals.extra",
+            "vitalgate.p.7.site.north.chair.3.vitals",
+            "clinic.north.chair.3.vitals",
+        ] {
+            assert_eq!(parse_reading_subject(bad), None, "{bad}");
+        }
+    }
+}

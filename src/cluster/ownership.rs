@@ -1,0 +1,270 @@
+//! Which partitions this gateway owns: a loop that keeps its leases renewed,
+//! takes free partitions up to its share, gives back what is over it, and
+//! publishes the result for the parts that act for a partition.
+//!
+//! Share: every gateway announces itself in a members bucket (same expiry as
+//! the leases); with `n` members alive, a gateway holds at most `ceil(P / n)`
+//! partitions. Each prefers the partitions that rank it highest among the
+//! members (rendezvous hashing), so after a gateway dies the others split its
+//! partitions without asking each other, and a gateway that joins takes its
+//! share as the others give extras back, one per round.
+
+use super::lease::{Lease, Leases, Renewal};
+use super::{ClusterError, MEMBER_BUCKET};
+use async_nats::jetstream::{kv, Context};
+use futures_util::TryStreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The partitions held, each with the instant from which this gateway must
+/// no longer act for it (see [`Lease::valid_until`]).
+pub type Owned = BTreeMap<u32, Instant>;
+
+/// How the loop runs.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnershipSettings {
+    /// Partitions in the cluster (`deploy/nats/partitions.conf`'s count).
+    pub partitions: u32,
+    /// How often leases are renewed and shares reconsidered.
+    pub round: Duration,
+}
+
+/// Start the loop; it runs until `stop`, then releases every lease so that the
+/// others can take over at once.
+pub async fn start(
+    js: &Context,
+    leases: Leases,
+    me: &str,
+    settings: OwnershipSettings,
+    stop: CancellationToken,
+) -> Result<(watch::Receiver<Owned>, tokio::task::JoinHandle<()>), ClusterError> {
+    let members = members_bucket(js, leases.ttl()).await?;
+    let (tx, rx) = watch::channel(Owned::new());
+    let mut owner = Owner {
+        leases,
+        members,
+        me: me.to_string(),
+        settings,
+        held: BTreeMap::new(),
+        tx,
+    };
+    let task = tokio::spawn(async move {
+        let mut round = tokio::time::interval(settings.round);
+        round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = round.tick() => owner.round().await,
+            }
+        }
+        owner.release_all().await;
+    });
+    Ok((rx, task))
+}
+
+async fn members_bucket(js: &Context, ttl: Duration) -> Result<kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(MEMBER_BUCKET).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: MEMBER_BUCKET.to_string(),
+        description: "vitalgate: gateways alive".into(),
+        history: 1,
+        max_age: ttl,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::js("creating the members bucket", e))
+}
+
+struct Owner {
+    leases: Leases,
+    members: kv::Store,
+    me: String,
+    settings: OwnershipSettings,
+    held: BTreeMap<u32, Lease>,
+    tx: watch::Sender<Owned>,
+}
+
+impl Owner {
+    async fn round(&mut self) {
+        self.renew().await;
+        if let Err(e) = self.members.put(member_key(&self.me), "".into()).await {
+            tracing::warn!(error = %e, "cannot announce this gateway to the cluster");
+        }
+        let alive = match self.alive().await {
+            Ok(alive) => alive,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the cluster's gateways");
+                self.publish();
+                return;
+            }
+        };
+        let share = self.settings.partitions.div_ceil(alive.len().max(1) as u32) as usize;
+        if self.held.len() > share {
+            self.give_back_one(&alive).await;
+        } else if self.held.len() < share {
+            self.take_free(&alive, share).await;
+        }
+        self.publish();
+    }
+
+    /// Renew every lease; forget those lost or past their validity.
+    async fn renew(&mut self) {
+        let mut gone = Vec::new();
+        for (partition, lease) in self.held.iter_mut() {
+            match self.leases.renew(lease).await {
+                Ok(Renewal::Renewed) => {}
+                Ok(Renewal::Lost) => gone.push(*partition),
+                Err(e) if !lease.is_valid() => {
+                    tracing::warn!(partition, error = %e, "lease expired unrenewed");
+                    gone.push(*partition);
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "lease renewal failed; retrying"),
+            }
+        }
+        for partition in gone {
+            self.held.remove(&partition);
+            tracing::warn!(partition, "partition lost");
+        }
+    }
+
+    async fn alive(&self) -> Result<Vec<String>, ClusterError> {
+        let keys = self
+            .members
+            .keys()
+            .await
+            .map_err(|e| ClusterError::js("listing gateways", e))?;
+        let mut alive: Vec<String> = keys
+            .try_collect()
+            .await
+            .map_err(|e| ClusterError::js("listing gateways", e))?;
+        let me = member_key(&self.me);
+        if !alive.contains(&me) {
+            alive.push(me);
+        }
+        Ok(alive)
+    }
+
+    /// Release the held partition that ranks this gateway lowest.
+    async fn give_back_one(&mut self, alive: &[String]) {
+        let me = member_key(&self.me);
+        let Some(&partition) = self.held.keys().min_by_key(|p| rank_of(**p, &me, alive)) else {
+            return;
+        };
+        let lease = self.held.remove(&partition).expect("held");
+        // Out of the published set before the release lands.
+        self.publish();
+        if let Err(e) = self.leases.release(lease).await {
+            tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
+        }
+    }
+
+    /// Take free partitions, those ranking this gateway highest first.
+    async fn take_free(&mut self, alive: &[String], share: usize) {
+        let me = member_key(&self.me);
+        let mut wanted: Vec<u32> = (0..self.settings.partitions)
+            .filter(|p| !self.held.contains_key(p))
+            .collect();
+        wanted.sort_by_key(|p| std::cmp::Reverse(rank_of(*p, &me, alive)));
+        for partition in wanted {
+            if self.held.len() >= share {
+                break;
+            }
+            match self.leases.acquire(partition).await {
+                Ok(Some(lease)) => {
+                    tracing::info!(partition, "partition taken");
+                    self.held.insert(partition, lease);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "taking a partition failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let owned: Owned = self
+            .held
+            .iter()
+            .filter(|(_, l)| l.is_valid())
+            .map(|(p, l)| (*p, l.valid_until()))
+            .collect();
+        self.tx.send_if_modified(|current| {
+            let changed = *current != owned;
+            *current = owned;
+            changed
+        });
+    }
+
+    async fn release_all(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.publish();
+        for (partition, lease) in held {
+            if let Err(e) = self.leases.release(lease).await {
+                tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
+            }
+        }
+        let _ = self.members.purge(member_key(&self.me)).await;
+    }
+}
+
+/// A member's key: its name with what a key cannot hold replaced.
+fn member_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where `me` ranks among `alive` for `partition`: 0 is last. Rendezvous
+/// hashing: every gateway computes the same order from the same names.
+fn rank_of(partition: u32, me: &str, alive: &[String]) -> usize {
+    let score = |name: &str| fnv1a(format!("{partition}/{name}").as_bytes());
+    let mine = score(me);
+    alive.iter().filter(|other| score(other) < mine).count()
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_gateway_ranks_partitions_the_same_way() {
+        let alive: Vec<String> = ["gw-a", "gw-b", "gw-c"].map(String::from).to_vec();
+        let mut firsts = BTreeMap::new();
+        for p in 0..48 {
+            let ranks: Vec<usize> = alive.iter().map(|g| rank_of(p, g, &alive)).collect();
+            let mut sorted = ranks.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2], "p{p}: each rank once");
+            let first = alive[ranks.iter().position(|r| *r == 2).unwrap()].clone();
+            *firsts.entry(first).or_insert(0) += 1;
+        }
+        // Each gateway is first for some partitions (48 over 3: not all on one).
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+    }
+
+    #[test]
+    fn member_keys_are_valid_key_names() {
+        assert_eq!(member_key("gw-1.north/x"), "gw-1_north_x");
+    }
+}

