@@ -6,7 +6,7 @@
 mod common;
 
 use async_nats::jetstream;
-use common::nats::NatsCluster;
+use common::nats::{NatsCluster, PARTITIONS};
 use futures_util::StreamExt;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, HashSet};
@@ -302,23 +302,11 @@ const RECOVERY: Duration = Duration::from_secs(30);
 struct PartitionReaders;
 
 async fn partition_readers(nats: &NatsCluster, js: &jetstream::Context) -> PartitionReaders {
-    // The listener creates its streams when a first MQTT client connects.
-    drop(Publisher::connect(nats.nodes[0].mqtt_port).await);
-    common::eventually(
-        || {
-            let js = js.clone();
-            async move { js.get_stream(streams::MQTT_STREAM).await.is_ok() }
-        },
-        "the MQTT listener's stream",
-    )
-    .await;
-    for p in 0..PARTITIONS {
-        streams::partition_consumer(js, p, 3).await.unwrap();
-    }
+    common::nats::partition_consumers(nats, 0, js, ACK_WAIT).await;
     PartitionReaders
 }
 
-const PARTITIONS: u32 = 16;
+const ACK_WAIT: Duration = Duration::from_secs(30);
 
 impl PartitionReaders {
     /// Read every partition (through `url`), acknowledging, until `done` holds
@@ -336,7 +324,7 @@ impl PartitionReaders {
         while !done(&read) && Instant::now() < deadline {
             for p in 0..PARTITIONS {
                 // Right after a node is lost the consumer may not answer yet.
-                let Ok(consumer) = streams::partition_consumer(&js, p, 3).await else {
+                let Ok(consumer) = streams::partition_consumer(&js, p, 3, ACK_WAIT).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::nats::NatsCluster;
+use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -12,15 +12,8 @@ use tokio_util::sync::CancellationToken;
 use vitalgate::cluster::lease::{LeaseTimes, Leases};
 use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
 
-const PARTITIONS: u32 = 16;
-const TIMES: LeaseTimes = LeaseTimes {
-    ttl: Duration::from_secs(3),
-    margin: Duration::from_millis(750),
-};
-const SETTINGS: OwnershipSettings = OwnershipSettings {
-    partitions: PARTITIONS,
-    round: Duration::from_millis(300),
-};
+const TIMES: LeaseTimes = LEASE_TIMES;
+const SETTINGS: OwnershipSettings = OWNERSHIP;
 
 struct Gateway {
     owned: watch::Receiver<Owned>,

@@ -13,9 +13,11 @@
 //! `sent + ttl - margin`, `sent` being when the write that took or renewed it was
 //! *sent*. The entry was stored after that, so it expires (and can be taken)
 //! no earlier than `sent + ttl`: the holder stops at least `margin` before. The
-//! margin covers the difference between two machines' clock rates over one lease
-//! time and the time between checking validity and the effect of the work it
-//! allows landing. A stalled process (SIGSTOP, a long pause) wakes with its
+//! margin covers what would make the entry expire early or the holder stop
+//! late: NATS servers' wall clocks apart (expiry is judged by the clock of
+//! whichever server leads the bucket then; keep them in NTP sync), two
+//! machines' clock rates over one lease time, and the time between checking
+//! validity and the effect of the work it allows landing. A stalled process (SIGSTOP, a long pause) wakes with its
 //! monotonic clock past the deadline, so its next check says no.
 
 use super::{ClusterError, LEASE_BUCKET};

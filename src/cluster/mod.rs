@@ -11,20 +11,31 @@
 //!   hash of site and chair, so one chair's messages are always in one partition.
 //!   Each partition is read through a durable consumer on the MQTT listener's
 //!   own replicated stream, because only that makes a device's PUBACK mean the
-//!   reading is kept ([`streams`] says why, with the measurement).
-//! - **Partitions** are owned through leases ([`lease`]): a key per partition in a
+//!   reading is kept ([`streams`] says why, with the measurement), by the
+//!   partition's owner only, and only while its lease holds ([`intake`]).
+//! - **Partitions** are owned through leases ([`lease`], shared out by
+//!   [`ownership`]): a key per partition in a
 //!   replicated key-value bucket whose entries expire. The owner renews well before
 //!   expiry and treats its lease as gone `margin` before the earliest instant
 //!   another gateway could create it, measured from when it *sent* the renewal,
 //!   so that a gateway that stalls (a SIGSTOP, a long pause) has stopped acting
 //!   for the partition before anyone else may start.
 //! - **Events** (alarm, session and limit frames) are journaled in one replicated
-//!   stream whose sequence is the `seq` dashboards see; published with
-//!   deterministic `Nats-Msg-Id`s, so a takeover that evaluates a reading again
-//!   cannot raise its alarm twice (the stream drops the duplicate).
-//! - **Takeover** restores a chair from its snapshot (kept with the readings
-//!   stream position it reflects) and replays the readings after it on device
-//!   time before going live.
+//!   stream ([`events`]) whose sequence is to be the `seq` dashboards see;
+//!   published with deterministic `Nats-Msg-Id`s, so a takeover that evaluates a
+//!   device message again cannot raise its alarm twice (the stream drops the
+//!   repeat), and never once the partition's lease has lapsed. The PostgreSQL
+//!   audit trail ([`audit_pg`]) writes each event once, keyed by that sequence.
+//!
+//! Still to come (not in this module yet): the engine journaling into the
+//! events stream (a `Journal` over [`events`], the stream's sequence as `seq`),
+//! dashboards served from the stream by any gateway, the `[cluster]`
+//! configuration, and:
+//! - **Takeover** restores a chair from its snapshot and replays the device
+//!   messages after it on device time before going live. Acknowledged messages
+//!   leave `$MQTT_msgs`, so the owner first copies each into a replicated stream
+//!   of its own (deduplicated by the message's sequence), which the snapshot
+//!   positions refer to.
 //!
 //! # NATS 2.10 or later
 //! Leases need the server to serialise writes that expect a revision; 2.9.10
@@ -34,6 +45,9 @@
 //! A NATS subject token cannot hold `.`: in cluster mode a site or chair name is
 //! letters, digits, `_` and `-` only (single-node mode also allows `.`).
 
+pub mod audit_pg;
+pub mod events;
+pub mod intake;
 pub mod lease;
 pub mod ownership;
 pub mod streams;

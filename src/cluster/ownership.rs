@@ -8,6 +8,13 @@
 //! members (rendezvous hashing), so after a gateway dies the others split its
 //! partitions without asking each other, and a gateway that joins takes its
 //! share as the others give extras back, one per round.
+//!
+//! Giving a partition back never lets another gateway act while work read
+//! under our lease may still land: the partition leaves the published set at
+//! once (readers stop), the lease is no longer renewed, and its key is removed
+//! only once its deadline has passed, when nothing of ours can act for it any
+//! more (every acknowledgement and publish checks that deadline). A handover
+//! therefore takes up to `ttl - margin`, a crash up to `ttl`.
 
 use super::lease::{Lease, Leases, Renewal};
 use super::{ClusterError, MEMBER_BUCKET};
@@ -30,6 +37,8 @@ pub struct OwnershipSettings {
     pub partitions: u32,
     /// How often leases are renewed and shares reconsidered.
     pub round: Duration,
+    /// Copies of the members bucket (as of the lease bucket).
+    pub replicas: usize,
 }
 
 /// Start the loop; it runs until `stop`, then releases every lease so that the
@@ -41,7 +50,7 @@ pub async fn start(
     settings: OwnershipSettings,
     stop: CancellationToken,
 ) -> Result<(watch::Receiver<Owned>, tokio::task::JoinHandle<()>), ClusterError> {
-    let members = members_bucket(js, leases.ttl()).await?;
+    let members = members_bucket(js, leases.ttl(), settings.replicas).await?;
     let (tx, rx) = watch::channel(Owned::new());
     let mut owner = Owner {
         leases,
@@ -49,6 +58,7 @@ pub async fn start(
         me: me.to_string(),
         settings,
         held: BTreeMap::new(),
+        releasing: Vec::new(),
         tx,
     };
     let task = tokio::spawn(async move {
@@ -65,7 +75,11 @@ pub async fn start(
     Ok((rx, task))
 }
 
-async fn members_bucket(js: &Context, ttl: Duration) -> Result<kv::Store, ClusterError> {
+async fn members_bucket(
+    js: &Context,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
     if let Ok(kv) = js.get_key_value(MEMBER_BUCKET).await {
         return Ok(kv);
     }
@@ -75,7 +89,7 @@ async fn members_bucket(js: &Context, ttl: Duration) -> Result<kv::Store, Cluste
         history: 1,
         max_age: ttl,
         storage: async_nats::jetstream::stream::StorageType::File,
-        num_replicas: 3,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -88,12 +102,15 @@ struct Owner {
     me: String,
     settings: OwnershipSettings,
     held: BTreeMap<u32, Lease>,
+    /// Given back, not renewed, removed from the bucket once past its deadline.
+    releasing: Vec<Lease>,
     tx: watch::Sender<Owned>,
 }
 
 impl Owner {
     async fn round(&mut self) {
         self.renew().await;
+        self.release_lapsed().await;
         if let Err(e) = self.members.put(member_key(&self.me), "".into()).await {
             tracing::warn!(error = %e, "cannot announce this gateway to the cluster");
         }
@@ -114,20 +131,29 @@ impl Owner {
         self.publish();
     }
 
-    /// Renew every lease; forget those lost or past their validity.
+    /// Renew every lease, all at once (one slow answer must not hold up the
+    /// others); forget those lost or past their validity.
     async fn renew(&mut self) {
-        let mut gone = Vec::new();
-        for (partition, lease) in self.held.iter_mut() {
-            match self.leases.renew(lease).await {
-                Ok(Renewal::Renewed) => {}
-                Ok(Renewal::Lost) => gone.push(*partition),
+        let leases = &self.leases;
+        let renewals = self.held.iter_mut().map(|(partition, lease)| async move {
+            match leases.renew(lease).await {
+                Ok(Renewal::Renewed) => None,
+                Ok(Renewal::Lost) => Some(*partition),
                 Err(e) if !lease.is_valid() => {
                     tracing::warn!(partition, error = %e, "lease expired unrenewed");
-                    gone.push(*partition);
+                    Some(*partition)
                 }
-                Err(e) => tracing::warn!(partition, error = %e, "lease renewal failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "lease renewal failed; retrying");
+                    None
+                }
             }
-        }
+        });
+        let gone: Vec<u32> = futures_util::future::join_all(renewals)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         for partition in gone {
             self.held.remove(&partition);
             tracing::warn!(partition, "partition lost");
@@ -158,10 +184,22 @@ impl Owner {
             return;
         };
         let lease = self.held.remove(&partition).expect("held");
-        // Out of the published set before the release lands.
+        // Out of the published set at once; out of the bucket once lapsed.
         self.publish();
-        if let Err(e) = self.leases.release(lease).await {
-            tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
+        self.releasing.push(lease);
+    }
+
+    /// Remove from the bucket the given-back leases whose deadline has passed.
+    async fn release_lapsed(&mut self) {
+        let (lapsed, waiting) = std::mem::take(&mut self.releasing)
+            .into_iter()
+            .partition(|l| !l.is_valid());
+        self.releasing = waiting;
+        for lease in lapsed {
+            let partition = lease.partition;
+            if let Err(e) = self.leases.release(lease).await {
+                tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
+            }
         }
     }
 
@@ -204,15 +242,16 @@ impl Owner {
         });
     }
 
+    /// A clean stop: give everything back, wait for the deadlines, release.
     async fn release_all(&mut self) {
         let held = std::mem::take(&mut self.held);
         self.publish();
-        for (partition, lease) in held {
-            if let Err(e) = self.leases.release(lease).await {
-                tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
-            }
-        }
         let _ = self.members.purge(member_key(&self.me)).await;
+        self.releasing.extend(held.into_values());
+        if let Some(last) = self.releasing.iter().map(Lease::valid_until).max() {
+            tokio::time::sleep_until(last).await;
+        }
+        self.release_lapsed().await;
     }
 }
 

@@ -8,7 +8,51 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, unique, DEADLINE};
+use super::{free_port, unique, Device, DEADLINE};
+use vitalgate::cluster::lease::LeaseTimes;
+use vitalgate::cluster::ownership::OwnershipSettings;
+use vitalgate::cluster::streams;
+
+/// Partitions in the shipped mapping (`deploy/nats/partitions.conf`).
+pub const PARTITIONS: u32 = 16;
+
+/// Short leases, for tests that wait for takeovers (no node is lost in them).
+pub const LEASE_TIMES: LeaseTimes = LeaseTimes {
+    ttl: Duration::from_secs(3),
+    margin: Duration::from_millis(750),
+};
+
+pub const OWNERSHIP: OwnershipSettings = OwnershipSettings {
+    partitions: PARTITIONS,
+    round: Duration::from_millis(300),
+    replicas: 3,
+};
+
+/// Create every partition's consumer (`ack_wait` as given), as gateways do
+/// before devices publish: a message nobody is interested in is not kept. The
+/// MQTT listener creates its stream for its first MQTT client: one connects
+/// first, through `node`.
+pub async fn partition_consumers(
+    cluster: &NatsCluster,
+    node: usize,
+    js: &async_nats::jetstream::Context,
+    ack_wait: Duration,
+) {
+    drop(Device::connect("127.0.0.1", cluster.nodes[node].mqtt_port).await);
+    super::eventually(
+        || {
+            let js = js.clone();
+            async move { js.get_stream(streams::MQTT_STREAM).await.is_ok() }
+        },
+        "the MQTT listener's stream",
+    )
+    .await;
+    for p in 0..PARTITIONS {
+        streams::partition_consumer(js, p, 3, ack_wait)
+            .await
+            .unwrap();
+    }
+}
 
 /// The oldest NATS these tests accept. 2.9.10 (Debian 12's) lets two
 /// concurrent compare-and-set writes to a replicated stream both succeed

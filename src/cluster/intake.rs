@@ -1,0 +1,218 @@
+//! Reading the partitions this gateway owns: one reader per owned partition
+//! pulls device messages from the partition's consumer and hands them on, for
+//! as long as the lease holds.
+//!
+//! Invariants:
+//! - Nothing is handed on, and nothing acknowledged, once the lease under which
+//!   it was read has reached its deadline: a gateway that stalled past its
+//!   lease (SIGSTOP, a long pause) wakes, finds the deadline passed and drops
+//!   what it holds, unacknowledged. NATS gives it to the next owner once the
+//!   consumer's `ack_wait` has passed since it was delivered (the lease time).
+//!   Such a message may reach the next owner after newer ones of its chair:
+//!   the engine orders a chair's readings by their `seq`.
+//! - A message is acknowledged only by whoever finished with it
+//!   ([`DeviceMessage::ack`]); a message handed on and never acknowledged is
+//!   delivered again, so the receiver must take a repeat (the engine does: a
+//!   reading with a `seq` and `ts` it has seen is dropped).
+
+use super::ownership::Owned;
+use super::{parse_reading_subject, streams, ClusterError};
+use async_nats::jetstream::{self, Context};
+use futures_util::StreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Most messages one pull asks for.
+const BATCH: usize = 256;
+/// Longest a pull waits for messages before the lease is looked at again.
+const PULL_WAIT: Duration = Duration::from_millis(500);
+
+/// A device message from an owned partition.
+pub struct DeviceMessage {
+    pub partition: u32,
+    /// `{site}/{chair}`.
+    pub chair: String,
+    /// The topic's last level: `vitals`, `session` or `status`.
+    pub kind: String,
+    pub payload: bytes::Bytes,
+    /// The deadline of the lease it was read under.
+    pub valid_until: Instant,
+    message: jetstream::Message,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AckError {
+    #[error("partition {0}'s lease lapsed before the acknowledgement: the next owner gets the message again")]
+    Lapsed(u32),
+    #[error("acknowledging a device message: {0}")]
+    Nats(String),
+}
+
+impl DeviceMessage {
+    /// Tell NATS the message is done with (its effects are journaled), unless
+    /// the lease it was read under has lapsed.
+    pub async fn ack(self) -> Result<(), AckError> {
+        if Instant::now() >= self.valid_until {
+            return Err(AckError::Lapsed(self.partition));
+        }
+        self.message
+            .ack()
+            .await
+            .map_err(|e| AckError::Nats(e.to_string()))
+    }
+}
+
+/// Start reading: readers start and stop as `owned` changes, until `stop`.
+/// Messages go to `out`, whose capacity bounds what is read ahead.
+pub fn start(
+    js: Context,
+    owned: watch::Receiver<Owned>,
+    replicas: usize,
+    ack_wait: Duration,
+    out: mpsc::Sender<DeviceMessage>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut owned = owned;
+        let mut readers: BTreeMap<u32, (CancellationToken, tokio::task::JoinHandle<()>)> =
+            BTreeMap::new();
+        loop {
+            let now_owned: Vec<u32> = owned.borrow_and_update().keys().copied().collect();
+            // A reader ends by itself when its lease lapses; the partition may
+            // be owned again since (a late renewal landed): started afresh.
+            readers.retain(|p, (token, reader)| {
+                let keep = now_owned.contains(p) && !reader.is_finished();
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for p in now_owned {
+                if readers.contains_key(&p) {
+                    continue;
+                }
+                let token = stop.child_token();
+                let reader = Reader {
+                    js: js.clone(),
+                    partition: p,
+                    owned: owned.clone(),
+                    out: out.clone(),
+                };
+                let task = tokio::spawn(reader.run(replicas, ack_wait, token.clone()));
+                readers.insert(p, (token, task));
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = owned.changed() => if changed.is_err() { break },
+            }
+        }
+        for (token, _) in readers.values() {
+            token.cancel();
+        }
+    })
+}
+
+struct Reader {
+    js: Context,
+    partition: u32,
+    owned: watch::Receiver<Owned>,
+    out: mpsc::Sender<DeviceMessage>,
+}
+
+impl Reader {
+    /// The deadline of this partition's lease as last published, if owned.
+    fn valid_until(&self) -> Option<Instant> {
+        self.owned
+            .borrow()
+            .get(&self.partition)
+            .copied()
+            .filter(|until| Instant::now() < *until)
+    }
+
+    async fn run(self, replicas: usize, ack_wait: Duration, stop: CancellationToken) {
+        let p = self.partition;
+        let consumer = loop {
+            match streams::partition_consumer(&self.js, p, replicas, ack_wait).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "partition consumer unavailable; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(PULL_WAIT) => {}
+                    }
+                }
+            }
+        };
+        while !stop.is_cancelled() {
+            let Some(until) = self.valid_until() else {
+                return;
+            };
+            let wait = PULL_WAIT.min(until.saturating_duration_since(Instant::now()));
+            let batch = consumer
+                .fetch()
+                .max_messages(BATCH)
+                .expires(wait)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "pulling device messages failed");
+                    tokio::time::sleep(PULL_WAIT).await;
+                    continue;
+                }
+            };
+            while let Some(next) = batch.next().await {
+                let Ok(message) = next else { break };
+                // Checked per message: a stall between two of them may have
+                // outlasted the lease. What is dropped here is delivered again.
+                let Some(valid_until) = self.valid_until() else {
+                    return;
+                };
+                if let Err(e) = self.hand_on(message, valid_until).await {
+                    tracing::warn!(partition = p, error = %e, "device message dropped");
+                }
+            }
+        }
+    }
+
+    async fn hand_on(
+        &self,
+        message: jetstream::Message,
+        valid_until: Instant,
+    ) -> Result<(), ClusterError> {
+        let Some((partition, chair, kind)) = parse_reading_subject(&message.subject) else {
+            // Not a device message of ours (the filter makes this impossible):
+            // acknowledged, so that it does not come back forever.
+            let _ = message.ack().await;
+            return Err(ClusterError::js(
+                "reading a partition",
+                format!("unexpected subject {}", message.subject),
+            ));
+        };
+        let kind = kind.to_string();
+        let payload = message.payload.clone();
+        let item = DeviceMessage {
+            partition,
+            chair,
+            kind,
+            payload,
+            valid_until,
+            message,
+        };
+        // A full queue must not hold a message past the lease: then it is
+        // dropped (and delivered again to whoever owns the partition).
+        tokio::select! {
+            sent = self.out.send(item) => sent.map_err(|_| {
+                ClusterError::js("reading a partition", "nobody takes device messages")
+            }),
+            _ = tokio::time::sleep_until(valid_until) => Err(ClusterError::js(
+                "reading a partition",
+                "the lease lapsed while the message waited for the engine",
+            )),
+        }
+    }
+}

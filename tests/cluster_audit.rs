@@ -1,0 +1,199 @@
+//! The cluster's events stream and its PostgreSQL audit trail, against a real
+//! NATS and the machine's PostgreSQL (127.0.0.1:5432, a database of the test's
+//! own): an event published twice is stored once, and every event is written
+//! once even when a writer died between writing and acknowledging.
+
+mod common;
+
+use common::nats::NatsCluster;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use vitalgate::cluster::audit_pg::{AuditRow, PgAudit};
+use vitalgate::cluster::events::{self, Event, Published};
+
+/// The machine's PostgreSQL, as the tests reach it (`PG_TEST_URL` overrides).
+fn admin_url() -> String {
+    std::env::var("PG_TEST_URL")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".into())
+}
+
+/// A fresh database, dropped when the test ends.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let name = common::unique("vg_audit").replace('-', "_");
+        admin(&format!("CREATE DATABASE \"{name}\"")).await;
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{} dbname={}",
+            admin_url().replace("dbname=postgres", ""),
+            self.name
+        )
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(admin(&sql));
+        })
+        .join();
+    }
+}
+
+async fn admin(sql: &str) {
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL on 127.0.0.1:5432 (user postgres, trust); set PG_TEST_URL for another");
+    tokio::spawn(connection);
+    client.batch_execute(sql).await.unwrap();
+}
+
+fn body(i: u64) -> String {
+    format!(
+        "{{\"type\":\"alarm\",\"id\":{i},\"chair\":\"north/{}\"}}",
+        i % 7
+    )
+}
+
+#[tokio::test]
+async fn every_event_is_audited_once() {
+    let nats = NatsCluster::start(1).await;
+    let js = vitalgate::cluster::connect(&nats.urls(), "audit-test")
+        .await
+        .unwrap();
+    events::stream(&js, 1).await.unwrap();
+    let lease = Instant::now() + Duration::from_secs(60);
+    for i in 0..100u64 {
+        let chair = format!("north/{}", i % 7);
+        let event = Event {
+            id: &format!("north/{}:{i}", i % 7),
+            kind: "alarm",
+            chair: &chair,
+            at_ms: 1_000 + i,
+            body: &body(i),
+        };
+        assert_eq!(
+            events::publish(&js, &event, lease).await.unwrap(),
+            Published::Stored(i + 1)
+        );
+        if i % 10 == 0 {
+            // A takeover evaluating the same device message again.
+            assert_eq!(
+                events::publish(&js, &event, lease).await.unwrap(),
+                Published::Repeat(i + 1)
+            );
+        }
+    }
+    // A lapsed lease publishes nothing.
+    let late = Event {
+        id: "late",
+        kind: "alarm",
+        chair: "north/1",
+        at_ms: 0,
+        body: "{}",
+    };
+    assert!(events::publish(&js, &late, Instant::now()).await.is_err());
+
+    let db = TestDb::create().await;
+    let audit = PgAudit::connect(&db.url()).await.unwrap();
+    assert_eq!(audit.version().await.unwrap(), 1);
+    // A writer that died after writing events 5 and 6 but before acknowledging
+    // them: they come again and are not written twice.
+    for seq in [5u64, 6] {
+        let i = seq - 1;
+        let row = AuditRow {
+            seq,
+            event_id: format!("north/{}:{i}", i % 7),
+            kind: "alarm".into(),
+            chair: format!("north/{}", i % 7),
+            at_ms: 1_000 + i,
+            body: body(i),
+        };
+        assert!(audit.insert(&row).await.unwrap());
+    }
+    let stop = CancellationToken::new();
+    let writer = vitalgate::cluster::audit_pg::start_writer(
+        &js,
+        audit,
+        1,
+        Duration::from_secs(2),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+
+    let reader = PgAudit::connect(&db.url()).await.unwrap();
+    common::eventually(
+        || async {
+            reader
+                .history("alarm", None, 0, 1000)
+                .await
+                .is_ok_and(|rows| rows.len() == 100)
+        },
+        "100 events audited",
+    )
+    .await;
+    stop.cancel();
+    writer.await.unwrap();
+    let rows = reader.history("alarm", None, 0, 1000).await.unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(row.seq, i + 1);
+        assert_eq!(row.event_id, format!("north/{}:{i}", i % 7));
+        assert_eq!(row.chair, format!("north/{}", i % 7));
+        assert_eq!(row.at_ms, 1_000 + i);
+        assert_eq!(row.body, body(i));
+    }
+    // The same event published again after the stream's duplicate window
+    // (a replay from an old snapshot) under a new sequence: still one row.
+    let again = AuditRow {
+        seq: 500,
+        ..rows[3].clone()
+    };
+    assert!(!reader.insert(&again).await.unwrap());
+    // A sequence already audited for another event: refused, not overwritten.
+    let other = AuditRow {
+        event_id: "someone-else".into(),
+        ..rows[3].clone()
+    };
+    let err = reader.insert(&other).await.err().unwrap();
+    assert!(err.to_string().contains("recreated"), "{err}");
+    let one_chair = reader
+        .history("alarm", Some("north/3"), 1_050, 1000)
+        .await
+        .unwrap();
+    assert!(one_chair
+        .iter()
+        .all(|r| r.chair == "north/3" && r.at_ms >= 1_050));
+    assert_eq!(one_chair.len(), (50..100).filter(|i| i % 7 == 3).count());
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_build_is_refused() {
+    let db = TestDb::create().await;
+    let audit = PgAudit::connect(&db.url()).await.unwrap();
+    // Connecting again applies nothing twice.
+    PgAudit::connect(&db.url()).await.unwrap();
+    assert_eq!(audit.version().await.unwrap(), 1);
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("INSERT INTO schema_migrations(version) VALUES (99)")
+        .await
+        .unwrap();
+    let err = PgAudit::connect(&db.url()).await.err().unwrap();
+    assert!(err.to_string().contains("newer vitalgate"), "{err}");
+}

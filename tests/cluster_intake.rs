@@ -1,0 +1,183 @@
+//! Device messages read by the gateways owning their partitions, on a real
+//! 3-node NATS cluster: every acknowledged publish is read and acknowledged by
+//! an owner, and a gateway that stalls past its lease hands nothing on after it.
+
+mod common;
+
+use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use vitalgate::cluster::intake;
+use vitalgate::cluster::lease::{LeaseTimes, Leases};
+use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
+
+const TIMES: LeaseTimes = LEASE_TIMES;
+const SETTINGS: OwnershipSettings = OWNERSHIP;
+
+/// What a gateway's reader was handed: payload `seq`, when, acknowledged or not.
+type Log = Arc<Mutex<Vec<(u64, Instant, bool)>>>;
+
+struct Gateway {
+    owned: watch::Receiver<Owned>,
+    log: Log,
+    stop: CancellationToken,
+    /// Freezes the gateway's whole runtime for the given time (as SIGSTOP
+    /// would), answering once frozen.
+    stall: mpsc::UnboundedSender<(Duration, std::sync::mpsc::Sender<()>)>,
+}
+
+/// A gateway on a runtime of its own, on its own thread (one worker), so that
+/// the test can freeze all of it at once.
+async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
+    let urls = nats.urls();
+    let name = name.to_string();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let js = vitalgate::cluster::connect(&urls, &name).await.unwrap();
+            let leases = Leases::open(&js, &name, TIMES, 3).await.unwrap();
+            let stop = CancellationToken::new();
+            let (owned, _ownership) = ownership::start(&js, leases, &name, SETTINGS, stop.clone())
+                .await
+                .unwrap();
+            let (tx, mut rx) = mpsc::channel(64);
+            intake::start(js, owned.clone(), 3, TIMES.ttl, tx, stop.clone());
+            let log: Log = Arc::default();
+            let record = log.clone();
+            tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    let seq = serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()
+                        ["seq"]
+                        .as_u64()
+                        .unwrap();
+                    let at = Instant::now();
+                    let acked = m.ack().await.is_ok();
+                    record.lock().unwrap().push((seq, at, acked));
+                }
+            });
+            let (stall, mut stalls) =
+                mpsc::unbounded_channel::<(Duration, std::sync::mpsc::Sender<()>)>();
+            let _ = ready_tx.send(Gateway {
+                owned,
+                log,
+                stop: stop.clone(),
+                stall,
+            });
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    Some((how_long, frozen)) = stalls.recv() => {
+                        let _ = frozen.send(());
+                        std::thread::sleep(how_long);
+                    }
+                }
+            }
+        });
+    });
+    ready_rx.await.expect("the gateway started")
+}
+
+fn acked(gateways: &[&Gateway]) -> std::collections::BTreeSet<u64> {
+    gateways
+        .iter()
+        .flat_map(|g| {
+            g.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, _, acked)| *acked)
+                .map(|(seq, _, _)| *seq)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn publish(device: &mut common::Device, seqs: std::ops::Range<u64>) {
+    let n = seqs.end - seqs.start;
+    for seq in seqs {
+        let topic = format!("clinic/north/chair/{}/vitals", seq % 40);
+        device
+            .publish(&topic, &serde_json::json!({ "seq": seq }))
+            .await;
+    }
+    device.wait_acked(n as usize).await;
+}
+
+#[tokio::test]
+async fn an_owner_that_stalls_hands_nothing_on_after_its_lease_and_its_partitions_move() {
+    let nats = NatsCluster::start(3).await;
+    let js = vitalgate::cluster::connect(&nats.urls(), "setup")
+        .await
+        .unwrap();
+    common::nats::partition_consumers(&nats, 1, &js, TIMES.ttl).await;
+    let mut device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+
+    let a = gateway(&nats, "gw-a").await;
+    let b = gateway(&nats, "gw-b").await;
+    common::eventually(
+        || {
+            let (na, nb) = (a.owned.borrow().len(), b.owned.borrow().len());
+            async move { na + nb == PARTITIONS as usize && na > 0 && nb > 0 }
+        },
+        "both gateways owning partitions",
+    )
+    .await;
+
+    publish(&mut device, 0..100).await;
+    common::eventually(
+        || {
+            let n = acked(&[&a, &b]).len();
+            async move { n == 100 }
+        },
+        "the first 100 read and acknowledged",
+    )
+    .await;
+    assert!(!b.log.lock().unwrap().is_empty(), "b read nothing");
+
+    // b stalls past its lease (its whole runtime frozen, as by SIGSTOP), then
+    // wakes with whatever it had pulled in hand.
+    let stall = TIMES.ttl + Duration::from_secs(2);
+    let (frozen_tx, frozen) = std::sync::mpsc::channel();
+    b.stall.send((stall, frozen_tx)).unwrap();
+    frozen.recv().unwrap();
+    let stalled_at = Instant::now();
+    let b_deadline = b.owned.borrow().values().copied().max().unwrap();
+    publish(&mut device, 100..200).await;
+    let limit = TIMES.ttl * 2 + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    while acked(&[&a, &b]).len() < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 200 acknowledged after {limit:?}",
+            acked(&[&a, &b]).len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved = stalled_at.elapsed();
+    // b has woken: give it time to act on what it held, then check.
+    while stalled_at.elapsed() < stall + Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late: Vec<_> = b
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at, _)| *at >= b_deadline)
+        .map(|(seq, _, _)| *seq)
+        .collect();
+    assert!(late.is_empty(), "b handed on {late:?} after its lease");
+    println!(
+        "all 200 read and acknowledged {moved:?} after b stalled (lease {:?})",
+        TIMES.ttl
+    );
+    a.stop.cancel();
+    b.stop.cancel();
+}
