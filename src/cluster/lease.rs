@@ -183,6 +183,24 @@ impl Leases {
             .map_err(|e| ClusterError::js("releasing a lease", e))
     }
 
+    /// The partitions somebody holds now, as the bucket says (one request).
+    pub async fn taken(&self) -> Result<std::collections::BTreeSet<u32>, ClusterError> {
+        use futures_util::TryStreamExt;
+        let keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| ClusterError::js("listing leases", e))?;
+        let keys: Vec<String> = keys
+            .try_collect()
+            .await
+            .map_err(|e| ClusterError::js("listing leases", e))?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| k.strip_prefix('p')?.parse().ok())
+            .collect())
+    }
+
     /// Who holds `partition` now, as the bucket says.
     pub async fn holder(&self, partition: u32) -> Result<Option<String>, ClusterError> {
         match self.kv.entry(key(partition)).await {

@@ -203,11 +203,21 @@ impl Owner {
         }
     }
 
-    /// Take free partitions, those ranking this gateway highest first.
+    /// Take free partitions, those ranking this gateway highest first. Only
+    /// those the bucket lists as free are tried: a gateway below its share while
+    /// the others are at theirs (16 over 3 is 6, 6, 4) asks once per round, not
+    /// once per partition.
     async fn take_free(&mut self, alive: &[String], share: usize) {
         let me = member_key(&self.me);
+        let taken = match self.leases.taken().await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the partitions' leases");
+                return;
+            }
+        };
         let mut wanted: Vec<u32> = (0..self.settings.partitions)
-            .filter(|p| !self.held.contains_key(p))
+            .filter(|p| !self.held.contains_key(p) && !taken.contains(p))
             .collect();
         wanted.sort_by_key(|p| std::cmp::Reverse(rank_of(*p, &me, alive)));
         for partition in wanted {

@@ -572,6 +572,11 @@ impl PrivateBroker {
         self.child = Self::spawn(&self.conf, self.port).await;
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Send a signal (`STOP`, `CONT`, `TERM`) to the broker process.
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
