@@ -7,7 +7,7 @@
 //! not kept there. A user stream capturing the same subject gets an ordinary
 //! copy, sent on without waiting: after the node a device published through was
 //! killed, a stream on `vitalgate.p.>` held only 176 to 186 of the 250 messages
-//! the device had been acknowledged in 4 of 8 runs on NATS 2.9.10
+//! the device had been acknowledged in 4 of 7 runs on NATS 2.9.10
 //! (tests/cluster_nats.rs); the partitions' consumers delivered every one. On
 //! 2.10.26 no such loss was seen in the runs made, but the copy is still not
 //! waited for (nats-server's `mqttProcessPub`).
