@@ -20,7 +20,7 @@
 //! validity and the effect of the work it allows landing. A stalled process (SIGSTOP, a long pause) wakes with its
 //! monotonic clock past the deadline, so its next check says no.
 
-use super::{ClusterError, LEASE_BUCKET};
+use super::{expiring_bucket, keys_of, ClusterError, LEASE_BUCKET};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::jetstream::Context;
 use std::time::Duration;
@@ -88,21 +88,14 @@ impl Leases {
         // several tries fit in a lease's margin-free span.
         let mut js = js.clone();
         js.set_timeout(times.ttl / 8);
-        let kv = match js.get_key_value(LEASE_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: LEASE_BUCKET.to_string(),
-                    description: "vitalgate: which gateway owns each partition".into(),
-                    history: 1,
-                    max_age: times.ttl,
-                    num_replicas: replicas,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ClusterError::js("creating the lease bucket", e))?,
-        };
+        let kv = expiring_bucket(
+            &js,
+            LEASE_BUCKET,
+            "vitalgate: which gateway owns each partition",
+            times.ttl,
+            replicas,
+        )
+        .await?;
         let found = kv
             .status()
             .await
@@ -185,17 +178,8 @@ impl Leases {
 
     /// The partitions somebody holds now, as the bucket says (one request).
     pub async fn taken(&self) -> Result<std::collections::BTreeSet<u32>, ClusterError> {
-        use futures_util::TryStreamExt;
-        let keys = self
-            .kv
-            .keys()
-            .await
-            .map_err(|e| ClusterError::js("listing leases", e))?;
-        let keys: Vec<String> = keys
-            .try_collect()
-            .await
-            .map_err(|e| ClusterError::js("listing leases", e))?;
-        Ok(keys
+        Ok(keys_of(&self.kv, "listing leases")
+            .await?
             .iter()
             .filter_map(|k| k.strip_prefix('p')?.parse().ok())
             .collect())

@@ -84,6 +84,45 @@ impl ClusterError {
     }
 }
 
+/// Key-value bucket `name`, created if missing: one value per key, entries
+/// expiring `ttl` after their last write, on file, in `replicas` copies. An
+/// existing bucket is used as it is (a caller that depends on its settings
+/// checks them).
+async fn expiring_bucket(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    description: &str,
+    ttl: Duration,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
+    if let Ok(kv) = js.get_key_value(name).await {
+        return Ok(kv);
+    }
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history: 1,
+        max_age: ttl,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| ClusterError::js("creating a key-value bucket", format!("{name}: {e}")))
+}
+
+/// Every key `kv` holds now (deleted and expired ones are not listed).
+async fn keys_of(
+    kv: &async_nats::jetstream::kv::Store,
+    what: &'static str,
+) -> Result<Vec<String>, ClusterError> {
+    use futures_util::TryStreamExt;
+    let keys = kv.keys().await.map_err(|e| ClusterError::js(what, e))?;
+    keys.try_collect()
+        .await
+        .map_err(|e| ClusterError::js(what, e))
+}
+
 /// Connect to the cluster (any of `servers`; the client follows the cluster's
 /// own list of nodes once connected) and return its JetStream context.
 pub async fn connect(

@@ -17,9 +17,8 @@
 //! therefore takes up to `ttl - margin`, a crash up to `ttl`.
 
 use super::lease::{Lease, Leases, Renewal};
-use super::{ClusterError, MEMBER_BUCKET};
+use super::{expiring_bucket, keys_of, ClusterError, MEMBER_BUCKET};
 use async_nats::jetstream::{kv, Context};
-use futures_util::TryStreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -41,8 +40,8 @@ pub struct OwnershipSettings {
     pub replicas: usize,
 }
 
-/// Start the loop; it runs until `stop`, then releases every lease so that the
-/// others can take over at once.
+/// Start the loop; it runs until `stop`, then gives every partition back (its
+/// key removed once its deadline has passed, as above).
 pub async fn start(
     js: &Context,
     leases: Leases,
@@ -50,12 +49,19 @@ pub async fn start(
     settings: OwnershipSettings,
     stop: CancellationToken,
 ) -> Result<(watch::Receiver<Owned>, tokio::task::JoinHandle<()>), ClusterError> {
-    let members = members_bucket(js, leases.ttl(), settings.replicas).await?;
+    let members = expiring_bucket(
+        js,
+        MEMBER_BUCKET,
+        "vitalgate: gateways alive",
+        leases.ttl(),
+        settings.replicas,
+    )
+    .await?;
     let (tx, rx) = watch::channel(Owned::new());
     let mut owner = Owner {
         leases,
         members,
-        me: me.to_string(),
+        me: member_key(me),
         settings,
         held: BTreeMap::new(),
         releasing: Vec::new(),
@@ -75,30 +81,10 @@ pub async fn start(
     Ok((rx, task))
 }
 
-async fn members_bucket(
-    js: &Context,
-    ttl: Duration,
-    replicas: usize,
-) -> Result<kv::Store, ClusterError> {
-    if let Ok(kv) = js.get_key_value(MEMBER_BUCKET).await {
-        return Ok(kv);
-    }
-    js.create_key_value(kv::Config {
-        bucket: MEMBER_BUCKET.to_string(),
-        description: "vitalgate: gateways alive".into(),
-        history: 1,
-        max_age: ttl,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| ClusterError::js("creating the members bucket", e))
-}
-
 struct Owner {
     leases: Leases,
     members: kv::Store,
+    /// This gateway's key in the members bucket (its name, made a valid key).
     me: String,
     settings: OwnershipSettings,
     held: BTreeMap<u32, Lease>,
@@ -111,7 +97,7 @@ impl Owner {
     async fn round(&mut self) {
         self.renew().await;
         self.release_lapsed().await;
-        if let Err(e) = self.members.put(member_key(&self.me), "".into()).await {
+        if let Err(e) = self.members.put(&self.me, "".into()).await {
             tracing::warn!(error = %e, "cannot announce this gateway to the cluster");
         }
         let alive = match self.alive().await {
@@ -161,26 +147,17 @@ impl Owner {
     }
 
     async fn alive(&self) -> Result<Vec<String>, ClusterError> {
-        let keys = self
-            .members
-            .keys()
-            .await
-            .map_err(|e| ClusterError::js("listing gateways", e))?;
-        let mut alive: Vec<String> = keys
-            .try_collect()
-            .await
-            .map_err(|e| ClusterError::js("listing gateways", e))?;
-        let me = member_key(&self.me);
-        if !alive.contains(&me) {
-            alive.push(me);
+        let mut alive = keys_of(&self.members, "listing gateways").await?;
+        if !alive.contains(&self.me) {
+            alive.push(self.me.clone());
         }
         Ok(alive)
     }
 
     /// Release the held partition that ranks this gateway lowest.
     async fn give_back_one(&mut self, alive: &[String]) {
-        let me = member_key(&self.me);
-        let Some(&partition) = self.held.keys().min_by_key(|p| rank_of(**p, &me, alive)) else {
+        let me = &self.me;
+        let Some(&partition) = self.held.keys().min_by_key(|p| rank_of(**p, me, alive)) else {
             return;
         };
         let lease = self.held.remove(&partition).expect("held");
@@ -208,7 +185,7 @@ impl Owner {
     /// the others are at theirs (16 over 3 is 6, 6, 4) asks once per round, not
     /// once per partition.
     async fn take_free(&mut self, alive: &[String], share: usize) {
-        let me = member_key(&self.me);
+        let me = &self.me;
         let taken = match self.leases.taken().await {
             Ok(taken) => taken,
             Err(e) => {
@@ -219,7 +196,7 @@ impl Owner {
         let mut wanted: Vec<u32> = (0..self.settings.partitions)
             .filter(|p| !self.held.contains_key(p) && !taken.contains(p))
             .collect();
-        wanted.sort_by_key(|p| std::cmp::Reverse(rank_of(*p, &me, alive)));
+        wanted.sort_by_key(|p| std::cmp::Reverse(rank_of(*p, me, alive)));
         for partition in wanted {
             if self.held.len() >= share {
                 break;
@@ -256,7 +233,7 @@ impl Owner {
     async fn release_all(&mut self) {
         let held = std::mem::take(&mut self.held);
         self.publish();
-        let _ = self.members.purge(member_key(&self.me)).await;
+        let _ = self.members.purge(&self.me).await;
         self.releasing.extend(held.into_values());
         if let Some(last) = self.releasing.iter().map(Lease::valid_until).max() {
             tokio::time::sleep_until(last).await;
