@@ -323,6 +323,9 @@ impl PartitionReaders {
         let deadline = Instant::now() + RECOVERY;
         while !done(&read) && Instant::now() < deadline {
             for p in 0..PARTITIONS {
+                if Instant::now() >= deadline {
+                    break;
+                }
                 // Right after a node is lost the consumer may not answer yet.
                 let Ok(consumer) = streams::partition_consumer(&js, p, 3, ACK_WAIT).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;

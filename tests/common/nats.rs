@@ -130,7 +130,21 @@ impl NatsNode {
 pub struct NatsCluster {
     pub nodes: Vec<NatsNode>,
     dir: PathBuf,
+    /// Told when the cluster is dropped (see [`HANG_LIMIT`]).
+    watchdog: Option<std::sync::mpsc::Sender<()>>,
+    /// One cluster at a time per test binary (see [`TURN`]).
+    _turn: tokio::sync::SemaphorePermit<'static>,
 }
+
+/// Three NATS nodes per test on two cores, several tests at once, starved the
+/// nodes' elections and timers: the tests of one binary take turns.
+static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// The longest a test may hold a cluster. A test stuck past it (a blocking call
+/// on its runtime, a wait without a deadline) would otherwise hold CI for its
+/// whole budget: a watchdog thread prints the nodes' logs, kills them and ends
+/// the test binary with a failure.
+const HANG_LIMIT: Duration = Duration::from_secs(300);
 
 impl NatsCluster {
     /// `size` nodes (1 or 3 in the tests), each listening for clients, routes and
@@ -141,15 +155,30 @@ impl NatsCluster {
     pub async fn start(size: usize) -> NatsCluster {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            match Self::try_start(size).await {
-                Ok(cluster) => return cluster,
+            let turn = TURN
+                .acquire()
+                .await
+                .expect("the turn semaphore is never closed");
+            match Self::try_start(size, turn).await {
+                Ok(mut cluster) => {
+                    cluster.watch(
+                        std::thread::current()
+                            .name()
+                            .unwrap_or("a test")
+                            .to_string(),
+                    );
+                    return cluster;
+                }
                 Err(e) => failures.push(e),
             }
         }
         panic!("no NATS cluster started:\n{}", failures.join("\n---\n"));
     }
 
-    async fn try_start(size: usize) -> Result<NatsCluster, String> {
+    async fn try_start(
+        size: usize,
+        turn: tokio::sync::SemaphorePermit<'static>,
+    ) -> Result<NatsCluster, String> {
         let dir = std::env::temp_dir().join(unique("nats"));
         std::fs::create_dir_all(&dir).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/partitions.conf");
@@ -193,7 +222,12 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { nodes, dir };
+        let mut cluster = NatsCluster {
+            nodes,
+            dir,
+            watchdog: None,
+            _turn: turn,
+        };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -202,6 +236,39 @@ impl NatsCluster {
         }
         cluster.try_wait_for_peers(size).await?;
         Ok(cluster)
+    }
+
+    /// Start the watchdog of [`HANG_LIMIT`] for `test`.
+    fn watch(&mut self, test: String) {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        self.watchdog = Some(done);
+        let dir = self.dir.clone();
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        std::thread::spawn(move || {
+            if wait.recv_timeout(HANG_LIMIT) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
+            report(format!(
+                "{test} still holds its NATS cluster after {HANG_LIMIT:?}: ending the test binary"
+            ));
+            for name in &names {
+                let log =
+                    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                report(format!(
+                    "--- {name}'s last log lines\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+            // Every node's command line names its configuration in `dir`.
+            let _ = Command::new("pkill")
+                .arg("-9")
+                .arg("-f")
+                .arg(dir.as_os_str())
+                .status();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::process::exit(124);
+        });
     }
 
     /// Until the meta leader knows every node: a replicated stream can be placed.
@@ -321,6 +388,13 @@ impl NatsCluster {
         std::fs::read_to_string(self.dir.join(format!("{}.log", self.nodes[i].name)))
             .unwrap_or_default()
     }
+}
+
+/// Straight to the process's stderr: `eprintln!` in a test's thread (and the
+/// threads it spawns) is captured by the test harness and lost on exit.
+fn report(text: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 impl Drop for NatsCluster {
