@@ -38,6 +38,34 @@ impl Frame {
     pub fn as_str(&self) -> &str {
         self.text.as_str()
     }
+
+    /// An alarm or session frame about `chair`, from its JSON text.
+    pub fn about(text: String, chair: std::sync::Arc<str>) -> Frame {
+        Frame {
+            text: Utf8Bytes::from(text),
+            ingested_at: None,
+            snapshot: false,
+            chair: Some(chair),
+        }
+    }
+}
+
+/// An alarm or session frame's text (`{"type":"alarm","seq":N,...}` as
+/// [`alarm_frame`] and [`session_frame`] write it) with `seq` in place of N;
+/// `None` for any other text.
+pub fn with_seq(text: &str, seq: u64) -> Option<String> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let (kind, rest) = rest.split_once('"')?;
+    if kind != "alarm" && kind != "session" {
+        return None;
+    }
+    let rest = rest.strip_prefix(r#","seq":"#)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let after = &rest[digits..];
+    if digits == 0 || !(after.starts_with(',') || after.starts_with('}')) {
+        return None;
+    }
+    Some(format!(r#"{{"type":"{kind}","seq":{seq}{after}"#))
 }
 
 #[derive(Serialize)]
@@ -402,7 +430,40 @@ mod tests {
         assert!(Command::parse("not json").is_err());
     }
 
+    #[test]
+    fn an_event_frame_is_renumbered_and_nothing_else_is() {
+        let alarm = r#"{"type":"alarm","seq":17,"id":4,"chair":"north/2","message":"seq 17"}"#;
+        let renumbered = with_seq(alarm, 90_210).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(alarm).unwrap();
+        expected["seq"] = 90_210.into();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&renumbered).unwrap(),
+            expected
+        );
+        assert!(renumbered.starts_with(r#"{"type":"alarm","seq":90210,"id":4"#));
+        assert_eq!(
+            with_seq(r#"{"type":"session","seq":3}"#, 4).as_deref(),
+            Some(r#"{"type":"session","seq":4}"#)
+        );
+        for other in [
+            r#"{"type":"snapshot","seq":3}"#,
+            r#"{"type":"alarm","seq":"3"}"#,
+            r#"{"type":"alarm","seq":3x}"#,
+            r#"{"type":"alarm","id":3}"#,
+            r#"{"seq":3,"type":"alarm"}"#,
+            "",
+        ] {
+            assert_eq!(with_seq(other, 1), None, "{other}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn renumbering_never_panics(s in ".{0,64}", seq in 0u64..) {
+            let _ = with_seq(&s, seq);
+            let _ = with_seq(&format!(r#"{{"type":"alarm","seq":{s}"#), seq);
+        }
+
         #[test]
         fn command_parser_never_panics(s in ".{0,256}") {
             let _ = Command::parse(&s);

@@ -158,7 +158,7 @@ async fn a_bucket_with_another_lease_time_is_refused() {
 
 /// Devices publish to any node's MQTT listener; every message of one chair
 /// comes through one partition's consumer, with the chair readable from its
-/// subject, each once.
+/// subject, each once, in the partition the gateway computes for it.
 #[tokio::test]
 async fn mqtt_publishes_reach_one_partition_per_chair() {
     let nats = NatsCluster::start(3).await;
@@ -187,6 +187,11 @@ async fn mqtt_publishes_reach_one_partition_per_chair() {
         assert_eq!(kind, "vitals");
         let first = *partition_of.entry(chair.clone()).or_insert(partition);
         assert_eq!(first, partition, "{chair} is in two partitions");
+        assert_eq!(
+            cluster::partition_of(&chair, PARTITIONS),
+            partition,
+            "the gateway places {chair} where NATS does not"
+        );
     }
     assert_eq!(partition_of.len(), chairs);
     let used: HashSet<u32> = partition_of.values().copied().collect();

@@ -9,6 +9,7 @@
 
 use super::ClusterError;
 use crate::core::chair_key::site_of;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
@@ -80,6 +81,17 @@ pub async fn publish(
     event: &Event<'_>,
     valid_until: Instant,
 ) -> Result<Published, ClusterError> {
+    stored(send(js, event, valid_until).await?).await
+}
+
+/// Publish `event` without waiting for the stream (unless the lease under which
+/// it was made, `valid_until`, has lapsed): many can be in flight at once, each
+/// confirmed by [`stored`].
+pub async fn send(
+    js: &Context,
+    event: &Event<'_>,
+    valid_until: Instant,
+) -> Result<PublishAckFuture, ClusterError> {
     if Instant::now() >= valid_until {
         return Err(ClusterError::js(
             "publishing an event",
@@ -93,10 +105,14 @@ pub async fn publish(
     headers.insert(CHAIR_HEADER, event.chair);
     headers.insert(AT_HEADER, event.at_ms.to_string().as_str());
     let subject = format!("{EVENTS_PREFIX}.{}", site_of(event.chair));
-    let ack = js
-        .publish_with_headers(subject, headers, event.body.to_string().into())
+    js.publish_with_headers(subject, headers, event.body.to_string().into())
         .await
-        .map_err(|e| ClusterError::js("publishing an event", e))?
+        .map_err(|e| ClusterError::js("publishing an event", e))
+}
+
+/// Wait for the stream to confirm a [`send`].
+pub async fn stored(ack: PublishAckFuture) -> Result<Published, ClusterError> {
+    let ack = ack
         .await
         .map_err(|e| ClusterError::js("storing an event", e))?;
     Ok(if ack.duplicate {

@@ -27,10 +27,16 @@
 //!   repeat), and never once the partition's lease has lapsed. The PostgreSQL
 //!   audit trail ([`audit_pg`]) writes each event once, keyed by that sequence.
 //!
-//! Still to come (not in this module yet): the engine journaling into the
-//! events stream (a `Journal` over [`events`], the stream's sequence as `seq`),
-//! dashboards served from the stream by any gateway, the `[cluster]`
-//! configuration, and:
+//! - **The engine's journal** in cluster mode is the events stream
+//!   ([`journal`]): a commit returns once every event is stored, so a device
+//!   message is acknowledged only after the events it caused are in the stream.
+//! - **Dashboards** read their sites' events from the stream ([`feed`]), through
+//!   any gateway, numbered by the stream's sequence: `seq` is global and
+//!   gap-free per subject filter, and `since` reaches as far back as the stream
+//!   keeps.
+//!
+//! Still to come (not in this module yet): the `[cluster]` configuration and
+//! the binary's cluster mode, snapshots for dashboards, and:
 //! - **Takeover** restores a chair from its snapshot and replays the device
 //!   messages after it on device time before going live. Acknowledged messages
 //!   leave `$MQTT_msgs`, so the owner first copies each into a replicated stream
@@ -47,7 +53,9 @@
 
 pub mod audit_pg;
 pub mod events;
+pub mod feed;
 pub mod intake;
+pub mod journal;
 pub mod lease;
 pub mod ownership;
 pub mod streams;
@@ -82,6 +90,24 @@ impl ClusterError {
             reason: e.to_string(),
         }
     }
+}
+
+/// The partition the shipped mapping puts chair `{site}/{chair}` in, out of
+/// `partitions`: NATS's `{{partition(n,1,2)}}` is FNV-1a (32 bits) of the site
+/// and chair tokens written one after the other, modulo n (nats-server's
+/// `getHashPartition`). Checked against a running NATS in tests/cluster_nats.rs.
+pub fn partition_of(chair_key: &str, partitions: u32) -> u32 {
+    let (site, chair) = chair_key.split_once('/').unwrap_or((chair_key, ""));
+    let hash = fnv1a(0x811c_9dc5, site.as_bytes());
+    fnv1a(hash, chair.as_bytes()) % partitions.max(1)
+}
+
+/// FNV-1a, 32 bits, continuing from `hash` (start with the offset basis
+/// `0x811c_9dc5`).
+fn fnv1a(hash: u32, bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(hash, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
 }
 
 /// Key-value bucket `name`, created if missing: one value per key, entries

@@ -258,15 +258,9 @@ fn member_key(name: &str) -> String {
 /// Where `me` ranks among `alive` for `partition`: 0 is last. Rendezvous
 /// hashing: every gateway computes the same order from the same names.
 fn rank_of(partition: u32, me: &str, alive: &[String]) -> usize {
-    let score = |name: &str| fnv1a(format!("{partition}/{name}").as_bytes());
+    let score = |name: &str| super::fnv1a(0x811c_9dc5, format!("{partition}/{name}").as_bytes());
     let mine = score(me);
     alive.iter().filter(|other| score(other) < mine).count()
-}
-
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 #[cfg(test)]

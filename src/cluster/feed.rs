@@ -1,0 +1,205 @@
+//! A dashboard's events in cluster mode, read from the events stream: every
+//! alarm and session event of its sites after `since`, in the stream's order,
+//! each frame's `seq` the stream's sequence number.
+//!
+//! Invariants:
+//! - One ephemeral pull consumer per dashboard connection, starting right after
+//!   the last event handed on (`since` at first). Each event is handed on once,
+//!   in order, whichever gateway made it and whichever serves the dashboard: a
+//!   message whose consumer sequence is not the next one (the consumer was
+//!   lost and remade by the server, a message went missing) ends that consumer
+//!   and a new one starts after the last event handed on.
+//! - A consumer whose node is lost goes quiet: the server's idle heartbeat every
+//!   [`HEARTBEAT`] stops, the read fails after two, and a new consumer is made
+//!   on a surviving node, asked again every [`REMAKE_WAIT`] (until the cluster
+//!   notices the node is gone it may place the consumer there, and such a
+//!   request is never answered). Events flowed again 2 to 12 s after the
+//!   consumer's node was killed in 8 runs (tests/cluster_journal.rs);
+//!   async-nats's own ordered consumer remakes its consumer after two missed
+//!   15 s heartbeats, and in one run delivered nothing within 30 s.
+//! - `seq` is the stream's sequence: the same event has the same `seq` on every
+//!   gateway and after every restart, so a dashboard that reconnects to another
+//!   gateway with `since` misses nothing. It increases across the whole
+//!   cluster; a dashboard limited to some sites sees gaps where other sites'
+//!   events are.
+//! - A single-site scope is filtered by NATS (`vitalgate.events.{site}`); any
+//!   other scope reads every site's subject and skips the others here, because
+//!   several filter subjects per consumer need NATS 2.10's API.
+
+use super::events::{CHAIR_HEADER, EVENTS_PREFIX, EVENTS_STREAM, KIND_HEADER};
+use super::ClusterError;
+use crate::access::SiteScope;
+use crate::protocol::Frame;
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::Context;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One event as a dashboard receives it.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// The stream's sequence number: the frame's `seq`.
+    pub seq: u64,
+    /// "alarm" | "session".
+    pub kind: String,
+    pub frame: Frame,
+}
+
+/// Why a feed ended.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("reading the events stream: {0}")]
+    Read(String),
+    /// An event in the stream that no gateway could have written. Not skipped:
+    /// the dashboard would miss an event without knowing.
+    #[error("event {seq} in the events stream is malformed: {reason}")]
+    Malformed { seq: u64, reason: String },
+}
+
+/// How often a consumer's server says it is there while no event comes.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one pull request stays open.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// Pause before making a consumer again after failing to.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Longest wait for a new consumer before asking again.
+const REMAKE_WAIT: Duration = Duration::from_secs(2);
+/// A consumer left behind (its reader gone) is removed by the server after this.
+const INACTIVE: Duration = Duration::from_secs(30);
+
+/// The events of a scope, from the stream.
+pub struct Feed {
+    js: Context,
+    scope: SiteScope,
+    filter_subject: String,
+    /// The stream sequence of the last event read (handed on or out of scope).
+    last: u64,
+    /// The current consumer and the consumer sequence of its last message.
+    reading: Option<(pull::Stream, u64)>,
+}
+
+impl Feed {
+    /// Every event of `scope`'s sites after stream sequence `since` (0: from the
+    /// oldest the stream keeps), then each new one as it is stored.
+    pub async fn open(js: &Context, scope: SiteScope, since: u64) -> Result<Feed, FeedError> {
+        let filter_subject = match scope.single() {
+            Some(site) => format!("{EVENTS_PREFIX}.{site}"),
+            None => format!("{EVENTS_PREFIX}.>"),
+        };
+        let mut feed = Feed {
+            js: js.clone(),
+            scope,
+            filter_subject,
+            last: since,
+            reading: None,
+        };
+        feed.reading = Some((feed.consumer().await?, 0));
+        Ok(feed)
+    }
+
+    /// A consumer of the scope's subject from the event after the last one read.
+    async fn consumer(&self) -> Result<pull::Stream, ClusterError> {
+        let stream = self
+            .js
+            .get_stream(EVENTS_STREAM)
+            .await
+            .map_err(|e| ClusterError::js("finding the events stream", e))?;
+        let deliver_policy = match self.last {
+            0 => DeliverPolicy::All,
+            last => DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            },
+        };
+        let consumer: PullConsumer = stream
+            .create_consumer(pull::Config {
+                description: Some("vitalgate: a dashboard's events".into()),
+                filter_subject: self.filter_subject.clone(),
+                deliver_policy,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: INACTIVE,
+                num_replicas: 1,
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::js("reading the events stream", e))?;
+        consumer
+            .stream()
+            .heartbeat(HEARTBEAT)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::js("reading the events stream", e))
+    }
+
+    /// The next event in scope. Waits through a lost node or consumer (made
+    /// again after the last event read); fails only on an event no gateway
+    /// could have written.
+    pub async fn next(&mut self) -> Result<StreamEvent, FeedError> {
+        loop {
+            let Some((messages, consumer_seq)) = self.reading.as_mut() else {
+                // Not the client's request timeout: during a leader election a
+                // request can go unanswered, and a new one is answered sooner.
+                match tokio::time::timeout(REMAKE_WAIT, self.consumer()).await {
+                    Ok(Ok(messages)) => self.reading = Some((messages, 0)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "a dashboard's events: no consumer yet");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    Err(_) => tracing::debug!("a dashboard's events: no consumer yet (timed out)"),
+                }
+                continue;
+            };
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                // A missed heartbeat, a deleted consumer, a closed subscription.
+                other => {
+                    tracing::debug!(error = ?other.map(|r| r.err()), "a dashboard's events: consumer lost");
+                    self.reading = None;
+                    continue;
+                }
+            };
+            let info = message.info().map_err(|e| FeedError::Read(e.to_string()))?;
+            if info.consumer_sequence != *consumer_seq + 1 {
+                self.reading = None;
+                continue;
+            }
+            *consumer_seq = info.consumer_sequence;
+            let seq = info.stream_sequence;
+            self.last = seq;
+            let event = event_of(seq, &message)?;
+            if self.scope.allows_chair(chair_of(&event)) {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+fn chair_of(event: &StreamEvent) -> &str {
+    event.frame.chair.as_deref().unwrap_or_default()
+}
+
+/// The event a stream message holds, its frame numbered by its stream sequence.
+fn event_of(seq: u64, message: &async_nats::jetstream::Message) -> Result<StreamEvent, FeedError> {
+    let malformed = |reason: &str| FeedError::Malformed {
+        seq,
+        reason: reason.to_string(),
+    };
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let kind = header(KIND_HEADER).ok_or_else(|| malformed("no kind header"))?;
+    let chair = header(CHAIR_HEADER).ok_or_else(|| malformed("no chair header"))?;
+    let text = std::str::from_utf8(&message.payload).map_err(|_| malformed("not UTF-8"))?;
+    let text = crate::protocol::with_seq(text, seq)
+        .ok_or_else(|| malformed("not an alarm or session frame"))?;
+    let frame = Frame::about(text, Arc::from(chair));
+    Ok(StreamEvent { seq, kind, frame })
+}
