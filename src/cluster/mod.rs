@@ -121,8 +121,25 @@ async fn expiring_bucket(
     ttl: Duration,
     replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store, ClusterError> {
-    if let Ok(kv) = js.get_key_value(name).await {
-        return Ok(kv);
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    // Only a bucket that is not there is made: a lookup that failed otherwise
+    // (a timeout while the cluster elects a leader) is an error, not a reason
+    // to make the bucket again with this gateway's settings.
+    match js.get_stream(format!("KV_{name}")).await {
+        Ok(_) => {
+            return js.get_key_value(name).await.map_err(|e| {
+                ClusterError::js("opening a key-value bucket", format!("{name}: {e}"))
+            })
+        }
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+            {}
+        Err(e) => {
+            return Err(ClusterError::js(
+                "looking up a key-value bucket",
+                format!("{name}: {e}"),
+            ))
+        }
     }
     js.create_key_value(async_nats::jetstream::kv::Config {
         bucket: name.to_string(),
