@@ -197,3 +197,71 @@ async fn a_database_migrated_by_a_newer_build_is_refused() {
     let err = PgAudit::connect(&db.url()).await.err().unwrap();
     assert!(err.to_string().contains("newer vitalgate"), "{err}");
 }
+
+/// The writer's database connection is ended (a PostgreSQL restart, an
+/// operator ending backends): events that fail meanwhile come again, the next
+/// call connects again, and every event is audited once.
+#[tokio::test]
+async fn the_audit_goes_on_after_its_database_connection_is_lost() {
+    let nats = NatsCluster::start(1).await;
+    let js = vitalgate::cluster::connect(&nats.urls(), "audit-test")
+        .await
+        .unwrap();
+    events::stream(&js, 1).await.unwrap();
+    let db = TestDb::create().await;
+    let stop = CancellationToken::new();
+    let writer = vitalgate::cluster::audit_pg::start_writer(
+        &js,
+        PgAudit::connect(&db.url()).await.unwrap(),
+        1,
+        Duration::from_secs(1),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let reader = PgAudit::connect(&db.url()).await.unwrap();
+    let audited = |n: usize| {
+        let reader = &reader;
+        move || async move {
+            reader
+                .history("alarm", None, 0, 1000)
+                .await
+                .is_ok_and(|rows| rows.len() == n)
+        }
+    };
+    publish_range(&js, 0..20).await;
+    common::eventually(audited(20), "the first 20 events audited").await;
+
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+        db.name
+    ))
+    .await;
+    publish_range(&js, 20..40).await;
+    common::eventually(
+        audited(40),
+        "40 events audited after the connection was lost",
+    )
+    .await;
+    stop.cancel();
+    writer.await.unwrap();
+    let rows = reader.history("alarm", None, 0, 1000).await.unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+}
+
+/// Publish events `range` (ids and bodies as in [`body`]).
+async fn publish_range(js: &async_nats::jetstream::Context, range: std::ops::Range<u64>) {
+    let lease = Instant::now() + Duration::from_secs(60);
+    for i in range {
+        let chair = format!("north/{}", i % 7);
+        let event = Event {
+            id: &format!("{chair}:{i}"),
+            kind: "alarm",
+            chair: &chair,
+            at_ms: 1_000 + i,
+            body: &body(i),
+        };
+        events::publish(js, &event, lease).await.unwrap();
+    }
+}

@@ -20,6 +20,7 @@ use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Context;
 use futures_util::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -76,28 +77,58 @@ pub struct AuditRow {
     pub body: String,
 }
 
+/// The audit database. Its connection is made again when it was lost (the
+/// server restarted, the backend was ended): the call that finds it closed
+/// reconnects, so a writer's next retry goes through once the server is back.
 pub struct PgAudit {
-    client: Client,
+    url: String,
+    /// Taken for each call (a clone of the `Arc`), never held across one.
+    client: std::sync::Mutex<Arc<Client>>,
+    /// One reconnection at a time.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl PgAudit {
     /// Connect (`url` as libpq takes it, e.g. `host=127.0.0.1 user=vitalgate
     /// dbname=vitalgate`) and bring the schema up to date.
     pub async fn connect(url: &str) -> Result<PgAudit, PgAuditError> {
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
-            }
-        });
+        let mut client = open(url).await?;
         migrate(&mut client).await?;
-        Ok(PgAudit { client })
+        Ok(PgAudit {
+            url: url.to_string(),
+            client: std::sync::Mutex::new(Arc::new(client)),
+            reconnecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The connection, made again if it was lost.
+    async fn client(&self) -> Result<Arc<Client>, PgAuditError> {
+        let current = || {
+            self.client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        let client = current();
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        let _one = self.reconnecting.lock().await;
+        let client = current();
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        tracing::warn!("the audit database's connection was lost; connecting again");
+        let fresh = Arc::new(open(&self.url).await?);
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        Ok(fresh)
     }
 
     /// The schema version the database is at.
     pub async fn version(&self) -> Result<i32, PgAuditError> {
         let row = self
-            .client
+            .client()
+            .await?
             .query_one(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
                 &[],
@@ -117,8 +148,8 @@ impl PgAudit {
             seq: row.seq,
             what: "at_ms",
         })?;
-        let n = self
-            .client
+        let client = self.client().await?;
+        let n = client
             .execute(
                 "INSERT INTO events(seq, event_id, kind, chair, at_ms, body)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -128,8 +159,7 @@ impl PgAudit {
         if n == 1 {
             return Ok(true);
         }
-        let stored = self
-            .client
+        let stored = client
             .query_opt("SELECT event_id FROM events WHERE seq = $1", &[&seq])
             .await?;
         match stored.map(|r| r.get::<_, String>(0)) {
@@ -153,7 +183,8 @@ impl PgAudit {
     ) -> Result<Vec<AuditRow>, PgAuditError> {
         let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
         let rows = self
-            .client
+            .client()
+            .await?
             .query(
                 "SELECT seq, event_id, kind, chair, at_ms, body FROM events
                  WHERE kind = $1 AND ($2::TEXT IS NULL OR chair = $2) AND at_ms >= $3
@@ -173,6 +204,17 @@ impl PgAudit {
             })
             .collect())
     }
+}
+
+/// A connection, its I/O driven by a task of its own.
+async fn open(url: &str) -> Result<Client, PgAuditError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
 }
 
 async fn migrate(client: &mut Client) -> Result<(), PgAuditError> {

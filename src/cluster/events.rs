@@ -1,9 +1,10 @@
 //! The cluster's journal of events: alarm, session and limit frames in one
 //! replicated stream, whose sequence numbers them for every dashboard.
 //!
-//! An event is published with a deterministic id (`Nats-Msg-Id`): a takeover
-//! that evaluates a device message again publishes the same event again, and
-//! the stream drops the repeat within [`DUPLICATE_WINDOW`]. A publisher holds
+//! An event is published with an id (`Nats-Msg-Id`): the same id published
+//! again within [`DUPLICATE_WINDOW`] is dropped by the stream (a retry, and,
+//! once ids are deterministic, a takeover evaluating a device message again;
+//! see [`super::journal`]). A publisher holds
 //! the lease of the event's partition: nothing is published once that lease's
 //! deadline has passed.
 
@@ -35,7 +36,7 @@ pub const AT_HEADER: &str = "Vitalgate-At-Ms";
 /// One event to journal.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    /// Deterministic: the same event evaluated twice has the same id.
+    /// The same for every publication of one event.
     pub id: &'a str,
     /// "alarm" | "session" | "limit".
     pub kind: &'a str,

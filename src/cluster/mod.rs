@@ -21,19 +21,17 @@
 //!   so that a gateway that stalls (a SIGSTOP, a long pause) has stopped acting
 //!   for the partition before anyone else may start.
 //! - **Events** (alarm, session and limit frames) are journaled in one replicated
-//!   stream ([`events`]) whose sequence is to be the `seq` dashboards see;
-//!   published with deterministic `Nats-Msg-Id`s, so a takeover that evaluates a
-//!   device message again cannot raise its alarm twice (the stream drops the
-//!   repeat), and never once the partition's lease has lapsed. The PostgreSQL
-//!   audit trail ([`audit_pg`]) writes each event once, keyed by that sequence.
-//!
-//! - **The engine's journal** in cluster mode is the events stream
-//!   ([`journal`]): a commit returns once every event is stored, so a device
-//!   message is acknowledged only after the events it caused are in the stream.
+//!   stream ([`events`]) whose sequence is the `seq` dashboards see, each
+//!   published with an id (`Nats-Msg-Id`) that the stream deduplicates, and
+//!   never once the partition's lease has lapsed. The engine's journal in
+//!   cluster mode is that stream ([`journal`]): a commit returns once every
+//!   event is stored, so a device message is acknowledged only after the events
+//!   it caused are in the stream. The PostgreSQL audit trail ([`audit_pg`])
+//!   writes each event once, keyed by that sequence.
 //! - **Dashboards** read their sites' events from the stream ([`feed`]), through
-//!   any gateway, numbered by the stream's sequence: `seq` is global and
-//!   gap-free per subject filter, and `since` reaches as far back as the stream
-//!   keeps.
+//!   any gateway: `seq` is the stream's sequence, global and the same on every
+//!   gateway (a dashboard limited to some sites sees gaps where other sites'
+//!   events are), and `since` reaches as far back as the stream keeps.
 //!
 //! Still to come (not in this module yet): the `[cluster]` configuration and
 //! the binary's cluster mode, snapshots for dashboards, and:
@@ -41,7 +39,10 @@
 //!   messages after it on device time before going live. Acknowledged messages
 //!   leave `$MQTT_msgs`, so the owner first copies each into a replicated stream
 //!   of its own (deduplicated by the message's sequence), which the snapshot
-//!   positions refer to.
+//!   positions refer to. Event ids then become deterministic (the chair, its
+//!   alarm and the transition), so that an event evaluated again by the next
+//!   owner is dropped as a repeat; today an id is the publishing engine's
+//!   instance and sequence, which only makes a retried commit safe.
 //!
 //! # NATS 2.10 or later
 //! Leases need the server to serialise writes that expect a revision; 2.9.10
