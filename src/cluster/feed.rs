@@ -66,7 +66,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Pause before making a consumer again after failing to.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Longest wait for a new consumer before asking again.
-const REMAKE_WAIT: Duration = Duration::from_secs(2);
+pub const REMAKE_WAIT: Duration = Duration::from_secs(2);
 /// A consumer left behind (its reader gone) is removed by the server after this.
 const INACTIVE: Duration = Duration::from_secs(30);
 
