@@ -44,9 +44,10 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
             let js = vitalgate::cluster::connect(&urls, &name).await.unwrap();
             let leases = Leases::open(&js, &name, TIMES, 3).await.unwrap();
             let stop = CancellationToken::new();
-            let (owned, _ownership) = ownership::start(&js, leases, &name, SETTINGS, stop.clone())
+            let owned = ownership::start(&js, leases, &name, SETTINGS, stop.clone())
                 .await
-                .unwrap();
+                .unwrap()
+                .owned;
             let (tx, mut rx) = mpsc::channel(64);
             intake::start(js, owned.clone(), 3, TIMES.ttl, tx, stop.clone());
             let log: Log = Arc::default();

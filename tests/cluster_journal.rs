@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::nats::{NatsCluster, PARTITIONS};
+use common::nats::{stream_engine, NatsCluster, PARTITIONS};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -15,55 +14,8 @@ use vitalgate::cluster::feed::{Feed, StreamEvent};
 use vitalgate::cluster::journal::StreamJournal;
 use vitalgate::cluster::ownership::Owned;
 use vitalgate::cluster::{self, events};
-use vitalgate::core::{Reading, RuleSet, Vital, Ward};
-use vitalgate::engine::{
-    Command, Engine, Journal, Outlet, Parts, Processed, Reply, Running, Sequenced,
-};
-use vitalgate::telemetry::Metrics;
-
-/// Events go to the stream; nothing is fanned out locally.
-struct Nowhere;
-
-impl Outlet for Nowhere {
-    fn release(&self, _: &[Sequenced]) {}
-    fn vitals(&self, _: &Arc<str>, _: &vitalgate::core::Latest, _: std::time::Instant) {}
-}
-
-/// An engine named `instance` journaling into the events stream through `js`,
-/// under the leases in `owned`.
-fn engine(
-    js: &async_nats::jetstream::Context,
-    instance: &str,
-    owned: watch::Receiver<Owned>,
-) -> (Engine, Running) {
-    let (receipts, _) = tokio::sync::mpsc::unbounded_channel();
-    let journal = StreamJournal::new(
-        js.clone(),
-        tokio::runtime::Handle::current(),
-        owned,
-        PARTITIONS,
-    );
-    // The shared test rules: SpO2 below 90 raises at once, 92 clears.
-    let (mut config, _) = common::test_config();
-    common::simple_rules(&mut config);
-    Engine::start(
-        Parts {
-            ward: Ward::new(Arc::new(RuleSet::compile(&config.rules).unwrap()), 1000),
-            last_seq: 0,
-            instance: instance.into(),
-            replay_capacity: 100,
-            commands: 1024,
-            escalation: config.alarms.escalation_policy(),
-            forget_idle_chair_ms: 0,
-            silent_ms: 60_000,
-            metrics: Arc::new(Metrics::new()),
-        },
-        Box::new(journal),
-        Arc::new(Nowhere),
-        receipts,
-        |_| {},
-    )
-}
+use vitalgate::core::{Reading, Vital};
+use vitalgate::engine::{Command, Engine, Journal, Processed, Reply};
 
 fn spo2(seq: u64, value: f64) -> Reading {
     let mut values = [None; 6];
@@ -149,8 +101,8 @@ async fn two_gateways_journal_into_one_stream_that_any_dashboard_reads_in_order(
     let (_a_owns, owned_a) =
         watch::channel(leases((0..PARTITIONS).filter(|p| p.is_multiple_of(2))));
     let (_b_owns, owned_b) = watch::channel(leases((0..PARTITIONS).filter(|p| p % 2 == 1)));
-    let (a, _a_running) = engine(&js_a, "gateway-a", owned_a);
-    let (b, _b_running) = engine(&js_b, "gateway-b", owned_b);
+    let (a, _a_running) = stream_engine(&js_a, "gateway-a", owned_a);
+    let (b, _b_running) = stream_engine(&js_b, "gateway-b", owned_b);
     let mut everything = Feed::open(&js_c, SiteScope::all(), 0).await.unwrap();
     let mut north = Feed::open(&js_a, SiteScope::only(vec!["north".into()]), 0)
         .await
@@ -232,7 +184,7 @@ async fn events_are_journaled_under_a_live_lease_only_and_once() {
 
     let others = leases((0..PARTITIONS).filter(|p| *p != partition));
     let (owns, owned) = watch::channel(others);
-    let (engine, _running) = engine(&js, "gateway-a", owned.clone());
+    let (engine, _running) = stream_engine(&js, "gateway-a", owned.clone());
     // The engine applies the reading; the journal refuses to publish its alarm.
     apply(&engine, chair, spo2(1, 85.0)).await;
     assert!(!engine.journal_ok(), "a refused commit shows");
@@ -301,7 +253,7 @@ async fn a_feed_goes_on_after_its_node_is_lost() {
         .unwrap();
     let stream = events::stream(&js, 3).await.unwrap();
     let (_owns, owned) = watch::channel(leases(0..PARTITIONS));
-    let (a, _running) = engine(&js, "gateway-a", owned);
+    let (a, _running) = stream_engine(&js, "gateway-a", owned);
     let mut feed = Feed::open(&js, SiteScope::all(), 0).await.unwrap();
 
     let chairs: Vec<String> = (1..=10).map(|c| format!("north/{c}")).collect();

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use vitalgate::cluster::lease::{LeaseTimes, Leases};
+use vitalgate::cluster::ownership::Change;
 use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
 
 const TIMES: LeaseTimes = LEASE_TIMES;
@@ -17,6 +18,7 @@ const SETTINGS: OwnershipSettings = OWNERSHIP;
 
 struct Gateway {
     owned: watch::Receiver<Owned>,
+    changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -27,10 +29,15 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
         .unwrap();
     let leases = Leases::open(&js, name, TIMES, 3).await.unwrap();
     let stop = CancellationToken::new();
-    let (owned, task) = ownership::start(&js, leases, name, SETTINGS, stop.clone())
+    let ownership = ownership::start(&js, leases, name, SETTINGS, stop.clone())
         .await
         .unwrap();
-    Gateway { owned, stop, task }
+    Gateway {
+        owned: ownership.owned,
+        changes: ownership.changes,
+        stop,
+        task: ownership.task,
+    }
 }
 
 /// Which gateways may act for each partition right now (their published lease
@@ -92,7 +99,7 @@ fn all_covered(acting: &BTreeMap<u32, usize>) -> bool {
 #[tokio::test]
 async fn gateways_share_the_partitions_and_take_over_from_a_dead_one() {
     let nats = NatsCluster::start(3).await;
-    let a = gateway(&nats, "gw-a").await;
+    let mut a = gateway(&nats, "gw-a").await;
     let b = gateway(&nats, "gw-b").await;
     let c = gateway(&nats, "gw-c").await;
     let all = [&a, &b, &c];
@@ -135,4 +142,20 @@ async fn gateways_share_the_partitions_and_take_over_from_a_dead_one() {
     );
     a.stop.cancel();
     a.task.await.unwrap();
+
+    // What a told of, in order: each partition taken, then gone, alternately;
+    // all 16 taken at some point and none left at the stop.
+    let mut held = std::collections::BTreeSet::new();
+    let mut ever = std::collections::BTreeSet::new();
+    while let Ok(change) = a.changes.try_recv() {
+        match change {
+            Change::Taken(p) => {
+                assert!(held.insert(p), "p{p} taken twice without going");
+                ever.insert(p);
+            }
+            Change::Gone(p) => assert!(held.remove(&p), "p{p} gone without being taken"),
+        }
+    }
+    assert!(held.is_empty(), "still held after the stop: {held:?}");
+    assert_eq!(ever.len(), PARTITIONS as usize);
 }

@@ -3,8 +3,8 @@
 //!
 //! An event is published with an id (`Nats-Msg-Id`): the same id published
 //! again within [`DUPLICATE_WINDOW`] is dropped by the stream (a retry, and,
-//! once ids are deterministic, a takeover evaluating a device message again;
-//! see [`super::journal`]). A publisher holds
+//! once ids are deterministic, a takeover evaluating a device message again:
+//! the engine's journal in cluster mode says what its ids are). A publisher holds
 //! the lease of the event's partition: nothing is published once that lease's
 //! deadline has passed.
 

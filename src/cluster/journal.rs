@@ -13,9 +13,15 @@
 //!   or the lease lapses: a retry whose first attempt was in fact stored is
 //!   dropped by the stream, not stored twice.
 //! - A commit with an event whose lease lapsed, or whose partition this gateway
-//!   does not own, fails. The engine still releases the receipts, but the
-//!   intake refuses to acknowledge a message once its lease has lapsed, so the
-//!   next owner receives it again.
+//!   does not own, fails, and the journal withholds: the device messages behind
+//!   the commit are refused ([`crate::engine::NOT_JOURNALED`]), not
+//!   acknowledged, and come again (to the partition's next owner). A message of
+//!   another partition in the same commit comes again to this gateway, whose
+//!   engine takes it as a repeat. Not handled yet: a lease that lapsed and was
+//!   then renewed by the same gateway (a late renewal) leaves its engine holding
+//!   state whose events are not in the stream, and the redelivered message is
+//!   taken as a repeat; the partition must then be given up and its chairs
+//!   restored from the stream, which comes with takeover replay.
 //! - The event id is the publishing engine's instance and the event's engine
 //!   sequence: unique, and the same for every retry of one commit. A takeover
 //!   that evaluates a device message again produces its events under the new
@@ -77,6 +83,12 @@ impl Journal for StreamJournal {
             })
             .collect();
         self.runtime.block_on(self.publish_all(&events))
+    }
+
+    /// Dashboards read events from the stream, and a device message is
+    /// acknowledged only once its events are there.
+    fn withholds_on_failure(&self) -> bool {
+        true
     }
 }
 

@@ -52,6 +52,7 @@
 //! A NATS subject token cannot hold `.`: in cluster mode a site or chair name is
 //! letters, digits, `_` and `-` only (single-node mode also allows `.`).
 
+pub mod apply;
 pub mod audit_pg;
 pub mod events;
 pub mod feed;

@@ -15,13 +15,20 @@
 //! only once its deadline has passed, when nothing of ours can act for it any
 //! more (every acknowledgement and publish checks that deadline). A handover
 //! therefore takes up to `ttl - margin`, a crash up to `ttl`.
+//!
+//! A lease whose deadline passed before its renewal was sent is not renewed,
+//! even if no one else took it: it is dropped, and the partition is taken again
+//! later like any free one. So every time this gateway starts acting for a
+//! partition is an acquisition, announced as [`Change::Taken`]: whatever it
+//! held for the partition's chairs before may be stale (work done under the
+//! lapsed lease that was never journaled) and is dropped.
 
 use super::lease::{Lease, Leases, Renewal};
 use super::{expiring_bucket, keys_of, ClusterError, MEMBER_BUCKET};
 use async_nats::jetstream::{kv, Context};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +47,26 @@ pub struct OwnershipSettings {
     pub replicas: usize,
 }
 
+/// A partition this gateway started or stopped acting for, in the order it
+/// happened (never coalesced, unlike [`Owned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Acquired: announced before the partition appears in [`Owned`], so
+    /// before any of its messages are read.
+    Taken(u32),
+    /// Lost, lapsed or given back: announced once it has left [`Owned`].
+    Gone(u32),
+}
+
+/// The running loop.
+pub struct Ownership {
+    /// The partitions held now, with their deadlines.
+    pub owned: watch::Receiver<Owned>,
+    /// Every [`Change`], in order.
+    pub changes: mpsc::UnboundedReceiver<Change>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// Start the loop; it runs until `stop`, then gives every partition back (its
 /// key removed once its deadline has passed, as above).
 pub async fn start(
@@ -48,7 +75,7 @@ pub async fn start(
     me: &str,
     settings: OwnershipSettings,
     stop: CancellationToken,
-) -> Result<(watch::Receiver<Owned>, tokio::task::JoinHandle<()>), ClusterError> {
+) -> Result<Ownership, ClusterError> {
     let members = expiring_bucket(
         js,
         MEMBER_BUCKET,
@@ -58,7 +85,9 @@ pub async fn start(
     )
     .await?;
     let (tx, rx) = watch::channel(Owned::new());
+    let (changes_tx, changes) = mpsc::unbounded_channel();
     let mut owner = Owner {
+        changes: changes_tx,
         leases,
         members,
         me: member_key(me),
@@ -78,7 +107,11 @@ pub async fn start(
         }
         owner.release_all().await;
     });
-    Ok((rx, task))
+    Ok(Ownership {
+        owned: rx,
+        changes,
+        task,
+    })
 }
 
 struct Owner {
@@ -91,6 +124,7 @@ struct Owner {
     /// Given back, not renewed, removed from the bucket once past its deadline.
     releasing: Vec<Lease>,
     tx: watch::Sender<Owned>,
+    changes: mpsc::UnboundedSender<Change>,
 }
 
 impl Owner {
@@ -122,6 +156,11 @@ impl Owner {
     async fn renew(&mut self) {
         let leases = &self.leases;
         let renewals = self.held.iter_mut().map(|(partition, lease)| async move {
+            if !lease.is_valid() {
+                // Lapsed here: not renewed, even if nobody took it (see above).
+                tracing::warn!(partition, "lease lapsed before its renewal");
+                return Some(*partition);
+            }
             match leases.renew(lease).await {
                 Ok(Renewal::Renewed) => None,
                 Ok(Renewal::Lost) => Some(*partition),
@@ -140,9 +179,14 @@ impl Owner {
             .into_iter()
             .flatten()
             .collect();
-        for partition in gone {
+        for &partition in &gone {
             self.held.remove(&partition);
             tracing::warn!(partition, "partition lost");
+        }
+        // Out of the published set before anyone hears it is gone.
+        self.publish();
+        for partition in gone {
+            let _ = self.changes.send(Change::Gone(partition));
         }
     }
 
@@ -163,6 +207,7 @@ impl Owner {
         let lease = self.held.remove(&partition).expect("held");
         // Out of the published set at once; out of the bucket once lapsed.
         self.publish();
+        let _ = self.changes.send(Change::Gone(partition));
         self.releasing.push(lease);
     }
 
@@ -204,6 +249,8 @@ impl Owner {
             match self.leases.acquire(partition).await {
                 Ok(Some(lease)) => {
                     tracing::info!(partition, "partition taken");
+                    // Announced before it is published (at the round's end).
+                    let _ = self.changes.send(Change::Taken(partition));
                     self.held.insert(partition, lease);
                 }
                 Ok(None) => {}
@@ -233,6 +280,9 @@ impl Owner {
     async fn release_all(&mut self) {
         let held = std::mem::take(&mut self.held);
         self.publish();
+        for &partition in held.keys() {
+            let _ = self.changes.send(Change::Gone(partition));
+        }
         let _ = self.members.purge(&self.me).await;
         self.releasing.extend(held.into_values());
         if let Some(last) = self.releasing.iter().map(Lease::valid_until).max() {

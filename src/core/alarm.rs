@@ -223,6 +223,12 @@ impl Board {
         }
     }
 
+    /// Drop the active alarms of every chair `which` names, without an event:
+    /// another owner carries on with them (cluster mode).
+    pub fn forget(&mut self, which: impl Fn(&str) -> bool) {
+        self.active.retain(|_, a| !which(&a.event.chair));
+    }
+
     /// The `seq` of the latest event (the starting point before the first).
     pub fn last_seq(&self) -> u64 {
         self.last_seq

@@ -287,6 +287,14 @@ impl Ward {
     /// keep every chair ever seen. Chairs a session message named are kept (their
     /// last message time guards against stale retained messages). Returns how many
     /// were forgotten; a chair comes back with its next message.
+    /// Drop every chair `which` names, whatever its state: another owner carries
+    /// on with it (cluster mode). How many went.
+    pub fn forget(&self, which: impl Fn(&str) -> bool) -> usize {
+        let before = self.patients.len();
+        self.patients.retain(|chair, _| !which(chair));
+        before.saturating_sub(self.patients.len())
+    }
+
     pub fn evict_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
         if idle_ms == 0 {
             return 0;

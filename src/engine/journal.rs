@@ -1,7 +1,7 @@
 //! The journal thread: group commit, then release in order.
 
 use super::state::{deliver_receipt, Pass};
-use super::{Outlet, Receipt, Sequenced};
+use super::{Outlet, Processed, Receipt, Sequenced};
 use crate::audit::{Audit, Record};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,7 +22,22 @@ pub trait Journal: Send + 'static {
 
     /// Housekeeping once a commit's events are released (the next commit waits).
     fn after_release(&mut self) {}
+
+    /// What a failed commit does to what it held. `false` (the single-node
+    /// journal): the events are released anyway, and device messages
+    /// acknowledged, because a nurse seeing an alarm matters more than its
+    /// record. `true` (a journal that is also how dashboards get events): the
+    /// events are not released and each device message's outcome becomes
+    /// [`Processed::Refused`] with code [`NOT_JOURNALED`], so that it is not
+    /// acknowledged and comes again.
+    fn withholds_on_failure(&self) -> bool {
+        false
+    }
 }
+
+/// The refusal code of a device message whose events a withholding journal
+/// could not commit.
+pub const NOT_JOURNALED: &str = "not_journaled";
 
 /// The audit trail on SQLite (the single-node journal).
 pub struct SqliteJournal {
@@ -79,17 +94,18 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit(journal.as_mut(), &batches, &release);
+        let committed = commit(journal.as_mut(), &batches, &release);
+        let withheld = !committed && journal.withholds_on_failure();
         for batch in batches.drain(..) {
-            release.batch(batch);
+            release.batch(batch, withheld);
         }
         journal.after_release();
     }
 }
 
-/// Commit every event of `batches`. A failure is counted and logged, and the
-/// events are still released: a nurse seeing an alarm matters more than its record.
-fn commit(journal: &mut dyn Journal, batches: &[Vec<Pass>], release: &Release) {
+/// Commit every event of `batches`; whether that worked (nothing to commit
+/// counts as done). A failure is counted and logged.
+fn commit(journal: &mut dyn Journal, batches: &[Vec<Pass>], release: &Release) -> bool {
     let events = batches.iter().flatten().filter_map(|p| match p {
         Pass::Events(events) => Some(events),
         _ => None,
@@ -106,24 +122,42 @@ fn commit(journal: &mut dyn Journal, batches: &[Vec<Pass>], release: &Release) {
         })
         .collect();
     if records.is_empty() {
-        return;
+        return true;
     }
     let started = Instant::now();
     let result = journal.commit(&records);
     Metrics::observe(&release.metrics.journal_commit, started.elapsed());
     release.metrics.journal_commits.increment(1);
     release.ok.store(result.is_ok(), Ordering::Relaxed);
-    if let Err(e) = result {
-        release.metrics.audit_errors.increment(1);
-        tracing::error!(error = %e, events = records.len(), "audit trail write failed; events delivered anyway");
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            release.metrics.audit_errors.increment(1);
+            if journal.withholds_on_failure() {
+                tracing::error!(error = %e, events = records.len(), "journal commit failed; the device messages behind it are not acknowledged");
+            } else {
+                tracing::error!(error = %e, events = records.len(), "audit trail write failed; events delivered anyway");
+            }
+            false
+        }
     }
 }
 
 impl Release {
-    fn batch(&self, batch: Vec<Pass>) {
+    /// Release `batch` in order; `withheld`: its commit failed and the journal
+    /// withholds (see [`Journal::withholds_on_failure`]).
+    fn batch(&self, batch: Vec<Pass>, withheld: bool) {
         for pass in batch {
             match pass {
+                Pass::Events(_) if withheld => {}
                 Pass::Events(events) => self.outlet.release(&events),
+                Pass::Receipt(reply, _) if withheld => {
+                    let refused = Processed::Refused {
+                        code: NOT_JOURNALED,
+                        detail: "its events could not be journaled".into(),
+                    };
+                    deliver_receipt(&self.receipts, reply, refused)
+                }
                 Pass::Receipt(reply, processed) => {
                     deliver_receipt(&self.receipts, reply, processed)
                 }

@@ -33,7 +33,7 @@ mod journal;
 mod restore;
 mod state;
 
-pub use journal::{Journal, JournalError, SqliteJournal};
+pub use journal::{Journal, JournalError, SqliteJournal, NOT_JOURNALED};
 pub use restore::Restore;
 pub use state::in_scope;
 
@@ -166,6 +166,13 @@ pub enum Command {
     },
     /// Answered once every event made before it is journaled and released.
     Flush { reply: oneshot::Sender<()> },
+    /// Drop the chairs `which` names, their state and active alarms, without
+    /// events (cluster mode: their partition went to another gateway, or came
+    /// to this one and its earlier state here is stale). Answers how many went.
+    HandOver {
+        which: Box<dyn Fn(&str) -> bool + Send>,
+        reply: oneshot::Sender<usize>,
+    },
     /// A dashboard asks for a fresh snapshot, ordered with its events.
     Snapshot {
         scope: SiteScope,

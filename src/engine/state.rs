@@ -209,6 +209,11 @@ impl State {
                 out.push(Pass::Then(Box::new(move || then(initial))));
             }
             Command::Flush { reply } => answer(reply, (), out),
+            Command::HandOver { which, reply } => {
+                self.board.forget(&which);
+                let gone = self.ward.forget(&which);
+                answer(reply, gone, out)
+            }
             Command::Snapshot { scope, then } => {
                 let frame = self.snapshot(&scope);
                 out.push(Pass::Then(Box::new(move || then(frame))));

@@ -29,17 +29,26 @@ impl Outlet for Recorder {
 }
 
 /// A journal whose commits wait while the test holds `gate`, and which records
-/// how many records each commit held.
+/// how many records each commit held. `failing`: every commit fails, and the
+/// journal withholds on failure when it says `true`.
 struct Gated {
     gate: Arc<tokio::sync::Mutex<()>>,
     commits: Arc<Mutex<Vec<usize>>>,
+    failing: Option<bool>,
 }
 
 impl Journal for Gated {
     fn commit(&mut self, records: &[crate::audit::Record<'_>]) -> Result<(), JournalError> {
         drop(self.gate.blocking_lock());
         self.commits.lock().unwrap().push(records.len());
-        Ok(())
+        match self.failing {
+            Some(_) => Err(JournalError("the test's journal fails".into())),
+            None => Ok(()),
+        }
+    }
+
+    fn withholds_on_failure(&self) -> bool {
+        self.failing == Some(true)
     }
 }
 
@@ -64,6 +73,14 @@ fn rules() -> RuleSet {
 }
 
 fn rig_with(replay_capacity: usize, restore: impl FnOnce(&mut Restore<'_>)) -> Rig {
+    rig_journal(replay_capacity, None, restore)
+}
+
+fn rig_journal(
+    replay_capacity: usize,
+    failing: Option<bool>,
+    restore: impl FnOnce(&mut Restore<'_>),
+) -> Rig {
     let (tx, out) = unbounded_channel();
     let gate = Arc::new(tokio::sync::Mutex::new(()));
     let commits = Arc::new(Mutex::new(Vec::new()));
@@ -87,6 +104,7 @@ fn rig_with(replay_capacity: usize, restore: impl FnOnce(&mut Restore<'_>)) -> R
         Box::new(Gated {
             gate: gate.clone(),
             commits: commits.clone(),
+            failing,
         }),
         Arc::new(Recorder(tx)),
         receipts,
@@ -304,4 +322,31 @@ async fn a_restored_alarm_escalates_on_time_from_its_original_raise() {
     assert_eq!(snapshot["seq"], 1);
     assert_eq!(snapshot["alarms"][0]["escalation_level"], 2);
     assert_eq!(rig.next().await, Out::Event(1));
+}
+
+/// A failed commit: the single-node journal's events are released and the
+/// device message settled as applied; a withholding journal's are not, and the
+/// message is refused as not journaled (so that it is not acknowledged).
+#[tokio::test]
+async fn a_failed_commit_releases_or_withholds_as_the_journal_says() {
+    let mut released = rig_journal(100, Some(false), |_| {});
+    let outcome = released.reading("n/1", spo2(1, 85.0)).await;
+    assert_eq!(released.next().await, Out::Vitals("n/1".into()));
+    assert_eq!(
+        outcome.await.unwrap(),
+        Processed::Accepted { alarm_events: 1 }
+    );
+    assert_eq!(released.next().await, Out::Event(1));
+    assert!(!released.engine.journal_ok());
+
+    let mut withheld = rig_journal(100, Some(true), |_| {});
+    let outcome = withheld.reading("n/1", spo2(1, 85.0)).await;
+    assert_eq!(withheld.next().await, Out::Vitals("n/1".into()));
+    match outcome.await.unwrap() {
+        Processed::Refused { code, .. } => assert_eq!(code, NOT_JOURNALED),
+        other => panic!("{other:?}"),
+    }
+    assert!(withheld.engine.flushed().await);
+    assert!(withheld.out.try_recv().is_err(), "nothing released");
+    assert!(!withheld.engine.journal_ok());
 }

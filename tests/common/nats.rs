@@ -13,6 +13,14 @@ use vitalgate::cluster::lease::LeaseTimes;
 use vitalgate::cluster::ownership::OwnershipSettings;
 use vitalgate::cluster::streams;
 
+use std::sync::Arc;
+use tokio::sync::watch;
+use vitalgate::cluster::journal::StreamJournal;
+use vitalgate::cluster::ownership::Owned;
+use vitalgate::core::{RuleSet, Ward};
+use vitalgate::engine::{Engine, Outlet, Parts, Running, Sequenced};
+use vitalgate::telemetry::Metrics;
+
 /// Partitions in the shipped mapping (`deploy/nats/partitions.conf`).
 pub const PARTITIONS: u32 = 16;
 
@@ -52,6 +60,50 @@ pub async fn partition_consumers(
             .await
             .unwrap();
     }
+}
+
+/// Events go to the stream; nothing is fanned out locally.
+pub struct Nowhere;
+
+impl Outlet for Nowhere {
+    fn release(&self, _: &[Sequenced]) {}
+    fn vitals(&self, _: &Arc<str>, _: &vitalgate::core::Latest, _: std::time::Instant) {}
+}
+
+/// An engine named `instance` journaling into the events stream through `js`,
+/// under the leases in `owned`.
+pub fn stream_engine(
+    js: &async_nats::jetstream::Context,
+    instance: &str,
+    owned: watch::Receiver<Owned>,
+) -> (Engine, Running) {
+    let (receipts, _) = tokio::sync::mpsc::unbounded_channel();
+    let journal = StreamJournal::new(
+        js.clone(),
+        tokio::runtime::Handle::current(),
+        owned,
+        PARTITIONS,
+    );
+    // The shared test rules: SpO2 below 90 raises at once, 92 clears.
+    let mut config = vitalgate::Config::default();
+    super::simple_rules(&mut config);
+    Engine::start(
+        Parts {
+            ward: Ward::new(Arc::new(RuleSet::compile(&config.rules).unwrap()), 1000),
+            last_seq: 0,
+            instance: instance.into(),
+            replay_capacity: 100,
+            commands: 1024,
+            escalation: config.alarms.escalation_policy(),
+            forget_idle_chair_ms: 0,
+            silent_ms: 60_000,
+            metrics: Arc::new(Metrics::new()),
+        },
+        Box::new(journal),
+        Arc::new(Nowhere),
+        receipts,
+        |_| {},
+    )
 }
 
 /// The oldest NATS these tests accept. 2.9.10 (Debian 12's) lets two

@@ -1,0 +1,206 @@
+//! Device messages of the partitions this gateway owns, through the same
+//! intake as single-node mode, into the engine; each acknowledged to NATS once
+//! what it caused is journaled in the events stream.
+//!
+//! Invariants:
+//! - Messages are handed to the engine in the order the partitions' readers
+//!   hand them on (one task), so one chair's messages keep their order.
+//! - A message is acknowledged only after the engine's receipt for it, which
+//!   comes after the journal commit of its events ([`super::journal`]), and
+//!   only while its lease holds ([`DeviceMessage::ack`]): a message whose
+//!   events could not be journaled, or whose lease lapsed, is delivered again
+//!   to the partition's next owner.
+//! - A message settled without the engine (a bad topic, an undecodable
+//!   reading, a refused session) is acknowledged at once and counted by the
+//!   intake, as in single-node mode: it would be refused again forever.
+//! - A message the engine did not take (it is shutting down) is left
+//!   unacknowledged.
+//! - When a partition is taken or goes ([`Change`]), the engine drops its
+//!   chairs' state and active alarms before the next message is applied: a
+//!   partition gone is the next owner's to act for (no escalation from here),
+//!   and one taken starts from what its messages say, not from state this
+//!   gateway kept from an earlier ownership that may never have been journaled.
+//!   Ownership announces a take before any message of the partition is read,
+//!   and the announcements are read here before every message.
+
+use super::intake::DeviceMessage;
+use super::ownership::{Change, Owned};
+use super::partition_of;
+use crate::engine::{Command, Processed, Reply, Stopped, NOT_JOURNALED};
+use crate::ingest::pipeline::{intake, Intake};
+use crate::ingest::{Devices, Topics};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The device topics in cluster mode: the shipped NATS mapping
+/// (`deploy/nats/partitions.conf`) partitions `clinic.*.chair.*.*`, so devices
+/// publish to `clinic/{site}/chair/{chair}/{vitals|session|status}`.
+pub fn topics() -> Topics {
+    Topics::parse(
+        "clinic/+/chair/+/vitals",
+        "clinic/+/chair/+/session",
+        "clinic/+/chair/+/status",
+    )
+    .expect("the cluster's topics are valid filters")
+}
+
+/// The MQTT topic a device published `message` on.
+pub fn mqtt_topic(message: &DeviceMessage) -> String {
+    let (site, chair) = message
+        .chair
+        .split_once('/')
+        .unwrap_or((&message.chair, ""));
+    format!("clinic/{site}/chair/{chair}/{}", message.kind)
+}
+
+/// What became of one device message, for whoever watches (tests, metrics).
+#[derive(Debug)]
+pub struct Applied {
+    pub chair: String,
+    pub processed: Processed,
+    /// Whether NATS was told the message is done with.
+    pub acknowledged: bool,
+}
+
+/// Apply every message from `messages` until `stop` (or until the readers
+/// stop), reporting each outcome to `applied` when given.
+/// What the apply loop learns of ownership.
+pub struct Partitions {
+    /// The partitions held now: a message read before its partition went is
+    /// dropped unacknowledged (the next owner gets it).
+    pub owned: watch::Receiver<Owned>,
+    pub changes: mpsc::UnboundedReceiver<Change>,
+    /// How many partitions the cluster has.
+    pub count: u32,
+}
+
+pub fn start(
+    devices: Arc<Devices>,
+    mut messages: mpsc::Receiver<DeviceMessage>,
+    partitions: Partitions,
+    applied: Option<mpsc::UnboundedSender<Applied>>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let Partitions {
+        owned,
+        mut changes,
+        count: partitions,
+    } = partitions;
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                Some(change) = changes.recv() => {
+                    if hand_over(&devices, change, &mut changes, partitions).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                next = messages.recv() => match next {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            if let Ok(change) = changes.try_recv() {
+                if hand_over(&devices, change, &mut changes, partitions)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if !owned.borrow().contains_key(&message.partition) {
+                continue;
+            }
+            let topic = mqtt_topic(&message);
+            let (reply, outcome) = oneshot::channel();
+            let now_ms = crate::clock::now_ms();
+            let received = std::time::Instant::now();
+            let settled = match intake(
+                &devices,
+                &topic,
+                &message.payload,
+                received,
+                now_ms,
+                Reply::Once(reply),
+            ) {
+                Intake::Done(processed) => Settled::Now(processed),
+                Intake::Engine(command) => match devices.engine.send(command).await {
+                    Ok(()) => Settled::Later(outcome),
+                    Err(_) => return,
+                },
+            };
+            // Waiting for the receipt off this loop: the next message is handed
+            // to the engine while this one's events are being journaled.
+            let applied = applied.clone();
+            tokio::spawn(async move {
+                let processed = match settled {
+                    Settled::Now(processed) => processed,
+                    Settled::Later(outcome) => match outcome.await {
+                        Ok(processed) => processed,
+                        Err(_) => return,
+                    },
+                };
+                let chair = message.chair.clone();
+                let not_journaled = matches!(
+                    processed,
+                    Processed::Refused { code, .. } if code == NOT_JOURNALED
+                );
+                let acknowledged = !not_journaled
+                    && match message.ack().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(chair = %chair, error = %e, "device message not acknowledged");
+                            false
+                        }
+                    };
+                if let Some(applied) = applied {
+                    let _ = applied.send(Applied {
+                        chair,
+                        processed,
+                        acknowledged,
+                    });
+                }
+            });
+        }
+    })
+}
+
+/// Drop from the engine the chairs of the partitions in `first` and every
+/// change waiting after it; done once the engine has answered.
+async fn hand_over(
+    devices: &Devices,
+    first: Change,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+    partitions: u32,
+) -> Result<(), Stopped> {
+    let mut moved = BTreeSet::new();
+    let mut next = Some(first);
+    while let Some(change) = next {
+        moved.insert(match change {
+            Change::Taken(p) | Change::Gone(p) => p,
+        });
+        next = changes.try_recv().ok();
+    }
+    let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
+    let gone = devices
+        .engine
+        .ask(|reply| Command::HandOver {
+            which: Box::new(which),
+            reply,
+        })
+        .await
+        .ok_or(Stopped)?;
+    if gone > 0 {
+        tracing::info!(chairs = gone, "chairs handed over with their partitions");
+    }
+    Ok(())
+}
+
+enum Settled {
+    Now(Processed),
+    Later(oneshot::Receiver<Processed>),
+}
