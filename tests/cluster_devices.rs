@@ -215,9 +215,9 @@ async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
         (1, 0),
         "held, unacknowledged"
     );
-    // Handed out again once its acknowledgement is overdue. (This gateway's
-    // engine, which applied it, now takes it as a repeat: see the gap named in
-    // `cluster::journal`.)
+    // Handed out again once its acknowledgement is overdue. (The journal's
+    // leases here are not the gateway's, which a gateway never has: its engine,
+    // still holding the chair, takes the message as a repeat.)
     let again = gateway.outcomes(1).await.remove(0);
     assert_eq!(again.chair, "south/4");
     let mut stream = gateway.js.get_stream(events::EVENTS_STREAM).await.unwrap();

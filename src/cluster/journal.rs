@@ -17,11 +17,11 @@
 //!   the commit are refused ([`crate::engine::NOT_JOURNALED`]), not
 //!   acknowledged, and come again (to the partition's next owner). A message of
 //!   another partition in the same commit comes again to this gateway, whose
-//!   engine takes it as a repeat. Not handled yet: a lease that lapsed and was
-//!   then renewed by the same gateway (a late renewal) leaves its engine holding
-//!   state whose events are not in the stream, and the redelivered message is
-//!   taken as a repeat; the partition must then be given up and its chairs
-//!   restored from the stream, which comes with takeover replay.
+//!   engine takes it as a repeat. A message of the failed partition does not
+//!   come back to an engine that still holds what it did: a lease that lapsed
+//!   is never renewed, so the partition is gone from this gateway, and its
+//!   chairs are dropped from the engine, before any of its messages can be
+//!   read here again (the apply loop's hand-over, and [`super::ownership`]).
 //! - The event id is the publishing engine's instance and the event's engine
 //!   sequence: unique, and the same for every retry of one commit. A takeover
 //!   that evaluates a device message again produces its events under the new
