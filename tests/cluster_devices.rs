@@ -16,6 +16,7 @@ use vitalgate::access::SiteScope;
 use vitalgate::cluster::apply::{self, Applied};
 use vitalgate::cluster::feed::Feed;
 use vitalgate::cluster::lease::Leases;
+use vitalgate::cluster::mirror::Mirror;
 use vitalgate::cluster::ownership::Owned;
 use vitalgate::cluster::{self, events, intake, ownership, streams};
 use vitalgate::engine::{Processed, NOT_JOURNALED};
@@ -24,9 +25,10 @@ use vitalgate::engine::{Processed, NOT_JOURNALED};
 /// out again: the lease time, as a gateway configures it.
 const ACK_WAIT: Duration = Duration::from_secs(3);
 
-/// One gateway owning every partition: its ownership loop, intake, engine
-/// (journaling under `journal_leases`, or under its own leases when `None`)
-/// and the apply loop, whose outcomes come out of `applied`.
+/// A gateway named `name`, once it owns every partition: its ownership loop,
+/// intake, engine (journaling under `journal_leases`, or under its own leases
+/// when `None`), the mirror it restores taken partitions from (`mirror`) and
+/// the apply loop, whose outcomes come out of `applied`.
 struct Gateway {
     js: async_nats::jetstream::Context,
     applied: mpsc::UnboundedReceiver<Applied>,
@@ -34,15 +36,24 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(nats: &NatsCluster, journal_leases: Option<watch::Receiver<Owned>>) -> Gateway {
+    async fn start(
+        nats: &NatsCluster,
+        name: &str,
+        journal_leases: Option<watch::Receiver<Owned>>,
+        mirror: bool,
+    ) -> Gateway {
         let js = cluster::connect(&nats.urls(), &common::unique("gw"))
             .await
             .unwrap();
         events::stream(&js, 3).await.unwrap();
         common::nats::partition_consumers(nats, 0, &js, ACK_WAIT).await;
         let stop = CancellationToken::new();
-        let leases = Leases::open(&js, "gw-a", LEASE_TIMES, 3).await.unwrap();
-        let ownership = ownership::start(&js, leases, "gw-a", OWNERSHIP, stop.clone())
+        let leases = Leases::open(&js, name, LEASE_TIMES, 3).await.unwrap();
+        let restore_from = match mirror {
+            true => Some(Arc::new(Mirror::start(&js, stop.clone()).await.unwrap())),
+            false => None,
+        };
+        let ownership = ownership::start(&js, leases, name, OWNERSHIP, stop.clone())
             .await
             .unwrap();
         let owned = ownership.owned;
@@ -55,7 +66,7 @@ impl Gateway {
         .expect("the gateway owns every partition")
         .unwrap();
         let journal_leases = journal_leases.unwrap_or_else(|| owned.clone());
-        let (engine, _running) = stream_engine(&js, "gateway-a", journal_leases);
+        let (engine, _running) = stream_engine(&js, name, journal_leases);
         let mut config = vitalgate::Config::default();
         common::simple_rules(&mut config);
         let devices = Arc::new(vitalgate::ingest::Devices {
@@ -83,6 +94,7 @@ impl Gateway {
             owned,
             changes: ownership.changes,
             count: PARTITIONS,
+            restore_from,
         };
         apply::start(
             devices,
@@ -131,7 +143,7 @@ impl Drop for Gateway {
 #[tokio::test]
 async fn a_breach_published_to_any_node_is_alarmed_once_and_acknowledged_after_its_journal() {
     let nats = NatsCluster::start(3).await;
-    let mut gateway = Gateway::start(&nats, None).await;
+    let mut gateway = Gateway::start(&nats, "gw-a", None, false).await;
     let mut feed = Feed::open(&gateway.js, SiteScope::all(), 0).await.unwrap();
 
     // Six chairs breach and recover, through node 2's MQTT listener; one
@@ -196,7 +208,7 @@ async fn a_breach_published_to_any_node_is_alarmed_once_and_acknowledged_after_i
 async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
     let nats = NatsCluster::start(3).await;
     let (_none, no_leases) = watch::channel(Owned::new());
-    let mut gateway = Gateway::start(&nats, Some(no_leases)).await;
+    let mut gateway = Gateway::start(&nats, "gw-a", Some(no_leases), false).await;
     let device = common::Device::connect("127.0.0.1", nats.nodes[2].mqtt_port).await;
     device
         .publish(
@@ -222,4 +234,63 @@ async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
     assert_eq!(again.chair, "south/4");
     let mut stream = gateway.js.get_stream(events::EVENTS_STREAM).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
+/// A gateway that takes the partitions over restores their chairs' sessions
+/// and open alarms from the events stream: the recovery readings it receives
+/// clear the alarms the first gateway raised, under their ids.
+#[tokio::test]
+async fn a_gateway_taking_partitions_over_carries_on_with_their_open_alarms() {
+    let nats = NatsCluster::start(3).await;
+    let mut a = Gateway::start(&nats, "gw-a", None, false).await;
+    let mut feed = Feed::open(&a.js, SiteScope::all(), 0).await.unwrap();
+    let mut device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let chairs = 5;
+    every_chair_reads(&mut device, chairs, 1, 84).await;
+    a.outcomes(chairs).await;
+    let mut raised = std::collections::HashMap::new();
+    for _ in 0..chairs {
+        let frame = next_frame(&mut feed).await;
+        assert_eq!(frame["state"], "raised");
+        raised.insert(
+            frame["chair"].as_str().unwrap().to_string(),
+            frame["id"].clone(),
+        );
+    }
+
+    // a stops (its partitions are free once their leases' deadlines pass);
+    // b, which reads the stream, takes them all.
+    a.stop.cancel();
+    let mut b = Gateway::start(&nats, "gw-b", None, true).await;
+    every_chair_reads(&mut device, chairs, 2, 97).await;
+    b.outcomes(chairs).await;
+    for _ in 0..chairs {
+        let frame = next_frame(&mut feed).await;
+        assert_eq!(frame["state"], "cleared", "{frame}");
+        let chair = frame["chair"].as_str().unwrap();
+        assert_eq!(
+            frame["id"], raised[chair],
+            "{chair} cleared under another id"
+        );
+    }
+}
+
+/// Chairs north/1 to north/`chairs` send reading `seq` with SpO2 `spo2`,
+/// acknowledged by the broker.
+async fn every_chair_reads(device: &mut common::Device, chairs: usize, seq: u64, spo2: u32) {
+    for chair in 1..=chairs {
+        let topic = format!("clinic/north/chair/{chair}/vitals");
+        device
+            .publish(&topic, &common::reading(seq, json!({ "spo2": spo2 })))
+            .await;
+    }
+    device.wait_acked(chairs).await;
+}
+
+async fn next_frame(feed: &mut Feed) -> serde_json::Value {
+    let event = tokio::time::timeout(Duration::from_secs(30), feed.next())
+        .await
+        .expect("an event")
+        .unwrap();
+    serde_json::from_str(event.frame.as_str()).unwrap()
 }

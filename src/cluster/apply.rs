@@ -24,6 +24,7 @@
 //!   and the announcements are read here before every message.
 
 use super::intake::DeviceMessage;
+use super::mirror::Mirror;
 use super::ownership::{Change, Owned};
 use super::partition_of;
 use crate::engine::{Command, Processed, Reply, Stopped, NOT_JOURNALED};
@@ -74,6 +75,9 @@ pub struct Partitions {
     pub changes: mpsc::UnboundedReceiver<Change>,
     /// How many partitions the cluster has.
     pub count: u32,
+    /// Where a partition taken gets its chairs' sessions and open alarms
+    /// from; without it, taken chairs start from their next messages.
+    pub restore_from: Option<Arc<Mirror>>,
 }
 
 pub fn start(
@@ -87,14 +91,20 @@ pub fn start(
         owned,
         mut changes,
         count: partitions,
+        restore_from,
     } = partitions;
+    let handing = HandOver {
+        devices: devices.clone(),
+        partitions,
+        mirror: restore_from,
+    };
     tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 Some(change) = changes.recv() => {
-                    if hand_over(&devices, change, &mut changes, partitions).await.is_err() {
+                    if handing.run(change, &mut changes).await.is_err() {
                         return;
                     }
                     continue;
@@ -105,10 +115,7 @@ pub fn start(
                 },
             };
             if let Ok(change) = changes.try_recv() {
-                if hand_over(&devices, change, &mut changes, partitions)
-                    .await
-                    .is_err()
-                {
+                if handing.run(change, &mut changes).await.is_err() {
                     return;
                 }
             }
@@ -169,35 +176,84 @@ pub fn start(
     })
 }
 
-/// Drop from the engine the chairs of the partitions in `first` and every
-/// change waiting after it; done once the engine has answered.
-async fn hand_over(
-    devices: &Devices,
-    first: Change,
-    changes: &mut mpsc::UnboundedReceiver<Change>,
+/// What a change of ownership does to the engine.
+struct HandOver {
+    devices: Arc<Devices>,
     partitions: u32,
-) -> Result<(), Stopped> {
-    let mut moved = BTreeSet::new();
-    let mut next = Some(first);
-    while let Some(change) = next {
-        moved.insert(match change {
-            Change::Taken(p) | Change::Gone(p) => p,
-        });
-        next = changes.try_recv().ok();
+    mirror: Option<Arc<Mirror>>,
+}
+
+impl HandOver {
+    /// Drop from the engine the chairs of the partitions in `first` and every
+    /// change waiting after it; then restore those of the partitions taken
+    /// from the mirror. Done once the engine has answered.
+    async fn run(
+        &self,
+        first: Change,
+        changes: &mut mpsc::UnboundedReceiver<Change>,
+    ) -> Result<(), Stopped> {
+        let (mut moved, mut taken) = (BTreeSet::new(), BTreeSet::new());
+        let mut next = Some(first);
+        while let Some(change) = next {
+            match change {
+                Change::Taken(p) => {
+                    moved.insert(p);
+                    taken.insert(p);
+                }
+                Change::Gone(p) => {
+                    moved.insert(p);
+                    taken.remove(&p);
+                }
+            }
+            next = changes.try_recv().ok();
+        }
+        let partitions = self.partitions;
+        let engine = &self.devices.engine;
+        let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
+        let gone = engine
+            .ask(|reply| Command::HandOver {
+                which: Box::new(which),
+                reply,
+            })
+            .await
+            .ok_or(Stopped)?;
+        if gone > 0 {
+            tracing::info!(chairs = gone, "chairs handed over with their partitions");
+        }
+        let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
+            return Ok(());
+        };
+        // Everything the previous owners published, before restoring from it.
+        if let Err(e) = mirror.caught_up().await {
+            tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms");
+            return Ok(());
+        }
+        let now = mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions)));
+        let (sessions, alarms) = (now.sessions.len(), now.alarms.len());
+        let now_ms = crate::clock::now_ms();
+        engine
+            .ask(|reply| Command::Restore {
+                restore: Box::new(move |r| {
+                    for session in &now.sessions {
+                        if let Err(e) = r.session(session, now_ms) {
+                            tracing::warn!(chair = %session.chair, error = %e, "session not restored");
+                        }
+                    }
+                    for alarm in now.alarms {
+                        r.alarm(alarm, now_ms);
+                    }
+                }),
+                reply,
+            })
+            .await
+            .ok_or(Stopped)?;
+        tracing::info!(
+            sessions,
+            alarms,
+            "partitions taken over: sessions and open alarms restored"
+        );
+        Ok(())
     }
-    let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
-    let gone = devices
-        .engine
-        .ask(|reply| Command::HandOver {
-            which: Box::new(which),
-            reply,
-        })
-        .await
-        .ok_or(Stopped)?;
-    if gone > 0 {
-        tracing::info!(chairs = gone, "chairs handed over with their partitions");
-    }
-    Ok(())
 }
 
 enum Settled {

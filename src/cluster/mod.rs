@@ -33,17 +33,26 @@
 //!   gateway (a dashboard limited to some sites sees gaps where other sites'
 //!   events are), and `since` reaches as far back as the stream keeps.
 //!
+//! - **Device messages** of owned partitions go through the same intake as
+//!   single-node mode into the engine ([`apply`]) and are acknowledged after
+//!   their events are in the stream. When a partition is taken or goes, the
+//!   engine drops its chairs; a partition taken has its chairs' sessions and
+//!   open alarms restored from the stream ([`mirror`]), as a single-node gateway
+//!   restores from its audit trail at start-up.
+//!
 //! Still to come (not in this module yet): the `[cluster]` configuration and
 //! the binary's cluster mode, snapshots for dashboards, and:
-//! - **Takeover** restores a chair from its snapshot and replays the device
-//!   messages after it on device time before going live. Acknowledged messages
-//!   leave `$MQTT_msgs`, so the owner first copies each into a replicated stream
-//!   of its own (deduplicated by the message's sequence), which the snapshot
-//!   positions refer to. Event ids then become deterministic (the chair, its
-//!   alarm and the transition), so that an event evaluated again by the next
-//!   owner is dropped as a repeat; today an id is the publishing engine's
-//!   instance and sequence, which only makes a retried commit safe.
-//!
+//! - **Takeover with replay**: restore each chair from a snapshot of its whole
+//!   state (baseline samples, pending condition delays, trends) kept with the
+//!   stream position it reflects, and replay the device messages after it on
+//!   device time before going live. Acknowledged messages leave `$MQTT_msgs`,
+//!   so the owner first copies each into a replicated stream of its own
+//!   (deduplicated by the message's sequence), which the snapshot positions
+//!   refer to. Event ids then become deterministic (the chair, its alarm and
+//!   the transition), so that an event evaluated again by the next owner is
+//!   dropped as a repeat; today an id is the publishing engine's instance and
+//!   sequence, which only makes a retried commit safe.
+
 //! # NATS 2.10 or later
 //! Leases need the server to serialise writes that expect a revision; 2.9.10
 //! (Debian 12's) does not (see [`lease`]). Tested with 2.10.26.
@@ -59,6 +68,7 @@ pub mod feed;
 pub mod intake;
 pub mod journal;
 pub mod lease;
+pub mod mirror;
 pub mod ownership;
 pub mod streams;
 

@@ -173,12 +173,21 @@ pub enum Command {
         which: Box<dyn Fn(&str) -> bool + Send>,
         reply: oneshot::Sender<usize>,
     },
+    /// Take back sessions and open alarms, as at start-up (cluster mode: a
+    /// partition taken over); answered once the events it made are released.
+    Restore {
+        restore: RestoreFn,
+        reply: oneshot::Sender<()>,
+    },
     /// A dashboard asks for a fresh snapshot, ordered with its events.
     Snapshot {
         scope: SiteScope,
         then: Box<dyn FnOnce(Frame) + Send>,
     },
 }
+
+/// What a [`Command::Restore`] runs on the engine's state.
+pub type RestoreFn = Box<dyn FnOnce(&mut Restore<'_>) + Send>;
 
 /// The engine has stopped (the gateway is shutting down).
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +292,7 @@ impl Engine {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel(parts.commands.max(1));
         let (to_journal, from_engine) = mpsc::channel(JOURNAL_QUEUE);
-        let mut state = state::State::new(parts, outlet.clone());
+        let mut state = state::State::new(parts, outlet.clone(), restore::run_boxed);
         let (ward, instance) = (state.ward.clone(), state.instance.clone());
         let first = restore::run(&mut state, restore);
         let release = journal::Release {

@@ -61,3 +61,9 @@ pub(super) fn run(state: &mut State, restore: impl FnOnce(&mut Restore<'_>)) -> 
     state.sequence(closed, None, &mut out);
     out
 }
+
+/// [`run`] for a [`super::Command::Restore`] (the state holds it as a plain
+/// function, which keeps this module out of the state's dependencies).
+pub(super) fn run_boxed(state: &mut State, restore: super::RestoreFn) -> Vec<Pass> {
+    run(state, restore)
+}

@@ -1,7 +1,9 @@
 //! The engine task: applies commands to the ward and the board, sequences the
 //! events they make, and hands them to the journal.
 
-use super::{Command, Outlet, Parts, Processed, Receipt, Reply, Sequenced, Start, Ticked};
+use super::{
+    Command, Outlet, Parts, Processed, Receipt, Reply, RestoreFn, Sequenced, Start, Ticked,
+};
 use crate::access::SiteScope;
 use crate::core::{
     Board, EscalationPolicy, Event, Outcome, RejectReason, Rejection, Ward, WardError,
@@ -117,10 +119,16 @@ pub(super) struct State {
     silent_ms: u64,
     metrics: Arc<Metrics>,
     outlet: Arc<dyn Outlet>,
+    /// Runs a [`Command::Restore`] (the restore module's runner).
+    restorer: fn(&mut State, RestoreFn) -> Vec<Pass>,
 }
 
 impl State {
-    pub fn new(parts: Parts, outlet: Arc<dyn Outlet>) -> State {
+    pub fn new(
+        parts: Parts,
+        outlet: Arc<dyn Outlet>,
+        restorer: fn(&mut State, RestoreFn) -> Vec<Pass>,
+    ) -> State {
         State {
             ward: Arc::new(parts.ward),
             board: Board::starting_after(parts.last_seq),
@@ -132,6 +140,7 @@ impl State {
             silent_ms: parts.silent_ms,
             metrics: parts.metrics,
             outlet,
+            restorer,
         }
     }
 
@@ -209,6 +218,11 @@ impl State {
                 out.push(Pass::Then(Box::new(move || then(initial))));
             }
             Command::Flush { reply } => answer(reply, (), out),
+            Command::Restore { restore, reply } => {
+                let restorer = self.restorer;
+                out.extend(restorer(self, restore));
+                answer(reply, (), out)
+            }
             Command::HandOver { which, reply } => {
                 self.board.forget(&which);
                 let gone = self.ward.forget(&which);

@@ -89,7 +89,13 @@ pub fn stream_engine(
     super::simple_rules(&mut config);
     Engine::start(
         Parts {
-            ward: Ward::new(Arc::new(RuleSet::compile(&config.rules).unwrap()), 1000),
+            // Alarm ids after the wall clock in microseconds, as the binary
+            // does: ids of gateways started at different times do not meet.
+            ward: Ward::with_alarm_ids_after(
+                Arc::new(RuleSet::compile(&config.rules).unwrap()),
+                1000,
+                vitalgate::clock::now_ms() * 1_000,
+            ),
             last_seq: 0,
             instance: instance.into(),
             replay_capacity: 100,
