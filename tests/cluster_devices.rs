@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use vitalgate::access::SiteScope;
 use vitalgate::cluster::apply::{self, Applied};
 use vitalgate::cluster::feed::Feed;
+use vitalgate::cluster::intake::ReadSettings;
 use vitalgate::cluster::lease::Leases;
 use vitalgate::cluster::mirror::Mirror;
 use vitalgate::cluster::ownership::Owned;
@@ -84,8 +85,7 @@ impl Gateway {
         intake::start(
             js.clone(),
             owned.clone(),
-            3,
-            ACK_WAIT,
+            ReadSettings::for_leases(LEASE_TIMES, 3),
             to_apply,
             stop.clone(),
         );

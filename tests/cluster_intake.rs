@@ -10,15 +10,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use vitalgate::cluster::intake;
+use vitalgate::cluster::intake::{self, ReadSettings};
 use vitalgate::cluster::lease::{LeaseTimes, Leases};
 use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
 
 const TIMES: LeaseTimes = LEASE_TIMES;
 const SETTINGS: OwnershipSettings = OWNERSHIP;
 
-/// What a gateway's reader was handed: payload `seq`, when, acknowledged or not.
-type Log = Arc<Mutex<Vec<(u64, Instant, bool)>>>;
+/// Each message handed on: its `seq`, when, the deadline of the lease it was
+/// read under, and whether its acknowledgement went through.
+type Log = Arc<Mutex<Vec<(u64, Instant, Instant, bool)>>>;
 
 struct Gateway {
     owned: watch::Receiver<Owned>,
@@ -49,7 +50,13 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
                 .unwrap()
                 .owned;
             let (tx, mut rx) = mpsc::channel(64);
-            intake::start(js, owned.clone(), 3, TIMES.ttl, tx, stop.clone());
+            intake::start(
+                js,
+                owned.clone(),
+                ReadSettings::for_leases(TIMES, 3),
+                tx,
+                stop.clone(),
+            );
             let log: Log = Arc::default();
             let record = log.clone();
             tokio::spawn(async move {
@@ -59,8 +66,9 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
                         .as_u64()
                         .unwrap();
                     let at = Instant::now();
+                    let valid_until = m.valid_until;
                     let acked = m.ack().await.is_ok();
-                    record.lock().unwrap().push((seq, at, acked));
+                    record.lock().unwrap().push((seq, at, valid_until, acked));
                 }
             });
             let (stall, mut stalls) =
@@ -93,8 +101,8 @@ fn acked(gateways: &[&Gateway]) -> std::collections::BTreeSet<u64> {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(_, _, acked)| *acked)
-                .map(|(seq, _, _)| *seq)
+                .filter(|(_, _, _, acked)| *acked)
+                .map(|(seq, _, _, _)| *seq)
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -149,7 +157,6 @@ async fn an_owner_that_stalls_hands_nothing_on_after_its_lease_and_its_partition
     b.stall.send((stall, frozen_tx)).unwrap();
     frozen.recv().unwrap();
     let stalled_at = Instant::now();
-    let b_deadline = b.owned.borrow().values().copied().max().unwrap();
     publish(&mut device, 100..200).await;
     let limit = TIMES.ttl * 2 + Duration::from_secs(10);
     let deadline = Instant::now() + limit;
@@ -171,8 +178,8 @@ async fn an_owner_that_stalls_hands_nothing_on_after_its_lease_and_its_partition
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, at, _)| *at >= b_deadline)
-        .map(|(seq, _, _)| *seq)
+        .filter(|(_, at, valid_until, _)| at >= valid_until)
+        .map(|(seq, at, _, acked)| (*seq, at.duration_since(stalled_at), *acked))
         .collect();
     assert!(late.is_empty(), "b handed on {late:?} after its lease");
     println!(

@@ -10,6 +10,16 @@
 //!   consumer's `ack_wait` has passed since it was delivered (the lease time).
 //!   Such a message may reach the next owner after newer ones of its chair:
 //!   the engine orders a chair's readings by their `seq`.
+//! - A partition's reader makes its first pull [`ReadSettings::first_pull_after`]
+//!   after the partition was taken: by then every message the previous owner
+//!   was handed and did not acknowledge is due again, and NATS hands those out
+//!   before newer ones, so a chair's readings reach the new owner in order. (The
+//!   previous owner was handed its last message before its lease's deadline,
+//!   at most `ttl - margin` after its last renewal; the new owner takes the
+//!   partition no sooner than `ttl` after it; the message is due `ack_wait`
+//!   after it was handed out. So waiting `ack_wait - margin` suffices.) A reader
+//!   started too early would apply a newer reading first and then drop the
+//!   older one as late: a breach in between would never be alarmed.
 //! - A message is acknowledged only by whoever finished with it
 //!   ([`DeviceMessage::ack`]); a message handed on and never acknowledged is
 //!   delivered again, so the receiver must take a repeat (the engine does: a
@@ -65,13 +75,41 @@ impl DeviceMessage {
     }
 }
 
+/// How partitions are read.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSettings {
+    /// Copies of each partition consumer's state.
+    pub replicas: usize,
+    /// How long a message handed out may go unacknowledged before NATS hands
+    /// it out again (the lease time).
+    pub ack_wait: Duration,
+    /// How long after a partition is taken its reader first pulls: at least
+    /// `ack_wait - margin` of the lease times (see the module's invariants).
+    pub first_pull_after: Duration,
+}
+
+impl ReadSettings {
+    /// The settings for leases of `times`: `ack_wait` the lease time, the
+    /// first pull `ack_wait - margin` plus [`REDELIVERY_SLACK`].
+    pub fn for_leases(times: super::lease::LeaseTimes, replicas: usize) -> ReadSettings {
+        ReadSettings {
+            replicas,
+            ack_wait: times.ttl,
+            first_pull_after: times.ttl.saturating_sub(times.margin) + REDELIVERY_SLACK,
+        }
+    }
+}
+
+/// The server notices an overdue acknowledgement on a timer of its own: a
+/// little more than the arithmetic says.
+pub const REDELIVERY_SLACK: Duration = Duration::from_millis(250);
+
 /// Start reading: readers start and stop as `owned` changes, until `stop`.
 /// Messages go to `out`, whose capacity bounds what is read ahead.
 pub fn start(
     js: Context,
     owned: watch::Receiver<Owned>,
-    replicas: usize,
-    ack_wait: Duration,
+    settings: ReadSettings,
     out: mpsc::Sender<DeviceMessage>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -101,7 +139,7 @@ pub fn start(
                     owned: owned.clone(),
                     out: out.clone(),
                 };
-                let task = tokio::spawn(reader.run(replicas, ack_wait, token.clone()));
+                let task = tokio::spawn(reader.run(settings, token.clone()));
                 readers.insert(p, (token, task));
             }
             tokio::select! {
@@ -132,10 +170,16 @@ impl Reader {
             .filter(|until| Instant::now() < *until)
     }
 
-    async fn run(self, replicas: usize, ack_wait: Duration, stop: CancellationToken) {
+    async fn run(self, settings: ReadSettings, stop: CancellationToken) {
         let p = self.partition;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(settings.first_pull_after) => {}
+        }
         let consumer = loop {
-            match streams::partition_consumer(&self.js, p, replicas, ack_wait).await {
+            match streams::partition_consumer(&self.js, p, settings.replicas, settings.ack_wait)
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) => {
                     tracing::warn!(partition = p, error = %e, "partition consumer unavailable; retrying");
