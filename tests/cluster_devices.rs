@@ -5,105 +5,102 @@
 
 mod common;
 
-use common::nats::{stream_engine, NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 use vitalgate::access::SiteScope;
-use vitalgate::cluster::apply::{self, Applied};
+use vitalgate::cluster::apply::Applied;
 use vitalgate::cluster::feed::Feed;
-use vitalgate::cluster::intake::ReadSettings;
-use vitalgate::cluster::lease::Leases;
-use vitalgate::cluster::mirror::Mirror;
-use vitalgate::cluster::ownership::Owned;
-use vitalgate::cluster::{self, events, intake, ownership, streams};
-use vitalgate::engine::{Processed, NOT_JOURNALED};
+use vitalgate::cluster::member::{self, DeviceChecks, Member, MemberSettings};
+use vitalgate::cluster::{events, streams};
+use vitalgate::engine::{Journal, JournalError, Processed, NOT_JOURNALED};
 
 /// How long a partition's message may go unacknowledged before NATS hands it
 /// out again: the lease time, as a gateway configures it.
-const ACK_WAIT: Duration = Duration::from_secs(3);
+const ACK_WAIT: Duration = LEASE_TIMES.ttl;
 
-/// A gateway named `name`, once it owns every partition: its ownership loop,
-/// intake, engine (journaling under `journal_leases`, or under its own leases
-/// when `None`), the mirror it restores taken partitions from (`mirror`) and
-/// the apply loop, whose outcomes come out of `applied`.
+/// A gateway named `name` (a cluster member as the binary will run it), once
+/// it owns every partition; `refusing`: its journal refuses every commit.
+/// What became of each device message comes out of `applied`.
 struct Gateway {
+    member: Option<Member>,
     js: async_nats::jetstream::Context,
     applied: mpsc::UnboundedReceiver<Applied>,
-    stop: CancellationToken,
+}
+
+/// A journal that can never store anything (and says so, withholding).
+struct Refusing;
+
+impl Journal for Refusing {
+    fn commit(&mut self, _: &[vitalgate::audit::Record<'_>]) -> Result<(), JournalError> {
+        Err(JournalError("this test's journal stores nothing".into()))
+    }
+
+    fn withholds_on_failure(&self) -> bool {
+        true
+    }
 }
 
 impl Gateway {
-    async fn start(
-        nats: &NatsCluster,
-        name: &str,
-        journal_leases: Option<watch::Receiver<Owned>>,
-        mirror: bool,
-    ) -> Gateway {
-        let js = cluster::connect(&nats.urls(), &common::unique("gw"))
-            .await
-            .unwrap();
-        events::stream(&js, 3).await.unwrap();
-        common::nats::partition_consumers(nats, 0, &js, ACK_WAIT).await;
-        let stop = CancellationToken::new();
-        let leases = Leases::open(&js, name, LEASE_TIMES, 3).await.unwrap();
-        let restore_from = match mirror {
-            true => Some(Arc::new(Mirror::start(&js, stop.clone()).await.unwrap())),
-            false => None,
+    async fn start(nats: &NatsCluster, name: &str, refusing: bool) -> Gateway {
+        // The MQTT listener's stream exists once a first MQTT client connected.
+        drop(common::Device::connect("127.0.0.1", nats.nodes[0].mqtt_port).await);
+        let settings = MemberSettings {
+            servers: nats.urls(),
+            name: name.to_string(),
+            partitions: PARTITIONS,
+            lease: LEASE_TIMES,
+            round: OWNERSHIP.round,
+            replicas: 3,
+            read_ahead: 1024,
         };
-        let ownership = ownership::start(&js, leases, name, OWNERSHIP, stop.clone())
-            .await
-            .unwrap();
-        let owned = ownership.owned;
-        let mut watching = owned.clone();
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            watching.wait_for(|o| o.len() == PARTITIONS as usize),
-        )
-        .await
-        .expect("the gateway owns every partition")
-        .unwrap();
-        let journal_leases = journal_leases.unwrap_or_else(|| owned.clone());
-        let (engine, _running) = stream_engine(&js, name, journal_leases);
         let mut config = vitalgate::Config::default();
         common::simple_rules(&mut config);
-        let devices = Arc::new(vitalgate::ingest::Devices {
-            engine,
-            topics: apply::topics(),
+        let checks = DeviceChecks {
             decode_limits: vitalgate::core::DecodeLimits {
                 max_payload_bytes: config.ingest.max_payload_bytes,
                 max_future_skew_ms: config.ingest.max_future_skew_ms,
             },
             session_max_bytes: config.session.max_message_bytes,
-            metrics: Arc::new(vitalgate::telemetry::Metrics::new()),
             health: Arc::new(vitalgate::health::Health::default()),
-        });
-        let (to_apply, from_intake) = mpsc::channel(1024);
-        intake::start(
-            js.clone(),
-            owned.clone(),
-            ReadSettings::for_leases(LEASE_TIMES, 3),
-            to_apply,
-            stop.clone(),
-        );
-        let (applied_tx, applied) = mpsc::unbounded_channel();
-        let partitions = apply::Partitions {
-            owned,
-            changes: ownership.changes,
-            count: PARTITIONS,
-            restore_from,
         };
-        apply::start(
-            devices,
-            from_intake,
-            partitions,
+        let (applied_tx, applied) = mpsc::unbounded_channel();
+        let member = member::start(
+            &settings,
+            common::nats::engine_parts(name),
+            checks,
+            Arc::new(common::nats::Nowhere),
+            |journal| match refusing {
+                true => Box::new(Refusing),
+                false => Box::new(journal),
+            },
             Some(applied_tx),
-            stop.clone(),
-        );
-        Gateway { js, applied, stop }
+        )
+        .await
+        .unwrap();
+        let mut owned = member.owned.clone();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            owned.wait_for(|o| o.len() == PARTITIONS as usize),
+        )
+        .await
+        .expect("the gateway owns every partition")
+        .unwrap();
+        Gateway {
+            js: member.js.clone(),
+            member: Some(member),
+            applied,
+        }
+    }
+
+    /// A clean stop (every partition given back).
+    async fn stop(&mut self) {
+        if let Some(member) = self.member.take() {
+            member.stop().await;
+        }
     }
 
     /// The next `n` outcomes.
@@ -134,16 +131,10 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 #[tokio::test]
 async fn a_breach_published_to_any_node_is_alarmed_once_and_acknowledged_after_its_journal() {
     let nats = NatsCluster::start(3).await;
-    let mut gateway = Gateway::start(&nats, "gw-a", None, false).await;
+    let mut gateway = Gateway::start(&nats, "gw-a", false).await;
     let mut feed = Feed::open(&gateway.js, SiteScope::all(), 0).await.unwrap();
 
     // Six chairs breach and recover, through node 2's MQTT listener; one
@@ -202,13 +193,12 @@ async fn a_breach_published_to_any_node_is_alarmed_once_and_acknowledged_after_i
     );
 }
 
-/// A device message whose events cannot be journaled (here: the journal is
-/// handed no leases) is not acknowledged: NATS keeps it and hands it out again.
+/// A device message whose events cannot be journaled is not acknowledged: NATS
+/// keeps it and hands it out again.
 #[tokio::test]
 async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
     let nats = NatsCluster::start(3).await;
-    let (_none, no_leases) = watch::channel(Owned::new());
-    let mut gateway = Gateway::start(&nats, "gw-a", Some(no_leases), false).await;
+    let mut gateway = Gateway::start(&nats, "gw-a", true).await;
     let device = common::Device::connect("127.0.0.1", nats.nodes[2].mqtt_port).await;
     device
         .publish(
@@ -227,9 +217,7 @@ async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
         (1, 0),
         "held, unacknowledged"
     );
-    // Handed out again once its acknowledgement is overdue. (The journal's
-    // leases here are not the gateway's, which a gateway never has: its engine,
-    // still holding the chair, takes the message as a repeat.)
+    // Handed out again once its acknowledgement is overdue.
     let again = gateway.outcomes(1).await.remove(0);
     assert_eq!(again.chair, "south/4");
     let mut stream = gateway.js.get_stream(events::EVENTS_STREAM).await.unwrap();
@@ -242,7 +230,7 @@ async fn a_message_whose_events_are_not_journaled_is_not_acknowledged() {
 #[tokio::test]
 async fn a_gateway_taking_partitions_over_carries_on_with_their_open_alarms() {
     let nats = NatsCluster::start(3).await;
-    let mut a = Gateway::start(&nats, "gw-a", None, false).await;
+    let mut a = Gateway::start(&nats, "gw-a", false).await;
     let mut feed = Feed::open(&a.js, SiteScope::all(), 0).await.unwrap();
     let mut device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
     let chairs = 5;
@@ -260,8 +248,8 @@ async fn a_gateway_taking_partitions_over_carries_on_with_their_open_alarms() {
 
     // a stops (its partitions are free once their leases' deadlines pass);
     // b, which reads the stream, takes them all.
-    a.stop.cancel();
-    let mut b = Gateway::start(&nats, "gw-b", None, true).await;
+    a.stop().await;
+    let mut b = Gateway::start(&nats, "gw-b", false).await;
     every_chair_reads(&mut device, chairs, 2, 97).await;
     b.outcomes(chairs).await;
     for _ in 0..chairs {

@@ -68,6 +68,7 @@ pub mod feed;
 pub mod intake;
 pub mod journal;
 pub mod lease;
+pub mod member;
 pub mod mirror;
 pub mod ownership;
 pub mod streams;

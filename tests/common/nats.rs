@@ -84,32 +84,37 @@ pub fn stream_engine(
         owned,
         PARTITIONS,
     );
-    // The shared test rules: SpO2 below 90 raises at once, 92 clears.
-    let mut config = vitalgate::Config::default();
-    super::simple_rules(&mut config);
     Engine::start(
-        Parts {
-            // Alarm ids after the wall clock in microseconds, as the binary
-            // does: ids of gateways started at different times do not meet.
-            ward: Ward::with_alarm_ids_after(
-                Arc::new(RuleSet::compile(&config.rules).unwrap()),
-                1000,
-                vitalgate::clock::now_ms() * 1_000,
-            ),
-            last_seq: 0,
-            instance: instance.into(),
-            replay_capacity: 100,
-            commands: 1024,
-            escalation: config.alarms.escalation_policy(),
-            forget_idle_chair_ms: 0,
-            silent_ms: 60_000,
-            metrics: Arc::new(Metrics::new()),
-        },
+        engine_parts(instance),
         Box::new(journal),
         Arc::new(Nowhere),
         receipts,
         |_| {},
     )
+}
+
+/// An engine's parts named `instance`, with the shared test rules (SpO2 below
+/// 90 raises at once, 92 clears).
+pub fn engine_parts(instance: &str) -> Parts {
+    let mut config = vitalgate::Config::default();
+    super::simple_rules(&mut config);
+    Parts {
+        // Alarm ids after the wall clock in microseconds, as the binary
+        // does: ids of gateways started at different times do not meet.
+        ward: Ward::with_alarm_ids_after(
+            Arc::new(RuleSet::compile(&config.rules).unwrap()),
+            1000,
+            vitalgate::clock::now_ms() * 1_000,
+        ),
+        last_seq: 0,
+        instance: instance.into(),
+        replay_capacity: 100,
+        commands: 1024,
+        escalation: config.alarms.escalation_policy(),
+        forget_idle_chair_ms: 0,
+        silent_ms: 60_000,
+        metrics: Arc::new(Metrics::new()),
+    }
 }
 
 /// The oldest NATS these tests accept. 2.9.10 (Debian 12's) lets two

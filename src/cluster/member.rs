@@ -1,0 +1,148 @@
+//! One gateway in cluster mode, assembled: its partitions' leases, their
+//! readers, the engine journaling into the events stream, the mirror it
+//! restores taken partitions from, and the loop that applies device messages.
+//!
+//! Start-up order, and why: the events stream and every partition's consumer
+//! exist before anything is read (a device message nobody is interested in is
+//! not kept, see [`super::streams`]); the mirror reads before any partition is
+//! taken (a take restores from it); the engine's journal publishes under the
+//! leases the ownership loop publishes.
+
+use super::apply::{self, Applied, Partitions};
+use super::intake::{self, ReadSettings};
+use super::journal::StreamJournal;
+use super::lease::{LeaseTimes, Leases};
+use super::mirror::Mirror;
+use super::ownership::{self, Owned, OwnershipSettings};
+use super::{connect, events, streams, ClusterError};
+use crate::core::DecodeLimits;
+use crate::engine::{self, Engine, Journal, Outlet};
+use crate::health::Health;
+use crate::ingest::Devices;
+use async_nats::jetstream::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How a gateway takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct MemberSettings {
+    /// NATS servers to connect to (any of them: the client learns the others).
+    pub servers: Vec<String>,
+    /// This gateway's name, unique in the cluster: its leases carry it.
+    pub name: String,
+    /// Partitions of the shipped mapping (`deploy/nats/partitions.conf`).
+    pub partitions: u32,
+    pub lease: LeaseTimes,
+    /// How often leases are renewed and shares reconsidered.
+    pub round: Duration,
+    /// Copies of every stream, bucket and durable consumer this gateway makes
+    /// (3 on a 3-node cluster).
+    pub replicas: usize,
+    /// Device messages read ahead of the engine.
+    pub read_ahead: usize,
+}
+
+/// What the device messages are checked against (as in single-node mode).
+pub struct DeviceChecks {
+    pub decode_limits: DecodeLimits,
+    /// `session.max_message_bytes`.
+    pub session_max_bytes: usize,
+    pub health: Arc<Health>,
+}
+
+/// A running member.
+pub struct Member {
+    pub js: Context,
+    /// The partitions held now.
+    pub owned: watch::Receiver<Owned>,
+    pub engine: Engine,
+    pub mirror: Arc<Mirror>,
+    stop: CancellationToken,
+    ownership: tokio::task::JoinHandle<()>,
+    engine_running: engine::Running,
+}
+
+/// Start a member. `wrap` may replace the stream journal (tests of a failing
+/// one); `applied` hears what became of each device message.
+pub async fn start(
+    settings: &MemberSettings,
+    parts: engine::Parts,
+    checks: DeviceChecks,
+    outlet: Arc<dyn Outlet>,
+    wrap: impl FnOnce(StreamJournal) -> Box<dyn Journal>,
+    applied: Option<mpsc::UnboundedSender<Applied>>,
+) -> Result<Member, ClusterError> {
+    let js = connect(&settings.servers, &settings.name).await?;
+    let replicas = settings.replicas;
+    events::stream(&js, replicas).await?;
+    let read = ReadSettings::for_leases(settings.lease, replicas);
+    streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait).await?;
+    let stop = CancellationToken::new();
+    let leases = Leases::open(&js, &settings.name, settings.lease, replicas).await?;
+    let mirror = Arc::new(
+        Mirror::start(&js, stop.clone())
+            .await
+            .map_err(|e| ClusterError::js("starting the mirror", e))?,
+    );
+    let ownership = ownership::start(
+        &js,
+        leases,
+        &settings.name,
+        OwnershipSettings {
+            partitions: settings.partitions,
+            round: settings.round,
+            replicas,
+        },
+        stop.clone(),
+    )
+    .await?;
+    let journal = StreamJournal::new(
+        js.clone(),
+        tokio::runtime::Handle::current(),
+        ownership.owned.clone(),
+        settings.partitions,
+    );
+    let metrics = parts.metrics.clone();
+    let (receipts, _) = mpsc::unbounded_channel();
+    let (engine, engine_running) = Engine::start(parts, wrap(journal), outlet, receipts, |_| {});
+    let devices = Arc::new(Devices {
+        engine: engine.clone(),
+        topics: apply::topics(),
+        decode_limits: checks.decode_limits,
+        session_max_bytes: checks.session_max_bytes,
+        metrics,
+        health: checks.health,
+    });
+    let (to_apply, from_intake) = mpsc::channel(settings.read_ahead.max(1));
+    let owned = ownership.owned;
+    intake::start(js.clone(), owned.clone(), read, to_apply, stop.clone());
+    let partitions = Partitions {
+        owned: owned.clone(),
+        changes: ownership.changes,
+        count: settings.partitions,
+        restore_from: Some(mirror.clone()),
+    };
+    apply::start(devices, from_intake, partitions, applied, stop.clone());
+    Ok(Member {
+        js,
+        owned,
+        engine,
+        mirror,
+        stop,
+        ownership: ownership.task,
+        engine_running,
+    })
+}
+
+impl Member {
+    /// A clean stop: readers stop, every partition is given back once its
+    /// lease's deadline has passed, and the engine journals what it made.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.ownership.await;
+        self.engine.close();
+        self.engine_running.finished().await;
+    }
+}
