@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use common::nats::{NatsCluster, LEASE_TIMES, PARTITIONS};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use vitalgate::access::SiteScope;
 use vitalgate::cluster::apply::Applied;
 use vitalgate::cluster::feed::Feed;
-use vitalgate::cluster::member::{self, DeviceChecks, Member, MemberSettings};
+use vitalgate::cluster::member::{self, Member};
 use vitalgate::cluster::{events, streams};
 use vitalgate::engine::{Journal, JournalError, Processed, NOT_JOURNALED};
 
@@ -48,25 +48,8 @@ impl Gateway {
     async fn start(nats: &NatsCluster, name: &str, refusing: bool) -> Gateway {
         // The MQTT listener's stream exists once a first MQTT client connected.
         drop(common::Device::connect("127.0.0.1", nats.nodes[0].mqtt_port).await);
-        let settings = MemberSettings {
-            servers: nats.urls(),
-            name: name.to_string(),
-            partitions: PARTITIONS,
-            lease: LEASE_TIMES,
-            round: OWNERSHIP.round,
-            replicas: 3,
-            read_ahead: 1024,
-        };
-        let mut config = vitalgate::Config::default();
-        common::simple_rules(&mut config);
-        let checks = DeviceChecks {
-            decode_limits: vitalgate::core::DecodeLimits {
-                max_payload_bytes: config.ingest.max_payload_bytes,
-                max_future_skew_ms: config.ingest.max_future_skew_ms,
-            },
-            session_max_bytes: config.session.max_message_bytes,
-            health: Arc::new(vitalgate::health::Health::default()),
-        };
+        let settings = common::nats::member_settings(nats.urls(), name);
+        let checks = common::nats::device_checks();
         let (applied_tx, applied) = mpsc::unbounded_channel();
         let member = member::start(
             &settings,

@@ -21,7 +21,7 @@
 
 mod common;
 
-use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use common::nats::{NatsCluster, LEASE_TIMES, PARTITIONS};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use vitalgate::access::SiteScope;
 use vitalgate::cluster::feed::Feed;
-use vitalgate::cluster::member::{self, DeviceChecks, MemberSettings};
+use vitalgate::cluster::member;
 use vitalgate::cluster::ownership::Owned;
 
 enum Control {
@@ -56,24 +56,8 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let settings = MemberSettings {
-                servers,
-                name: name.clone(),
-                partitions: PARTITIONS,
-                lease: LEASE_TIMES,
-                round: OWNERSHIP.round,
-                replicas: 3,
-                read_ahead: 1024,
-            };
-            let config = vitalgate::Config::default();
-            let checks = DeviceChecks {
-                decode_limits: vitalgate::core::DecodeLimits {
-                    max_payload_bytes: config.ingest.max_payload_bytes,
-                    max_future_skew_ms: config.ingest.max_future_skew_ms,
-                },
-                session_max_bytes: config.session.max_message_bytes,
-                health: Arc::new(vitalgate::health::Health::default()),
-            };
+            let settings = common::nats::member_settings(servers, &name);
+            let checks = common::nats::device_checks();
             let member = member::start(
                 &settings,
                 common::nats::engine_parts(&name),

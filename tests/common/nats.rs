@@ -16,6 +16,7 @@ use vitalgate::cluster::streams;
 use std::sync::Arc;
 use tokio::sync::watch;
 use vitalgate::cluster::journal::StreamJournal;
+use vitalgate::cluster::member::{DeviceChecks, MemberSettings};
 use vitalgate::cluster::ownership::Owned;
 use vitalgate::core::{RuleSet, Ward};
 use vitalgate::engine::{Engine, Outlet, Parts, Running, Sequenced};
@@ -114,6 +115,33 @@ pub fn engine_parts(instance: &str) -> Parts {
         forget_idle_chair_ms: 0,
         silent_ms: 60_000,
         metrics: Arc::new(Metrics::new()),
+    }
+}
+
+/// A cluster member's settings as the tests run one: [`LEASE_TIMES`],
+/// [`OWNERSHIP`]'s round, three replicas.
+pub fn member_settings(servers: Vec<String>, name: &str) -> MemberSettings {
+    MemberSettings {
+        servers,
+        name: name.to_string(),
+        partitions: PARTITIONS,
+        lease: LEASE_TIMES,
+        round: OWNERSHIP.round,
+        replicas: 3,
+        read_ahead: 1024,
+    }
+}
+
+/// The default configuration's checks on device messages.
+pub fn device_checks() -> DeviceChecks {
+    let config = vitalgate::Config::default();
+    DeviceChecks {
+        decode_limits: vitalgate::core::DecodeLimits {
+            max_payload_bytes: config.ingest.max_payload_bytes,
+            max_future_skew_ms: config.ingest.max_future_skew_ms,
+        },
+        session_max_bytes: config.session.max_message_bytes,
+        health: Arc::new(vitalgate::health::Health::default()),
     }
 }
 
