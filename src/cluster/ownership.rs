@@ -131,13 +131,25 @@ impl Owner {
     async fn round(&mut self) {
         self.renew().await;
         self.release_lapsed().await;
-        if let Err(e) = self.members.put(&self.me, "".into()).await {
-            tracing::warn!(error = %e, "cannot announce this gateway to the cluster");
+        // Each step waits no longer than a lease request may: a members bucket
+        // whose leader was on a lost node must not hold up the next round's
+        // renewals until every lease has lapsed (seen: a listing that took
+        // until the client's 10 s timeout lost a gateway all its partitions).
+        let step = self.leases.ttl() / 8;
+        match tokio::time::timeout(step, self.members.put(&self.me, "".into())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot announce this gateway to the cluster"),
+            Err(_) => tracing::warn!("cannot announce this gateway to the cluster: timed out"),
         }
-        let alive = match self.alive().await {
-            Ok(alive) => alive,
-            Err(e) => {
+        let alive = match tokio::time::timeout(step, self.alive()).await {
+            Ok(Ok(alive)) => alive,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot list the cluster's gateways");
+                self.publish();
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("cannot list the cluster's gateways: timed out");
                 self.publish();
                 return;
             }
