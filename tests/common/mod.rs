@@ -360,8 +360,14 @@ impl Device {
 
     /// Wait until the broker has acknowledged `n` more publishes.
     pub async fn wait_acked(&mut self, n: usize) {
+        self.wait_acked_within(n, DEADLINE).await
+    }
+
+    /// [`Device::wait_acked`], each acknowledgement within `limit` (a NATS
+    /// listener waits for its stream, whose leader may be moving).
+    pub async fn wait_acked_within(&mut self, n: usize, limit: Duration) {
         for _ in 0..n {
-            tokio::time::timeout(DEADLINE, self.puback.recv())
+            tokio::time::timeout(limit, self.puback.recv())
                 .await
                 .expect("broker acknowledged the publish");
         }
