@@ -65,8 +65,6 @@ pub struct Applied {
     pub acknowledged: bool,
 }
 
-/// Apply every message from `messages` until `stop` (or until the readers
-/// stop), reporting each outcome to `applied` when given.
 /// What the apply loop learns of ownership.
 pub struct Partitions {
     /// The partitions held now: a message read before its partition went is
@@ -80,6 +78,8 @@ pub struct Partitions {
     pub restore_from: Option<Arc<Mirror>>,
 }
 
+/// Apply every message from `messages` until `stop` (or until the readers
+/// stop), reporting each outcome to `applied` when given.
 pub fn start(
     devices: Arc<Devices>,
     mut messages: mpsc::Receiver<DeviceMessage>,

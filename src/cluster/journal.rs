@@ -27,7 +27,7 @@
 //!   that evaluates a device message again produces its events under the new
 //!   owner's instance; deterministic ids across owners come with takeover replay.
 
-use super::events::{self, Event, Published};
+use super::events::{self, Event};
 use super::ownership::Owned;
 use super::partition_of;
 use crate::audit::Record;
@@ -118,11 +118,9 @@ impl StreamJournal {
                 sent.push((i, events::send(&self.js, event, valid_until).await.ok()));
             }
             for (i, ack) in sent {
+                // Stored now or before (a repeat): either way it is in the stream.
                 let stored = match ack {
-                    Some(ack) => matches!(
-                        events::stored(ack).await,
-                        Ok(Published::Stored(_) | Published::Repeat(_))
-                    ),
+                    Some(ack) => events::stored(ack).await.is_ok(),
                     None => false,
                 };
                 if !stored {

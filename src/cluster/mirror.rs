@@ -61,7 +61,8 @@ impl Mirror {
                 match event {
                     Ok(event) => {
                         let mut ledger = writing.lock().unwrap_or_else(|p| p.into_inner());
-                        ledger.take(&event.kind, event.frame.as_str());
+                        let chair = event.frame.chair.as_deref().unwrap_or_default();
+                        ledger.take(&event.kind, chair, event.frame.as_str());
                         drop(ledger);
                         read_tx.send_replace(event.seq);
                     }
@@ -126,29 +127,31 @@ impl Mirror {
 }
 
 impl Ledger {
-    /// Take in one event's frame.
-    fn take(&mut self, kind: &str, text: &str) {
+    /// Take in one event of `chair`, its frame `text`.
+    fn take(&mut self, kind: &str, chair: &str, text: &str) {
         #[derive(serde::Deserialize)]
-        struct Head {
-            chair: String,
-            #[serde(default)]
+        struct Alarm {
             id: u64,
-            #[serde(default)]
             state: String,
         }
-        let Ok(head) = serde_json::from_str::<Head>(text) else {
-            tracing::warn!(kind, "an event without a chair in the events stream");
-            return;
-        };
         match kind {
             "session" => {
-                self.sessions.insert(head.chair, text.to_string());
-            }
-            "alarm" if head.state == "cleared" => {
-                self.open.remove(&(head.chair, head.id));
+                self.sessions.insert(chair.to_string(), text.to_string());
             }
             "alarm" => {
-                self.open.insert((head.chair, head.id), text.to_string());
+                let Ok(alarm) = serde_json::from_str::<Alarm>(text) else {
+                    tracing::warn!(
+                        chair,
+                        "an alarm event without an id or state in the events stream"
+                    );
+                    return;
+                };
+                let key = (chair.to_string(), alarm.id);
+                if alarm.state == "cleared" {
+                    self.open.remove(&key);
+                } else {
+                    self.open.insert(key, text.to_string());
+                }
             }
             _ => {}
         }

@@ -111,12 +111,14 @@ impl ClusterError {
 /// `getHashPartition`). Checked against a running NATS in tests/cluster_nats.rs.
 pub fn partition_of(chair_key: &str, partitions: u32) -> u32 {
     let (site, chair) = chair_key.split_once('/').unwrap_or((chair_key, ""));
-    let hash = fnv1a(0x811c_9dc5, site.as_bytes());
+    let hash = fnv1a(FNV_OFFSET_BASIS, site.as_bytes());
     fnv1a(hash, chair.as_bytes()) % partitions.max(1)
 }
 
-/// FNV-1a, 32 bits, continuing from `hash` (start with the offset basis
-/// `0x811c_9dc5`).
+/// Where an FNV-1a (32 bits) hash starts.
+const FNV_OFFSET_BASIS: u32 = 0x811c_9dc5;
+
+/// FNV-1a, 32 bits, continuing from `hash` ([`FNV_OFFSET_BASIS`] to start).
 fn fnv1a(hash: u32, bytes: &[u8]) -> u32 {
     bytes
         .iter()

@@ -136,20 +136,13 @@ impl Owner {
         // renewals until every lease has lapsed (seen: a listing that took
         // until the client's 10 s timeout lost a gateway all its partitions).
         let step = self.leases.ttl() / 8;
-        match tokio::time::timeout(step, self.members.put(&self.me, "".into())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot announce this gateway to the cluster"),
-            Err(_) => tracing::warn!("cannot announce this gateway to the cluster: timed out"),
+        if let Err(e) = within(step, self.members.put(&self.me, "".into())).await {
+            tracing::warn!(error = %e, "cannot announce this gateway to the cluster");
         }
-        let alive = match tokio::time::timeout(step, self.alive()).await {
-            Ok(Ok(alive)) => alive,
-            Ok(Err(e)) => {
+        let alive = match within(step, self.alive()).await {
+            Ok(alive) => alive,
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot list the cluster's gateways");
-                self.publish();
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("cannot list the cluster's gateways: timed out");
                 self.publish();
                 return;
             }
@@ -304,6 +297,17 @@ impl Owner {
     }
 }
 
+/// `work`'s result, or a timeout once `limit` has passed.
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
 /// A member's key: its name with what a key cannot hold replaced.
 fn member_key(name: &str) -> String {
     name.chars()
@@ -320,7 +324,12 @@ fn member_key(name: &str) -> String {
 /// Where `me` ranks among `alive` for `partition`: 0 is last. Rendezvous
 /// hashing: every gateway computes the same order from the same names.
 fn rank_of(partition: u32, me: &str, alive: &[String]) -> usize {
-    let score = |name: &str| super::fnv1a(0x811c_9dc5, format!("{partition}/{name}").as_bytes());
+    let score = |name: &str| {
+        super::fnv1a(
+            super::FNV_OFFSET_BASIS,
+            format!("{partition}/{name}").as_bytes(),
+        )
+    };
     let mine = score(me);
     alive.iter().filter(|other| score(other) < mine).count()
 }
