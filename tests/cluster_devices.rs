@@ -19,8 +19,8 @@ use vitalgate::cluster::{events, streams};
 use vitalgate::engine::{Journal, JournalError, Processed, NOT_JOURNALED};
 
 /// How long a partition's message may go unacknowledged before NATS hands it
-/// out again: the lease time, as a gateway configures it.
-const ACK_WAIT: Duration = LEASE_TIMES.ttl;
+/// out again, as a gateway configures it.
+const ACK_WAIT: Duration = LEASE_TIMES.margin;
 
 /// A gateway named `name` (a cluster member as the binary will run it), once
 /// it owns every partition; `refusing`: its journal refuses every commit.

@@ -125,7 +125,8 @@ async fn an_owner_that_stalls_hands_nothing_on_after_its_lease_and_its_partition
     let js = vitalgate::cluster::connect(&nats.urls(), "setup")
         .await
         .unwrap();
-    common::nats::partition_consumers(&nats, 1, &js, TIMES.ttl).await;
+    common::nats::partition_consumers(&nats, 1, &js, ReadSettings::for_leases(TIMES, 3).ack_wait)
+        .await;
     let mut device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
 
     let a = gateway(&nats, "gw-a").await;

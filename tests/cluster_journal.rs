@@ -171,7 +171,8 @@ async fn two_gateways_journal_into_one_stream_that_any_dashboard_reads_in_order(
 
 /// Nothing is journaled for a partition this gateway does not own, or whose
 /// lease has lapsed; the failed commit shows on `journal_ok`. A commit retried
-/// with the same events is stored once.
+/// with the same events, or the same reading evaluated by another gateway, is
+/// stored once.
 #[tokio::test]
 async fn events_are_journaled_under_a_live_lease_only_and_once() {
     let nats = NatsCluster::start(3).await;
@@ -206,6 +207,17 @@ async fn events_are_journaled_under_a_live_lease_only_and_once() {
     );
     assert!(engine.journal_ok());
     assert_eq!(messages(&stream).await, 1);
+
+    // The partition's next owner evaluates the same reading again (its
+    // acknowledgement was lost with the previous owner): the same alarm under
+    // the same id, dropped by the stream as a repeat.
+    let (next_owner, _next_running) = stream_engine(&js, "gateway-b", owned.clone());
+    assert_eq!(
+        apply(&next_owner, chair, spo2(3, 80.0)).await,
+        Processed::Accepted { alarm_events: 1 }
+    );
+    assert!(next_owner.journal_ok());
+    assert_eq!(messages(&stream).await, 1, "one alarm, stored once");
 
     // The same commit twice (a retry after a lost confirmation): stored once.
     let mut journal = StreamJournal::new(

@@ -7,8 +7,8 @@ mod common;
 
 use async_nats::jetstream;
 use common::nats::{NatsCluster, PARTITIONS};
+use common::publisher::Publisher;
 use futures_util::StreamExt;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -173,7 +173,7 @@ async fn mqtt_publishes_reach_one_partition_per_chair() {
                 device.publish(&topic, format!("{{\"seq\":{seq}}}")).await;
             }
         }
-        device.all_acked().await;
+        device.all_acked(RECOVERY).await;
     }
     let total = chairs * 5;
     let read = readers
@@ -242,7 +242,7 @@ async fn acknowledged_publishes_survive(at_the_leader: bool) {
         let topic = format!("clinic/north/chair/{}/vitals", seq % 50);
         device.publish(&topic, format!("{{\"seq\":{seq}}}")).await;
         if seq == sent / 2 {
-            device.wait_acks(sent as usize / 4).await;
+            device.wait_acks(sent as usize / 4, RECOVERY).await;
             nats.kill(victim);
         }
     }
@@ -352,104 +352,5 @@ impl PartitionReaders {
             }
         }
         read
-    }
-}
-
-/// An MQTT 3.1.1 device that records which of its publishes were acknowledged.
-/// rumqttc reuses a packet id once it is acknowledged, so an acknowledgement is
-/// matched to the publish holding that id at the time.
-struct Publisher {
-    client: AsyncClient,
-    acked: tokio::sync::mpsc::UnboundedReceiver<usize>,
-    payload_seqs: Vec<u64>,
-    acked_indexes: HashSet<usize>,
-}
-
-impl Publisher {
-    async fn connect(port: u16) -> Publisher {
-        let mut o = MqttOptions::new(common::unique("dev"), "127.0.0.1", port);
-        o.set_clean_session(true).set_inflight(500);
-        let (client, mut events) = AsyncClient::new(o, 10_000);
-        let (ack_tx, acked) = tokio::sync::mpsc::unbounded_channel();
-        let (up_tx, mut up) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut sent = 0usize;
-            let mut holding: HashMap<u16, usize> = HashMap::new();
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = up_tx.send(());
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        holding.insert(pkid, sent);
-                        sent += 1;
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(index) = holding.remove(&ack.pkid) {
-                            let _ = ack_tx.send(index);
-                        }
-                    }
-                    Ok(_) => {}
-                    // The node is gone: this device does not reconnect (what it
-                    // sent before is what the test checks).
-                    Err(_) => return,
-                }
-            }
-        });
-        tokio::time::timeout(common::DEADLINE, up.recv())
-            .await
-            .expect("connected to NATS's MQTT listener");
-        Publisher {
-            client,
-            acked,
-            payload_seqs: Vec::new(),
-            acked_indexes: HashSet::new(),
-        }
-    }
-
-    async fn publish(&mut self, topic: &str, payload: String) {
-        let seq = serde_json::from_str::<serde_json::Value>(&payload).unwrap()["seq"]
-            .as_u64()
-            .unwrap();
-        self.payload_seqs.push(seq);
-        let _ = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await;
-    }
-
-    async fn wait_acks(&mut self, n: usize) {
-        let deadline = Instant::now() + RECOVERY;
-        while self.acked_indexes.len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} acks",
-                self.acked_indexes.len()
-            );
-            if let Ok(Some(i)) =
-                tokio::time::timeout(Duration::from_millis(50), self.acked.recv()).await
-            {
-                self.acked_indexes.insert(i);
-            }
-        }
-    }
-
-    async fn all_acked(&mut self) {
-        let n = self.payload_seqs.len();
-        self.wait_acks(n).await;
-    }
-
-    /// The payload `seq` of every acknowledged publish.
-    fn acked_payload_seqs(&mut self) -> Vec<u64> {
-        while let Ok(i) = self.acked.try_recv() {
-            self.acked_indexes.insert(i);
-        }
-        let mut seqs: Vec<u64> = self
-            .acked_indexes
-            .iter()
-            .map(|&i| self.payload_seqs[i])
-            .collect();
-        seqs.sort_unstable();
-        seqs
     }
 }

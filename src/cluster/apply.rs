@@ -242,6 +242,11 @@ impl HandOver {
                     for alarm in now.alarms {
                         r.alarm(alarm, now_ms);
                     }
+                    for (chair, ts) in &now.evaluated {
+                        if let Err(e) = r.evaluated_until(chair, *ts) {
+                            tracing::warn!(chair = %chair, error = %e, "chair's evaluated readings not restored");
+                        }
+                    }
                 }),
                 reply,
             })

@@ -6,10 +6,8 @@
 //! - Nothing is handed on, and nothing acknowledged, once the lease under which
 //!   it was read has reached its deadline: a gateway that stalled past its
 //!   lease (SIGSTOP, a long pause) wakes, finds the deadline passed and drops
-//!   what it holds, unacknowledged. NATS gives it to the next owner once the
-//!   consumer's `ack_wait` has passed since it was delivered (the lease time).
-//!   Such a message may reach the next owner after newer ones of its chair:
-//!   the engine orders a chair's readings by their `seq`.
+//!   what it holds, unacknowledged. NATS hands it out again once the
+//!   consumer's `ack_wait` has passed since it was delivered.
 //! - A partition's reader makes its first pull [`ReadSettings::first_pull_after`]
 //!   after the partition was taken: by then every message the previous owner
 //!   was handed and did not acknowledge is due again, and NATS hands those out
@@ -17,9 +15,16 @@
 //!   previous owner was handed its last message before its lease's deadline,
 //!   at most `ttl - margin` after its last renewal; the new owner takes the
 //!   partition no sooner than `ttl` after it; the message is due `ack_wait`
-//!   after it was handed out. So waiting `ack_wait - margin` suffices.) A reader
-//!   started too early would apply a newer reading first and then drop the
-//!   older one as late: a breach in between would never be alarmed.
+//!   after it was handed out. So waiting `ack_wait - margin` suffices, and with
+//!   `ack_wait` the margin, as [`ReadSettings::for_leases`] sets it, the new
+//!   owner reads at once.) A reader started too early would apply a newer
+//!   reading first and then drop the older one as late: a breach in between
+//!   would never be alarmed.
+//! - A message the owner holds for longer than `ack_wait` (its events waiting
+//!   for the events stream while that stream's leader moves) is handed out
+//!   again, to the owner itself: the engine takes the repeat as one, and answers
+//!   it after the first copy's events are journaled, so neither copy is
+//!   acknowledged before them.
 //! - A message is acknowledged only by whoever finished with it
 //!   ([`DeviceMessage::ack`]); a message handed on and never acknowledged is
 //!   delivered again, so the receiver must take a repeat (the engine does: a
@@ -81,7 +86,7 @@ pub struct ReadSettings {
     /// Copies of each partition consumer's state.
     pub replicas: usize,
     /// How long a message handed out may go unacknowledged before NATS hands
-    /// it out again (the lease time).
+    /// it out again.
     pub ack_wait: Duration,
     /// How long after a partition is taken its reader first pulls: at least
     /// `ack_wait - margin` of the lease times (see the module's invariants).
@@ -89,13 +94,16 @@ pub struct ReadSettings {
 }
 
 impl ReadSettings {
-    /// The settings for leases of `times`: `ack_wait` the lease time, the
-    /// first pull `ack_wait - margin` plus [`REDELIVERY_SLACK`].
+    /// The settings for leases of `times`: `ack_wait` the lease's margin, so
+    /// that the previous owner's messages are due again when the partition can
+    /// be taken and its new owner reads at once (the first pull after
+    /// [`REDELIVERY_SLACK`]): a takeover costs the lease time, not twice it.
     pub fn for_leases(times: super::lease::LeaseTimes, replicas: usize) -> ReadSettings {
+        let ack_wait = times.margin;
         ReadSettings {
             replicas,
-            ack_wait: times.ttl,
-            first_pull_after: times.ttl.saturating_sub(times.margin) + REDELIVERY_SLACK,
+            ack_wait,
+            first_pull_after: ack_wait.saturating_sub(times.margin) + REDELIVERY_SLACK,
         }
     }
 }

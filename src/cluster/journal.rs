@@ -22,10 +22,15 @@
 //!   is never renewed, so the partition is gone from this gateway, and its
 //!   chairs are dropped from the engine, before any of its messages can be
 //!   read here again (the apply loop's hand-over, and [`super::ownership`]).
-//! - The event id is the publishing engine's instance and the event's engine
-//!   sequence: unique, and the same for every retry of one commit. A takeover
-//!   that evaluates a device message again produces its events under the new
-//!   owner's instance; deterministic ids across owners come with takeover replay.
+//! - An event's id ([`event_id`]) is the same for every retry of one commit. An
+//!   alarm event's id is made of what it says (chair, alarm id, state,
+//!   escalation, reminder, time, rule, priority): with alarm ids derived from the
+//!   raising reading ([`crate::core::alarm_id`]), a partition's next owner that
+//!   evaluates a device message again, from the same state, produces the same
+//!   ids, and the stream drops the repeats. Session and limit events carry the
+//!   publishing engine's instance and sequence: a session message evaluated
+//!   again changes nothing (the restored session holds its time), and commands
+//!   are taken once.
 
 use super::events::{self, Event};
 use super::ownership::Owned;
@@ -67,10 +72,7 @@ impl StreamJournal {
 
 impl Journal for StreamJournal {
     fn commit(&mut self, records: &[Record<'_>]) -> Result<(), JournalError> {
-        let ids: Vec<String> = records
-            .iter()
-            .map(|r| format!("{}-{}", r.instance, r.seq))
-            .collect();
+        let ids: Vec<String> = records.iter().map(event_id).collect();
         let events: Vec<Event<'_>> = records
             .iter()
             .zip(&ids)
@@ -141,5 +143,78 @@ impl StreamJournal {
                 refused.join(", ")
             )))
         }
+    }
+}
+
+/// The `Nats-Msg-Id` of `record` (see the module's invariants).
+pub fn event_id(record: &Record<'_>) -> String {
+    /// What tells one alarm event from another, whoever made it.
+    #[derive(serde::Deserialize)]
+    struct AlarmEvent<'a> {
+        id: u64,
+        state: &'a str,
+        escalation_level: u8,
+        reminder: bool,
+        ts: u64,
+        // Owned: a rule id with an escape in its JSON text cannot be borrowed.
+        rule: String,
+        priority: &'a str,
+    }
+    if record.kind == "alarm" {
+        if let Ok(a) = serde_json::from_str::<AlarmEvent<'_>>(record.body) {
+            return format!(
+                "alarm/{}/{}/{}/{}/{}/{}/{}/{}",
+                record.chair,
+                a.id,
+                a.state,
+                a.escalation_level,
+                u8::from(a.reminder),
+                a.ts,
+                a.rule,
+                a.priority
+            );
+        }
+        tracing::error!(chair = record.chair, "an alarm event without its fields");
+    }
+    format!("{}-{}", record.instance, record.seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alarm(instance: &'static str, seq: u64, received_at: u64, body: &str) -> String {
+        let body = format!(
+            r#"{{"type":"alarm","seq":{seq},"id":17,"chair":"north/7","rule":"spo2_low","priority":"high","escalation_level":0,"reminder":false,"ts":1000,"received_at":{received_at},{body}}}"#
+        );
+        event_id(&Record {
+            seq,
+            instance,
+            kind: "alarm",
+            chair: "north/7",
+            at_ms: received_at,
+            body: &body,
+        })
+    }
+
+    #[test]
+    fn an_alarm_event_is_named_by_what_it_says_not_by_who_made_it() {
+        let raised = alarm("aaaa", 5, 1_003, r#""state":"raised""#);
+        assert_eq!(raised, "alarm/north/7/17/raised/0/0/1000/spo2_low/high");
+        assert_eq!(raised, alarm("bbbb", 900, 2_000, r#""state":"raised""#));
+        assert_ne!(raised, alarm("aaaa", 5, 1_003, r#""state":"cleared""#));
+    }
+
+    #[test]
+    fn other_events_are_named_by_their_engine() {
+        let record = Record {
+            seq: 5,
+            instance: "aaaa",
+            kind: "session",
+            chair: "north/7",
+            at_ms: 1,
+            body: r#"{"type":"session","seq":5}"#,
+        };
+        assert_eq!(event_id(&record), "aaaa-5");
     }
 }

@@ -44,6 +44,24 @@ pub struct MemberSettings {
     pub read_ahead: usize,
 }
 
+impl MemberSettings {
+    /// The settings `[cluster]` gives.
+    pub fn from_config(c: &crate::config::ClusterConfig) -> MemberSettings {
+        MemberSettings {
+            servers: c.servers.clone(),
+            name: c.name.clone(),
+            partitions: c.partitions,
+            lease: LeaseTimes {
+                ttl: Duration::from_millis(c.lease_ms),
+                margin: Duration::from_millis(c.lease_margin_ms),
+            },
+            round: Duration::from_millis(c.round_ms),
+            replicas: c.replicas,
+            read_ahead: c.read_ahead,
+        }
+    }
+}
+
 /// What the device messages are checked against (as in single-node mode).
 pub struct DeviceChecks {
     pub decode_limits: DecodeLimits,
@@ -74,6 +92,13 @@ pub async fn start(
     wrap: impl FnOnce(StreamJournal) -> Box<dyn Journal>,
     applied: Option<mpsc::UnboundedSender<Applied>>,
 ) -> Result<Member, ClusterError> {
+    if !parts.ward.derives_alarm_ids() {
+        // Without them, a partition's next owner evaluating a reading again
+        // raises its alarm a second time under another id.
+        return Err(ClusterError::Engine(
+            "alarm ids derived from what raised them (Ward::with_derived_alarm_ids)",
+        ));
+    }
     let js = connect(&settings.servers, &settings.name).await?;
     let replicas = settings.replicas;
     events::stream(&js, replicas).await?;

@@ -27,8 +27,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 struct Ledger {
     sessions: HashMap<String, String>,
-    /// By chair and alarm id (ids are unique per gateway, not across them).
+    /// By chair and alarm id.
     open: BTreeMap<(String, u64), String>,
+    /// Per chair, the device time of the latest reading that raised or ended
+    /// an alarm: what its owner had evaluated at least.
+    evaluated: HashMap<String, u64>,
 }
 
 /// What the stream holds of some chairs.
@@ -36,6 +39,9 @@ struct Ledger {
 pub struct ChairsNow {
     pub sessions: Vec<SessionEvent>,
     pub alarms: Vec<AlarmEvent>,
+    /// Per chair, the device time up to which its readings were evaluated
+    /// (see [`crate::engine::Restore::evaluated_until`]).
+    pub evaluated: Vec<(String, u64)>,
 }
 
 pub struct Mirror {
@@ -114,6 +120,12 @@ impl Mirror {
                 }
             }
         }
+        now.evaluated = ledger
+            .evaluated
+            .iter()
+            .filter(|(chair, _)| which(chair))
+            .map(|(chair, ts)| (chair.clone(), *ts))
+            .collect();
         for ((chair, _), text) in &ledger.open {
             if which(chair) {
                 match serde_json::from_str(text) {
@@ -133,6 +145,14 @@ impl Ledger {
         struct Alarm {
             id: u64,
             state: String,
+            kind: String,
+            ts: u64,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            escalated: bool,
+            #[serde(default)]
+            reminder: bool,
         }
         match kind {
             "session" => {
@@ -146,6 +166,18 @@ impl Ledger {
                     );
                     return;
                 };
+                // Raised or ended by a reading (not a timer, a command or a
+                // re-send): its `ts` is that reading's device time.
+                let by_reading = alarm.kind == "physiological"
+                    && match alarm.state.as_str() {
+                        "raised" => !alarm.escalated && !alarm.reminder,
+                        "cleared" => alarm.reason.is_none(),
+                        _ => false,
+                    };
+                if by_reading {
+                    let until = self.evaluated.entry(chair.to_string()).or_default();
+                    *until = (*until).max(alarm.ts);
+                }
                 let key = (chair.to_string(), alarm.id);
                 if alarm.state == "cleared" {
                     self.open.remove(&key);

@@ -38,20 +38,26 @@
 //!   their events are in the stream. When a partition is taken or goes, the
 //!   engine drops its chairs; a partition taken has its chairs' sessions and
 //!   open alarms restored from the stream ([`mirror`]), as a single-node gateway
-//!   restores from its audit trail at start-up.
+//!   restores from its audit trail at start-up, with the device time up to
+//!   which the previous owner evaluated each chair's readings: those handed out
+//!   again change nothing.
+//! - **Nothing raised twice**: alarm ids are derived from what raised them
+//!   (chair, rule, the reading's device time: [`crate::core::alarm_id`]) and an
+//!   alarm event's stream id from what it says ([`journal::event_id`]), so a
+//!   reading the next owner evaluates again raises the same alarm under the same
+//!   id, and the stream drops the repeat.
 //!
-//! Still to come (not in this module yet): the `[cluster]` configuration and
-//! the binary's cluster mode, snapshots for dashboards, and:
+//! Still to come (not in this module yet): the binary's cluster mode (the
+//! `[cluster]` configuration exists and is validated), and:
 //! - **Takeover with replay**: restore each chair from a snapshot of its whole
 //!   state (baseline samples, pending condition delays, trends) kept with the
 //!   stream position it reflects, and replay the device messages after it on
 //!   device time before going live. Acknowledged messages leave `$MQTT_msgs`,
 //!   so the owner first copies each into a replicated stream of its own
 //!   (deduplicated by the message's sequence), which the snapshot positions
-//!   refer to. Event ids then become deterministic (the chair, its alarm and
-//!   the transition), so that an event evaluated again by the next owner is
-//!   dropped as a repeat; today an id is the publishing engine's instance and
-//!   sequence, which only makes a retried commit safe.
+//!   refer to. Today a taken chair starts from its session and open alarms: a
+//!   condition delay under way starts again, and a baseline being collected
+//!   starts over.
 
 //! # NATS 2.10 or later
 //! Leases need the server to serialise writes that expect a revision; 2.9.10
@@ -88,6 +94,8 @@ pub enum ClusterError {
     Connect { servers: String, reason: String },
     #[error("JetStream {what}: {reason}")]
     JetStream { what: &'static str, reason: String },
+    #[error("a cluster member's engine needs {0}")]
+    Engine(&'static str),
     #[error("the {bucket} bucket keeps entries {found:?}, not the configured {configured:?}: every gateway must use one lease time (change it on all of them, and delete the bucket, while all are stopped)")]
     LeaseTime {
         bucket: &'static str,
@@ -170,15 +178,40 @@ async fn expiring_bucket(
 }
 
 /// Every key `kv` holds now (deleted and expired ones are not listed).
+///
+/// Read without a consumer: the subjects the bucket's stream holds (one
+/// request to its leader), then each key's latest entry (direct gets, which
+/// any replica answers), keeping the values and dropping the markers deleted
+/// and purged keys leave. The client's own listing (`Store::keys`) makes an
+/// ordered consumer each time, and after a node of the cluster was lost such
+/// listings went unanswered for over a minute while leases and gets worked.
 async fn keys_of(
     kv: &async_nats::jetstream::kv::Store,
     what: &'static str,
 ) -> Result<Vec<String>, ClusterError> {
+    use async_nats::jetstream::kv::Operation;
     use futures_util::TryStreamExt;
-    let keys = kv.keys().await.map_err(|e| ClusterError::js(what, e))?;
-    keys.try_collect()
+    let subjects: Vec<(String, usize)> = kv
+        .stream
+        .info_with_subjects(format!("{}>", kv.prefix))
         .await
-        .map_err(|e| ClusterError::js(what, e))
+        .map_err(|e| ClusterError::js(what, e))?
+        .try_collect()
+        .await
+        .map_err(|e| ClusterError::js(what, e))?;
+    let latest = subjects.iter().filter_map(|(subject, _)| {
+        let key = subject.strip_prefix(&kv.prefix)?.to_string();
+        Some(async move { kv.entry(key.as_str()).await.map(|entry| (key, entry)) })
+    });
+    let mut keys = Vec::new();
+    for found in futures_util::future::join_all(latest).await {
+        match found.map_err(|e| ClusterError::js(what, e))? {
+            (key, Some(entry)) if entry.operation == Operation::Put => keys.push(key),
+            _ => {}
+        }
+    }
+    keys.sort_unstable();
+    Ok(keys)
 }
 
 /// Connect to the cluster (any of `servers`; the client follows the cluster's

@@ -36,8 +36,9 @@ pub fn partition_consumer_name(partition: u32) -> String {
 /// The durable consumer of `partition` on [`MQTT_STREAM`], created if missing
 /// (`replicas` copies of its state). `ack_wait` is how long a message handed to
 /// the partition's owner may go unacknowledged before it is handed out again:
-/// the lease time, so that a dead owner's messages are due again by the time
-/// its partition can be taken over. The first gateway to create a consumer
+/// no longer than the lease's margin, so that a dead owner's messages are due
+/// again by the time its partition can be taken over
+/// ([`super::intake::ReadSettings::for_leases`]). The first gateway to create a consumer
 /// sets these. The stream itself exists once a first MQTT client has connected
 /// to the cluster; until then this fails.
 pub async fn partition_consumer(

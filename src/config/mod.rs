@@ -4,8 +4,11 @@
 //! Every field is documented in `config/vitalgate.toml`, which is also compiled in as
 //! the defaults: a user file only needs the keys it changes.
 
+mod cluster;
 mod load;
 mod validate;
+
+pub use cluster::ClusterConfig;
 
 pub use load::{ConfigError, Source};
 
@@ -43,6 +46,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Recording every applied message for `vitalgate replay`.
     pub capture: CaptureConfig,
+    /// Cluster mode on NATS JetStream (off: a single gateway).
+    pub cluster: ClusterConfig,
     /// Alarm limits. Replaces the default list as a whole when given.
     pub rules: Vec<RuleSpec>,
     /// Rules raised only while several limits are crossed at once. Replaces the

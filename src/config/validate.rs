@@ -278,6 +278,7 @@ impl Config {
         );
         check!(!a.audience.is_empty(), "auth.audience", "must not be empty",);
         check!(a.leeway_s <= 300, "auth.leeway_s", "must be 0-300");
+        errs.extend(self.cluster.problems());
         errs
     }
 }

@@ -3,6 +3,7 @@
 //! property-testable without sockets or clocks.
 
 pub mod alarm;
+pub mod alarm_id;
 pub mod baseline;
 pub mod chair_key;
 pub mod condition;

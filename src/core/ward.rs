@@ -5,6 +5,7 @@
 //! while another key is touched.
 
 use super::alarm::{AlarmContext, AlarmEvent, AlarmState, RuleMet};
+use super::alarm_id::{AlarmIds, AlarmSeed};
 use super::event::{Event, SessionEvent};
 use super::message;
 use super::patient::{Applied, Change, Effects, GroupChange, Latest, PatientState};
@@ -12,7 +13,7 @@ use super::reading::Reading;
 use super::rules::RuleSet;
 use super::session::{LimitOverride, Session, SessionError, SessionUpdate};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// An operation on a chair was refused.
@@ -84,7 +85,7 @@ pub struct Ward {
     patients: DashMap<Arc<str>, PatientState>,
     rules: Arc<RuleSet>,
     max_chairs: usize,
-    last_alarm_id: AtomicU64,
+    alarm_ids: AlarmIds,
 }
 
 impl Ward {
@@ -105,7 +106,19 @@ impl Ward {
             patients: DashMap::new(),
             rules,
             max_chairs,
-            last_alarm_id: AtomicU64::new(last_alarm_id),
+            alarm_ids: AlarmIds::After(AtomicU64::new(last_alarm_id)),
+        }
+    }
+
+    /// A ward whose alarm ids are derived from what raised them (cluster mode:
+    /// see [`super::alarm_id`]), so that a reading evaluated again by another
+    /// gateway raises its alarm under the same id.
+    pub fn with_derived_alarm_ids(rules: Arc<RuleSet>, max_chairs: usize) -> Self {
+        Ward {
+            patients: DashMap::new(),
+            rules,
+            max_chairs,
+            alarm_ids: AlarmIds::Derived,
         }
     }
 
@@ -118,8 +131,14 @@ impl Ward {
             patients: DashMap::with_shard_amount(2),
             rules,
             max_chairs: usize::MAX,
-            last_alarm_id: AtomicU64::new(0),
+            alarm_ids: AlarmIds::After(AtomicU64::new(0)),
         }
+    }
+
+    /// Whether alarm ids are derived from what raised them (see
+    /// [`Ward::with_derived_alarm_ids`]).
+    pub fn derives_alarm_ids(&self) -> bool {
+        matches!(self.alarm_ids, AlarmIds::Derived)
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -136,9 +155,9 @@ impl Ward {
         &self,
         chair: &str,
         create: bool,
-        f: impl FnOnce(&Arc<str>, &mut PatientState, &mut dyn FnMut() -> u64) -> T,
+        f: impl FnOnce(&Arc<str>, &mut PatientState, &mut dyn FnMut(AlarmSeed<'_>) -> u64) -> T,
     ) -> Result<T, WardError> {
-        let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut next_id = |seed: AlarmSeed<'_>| self.alarm_ids.next(chair, seed);
         if let Some(mut state) = self.patients.get_mut(chair) {
             let key = state.key().clone();
             return Ok(f(&key, state.value_mut(), &mut next_id));
@@ -240,6 +259,12 @@ impl Ward {
         })
     }
 
+    /// Readings of `chair` at or before device time `ts` were evaluated by the
+    /// gateway it is restored from (see [`PatientState::evaluated_until`]).
+    pub fn restore_evaluated_until(&self, chair: &str, ts: u64) -> Result<(), WardError> {
+        self.with_chair(chair, true, |_, state, _| state.evaluated_until(ts))
+    }
+
     /// Take back an alarm open when the previous run stopped (see
     /// [`PatientState::restore_alarm`]). False if no matching condition is there (or
     /// the chair limit is reached).
@@ -252,13 +277,14 @@ impl Ward {
 
     /// Judge every chair's timed conditions at gateway time `now_ms`.
     pub fn tick(&self, now_ms: u64) -> Vec<Event> {
-        let mut next_id = || self.last_alarm_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut out = Vec::new();
         // `retain` keeping every chair: it takes each shard's lock once, where
         // `iter_mut` also allocates a shared guard per shard, on every tick (in a
         // replay, as often as readings arrive).
         self.patients.retain(|key, state| {
-            let effects = state.tick(&self.rules, now_ms, &mut next_id);
+            let effects = state.tick(&self.rules, now_ms, &mut |seed| {
+                self.alarm_ids.next(key, seed)
+            });
             if !effects.is_empty() {
                 out.extend(self.events(key, state, effects, now_ms));
             }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::core::alarm_id;
 use crate::core::reading::Vital;
 use crate::core::rules::{Priority, RuleSpec};
 
@@ -64,6 +65,41 @@ fn chairs_are_independent_and_ids_are_gateway_wide() {
     assert_eq!(c[0].state, AlarmState::Cleared);
     assert_eq!(c[0].id, 1);
     assert_eq!(w.chairs().len(), 2);
+}
+
+/// Two gateways evaluating the same readings (a partition's next owner taking
+/// them again) raise the same alarm under the same id; a new breach of the same
+/// rule gets another.
+#[test]
+fn derived_ids_are_the_same_wherever_a_reading_is_evaluated() {
+    let rules = ward(10).rules;
+    let (first, next) = (
+        Ward::with_derived_alarm_ids(rules.clone(), 10),
+        Ward::with_derived_alarm_ids(rules, 10),
+    );
+    let a = events(first.apply("n/1", &spo2(1, 85.0), 5).unwrap());
+    // Received later by the other gateway, after readings of another chair.
+    events(next.apply("n/2", &spo2(1, 85.0), 900).unwrap());
+    let b = events(next.apply("n/1", &spo2(1, 85.0), 1_000).unwrap());
+    assert_eq!(a[0].id, b[0].id);
+    assert_eq!(
+        a[0].id,
+        alarm_id::derived(
+            "n/1",
+            alarm_id::AlarmSeed {
+                rule: "spo2_low",
+                ts: 1_000
+            }
+        )
+    );
+    let cleared = events(next.apply("n/1", &spo2(2, 95.0), 1_001).unwrap());
+    assert_eq!(
+        (cleared[0].state, cleared[0].id),
+        (AlarmState::Cleared, a[0].id)
+    );
+    let again = events(next.apply("n/1", &spo2(3, 85.0), 1_002).unwrap());
+    assert_eq!(again[0].state, AlarmState::Raised);
+    assert_ne!(again[0].id, a[0].id);
 }
 
 #[test]

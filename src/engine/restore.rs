@@ -16,6 +16,13 @@ impl Restore<'_> {
         self.state.ward.restore(event, now_ms)
     }
 
+    /// Readings of `chair` measured at or before device time `ts` were already
+    /// evaluated, by the gateway the chair is taken over from: one handed out
+    /// again changes nothing.
+    pub fn evaluated_until(&mut self, chair: &str, ts: u64) -> Result<(), WardError> {
+        self.state.ward.restore_evaluated_until(chair, ts)
+    }
+
     /// An alarm open when the previous run stopped: taken back without a new
     /// event when a rule of its chair still matches, otherwise closed with
     /// `reason: "not_restored"` so that the record is complete. True if taken back.

@@ -6,6 +6,7 @@
 
 pub mod nats;
 pub mod pki;
+pub mod publisher;
 
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

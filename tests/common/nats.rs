@@ -100,12 +100,11 @@ pub fn engine_parts(instance: &str) -> Parts {
     let mut config = vitalgate::Config::default();
     super::simple_rules(&mut config);
     Parts {
-        // Alarm ids after the wall clock in microseconds, as the binary
-        // does: ids of gateways started at different times do not meet.
-        ward: Ward::with_alarm_ids_after(
+        // Alarm ids derived from what raised them, as cluster mode needs: a
+        // reading evaluated again by the next owner raises the same id.
+        ward: Ward::with_derived_alarm_ids(
             Arc::new(RuleSet::compile(&config.rules).unwrap()),
             1000,
-            vitalgate::clock::now_ms() * 1_000,
         ),
         last_seq: 0,
         instance: instance.into(),

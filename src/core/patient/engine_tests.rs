@@ -59,7 +59,7 @@ impl Chair {
         self.seq += 1;
         let r = Reading::of(self.seq, t, vitals, pump);
         let next = &mut self.next;
-        match self.p.apply(&self.rules, &r, t, &mut || {
+        match self.p.apply(&self.rules, &r, t, &mut |_| {
             *next += 1;
             *next
         }) {
@@ -97,7 +97,7 @@ impl Chair {
 
     fn session(&mut self, u: SessionUpdate, t: u64) -> Result<Effects, SessionError> {
         let next = &mut self.next;
-        self.p.set_session(&self.rules, &u, t, &mut || {
+        self.p.set_session(&self.rules, &u, t, &mut |_| {
             *next += 1;
             *next
         })
@@ -105,7 +105,7 @@ impl Chair {
 
     fn tick(&mut self, t: u64) -> Effects {
         let next = &mut self.next;
-        self.p.tick(&self.rules, t, &mut || {
+        self.p.tick(&self.rules, t, &mut |_| {
             *next += 1;
             *next
         })
@@ -352,13 +352,13 @@ fn device_offline_by_last_will_or_silence_and_pump_without_spo2() {
     // The last will: offline at once, online again when it says so.
     let next = &mut c.next;
     let e =
-        c.p.set_device_online(&c.rules, false, T0 + 50_000, &mut || {
+        c.p.set_device_online(&c.rules, false, T0 + 50_000, &mut |_| {
             *next += 1;
             *next
         });
     assert_eq!(c.seen(&e), vec![("device_offline".into(), "raised", None)]);
     let e =
-        c.p.set_device_online(&c.rules, true, T0 + 51_000, &mut || 0);
+        c.p.set_device_online(&c.rules, true, T0 + 51_000, &mut |_| 0);
     assert_eq!(
         c.seen(&e),
         vec![("device_offline".into(), "cleared", Some("data_returned"))]
@@ -500,7 +500,7 @@ fn per_patient_limit_changes_apply_at_once() {
             },
             "dr.lee",
             T0 + 1,
-            &mut || {
+            &mut |_| {
                 *next += 1;
                 *next
             },
@@ -518,7 +518,7 @@ fn per_patient_limit_changes_apply_at_once() {
         },
         "dr.lee",
         T0 + 2,
-        &mut || 0,
+        &mut |_| 0,
     );
     assert!(matches!(bad, Err(SessionError::Limit(_))));
     assert!(matches!(
@@ -528,7 +528,7 @@ fn per_patient_limit_changes_apply_at_once() {
             LimitOverride::default(),
             "x",
             T0,
-            &mut || 0
+            &mut |_| 0
         ),
         Err(SessionError::UnknownRule(_))
     ));
@@ -763,7 +763,7 @@ fn an_alarm_whose_limit_disappears_ends() {
     };
     let next = &mut c.next;
     let e =
-        c.p.set_limit(&c.rules, "hr_surge", high, "dr.lee", T0 + 1, &mut || {
+        c.p.set_limit(&c.rules, "hr_surge", high, "dr.lee", T0 + 1, &mut |_| {
             *next += 1;
             *next
         })
@@ -776,7 +776,7 @@ fn an_alarm_whose_limit_disappears_ends() {
             LimitOverride::default(),
             "dr.lee",
             T0 + 2,
-            &mut || 0,
+            &mut |_| 0,
         )
         .unwrap();
     assert_eq!(
@@ -877,7 +877,7 @@ fn an_empty_chair_is_not_judged_on_the_last_patients_values() {
         pump: None,
     };
     let next = &mut c.next;
-    let applied = c.p.apply(&c.rules, &late, T0 + 5_350_000, &mut || {
+    let applied = c.p.apply(&c.rules, &late, T0 + 5_350_000, &mut |_| {
         *next += 1;
         *next
     });

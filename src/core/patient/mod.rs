@@ -14,6 +14,7 @@ mod session;
 pub use group::{Change, GroupChange, Member};
 
 use super::alarm::PartValue;
+use super::alarm_id::AlarmSeed;
 use super::baseline::BaselineSampler;
 use super::condition::{Check, Condition, ConditionState, Measure, Step};
 use super::event::SessionChange;
@@ -149,6 +150,9 @@ pub struct PatientState {
     forgotten_at: u64,
     /// Per alarm group, what dashboards were last told of its alarm.
     shown: Box<[Option<group::Shown>]>,
+    /// Device time up to which another gateway evaluated this chair's readings,
+    /// until a reading after it is applied here (see [`PatientState::evaluated_until`]).
+    evaluated_until: Option<u64>,
 }
 
 impl PatientState {
@@ -171,6 +175,20 @@ impl PatientState {
             clock: DeviceClock::default(),
             forgotten_at: 0,
             shown: vec![None; rules.group_count()].into_boxed_slice(),
+            evaluated_until: None,
+        }
+    }
+
+    /// Readings measured at or before device time `ts` were evaluated by the
+    /// gateway this chair was restored from (their alarms are in what was
+    /// restored): until a reading after `ts` is applied here, one at or before
+    /// it is a redelivery and changes nothing. A restored chair does not know
+    /// the device's message counter, so without this an old reading handed out
+    /// again would be taken as the newest and raise again an alarm that had
+    /// already ended. After the first newer reading, the counter orders them.
+    pub fn evaluated_until(&mut self, ts: u64) {
+        if self.last_seq.is_none() {
+            self.evaluated_until = Some(self.evaluated_until.map_or(ts, |t| t.max(ts)));
         }
     }
 
@@ -251,10 +269,15 @@ impl PatientState {
         rules: &RuleSet,
         reading: &Reading,
         received_at: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Applied {
         if self.seen(reading.seq, reading.ts) {
             return Applied::Duplicate;
+        }
+        match self.evaluated_until {
+            Some(until) if reading.ts <= until => return Applied::Duplicate,
+            Some(_) => self.evaluated_until = None,
+            None => {}
         }
         self.remember(reading.seq, reading.ts);
         self.clock.observe(reading.ts, received_at);
@@ -361,7 +384,7 @@ impl PatientState {
         i: usize,
         ts: u64,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
         effects: &mut Effects,
     ) {
         let cond = rules.condition(i);
@@ -397,8 +420,13 @@ impl PatientState {
         // alarm: one alarm per group (see `group`).
         let conditions = &self.conditions;
         let mut state = conditions[i];
+        let seed = AlarmSeed {
+            rule: &cond.rule,
+            ts,
+        };
         let mut id = || {
-            group::group_alarm(conditions, rules, rules.group_of(i)).unwrap_or_else(&mut *next_id)
+            group::group_alarm(conditions, rules, rules.group_of(i))
+                .unwrap_or_else(|| next_id(seed))
         };
         let step = cond.step(&mut state, &m, ts, &mut id);
         self.conditions[i] = state;
@@ -426,7 +454,7 @@ impl PatientState {
         &mut self,
         rules: &RuleSet,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Effects {
         let mut effects = Effects::default();
         for &i in rules.timed() {
@@ -442,7 +470,7 @@ impl PatientState {
         rules: &RuleSet,
         online: bool,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Effects {
         self.device_offline = !online;
         if self.first_heard == 0 {

@@ -5,6 +5,7 @@
 use super::group::group_alarm;
 use super::{Effects, Member, PatientState, Transition};
 use crate::core::alarm::AlarmContext;
+use crate::core::alarm_id::AlarmSeed;
 use crate::core::baseline::BaselineSampler;
 use crate::core::condition::{Condition, ConditionState, Step};
 use crate::core::event::{SessionChange, SessionEvent};
@@ -28,7 +29,7 @@ impl PatientState {
         rules: &RuleSet,
         update: &SessionUpdate,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Result<Effects, SessionError> {
         let s = &self.session;
         let same_patient = update.patient.as_deref() == s.patient.as_deref();
@@ -162,7 +163,7 @@ impl PatientState {
         o: LimitOverride,
         by: &str,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Result<Effects, SessionError> {
         check_override(rules, rule, &o)?;
         let key: Arc<str> = Arc::from(rule);
@@ -294,7 +295,7 @@ impl PatientState {
         &mut self,
         rules: &RuleSet,
         now_ms: u64,
-        next_id: &mut dyn FnMut() -> u64,
+        next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
         effects: &mut Effects,
     ) {
         for i in 0..rules.len() {

@@ -1,6 +1,7 @@
 //! Readings, redeliveries, late values and device clocks.
 
 use super::*;
+use crate::core::alarm_id::AlarmSeed;
 use crate::core::rules::{Priority, RuleSpec};
 
 fn rules() -> RuleSet {
@@ -42,7 +43,7 @@ fn redelivery_is_applied_once() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
     let mut id = 0;
-    let mut next = || {
+    let mut next = |_: AlarmSeed| {
         id += 1;
         id
     };
@@ -52,11 +53,47 @@ fn redelivery_is_applied_once() {
     assert_eq!(p.active_alarms().collect::<Vec<_>>(), vec![1]);
 }
 
+/// A chair taken over from another gateway: the readings that gateway had
+/// evaluated, handed out again, change nothing (the alarm they raised and
+/// cleared is over); the first newer one is evaluated, and from then on the
+/// device's counter orders them again.
+#[test]
+fn readings_evaluated_before_a_takeover_change_nothing() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut next = |_: AlarmSeed| 7;
+    p.evaluated_until(3_000);
+    for (seq, ts) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        assert_eq!(
+            p.apply(&rules, &hr(seq, ts, 150.0), 1, &mut next),
+            Applied::Duplicate
+        );
+    }
+    assert_eq!(p.active_alarms().count(), 0);
+    assert_eq!(
+        raised(&p.apply(&rules, &hr(4, 4_000, 150.0), 2, &mut next)),
+        1
+    );
+    // An older one after it is late, as for any chair.
+    assert!(matches!(
+        p.apply(&rules, &hr(2, 2_000, 60.0), 3, &mut next),
+        Applied::Accepted { late_values: 1, .. }
+    ));
+    assert_eq!(p.active_alarms().count(), 1);
+    // Known already: nothing to hold back any more.
+    p.evaluated_until(9_000);
+    assert!(matches!(
+        p.apply(&rules, &hr(5, 5_000, 60.0), 4, &mut next),
+        Applied::Accepted { .. }
+    ));
+    assert_eq!(p.active_alarms().count(), 0);
+}
+
 #[test]
 fn late_value_does_not_overwrite_newer_state_or_clear() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
-    let mut next = || 1;
+    let mut next = |_: AlarmSeed| 1;
     p.apply(&rules, &hr(2, 2_000, 150.0), 1, &mut next);
     let a = p.apply(&rules, &hr(1, 1_000, 60.0), 2, &mut next);
     match a {
@@ -79,7 +116,7 @@ fn late_value_does_not_overwrite_newer_state_or_clear() {
 fn device_counter_restart_is_not_a_duplicate() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
-    let mut next = || 1;
+    let mut next = |_: AlarmSeed| 1;
     p.apply(&rules, &hr(0, 1_000, 60.0), 1, &mut next);
     let a = p.apply(&rules, &hr(0, 9_000, 61.0), 2, &mut next);
     assert!(matches!(a, Applied::Accepted { late_values: 0, .. }));
@@ -90,7 +127,7 @@ fn device_counter_restart_is_not_a_duplicate() {
 fn steps<'a>(rules: &RuleSet, stream: impl IntoIterator<Item = &'a Reading>) -> Vec<(Step, u64)> {
     let mut p = PatientState::new(rules);
     let mut id = 0;
-    let mut next = || {
+    let mut next = |_: AlarmSeed| {
         id += 1;
         id
     };
@@ -164,7 +201,7 @@ proptest::proptest! {
 fn clock_stepping_back_does_not_silence_the_chair() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
-    let mut next = || 1;
+    let mut next = |_: AlarmSeed| 1;
     p.apply(&rules, &hr(1, 100_000, 80.0), 1, &mut next);
     // NTP correction: the next message is 60 s "earlier" by the device clock.
     let a = p.apply(&rules, &hr(2, 40_000, 150.0), 2, &mut next);
@@ -190,7 +227,7 @@ fn clock_step_keeps_the_breach_time_already_counted() {
     }])
     .unwrap();
     let mut p = PatientState::new(&rules);
-    let mut next = || 1;
+    let mut next = |_: AlarmSeed| 1;
     // Breached at 100 s and 102 s (2 s counted), then the clock steps back 60 s:
     // one more second of breach (at 43 s on the new clock) completes the delay.
     assert_eq!(
