@@ -24,8 +24,9 @@ pub struct App {
     pub devices: Arc<Devices>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// The durable audit trail, read by `/api/...` (the engine's journal writes it).
-    pub audit: Arc<Audit>,
+    /// The durable audit trail, read by `/api/...` (the engine's journal writes
+    /// it). `None` in cluster mode, whose audit trail is in PostgreSQL.
+    pub audit: Option<Arc<Audit>>,
     started: Instant,
 }
 
@@ -35,7 +36,7 @@ impl App {
         config: Config,
         dashboards: Arc<Dashboards>,
         devices: Arc<Devices>,
-        audit: Arc<Audit>,
+        audit: Option<Arc<Audit>>,
     ) -> App {
         App {
             engine: dashboards.engine.clone(),

@@ -12,6 +12,18 @@ pub struct Health {
     /// Gateway time of the alarm timers' last completed tick, ms (0: none yet): the
     /// service watchdog's sign of life.
     last_tick_ms: AtomicU64,
+    /// In cluster mode: the partitions this gateway owns, and whether the
+    /// events stream answered lately. `None` for a single gateway.
+    cluster: std::sync::Mutex<Option<ClusterHealth>>,
+}
+
+/// What `/ready` says of a gateway in cluster mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterHealth {
+    /// The partitions whose leases this gateway holds now.
+    pub partitions: Vec<u32>,
+    /// The events stream answered its last check.
+    pub stream_reachable: bool,
 }
 
 impl Default for Health {
@@ -21,6 +33,7 @@ impl Default for Health {
             listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             last_tick_ms: AtomicU64::new(0),
+            cluster: std::sync::Mutex::new(None),
         }
     }
 }
@@ -54,6 +67,17 @@ impl Health {
     }
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+    /// In cluster mode: what the cluster looks like from here now.
+    pub fn set_cluster(&self, now: ClusterHealth) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    }
+    /// `None` for a single gateway.
+    pub fn cluster(&self) -> Option<ClusterHealth> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
     /// Broker connected and subscribed, listeners bound, not shutting down.
     pub fn is_ready(&self) -> bool {

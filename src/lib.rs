@@ -27,6 +27,7 @@ pub mod replay;
 pub mod service;
 pub mod sim;
 pub mod telemetry;
+pub mod timers;
 
 pub use app::App;
 pub use config::Config;
@@ -35,7 +36,7 @@ use audit::Audit;
 use config::{BrokerMode, ConfigError};
 use ingest::capture::Capture;
 use ingest::{broker, BrokerAddr, Ingest, IngestError, Topics};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,11 +57,10 @@ pub enum Error {
     Audit(String),
     #[error(transparent)]
     Auth(#[from] http::auth::KeyError),
-    #[error("cannot listen on {addr} (http.bind): {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] http::BindError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::gateway::GatewayError),
 }
 
 /// A running gateway.
@@ -90,15 +90,7 @@ impl Gateway {
         config: Config,
         wrap: impl FnOnce(Box<dyn engine::Journal>) -> Box<dyn engine::Journal>,
     ) -> Result<Gateway, Error> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid {
-                source_name: "startup".into(),
-                problems,
-            }
-            .into());
-        }
-        let rules = config.rule_set()?;
+        let rules = config.checked()?;
         let m = &config.mqtt;
         let topics =
             Topics::parse(&m.topic, &m.session_topic, &m.status_topic).map_err(|(key, e)| {
@@ -146,17 +138,7 @@ impl Gateway {
             },
         };
         let options = ingest::mqtt::options(&config.mqtt, &broker)?;
-        let listener =
-            http::listen(config.http.bind, config.http.accept_backlog).map_err(|source| {
-                Error::Bind {
-                    addr: config.http.bind,
-                    source,
-                }
-            })?;
-        let http_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.http.bind,
-            source,
-        })?;
+        let (listener, http_addr) = http::bind(&config.http)?;
 
         if config.websocket.queue_capacity < config.ingest.max_chairs {
             tracing::warn!(
@@ -186,11 +168,6 @@ impl Gateway {
         let now = app::now_ms();
         let (engine, engine_running) = engine::Engine::start(
             engine::Parts {
-                ward: core::Ward::with_alarm_ids_after(
-                    Arc::new(rules),
-                    config.ingest.max_chairs,
-                    now.saturating_mul(1_000),
-                ),
                 // `seq` starts after the wall-clock time in microseconds, so that it
                 // keeps increasing across restarts (as long as fewer than a million
                 // events a second are raised): a client resuming with a `since`
@@ -199,16 +176,15 @@ impl Gateway {
                 // JavaScript numbers.
                 last_seq: now.saturating_mul(1_000),
                 instance: format!("{:016x}", fastrand::u64(..)),
-                replay_capacity: config.websocket.replay_capacity,
-                commands: config.mqtt.request_queue.max(1024),
-                escalation: config.alarms.escalation_policy(),
-                forget_idle_chair_ms: config.ingest.forget_idle_chair_ms,
-                // The default allowance when the offline check is off: a minute of silence.
-                silent_ms: match config.technical.offline_ms {
-                    0 => 60_000,
-                    ms => ms,
-                },
-                metrics: metrics.clone(),
+                ..engine::Parts::configured(
+                    &config,
+                    core::Ward::with_alarm_ids_after(
+                        Arc::new(rules),
+                        config.ingest.max_chairs,
+                        now.saturating_mul(1_000),
+                    ),
+                    metrics.clone(),
+                )
             },
             wrap(Box::new(engine::SqliteJournal {
                 audit: audit.clone(),
@@ -225,6 +201,10 @@ impl Gateway {
         engine.flushed().await;
         let dashboards = Arc::new(fanout::Dashboards::new(
             engine.clone(),
+            Arc::new(fanout::EngineBackend {
+                engine: engine.clone(),
+                hub: hub.clone(),
+            }),
             hub,
             live,
             metrics.clone(),
@@ -233,15 +213,12 @@ impl Gateway {
         let devices = Arc::new(ingest::Devices {
             engine,
             topics,
-            decode_limits: core::DecodeLimits {
-                max_payload_bytes: config.ingest.max_payload_bytes,
-                max_future_skew_ms: config.ingest.max_future_skew_ms,
-            },
+            decode_limits: config.decode_limits(),
             session_max_bytes: config.session.max_message_bytes,
             metrics,
             health: Arc::new(health::Health::default()),
         });
-        let app = Arc::new(App::new(config, dashboards, devices, audit));
+        let app = Arc::new(App::new(config, dashboards, devices, Some(audit)));
         let capture = match app.config.capture.enabled {
             true => {
                 let capture = Capture::start(
@@ -258,23 +235,13 @@ impl Gateway {
             false => None,
         };
         let stop_http = CancellationToken::new();
-        let listener = http::deadline::HandshakeListener {
-            inner: listener,
-            deadline: Duration::from_millis(app.config.http.handshake_timeout_ms),
-            timeouts: app.metrics.ws_refused("handshake_timeout").clone(),
-        };
-        let http = tokio::spawn(
-            axum::serve(listener, http::router(app.clone(), auth))
-                .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-                .into_future(),
-        );
-        app.health.set_listening(true);
+        let http = http::serve(app.clone(), auth, listener, stop_http.clone());
 
         let stop_ingest = CancellationToken::new();
         let ingest =
             Ingest::new(app.devices.clone(), &app.config, options, receipts).with_capture(capture);
         let ingest = tokio::spawn(ingest.run(stop_ingest.clone()));
-        let timers = tokio::spawn(run_timers(app.clone(), stop_ingest.clone()));
+        let timers = tokio::spawn(timers::run(app.clone(), stop_ingest.clone()));
         tracing::info!(
             broker = %format!("{}:{}", broker.host, broker.port),
             topics = %app.devices.topics,
@@ -325,27 +292,9 @@ impl Gateway {
         // they are told to flush and close.
         self.app.engine.close();
         self.engine.finished().await;
-        let dashboards = &self.app.dashboards;
-        dashboards.close.cancel();
-        dashboards.connections.close();
-        if tokio::time::timeout(grace, dashboards.connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                remaining = dashboards.connections.len(),
-                "grace period over: dropping dashboards that did not drain"
-            );
-            dashboards.force_close.cancel();
-            let close_timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
-            let _ = tokio::time::timeout(close_timeout, dashboards.connections.wait()).await;
-        }
-        let http_stop = Duration::from_millis(self.app.config.shutdown.http_stop_timeout_ms);
-        match tokio::time::timeout(http_stop, self.http).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error at shutdown"),
-            Err(_) => tracing::warn!("HTTP server did not stop in time"),
-            _ => {}
-        }
+        let close_timeout = Duration::from_millis(self.app.config.websocket.close_timeout_ms);
+        self.app.dashboards.close_all(grace, close_timeout).await;
+        http::stopped(&self.app, self.http).await;
         tracing::info!("vitalgate stopped");
     }
 }
@@ -430,45 +379,28 @@ impl Restored {
     }
 }
 
-/// Every `alarms.tick_ms`: judge timed conditions (stale data, device offline, pump
-/// without SpO2, discharge readiness), send due escalations and reminders, and forget
-/// chairs idle for `ingest.forget_idle_chair_ms`.
-async fn run_timers(app: Arc<App>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(app.config.alarms.tick_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = app::now_ms();
-        let Some(ticked) = app
-            .engine
-            .ask(|reply| engine::Command::Tick { now_ms: now, reply })
-            .await
-        else {
-            return;
-        };
-        let m = &app.metrics;
-        m.chairs_forgotten.increment(ticked.forgotten as u64);
-        m.chairs.set(ticked.chairs as f64);
-        m.chairs_silent.set(ticked.silent as f64);
-        // The engine answered: the service watchdog's sign of life.
-        app.health.ticked(now);
-        m.timers_last_tick.set(now as f64 / 1000.0);
-    }
-}
-
 /// Run the gateway until `shutdown` completes, then stop gracefully. Under systemd
 /// (`Type=notify`), readiness and the watchdog are reported ([`service`]).
+/// `[cluster] enabled = true` runs cluster mode ([`cluster::gateway`]).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let gateway = Gateway::start(config).await?;
+    if config.cluster.enabled {
+        let gateway = cluster::gateway::ClusterGateway::start(config).await?;
+        serve_until(gateway.app().clone(), shutdown).await;
+        gateway.shutdown().await;
+    } else {
+        let gateway = Gateway::start(config).await?;
+        serve_until(gateway.app().clone(), shutdown).await;
+        gateway.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Report to systemd ([`service`]) until `shutdown` completes.
+async fn serve_until(app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let stop_service = CancellationToken::new();
-    let service = tokio::spawn(service::run(gateway.app().clone(), stop_service.clone()));
+    let service = tokio::spawn(service::run(app, stop_service.clone()));
     shutdown.await;
     tracing::info!("shutting down");
     stop_service.cancel();
     let _ = service.await;
-    gateway.shutdown().await;
-    Ok(())
 }

@@ -189,7 +189,12 @@ pub fn render_chairs(chairs: &[ChairView]) -> RenderedChairs {
         .iter()
         .map(|c| ChairJson::with_session(&c.chair, &c.latest, &c.session))
         .collect();
-    RenderedChairs(serde_json::to_string(&list).expect("chairs serialise to JSON"))
+    render_chair_list(&list)
+}
+
+/// `chairs` rendered once, for a snapshot.
+pub fn render_chair_list(chairs: &[ChairJson<'_>]) -> RenderedChairs {
+    RenderedChairs(serde_json::to_string(chairs).expect("chairs serialise to JSON"))
 }
 
 /// `{"type":"snapshot"}`: every known chair and every active alarm, as of alarm `seq`.

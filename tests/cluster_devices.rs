@@ -55,7 +55,10 @@ impl Gateway {
             &settings,
             common::nats::engine_parts(name),
             checks,
-            Arc::new(common::nats::Nowhere),
+            member::Outlets {
+                engine: Arc::new(common::nats::Nowhere),
+                dashboards: None,
+            },
             |journal| match refusing {
                 true => Box::new(Refusing),
                 false => Box::new(journal),

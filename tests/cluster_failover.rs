@@ -74,7 +74,10 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
                     &settings,
                     common::nats::engine_parts(&name),
                     checks,
-                    Arc::new(common::nats::Nowhere),
+                    member::Outlets {
+                        engine: Arc::new(common::nats::Nowhere),
+                        dashboards: None,
+                    },
                     |journal| Box::new(journal),
                     None,
                 )
@@ -278,7 +281,11 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
 
     // Devices publish through node 2, which is never killed.
     let chairs = 12u64;
-    let mut device = Publisher::connect(nats.nodes[1].mqtt_port).await;
+    // A device reconnects when an acknowledgement is 5 s overdue (the listener
+    // does not answer a publish it could not store while its stream's leader
+    // moved) and sends again what was not acknowledged.
+    let mut device =
+        Publisher::connect_resending(nats.nodes[1].mqtt_port, Duration::from_secs(5)).await;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let (mut crashed, mut killed, mut frozen) = (false, false, false);

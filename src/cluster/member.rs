@@ -14,7 +14,7 @@ use super::journal::StreamJournal;
 use super::lease::{LeaseTimes, Leases};
 use super::mirror::Mirror;
 use super::ownership::{self, Owned, OwnershipSettings};
-use super::{connect, events, streams, ClusterError};
+use super::{connect_client, events, streams, ClusterError};
 use crate::core::DecodeLimits;
 use crate::engine::{self, Engine, Journal, Outlet};
 use crate::health::Health;
@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// Pause between attempts at the partitions' consumers at start-up.
+const MQTT_STREAM_RETRY: Duration = Duration::from_secs(2);
 
 /// How a gateway takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -70,9 +73,22 @@ pub struct DeviceChecks {
     pub health: Arc<Health>,
 }
 
+/// Where a member's output goes.
+pub struct Outlets {
+    /// The engine's: live vitals. Its events go to the events stream, and reach
+    /// dashboards from there.
+    pub engine: Arc<dyn Outlet>,
+    /// This gateway's dashboards: every event read from the stream, and how
+    /// many of the latest are kept for dashboards resuming with `since`.
+    pub dashboards: Option<(Arc<dyn Outlet>, usize)>,
+}
+
 /// A running member.
 pub struct Member {
+    pub client: async_nats::Client,
     pub js: Context,
+    /// The device path's handle (what `/ready` and `/metrics` read).
+    pub devices: Arc<Devices>,
     /// The partitions held now.
     pub owned: watch::Receiver<Owned>,
     pub engine: Engine,
@@ -88,7 +104,7 @@ pub async fn start(
     settings: &MemberSettings,
     parts: engine::Parts,
     checks: DeviceChecks,
-    outlet: Arc<dyn Outlet>,
+    outlets: Outlets,
     wrap: impl FnOnce(StreamJournal) -> Box<dyn Journal>,
     applied: Option<mpsc::UnboundedSender<Applied>>,
 ) -> Result<Member, ClusterError> {
@@ -99,15 +115,34 @@ pub async fn start(
             "alarm ids derived from what raised them (Ward::with_derived_alarm_ids)",
         ));
     }
-    let js = connect(&settings.servers, &settings.name).await?;
+    let client = connect_client(&settings.servers, &settings.name).await?;
+    let js = async_nats::jetstream::new(client.clone());
     let replicas = settings.replicas;
     events::stream(&js, replicas).await?;
     let read = ReadSettings::for_leases(settings.lease, replicas);
-    streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait).await?;
+    // The MQTT listener's stream appears once a first MQTT client connects to
+    // the cluster: on a new cluster the gateway waits for its first device.
+    let mut waiting_since = None;
+    while let Err(e) =
+        streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait).await
+    {
+        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+        tracing::warn!(
+            error = %e,
+            waited_s = since.elapsed().as_secs(),
+            "cannot make the partitions' consumers yet (on a new cluster: no MQTT client has \
+             connected to it, so its MQTT stream does not exist); trying again"
+        );
+        tokio::time::sleep(MQTT_STREAM_RETRY).await;
+    }
     let stop = CancellationToken::new();
+    let (to_dashboards, replay_capacity) = match outlets.dashboards {
+        Some((outlet, capacity)) => (Some(outlet), capacity),
+        None => (None, 0),
+    };
     let leases = Leases::open(&js, &settings.name, settings.lease, replicas).await?;
     let mirror = Arc::new(
-        Mirror::start(&js, stop.clone())
+        Mirror::start(&js, stop.clone(), replay_capacity, to_dashboards)
             .await
             .map_err(|e| ClusterError::js("starting the mirror", e))?,
     );
@@ -131,7 +166,8 @@ pub async fn start(
     );
     let metrics = parts.metrics.clone();
     let (receipts, _) = mpsc::unbounded_channel();
-    let (engine, engine_running) = Engine::start(parts, wrap(journal), outlet, receipts, |_| {});
+    let (engine, engine_running) =
+        Engine::start(parts, wrap(journal), outlets.engine, receipts, |_| {});
     let devices = Arc::new(Devices {
         engine: engine.clone(),
         topics: apply::topics(),
@@ -149,9 +185,17 @@ pub async fn start(
         count: settings.partitions,
         restore_from: Some(mirror.clone()),
     };
-    apply::start(devices, from_intake, partitions, applied, stop.clone());
+    apply::start(
+        devices.clone(),
+        from_intake,
+        partitions,
+        applied,
+        stop.clone(),
+    );
     Ok(Member {
+        client,
         js,
+        devices,
         owned,
         engine,
         mirror,

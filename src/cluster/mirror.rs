@@ -10,15 +10,25 @@
 //! partition could be taken.
 //!
 //! The mirror reads the stream from its first event: its memory holds one
-//! session per chair and one entry per open alarm.
+//! session per chair, one entry per open alarm and the latest
+//! `replay_capacity` events.
+//!
+//! It is also where this gateway's dashboards get their events: each event
+//! read is handed to the fan-out (the `outlet`) while the ledger is held, and a
+//! dashboard subscribes under the same hold ([`Mirror::subscribe`]), so that it
+//! gets a snapshot (or the events after its `since`) and then every later
+//! event exactly once, as a single gateway's engine does. The snapshot's chairs
+//! carry their sessions; their vitals come with live vitals.
 
 use super::events::EVENTS_STREAM;
-use super::feed::{Feed, FeedError};
+use super::feed::{Feed, FeedError, StreamEvent};
 use super::ClusterError;
 use crate::access::SiteScope;
-use crate::core::{AlarmEvent, SessionEvent};
+use crate::core::{AlarmEvent, Latest, SessionEvent};
+use crate::engine::{in_scope, Outlet, Sequenced, Start};
+use crate::protocol::{self, ChairJson, Frame};
 use async_nats::jetstream::Context;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +42,11 @@ struct Ledger {
     /// Per chair, the device time of the latest reading that raised or ended
     /// an alarm: what its owner had evaluated at least.
     evaluated: HashMap<String, u64>,
+    /// The latest events, oldest first, for dashboards resuming with `since`.
+    recent: VecDeque<(u64, Frame)>,
+    replay_capacity: usize,
+    /// The stream sequence of the last event taken in.
+    last: u64,
 }
 
 /// What the stream holds of some chairs.
@@ -49,13 +64,27 @@ pub struct Mirror {
     ledger: Arc<Mutex<Ledger>>,
     /// The stream sequence of the last event read.
     read: watch::Receiver<u64>,
+    /// What dashboards are told names the events stream (see
+    /// [`Mirror::instance`]).
+    instance: String,
 }
 
 impl Mirror {
-    /// Start reading the events stream from its first event, until `stop`.
-    pub async fn start(js: &Context, stop: CancellationToken) -> Result<Mirror, FeedError> {
+    /// Start reading the events stream from its first event, until `stop`,
+    /// keeping the latest `replay_capacity` events and handing each to
+    /// `outlet` (the fan-out), if any.
+    pub async fn start(
+        js: &Context,
+        stop: CancellationToken,
+        replay_capacity: usize,
+        outlet: Option<Arc<dyn Outlet>>,
+    ) -> Result<Mirror, FeedError> {
+        let instance = stream_instance(js).await?;
         let mut feed = Feed::open(js, SiteScope::all(), 0).await?;
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let ledger = Arc::new(Mutex::new(Ledger {
+            replay_capacity,
+            ..Ledger::default()
+        }));
         let (read_tx, read) = watch::channel(0);
         let writing = ledger.clone();
         tokio::spawn(async move {
@@ -66,11 +95,15 @@ impl Mirror {
                 };
                 match event {
                     Ok(event) => {
+                        let seq = event.seq;
                         let mut ledger = writing.lock().unwrap_or_else(|p| p.into_inner());
-                        let chair = event.frame.chair.as_deref().unwrap_or_default();
-                        ledger.take(&event.kind, chair, event.frame.as_str());
+                        let event = ledger.take(event);
+                        // Under the ledger: in order with subscriptions.
+                        if let Some(outlet) = &outlet {
+                            outlet.release(std::slice::from_ref(&event));
+                        }
                         drop(ledger);
-                        read_tx.send_replace(event.seq);
+                        read_tx.send_replace(seq);
                     }
                     // Skipped by the feed; said loudly (no gateway writes such).
                     Err(e) => tracing::error!(error = %e, "an event the mirror cannot read"),
@@ -81,7 +114,64 @@ impl Mirror {
             js: js.clone(),
             ledger,
             read,
+            instance,
         })
+    }
+
+    /// The events stream's name for dashboards (`instance` in snapshot and
+    /// missed frames): the time the stream was made, in hex nanoseconds. The
+    /// same on every gateway, since `seq` is the stream's; a stream made
+    /// again (its sequence starting over) has another.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start a dashboard of `scope` at `start`: `then` gets its first frames (a
+    /// snapshot, or the events after `since`, or `missed` and a snapshot) while
+    /// no event can be handed to the outlet, so that registering it there in
+    /// `then` gives it every later event exactly once.
+    pub fn subscribe(&self, start: Start, scope: &SiteScope, then: impl FnOnce(Vec<Frame>)) {
+        let ledger = self.ledger();
+        let first = match start {
+            Start::Snapshot => vec![ledger.snapshot(&self.instance, scope)],
+            Start::Since { since, instance } => {
+                if ledger.can_replay(since, instance.as_deref(), &self.instance) {
+                    ledger
+                        .recent
+                        .iter()
+                        .filter(|(seq, frame)| *seq > since && in_scope(frame, scope))
+                        .map(|(_, frame)| frame.clone())
+                        .collect()
+                } else {
+                    let oldest = ledger.recent.front().map_or(ledger.last + 1, |(s, _)| *s);
+                    vec![
+                        protocol::missed_frame(&self.instance, since, oldest, ledger.last),
+                        ledger.snapshot(&self.instance, scope),
+                    ]
+                }
+            }
+        };
+        then(first);
+    }
+
+    /// A snapshot of `scope` for `then`, in order with the events handed out.
+    pub fn snapshot(&self, scope: &SiteScope, then: impl FnOnce(Frame)) {
+        let ledger = self.ledger();
+        then(ledger.snapshot(&self.instance, scope));
+    }
+
+    /// The chair of open alarm `id`, if the stream says one is open.
+    pub fn chair_of_alarm(&self, id: u64) -> Option<String> {
+        let ledger = self.ledger();
+        ledger
+            .open
+            .keys()
+            .find(|(_, open)| *open == id)
+            .map(|(chair, _)| chair.clone())
     }
 
     /// Wait until every event stored so far has been read; the stream
@@ -138,9 +228,94 @@ impl Mirror {
     }
 }
 
+/// See [`Mirror::instance`].
+async fn stream_instance(js: &Context) -> Result<String, ClusterError> {
+    let mut stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| ClusterError::js("finding the events stream", e))?;
+    let created = stream
+        .info()
+        .await
+        .map_err(|e| ClusterError::js("reading the events stream's state", e))?
+        .created;
+    Ok(format!("{:016x}", created.unix_timestamp_nanos() as u64))
+}
+
 impl Ledger {
+    /// Take in one event read from the stream; it, as the fan-out takes it.
+    fn take(&mut self, event: StreamEvent) -> Sequenced {
+        let chair: Arc<str> = event.frame.chair.clone().unwrap_or_else(|| Arc::from(""));
+        self.note(&event.kind, &chair, event.frame.as_str());
+        self.last = event.seq;
+        if self.replay_capacity > 0 {
+            if self.recent.len() >= self.replay_capacity {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((event.seq, event.frame.clone()));
+        }
+        Sequenced {
+            seq: event.seq,
+            kind: match event.kind.as_str() {
+                "alarm" => "alarm",
+                "session" => "session",
+                _ => "other",
+            },
+            chair,
+            at_ms: 0,
+            frame: event.frame,
+        }
+    }
+
+    /// Whether `since` can be served from the events held (as a single
+    /// gateway decides from its replay buffer).
+    fn can_replay(&self, since: u64, instance: Option<&str>, ours: &str) -> bool {
+        let oldest = self.recent.front().map_or(self.last + 1, |(s, _)| *s);
+        instance.is_none_or(|i| i == ours)
+            && since <= self.last
+            && (since + 1 >= oldest || since == self.last)
+    }
+
+    /// Every chair with a session or an open alarm in `scope`, and its open
+    /// alarms, as of the last event taken in.
+    fn snapshot(&self, instance: &str, scope: &SiteScope) -> Frame {
+        let sessions: Vec<SessionEvent> = self
+            .sessions
+            .iter()
+            .filter(|(chair, _)| scope.allows_chair(chair))
+            .filter_map(|(_, text)| serde_json::from_str(text).ok())
+            .collect();
+        let alarms: Vec<AlarmEvent> = self
+            .open
+            .iter()
+            .filter(|((chair, _), _)| scope.allows_chair(chair))
+            .filter_map(|(_, text)| serde_json::from_str(text).ok())
+            .collect();
+        let mut chairs: BTreeMap<&str, Option<&SessionEvent>> = BTreeMap::new();
+        for session in &sessions {
+            chairs.insert(&session.chair, Some(session));
+        }
+        for alarm in &alarms {
+            chairs.entry(&alarm.chair).or_insert(None);
+        }
+        let latest = Latest::default();
+        let list: Vec<ChairJson<'_>> = chairs
+            .into_iter()
+            .map(|(chair, session)| ChairJson {
+                session: session.cloned(),
+                ..ChairJson::new(chair, &latest)
+            })
+            .collect();
+        protocol::snapshot_frame(
+            instance,
+            self.last,
+            &protocol::render_chair_list(&list),
+            alarms.iter(),
+        )
+    }
+
     /// Take in one event of `chair`, its frame `text`.
-    fn take(&mut self, kind: &str, chair: &str, text: &str) {
+    fn note(&mut self, kind: &str, chair: &str, text: &str) {
         #[derive(serde::Deserialize)]
         struct Alarm {
             id: u64,

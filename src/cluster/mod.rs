@@ -1,7 +1,7 @@
 //! Cluster mode on NATS JetStream: the parts that scale the gateway past one
-//! machine and one broker. The binary does not start them yet: `vitalgate` runs
-//! single-node (embedded broker or Mosquitto, SQLite journal), and nothing here
-//! changes that mode.
+//! machine and one broker. `vitalgate` runs them with `[cluster] enabled = true`
+//! ([`gateway`], docs/cluster.md); otherwise it runs single-node (embedded
+//! broker or Mosquitto, SQLite journal), and nothing here changes that mode.
 //!
 //! # Design
 //! - **Devices** publish MQTT QoS 1 to any NATS node's MQTT listener. The shipped
@@ -28,10 +28,12 @@
 //!   event is stored, so a device message is acknowledged only after the events
 //!   it caused are in the stream. The PostgreSQL audit trail ([`audit_pg`])
 //!   writes each event once, keyed by that sequence.
-//! - **Dashboards** read their sites' events from the stream ([`feed`]), through
-//!   any gateway: `seq` is the stream's sequence, global and the same on every
-//!   gateway (a dashboard limited to some sites sees gaps where other sites'
-//!   events are), and `since` reaches as far back as the stream keeps.
+//! - **Dashboards** of every gateway get their events from the stream through
+//!   the gateway's [`mirror`] (one [`feed`] per gateway), and their commands go
+//!   to the chair's owner ([`dashboards`]): `seq` is the stream's sequence,
+//!   global and the same on every gateway (a dashboard limited to some sites
+//!   sees gaps where other sites' events are), and a `since` is served from
+//!   the gateway's latest `websocket.replay_capacity` events.
 //!
 //! - **Device messages** of owned partitions go through the same intake as
 //!   single-node mode into the engine ([`apply`]) and are acknowledged after
@@ -47,8 +49,8 @@
 //!   reading the next owner evaluates again raises the same alarm under the same
 //!   id, and the stream drops the repeat.
 //!
-//! Still to come (not in this module yet): the binary's cluster mode (the
-//! `[cluster]` configuration exists and is validated), and:
+//! Still to come: live vitals across gateways, `/api` from PostgreSQL, metrics
+//! of leases and takeovers, and:
 //! - **Takeover with replay**: restore each chair from a snapshot of its whole
 //!   state (baseline samples, pending condition delays, trends) kept with the
 //!   stream position it reflects, and replay the device messages after it on
@@ -69,8 +71,10 @@
 
 pub mod apply;
 pub mod audit_pg;
+pub mod dashboards;
 pub mod events;
 pub mod feed;
+pub mod gateway;
 pub mod intake;
 pub mod journal;
 pub mod lease;
@@ -220,7 +224,17 @@ pub async fn connect(
     servers: &[String],
     name: &str,
 ) -> Result<async_nats::jetstream::Context, ClusterError> {
-    let client = async_nats::ConnectOptions::new()
+    Ok(async_nats::jetstream::new(
+        connect_client(servers, name).await?,
+    ))
+}
+
+/// [`connect`], the client itself.
+pub async fn connect_client(
+    servers: &[String],
+    name: &str,
+) -> Result<async_nats::Client, ClusterError> {
+    async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connect(servers)
@@ -228,8 +242,7 @@ pub async fn connect(
         .map_err(|e| ClusterError::Connect {
             servers: servers.join(","),
             reason: e.to_string(),
-        })?;
-    Ok(async_nats::jetstream::new(client))
+        })
 }
 
 /// The partition of a device message's subject

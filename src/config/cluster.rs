@@ -34,6 +34,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// Device messages read ahead of the engine.
     pub read_ahead: usize,
+    /// PostgreSQL connection string of the audit trail (every event of the
+    /// events stream, written once); empty: this gateway does not write it.
+    pub audit_postgres: String,
 }
 
 impl ClusterConfig {

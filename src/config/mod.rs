@@ -407,6 +407,27 @@ impl Config {
         RuleSet::compile_all(self.rule_sources()).map_or(0, |r| r.len())
     }
 
+    /// Validate, then compile the alarm rules: what a gateway checks before it
+    /// starts anything.
+    pub fn checked(&self) -> Result<RuleSet, ConfigError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                source_name: "startup".into(),
+                problems,
+            });
+        }
+        self.rule_set()
+    }
+
+    /// What device messages are checked against (`ingest.*`).
+    pub fn decode_limits(&self) -> crate::core::DecodeLimits {
+        crate::core::DecodeLimits {
+            max_payload_bytes: self.ingest.max_payload_bytes,
+            max_future_skew_ms: self.ingest.max_future_skew_ms,
+        }
+    }
+
     /// The compiled alarm rules. Call after [`Config::validate`] found nothing.
     pub fn rule_set(&self) -> Result<RuleSet, ConfigError> {
         RuleSet::compile_all(self.rule_sources()).map_err(|errs| ConfigError::Invalid {

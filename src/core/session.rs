@@ -116,7 +116,7 @@ pub struct LimitOverride {
 }
 
 /// A session message or command: what the clinic says the chair is doing now.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionUpdate {
     pub phase: Phase,

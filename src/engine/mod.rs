@@ -276,6 +276,28 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
+impl Parts {
+    /// The parts `config` sets, around `ward`: `last_seq` 0 and no `instance`
+    /// (the caller sets those it needs).
+    pub fn configured(config: &crate::config::Config, ward: Ward, metrics: Arc<Metrics>) -> Parts {
+        Parts {
+            ward,
+            last_seq: 0,
+            instance: String::new(),
+            replay_capacity: config.websocket.replay_capacity,
+            commands: config.mqtt.request_queue.max(1024),
+            escalation: config.alarms.escalation_policy(),
+            forget_idle_chair_ms: config.ingest.forget_idle_chair_ms,
+            // The default allowance when the offline check is off: a minute of silence.
+            silent_ms: match config.technical.offline_ms {
+                0 => 60_000,
+                ms => ms,
+            },
+            metrics,
+        }
+    }
+}
+
 impl Engine {
     /// Start the engine task and the journal thread. `restore` runs first, on the
     /// engine's own state, and the events it makes (alarms closed as not restored)

@@ -1,7 +1,7 @@
 //! What the WebSocket edge needs of the gateway, and nothing more: every
 //! connection holds one of these.
 
-use super::{Hub, LiveFeed};
+use super::{Backend, Hub, LiveFeed};
 use crate::config::WebSocketConfig;
 use crate::engine::Engine;
 use crate::telemetry::Metrics;
@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub struct Dashboards {
-    /// Commands (acknowledge, sessions, limits, subscriptions) go here.
+    /// The local engine: live vitals are read from its ward.
     pub engine: Engine,
+    /// Subscriptions and commands (acknowledge, sessions, limits, snapshots).
+    pub backend: Arc<dyn Backend>,
     pub hub: Arc<Hub>,
     pub live: Arc<LiveFeed>,
     pub metrics: Arc<Metrics>,
@@ -35,6 +37,7 @@ pub struct Dashboards {
 impl Dashboards {
     pub fn new(
         engine: Engine,
+        backend: Arc<dyn Backend>,
         hub: Arc<Hub>,
         live: Arc<LiveFeed>,
         metrics: Arc<Metrics>,
@@ -43,6 +46,7 @@ impl Dashboards {
         let force_close = CancellationToken::new();
         Dashboards {
             engine,
+            backend,
             hub,
             live,
             metrics,
@@ -52,6 +56,25 @@ impl Dashboards {
             connections: TaskTracker::new(),
             count: AtomicUsize::new(0),
             started: Instant::now(),
+        }
+    }
+
+    /// Tell every dashboard to flush what is queued for it and close (1001);
+    /// after `grace`, drop those still draining, waiting `close_timeout` more
+    /// for them to go.
+    pub async fn close_all(&self, grace: std::time::Duration, close_timeout: std::time::Duration) {
+        self.close.cancel();
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.connections.len(),
+                "grace period over: dropping dashboards that did not drain"
+            );
+            self.force_close.cancel();
+            let _ = tokio::time::timeout(close_timeout, self.connections.wait()).await;
         }
     }
 

@@ -2,14 +2,13 @@
 //! vitals, snapshot, session and limit changes), each answered through the
 //! connection's own queue, so a reply is ordered with the alarms around it.
 
+use super::backend::Refusal;
 use super::live::Scope;
 use super::protocol::{self, Command, Frame};
 use super::signals::{Disconnect, Signals};
 use super::socket::Socket;
 use super::Dashboards;
 use crate::access::{Identity, Permission};
-use crate::core::WardError;
-use crate::engine::Command as EngineCommand;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -182,8 +181,8 @@ impl Reader {
                 };
                 let now = crate::clock::now_ms();
                 let scope = self.identity.scope.clone();
-                if let Err(e) = dashboards.engine.acknowledge(id, by, now, scope).await {
-                    self.refuse(e.code(), &e.to_string(), Some(id));
+                if let Err(e) = dashboards.backend.acknowledge(id, by, now, scope).await {
+                    self.refuse(&e.code, &e.message, Some(id));
                 }
             }
             Command::SetSession {
@@ -200,17 +199,8 @@ impl Reader {
                 session.by = Some(by);
                 let now = crate::clock::now_ms();
                 let result = match check_chair(&chair) {
-                    Ok(()) => dashboards
-                        .engine
-                        .ask(|reply| EngineCommand::SetSession {
-                            chair,
-                            update: session,
-                            now_ms: now,
-                            reply,
-                        })
-                        .await
-                        .unwrap_or(Err(WardError::ShuttingDown)),
-                    Err(e) => Err(e),
+                    Ok(()) => dashboards.backend.set_session(chair, session, now).await,
+                    Err(e) => Err(e.into()),
                 };
                 self.answer(result);
             }
@@ -230,17 +220,9 @@ impl Reader {
                 let limits = crate::core::LimitOverride { low, high };
                 let now = crate::clock::now_ms();
                 let result = dashboards
-                    .engine
-                    .ask(|reply| EngineCommand::SetLimit {
-                        chair,
-                        rule,
-                        limits,
-                        by,
-                        now_ms: now,
-                        reply,
-                    })
-                    .await
-                    .unwrap_or(Err(WardError::ShuttingDown));
+                    .backend
+                    .set_limit(chair, rule, limits, by, now)
+                    .await;
                 self.answer(result);
             }
             Command::Snapshot => {
@@ -253,12 +235,8 @@ impl Reader {
                         None,
                     );
                 } else {
-                    let (hub, id) = (dashboards.hub.clone(), self.id);
-                    let command = EngineCommand::Snapshot {
-                        scope: self.identity.scope.clone(),
-                        then: Box::new(move |frame| hub.deliver_to(id, &frame)),
-                    };
-                    if dashboards.engine.send(command).await.is_err() {
+                    let scope = self.identity.scope.clone();
+                    if !dashboards.backend.snapshot(self.id, scope).await {
                         return false;
                     }
                 }
@@ -303,10 +281,10 @@ impl Reader {
 
     /// Tell the client why a session or limit command was refused, if it was (what
     /// it changed reaches every dashboard as events).
-    fn answer(&self, result: Result<(), WardError>) {
+    fn answer(&self, result: Result<(), Refusal>) {
         if let Err(e) = result {
             self.dashboards.metrics.session_rejected.increment(1);
-            self.refuse(e.code(), &e.to_string(), None);
+            self.refuse(&e.code, &e.message, None);
         }
     }
 

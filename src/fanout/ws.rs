@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -115,32 +115,15 @@ pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, id
     let (sink, stream) = socket.split();
     let (tx, rx) = mpsc::channel(dashboards.config.queue_capacity);
     let signals = Arc::new(Signals::new(&dashboards.close, dashboards.uptime_ms()));
-    // Registered with the hub by the engine's journal thread, in order with
-    // events: every event after the first frames reaches this queue exactly once.
     let id = dashboards.hub.next_id();
-    let (first_tx, first_rx) = oneshot::channel();
     let subscriber = Subscriber {
         id,
         tx: tx.clone(),
         cut_off: signals.cut_off.clone(),
         scope: identity.scope.clone(),
     };
-    let hub = dashboards.hub.clone();
-    let subscribe = crate::engine::Command::Subscribe {
-        start,
-        scope: identity.scope.clone(),
-        then: Box::new(move |initial| {
-            hub.register(subscriber);
-            let _ = first_tx.send(initial);
-        }),
-    };
-    // Boxed: once per connection, and inline it would stay in every
-    // connection's task for as long as it lives.
-    if Box::pin(dashboards.engine.send(subscribe)).await.is_err() {
+    let Some(initial) = dashboards.backend.subscribe(start, subscriber).await else {
         return; // shutting down
-    }
-    let Ok(initial) = first_rx.await else {
-        return;
     };
     dashboards.metrics.ws_clients.increment(1.0);
     dashboards.metrics.ws_connections_total.increment(1);
@@ -196,7 +179,7 @@ pub async fn serve(socket: Socket, start: Start, dashboards: Arc<Dashboards>, id
         dashboards.live.unsubscribe();
     }
     reader.abort();
-    dashboards.hub.unsubscribe(id);
+    dashboards.backend.unsubscribe(id);
     dashboards.metrics.ws_clients.decrement(1.0);
 }
 

@@ -134,7 +134,13 @@ async fn query(
 ) -> Result<(Vec<Stored>, bool), Response> {
     let max = app.config.audit.max_query_rows;
     let limit = limit.unwrap_or(max).clamp(1, max);
-    let audit = app.audit.clone();
+    let Some(audit) = app.audit.clone() else {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster mode: the audit trail is in PostgreSQL (its events table, see \
+             docs/cluster.md); this gateway does not answer /api queries yet",
+        ));
+    };
     // One more than asked for tells whether the answer was cut short.
     let rows = tokio::task::spawn_blocking(move || {
         audit.query(Some(kind), chair.as_deref(), from, to, limit + 1)

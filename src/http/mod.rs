@@ -76,6 +76,62 @@ impl axum::extract::FromRef<Http> for Arc<auth::Authenticator> {
     }
 }
 
+/// The HTTP listener could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (http.bind): {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// The listener `http` configures, and the address it is bound to.
+pub fn bind(
+    http: &crate::config::HttpConfig,
+) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let failed = |source| BindError {
+        addr: http.bind,
+        source,
+    };
+    let listener = listen(http.bind, http.accept_backlog).map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+/// Serve `app` on `listener` until `stop` (then gracefully), each connection's
+/// request headers within `http.handshake_timeout_ms`; `/ready` then reports
+/// the listener bound.
+pub fn serve(
+    app: Arc<App>,
+    auth: auth::Authenticator,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    use std::future::IntoFuture;
+    let listener = deadline::HandshakeListener {
+        inner: listener,
+        deadline: std::time::Duration::from_millis(app.config.http.handshake_timeout_ms),
+        timeouts: app.metrics.ws_refused("handshake_timeout").clone(),
+    };
+    let serving = tokio::spawn(
+        axum::serve(listener, router(app.clone(), auth))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .into_future(),
+    );
+    app.health.set_listening(true);
+    serving
+}
+
+/// Wait for [`serve`] to finish after its stop, at most
+/// `shutdown.http_stop_timeout_ms`.
+pub async fn stopped(app: &App, serving: tokio::task::JoinHandle<std::io::Result<()>>) {
+    let limit = std::time::Duration::from_millis(app.config.shutdown.http_stop_timeout_ms);
+    match tokio::time::timeout(limit, serving).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server error at shutdown"),
+        Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        _ => {}
+    }
+}
+
 pub fn router(app: Arc<App>, auth: auth::Authenticator) -> Router {
     Router::new()
         .route("/", get(station::index))
@@ -102,7 +158,7 @@ async fn live() -> &'static str {
 /// gateway is not shutting down; 503 otherwise, with each condition in the body.
 async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
     let h = &app.health;
-    let body = json!({
+    let mut body = json!({
         "ready": h.is_ready(),
         "mqtt_subscribed": h.mqtt_subscribed(),
         "listening": h.listening(),
@@ -111,6 +167,9 @@ async fn ready(State(app): State<Arc<App>>) -> impl IntoResponse {
         // so this does not make the gateway unready (see docs/operations.md).
         "audit_ok": app.engine.journal_ok(),
     });
+    if let Some(cluster) = h.cluster() {
+        body["cluster"] = json!(cluster);
+    }
     let status = if h.is_ready() {
         StatusCode::OK
     } else {

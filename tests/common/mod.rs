@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod pg;
 pub mod pki;
 pub mod publisher;
 

@@ -23,29 +23,74 @@ impl Publisher {
     /// publishes awaiting acknowledgement). It does not reconnect: what it sent
     /// before its node went is what a test checks.
     pub async fn connect(port: u16) -> Publisher {
+        Publisher::start(port, None).await
+    }
+
+    /// Connected to the MQTT listener on `port` with a session kept by the
+    /// broker, as a device that cares for its readings runs: when an
+    /// acknowledgement is `overdue`, it reconnects and sends again what was not
+    /// acknowledged (MQTT 3.1.1 resends only on a reconnection).
+    pub async fn connect_resending(port: u16, overdue: Duration) -> Publisher {
+        Publisher::start(port, Some(overdue)).await
+    }
+
+    async fn start(port: u16, overdue: Option<Duration>) -> Publisher {
         let mut o = MqttOptions::new(super::unique("dev"), "127.0.0.1", port);
-        o.set_clean_session(true).set_inflight(500);
+        o.set_clean_session(overdue.is_none()).set_inflight(500);
         let (client, mut events) = AsyncClient::new(o, 10_000);
         let (ack_tx, acked) = tokio::sync::mpsc::unbounded_channel();
         let (up_tx, mut up) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut sent = 0usize;
-            let mut holding: HashMap<u16, usize> = HashMap::new();
+            // Publish index and when it was (last) sent, by packet id.
+            let mut holding: HashMap<u16, (usize, Instant)> = HashMap::new();
+            let mut reconnects = 0u32;
             loop {
-                match events.poll().await {
+                if let Some(overdue) = overdue {
+                    let late = holding.values().any(|(_, at)| at.elapsed() > overdue);
+                    if late && events.network.is_some() {
+                        // Unacknowledged publishes back to the queue, then a
+                        // new connection: the next poll resends them.
+                        events.clean();
+                        events.network = None;
+                        reconnects += 1;
+                        println!("device: acknowledgements overdue, reconnecting ({reconnects})");
+                        for held in holding.values_mut() {
+                            held.1 = Instant::now();
+                        }
+                    }
+                }
+                let event = match overdue {
+                    Some(_) => {
+                        match tokio::time::timeout(Duration::from_millis(250), events.poll()).await
+                        {
+                            Ok(event) => event,
+                            Err(_) => continue,
+                        }
+                    }
+                    None => events.poll().await,
+                };
+                match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let _ = up_tx.send(());
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        holding.insert(pkid, sent);
-                        sent += 1;
-                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => match holding.get_mut(&pkid) {
+                        // Sent again after a reconnection.
+                        Some(held) => held.1 = Instant::now(),
+                        None => {
+                            holding.insert(pkid, (sent, Instant::now()));
+                            sent += 1;
+                        }
+                    },
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(index) = holding.remove(&ack.pkid) {
+                        if let Some((index, _)) = holding.remove(&ack.pkid) {
                             let _ = ack_tx.send(index);
                         }
                     }
                     Ok(_) => {}
+                    Err(_) if overdue.is_some() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Err(_) => return,
                 }
             }

@@ -1,0 +1,219 @@
+//! `vitalgate` in cluster mode (`[cluster] enabled = true`): one member of the
+//! cluster with the HTTP edge of a single gateway around it.
+//!
+//! Devices publish to the NATS cluster's MQTT listeners, not to this process:
+//! there is no broker here. Dashboards connect to any gateway
+//! ([`super::dashboards`]); `/ready` lists the partitions held; `/api` answers
+//! 503 (the audit trail is PostgreSQL's, `[cluster] audit_postgres`).
+
+use super::audit_pg::{self, PgAudit};
+use super::dashboards::{serve_commands, ClusterBackend};
+use super::member::{self, DeviceChecks, Member, MemberSettings, Outlets};
+use super::ClusterError;
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::engine::{self, Outlet, Sequenced};
+use crate::health::{ClusterHealth, Health};
+use crate::{core, fanout, http, telemetry, timers};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("audit trail (cluster.audit_postgres): {0}")]
+    Audit(String),
+    #[error(transparent)]
+    Auth(#[from] http::auth::KeyError),
+    #[error(transparent)]
+    Bind(#[from] http::BindError),
+}
+
+/// The engine's outlet in cluster mode: live vitals only (its events reach
+/// dashboards from the events stream).
+struct LiveVitals(Arc<fanout::LiveFeed>);
+
+impl Outlet for LiveVitals {
+    fn release(&self, _: &[Sequenced]) {}
+
+    fn vitals(&self, chair: &Arc<str>, latest: &core::Latest, ingested_at: Instant) {
+        self.0.publish(chair, latest, ingested_at);
+    }
+}
+
+/// A gateway running in cluster mode.
+pub struct ClusterGateway {
+    app: Arc<App>,
+    http_addr: SocketAddr,
+    member: Member,
+    stop: CancellationToken,
+    stop_http: CancellationToken,
+    http: JoinHandle<std::io::Result<()>>,
+    timers: JoinHandle<()>,
+}
+
+impl ClusterGateway {
+    /// Validate the config, join the cluster, bind the HTTP listener. Returns
+    /// once dashboards can be served: the mirror has read the events stream.
+    pub async fn start(config: Config) -> Result<ClusterGateway, GatewayError> {
+        let rules = config.checked()?;
+        let (listener, http_addr) = http::bind(&config.http)?;
+        let auth = http::auth::Authenticator::from_config(&config.auth)?;
+        let settings = MemberSettings::from_config(&config.cluster);
+        let metrics = Arc::new(telemetry::Metrics::new());
+        let hub = Arc::new(fanout::Hub::new());
+        let live = Arc::new(fanout::LiveFeed::new(config.websocket.live_log_capacity));
+        let health = Arc::new(Health::default());
+        let parts = engine::Parts {
+            instance: settings.name.clone(),
+            // Dashboards are served from the events stream, not the engine.
+            replay_capacity: 0,
+            ..engine::Parts::configured(
+                &config,
+                core::Ward::with_derived_alarm_ids(Arc::new(rules), config.ingest.max_chairs),
+                metrics.clone(),
+            )
+        };
+        let checks = DeviceChecks {
+            decode_limits: config.decode_limits(),
+            session_max_bytes: config.session.max_message_bytes,
+            health: health.clone(),
+        };
+        let outlets = Outlets {
+            engine: Arc::new(LiveVitals(live.clone())),
+            dashboards: Some((
+                Arc::new(fanout::hub::Outlets {
+                    hub: hub.clone(),
+                    live: live.clone(),
+                }),
+                config.websocket.replay_capacity,
+            )),
+        };
+        let member =
+            member::start(&settings, parts, checks, outlets, |j| Box::new(j), None).await?;
+        // Dashboards' snapshots hold everything stored before they connect.
+        member.mirror.caught_up().await?;
+        let stop = CancellationToken::new();
+        if !config.cluster.audit_postgres.is_empty() {
+            let audit = PgAudit::connect(&config.cluster.audit_postgres)
+                .await
+                .map_err(|e| GatewayError::Audit(e.to_string()))?;
+            let retry = settings.lease.ttl;
+            audit_pg::start_writer(&member.js, audit, settings.replicas, retry, stop.clone())
+                .await?;
+        }
+        serve_commands(
+            member.client.clone(),
+            fanout::EngineBackend {
+                engine: member.engine.clone(),
+                hub: hub.clone(),
+            },
+            member.owned.clone(),
+            settings.partitions,
+            stop.clone(),
+        )
+        .await?;
+        tokio::spawn(report_health(
+            member.js.clone(),
+            member.owned.clone(),
+            health.clone(),
+            settings.round,
+            stop.clone(),
+        ));
+        let backend = Arc::new(ClusterBackend {
+            client: member.client.clone(),
+            mirror: member.mirror.clone(),
+            hub: hub.clone(),
+            partitions: settings.partitions,
+        });
+        let dashboards = Arc::new(fanout::Dashboards::new(
+            member.engine.clone(),
+            backend,
+            hub,
+            live,
+            metrics,
+            config.websocket.clone(),
+        ));
+        // The device path is up: the member reads its partitions.
+        health.set_mqtt_subscribed(true);
+        let app = Arc::new(App::new(config, dashboards, member.devices.clone(), None));
+        let stop_http = CancellationToken::new();
+        let serving = http::serve(app.clone(), auth, listener, stop_http.clone());
+        let timers = tokio::spawn(timers::run(app.clone(), stop.clone()));
+        tracing::info!(
+            gateway = %settings.name,
+            nats = %settings.servers.join(","),
+            dashboards = %format!("ws://{http_addr}/ws"),
+            "vitalgate started in cluster mode; nurse station at http://{http_addr}/"
+        );
+        Ok(ClusterGateway {
+            app,
+            http_addr,
+            member,
+            stop,
+            stop_http,
+            http: serving,
+            timers,
+        })
+    }
+
+    /// Where dashboards and operators connect.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Graceful stop: `/ready` goes 503, partitions are given back (once their
+    /// leases' deadlines have passed, so no two gateways act for one), then
+    /// dashboards flush and close as in single-node mode.
+    pub async fn shutdown(self) {
+        self.app.health.set_shutting_down();
+        self.stop_http.cancel();
+        self.stop.cancel();
+        let _ = self.timers.await;
+        self.member.stop().await;
+        let c = &self.app.config;
+        let grace = Duration::from_millis(c.shutdown.grace_period_ms);
+        let close_timeout = Duration::from_millis(c.websocket.close_timeout_ms);
+        self.app.dashboards.close_all(grace, close_timeout).await;
+        http::stopped(&self.app, self.http).await;
+        tracing::info!("vitalgate stopped");
+    }
+}
+
+/// Keep `/ready`'s cluster part current: the partitions held, and whether the
+/// events stream answers (asked every `round`).
+async fn report_health(
+    js: async_nats::jetstream::Context,
+    mut owned: tokio::sync::watch::Receiver<super::ownership::Owned>,
+    health: Arc<Health>,
+    round: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(round);
+    let mut reachable = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let asked = tokio::time::timeout(round, js.get_stream(super::events::EVENTS_STREAM));
+                reachable = matches!(asked.await, Ok(Ok(_)));
+            }
+            changed = owned.changed() => if changed.is_err() { return },
+        }
+        let partitions = owned.borrow().keys().copied().collect();
+        health.set_cluster(ClusterHealth {
+            partitions,
+            stream_reachable: reachable,
+        });
+    }
+}

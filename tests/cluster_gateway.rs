@@ -1,0 +1,212 @@
+//! The gateway in cluster mode, as `vitalgate` runs it with `[cluster]
+//! enabled = true`: two gateways on a 3-node NATS cluster, devices publishing
+//! to a NATS node's MQTT listener, dashboards on both gateways over real
+//! WebSockets.
+
+mod common;
+
+use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use common::pg::TestDb;
+use common::Dashboard;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::time::Instant;
+use vitalgate::cluster::gateway::ClusterGateway;
+use vitalgate::Config;
+
+/// A gateway's config: cluster mode on `nats`, short test leases, the shared
+/// test rules, HTTP on an ephemeral port, the audit trail in `audit`.
+fn config(nats: &NatsCluster, name: &str, audit: &TestDb) -> Config {
+    let (mut c, _) = common::test_config();
+    common::simple_rules(&mut c);
+    let k = &mut c.cluster;
+    k.enabled = true;
+    k.servers = nats.urls();
+    k.name = name.to_string();
+    k.partitions = PARTITIONS;
+    k.lease_ms = LEASE_TIMES.ttl.as_millis() as u64;
+    k.lease_margin_ms = LEASE_TIMES.margin.as_millis() as u64;
+    k.round_ms = OWNERSHIP.round.as_millis() as u64;
+    k.audit_postgres = audit.url();
+    c
+}
+
+fn held(gateway: &ClusterGateway) -> BTreeSet<u32> {
+    gateway
+        .app()
+        .health
+        .cluster()
+        .map(|c| c.partitions.into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// A chair whose partition `gateway` holds.
+fn chair_of(gateway: &ClusterGateway, taken: &[String]) -> String {
+    let mine = held(gateway);
+    (1..1000)
+        .map(|c| format!("north/{c}"))
+        .find(|chair| {
+            mine.contains(&vitalgate::cluster::partition_of(chair, PARTITIONS))
+                && !taken.contains(chair)
+        })
+        .expect("a chair in one of the gateway's partitions")
+}
+
+/// The next frame of `kind` whose `state` is `state`.
+async fn next_alarm(dashboard: &mut Dashboard, state: &str) -> Value {
+    loop {
+        let frame = dashboard.next_of("alarm").await;
+        if frame["state"] == state {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test]
+async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() {
+    let nats = NatsCluster::start(3).await;
+    // The MQTT listener's stream exists once a first MQTT client connected.
+    let device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let audit = TestDb::create().await;
+    let a = ClusterGateway::start(config(&nats, "gw-a", &audit))
+        .await
+        .unwrap();
+    let b = ClusterGateway::start(config(&nats, "gw-b", &audit))
+        .await
+        .unwrap();
+    let shared_by = Instant::now() + Duration::from_secs(60);
+    while held(&a).is_empty() || held(&b).is_empty() || held(&a).len() + held(&b).len() != 16 {
+        assert!(Instant::now() < shared_by, "partitions not shared out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // /ready names the partitions held and the stream reached.
+    let (status, body) = common::http_get(a.http_addr(), "/ready").await;
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ready["cluster"]["stream_reachable"], true, "{body}");
+    assert!(!ready["cluster"]["partitions"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // The audit trail is PostgreSQL's in cluster mode: /api says so.
+    let (status, body) = common::http_get(a.http_addr(), "/api/alarms").await;
+    assert_eq!(status, 503, "{body}");
+
+    let mut on_a = Dashboard::connect(a.http_addr(), "").await;
+    let mut on_b = Dashboard::connect(b.http_addr(), "").await;
+    let (snap_a, snap_b) = (
+        on_a.next_of("snapshot").await,
+        on_b.next_of("snapshot").await,
+    );
+    assert_eq!(
+        snap_a["instance"], snap_b["instance"],
+        "one stream, one instance"
+    );
+    assert!(snap_a["instance"].as_str().is_some_and(|i| !i.is_empty()));
+
+    // One chair owned by each gateway breaches.
+    let chair_a = chair_of(&a, &[]);
+    let chair_b = chair_of(&b, &[]);
+    for chair in [&chair_a, &chair_b] {
+        device
+            .publish(
+                &format!("clinic/{}/vitals", chair.replacen('/', "/chair/", 1)),
+                &common::reading(1, json!({ "spo2": 84 })),
+            )
+            .await;
+    }
+    let mut raised = Vec::new();
+    for dashboard in [&mut on_a, &mut on_b] {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let alarm = next_alarm(dashboard, "raised").await;
+            seen.push((
+                alarm["seq"].as_u64().unwrap(),
+                alarm["chair"].as_str().unwrap().to_string(),
+                alarm["id"].as_u64().unwrap(),
+            ));
+        }
+        raised.push(seen);
+    }
+    assert_eq!(
+        raised[0], raised[1],
+        "the same events, the same seq, on both gateways"
+    );
+    let chairs: BTreeSet<&str> = raised[0].iter().map(|(_, c, _)| c.as_str()).collect();
+    assert_eq!(chairs, BTreeSet::from([chair_a.as_str(), chair_b.as_str()]));
+
+    // A nurse on gateway b acknowledges the alarm of gateway a's chair: the
+    // command goes to its owner; both dashboards see the acknowledgement.
+    let (first_seq, _, id_a) = raised[0]
+        .iter()
+        .find(|(_, chair, _)| *chair == chair_a)
+        .cloned()
+        .unwrap();
+    on_b.send(json!({ "type": "ack", "id": id_a, "by": "nurse.kim" }))
+        .await;
+    let acked_b = next_alarm(&mut on_b, "acknowledged").await;
+    let acked_a = next_alarm(&mut on_a, "acknowledged").await;
+    assert_eq!(acked_a["seq"], acked_b["seq"]);
+    assert_eq!(
+        (acked_a["id"].as_u64(), acked_a["acknowledged_by"].as_str()),
+        (Some(id_a), Some("nurse.kim"))
+    );
+    // An alarm nobody raised: refused by name.
+    on_b.send(json!({ "type": "ack", "id": 12345, "by": "nurse.kim" }))
+        .await;
+    let refused = on_b.next_of("error").await;
+    assert_eq!(refused["code"], "unknown_alarm", "{refused}");
+
+    // A dashboard moving from gateway a to gateway b resumes with its `since`:
+    // exactly what came after it.
+    drop(on_a);
+    let mut moved = Dashboard::connect(b.http_addr(), &format!("?since={first_seq}")).await;
+    let mut expected: Vec<u64> = raised[0]
+        .iter()
+        .map(|(seq, _, _)| *seq)
+        .chain([acked_b["seq"].as_u64().unwrap()])
+        .filter(|seq| *seq > first_seq)
+        .collect();
+    expected.sort_unstable();
+    let mut after = Vec::new();
+    while after.len() < expected.len() {
+        let frame = moved.next().await;
+        if frame["type"] == "alarm" {
+            after.push(frame["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(after, expected);
+
+    // Both gateways write the audit trail: every event once, under its `seq`.
+    let (client, connection) = tokio_postgres::connect(&audit.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut seqs: Vec<u64> = raised[0].iter().map(|(seq, _, _)| *seq).collect();
+    seqs.push(acked_b["seq"].as_u64().unwrap());
+    seqs.sort_unstable();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = client
+            .query(
+                "SELECT seq FROM events WHERE kind = 'alarm' ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap();
+        let stored: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
+        if stored == seqs {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit holds {stored:?}, not {seqs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    a.shutdown().await;
+    b.shutdown().await;
+}
