@@ -79,26 +79,30 @@ pub struct Partitions {
 }
 
 /// Apply every message from `messages` until `stop` (or until the readers
-/// stop), reporting each outcome to `applied` when given.
+/// stop), reporting each outcome to `applied` when given. Also returns the
+/// partitions whose chairs the engine holds now: handed over to it and, when
+/// taken, restored (what commands for a chair may act on).
 pub fn start(
     devices: Arc<Devices>,
     mut messages: mpsc::Receiver<DeviceMessage>,
     partitions: Partitions,
     applied: Option<mpsc::UnboundedSender<Applied>>,
     stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<BTreeSet<u32>>) {
     let Partitions {
         owned,
         mut changes,
         count: partitions,
         restore_from,
     } = partitions;
+    let (ready_tx, ready) = watch::channel(BTreeSet::new());
     let handing = HandOver {
         devices: devices.clone(),
         partitions,
         mirror: restore_from,
+        ready: ready_tx,
     };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let message = tokio::select! {
                 biased;
@@ -173,7 +177,8 @@ pub fn start(
                 }
             });
         }
-    })
+    });
+    (task, ready)
 }
 
 /// What a change of ownership does to the engine.
@@ -181,6 +186,8 @@ struct HandOver {
     devices: Arc<Devices>,
     partitions: u32,
     mirror: Option<Arc<Mirror>>,
+    /// The partitions whose chairs the engine holds (see [`start`]).
+    ready: watch::Sender<BTreeSet<u32>>,
 }
 
 impl HandOver {
@@ -207,6 +214,9 @@ impl HandOver {
             }
             next = changes.try_recv().ok();
         }
+        // Nothing acts on a moving partition's chairs until it is settled.
+        self.ready
+            .send_modify(|ready| ready.retain(|p| !moved.contains(p)));
         let partitions = self.partitions;
         let engine = &self.devices.engine;
         let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
@@ -221,11 +231,13 @@ impl HandOver {
             tracing::info!(chairs = gone, "chairs handed over with their partitions");
         }
         let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
+            self.settled(&taken);
             return Ok(());
         };
         // Everything the previous owners published, before restoring from it.
         if let Err(e) = mirror.caught_up().await {
             tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms");
+            self.settled(&taken);
             return Ok(());
         }
         let now = mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions)));
@@ -257,7 +269,13 @@ impl HandOver {
             alarms,
             "partitions taken over: sessions and open alarms restored"
         );
+        self.settled(&taken);
         Ok(())
+    }
+
+    /// The partitions `taken` are the engine's now.
+    fn settled(&self, taken: &BTreeSet<u32>) {
+        self.ready.send_modify(|ready| ready.extend(taken));
     }
 }
 

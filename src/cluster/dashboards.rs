@@ -7,10 +7,12 @@
 //!   gateway, so a dashboard resumes on another gateway with the `since` it had.
 //! - **Commands** (acknowledge, session, limits) are taken by the gateway
 //!   owning the chair's partition: each is a NATS request on
-//!   `vitalgate.command.{partition}`, which every gateway listens to and only
-//!   the partition's owner answers ([`serve_commands`]), after the events the
-//!   command made are in the stream. With no owner (a takeover under way) the
-//!   dashboard is told `no_owner` and may send it again.
+//!   `vitalgate.command.{partition}`, which only the gateway holding the
+//!   partition's chairs listens to ([`serve_commands`]); it answers after the
+//!   events the command made are in the stream (`not_journaled` if they could
+//!   not be). With no owner (a takeover under way) the dashboard is told
+//!   `no_owner` at once and may send it again; with no answer in time, `no_answer`
+//!   (the command may or may not have been applied).
 
 use super::mirror::Mirror;
 use super::ownership::Owned;
@@ -20,8 +22,10 @@ use crate::core::{LimitOverride, SessionUpdate};
 use crate::fanout::backend::{Answer, Backend, EngineBackend, Refusal};
 use crate::fanout::hub::{Hub, Start, Subscriber};
 use crate::protocol::Frame;
+use async_nats::RequestErrorKind;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,6 +36,10 @@ pub const COMMANDS_PREFIX: &str = "vitalgate.command";
 /// Longest a dashboard's command waits for the owner's answer: longer than a
 /// commit to the events stream takes while its leader moves (4-9 s).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Longest a dashboard resuming with a `since` this gateway has not read yet
+/// waits for it (then it gets `missed` and a snapshot).
+const SINCE_WAIT: Duration = Duration::from_secs(5);
 
 /// A command on its way to the chair's owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,13 +106,14 @@ impl ClusterBackend {
                             format!("the chair's gateway answered unreadably: {e}"),
                         ))
                     }),
-                Err(e) => Err(Refusal::new(
-                    "no_owner",
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => Err(Refusal::new(
+                    "no_answer",
                     format!(
-                        "no gateway holds this chair's partition right now ({e}); a takeover \
-                         takes about the cluster's lease time: send it again"
+                        "the chair's gateway did not answer within {COMMAND_TIMEOUT:?}: the \
+                         command may or may not have been applied; look before sending it again"
                     ),
                 )),
+                Err(e) => Err(no_owner(e)),
             }
         })
     }
@@ -112,14 +121,23 @@ impl ClusterBackend {
 
 impl Backend for ClusterBackend {
     fn subscribe(&self, start: Start, subscriber: Subscriber) -> Answer<Option<Vec<Frame>>> {
-        let scope = subscriber.scope.clone();
-        let hub = self.hub.clone();
-        let mut first = None;
-        self.mirror.subscribe(start, &scope, |initial| {
-            hub.register(subscriber);
-            first = Some(initial);
-        });
-        Box::pin(async move { first })
+        let (mirror, hub) = (self.mirror.clone(), self.hub.clone());
+        Box::pin(async move {
+            if let Start::Since { since, instance } = &start {
+                // A dashboard coming from a gateway that had read further: its
+                // `since` is served exactly once this one has read as far.
+                if instance.as_deref().is_none_or(|i| i == mirror.instance()) {
+                    mirror.reached(*since, SINCE_WAIT).await;
+                }
+            }
+            let scope = subscriber.scope.clone();
+            let mut first = None;
+            mirror.subscribe(start, &scope, |initial| {
+                hub.register(subscriber);
+                first = Some(initial);
+            });
+            first
+        })
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -185,21 +203,68 @@ impl Backend for ClusterBackend {
     }
 }
 
-/// Answer the commands for the partitions this gateway owns (in `owned`) with
-/// its engine (`local`), until `stop`. A command for a partition owned
-/// elsewhere, or whose lease has lapsed here, is left to its owner.
-pub async fn serve_commands(
+/// Answer the commands for the partitions whose chairs this gateway's engine
+/// holds (`settled`: handed over and restored) with that engine (`local`),
+/// until `stop`: one subscription per such partition, so that a command for a
+/// partition nobody holds is told so at once (NATS answers "no responders").
+/// A command arriving once the lease has lapsed here (`owned`) is refused with
+/// `no_owner`.
+pub fn serve_commands(
     client: async_nats::Client,
     local: EngineBackend,
+    mut settled: watch::Receiver<BTreeSet<u32>>,
     owned: watch::Receiver<Owned>,
-    partitions: u32,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, super::ClusterError> {
-    let mut requests = client
-        .subscribe(format!("{COMMANDS_PREFIX}.*"))
-        .await
-        .map_err(|e| super::ClusterError::js("listening for dashboards' commands", e))?;
-    Ok(tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut serving: BTreeMap<u32, CancellationToken> = BTreeMap::new();
+        loop {
+            let now: BTreeSet<u32> = settled.borrow_and_update().clone();
+            serving.retain(|p, token| {
+                let keep = now.contains(p);
+                if !keep {
+                    token.cancel();
+                }
+                keep
+            });
+            for p in now {
+                if serving.contains_key(&p) {
+                    continue;
+                }
+                match client.subscribe(format!("{COMMANDS_PREFIX}.{p}")).await {
+                    Ok(requests) => {
+                        let token = stop.child_token();
+                        let partition = Partition {
+                            number: p,
+                            local: local.clone(),
+                            client: client.clone(),
+                            owned: owned.clone(),
+                        };
+                        tokio::spawn(partition.serve(requests, token.clone()));
+                        serving.insert(p, token);
+                    }
+                    Err(e) => tracing::warn!(partition = p, error = %e, "cannot take commands"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = settled.changed() => if changed.is_err() { return },
+            }
+        }
+    })
+}
+
+/// The commands of one partition, as its owner takes them.
+struct Partition {
+    number: u32,
+    local: EngineBackend,
+    client: async_nats::Client,
+    owned: watch::Receiver<Owned>,
+}
+
+impl Partition {
+    async fn serve(self, mut requests: async_nats::Subscriber, stop: CancellationToken) {
+        let this = Arc::new(self);
         loop {
             let request = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -211,28 +276,38 @@ pub async fn serve_commands(
             let Some(reply_to) = request.reply.clone() else {
                 continue;
             };
-            let Ok(command) = serde_json::from_slice::<Routed>(&request.payload) else {
-                tracing::warn!(subject = %request.subject, "an unreadable routed command");
-                continue;
-            };
-            let partition = partition_of(command.chair(), partitions);
-            let holds = owned
-                .borrow()
-                .get(&partition)
-                .is_some_and(|until| tokio::time::Instant::now() < *until);
-            if !holds {
-                continue;
-            }
-            let (local, client) = (local.clone(), client.clone());
+            let this = this.clone();
             tokio::spawn(async move {
-                let answer = run(&local, command).await;
+                let answer = match serde_json::from_slice::<Routed>(&request.payload) {
+                    Ok(_) if !this.holds() => Err(no_owner("its lease here has lapsed")),
+                    Ok(command) => run(&this.local, command).await,
+                    Err(e) => Err(Refusal::new("bad_command", format!("unreadable: {e}"))),
+                };
                 let body = serde_json::to_vec(&answer).expect("an answer serialises");
-                if let Err(e) = client.publish(reply_to, body.into()).await {
+                if let Err(e) = this.client.publish(reply_to, body.into()).await {
                     tracing::warn!(error = %e, "cannot answer a routed command");
                 }
             });
         }
-    }))
+    }
+
+    /// Whether this gateway's lease on the partition holds now.
+    fn holds(&self) -> bool {
+        self.owned
+            .borrow()
+            .get(&self.number)
+            .is_some_and(|until| tokio::time::Instant::now() < *until)
+    }
+}
+
+fn no_owner(why: impl std::fmt::Display) -> Refusal {
+    Refusal::new(
+        "no_owner",
+        format!(
+            "no gateway holds this chair's partition right now ({why}); a takeover takes \
+             about the cluster's lease time: send it again"
+        ),
+    )
 }
 
 /// Run a routed command on this gateway's engine; its answer, once its events

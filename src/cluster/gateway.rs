@@ -95,18 +95,33 @@ impl ClusterGateway {
                 config.websocket.replay_capacity,
             )),
         };
+        // Before any partition is taken: a gateway that cannot start gives
+        // nothing up to the others' takeover.
+        let audit = match config.cluster.audit_postgres.as_str() {
+            "" => None,
+            url => Some(
+                PgAudit::connect(url)
+                    .await
+                    .map_err(|e| GatewayError::Audit(e.to_string()))?,
+            ),
+        };
         let member =
             member::start(&settings, parts, checks, outlets, |j| Box::new(j), None).await?;
-        // Dashboards' snapshots hold everything stored before they connect.
-        member.mirror.caught_up().await?;
         let stop = CancellationToken::new();
-        if !config.cluster.audit_postgres.is_empty() {
-            let audit = PgAudit::connect(&config.cluster.audit_postgres)
-                .await
-                .map_err(|e| GatewayError::Audit(e.to_string()))?;
-            let retry = settings.lease.ttl;
-            audit_pg::start_writer(&member.js, audit, settings.replicas, retry, stop.clone())
-                .await?;
+        let joined = async {
+            // Dashboards' snapshots hold everything stored before they connect.
+            member.mirror.caught_up().await?;
+            if let Some(audit) = audit {
+                let retry = settings.lease.ttl;
+                audit_pg::start_writer(&member.js, audit, settings.replicas, retry, stop.clone())
+                    .await?;
+            }
+            Ok::<_, ClusterError>(())
+        };
+        if let Err(e) = joined.await {
+            stop.cancel();
+            member.stop().await;
+            return Err(e.into());
         }
         serve_commands(
             member.client.clone(),
@@ -114,11 +129,10 @@ impl ClusterGateway {
                 engine: member.engine.clone(),
                 hub: hub.clone(),
             },
+            member.settled.clone(),
             member.owned.clone(),
-            settings.partitions,
             stop.clone(),
-        )
-        .await?;
+        );
         tokio::spawn(report_health(
             member.js.clone(),
             member.owned.clone(),

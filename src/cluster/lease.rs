@@ -176,7 +176,9 @@ impl Leases {
             .map_err(|e| ClusterError::js("releasing a lease", e))
     }
 
-    /// The partitions somebody holds now, as the bucket says (one request).
+    /// The partitions somebody holds now, as the bucket says: a hint of which
+    /// are free (a replica behind may leave one out); taking one is checked
+    /// against its revision.
     pub async fn taken(&self) -> Result<std::collections::BTreeSet<u32>, ClusterError> {
         Ok(keys_of(&self.kv, "listing leases")
             .await?

@@ -91,6 +91,9 @@ pub struct Member {
     pub devices: Arc<Devices>,
     /// The partitions held now.
     pub owned: watch::Receiver<Owned>,
+    /// The partitions whose chairs the engine holds now: handed over and
+    /// restored (commands for a chair wait for this).
+    pub settled: watch::Receiver<std::collections::BTreeSet<u32>>,
     pub engine: Engine,
     pub mirror: Arc<Mirror>,
     stop: CancellationToken,
@@ -185,7 +188,7 @@ pub async fn start(
         count: settings.partitions,
         restore_from: Some(mirror.clone()),
     };
-    apply::start(
+    let (_, settled) = apply::start(
         devices.clone(),
         from_intake,
         partitions,
@@ -196,6 +199,7 @@ pub async fn start(
         client,
         js,
         devices,
+        settled,
         owned,
         engine,
         mirror,

@@ -106,7 +106,13 @@ impl Mirror {
                         read_tx.send_replace(seq);
                     }
                     // Skipped by the feed; said loudly (no gateway writes such).
-                    Err(e) => tracing::error!(error = %e, "an event the mirror cannot read"),
+                    // Read all the same: `caught_up` must not wait for it.
+                    Err(e) => {
+                        tracing::error!(error = %e, "an event the mirror cannot read");
+                        if let FeedError::Malformed { seq, .. } = e {
+                            read_tx.send_replace(seq);
+                        }
+                    }
                 }
             }
         });
@@ -124,6 +130,14 @@ impl Mirror {
     /// again (its sequence starting over) has another.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Wait, at most `within`, until the event `seq` has been read; whether it was.
+    pub async fn reached(&self, seq: u64, within: std::time::Duration) -> bool {
+        let mut read = self.read.clone();
+        tokio::time::timeout(within, read.wait_for(|last| *last >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {

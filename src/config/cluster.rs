@@ -78,9 +78,12 @@ impl ClusterConfig {
             "must be 1000-300000",
         );
         check(
-            self.lease_margin_ms >= 100 && self.lease_margin_ms * 2 <= self.lease_ms,
+            self.lease_margin_ms >= 500 && self.lease_margin_ms * 2 <= self.lease_ms,
             "lease_margin_ms",
-            "must be at least 100 and at most half of cluster.lease_ms",
+            // It is also how long a device message may go unacknowledged
+            // before NATS hands it out again: shorter than a commit's usual
+            // time, and every message would come twice.
+            "must be at least 500 and at most half of cluster.lease_ms",
         );
         // A lease is renewed several times within the part of it that counts.
         check(

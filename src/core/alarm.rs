@@ -156,6 +156,8 @@ pub enum AckError {
     AlreadyAcknowledged { id: u64, by: Arc<str> },
     #[error("the gateway is shutting down; acknowledge the alarm on the gateway you reconnect to")]
     ShuttingDown,
+    #[error("the acknowledgement could not be stored (cluster mode: the chair's partition changed hands); send it again")]
+    NotJournaled,
 }
 
 impl AckError {
@@ -165,6 +167,7 @@ impl AckError {
             AckError::UnknownAlarm(_) => "unknown_alarm",
             AckError::AlreadyAcknowledged { .. } => "already_acknowledged",
             AckError::ShuttingDown => "shutting_down",
+            AckError::NotJournaled => "not_journaled",
         }
     }
 }

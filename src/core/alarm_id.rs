@@ -17,7 +17,9 @@ pub struct AlarmSeed<'a> {
     /// The rule whose condition raised it.
     pub rule: &'a str,
     /// The time of the measurement that raised it: device time for
-    /// physiological conditions, gateway time for technical ones.
+    /// physiological conditions, gateway time for technical ones; for an alarm
+    /// a session or limit change raised (judging the latest values again), the
+    /// change's gateway time.
     pub ts: u64,
 }
 

@@ -27,6 +27,8 @@ pub enum WardError {
     Session(#[from] SessionError),
     #[error("the gateway is shutting down; send it again to the gateway you reconnect to")]
     ShuttingDown,
+    #[error("the change could not be stored (cluster mode: the chair's partition changed hands); send it again")]
+    NotJournaled,
 }
 
 impl WardError {
@@ -37,6 +39,7 @@ impl WardError {
             WardError::UnknownChair(_) => "unknown_chair",
             WardError::Session(e) => e.code(),
             WardError::ShuttingDown => "shutting_down",
+            WardError::NotJournaled => "not_journaled",
         }
     }
 }

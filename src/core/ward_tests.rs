@@ -102,6 +102,46 @@ fn derived_ids_are_the_same_wherever_a_reading_is_evaluated() {
     assert_ne!(again[0].id, a[0].id);
 }
 
+/// A limit narrowed, widened and narrowed again on one sample raises two
+/// alarms, not one twice: the events stream would drop a second raise with
+/// the first one's id as a repeat.
+#[test]
+fn a_raise_by_a_limit_change_gets_an_id_of_its_own() {
+    let w = Ward::with_derived_alarm_ids(ward(10).rules, 10);
+    assert!(events(w.apply("n/1", &spo2(1, 91.0), 5).unwrap()).is_empty());
+    let limit = |low: f64| LimitOverride {
+        low: Some(low),
+        high: None,
+    };
+    let alarms = |evs: Vec<Event>| -> Vec<AlarmEvent> {
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::Alarm(a) => Some(a),
+                Event::Session(_) => None,
+            })
+            .collect()
+    };
+    let first = alarms(
+        w.set_limit("n/1", "spo2_low", limit(93.0), "dr", 10)
+            .unwrap(),
+    );
+    let cleared = alarms(
+        w.set_limit("n/1", "spo2_low", limit(90.0), "dr", 20)
+            .unwrap(),
+    );
+    let again = alarms(
+        w.set_limit("n/1", "spo2_low", limit(93.0), "dr", 30)
+            .unwrap(),
+    );
+    assert_eq!(first[0].state, AlarmState::Raised);
+    assert_eq!(
+        (cleared[0].state, cleared[0].id),
+        (AlarmState::Cleared, first[0].id)
+    );
+    assert_eq!(again[0].state, AlarmState::Raised);
+    assert_ne!(again[0].id, first[0].id);
+}
+
 #[test]
 fn idle_chairs_are_forgotten_but_not_with_an_alarm_or_a_session() {
     let w = ward(10);

@@ -161,7 +161,7 @@ impl Release {
                 Pass::Receipt(reply, processed) => {
                     deliver_receipt(&self.receipts, reply, processed)
                 }
-                Pass::Then(then) => then(),
+                Pass::Then(then) => then(!withheld),
             }
         }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -22,8 +22,10 @@ pub(super) enum Pass {
     Events(Vec<Sequenced>),
     /// A device message's outcome, once everything before it is released.
     Receipt(Reply, Processed),
-    /// Run once everything before it is released (a subscription's first frames).
-    Then(Box<dyn FnOnce() + Send>),
+    /// Run once everything before it is released (a subscription's first
+    /// frames, a command's answer), told whether the commit it follows worked
+    /// (false: the journal withheld its events).
+    Then(Box<dyn FnOnce(bool) + Send>),
 }
 
 /// The engine's way to the journal thread.
@@ -182,7 +184,7 @@ impl State {
                 reply,
             } => {
                 let result = self.acknowledge(id, &by, now_ms, &scope, out);
-                answer(reply, result, out);
+                answer_journaled(reply, result, || crate::core::AckError::NotJournaled, out);
             }
             Command::SetSession {
                 chair,
@@ -193,7 +195,7 @@ impl State {
                 let result = self.ward.set_session(&chair, &update, now_ms);
                 let changed = matches!(&result, Ok(events) if !events.is_empty());
                 let result = result.map(|events| self.sequence(events, None, out));
-                answer(reply, result, out);
+                answer_journaled(reply, result, || WardError::NotJournaled, out);
                 if changed {
                     self.show_vitals(&chair);
                 }
@@ -208,14 +210,14 @@ impl State {
             } => {
                 let result = self.ward.set_limit(&chair, &rule, limits, &by, now_ms);
                 let result = result.map(|events| self.sequence(events, None, out));
-                answer(reply, result, out);
+                answer_journaled(reply, result, || WardError::NotJournaled, out);
             }
             Command::Tick { now_ms, reply } => {
                 let _ = reply.send(self.tick(now_ms, out));
             }
             Command::Subscribe { start, scope, then } => {
                 let initial = self.first_frames(start, &scope);
-                out.push(Pass::Then(Box::new(move || then(initial))));
+                out.push(Pass::Then(Box::new(move |_| then(initial))));
             }
             Command::Flush { reply } => answer(reply, (), out),
             Command::Restore { restore, reply } => {
@@ -230,7 +232,7 @@ impl State {
             }
             Command::Snapshot { scope, then } => {
                 let frame = self.snapshot(&scope);
-                out.push(Pass::Then(Box::new(move || then(frame))));
+                out.push(Pass::Then(Box::new(move |_| then(frame))));
             }
         }
     }
@@ -485,7 +487,26 @@ fn answer<T: Send + 'static>(
     result: T,
     out: &mut Vec<Pass>,
 ) {
-    out.push(Pass::Then(Box::new(move || drop(reply.send(result)))));
+    out.push(Pass::Then(Box::new(move |_| drop(reply.send(result)))));
+}
+
+/// Answer a dashboard's change once its events are released, or, when the
+/// journal withheld them (cluster mode: not in the events stream), with
+/// `not_journaled`: the change did not happen for anyone else, so the client
+/// must not be told it did.
+fn answer_journaled<E: Send + 'static>(
+    reply: tokio::sync::oneshot::Sender<Result<(), E>>,
+    result: Result<(), E>,
+    not_journaled: fn() -> E,
+    out: &mut Vec<Pass>,
+) {
+    out.push(Pass::Then(Box::new(move |journaled| {
+        let result = match result {
+            Ok(()) if !journaled => Err(not_journaled()),
+            other => other,
+        };
+        let _ = reply.send(result);
+    })));
 }
 
 /// Whether a frame about `chair` (if any) is for a client with `scope`.

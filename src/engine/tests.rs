@@ -325,8 +325,9 @@ async fn a_restored_alarm_escalates_on_time_from_its_original_raise() {
 }
 
 /// A failed commit: the single-node journal's events are released and the
-/// device message settled as applied; a withholding journal's are not, and the
-/// message is refused as not journaled (so that it is not acknowledged).
+/// device message settled as applied; a withholding journal's are not, the
+/// message is refused as not journaled (so that it is not acknowledged), and a
+/// dashboard's command is answered `not_journaled`.
 #[tokio::test]
 async fn a_failed_commit_releases_or_withholds_as_the_journal_says() {
     let mut released = rig_journal(100, Some(false), |_| {});
@@ -349,4 +350,15 @@ async fn a_failed_commit_releases_or_withholds_as_the_journal_says() {
     assert!(withheld.engine.flushed().await);
     assert!(withheld.out.try_recv().is_err(), "nothing released");
     assert!(!withheld.engine.journal_ok());
+
+    // A nurse's acknowledgement whose event is withheld is not answered as
+    // done: nobody else would ever see it.
+    for (rig, answer) in [
+        (&released, Ok(())),
+        (&withheld, Err(crate::core::AckError::NotJournaled)),
+    ] {
+        let scope = crate::access::SiteScope::all();
+        let ack = rig.engine.acknowledge(1, "nurse.kim".into(), 2_000, scope);
+        assert_eq!(ack.await, answer);
+    }
 }

@@ -25,6 +25,14 @@ use clock::DeviceClock;
 use due::{Due, Trend};
 use serde::Serialize;
 
+/// How far before the device time up to which a chair was evaluated
+/// elsewhere (see [`PatientState::evaluated_until`]) a reading may be and still
+/// be taken for one handed out again: those are what the previous owner held
+/// unacknowledged, seconds old. One older than this comes from a device clock
+/// that stepped back, or another device in the chair, and is applied: it must
+/// not silence the chair until its clock catches up.
+pub const EVALUATED_REPEAT_WINDOW_MS: u64 = 60_000;
+
 /// A vital's latest value and the device time it was measured at.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Sample {
@@ -186,6 +194,8 @@ impl PatientState {
     /// the device's message counter, so without this an old reading handed out
     /// again would be taken as the newest and raise again an alarm that had
     /// already ended. After the first newer reading, the counter orders them.
+    /// A reading more than [`EVALUATED_REPEAT_WINDOW_MS`] before `ts` is not
+    /// such a repeat: it is applied, and ends this.
     pub fn evaluated_until(&mut self, ts: u64) {
         if self.last_seq.is_none() {
             self.evaluated_until = Some(self.evaluated_until.map_or(ts, |t| t.max(ts)));
@@ -275,7 +285,11 @@ impl PatientState {
             return Applied::Duplicate;
         }
         match self.evaluated_until {
-            Some(until) if reading.ts <= until => return Applied::Duplicate,
+            Some(until)
+                if reading.ts <= until && until - reading.ts <= EVALUATED_REPEAT_WINDOW_MS =>
+            {
+                return Applied::Duplicate
+            }
             Some(_) => self.evaluated_until = None,
             None => {}
         }

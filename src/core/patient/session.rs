@@ -291,6 +291,12 @@ impl PatientState {
     }
 
     /// Withdraw conditions that no longer apply; judge the others again.
+    ///
+    /// An alarm raised here is raised by the change at gateway time `now_ms`,
+    /// not by the latest sample (whose time it still reports): its id is seeded
+    /// with `now_ms`, so that a limit narrowed, widened and narrowed again on
+    /// one sample raises a new alarm each time rather than one that the events
+    /// stream would take for a repeat.
     fn reevaluate(
         &mut self,
         rules: &RuleSet,
@@ -298,6 +304,8 @@ impl PatientState {
         next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
         effects: &mut Effects,
     ) {
+        let mut next_id = |seed: AlarmSeed<'_>| next_id(AlarmSeed { ts: now_ms, ..seed });
+        let next_id = &mut next_id;
         for i in 0..rules.len() {
             let cond = rules.condition(i);
             if cond.applies(&self.session) {

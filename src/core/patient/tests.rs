@@ -89,6 +89,22 @@ fn readings_evaluated_before_a_takeover_change_nothing() {
     assert_eq!(p.active_alarms().count(), 0);
 }
 
+/// A device whose clock stepped back far (or another device in the chair)
+/// after the takeover is not silenced until its clock catches up.
+#[test]
+fn a_reading_long_before_the_takeover_is_a_clock_step_not_a_repeat() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let mut next = |_: AlarmSeed| 7;
+    p.evaluated_until(600_000);
+    assert_eq!(
+        p.apply(&rules, &hr(1, 599_000, 150.0), 1, &mut next),
+        Applied::Duplicate
+    );
+    let stepped = hr(2, 600_000 - EVALUATED_REPEAT_WINDOW_MS - 1, 150.0);
+    assert_eq!(raised(&p.apply(&rules, &stepped, 2, &mut next)), 1);
+}
+
 #[test]
 fn late_value_does_not_overwrite_newer_state_or_clear() {
     let rules = rules();
