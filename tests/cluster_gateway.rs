@@ -1,7 +1,8 @@
 //! The gateway in cluster mode, as `vitalgate` runs it with `[cluster]
 //! enabled = true`: two gateways on a 3-node NATS cluster, devices publishing
 //! to a NATS node's MQTT listener, dashboards on both gateways over real
-//! WebSockets.
+//! WebSockets: alarms, commands, live vitals and `since` across gateways, and
+//! the PostgreSQL audit trail.
 
 mod common;
 
@@ -158,6 +159,22 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
         .await;
     let refused = on_b.next_of("error").await;
     assert_eq!(refused["code"], "unknown_alarm", "{refused}");
+
+    // Live vitals of gateway a's chair reach a dashboard on gateway b.
+    on_b.send(json!({ "type": "subscribe_vitals" })).await;
+    on_b.next_of("vitals_subscribed").await;
+    device
+        .publish(
+            &format!("clinic/{}/vitals", chair_a.replacen('/', "/chair/", 1)),
+            &common::reading(2, json!({ "spo2": 84, "hr": 71 })),
+        )
+        .await;
+    loop {
+        let vitals = on_b.next_of("vitals").await;
+        if vitals["chair"] == chair_a.as_str() && vitals["vitals"]["hr"]["value"] == 71.0 {
+            break;
+        }
+    }
 
     // A dashboard moving from gateway a to gateway b resumes with its `since`:
     // exactly what came after it.

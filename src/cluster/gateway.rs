@@ -3,8 +3,10 @@
 //!
 //! Devices publish to the NATS cluster's MQTT listeners, not to this process:
 //! there is no broker here. Dashboards connect to any gateway
-//! ([`super::dashboards`]); `/ready` lists the partitions held; `/api` answers
-//! 503 (the audit trail is PostgreSQL's, `[cluster] audit_postgres`).
+//! ([`super::dashboards`]), and get live vitals of every chair: each gateway
+//! sends its chairs' on NATS ([`LIVE_PREFIX`]); `/ready` lists the partitions
+//! held; `/api` answers 503 (the audit trail is PostgreSQL's, `[cluster]
+//! audit_postgres`).
 
 use super::audit_pg::{self, PgAudit};
 use super::dashboards::{serve_commands, ClusterBackend};
@@ -14,10 +16,13 @@ use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::engine::{self, Outlet, Sequenced};
 use crate::health::{ClusterHealth, Health};
+use crate::protocol::{self, Frame};
 use crate::{core, fanout, http, telemetry, timers};
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,16 +40,81 @@ pub enum GatewayError {
     Bind(#[from] http::BindError),
 }
 
-/// The engine's outlet in cluster mode: live vitals only (its events reach
-/// dashboards from the events stream).
-struct LiveVitals(Arc<fanout::LiveFeed>);
+/// Live vitals go from the chair's owner to every gateway on
+/// `vitalgate.live.{site}.{chair}` (NATS core: not stored; a value missed is
+/// replaced by the chair's next reading).
+pub const LIVE_PREFIX: &str = "vitalgate.live";
+/// Live vitals waiting for NATS; beyond it the newest are dropped (the chair's
+/// next reading brings its values again).
+const LIVE_QUEUE: usize = 4096;
+
+/// The engine's outlet in cluster mode: live vitals, to every gateway (its
+/// events reach dashboards from the events stream).
+struct LiveVitals(mpsc::Sender<(Arc<str>, Frame)>);
 
 impl Outlet for LiveVitals {
     fn release(&self, _: &[Sequenced]) {}
 
-    fn vitals(&self, chair: &Arc<str>, latest: &core::Latest, ingested_at: Instant) {
-        self.0.publish(chair, latest, ingested_at);
+    fn vitals(&self, chair: &Arc<str>, latest: &core::Latest, _: Instant) {
+        let frame = protocol::vitals_frame(chair, latest, None);
+        let _ = self.0.try_send((chair.clone(), frame));
     }
+}
+
+/// Send this gateway's chairs' live vitals to every gateway, until `stop`.
+async fn send_live(
+    client: async_nats::Client,
+    mut vitals: mpsc::Receiver<(Arc<str>, Frame)>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (chair, frame) = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = vitals.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let (site, chair) = chair.split_once('/').unwrap_or((&chair, ""));
+        let subject = format!("{LIVE_PREFIX}.{site}.{chair}");
+        let body = bytes::Bytes::copy_from_slice(frame.as_str().as_bytes());
+        if let Err(e) = client.publish(subject, body).await {
+            tracing::debug!(error = %e, "live vitals not sent");
+        }
+    }
+}
+
+/// Take every gateway's live vitals into `live`, until `stop`.
+async fn receive_live(
+    client: async_nats::Client,
+    live: Arc<fanout::LiveFeed>,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, ClusterError> {
+    let mut vitals = client
+        .subscribe(format!("{LIVE_PREFIX}.>"))
+        .await
+        .map_err(|e| ClusterError::js("listening for live vitals", e))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = vitals.next() => match next {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            let key = message.subject.as_str().strip_prefix(LIVE_PREFIX);
+            let chair = key
+                .and_then(|k| k.strip_prefix('.'))
+                .map(|k| k.replacen('.', "/", 1));
+            let (Some(chair), Ok(text)) = (chair, String::from_utf8(message.payload.to_vec()))
+            else {
+                continue;
+            };
+            let chair: Arc<str> = Arc::from(chair);
+            live.publish_frame(&chair, Frame::about(text, chair.clone()));
+        }
+    }))
 }
 
 /// A gateway running in cluster mode.
@@ -85,8 +155,9 @@ impl ClusterGateway {
             session_max_bytes: config.session.max_message_bytes,
             health: health.clone(),
         };
+        let (to_nats, live_out) = mpsc::channel(LIVE_QUEUE);
         let outlets = Outlets {
-            engine: Arc::new(LiveVitals(live.clone())),
+            engine: Arc::new(LiveVitals(to_nats)),
             dashboards: Some((
                 Arc::new(fanout::hub::Outlets {
                     hub: hub.clone(),
@@ -133,6 +204,12 @@ impl ClusterGateway {
             member.owned.clone(),
             stop.clone(),
         );
+        tokio::spawn(send_live(member.client.clone(), live_out, stop.clone()));
+        if let Err(e) = receive_live(member.client.clone(), live.clone(), stop.clone()).await {
+            stop.cancel();
+            member.stop().await;
+            return Err(e.into());
+        }
         tokio::spawn(report_health(
             member.js.clone(),
             member.owned.clone(),

@@ -74,6 +74,20 @@ impl LiveFeed {
             return;
         }
         let frame = protocol::vitals_frame(chair, latest, Some(ingested_at));
+        self.append(chair, frame);
+    }
+
+    /// Record a chair's new state as its `vitals` frame, made elsewhere (by the
+    /// gateway of a cluster that owns the chair). Skipped while nobody is
+    /// subscribed.
+    pub fn publish_frame(&self, chair: &Arc<str>, frame: Frame) {
+        if self.subscribers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        self.append(chair, frame);
+    }
+
+    fn append(&self, chair: &Arc<str>, frame: Frame) {
         let version = {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             log.version += 1;
