@@ -187,6 +187,7 @@ impl ClusterGateway {
                 audit_pg::start_writer(&member.js, audit, settings.replicas, retry, stop.clone())
                     .await?;
             }
+            receive_live(member.client.clone(), live.clone(), stop.clone()).await?;
             Ok::<_, ClusterError>(())
         };
         if let Err(e) = joined.await {
@@ -205,11 +206,6 @@ impl ClusterGateway {
             stop.clone(),
         );
         tokio::spawn(send_live(member.client.clone(), live_out, stop.clone()));
-        if let Err(e) = receive_live(member.client.clone(), live.clone(), stop.clone()).await {
-            stop.cancel();
-            member.stop().await;
-            return Err(e.into());
-        }
         tokio::spawn(report_health(
             member.js.clone(),
             member.owned.clone(),

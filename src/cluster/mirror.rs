@@ -191,17 +191,7 @@ impl Mirror {
     /// Wait until every event stored so far has been read; the stream
     /// sequence read up to.
     pub async fn caught_up(&self) -> Result<u64, ClusterError> {
-        let mut stream = self
-            .js
-            .get_stream(EVENTS_STREAM)
-            .await
-            .map_err(|e| ClusterError::js("finding the events stream", e))?;
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| ClusterError::js("reading the events stream's state", e))?
-            .state
-            .last_sequence;
+        let last = events_info(&self.js).await?.state.last_sequence;
         let mut read = self.read.clone();
         let reached = read
             .wait_for(|seq| *seq >= last)
@@ -212,9 +202,35 @@ impl Mirror {
 
     /// The sessions and open alarms of the chairs `which` names.
     pub fn chairs(&self, which: impl Fn(&str) -> bool) -> ChairsNow {
-        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        self.ledger().chairs(which)
+    }
+}
+
+/// See [`Mirror::instance`].
+async fn stream_instance(js: &Context) -> Result<String, ClusterError> {
+    let created = events_info(js).await?.created;
+    Ok(format!("{:016x}", created.unix_timestamp_nanos() as u64))
+}
+
+/// The events stream's configuration and state, as its leader has them now.
+async fn events_info(js: &Context) -> Result<async_nats::jetstream::stream::Info, ClusterError> {
+    let mut stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| ClusterError::js("finding the events stream", e))?;
+    stream
+        .info()
+        .await
+        .map_err(|e| ClusterError::js("reading the events stream's state", e))
+        .cloned()
+}
+
+impl Ledger {
+    /// The sessions and open alarms of the chairs `which` names, and how far
+    /// each one's readings were evaluated.
+    fn chairs(&self, which: impl Fn(&str) -> bool) -> ChairsNow {
         let mut now = ChairsNow::default();
-        for (chair, text) in &ledger.sessions {
+        for (chair, text) in &self.sessions {
             if which(chair) {
                 match serde_json::from_str(text) {
                     Ok(session) => now.sessions.push(session),
@@ -224,13 +240,13 @@ impl Mirror {
                 }
             }
         }
-        now.evaluated = ledger
+        now.evaluated = self
             .evaluated
             .iter()
             .filter(|(chair, _)| which(chair))
             .map(|(chair, ts)| (chair.clone(), *ts))
             .collect();
-        for ((chair, _), text) in &ledger.open {
+        for ((chair, _), text) in &self.open {
             if which(chair) {
                 match serde_json::from_str(text) {
                     Ok(alarm) => now.alarms.push(alarm),
@@ -240,23 +256,7 @@ impl Mirror {
         }
         now
     }
-}
 
-/// See [`Mirror::instance`].
-async fn stream_instance(js: &Context) -> Result<String, ClusterError> {
-    let mut stream = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| ClusterError::js("finding the events stream", e))?;
-    let created = stream
-        .info()
-        .await
-        .map_err(|e| ClusterError::js("reading the events stream's state", e))?
-        .created;
-    Ok(format!("{:016x}", created.unix_timestamp_nanos() as u64))
-}
-
-impl Ledger {
     /// Take in one event read from the stream; it, as the fan-out takes it.
     fn take(&mut self, event: StreamEvent) -> Sequenced {
         let chair: Arc<str> = event.frame.chair.clone().unwrap_or_else(|| Arc::from(""));
@@ -293,18 +293,9 @@ impl Ledger {
     /// Every chair with a session or an open alarm in `scope`, and its open
     /// alarms, as of the last event taken in.
     fn snapshot(&self, instance: &str, scope: &SiteScope) -> Frame {
-        let sessions: Vec<SessionEvent> = self
-            .sessions
-            .iter()
-            .filter(|(chair, _)| scope.allows_chair(chair))
-            .filter_map(|(_, text)| serde_json::from_str(text).ok())
-            .collect();
-        let alarms: Vec<AlarmEvent> = self
-            .open
-            .iter()
-            .filter(|((chair, _), _)| scope.allows_chair(chair))
-            .filter_map(|(_, text)| serde_json::from_str(text).ok())
-            .collect();
+        let ChairsNow {
+            sessions, alarms, ..
+        } = self.chairs(|chair| scope.allows_chair(chair));
         let mut chairs: BTreeMap<&str, Option<&SessionEvent>> = BTreeMap::new();
         for session in &sessions {
             chairs.insert(&session.chair, Some(session));
