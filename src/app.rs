@@ -1,6 +1,6 @@
 //! The parts of one running gateway, assembled at start-up.
 
-use crate::audit::Audit;
+use crate::audit::Trail;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::fanout::Dashboards;
@@ -24,9 +24,10 @@ pub struct App {
     pub devices: Arc<Devices>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    /// The durable audit trail, read by `/api/...` (the engine's journal writes
-    /// it). `None` in cluster mode, whose audit trail is in PostgreSQL.
-    pub audit: Option<Arc<Audit>>,
+    /// The durable audit trail, read by `/api/...`: the SQLite file the
+    /// engine's journal writes, or in cluster mode PostgreSQL. `None` in
+    /// cluster mode without `cluster.audit_postgres`.
+    pub trail: Option<Arc<dyn Trail>>,
     started: Instant,
 }
 
@@ -36,7 +37,7 @@ impl App {
         config: Config,
         dashboards: Arc<Dashboards>,
         devices: Arc<Devices>,
-        audit: Option<Arc<Audit>>,
+        trail: Option<Arc<dyn Trail>>,
     ) -> App {
         App {
             engine: dashboards.engine.clone(),
@@ -44,7 +45,7 @@ impl App {
             health: devices.health.clone(),
             dashboards,
             devices,
-            audit,
+            trail,
             started: Instant::now(),
             config,
         }

@@ -218,7 +218,11 @@ impl Gateway {
             metrics,
             health: Arc::new(health::Health::default()),
         });
-        let app = Arc::new(App::new(config, dashboards, devices, Some(audit)));
+        let trail = http::api::LocalTrail {
+            audit,
+            engine: devices.engine.clone(),
+        };
+        let app = Arc::new(App::new(config, dashboards, devices, Some(Arc::new(trail))));
         let capture = match app.config.capture.enabled {
             true => {
                 let capture = Capture::start(

@@ -63,18 +63,12 @@ impl Metrics {
             .build_recorder();
         let handle = recorder.handle();
         let r = &recorder;
-        let counter = |name: &'static str, help: &'static str| {
-            r.describe_counter(name.into(), None, help.into());
-            r.register_counter(&Key::from_name(name), &META)
-        };
-        let gauge = |name: &'static str, help: &'static str| {
-            r.describe_gauge(name.into(), None, help.into());
-            r.register_gauge(&Key::from_name(name), &META)
-        };
-        let histogram = |name: &'static str, help: &'static str| {
-            r.describe_histogram(name.into(), Some(Unit::Seconds), help.into());
-            r.register_histogram(&Key::from_name(name), &META)
-        };
+        let d = Describe(r);
+        let (counter, gauge, histogram) = (
+            |name, help| d.counter(name, help),
+            |name, help| d.gauge(name, help),
+            |name, help| d.histogram(name, help),
+        );
 
         r.describe_counter(
             "vitalgate_readings_rejected_total".into(),
@@ -302,6 +296,12 @@ impl Metrics {
         h.record(d.as_secs_f64());
     }
 
+    /// Cluster mode's metrics, registered on this gateway's recorder (only
+    /// a gateway in cluster mode exports them).
+    pub fn cluster(&self) -> ClusterMetrics {
+        ClusterMetrics::on(&self.recorder)
+    }
+
     #[doc(hidden)]
     pub fn recorder(&self) -> &PrometheusRecorder {
         &self.recorder
@@ -311,5 +311,107 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Describes a metric by name and help text and registers its handle (a
+/// histogram in seconds).
+struct Describe<'a>(&'a PrometheusRecorder);
+
+impl Describe<'_> {
+    fn counter(&self, name: &'static str, help: &'static str) -> Counter {
+        self.0.describe_counter(name.into(), None, help.into());
+        self.0.register_counter(&Key::from_name(name), &META)
+    }
+
+    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
+        self.0.describe_gauge(name.into(), None, help.into());
+        self.0.register_gauge(&Key::from_name(name), &META)
+    }
+
+    fn histogram(&self, name: &'static str, help: &'static str) -> Histogram {
+        self.0
+            .describe_histogram(name.into(), Some(Unit::Seconds), help.into());
+        self.0.register_histogram(&Key::from_name(name), &META)
+    }
+}
+
+/// Cluster mode's metrics (`docs/protocol.md`, `docs/cluster.md`).
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Partitions whose lease this gateway holds.
+    pub partitions_owned: Gauge,
+    /// Partitions whose chairs this gateway's engine holds (restored, read).
+    pub partitions_serving: Gauge,
+    pub takeovers: Counter,
+    pub leases_lost: Counter,
+    pub partitions_given_back: Counter,
+    pub takeover: Histogram,
+    pub device_messages_pending: Gauge,
+    pub events_unread: Gauge,
+    pub audit_pending: Gauge,
+}
+
+impl ClusterMetrics {
+    fn on(r: &PrometheusRecorder) -> ClusterMetrics {
+        let d = Describe(r);
+        let (counter, gauge, histogram) = (
+            |name, help| d.counter(name, help),
+            |name, help| d.gauge(name, help),
+            |name, help| d.histogram(name, help),
+        );
+        ClusterMetrics {
+            partitions_owned: gauge(
+                "vitalgate_cluster_partitions_owned",
+                "Partitions whose lease this gateway holds.",
+            ),
+            partitions_serving: gauge(
+                "vitalgate_cluster_partitions_serving",
+                "Partitions whose chairs this gateway's engine holds: taken, restored, their device messages read.",
+            ),
+            takeovers: counter(
+                "vitalgate_cluster_takeovers_total",
+                "Partitions taken (leases acquired).",
+            ),
+            leases_lost: counter(
+                "vitalgate_cluster_leases_lost_total",
+                "Leases lost without being given back: not renewed in time, or taken by another gateway.",
+            ),
+            partitions_given_back: counter(
+                "vitalgate_cluster_partitions_given_back_total",
+                "Partitions given back: to share them with a gateway that joined, or at a clean stop.",
+            ),
+            takeover: histogram(
+                "vitalgate_cluster_takeover_seconds",
+                "A partition taken: lease acquired to its chairs restored and its device messages read.",
+            ),
+            device_messages_pending: gauge(
+                "vitalgate_cluster_device_messages_pending",
+                "Device messages of the partitions this gateway owns not yet acknowledged: waiting in their consumers or being applied (read every 5 s).",
+            ),
+            events_unread: gauge(
+                "vitalgate_cluster_events_unread",
+                "Events in the events stream this gateway has not read yet: its dashboards are behind by this many (read every 5 s).",
+            ),
+            audit_pending: gauge(
+                "vitalgate_cluster_audit_pending",
+                "Events not yet written to PostgreSQL by the cluster's audit writers (read every 5 s; on gateways with cluster.audit_postgres).",
+            ),
+        }
+    }
+
+    /// Handles that record nowhere (parts started without a gateway).
+    pub fn detached() -> ClusterMetrics {
+        ClusterMetrics {
+            partitions_owned: Gauge::noop(),
+            partitions_serving: Gauge::noop(),
+            takeovers: Counter::noop(),
+            leases_lost: Counter::noop(),
+            partitions_given_back: Counter::noop(),
+            takeover: Histogram::noop(),
+            device_messages_pending: Gauge::noop(),
+            events_unread: Gauge::noop(),
+            audit_pending: Gauge::noop(),
+        }
     }
 }

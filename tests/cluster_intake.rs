@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use vitalgate::cluster::intake::{self, ReadSettings};
 use vitalgate::cluster::lease::{LeaseTimes, Leases};
 use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
+use vitalgate::telemetry::ClusterMetrics;
 
 const TIMES: LeaseTimes = LEASE_TIMES;
 const SETTINGS: OwnershipSettings = OWNERSHIP;
@@ -45,10 +46,17 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
             let js = vitalgate::cluster::connect(&urls, &name).await.unwrap();
             let leases = Leases::open(&js, &name, TIMES, 3).await.unwrap();
             let stop = CancellationToken::new();
-            let owned = ownership::start(&js, leases, &name, SETTINGS, stop.clone())
-                .await
-                .unwrap()
-                .owned;
+            let owned = ownership::start(
+                &js,
+                leases,
+                &name,
+                SETTINGS,
+                ClusterMetrics::detached(),
+                stop.clone(),
+            )
+            .await
+            .unwrap()
+            .owned;
             let (tx, mut rx) = mpsc::channel(64);
             intake::start(
                 js,

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use vitalgate::cluster::lease::{LeaseTimes, Leases};
 use vitalgate::cluster::ownership::Change;
 use vitalgate::cluster::ownership::{self, Owned, OwnershipSettings};
+use vitalgate::telemetry::ClusterMetrics;
 
 const TIMES: LeaseTimes = LEASE_TIMES;
 const SETTINGS: OwnershipSettings = OWNERSHIP;
@@ -29,9 +30,16 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
         .unwrap();
     let leases = Leases::open(&js, name, TIMES, 3).await.unwrap();
     let stop = CancellationToken::new();
-    let ownership = ownership::start(&js, leases, name, SETTINGS, stop.clone())
-        .await
-        .unwrap();
+    let ownership = ownership::start(
+        &js,
+        leases,
+        name,
+        SETTINGS,
+        ClusterMetrics::detached(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     Gateway {
         owned: ownership.owned,
         changes: ownership.changes,

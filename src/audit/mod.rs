@@ -22,6 +22,9 @@
 //! databases are private to their connection and in-memory databases cannot
 //! use WAL anyway (a shared-cache one would answer SQLITE_LOCKED, not wait).
 
+mod trail;
+pub use trail::{Trail, TrailError, TrailQuery};
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

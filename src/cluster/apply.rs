@@ -30,6 +30,7 @@ use super::partition_of;
 use crate::engine::{Command, Processed, Reply, Stopped, NOT_JOURNALED};
 use crate::ingest::pipeline::{intake, Intake};
 use crate::ingest::{Devices, Topics};
+use crate::telemetry::ClusterMetrics;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -101,6 +102,7 @@ pub fn start(
         partitions,
         mirror: restore_from,
         ready: ready_tx,
+        metrics: devices.metrics.cluster(),
     };
     let task = tokio::spawn(async move {
         loop {
@@ -188,6 +190,7 @@ struct HandOver {
     mirror: Option<Arc<Mirror>>,
     /// The partitions whose chairs the engine holds (see [`start`]).
     ready: watch::Sender<BTreeSet<u32>>,
+    metrics: ClusterMetrics,
 }
 
 impl HandOver {
@@ -199,6 +202,10 @@ impl HandOver {
         first: Change,
         changes: &mut mpsc::UnboundedReceiver<Change>,
     ) -> Result<(), Stopped> {
+        // Ownership announces a take right after acquiring the lease, and this
+        // loop reads announcements before every message: this is (within one
+        // message's application) when the lease was acquired.
+        let started = tokio::time::Instant::now();
         let (mut moved, mut taken) = (BTreeSet::new(), BTreeSet::new());
         let mut next = Some(first);
         while let Some(change) = next {
@@ -231,13 +238,13 @@ impl HandOver {
             tracing::info!(chairs = gone, "chairs handed over with their partitions");
         }
         let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
-            self.settled(&taken);
+            self.settled(&taken, started);
             return Ok(());
         };
         // Everything the previous owners published, before restoring from it.
         if let Err(e) = mirror.caught_up().await {
             tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms");
-            self.settled(&taken);
+            self.settled(&taken, started);
             return Ok(());
         }
         let now = mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions)));
@@ -269,13 +276,20 @@ impl HandOver {
             alarms,
             "partitions taken over: sessions and open alarms restored"
         );
-        self.settled(&taken);
+        self.settled(&taken, started);
         Ok(())
     }
 
-    /// The partitions `taken` are the engine's now.
-    fn settled(&self, taken: &BTreeSet<u32>) {
+    /// The partitions `taken` (since `started`) are the engine's now.
+    fn settled(&self, taken: &BTreeSet<u32>, started: tokio::time::Instant) {
         self.ready.send_modify(|ready| ready.extend(taken));
+        let serving = self.ready.borrow().len();
+        self.metrics.partitions_serving.set(serving as f64);
+        for _ in taken {
+            self.metrics
+                .takeover
+                .record(started.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -15,10 +15,15 @@
 //! starting together), and refuses a database migrated by a newer build.
 
 use super::events::{AT_HEADER, CHAIR_HEADER, EVENTS_STREAM, ID_HEADER, KIND_HEADER};
+use super::mirror::Mirror;
 use super::ClusterError;
+use crate::audit::{Stored, Trail, TrailError, TrailQuery};
+use crate::core::SessionEvent;
+use crate::protocol;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Context;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,24 +177,41 @@ impl PgAudit {
         }
     }
 
-    /// The events of `kind` (of one chair when given) from `from_ms` on, oldest
-    /// first, at most `limit`.
+    /// The events of `kind` (of one chair when given) from `from_ms` on, by
+    /// gateway time, at most `limit`.
     pub async fn history(
         &self,
-        kind: &str,
+        kind: &'static str,
         chair: Option<&str>,
         from_ms: u64,
-        limit: i64,
+        limit: usize,
     ) -> Result<Vec<AuditRow>, PgAuditError> {
-        let from = i64::try_from(from_ms).unwrap_or(i64::MAX);
+        self.query(&TrailQuery {
+            kind,
+            chair: chair.map(String::from),
+            from_ms: Some(from_ms),
+            to_ms: None,
+            limit,
+        })
+        .await
+    }
+
+    /// The events `q` asks for, by gateway time (then stream sequence).
+    pub async fn query(&self, q: &TrailQuery) -> Result<Vec<AuditRow>, PgAuditError> {
+        // A bound beyond i64::MAX can be clamped: no stored value exceeds it.
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (from, to) = (q.from_ms.map(clamp), q.to_ms.map(clamp));
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         let rows = self
             .client()
             .await?
             .query(
                 "SELECT seq, event_id, kind, chair, at_ms, body FROM events
-                 WHERE kind = $1 AND ($2::TEXT IS NULL OR chair = $2) AND at_ms >= $3
-                 ORDER BY seq LIMIT $4",
-                &[&kind, &chair, &from, &limit],
+                 WHERE kind = $1 AND ($2::TEXT IS NULL OR chair = $2)
+                   AND ($3::BIGINT IS NULL OR at_ms >= $3)
+                   AND ($4::BIGINT IS NULL OR at_ms <= $4)
+                 ORDER BY at_ms, seq LIMIT $5",
+                &[&q.kind, &q.chair, &from, &to, &limit],
             )
             .await?;
         Ok(rows
@@ -203,6 +225,42 @@ impl PgAudit {
                 body: r.get(5),
             })
             .collect())
+    }
+}
+
+/// `/api` in cluster mode: the audit trail from PostgreSQL (on a connection
+/// of its own: a slow query never holds up the writer), each chair's session
+/// now from the events stream's mirror.
+pub struct PgTrail {
+    pub audit: Arc<PgAudit>,
+    pub mirror: Arc<Mirror>,
+}
+
+impl Trail for PgTrail {
+    fn query(&self, q: TrailQuery) -> BoxFuture<'static, Result<Vec<Stored>, TrailError>> {
+        let (audit, instance) = (self.audit.clone(), self.mirror.instance().to_string());
+        Box::pin(async move {
+            let rows = audit
+                .query(&q)
+                .await
+                .map_err(|e| TrailError(e.to_string()))?;
+            Ok(rows
+                .into_iter()
+                .map(|row| Stored {
+                    // Numbered as dashboards received it: by the stream.
+                    body: protocol::with_seq(&row.body, row.seq).unwrap_or(row.body),
+                    seq: row.seq,
+                    instance: instance.clone(),
+                    kind: row.kind,
+                    chair: row.chair,
+                    at_ms: row.at_ms,
+                })
+                .collect())
+        })
+    }
+
+    fn current_session(&self, chair: &str) -> Option<SessionEvent> {
+        self.mirror.chairs(|c| c == chair).sessions.pop()
     }
 }
 

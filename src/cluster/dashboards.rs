@@ -5,6 +5,8 @@
 //!   its `seq`, or the events after a `since`, then every later event of the
 //!   dashboard's sites exactly once. `seq` is the stream's, the same on every
 //!   gateway, so a dashboard resumes on another gateway with the `since` it had.
+//!   A `since` older than the events the mirror keeps is served from the
+//!   stream (up to `cluster.since_from_stream_max` events).
 //! - **Commands** (acknowledge, session, limits) are taken by the gateway
 //!   owning the chair's partition: each is a NATS request on
 //!   `vitalgate.command.{partition}`, which only the gateway holding the
@@ -14,7 +16,9 @@
 //!   `no_owner` at once and may send it again; with no answer in time, `no_answer`
 //!   (the command may or may not have been applied).
 
-use super::mirror::Mirror;
+use super::events::EVENTS_STREAM;
+use super::feed::Feed;
+use super::mirror::{Earlier, Mirror};
 use super::ownership::Owned;
 use super::partition_of;
 use crate::access::SiteScope;
@@ -40,6 +44,10 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(12);
 /// Longest a dashboard resuming with a `since` this gateway has not read yet
 /// waits for it (then it gets `missed` and a snapshot).
 const SINCE_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest a dashboard resuming further back than this gateway keeps in memory
+/// waits for its events from the stream.
+const STREAM_READ_LIMIT: Duration = Duration::from_secs(10);
 
 /// A command on its way to the chair's owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,6 +91,8 @@ pub struct ClusterBackend {
     pub mirror: Arc<Mirror>,
     pub hub: Arc<Hub>,
     pub partitions: u32,
+    /// `cluster.since_from_stream_max`.
+    pub since_from_stream_max: usize,
 }
 
 impl ClusterBackend {
@@ -122,20 +132,29 @@ impl ClusterBackend {
 impl Backend for ClusterBackend {
     fn subscribe(&self, start: Start, subscriber: Subscriber) -> Answer<Option<Vec<Frame>>> {
         let (mirror, hub) = (self.mirror.clone(), self.hub.clone());
+        let (client, max) = (self.client.clone(), self.since_from_stream_max);
         Box::pin(async move {
+            let scope = subscriber.scope.clone();
+            let mut earlier = None;
             if let Start::Since { since, instance } = &start {
-                // A dashboard coming from a gateway that had read further: its
-                // `since` is served exactly once this one has read as far.
                 if instance.as_deref().is_none_or(|i| i == mirror.instance()) {
+                    // A dashboard coming from a gateway that had read further: its
+                    // `since` is served exactly once this one has read as far.
                     mirror.reached(*since, SINCE_WAIT).await;
+                    if !mirror.can_replay(*since) {
+                        earlier = from_stream(client, &mirror, &scope, *since, max).await;
+                    }
                 }
             }
-            let scope = subscriber.scope.clone();
             let mut first = None;
-            mirror.subscribe(start, &scope, |initial| {
+            let then = |initial| {
                 hub.register(subscriber);
                 first = Some(initial);
-            });
+            };
+            match earlier {
+                Some(earlier) => mirror.subscribe_after(earlier, &scope, then),
+                None => mirror.subscribe(start, &scope, then),
+            }
             first
         })
     }
@@ -297,6 +316,49 @@ impl Partition {
             .borrow()
             .get(&self.number)
             .is_some_and(|until| tokio::time::Instant::now() < *until)
+    }
+}
+
+/// The events of `scope` after `since` up to the last one `mirror` has read,
+/// from the events stream: `None` if that is more than `max` events, if the
+/// stream no longer holds them all, or if they cannot be read within
+/// [`STREAM_READ_LIMIT`] (the dashboard then gets `missed` and a snapshot).
+async fn from_stream(
+    client: async_nats::Client,
+    mirror: &Mirror,
+    scope: &SiteScope,
+    since: u64,
+    max: usize,
+) -> Option<Earlier> {
+    let upto = mirror.read_up_to();
+    if upto.saturating_sub(since) > max as u64 {
+        return None;
+    }
+    let js = async_nats::jetstream::new(client);
+    let read = async {
+        let mut stream = js.get_stream(EVENTS_STREAM).await.ok()?;
+        let first_kept = stream.info().await.ok()?.state.first_sequence;
+        if since + 1 < first_kept {
+            return None;
+        }
+        let mut feed = Feed::open(&js, scope.clone(), since).await.ok()?;
+        feed.read_until(upto).await.ok()
+    };
+    match tokio::time::timeout(STREAM_READ_LIMIT, read).await {
+        Ok(Some(events)) => Some(Earlier {
+            asked: since,
+            upto,
+            frames: events.into_iter().map(|e| e.frame).collect(),
+        }),
+        Ok(None) => None,
+        Err(_) => {
+            tracing::warn!(
+                since,
+                upto,
+                "a dashboard's missed events not read from the stream in time"
+            );
+            None
+        }
     }
 }
 

@@ -140,6 +140,28 @@ impl Feed {
     /// could have written.
     pub async fn next(&mut self) -> Result<StreamEvent, FeedError> {
         loop {
+            if let Some(event) = self.next_read().await? {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The events in scope from the last one read up to stream sequence
+    /// `upto`, which the stream must hold (an event already stored). Waits
+    /// as [`Feed::next`] does.
+    pub async fn read_until(&mut self, upto: u64) -> Result<Vec<StreamEvent>, FeedError> {
+        let mut events = Vec::new();
+        while self.last < upto {
+            if let Some(event) = self.next_read().await? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The next event read, if in scope.
+    async fn next_read(&mut self) -> Result<Option<StreamEvent>, FeedError> {
+        loop {
             let Some((messages, consumer_seq)) = self.reading.as_mut() else {
                 // Not the client's request timeout: during a leader election a
                 // request can go unanswered, and a new one is answered sooner.
@@ -171,9 +193,7 @@ impl Feed {
             let seq = info.stream_sequence;
             self.last = seq;
             let event = event_of(seq, &message)?;
-            if self.scope.allows_chair(chair_of(&event)) {
-                return Ok(event);
-            }
+            return Ok(self.scope.allows_chair(chair_of(&event)).then_some(event));
         }
     }
 }

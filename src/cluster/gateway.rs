@@ -8,8 +8,9 @@
 //! held; `/api` answers 503 (the audit trail is PostgreSQL's, `[cluster]
 //! audit_postgres`).
 
-use super::audit_pg::{self, PgAudit};
+use super::audit_pg::{self, PgAudit, PgTrail};
 use super::dashboards::{serve_commands, ClusterBackend};
+use super::lag::{self, LagSources};
 use super::member::{self, DeviceChecks, Member, MemberSettings, Outlets};
 use super::ClusterError;
 use crate::app::App;
@@ -168,21 +169,26 @@ impl ClusterGateway {
         };
         // Before any partition is taken: a gateway that cannot start gives
         // nothing up to the others' takeover.
+        // Two connections: one writes, one answers `/api`.
         let audit = match config.cluster.audit_postgres.as_str() {
             "" => None,
-            url => Some(
-                PgAudit::connect(url)
-                    .await
-                    .map_err(|e| GatewayError::Audit(e.to_string()))?,
-            ),
+            url => {
+                let connect = || async {
+                    PgAudit::connect(url)
+                        .await
+                        .map_err(|e| GatewayError::Audit(e.to_string()))
+                };
+                Some((connect().await?, Arc::new(connect().await?)))
+            }
         };
+        let reader = audit.as_ref().map(|(_, reader)| reader.clone());
         let member =
             member::start(&settings, parts, checks, outlets, |j| Box::new(j), None).await?;
         let stop = CancellationToken::new();
         let joined = async {
             // Dashboards' snapshots hold everything stored before they connect.
             member.mirror.caught_up().await?;
-            if let Some(audit) = audit {
+            if let Some((audit, _)) = audit {
                 let retry = settings.lease.ttl;
                 audit_pg::start_writer(&member.js, audit, settings.replicas, retry, stop.clone())
                     .await?;
@@ -206,6 +212,16 @@ impl ClusterGateway {
             stop.clone(),
         );
         tokio::spawn(send_live(member.client.clone(), live_out, stop.clone()));
+        tokio::spawn(lag::report(
+            LagSources {
+                js: member.js.clone(),
+                owned: member.owned.clone(),
+                mirror: member.mirror.clone(),
+                audit: !config.cluster.audit_postgres.is_empty(),
+            },
+            metrics.cluster(),
+            stop.clone(),
+        ));
         tokio::spawn(report_health(
             member.js.clone(),
             member.owned.clone(),
@@ -218,6 +234,7 @@ impl ClusterGateway {
             mirror: member.mirror.clone(),
             hub: hub.clone(),
             partitions: settings.partitions,
+            since_from_stream_max: config.cluster.since_from_stream_max,
         });
         let dashboards = Arc::new(fanout::Dashboards::new(
             member.engine.clone(),
@@ -229,7 +246,13 @@ impl ClusterGateway {
         ));
         // The device path is up: the member reads its partitions.
         health.set_mqtt_subscribed(true);
-        let app = Arc::new(App::new(config, dashboards, member.devices.clone(), None));
+        let trail = reader.map(|audit| {
+            Arc::new(PgTrail {
+                audit,
+                mirror: member.mirror.clone(),
+            }) as Arc<dyn crate::audit::Trail>
+        });
+        let app = Arc::new(App::new(config, dashboards, member.devices.clone(), trail));
         let stop_http = CancellationToken::new();
         let serving = http::serve(app.clone(), auth, listener, stop_http.clone());
         let timers = tokio::spawn(timers::run(app.clone(), stop.clone()));

@@ -158,6 +158,7 @@ pub async fn start(
             round: settings.round,
             replicas,
         },
+        parts.metrics.cluster(),
         stop.clone(),
     )
     .await?;

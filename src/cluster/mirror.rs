@@ -49,6 +49,17 @@ struct Ledger {
     last: u64,
 }
 
+/// A dashboard's events read from the stream, older than the mirror keeps.
+#[derive(Debug)]
+pub struct Earlier {
+    /// The dashboard's `since`.
+    pub asked: u64,
+    /// The stream sequence read up to.
+    pub upto: u64,
+    /// The events of its scope in `(asked, upto]`, in order.
+    pub frames: Vec<Frame>,
+}
+
 /// What the stream holds of some chairs.
 #[derive(Debug, Default)]
 pub struct ChairsNow {
@@ -140,6 +151,11 @@ impl Mirror {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The stream sequence of the last event read.
+    pub fn read_up_to(&self) -> u64 {
+        *self.read.borrow()
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -154,22 +170,38 @@ impl Mirror {
             Start::Snapshot => vec![ledger.snapshot(&self.instance, scope)],
             Start::Since { since, instance } => {
                 if ledger.can_replay(since, instance.as_deref(), &self.instance) {
-                    ledger
-                        .recent
-                        .iter()
-                        .filter(|(seq, frame)| *seq > since && in_scope(frame, scope))
-                        .map(|(_, frame)| frame.clone())
-                        .collect()
+                    ledger.replay(since, scope, Vec::new())
                 } else {
-                    let oldest = ledger.recent.front().map_or(ledger.last + 1, |(s, _)| *s);
-                    vec![
-                        protocol::missed_frame(&self.instance, since, oldest, ledger.last),
-                        ledger.snapshot(&self.instance, scope),
-                    ]
+                    ledger.missed(&self.instance, since, scope)
                 }
             }
         };
         then(first);
+    }
+
+    /// As [`Mirror::subscribe`] from `earlier.asked`, for a dashboard whose
+    /// events up to `earlier.upto` were read from the stream: those, then the
+    /// ones after (`missed` and a snapshot if this gateway no longer keeps
+    /// them all).
+    pub fn subscribe_after(
+        &self,
+        earlier: Earlier,
+        scope: &SiteScope,
+        then: impl FnOnce(Vec<Frame>),
+    ) {
+        let ledger = self.ledger();
+        let first = if ledger.can_replay(earlier.upto, None, &self.instance) {
+            ledger.replay(earlier.upto, scope, earlier.frames)
+        } else {
+            ledger.missed(&self.instance, earlier.asked, scope)
+        };
+        then(first);
+    }
+
+    /// Whether a dashboard resuming with `since` of this events stream is
+    /// served from the events kept in memory.
+    pub fn can_replay(&self, since: u64) -> bool {
+        self.ledger().can_replay(since, None, &self.instance)
     }
 
     /// A snapshot of `scope` for `then`, in order with the events handed out.
@@ -288,6 +320,27 @@ impl Ledger {
         instance.is_none_or(|i| i == ours)
             && since <= self.last
             && (since + 1 >= oldest || since == self.last)
+    }
+
+    /// `first`, then the events of `scope` kept after `since`.
+    fn replay(&self, since: u64, scope: &SiteScope, mut first: Vec<Frame>) -> Vec<Frame> {
+        first.extend(
+            self.recent
+                .iter()
+                .filter(|(seq, frame)| *seq > since && in_scope(frame, scope))
+                .map(|(_, frame)| frame.clone()),
+        );
+        first
+    }
+
+    /// What a dashboard whose `since` cannot be served gets: `missed` and a
+    /// snapshot.
+    fn missed(&self, instance: &str, since: u64, scope: &SiteScope) -> Vec<Frame> {
+        let oldest = self.recent.front().map_or(self.last + 1, |(s, _)| *s);
+        vec![
+            protocol::missed_frame(instance, since, oldest, self.last),
+            self.snapshot(instance, scope),
+        ]
     }
 
     /// Every chair with a session or an open alarm in `scope`, and its open

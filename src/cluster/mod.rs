@@ -77,6 +77,7 @@ pub mod feed;
 pub mod gateway;
 pub mod intake;
 pub mod journal;
+pub mod lag;
 pub mod lease;
 pub mod member;
 pub mod mirror;

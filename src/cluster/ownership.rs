@@ -25,6 +25,7 @@
 
 use super::lease::{Lease, Leases, Renewal};
 use super::{expiring_bucket, keys_of, ClusterError, MEMBER_BUCKET};
+use crate::telemetry::ClusterMetrics;
 use async_nats::jetstream::{kv, Context};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -68,12 +69,14 @@ pub struct Ownership {
 }
 
 /// Start the loop; it runs until `stop`, then gives every partition back (its
-/// key removed once its deadline has passed, as above).
+/// key removed once its deadline has passed, as above). It counts takes, losses
+/// and give-backs in `metrics`.
 pub async fn start(
     js: &Context,
     leases: Leases,
     me: &str,
     settings: OwnershipSettings,
+    metrics: ClusterMetrics,
     stop: CancellationToken,
 ) -> Result<Ownership, ClusterError> {
     let members = expiring_bucket(
@@ -95,6 +98,7 @@ pub async fn start(
         held: BTreeMap::new(),
         releasing: Vec::new(),
         tx,
+        metrics,
     };
     let task = tokio::spawn(async move {
         let mut round = tokio::time::interval(settings.round);
@@ -125,6 +129,7 @@ struct Owner {
     releasing: Vec<Lease>,
     tx: watch::Sender<Owned>,
     changes: mpsc::UnboundedSender<Change>,
+    metrics: ClusterMetrics,
 }
 
 impl Owner {
@@ -186,6 +191,7 @@ impl Owner {
             .collect();
         for &partition in &gone {
             self.held.remove(&partition);
+            self.metrics.leases_lost.increment(1);
             tracing::warn!(partition, "partition lost");
         }
         // Out of the published set before anyone hears it is gone.
@@ -210,6 +216,7 @@ impl Owner {
             return;
         };
         let lease = self.held.remove(&partition).expect("held");
+        self.metrics.partitions_given_back.increment(1);
         // Out of the published set at once; out of the bucket once lapsed.
         self.publish();
         let _ = self.changes.send(Change::Gone(partition));
@@ -254,6 +261,7 @@ impl Owner {
             match self.leases.acquire(partition).await {
                 Ok(Some(lease)) => {
                     tracing::info!(partition, "partition taken");
+                    self.metrics.takeovers.increment(1);
                     // Announced before it is published (at the round's end).
                     let _ = self.changes.send(Change::Taken(partition));
                     self.held.insert(partition, lease);
@@ -274,6 +282,7 @@ impl Owner {
             .filter(|(_, l)| l.is_valid())
             .map(|(p, l)| (*p, l.valid_until()))
             .collect();
+        self.metrics.partitions_owned.set(owned.len() as f64);
         self.tx.send_if_modified(|current| {
             let changed = *current != owned;
             *current = owned;
@@ -284,6 +293,9 @@ impl Owner {
     /// A clean stop: give everything back, wait for the deadlines, release.
     async fn release_all(&mut self) {
         let held = std::mem::take(&mut self.held);
+        self.metrics
+            .partitions_given_back
+            .increment(held.len() as u64);
         self.publish();
         for &partition in held.keys() {
             let _ = self.changes.send(Change::Gone(partition));

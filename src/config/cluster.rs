@@ -37,6 +37,12 @@ pub struct ClusterConfig {
     /// PostgreSQL connection string of the audit trail (every event of the
     /// events stream, written once); empty: this gateway does not write it.
     pub audit_postgres: String,
+    /// Most events a dashboard resuming with `since` is sent from the events
+    /// stream when its `since` is older than the latest
+    /// `websocket.replay_capacity` events this gateway keeps in memory; a
+    /// dashboard further behind gets `missed` and a snapshot. 0: never read
+    /// from the stream.
+    pub since_from_stream_max: usize,
 }
 
 impl ClusterConfig {
@@ -96,6 +102,11 @@ impl ClusterConfig {
             (1..=5).contains(&self.replicas),
             "replicas",
             "must be 1-5 (the cluster's nodes, at most)",
+        );
+        check(
+            self.since_from_stream_max <= 10_000_000,
+            "since_from_stream_max",
+            "must be at most 10000000",
         );
         check(
             (1..=1_000_000).contains(&self.read_ahead),

@@ -9,12 +9,14 @@
 //! what the audit shows cannot drift apart.
 
 use crate::app::App;
-use crate::audit::Stored;
+use crate::audit::{Audit, Stored, Trail, TrailError, TrailQuery};
 use crate::core::{SessionChange, SessionEvent};
+use crate::engine::Engine;
 use crate::http::auth::{AuthError, Authenticator, Identity};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -134,30 +136,69 @@ async fn query(
 ) -> Result<(Vec<Stored>, bool), Response> {
     let max = app.config.audit.max_query_rows;
     let limit = limit.unwrap_or(max).clamp(1, max);
-    let Some(audit) = app.audit.clone() else {
+    let Some(trail) = app.trail.clone() else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "cluster mode: the audit trail is in PostgreSQL (its events table, see \
-             docs/cluster.md); this gateway does not answer /api queries yet",
+            "cluster mode without cluster.audit_postgres: this gateway has no audit trail \
+             to read (docs/cluster.md); ask a gateway that writes it",
         ));
     };
     // One more than asked for tells whether the answer was cut short.
-    let rows = tokio::task::spawn_blocking(move || {
-        audit.query(Some(kind), chair.as_deref(), from, to, limit + 1)
-    })
-    .await
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
-    .map_err(|e| {
+    let asked = TrailQuery {
+        kind,
+        chair,
+        from_ms: from,
+        to_ms: to,
+        limit: limit + 1,
+    };
+    let mut rows = trail.query(asked).await.map_err(|e| {
         tracing::error!(error = %e, "audit query failed");
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "audit trail query failed",
         )
     })?;
-    let mut rows = rows;
     let truncated = rows.len() > limit;
     rows.truncate(limit);
     Ok((rows, truncated))
+}
+
+/// A single gateway's audit trail: the SQLite file its journal writes, read
+/// off the runtime's workers; the sessions now from its engine.
+pub struct LocalTrail {
+    pub audit: Arc<Audit>,
+    pub engine: Engine,
+}
+
+impl Trail for LocalTrail {
+    fn query(&self, q: TrailQuery) -> BoxFuture<'static, Result<Vec<Stored>, TrailError>> {
+        let audit = self.audit.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                audit.query(
+                    Some(q.kind),
+                    q.chair.as_deref(),
+                    q.from_ms,
+                    q.to_ms,
+                    q.limit,
+                )
+            })
+            .await
+            .map_err(|e| TrailError(e.to_string()))?
+            .map_err(|e| TrailError(e.to_string()))
+        })
+    }
+
+    fn current_session(&self, chair: &str) -> Option<SessionEvent> {
+        self.engine.ward().chair(chair).map(|c| {
+            SessionEvent::new(
+                c.chair,
+                SessionChange::Phase,
+                &c.session,
+                c.session.applied_at,
+            )
+        })
+    }
 }
 
 pub async fn alarms(
@@ -210,14 +251,10 @@ pub async fn sessions(
     if let Some(refusal) = malformed(Some(&chair), q.from, q.to) {
         return refusal;
     }
-    let current = app.engine.ward().chair(&chair).map(|c| {
-        SessionEvent::new(
-            c.chair,
-            SessionChange::Phase,
-            &c.session,
-            c.session.applied_at,
-        )
-    });
+    let current = app
+        .trail
+        .as_ref()
+        .and_then(|trail| trail.current_session(&chair));
     let (rows, truncated) =
         match query(&app, "session", Some(chair.clone()), q.from, q.to, q.limit).await {
             Ok(r) => r,
