@@ -93,8 +93,8 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
         .as_array()
         .unwrap()
         .is_empty());
-    // Each gateway counts what it took and gave back; every partition it took
-    // was restored and read (the takeover time observed once per take).
+    // Each gateway counts what it took and gave back; every partition it holds
+    // was restored and read, and its takeover timed.
     for gateway in [&a, &b] {
         let addr = gateway.http_addr();
         common::eventually(
@@ -106,7 +106,11 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
                 let lost = m("vitalgate_cluster_leases_lost_total").await;
                 let timed = m("vitalgate_cluster_takeover_seconds_count").await;
                 let serving = m("vitalgate_cluster_partitions_serving").await;
-                owned > 0.0 && took - gave - lost == owned && timed == took && serving == owned
+                // A partition taken and gone before it was served is not timed.
+                owned > 0.0
+                    && took - gave - lost == owned
+                    && (owned..=took).contains(&timed)
+                    && serving == owned
             },
             "cluster metrics add up",
         )

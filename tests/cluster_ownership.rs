@@ -157,7 +157,7 @@ async fn gateways_share_the_partitions_and_take_over_from_a_dead_one() {
     let mut ever = std::collections::BTreeSet::new();
     while let Ok(change) = a.changes.try_recv() {
         match change {
-            Change::Taken(p) => {
+            Change::Taken(p, _) => {
                 assert!(held.insert(p), "p{p} taken twice without going");
                 ever.insert(p);
             }

@@ -31,7 +31,7 @@ use crate::engine::{Command, Processed, Reply, Stopped, NOT_JOURNALED};
 use crate::ingest::pipeline::{intake, Intake};
 use crate::ingest::{Devices, Topics};
 use crate::telemetry::ClusterMetrics;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -202,17 +202,13 @@ impl HandOver {
         first: Change,
         changes: &mut mpsc::UnboundedReceiver<Change>,
     ) -> Result<(), Stopped> {
-        // Ownership announces a take right after acquiring the lease, and this
-        // loop reads announcements before every message: this is (within one
-        // message's application) when the lease was acquired.
-        let started = tokio::time::Instant::now();
-        let (mut moved, mut taken) = (BTreeSet::new(), BTreeSet::new());
+        let (mut moved, mut taken) = (BTreeSet::new(), BTreeMap::new());
         let mut next = Some(first);
         while let Some(change) = next {
             match change {
-                Change::Taken(p) => {
+                Change::Taken(p, at) => {
                     moved.insert(p);
-                    taken.insert(p);
+                    taken.insert(p, at);
                 }
                 Change::Gone(p) => {
                     moved.insert(p);
@@ -227,6 +223,8 @@ impl HandOver {
         let partitions = self.partitions;
         let engine = &self.devices.engine;
         let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
+        let acquired = taken;
+        let taken: BTreeSet<u32> = acquired.keys().copied().collect();
         let gone = engine
             .ask(|reply| Command::HandOver {
                 which: Box::new(which),
@@ -238,13 +236,13 @@ impl HandOver {
             tracing::info!(chairs = gone, "chairs handed over with their partitions");
         }
         let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
-            self.settled(&taken, started);
+            self.settled(&acquired);
             return Ok(());
         };
         // Everything the previous owners published, before restoring from it.
         if let Err(e) = mirror.caught_up().await {
             tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms");
-            self.settled(&taken, started);
+            self.settled(&acquired);
             return Ok(());
         }
         let now = mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions)));
@@ -276,19 +274,19 @@ impl HandOver {
             alarms,
             "partitions taken over: sessions and open alarms restored"
         );
-        self.settled(&taken, started);
+        self.settled(&acquired);
         Ok(())
     }
 
-    /// The partitions `taken` (since `started`) are the engine's now.
-    fn settled(&self, taken: &BTreeSet<u32>, started: tokio::time::Instant) {
-        self.ready.send_modify(|ready| ready.extend(taken));
+    /// The partitions `acquired` (with when their leases were) are the
+    /// engine's now.
+    fn settled(&self, acquired: &BTreeMap<u32, tokio::time::Instant>) {
+        self.ready
+            .send_modify(|ready| ready.extend(acquired.keys()));
         let serving = self.ready.borrow().len();
         self.metrics.partitions_serving.set(serving as f64);
-        for _ in taken {
-            self.metrics
-                .takeover
-                .record(started.elapsed().as_secs_f64());
+        for at in acquired.values() {
+            self.metrics.takeover.record(at.elapsed().as_secs_f64());
         }
     }
 }

@@ -18,7 +18,7 @@ use super::events::{AT_HEADER, CHAIR_HEADER, EVENTS_STREAM, ID_HEADER, KIND_HEAD
 use super::mirror::Mirror;
 use super::ClusterError;
 use crate::audit::{Stored, Trail, TrailError, TrailQuery};
-use crate::core::SessionEvent;
+use crate::core::{SessionChange, SessionEvent};
 use crate::protocol;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::AckKind;
@@ -259,8 +259,12 @@ impl Trail for PgTrail {
         })
     }
 
+    /// As a single gateway says it: the session as a phase event.
     fn current_session(&self, chair: &str) -> Option<SessionEvent> {
-        self.mirror.chairs(|c| c == chair).sessions.pop()
+        let mut session = self.mirror.chairs(|c| c == chair).sessions.pop()?;
+        session.change = SessionChange::Phase;
+        session.previous = None;
+        Some(session)
     }
 }
 

@@ -16,7 +16,6 @@
 //!   `no_owner` at once and may send it again; with no answer in time, `no_answer`
 //!   (the command may or may not have been applied).
 
-use super::events::EVENTS_STREAM;
 use super::feed::Feed;
 use super::mirror::{Earlier, Mirror};
 use super::ownership::Owned;
@@ -46,8 +45,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(12);
 const SINCE_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest a dashboard resuming further back than this gateway keeps in memory
-/// waits for its events from the stream.
-const STREAM_READ_LIMIT: Duration = Duration::from_secs(10);
+/// waits for its events from the stream (its turn included).
+const STREAM_READ_LIMIT: Duration = Duration::from_secs(30);
+/// Dashboards' reads from the stream at once, per gateway: each holds its
+/// events in memory until they are sent.
+const STREAM_READERS: usize = 2;
 
 /// A command on its way to the chair's owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -320,9 +322,11 @@ impl Partition {
 }
 
 /// The events of `scope` after `since` up to the last one `mirror` has read,
-/// from the events stream: `None` if that is more than `max` events, if the
-/// stream no longer holds them all, or if they cannot be read within
-/// [`STREAM_READ_LIMIT`] (the dashboard then gets `missed` and a snapshot).
+/// from the events stream: `None` if `since` is not before that, if that is
+/// more than `max` events, if the stream no longer holds them all, or if they
+/// cannot be read within [`STREAM_READ_LIMIT`] (the dashboard then gets
+/// `missed` and a snapshot). At most [`STREAM_READERS`] such reads run at once
+/// per gateway (dashboards of a lost gateway all come at once).
 async fn from_stream(
     client: async_nats::Client,
     mirror: &Mirror,
@@ -330,19 +334,26 @@ async fn from_stream(
     since: u64,
     max: usize,
 ) -> Option<Earlier> {
+    static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(STREAM_READERS);
     let upto = mirror.read_up_to();
-    if upto.saturating_sub(since) > max as u64 {
+    if since >= upto || upto - since > max as u64 {
         return None;
     }
     let js = async_nats::jetstream::new(client);
     let read = async {
-        let mut stream = js.get_stream(EVENTS_STREAM).await.ok()?;
-        let first_kept = stream.info().await.ok()?.state.first_sequence;
-        if since + 1 < first_kept {
-            return None;
+        let _turn = READERS.acquire().await.ok()?;
+        // Every sequence is read (and checked), out-of-scope ones skipped
+        // here: a single site's subject would not show where `upto` is.
+        let mut feed = Feed::open_every_site(&js, scope.clone(), since)
+            .await
+            .ok()?;
+        match feed.read_until(upto).await {
+            Ok(events) => Some(events),
+            Err(e) => {
+                tracing::info!(since, upto, error = %e, "a dashboard's missed events are not all in the stream");
+                None
+            }
         }
-        let mut feed = Feed::open(&js, scope.clone(), since).await.ok()?;
-        feed.read_until(upto).await.ok()
     };
     match tokio::time::timeout(STREAM_READ_LIMIT, read).await {
         Ok(Some(events)) => Some(Earlier {

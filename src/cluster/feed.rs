@@ -89,6 +89,26 @@ impl Feed {
             Some(site) => format!("{EVENTS_PREFIX}.{site}"),
             None => format!("{EVENTS_PREFIX}.>"),
         };
+        Feed::start(js, scope, since, filter_subject).await
+    }
+
+    /// As [`Feed::open`], reading every site's events and skipping those out
+    /// of scope here: every stream sequence is read, so [`Feed::read_until`]
+    /// can tell where it is and whether one is missing.
+    pub async fn open_every_site(
+        js: &Context,
+        scope: SiteScope,
+        since: u64,
+    ) -> Result<Feed, FeedError> {
+        Feed::start(js, scope, since, format!("{EVENTS_PREFIX}.>")).await
+    }
+
+    async fn start(
+        js: &Context,
+        scope: SiteScope,
+        since: u64,
+        filter_subject: String,
+    ) -> Result<Feed, FeedError> {
         let mut feed = Feed {
             js: js.clone(),
             scope,
@@ -146,15 +166,22 @@ impl Feed {
         }
     }
 
-    /// The events in scope from the last one read up to stream sequence
-    /// `upto`, which the stream must hold (an event already stored). Waits
-    /// as [`Feed::next`] does.
+    /// The events in scope after the last one read up to stream sequence
+    /// `upto` (an event already stored), from a feed opened with
+    /// [`Feed::open_every_site`]: fails on a sequence missing (removed from
+    /// the stream by its limits). Waits as [`Feed::next`] does.
     pub async fn read_until(&mut self, upto: u64) -> Result<Vec<StreamEvent>, FeedError> {
         let mut events = Vec::new();
         while self.last < upto {
-            if let Some(event) = self.next_read().await? {
-                events.push(event);
+            let expected = self.last + 1;
+            let event = self.next_read().await?;
+            if self.last != expected {
+                return Err(FeedError::Read(format!(
+                    "event {expected} is no longer in the stream (read {} next)",
+                    self.last
+                )));
             }
+            events.extend(event);
         }
         Ok(events)
     }

@@ -5,8 +5,8 @@
 //! there is no broker here. Dashboards connect to any gateway
 //! ([`super::dashboards`]), and get live vitals of every chair: each gateway
 //! sends its chairs' on NATS ([`LIVE_PREFIX`]); `/ready` lists the partitions
-//! held; `/api` answers 503 (the audit trail is PostgreSQL's, `[cluster]
-//! audit_postgres`).
+//! held; `/api` reads the audit trail in PostgreSQL (`[cluster]
+//! audit_postgres`; 503 on a gateway without it).
 
 use super::audit_pg::{self, PgAudit, PgTrail};
 use super::dashboards::{serve_commands, ClusterBackend};

@@ -52,9 +52,9 @@ pub struct OwnershipSettings {
 /// happened (never coalesced, unlike [`Owned`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// Acquired: announced before the partition appears in [`Owned`], so
-    /// before any of its messages are read.
-    Taken(u32),
+    /// Acquired (at the instant given): announced before the partition
+    /// appears in [`Owned`], so before any of its messages are read.
+    Taken(u32, Instant),
     /// Lost, lapsed or given back: announced once it has left [`Owned`].
     Gone(u32),
 }
@@ -263,7 +263,7 @@ impl Owner {
                     tracing::info!(partition, "partition taken");
                     self.metrics.takeovers.increment(1);
                     // Announced before it is published (at the round's end).
-                    let _ = self.changes.send(Change::Taken(partition));
+                    let _ = self.changes.send(Change::Taken(partition, Instant::now()));
                     self.held.insert(partition, lease);
                 }
                 Ok(None) => {}
