@@ -1,104 +1,54 @@
-//! The failure script, in one process: three gateways (each on a runtime and
-//! thread of its own, so that one can be crashed or frozen whole) on a 3-node
-//! NATS cluster, twelve chairs publishing at 5 Hz with a breach every three
-//! seconds. One gateway crashes (its runtime dropped: no lease given back),
-//! then a NATS node is killed, then another gateway freezes past its lease and
-//! wakes. Afterwards, in the events stream: every breach whose deciding
-//! readings NATS acknowledged to the device is alarmed once and cleared once,
-//! in order; nothing is alarmed twice; and alarms flowed again within the lease
-//! time and 2 s of whatever stopped them.
+//! The failure script: three gateways (`vitalgate` processes in cluster mode)
+//! on a 3-node NATS cluster and PostgreSQL, twelve chairs publishing at 5 Hz
+//! with a breach every three seconds, a nurse-station dashboard on each
+//! gateway. One gateway is killed (SIGKILL), then a NATS node, then another
+//! gateway is frozen (SIGSTOP) past its lease and woken. Afterwards:
+//! - in the events stream, every breach whose deciding readings NATS
+//!   acknowledged to the device is alarmed once and cleared once, in order;
+//!   nothing is alarmed twice; alarms flowed again within the lease time and
+//!   2 s of whatever stopped them;
+//! - every dashboard received every alarm event after its first snapshot
+//!   exactly once and in `seq` order, moving to another gateway with its
+//!   `since` when its own was lost or frozen (never told `missed`);
+//! - PostgreSQL holds every alarm event of the stream once.
 //!
 //! A reading the device published but NATS never acknowledged (its listener
 //! does not answer a publish it could not store while its stream's leader
 //! moves; an MQTT 3.1.1 device sends it again only when it reconnects) may or
 //! may not have been kept: the episodes it decides may be alarmed, never twice.
 //!
-//! Run with `cargo test --test cluster_failover -- --ignored --nocapture`
-//! (RUST_LOG=vitalgate=info shows each gateway's leases by thread name).
+//! Each gateway's log is in the test's directory (printed on failure; set
+//! `RUST_LOG` for more than `vitalgate=info`).
 
 mod common;
 
+use common::cluster_script::{self, GatewayProcess};
 use common::nats::{NatsCluster, PARTITIONS};
-use vitalgate::cluster::lease::LeaseTimes;
-
-/// Leases longer than a NATS stream's leader takes to move after its node is
-/// lost (4 to 9 s, tests/cluster_nats.rs), so that the node's loss does not
-/// take every partition from every member.
-const LEASE: LeaseTimes = LeaseTimes {
-    ttl: Duration::from_secs(10),
-    margin: Duration::from_secs(2),
-};
+use common::pg::TestDb;
 use common::publisher::Publisher;
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use vitalgate::access::SiteScope;
 use vitalgate::cluster::feed::Feed;
-use vitalgate::cluster::member;
-use vitalgate::cluster::ownership::Owned;
 
-enum Control {
-    /// Block the gateway's whole runtime for this long (as SIGSTOP would).
-    Freeze(Duration),
-    /// Drop the runtime with everything on it (as kill -9 would).
-    Crash,
-}
+/// The shipped lease (10 s): longer than a NATS stream's leader takes to move
+/// after its node is lost (4 to 9 s, tests/cluster_nats.rs), so that the
+/// node's loss does not take every partition from every gateway.
+const LEASE: Duration = Duration::from_secs(10);
 
-struct Gateway {
-    owned: watch::Receiver<Owned>,
-    control: mpsc::UnboundedSender<Control>,
-}
-
-/// Gateway `name` on a thread and current-thread runtime of its own.
-async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
-    let servers = nats.urls();
-    let name = name.to_string();
-    let (ready_tx, ready) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let settings = member::MemberSettings {
-                    lease: LEASE,
-                    ..common::nats::member_settings(servers, &name)
-                };
-                let checks = common::nats::device_checks();
-                let member = member::start(
-                    &settings,
-                    common::nats::engine_parts(&name),
-                    checks,
-                    member::Outlets {
-                        engine: Arc::new(common::nats::Nowhere),
-                        dashboards: None,
-                    },
-                    |journal| Box::new(journal),
-                    None,
-                )
-                .await
-                .unwrap();
-                let (control_tx, mut control) = mpsc::unbounded_channel();
-                let _ = ready_tx.send(Gateway {
-                    owned: member.owned.clone(),
-                    control: control_tx,
-                });
-                while let Some(order) = control.recv().await {
-                    match order {
-                        Control::Freeze(how_long) => std::thread::sleep(how_long),
-                        Control::Crash => break,
-                    }
-                }
-            });
-            // Dropping the runtime here ends every task without a goodbye.
-        })
-        .unwrap();
-    ready.await.expect("the gateway started")
+/// A gateway's config: [`cluster_script::gateway_config`], whose lease is
+/// the shipped one.
+fn config(nats: &NatsCluster, name: &str, audit: &TestDb) -> vitalgate::Config {
+    let c = cluster_script::gateway_config(nats, name, audit);
+    assert_eq!(
+        c.cluster.lease_ms,
+        LEASE.as_millis() as u64,
+        "the shipped lease"
+    );
+    c
 }
 
 /// Readings of chair `c` at 5 Hz: SpO2 85 for the first second of every three
@@ -241,43 +191,52 @@ impl Expected {
 }
 
 #[tokio::test]
-#[ignore = "80 s of three gateways and three NATS nodes: run by hand (module doc)"]
 async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
-    // What each gateway did, by thread name, with RUST_LOG (e.g. vitalgate=info).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_thread_names(true)
-        .with_test_writer()
-        .try_init();
     let mut nats = NatsCluster::start(3).await;
     // The MQTT listener's stream exists once a first MQTT client connected.
     drop(common::Device::connect("127.0.0.1", nats.nodes[0].mqtt_port).await);
-    let g1 = gateway(&nats, "gw-1").await;
-    let g2 = gateway(&nats, "gw-2").await;
-    let g3 = gateway(&nats, "gw-3").await;
+    let audit = TestDb::create().await;
+    let dir = std::env::temp_dir().join(common::unique("vitalgate-failover"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut gateways = Vec::new();
+    for name in ["gw-1", "gw-2", "gw-3"] {
+        gateways.push(GatewayProcess::start(config(&nats, name, &audit), &dir).await);
+    }
+    let logs = |gateways: &[GatewayProcess]| {
+        gateways
+            .iter()
+            .map(|g| format!("--- {} ---\n{}", g.name, g.log_tail(60)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     // The first gateway up takes every partition and gives them back one a
     // round as the others come, each free once its lease's deadline passed.
     let share = PARTITIONS.div_ceil(3) as usize;
     let shared_by = Instant::now() + Duration::from_secs(60);
     loop {
-        let held: Vec<usize> = [&g1, &g2, &g3]
-            .iter()
-            .map(|g| g.owned.borrow().len())
-            .collect();
+        let mut held = Vec::new();
+        for g in &gateways {
+            held.push(g.partitions().await.map_or(0, |p| p.len()));
+        }
         if held.iter().sum::<usize>() == PARTITIONS as usize && held.iter().all(|&n| n <= share) {
             println!("partitions held: {held:?}");
             break;
         }
-        assert!(
-            Instant::now() < shared_by,
-            "partitions not shared out: {held:?}"
-        );
+        if Instant::now() > shared_by {
+            panic!("partitions not shared out: {held:?}\n{}", logs(&gateways));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let js = vitalgate::cluster::connect(&nats.urls(), "watcher")
         .await
         .unwrap();
     let mut feed = Feed::open(&js, SiteScope::all(), 0).await.unwrap();
+    // A nurse station on each gateway.
+    let stop_watching = CancellationToken::new();
+    let addrs: Vec<_> = gateways.iter().map(|g| g.http).collect();
+    let dashboards: Vec<_> = (0..gateways.len())
+        .map(|i| cluster_script::dashboard(addrs.clone(), i, stop_watching.clone()))
+        .collect();
 
     // Devices publish through node 2, which is never killed.
     let chairs = 12u64;
@@ -288,7 +247,8 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
         Publisher::connect_resending(nats.nodes[1].mqtt_port, Duration::from_secs(5)).await;
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let (mut crashed, mut killed, mut frozen) = (false, false, false);
+    let (mut crashed, mut killed, mut frozen, mut thawed) = (false, false, false, false);
+    let freeze_at = Duration::from_secs(27);
     let mut sent: Vec<Sent> = Vec::new();
     let mut seq = 0u64;
     // Until the last episode has ended: 97 until its cycle is over.
@@ -296,18 +256,21 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
         tick.tick().await;
         let at = started.elapsed();
         if !crashed && at >= Duration::from_secs(3) {
-            g1.control.send(Control::Crash).unwrap();
+            gateways[0].kill();
             crashed = true;
         }
         if !killed && at >= Duration::from_secs(15) {
             nats.kill(2);
             killed = true;
         }
-        if !frozen && at >= Duration::from_secs(27) {
-            g2.control
-                .send(Control::Freeze(LEASE.ttl + Duration::from_secs(2)))
-                .unwrap();
+        if !frozen && at >= freeze_at {
+            gateways[1].freeze(true);
             frozen = true;
+        }
+        // Past its lease, as a long pause would.
+        if !thawed && at >= freeze_at + LEASE + Duration::from_secs(2) {
+            gateways[1].freeze(false);
+            thawed = true;
         }
         for chair in 1..=chairs {
             let spo2 = if breaching(seq) { 85 } else { 97 };
@@ -331,6 +294,7 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
     let expected = Expected::of(&sent, &acked);
 
     let mut events: BTreeMap<u64, Vec<(String, u64, u64)>> = BTreeMap::new();
+    let mut stream_alarms: Vec<u64> = Vec::new();
     let (mut got, needed) = (0usize, expected.minimum());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -344,7 +308,12 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
         let Ok(event) = tokio::time::timeout(left, feed.next()).await else {
             break;
         };
-        let frame: serde_json::Value = serde_json::from_str(event.unwrap().frame.as_str()).unwrap();
+        let event = event.unwrap();
+        if event.kind != "alarm" {
+            continue;
+        }
+        stream_alarms.push(event.seq);
+        let frame: serde_json::Value = serde_json::from_str(event.frame.as_str()).unwrap();
         let state = frame["state"].as_str().unwrap();
         if frame["kind"] == "physiological" && (state == "raised" || state == "cleared") {
             got += 1;
@@ -358,19 +327,54 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
             ));
         }
     }
-    let (wrong, slowest) = expected.check(&sent, &events);
+    let (mut wrong, slowest) = expected.check(&sent, &events);
     // Alarms flow again within the lease time and 2 s of whatever stopped them.
-    let target = LEASE.ttl + Duration::from_secs(2);
-    assert!(
-        slowest <= target,
-        "a breach alarmed {slowest:?} after it began, beyond {target:?}"
-    );
+    let target = LEASE + Duration::from_secs(2);
+    if slowest > target {
+        wrong.push(format!(
+            "a breach alarmed {slowest:?} after it began, beyond {target:?}"
+        ));
+    }
+
+    // Every dashboard: every alarm event after its first snapshot, once, in order.
+    stop_watching.cancel();
+    for (i, dashboard) in dashboards.into_iter().enumerate() {
+        let watched = dashboard.await.unwrap();
+        println!("dashboard {i}: connected to gateways {:?}", watched.moves);
+        let first = watched.first.unwrap_or(u64::MAX);
+        let owed: Vec<u64> = stream_alarms
+            .iter()
+            .copied()
+            .filter(|s| *s > first)
+            .collect();
+        if watched.alarms != owed {
+            let got: HashSet<u64> = watched.alarms.iter().copied().collect();
+            let lacking: Vec<u64> = owed.iter().copied().filter(|s| !got.contains(s)).collect();
+            wrong.push(format!(
+                "dashboard {i} (from seq {first}): {} alarm frames, {} owed; lacking {lacking:?}",
+                watched.alarms.len(),
+                owed.len()
+            ));
+        }
+        wrong.extend(watched.wrong.iter().map(|w| format!("dashboard {i}: {w}")));
+    }
+
+    // PostgreSQL: every alarm event of the stream, once.
+    let audited = audit
+        .wait_for_alarms(&stream_alarms, Duration::from_secs(60))
+        .await;
+    if audited != stream_alarms {
+        wrong.push(format!(
+            "PostgreSQL holds {} alarm events, the stream {}",
+            audited.len(),
+            stream_alarms.len()
+        ));
+    }
     assert!(
         wrong.is_empty(),
-        "{} of {needed} events owed came; wrong:\n{}",
-        got,
-        wrong.join("\n")
+        "{got} of {needed} events owed came; wrong:\n{}\n{}",
+        wrong.join("\n"),
+        logs(&gateways)
     );
-    let _ = g3.control.send(Control::Crash);
-    let _ = g2.control.send(Control::Crash);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::cluster_script::gateway_config;
 use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
 use common::pg::TestDb;
 use common::Dashboard;
@@ -16,20 +17,13 @@ use tokio::time::Instant;
 use vitalgate::cluster::gateway::ClusterGateway;
 use vitalgate::Config;
 
-/// A gateway's config: cluster mode on `nats`, short test leases, the shared
-/// test rules, HTTP on an ephemeral port, the audit trail in `audit`.
+/// A gateway's config ([`gateway_config`]) with short test leases.
 fn config(nats: &NatsCluster, name: &str, audit: &TestDb) -> Config {
-    let (mut c, _) = common::test_config();
-    common::simple_rules(&mut c);
+    let mut c = gateway_config(nats, name, audit);
     let k = &mut c.cluster;
-    k.enabled = true;
-    k.servers = nats.urls();
-    k.name = name.to_string();
-    k.partitions = PARTITIONS;
     k.lease_ms = LEASE_TIMES.ttl.as_millis() as u64;
     k.lease_margin_ms = LEASE_TIMES.margin.as_millis() as u64;
     k.round_ms = OWNERSHIP.round.as_millis() as u64;
-    k.audit_postgres = audit.url();
     c
 }
 
@@ -238,32 +232,12 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     assert_eq!(after, expected);
 
     // Both gateways write the audit trail: every event once, under its `seq`.
-    let (client, connection) = tokio_postgres::connect(&audit.url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let mut seqs: Vec<u64> = raised[0].iter().map(|(seq, _, _)| *seq).collect();
     seqs.push(acked_b["seq"].as_u64().unwrap());
     seqs.sort_unstable();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rows = client
-            .query(
-                "SELECT seq FROM events WHERE kind = 'alarm' ORDER BY seq",
-                &[],
-            )
-            .await
-            .unwrap();
-        let stored: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
-        if stored == seqs {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "audit holds {stored:?}, not {seqs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let stored = audit.wait_for_alarms(&seqs, Duration::from_secs(30)).await;
+    assert_eq!(stored, seqs, "the audit trail's alarm events");
 
     // `/api` on any gateway reads it, the frames numbered as dashboards got them.
     let (status, body) = common::http_get(b.http_addr(), "/api/alarms").await;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster_script;
 pub mod nats;
 pub mod pg;
 pub mod pki;

@@ -40,6 +40,32 @@ impl Drop for TestDb {
     }
 }
 
+impl TestDb {
+    /// Wait, at most `within`, until the audit trail's alarm events are those of
+    /// stream sequences `seqs` (ascending); the sequences it holds at the end.
+    pub async fn wait_for_alarms(&self, seqs: &[u64], within: std::time::Duration) -> Vec<u64> {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let rows = client
+                .query(
+                    "SELECT seq FROM events WHERE kind = 'alarm' ORDER BY seq",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let stored: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
+            if stored == seqs || tokio::time::Instant::now() > deadline {
+                return stored;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 pub async fn admin(sql: &str) {
     let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
         .await
