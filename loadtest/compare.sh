@@ -14,6 +14,12 @@
 #      a queue and a writer task per dashboard. What vitalgate adds to it is its own.
 #      FANOUT_ARGS=--direct: the floor writes every socket from the task that takes
 #      the readings instead (no queue or task per dashboard).
+#   cluster1, cluster2, cluster3 (not run unless named in CONTENDERS): vitalgate in
+#      cluster mode, `vitalgate-loadtest --cluster N`: a 3-node NATS cluster (JetStream,
+#      replicas 3, MQTT listeners; NATS_SERVER or nats-server 2.10+ on the PATH) and N
+#      gateways, publishers spread over the nodes, dashboards over the gateways. CPU is
+#      the gateways' together, NATS's in its own column: the cost of replication
+#      beside single-node vitalgate.
 #   baseline (not run unless named in CONTENDERS): another vitalgate binary,
 #      BASELINE_BIN (e.g. a build of an earlier commit), run exactly as vitalgate is:
 #      a change measured against the code before it, in the same run.
@@ -25,6 +31,7 @@
 #   RATES="1000 5000" DURATION=30s DASHBOARDS=20 loadtest/compare.sh
 #   CONTENDERS="floor vitalgate" loadtest/compare.sh     # without Node-RED
 #   CONTENDERS="fanout vitalgate" RATES=10000 DASHBOARDS=1000 BREACH_EVERY=300s loadtest/compare.sh
+#   CONTENDERS="vitalgate cluster1 cluster2 cluster3" RATES="1000 2000" loadtest/compare.sh
 #   REPORT_ONLY=1 MAX_P99_MS=100 RATES="..." loadtest/compare.sh  # re-judge saved runs
 #
 # Writes one JSON report per run under $OUT (floor-R.json, nodered-R.json,
@@ -238,11 +245,14 @@ for rate in $RATES; do
       vitalgate)
         echo "== $rate readings/s: vitalgate, $DASHBOARDS dashboards"
         run "vitalgate-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" ;;
+      cluster[1-9])
+        echo "== $rate readings/s: cluster mode, ${who#cluster} gateway(s), $DASHBOARDS dashboards"
+        run "$who-$rate" "${common[@]}" --cluster "${who#cluster}" --dashboards "$DASHBOARDS" ;;
       baseline)
         echo "== $rate readings/s: baseline ${BASELINE_BIN:?set BASELINE_BIN}, $DASHBOARDS dashboards"
         run "baseline-$rate" "${common[@]}" --broker mosquitto --dashboards "$DASHBOARDS" \
           --vitalgate-bin "$BASELINE_BIN" ;;
-      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, fanout, vitalgate, baseline)"; exit 3 ;;
+      *) echo "unknown contender '$who' in CONTENDERS (floor, nodered, fanout, vitalgate, clusterN, baseline)"; exit 3 ;;
     esac
   done
 done
@@ -252,6 +262,7 @@ import json, sys
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
 names = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate",
          "baseline": "baseline"}
+names.update({f"cluster{n}": f"cluster, {n} gw" for n in range(1, 10)})
 short = dict(names, fanout="fan-out")  # in the ratio rows
 
 def kept_up(r):
@@ -273,7 +284,7 @@ def kept_up(r):
 
 print()
 print(f"{'readings/s':>10} {'who':<18} {'sent/s':>8} {'lost':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-      f"{'max ms':>9} {'CPU %':>6} {'RSS MiB':>8}  kept up   (latency from intended send)")
+      f"{'max ms':>9} {'CPU %':>6} {'RSS MiB':>8} {'NATS %':>6}  kept up   (latency from intended send)")
 ok = {who: {} for who in contenders}
 for rate in rates:
     rows = {}
@@ -290,9 +301,11 @@ for rate in rates:
         rows[who] = l
         cpu = r["gateway_cpu_percent"]
         rss = r["gateway_max_rss_mib"]
+        nats = r.get("nats_cpu_percent")
         print(f"{rate:>10} {names[who]:<18} {r['achieved_readings_per_s']:>8.0f} {r['breach_deliveries_lost']:>6} "
               f"{l['p50_ms']:>8.3f} {l['p99_ms']:>8.3f} {l['p999_ms']:>9.3f} {l['max_ms']:>9.3f} "
-              f"{'' if cpu is None else f'{cpu:.0f}':>6} {'' if rss is None else f'{rss:.1f}':>8}  "
+              f"{'' if cpu is None else f'{cpu:.0f}':>6} {'' if rss is None else f'{rss:.1f}':>8} "
+              f"{'' if nats is None else f'{nats:.0f}':>6}  "
               f"{'yes' if why is None else 'NO: ' + why}")
     for other in ("floor", "fanout", "nodered", "baseline"):
         if "vitalgate" in rows and other in rows and rows[other]["p50_ms"] > 0:
@@ -301,6 +314,11 @@ for rate in rates:
                 "  (a run did not keep up: latency of what arrived)"
             print(f"{'':>10} {'vitalgate/' + short[other]:<18} {'':>8} {'':>6} {v['p50_ms']/o['p50_ms']:>8.2f} "
                   f"{v['p99_ms']/max(o['p99_ms'],1e-9):>8.2f} {v['p999_ms']/max(o['p999_ms'],1e-9):>9.2f}{note}")
+    for who in (w for w in contenders if w.startswith("cluster")):
+        if who in rows and "vitalgate" in rows and rows["vitalgate"]["p50_ms"] > 0:
+            c, v = rows[who], rows["vitalgate"]
+            print(f"{'':>10} {who + '/vitalgate':<18} {'':>8} {'':>6} {c['p50_ms']/v['p50_ms']:>8.2f} "
+                  f"{c['p99_ms']/max(v['p99_ms'],1e-9):>8.2f} {c['p999_ms']/max(v['p999_ms'],1e-9):>9.2f}")
 
 print(f"\nSustainable rate (highest rate in RATES up to which every run kept up: nothing lost, "
       f">= 99 % of target sent, p99 <= {max_p99:.0f} ms):")
@@ -315,5 +333,5 @@ for who in contenders:
         text += " (the highest tried)"
     print(f"  {names[who]:<13} {text}")
 print("\nCPU % (of one core) and RSS are the broker's for the floor, Node-RED's (node), the fan-out\n"
-      "floor's and the gateway's.")
+      "floor's and the gateway's (a cluster's gateways together; NATS % its three nodes together).")
 PY

@@ -70,6 +70,12 @@ pub struct Args {
     /// depends on (VITALGATE_HTTP__BIND, VITALGATE_AUDIT__PATH, VITALGATE_MQTT__*)
     /// breaks the run. Given here rather than in the harness's environment (which
     /// the gateway inherits too), it is recorded in the report's command.
+    /// Cluster mode: start a 3-node NATS cluster (JetStream and MQTT; NATS 2.10 or
+    /// later, `NATS_SERVER` or `nats-server` on the PATH) and this many gateways in
+    /// cluster mode on it. Publishers spread over the nodes' MQTT listeners,
+    /// dashboards over the gateways.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16), conflicts_with_all = ["gateway", "floor"])]
+    pub cluster: Option<u16>,
     #[arg(long = "gateway-env", value_name = "KEY=VALUE", value_parser = parse_env_var, conflicts_with_all = ["gateway", "floor"])]
     pub gateway_env: Vec<(String, String)>,
     /// After the last publish, wait at most this long for alarms in flight.

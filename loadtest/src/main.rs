@@ -8,6 +8,7 @@
 //! duplicated, 2 an SLO was missed, 3 the run could not be set up.
 
 mod args;
+mod cluster;
 mod dashboards;
 mod devices;
 mod floor;
@@ -152,6 +153,13 @@ async fn run(args: Args) -> Result<Report> {
             args.topic_prefix.clone(),
             args.gateway_pid,
         )?,
+        None if args.cluster.is_some() => Target::start_cluster(
+            args.cluster.unwrap_or(1).into(),
+            args.vitalgate_bin.clone(),
+            &[gateway_env(args.chairs), args.gateway_env.clone()].concat(),
+        )
+        .await
+        .context("starting the cluster")?,
         None => Target::start(
             args.broker.clone(),
             args.vitalgate_bin.clone(),
@@ -202,7 +210,7 @@ async fn run(args: Args) -> Result<Report> {
             permit,
         };
         dashboards.push(tokio::spawn(dashboards::watch_alarms(
-            target.http,
+            target.dashboard_http(i),
             setup,
             log.clone(),
             dash_stats.clone(),
@@ -219,7 +227,19 @@ async fn run(args: Args) -> Result<Report> {
     let stuck: Vec<_> = (0..if args.floor { 0 } else { args.stuck })
         .map(|_| tokio::spawn(dashboards::stuck(target.http, stop_rx.clone())))
         .collect();
-    let mut sampler = target.pid.and_then(ProcSampler::start);
+    let mut gateways: Vec<ProcSampler> = target
+        .gateway_pids()
+        .into_iter()
+        .filter_map(ProcSampler::start)
+        .collect();
+    let mut nats: Vec<ProcSampler> = target
+        .cluster
+        .as_ref()
+        .map(|c| c.nats_pids.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(ProcSampler::start)
+        .collect();
     // The harness's own share of the machine it shares with what it measures.
     let mut own = ProcSampler::start(std::process::id());
     let start = Instant::now() + Duration::from_millis(200);
@@ -252,7 +272,7 @@ async fn run(args: Args) -> Result<Report> {
         }
         publishers.push(tokio::spawn(devices::publish(
             id,
-            target.broker.clone(),
+            target.broker_for(id),
             chairs,
             plan.clone(),
             log.clone(),
@@ -320,14 +340,18 @@ async fn run(args: Args) -> Result<Report> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if let Some(s) = sampler.as_mut() {
+    for s in gateways.iter_mut().chain(nats.iter_mut()) {
         s.sample();
     }
     if let Some(s) = own.as_mut() {
         s.sample();
     }
-    let cpu = sampler.as_ref().map(|s| s.cpu_percent());
-    let rss = sampler.as_ref().map(|s| s.max_rss_kib as f64 / 1024.0);
+    let sum = |of: &[ProcSampler], f: &dyn Fn(&ProcSampler) -> f64| {
+        (!of.is_empty()).then(|| of.iter().map(f).sum::<f64>())
+    };
+    let cpu = sum(&gateways, &|s| s.cpu_percent());
+    let rss = sum(&gateways, &|s| s.max_rss_kib as f64 / 1024.0);
+    let nats_cpu = sum(&nats, &|s| s.cpu_percent());
     progress.abort();
     stop_tx.send_replace(true);
     let mut seen: Vec<Seen> = Vec::new();
@@ -435,6 +459,8 @@ async fn run(args: Args) -> Result<Report> {
         vitals_latency_from_sent: Latency::of(&vit_s),
         gateway_cpu_percent: cpu,
         gateway_max_rss_mib: rss,
+        cluster_gateways: args.cluster.map(usize::from),
+        nats_cpu_percent: nats_cpu,
         harness_cpu_percent: own.as_ref().map(|s| s.cpu_percent()),
         storm,
         slo_failures,

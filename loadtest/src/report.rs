@@ -68,8 +68,15 @@ pub struct Report {
     pub vitals_frames: u64,
     pub vitals_latency_from_intended: Latency,
     pub vitals_latency_from_sent: Latency,
+    /// Of every gateway together (with --cluster: summed, RSS too).
     pub gateway_cpu_percent: Option<f64>,
     pub gateway_max_rss_mib: Option<f64>,
+    /// With --cluster: the gateways started on the NATS cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_gateways: Option<usize>,
+    /// With --cluster: the three NATS nodes' CPU together (of one core).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_cpu_percent: Option<f64>,
     /// This harness's own CPU over the same interval (of one core): publishers,
     /// dashboards and bookkeeping, on the machine the gateway runs on.
     pub harness_cpu_percent: Option<f64>,
@@ -160,8 +167,15 @@ impl Report {
         }
         if let (Some(cpu), Some(rss)) = (self.gateway_cpu_percent, self.gateway_max_rss_mib) {
             println!();
-            let who = if self.floor { "broker" } else { "gateway" };
+            let who = match (self.floor, self.cluster_gateways) {
+                (true, _) => "broker".to_string(),
+                (false, None) => "gateway".to_string(),
+                (false, Some(n)) => format!("{n} gateway(s) together"),
+            };
             println!("{who}: {cpu:.0} % CPU (of one core), max RSS {rss:.1} MiB");
+        }
+        if let Some(cpu) = self.nats_cpu_percent {
+            println!("NATS cluster (3 nodes): {cpu:.0} % CPU (of one core)");
         }
         if let Some(cpu) = self.harness_cpu_percent {
             println!("harness: {cpu:.0} % CPU (of one core)");

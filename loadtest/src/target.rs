@@ -1,6 +1,7 @@
 //! The system under test: a vitalgate this harness starts (with the embedded broker,
 //! a private tuned Mosquitto, or an existing broker), or one already running.
 
+use crate::cluster::Cluster;
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -52,6 +53,8 @@ pub struct Target {
     /// The gateway's MQTT client id, whose persistent session is removed afterwards
     /// from a shared broker.
     pub session_to_purge: Option<String>,
+    /// With `--cluster`: the NATS cluster and its gateways.
+    pub cluster: Option<Cluster>,
 }
 
 fn free_port() -> Result<u16> {
@@ -134,6 +137,7 @@ impl Target {
             audit: None,
             mosquitto: None,
             session_to_purge: None,
+            cluster: None,
         })
     }
 
@@ -162,6 +166,7 @@ impl Target {
             audit: None,
             mosquitto,
             session_to_purge: None,
+            cluster: None,
         })
     }
 
@@ -239,9 +244,56 @@ impl Target {
             audit: Some(audit),
             mosquitto,
             session_to_purge,
+            cluster: None,
         };
         target.wait_ready().await?;
         Ok(target)
+    }
+
+    /// Start a NATS cluster and `gateways` gateways in cluster mode on it
+    /// ([`Cluster`]).
+    pub async fn start_cluster(
+        gateways: usize,
+        bin: Option<PathBuf>,
+        extra_env: &[(String, String)],
+    ) -> Result<Target> {
+        let cluster = Cluster::start(gateways, vitalgate_binary(bin)?, extra_env).await?;
+        Ok(Target {
+            http: cluster.http[0],
+            broker: ("127.0.0.1".into(), cluster.mqtt[0]),
+            // The cluster's device topics (the shipped NATS mapping's).
+            topic_prefix: "clinic".into(),
+            pid: None,
+            gateway: None,
+            audit: None,
+            mosquitto: None,
+            session_to_purge: None,
+            cluster: Some(cluster),
+        })
+    }
+
+    /// Where dashboard `i` connects: gateway `i mod N` of a cluster.
+    pub fn dashboard_http(&self, i: usize) -> SocketAddr {
+        match &self.cluster {
+            Some(c) => c.http[i % c.http.len()],
+            None => self.http,
+        }
+    }
+
+    /// Where publisher `i` publishes: NATS node `i mod 3` of a cluster.
+    pub fn broker_for(&self, i: usize) -> (String, u16) {
+        match &self.cluster {
+            Some(c) => ("127.0.0.1".into(), c.mqtt[i % c.mqtt.len()]),
+            None => self.broker.clone(),
+        }
+    }
+
+    /// The gateway processes (for CPU and memory).
+    pub fn gateway_pids(&self) -> Vec<u32> {
+        match &self.cluster {
+            Some(c) => c.gateway_pids.clone(),
+            None => self.pid.into_iter().collect(),
+        }
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
@@ -265,6 +317,9 @@ impl Target {
     /// Stop what the harness started: SIGTERM to the gateway (it drains and exits),
     /// then the private broker.
     pub fn stop(&mut self) {
+        if let Some(mut cluster) = self.cluster.take() {
+            cluster.stop();
+        }
         if let Some(mut child) = self.gateway.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
