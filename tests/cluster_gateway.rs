@@ -210,6 +210,18 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
         }
     }
 
+    // A dashboard subscribing on gateway b later gets gateway a's chair's
+    // current values at once (no reading of it is published after this).
+    let mut late = Dashboard::connect(b.http_addr(), "").await;
+    late.send(json!({ "type": "subscribe_vitals" })).await;
+    loop {
+        let vitals = late.next_of("vitals").await;
+        if vitals["chair"] == chair_a.as_str() {
+            assert_eq!(vitals["vitals"]["hr"]["value"], 71.0, "{vitals}");
+            break;
+        }
+    }
+
     // A dashboard moving from gateway a to gateway b resumes with its `since`:
     // exactly what came after it, although b keeps only the latest event.
     drop(on_a);

@@ -139,7 +139,11 @@ impl ClusterGateway {
         let settings = MemberSettings::from_config(&config.cluster);
         let metrics = Arc::new(telemetry::Metrics::new());
         let hub = Arc::new(fanout::Hub::new());
-        let live = Arc::new(fanout::LiveFeed::new(config.websocket.live_log_capacity));
+        // Other gateways' chairs' latest vitals too, for dashboards subscribing.
+        let live = Arc::new(fanout::LiveFeed::keeping_remote(
+            config.websocket.live_log_capacity,
+            config.ingest.max_chairs,
+        ));
         let health = Arc::new(Health::default());
         let parts = engine::Parts {
             instance: settings.name.clone(),

@@ -10,7 +10,7 @@
 use super::protocol::{self, Frame};
 use crate::core::{ChairView, Latest};
 use crate::engine::WardView;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -47,6 +47,11 @@ pub struct LiveFeed {
     capacity: usize,
     version: watch::Sender<u64>,
     subscribers: AtomicUsize,
+    /// In cluster mode, the latest frame of each chair other gateways own
+    /// (their engines hold its state, this one's ward does not), for
+    /// dashboards subscribing; at most `remote_chairs` chairs.
+    remote: Option<Mutex<HashMap<Arc<str>, Frame>>>,
+    remote_chairs: usize,
 }
 
 /// The frames a dashboard should send next, and the version they bring it up to.
@@ -65,6 +70,19 @@ impl LiveFeed {
             capacity,
             version: watch::Sender::new(0),
             subscribers: AtomicUsize::new(0),
+            remote: None,
+            remote_chairs: 0,
+        }
+    }
+
+    /// A feed that also keeps the latest frame of up to `chairs` chairs made
+    /// elsewhere ([`LiveFeed::publish_frame`]), so that a dashboard subscribing
+    /// gets their current values at once, as it does for the ward's chairs.
+    pub fn keeping_remote(capacity: usize, chairs: usize) -> Self {
+        LiveFeed {
+            remote: Some(Mutex::new(HashMap::new())),
+            remote_chairs: chairs,
+            ..LiveFeed::new(capacity)
         }
     }
 
@@ -78,9 +96,15 @@ impl LiveFeed {
     }
 
     /// Record a chair's new state as its `vitals` frame, made elsewhere (by the
-    /// gateway of a cluster that owns the chair). Skipped while nobody is
-    /// subscribed.
+    /// gateway of a cluster that owns the chair): kept as the chair's latest
+    /// when the feed keeps them, logged while anybody is subscribed.
     pub fn publish_frame(&self, chair: &Arc<str>, frame: Frame) {
+        if let Some(remote) = &self.remote {
+            let mut remote = remote.lock().unwrap_or_else(|p| p.into_inner());
+            if remote.len() < self.remote_chairs || remote.contains_key(chair) {
+                remote.insert(chair.clone(), frame.clone());
+            }
+        }
         if self.subscribers.load(Ordering::SeqCst) == 0 {
             return;
         }
@@ -111,13 +135,24 @@ impl LiveFeed {
         (self.version.subscribe(), self.subscribe_again(scope, ward))
     }
 
-    /// Every chair in scope from the ward again, for a subscriber that fell off the log.
+    /// Every chair in scope from the ward again (and those kept from other
+    /// gateways that the ward does not hold), for a subscriber that fell off
+    /// the log.
     pub fn subscribe_again(&self, scope: &Scope, ward: &WardView) -> Batch {
         let version = self.log.lock().unwrap_or_else(|p| p.into_inner()).version;
-        Batch {
-            frames: Self::frames_for(scope, &ward.chairs()),
-            version,
+        let chairs = ward.chairs();
+        let mut frames = Self::frames_for(scope, &chairs);
+        if let Some(remote) = &self.remote {
+            let local: HashSet<&str> = chairs.iter().map(|c| &*c.chair).collect();
+            let remote = remote.lock().unwrap_or_else(|p| p.into_inner());
+            frames.extend(
+                remote
+                    .iter()
+                    .filter(|(chair, _)| scope.contains(chair) && !local.contains(&***chair))
+                    .map(|(_, frame)| frame.clone()),
+            );
         }
+        Batch { frames, version }
     }
 
     fn frames_for(scope: &Scope, chairs: &[ChairView]) -> Vec<Frame> {
@@ -201,6 +236,28 @@ mod tests {
         }
         assert!(feed.since(start.version, &Scope::All).is_none());
         assert!(feed.since(7, &Scope::All).is_some());
+    }
+
+    #[test]
+    fn other_gateways_chairs_are_current_for_a_new_subscriber() {
+        let feed = LiveFeed::keeping_remote(4, 2);
+        let frame = |chair: &str, hr: f64| protocol::vitals_frame(chair, &latest(hr), None);
+        // Made elsewhere while nobody here is subscribed; the latest per chair,
+        // at most two chairs.
+        for (chair, hr) in [("n/1", 60.0), ("n/1", 61.0), ("s/1", 70.0), ("n/2", 80.0)] {
+            feed.publish_frame(&Arc::from(chair), frame(chair, hr));
+        }
+        let (_rx, start) = feed.subscribe(&Scope::Site("n".into()), &ward());
+        let texts: Vec<&str> = start.frames.iter().map(Frame::as_str).collect();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        assert!(
+            texts[0].contains("n/1") && texts[0].contains("61.0"),
+            "{texts:?}"
+        );
+        // A single gateway's feed keeps none.
+        let feed = LiveFeed::new(4);
+        feed.publish_frame(&Arc::from("n/1"), frame("n/1", 60.0));
+        assert!(feed.subscribe(&Scope::All, &ward()).1.frames.is_empty());
     }
 
     #[test]
