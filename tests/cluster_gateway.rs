@@ -11,7 +11,7 @@ use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
 use common::pg::TestDb;
 use common::Dashboard;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 use vitalgate::cluster::gateway::ClusterGateway;
@@ -72,11 +72,33 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     let mut config_b = config(&nats, "gw-b", &audit);
     config_b.websocket.replay_capacity = 1;
     let b = ClusterGateway::start(config_b).await.unwrap();
+    // Gateway a, up first, took every partition and gives b its share one a
+    // round: each is released once a has let it go and its unacknowledged
+    // messages are due again (the margin), not at its lease's deadline.
     let shared_by = Instant::now() + Duration::from_secs(60);
-    while held(&a).is_empty() || held(&b).is_empty() || held(&a).len() + held(&b).len() != 16 {
+    let (mut before, mut left_a, mut moves) = (held(&a), BTreeMap::new(), Vec::new());
+    loop {
+        let (now_a, now_b) = (held(&a), held(&b));
+        for p in before.difference(&now_a) {
+            left_a.insert(*p, Instant::now());
+        }
+        for p in &now_b {
+            if let Some(at) = left_a.remove(p) {
+                moves.push(at.elapsed());
+            }
+        }
+        before = now_a;
+        if !before.is_empty() && !now_b.is_empty() && before.len() + now_b.len() == 16 {
+            break;
+        }
         assert!(Instant::now() < shared_by, "partitions not shared out");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    moves.sort();
+    println!("partitions from a to b after {moves:?}");
+    // Waiting out the deadline takes at least ttl - margin - a round (1.95 s).
+    let median = *moves.get(moves.len() / 2).expect("a partition seen moving");
+    assert!(median < Duration::from_millis(1_900), "{moves:?}");
 
     // /ready names the partitions held and the stream reached.
     let (status, body) = common::http_get(a.http_addr(), "/ready").await;
@@ -290,6 +312,21 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     assert_eq!(history["current"]["patient"], "P-7", "{body}");
     assert_eq!(history["events"][0]["seq"], session["seq"], "{body}");
 
-    a.shutdown().await;
+    // A clean stop of gateway a: b holds all its chairs again as soon as a has
+    // let them go, not once a's leases' deadlines have passed.
+    let stopping = Instant::now();
+    let b_takes_all = async {
+        while held(&b).len() != 16 {
+            assert!(
+                stopping.elapsed() < Duration::from_secs(30),
+                "b did not take over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stopping.elapsed()
+    };
+    let ((), took) = tokio::join!(a.shutdown(), b_takes_all);
+    println!("gateway b held every partition {took:?} after a began to stop");
+    assert!(took < Duration::from_millis(1_900), "{took:?}");
     b.shutdown().await;
 }

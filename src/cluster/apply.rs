@@ -77,6 +77,10 @@ pub struct Partitions {
     /// Where a partition taken gets its chairs' sessions and open alarms
     /// from; without it, taken chairs start from their next messages.
     pub restore_from: Option<Arc<Mirror>>,
+    /// Told each partition gone once its chairs are handed over and every
+    /// event they made is journaled (or failed): ownership may release its
+    /// lease early ([`super::ownership::Ownership::let_go`]).
+    pub let_go: Option<mpsc::UnboundedSender<u32>>,
 }
 
 /// Apply every message from `messages` until `stop` (or until the readers
@@ -95,6 +99,7 @@ pub fn start(
         mut changes,
         count: partitions,
         restore_from,
+        let_go,
     } = partitions;
     let (ready_tx, ready) = watch::channel(BTreeSet::new());
     let handing = HandOver {
@@ -103,6 +108,7 @@ pub fn start(
         mirror: restore_from,
         ready: ready_tx,
         metrics: devices.metrics.cluster(),
+        let_go,
     };
     let task = tokio::spawn(async move {
         loop {
@@ -191,6 +197,7 @@ struct HandOver {
     /// The partitions whose chairs the engine holds (see [`start`]).
     ready: watch::Sender<BTreeSet<u32>>,
     metrics: ClusterMetrics,
+    let_go: Option<mpsc::UnboundedSender<u32>>,
 }
 
 impl HandOver {
@@ -222,18 +229,32 @@ impl HandOver {
             .send_modify(|ready| ready.retain(|p| !moved.contains(p)));
         let partitions = self.partitions;
         let engine = &self.devices.engine;
-        let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
         let acquired = taken;
         let taken: BTreeSet<u32> = acquired.keys().copied().collect();
-        let gone = engine
+        let gone: Vec<u32> = moved.difference(&taken).copied().collect();
+        let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
+        let dropped = engine
             .ask(|reply| Command::HandOver {
                 which: Box::new(which),
                 reply,
             })
             .await
             .ok_or(Stopped)?;
-        if gone > 0 {
-            tracing::info!(chairs = gone, "chairs handed over with their partitions");
+        if dropped > 0 {
+            tracing::info!(chairs = dropped, "chairs handed over with their partitions");
+        }
+        if let Some(let_go) = self.let_go.clone().filter(|_| !gone.is_empty()) {
+            // The engine takes the flush after the hand-over: once it answers,
+            // every event of those chairs is journaled or failed, and none
+            // will be made. Not waited for here: other partitions' messages go on.
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                if engine.flushed().await {
+                    for p in gone {
+                        let _ = let_go.send(p);
+                    }
+                }
+            });
         }
         let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
             self.settled(&acquired);

@@ -108,9 +108,7 @@ impl ReadSettings {
     }
 }
 
-/// The server notices an overdue acknowledgement on a timer of its own: a
-/// little more than the arithmetic says.
-pub const REDELIVERY_SLACK: Duration = Duration::from_millis(250);
+pub use super::lease::REDELIVERY_SLACK;
 
 /// Start reading: readers start and stop as `owned` changes, until `stop`.
 /// Messages go to `out`, whose capacity bounds what is read ahead.

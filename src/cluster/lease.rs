@@ -63,6 +63,11 @@ pub enum Renewal {
     Lost,
 }
 
+/// The server notices an overdue acknowledgement on a timer of its own: a
+/// little more than the arithmetic says (a partition's messages are due to
+/// its next owner `ack_wait` and this after they were handed out).
+pub const REDELIVERY_SLACK: Duration = Duration::from_millis(250);
+
 /// This gateway's handle on the lease bucket.
 pub struct Leases {
     kv: kv::Store,
@@ -118,6 +123,12 @@ impl Leases {
     /// The lease time every gateway of the cluster uses.
     pub fn ttl(&self) -> Duration {
         self.times.ttl
+    }
+
+    /// How long before another gateway could take a lease this one stops
+    /// acting for it (also the partitions' consumers' `ack_wait`).
+    pub fn margin(&self) -> Duration {
+        self.times.margin
     }
 
     fn valid_from(&self, sent: Instant) -> Instant {

@@ -97,6 +97,7 @@ pub struct Member {
     pub engine: Engine,
     pub mirror: Arc<Mirror>,
     stop: CancellationToken,
+    leave: CancellationToken,
     ownership: tokio::task::JoinHandle<()>,
     engine_running: engine::Running,
 }
@@ -182,12 +183,14 @@ pub async fn start(
     });
     let (to_apply, from_intake) = mpsc::channel(settings.read_ahead.max(1));
     let owned = ownership.owned;
+    let leave = ownership.leave;
     intake::start(js.clone(), owned.clone(), read, to_apply, stop.clone());
     let partitions = Partitions {
         owned: owned.clone(),
         changes: ownership.changes,
         count: settings.partitions,
         restore_from: Some(mirror.clone()),
+        let_go: Some(ownership.let_go),
     };
     let (_, settled) = apply::start(
         devices.clone(),
@@ -205,17 +208,21 @@ pub async fn start(
         engine,
         mirror,
         stop,
+        leave,
         ownership: ownership.task,
         engine_running,
     })
 }
 
 impl Member {
-    /// A clean stop: readers stop, every partition is given back once its
-    /// lease's deadline has passed, and the engine journals what it made.
+    /// A clean stop: readers stop, every partition is given back and released
+    /// once the device path has let it go (its chairs handed over, their events
+    /// journaled, its unacknowledged messages due to the next owner), then the
+    /// rest stops and the engine journals what it made.
     pub async fn stop(self) {
-        self.stop.cancel();
+        self.leave.cancel();
         let _ = self.ownership.await;
+        self.stop.cancel();
         self.engine.close();
         self.engine_running.finished().await;
     }

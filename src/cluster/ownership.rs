@@ -12,9 +12,15 @@
 //! Giving a partition back never lets another gateway act while work read
 //! under our lease may still land: the partition leaves the published set at
 //! once (readers stop), the lease is no longer renewed, and its key is removed
-//! only once its deadline has passed, when nothing of ours can act for it any
-//! more (every acknowledgement and publish checks that deadline). A handover
-//! therefore takes up to `ttl - margin`, a crash up to `ttl`.
+//! once nothing of ours can act for it any more: when the device path says it
+//! has let the partition go ([`Ownership::let_go`]: its chairs handed over and
+//! every event they made journaled or failed) and the messages handed to us
+//! and not acknowledged are due to the next owner (the consumers' `ack_wait`,
+//! the lease's margin, and [`REDELIVERY_SLACK`] since the readers stopped), or
+//! else once its deadline has passed (every acknowledgement and publish checks
+//! that deadline). A handover therefore pauses the partition's chairs for
+//! about the margin (up to `ttl - margin` without the device path's word), a
+//! crash up to `ttl`.
 //!
 //! A lease whose deadline passed before its renewal was sent is not renewed,
 //! even if no one else took it: it is dropped, and the partition is taken again
@@ -23,7 +29,7 @@
 //! held for the partition's chairs before may be stale (work done under the
 //! lapsed lease that was never journaled) and is dropped.
 
-use super::lease::{Lease, Leases, Renewal};
+use super::lease::{Lease, Leases, Renewal, REDELIVERY_SLACK};
 use super::{expiring_bucket, keys_of, ClusterError, MEMBER_BUCKET};
 use crate::telemetry::ClusterMetrics;
 use async_nats::jetstream::{kv, Context};
@@ -65,12 +71,19 @@ pub struct Ownership {
     pub owned: watch::Receiver<Owned>,
     /// Every [`Change`], in order.
     pub changes: mpsc::UnboundedReceiver<Change>,
+    /// Where the device path says it has let a partition go (after its
+    /// [`Change::Gone`]): nothing of this gateway will act for it again.
+    pub let_go: mpsc::UnboundedSender<u32>,
+    /// Cancelled: give every partition back, each released as soon as the
+    /// device path has let it go (a clean stop while the device path still
+    /// runs); the task ends once all are released.
+    pub leave: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Start the loop; it runs until `stop`, then gives every partition back (its
-/// key removed once its deadline has passed, as above). It counts takes, losses
-/// and give-backs in `metrics`.
+/// Start the loop; it runs until `stop` or [`Ownership::leave`], then gives
+/// every partition back (each key removed as above: after `stop`, once its
+/// deadline has passed). It counts takes, losses and give-backs in `metrics`.
 pub async fn start(
     js: &Context,
     leases: Leases,
@@ -89,6 +102,7 @@ pub async fn start(
     .await?;
     let (tx, rx) = watch::channel(Owned::new());
     let (changes_tx, changes) = mpsc::unbounded_channel();
+    let (let_go, let_go_rx) = mpsc::unbounded_channel();
     let mut owner = Owner {
         changes: changes_tx,
         leases,
@@ -99,21 +113,27 @@ pub async fn start(
         releasing: Vec::new(),
         tx,
         metrics,
+        let_go: let_go_rx,
     };
+    let leave = CancellationToken::new();
+    let leaving = leave.clone();
     let task = tokio::spawn(async move {
         let mut round = tokio::time::interval(settings.round);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = leaving.cancelled() => break,
                 _ = round.tick() => owner.round().await,
             }
         }
-        owner.release_all().await;
+        owner.release_all(settings.round).await;
     });
     Ok(Ownership {
         owned: rx,
         changes,
+        let_go,
+        leave,
         task,
     })
 }
@@ -125,11 +145,22 @@ struct Owner {
     me: String,
     settings: OwnershipSettings,
     held: BTreeMap<u32, Lease>,
-    /// Given back, not renewed, removed from the bucket once past its deadline.
-    releasing: Vec<Lease>,
+    /// Given back, not renewed, removed from the bucket once nothing of ours
+    /// can act for it (see the module's doc).
+    releasing: Vec<Releasing>,
     tx: watch::Sender<Owned>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: ClusterMetrics,
+    let_go: mpsc::UnboundedReceiver<u32>,
+}
+
+/// A lease given back.
+struct Releasing {
+    lease: Lease,
+    /// When its readers were told to stop.
+    since: Instant,
+    /// Whether the device path has let it go.
+    let_go: bool,
 }
 
 impl Owner {
@@ -217,19 +248,35 @@ impl Owner {
         };
         let lease = self.held.remove(&partition).expect("held");
         self.metrics.partitions_given_back.increment(1);
-        // Out of the published set at once; out of the bucket once lapsed.
+        // Out of the published set at once; out of the bucket once let go.
         self.publish();
         let _ = self.changes.send(Change::Gone(partition));
-        self.releasing.push(lease);
+        self.releasing.push(Releasing {
+            lease,
+            since: Instant::now(),
+            let_go: false,
+        });
     }
 
-    /// Remove from the bucket the given-back leases whose deadline has passed.
+    /// Remove from the bucket the given-back leases nothing of ours can act
+    /// for any more: let go by the device path with their unacknowledged
+    /// messages due again, or past their deadline.
     async fn release_lapsed(&mut self) {
-        let (lapsed, waiting) = std::mem::take(&mut self.releasing)
+        while let Ok(partition) = self.let_go.try_recv() {
+            for r in self
+                .releasing
+                .iter_mut()
+                .filter(|r| r.lease.partition == partition)
+            {
+                r.let_go = true;
+            }
+        }
+        let due = self.leases.margin() + REDELIVERY_SLACK;
+        let (done, waiting) = std::mem::take(&mut self.releasing)
             .into_iter()
-            .partition(|l| !l.is_valid());
+            .partition(|r| !r.lease.is_valid() || (r.let_go && r.since.elapsed() >= due));
         self.releasing = waiting;
-        for lease in lapsed {
+        for Releasing { lease, .. } in done {
             let partition = lease.partition;
             if let Err(e) = self.leases.release(lease).await {
                 tracing::warn!(partition, error = %e, "releasing a partition failed; it will expire");
@@ -290,8 +337,9 @@ impl Owner {
         });
     }
 
-    /// A clean stop: give everything back, wait for the deadlines, release.
-    async fn release_all(&mut self) {
+    /// A clean stop: give everything back, then release each lease as
+    /// [`Owner::release_lapsed`] allows, looking every `round`.
+    async fn release_all(&mut self, round: Duration) {
         let held = std::mem::take(&mut self.held);
         self.metrics
             .partitions_given_back
@@ -301,11 +349,17 @@ impl Owner {
             let _ = self.changes.send(Change::Gone(partition));
         }
         let _ = self.members.purge(&self.me).await;
-        self.releasing.extend(held.into_values());
-        if let Some(last) = self.releasing.iter().map(Lease::valid_until).max() {
-            tokio::time::sleep_until(last).await;
+        let since = Instant::now();
+        self.releasing
+            .extend(held.into_values().map(|lease| Releasing {
+                lease,
+                since,
+                let_go: false,
+            }));
+        while !self.releasing.is_empty() {
+            tokio::time::sleep(round).await;
+            self.release_lapsed().await;
         }
-        self.release_lapsed().await;
     }
 }
 
