@@ -17,11 +17,16 @@ use tokio::time::Instant;
 use vitalgate::cluster::gateway::ClusterGateway;
 use vitalgate::Config;
 
-/// A gateway's config ([`gateway_config`]) with short test leases.
+/// The lease time here: long enough beside the tests' margin and round that a
+/// partition given back and released when let go (1.5 s and a round or two)
+/// is told from one waiting out its deadline (at least 6 - 0.75 - 0.3 s).
+const LEASE_MS: u64 = 6_000;
+
+/// A gateway's config ([`gateway_config`]) with the tests' margin and round.
 fn config(nats: &NatsCluster, name: &str, audit: &TestDb) -> Config {
     let mut c = gateway_config(nats, name, audit);
     let k = &mut c.cluster;
-    k.lease_ms = LEASE_TIMES.ttl.as_millis() as u64;
+    k.lease_ms = LEASE_MS;
     k.lease_margin_ms = LEASE_TIMES.margin.as_millis() as u64;
     k.round_ms = OWNERSHIP.round.as_millis() as u64;
     c
@@ -96,9 +101,9 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     }
     moves.sort();
     println!("partitions from a to b after {moves:?}");
-    // Waiting out the deadline takes at least ttl - margin - a round (1.95 s).
+    // Waiting out the deadline takes at least ttl - margin - a round (4.95 s).
     let median = *moves.get(moves.len() / 2).expect("a partition seen moving");
-    assert!(median < Duration::from_millis(1_900), "{moves:?}");
+    assert!(median < Duration::from_millis(3_500), "{moves:?}");
 
     // /ready names the partitions held and the stream reached.
     let (status, body) = common::http_get(a.http_addr(), "/ready").await;
@@ -327,6 +332,6 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     };
     let ((), took) = tokio::join!(a.shutdown(), b_takes_all);
     println!("gateway b held every partition {took:?} after a began to stop");
-    assert!(took < Duration::from_millis(1_900), "{took:?}");
+    assert!(took < Duration::from_millis(3_500), "{took:?}");
     b.shutdown().await;
 }

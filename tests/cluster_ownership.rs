@@ -161,7 +161,7 @@ async fn gateways_share_the_partitions_and_take_over_from_a_dead_one() {
                 assert!(held.insert(p), "p{p} taken twice without going");
                 ever.insert(p);
             }
-            Change::Gone(p) => assert!(held.remove(&p), "p{p} gone without being taken"),
+            Change::Gone(p, _) => assert!(held.remove(&p), "p{p} gone without being taken"),
         }
     }
     assert!(held.is_empty(), "still held after the stop: {held:?}");

@@ -80,7 +80,7 @@ pub struct Partitions {
     /// Told each partition gone once its chairs are handed over and every
     /// event they made is journaled (or failed): ownership may release its
     /// lease early ([`super::ownership::Ownership::let_go`]).
-    pub let_go: Option<mpsc::UnboundedSender<u32>>,
+    pub let_go: Option<mpsc::UnboundedSender<(u32, u64)>>,
 }
 
 /// Apply every message from `messages` until `stop` (or until the readers
@@ -197,7 +197,7 @@ struct HandOver {
     /// The partitions whose chairs the engine holds (see [`start`]).
     ready: watch::Sender<BTreeSet<u32>>,
     metrics: ClusterMetrics,
-    let_go: Option<mpsc::UnboundedSender<u32>>,
+    let_go: Option<mpsc::UnboundedSender<(u32, u64)>>,
 }
 
 impl HandOver {
@@ -210,6 +210,8 @@ impl HandOver {
         changes: &mut mpsc::UnboundedReceiver<Change>,
     ) -> Result<(), Stopped> {
         let (mut moved, mut taken) = (BTreeSet::new(), BTreeMap::new());
+        // Every giving-up seen, as ownership named it.
+        let mut given_up = Vec::new();
         let mut next = Some(first);
         while let Some(change) = next {
             match change {
@@ -217,9 +219,10 @@ impl HandOver {
                     moved.insert(p);
                     taken.insert(p, at);
                 }
-                Change::Gone(p) => {
+                Change::Gone(p, which) => {
                     moved.insert(p);
                     taken.remove(&p);
+                    given_up.push((p, which));
                 }
             }
             next = changes.try_recv().ok();
@@ -231,7 +234,8 @@ impl HandOver {
         let engine = &self.devices.engine;
         let acquired = taken;
         let taken: BTreeSet<u32> = acquired.keys().copied().collect();
-        let gone: Vec<u32> = moved.difference(&taken).copied().collect();
+        // Those not taken again in the same breath.
+        given_up.retain(|(p, _)| !taken.contains(p));
         let which = move |chair: &str| moved.contains(&partition_of(chair, partitions));
         let dropped = engine
             .ask(|reply| Command::HandOver {
@@ -243,15 +247,15 @@ impl HandOver {
         if dropped > 0 {
             tracing::info!(chairs = dropped, "chairs handed over with their partitions");
         }
-        if let Some(let_go) = self.let_go.clone().filter(|_| !gone.is_empty()) {
+        if let Some(let_go) = self.let_go.clone().filter(|_| !given_up.is_empty()) {
             // The engine takes the flush after the hand-over: once it answers,
             // every event of those chairs is journaled or failed, and none
             // will be made. Not waited for here: other partitions' messages go on.
             let engine = engine.clone();
             tokio::spawn(async move {
                 if engine.flushed().await {
-                    for p in gone {
-                        let _ = let_go.send(p);
+                    for word in given_up {
+                        let _ = let_go.send(word);
                     }
                 }
             });

@@ -17,7 +17,9 @@
 //!   partition no sooner than `ttl` after it; the message is due `ack_wait`
 //!   after it was handed out. So waiting `ack_wait - margin` suffices, and with
 //!   `ack_wait` the margin, as [`ReadSettings::for_leases`] sets it, the new
-//!   owner reads at once.) A reader started too early would apply a newer
+//!   owner reads at once. A partition given back is released before its
+//!   deadline only [`ReadSettings::due_after_stop`] after its readers were told
+//!   to stop, when the same holds.) A reader started too early would apply a newer
 //!   reading first and then drop the older one as late: a breach in between
 //!   would never be alarmed.
 //! - A message the owner holds for longer than `ack_wait` (its events waiting
@@ -94,6 +96,14 @@ pub struct ReadSettings {
 }
 
 impl ReadSettings {
+    /// How long after a partition's readers are told to stop every message
+    /// handed out to them is due again: a pull already asked for delivers
+    /// until it expires ([`PULL_WAIT`]), then `ack_wait` and the server's
+    /// timer.
+    pub fn due_after_stop(&self) -> Duration {
+        PULL_WAIT + self.ack_wait + REDELIVERY_SLACK
+    }
+
     /// The settings for leases of `times`: `ack_wait` the lease's margin, so
     /// that the previous owner's messages are due again when the partition can
     /// be taken and its new owner reads at once (the first pull after
@@ -108,7 +118,9 @@ impl ReadSettings {
     }
 }
 
-pub use super::lease::REDELIVERY_SLACK;
+/// The server notices an overdue acknowledgement on a timer of its own: a
+/// little more than the arithmetic says.
+pub const REDELIVERY_SLACK: Duration = Duration::from_millis(250);
 
 /// Start reading: readers start and stop as `owned` changes, until `stop`.
 /// Messages go to `out`, whose capacity bounds what is read ahead.

@@ -97,16 +97,24 @@ impl Journal for StreamJournal {
 impl StreamJournal {
     /// Publish `events` (every one in flight at once), retrying those not
     /// confirmed, until all are stored or the leases of those left have lapsed.
+    ///
+    /// An event already sent once whose partition has since been given back
+    /// is sent again (under its id: a repeat is dropped) until confirmed or
+    /// that lease's deadline passes: a commit ends with each event stored or
+    /// never to be, so that the partition's release after the engine's flush
+    /// (`ownership`) cannot be followed by one of its events landing.
     async fn publish_all(&self, events: &[Event<'_>]) -> Result<(), JournalError> {
         let mut pending: Vec<usize> = (0..events.len()).collect();
         let mut refused: Vec<String> = Vec::new();
+        // The deadline each event was first sent under.
+        let mut sent_under: Vec<Option<tokio::time::Instant>> = vec![None; events.len()];
         while !pending.is_empty() {
             let owned = self.owned.borrow().clone();
             let mut sent = Vec::with_capacity(pending.len());
             for i in pending.drain(..) {
                 let event = &events[i];
                 let partition = partition_of(event.chair, self.partitions);
-                let Some(valid_until) = owned.get(&partition).copied() else {
+                let Some(valid_until) = owned.get(&partition).copied().or(sent_under[i]) else {
                     refused.push(format!("{} (partition {partition} not owned)", event.chair));
                     continue;
                 };
@@ -117,6 +125,7 @@ impl StreamJournal {
                     ));
                     continue;
                 }
+                sent_under[i].get_or_insert(valid_until);
                 sent.push((i, events::send(&self.js, event, valid_until).await.ok()));
             }
             for (i, ack) in sent {

@@ -44,6 +44,12 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The key's revision as this holder last wrote it: names this lease (and
+    /// its latest renewal) uniquely in the bucket.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// The instant from which the holder must no longer act for the partition.
     pub fn valid_until(&self) -> Instant {
         self.valid_until
@@ -62,11 +68,6 @@ pub enum Renewal {
     /// Someone else holds it (it expired and was taken, or was released).
     Lost,
 }
-
-/// The server notices an overdue acknowledgement on a timer of its own: a
-/// little more than the arithmetic says (a partition's messages are due to
-/// its next owner `ack_wait` and this after they were handed out).
-pub const REDELIVERY_SLACK: Duration = Duration::from_millis(250);
 
 /// This gateway's handle on the lease bucket.
 pub struct Leases {
@@ -123,12 +124,6 @@ impl Leases {
     /// The lease time every gateway of the cluster uses.
     pub fn ttl(&self) -> Duration {
         self.times.ttl
-    }
-
-    /// How long before another gateway could take a lease this one stops
-    /// acting for it (also the partitions' consumers' `ack_wait`).
-    pub fn margin(&self) -> Duration {
-        self.times.margin
     }
 
     fn valid_from(&self, sent: Instant) -> Instant {

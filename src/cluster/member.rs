@@ -158,6 +158,7 @@ pub async fn start(
             partitions: settings.partitions,
             round: settings.round,
             replicas,
+            released_after: read.due_after_stop(),
         },
         parts.metrics.cluster(),
         stop.clone(),

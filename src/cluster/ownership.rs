@@ -13,14 +13,15 @@
 //! under our lease may still land: the partition leaves the published set at
 //! once (readers stop), the lease is no longer renewed, and its key is removed
 //! once nothing of ours can act for it any more: when the device path says it
-//! has let the partition go ([`Ownership::let_go`]: its chairs handed over and
-//! every event they made journaled or failed) and the messages handed to us
-//! and not acknowledged are due to the next owner (the consumers' `ack_wait`,
-//! the lease's margin, and [`REDELIVERY_SLACK`] since the readers stopped), or
+//! has let that give-back go ([`Ownership::let_go`]: its chairs handed over
+//! and every event they made journaled or known not to be) and the messages
+//! handed to us and not acknowledged are due to the next owner
+//! ([`OwnershipSettings::released_after`] since the readers were told to
+//! stop: a pull in flight, the consumers' `ack_wait`, the server's timer), or
 //! else once its deadline has passed (every acknowledgement and publish checks
 //! that deadline). A handover therefore pauses the partition's chairs for
-//! about the margin (up to `ttl - margin` without the device path's word), a
-//! crash up to `ttl`.
+//! about `released_after` (up to `ttl - margin` without the device path's
+//! word), a crash up to `ttl`.
 //!
 //! A lease whose deadline passed before its renewal was sent is not renewed,
 //! even if no one else took it: it is dropped, and the partition is taken again
@@ -29,7 +30,7 @@
 //! held for the partition's chairs before may be stale (work done under the
 //! lapsed lease that was never journaled) and is dropped.
 
-use super::lease::{Lease, Leases, Renewal, REDELIVERY_SLACK};
+use super::lease::{Lease, Leases, Renewal};
 use super::{expiring_bucket, keys_of, ClusterError, MEMBER_BUCKET};
 use crate::telemetry::ClusterMetrics;
 use async_nats::jetstream::{kv, Context};
@@ -52,6 +53,11 @@ pub struct OwnershipSettings {
     pub round: Duration,
     /// Copies of the members bucket (as of the lease bucket).
     pub replicas: usize,
+    /// How long after a partition's readers are told to stop every message
+    /// they were handed is due again to the next owner
+    /// (the intake's `ReadSettings::due_after_stop`): the earliest a
+    /// partition given back is released.
+    pub released_after: Duration,
 }
 
 /// A partition this gateway started or stopped acting for, in the order it
@@ -61,8 +67,10 @@ pub enum Change {
     /// Acquired (at the instant given): announced before the partition
     /// appears in [`Owned`], so before any of its messages are read.
     Taken(u32, Instant),
-    /// Lost, lapsed or given back: announced once it has left [`Owned`].
-    Gone(u32),
+    /// Lost, lapsed or given back: announced once it has left [`Owned`]. The
+    /// number names this giving-up (the lease's revision when given back, 0
+    /// when lost), for [`Ownership::let_go`].
+    Gone(u32, u64),
 }
 
 /// The running loop.
@@ -71,9 +79,10 @@ pub struct Ownership {
     pub owned: watch::Receiver<Owned>,
     /// Every [`Change`], in order.
     pub changes: mpsc::UnboundedReceiver<Change>,
-    /// Where the device path says it has let a partition go (after its
-    /// [`Change::Gone`]): nothing of this gateway will act for it again.
-    pub let_go: mpsc::UnboundedSender<u32>,
+    /// Where the device path says it has let a partition go (echoing its
+    /// [`Change::Gone`]): nothing of this gateway will act for it again under
+    /// that lease.
+    pub let_go: mpsc::UnboundedSender<(u32, u64)>,
     /// Cancelled: give every partition back, each released as soon as the
     /// device path has let it go (a clean stop while the device path still
     /// runs); the task ends once all are released.
@@ -151,7 +160,7 @@ struct Owner {
     tx: watch::Sender<Owned>,
     changes: mpsc::UnboundedSender<Change>,
     metrics: ClusterMetrics,
-    let_go: mpsc::UnboundedReceiver<u32>,
+    let_go: mpsc::UnboundedReceiver<(u32, u64)>,
 }
 
 /// A lease given back.
@@ -228,7 +237,7 @@ impl Owner {
         // Out of the published set before anyone hears it is gone.
         self.publish();
         for partition in gone {
-            let _ = self.changes.send(Change::Gone(partition));
+            let _ = self.changes.send(Change::Gone(partition, 0));
         }
     }
 
@@ -250,7 +259,7 @@ impl Owner {
         self.metrics.partitions_given_back.increment(1);
         // Out of the published set at once; out of the bucket once let go.
         self.publish();
-        let _ = self.changes.send(Change::Gone(partition));
+        let _ = self.changes.send(Change::Gone(partition, lease.revision()));
         self.releasing.push(Releasing {
             lease,
             since: Instant::now(),
@@ -262,16 +271,16 @@ impl Owner {
     /// for any more: let go by the device path with their unacknowledged
     /// messages due again, or past their deadline.
     async fn release_lapsed(&mut self) {
-        while let Ok(partition) = self.let_go.try_recv() {
+        while let Ok(word) = self.let_go.try_recv() {
             for r in self
                 .releasing
                 .iter_mut()
-                .filter(|r| r.lease.partition == partition)
+                .filter(|r| (r.lease.partition, r.lease.revision()) == word)
             {
                 r.let_go = true;
             }
         }
-        let due = self.leases.margin() + REDELIVERY_SLACK;
+        let due = self.settings.released_after;
         let (done, waiting) = std::mem::take(&mut self.releasing)
             .into_iter()
             .partition(|r| !r.lease.is_valid() || (r.let_go && r.since.elapsed() >= due));
@@ -345,8 +354,8 @@ impl Owner {
             .partitions_given_back
             .increment(held.len() as u64);
         self.publish();
-        for &partition in held.keys() {
-            let _ = self.changes.send(Change::Gone(partition));
+        for (&partition, lease) in &held {
+            let _ = self.changes.send(Change::Gone(partition, lease.revision()));
         }
         let _ = self.members.purge(&self.me).await;
         let since = Instant::now();

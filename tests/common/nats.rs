@@ -35,6 +35,9 @@ pub const OWNERSHIP: OwnershipSettings = OwnershipSettings {
     partitions: PARTITIONS,
     round: Duration::from_millis(300),
     replicas: 3,
+    // As ReadSettings::due_after_stop for LEASE_TIMES: a 500 ms pull, the
+    // margin, 250 ms of slack.
+    released_after: Duration::from_millis(500 + 750 + 250),
 };
 
 /// Create every partition's consumer (`ack_wait` as given), as gateways do
