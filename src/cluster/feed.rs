@@ -155,6 +155,13 @@ impl Feed {
             .map_err(|e| ClusterError::js("reading the events stream", e))
     }
 
+    /// Drop the current consumer: the next read makes a new one after the last
+    /// event read (for a reader that sees the stream ahead of it while its
+    /// consumer delivers nothing and its heartbeats did not say so).
+    pub fn remake(&mut self) {
+        self.reading = None;
+    }
+
     /// The next event in scope. Waits through a lost node or consumer (made
     /// again after the last event read); fails only on an event no gateway
     /// could have written.

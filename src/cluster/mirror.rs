@@ -98,10 +98,22 @@ impl Mirror {
         }));
         let (read_tx, read) = watch::channel(0);
         let writing = ledger.clone();
+        let stalled = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(watch_for_stalls(
+            js.clone(),
+            read.clone(),
+            stalled.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(async move {
             loop {
                 let event = tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = stalled.notified() => {
+                        tracing::warn!("the mirror's consumer delivers nothing while the events stream is ahead: made again");
+                        feed.remake();
+                        continue;
+                    }
                     event = feed.next() => event,
                 };
                 match event {
@@ -235,6 +247,40 @@ impl Mirror {
     /// The sessions and open alarms of the chairs `which` names.
     pub fn chairs(&self, which: impl Fn(&str) -> bool) -> ChairsNow {
         self.ledger().chairs(which)
+    }
+}
+
+/// How often the mirror's progress is checked against the stream's.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tell the mirror's reader (`stalled`) to make its consumer again when the
+/// events stream holds events past `read` and `read` has not moved for a whole
+/// [`STALL_CHECK`]. A consumer whose node was lost is normally noticed by its
+/// missing heartbeats within seconds; seen here (NATS 2.10.26, async-nats
+/// 0.40, a node killed): a consumer that delivered nothing and whose loss was
+/// noticed only 50-75 s later, holding every takeover (which waits for the
+/// mirror) and every dashboard's events that long.
+async fn watch_for_stalls(
+    js: Context,
+    read: watch::Receiver<u64>,
+    stalled: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    let mut before = *read.borrow();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(STALL_CHECK) => {}
+        }
+        let now = *read.borrow();
+        let ahead = match tokio::time::timeout(STALL_CHECK, events_info(&js)).await {
+            Ok(Ok(info)) => info.state.last_sequence > now,
+            _ => false,
+        };
+        if ahead && now == before {
+            stalled.notify_one();
+        }
+        before = now;
     }
 }
 
