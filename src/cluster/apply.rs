@@ -210,7 +210,7 @@ impl HandOver {
         changes: &mut mpsc::UnboundedReceiver<Change>,
     ) -> Result<(), Stopped> {
         let (mut moved, mut taken) = (BTreeSet::new(), BTreeMap::new());
-        // Every giving-up seen, as ownership named it.
+        // Every give-back seen, as ownership named it.
         let mut given_up = Vec::new();
         let mut next = Some(first);
         while let Some(change) = next {
@@ -219,10 +219,10 @@ impl HandOver {
                     moved.insert(p);
                     taken.insert(p, at);
                 }
-                Change::Gone(p, which) => {
+                Change::Gone(p, revision) => {
                     moved.insert(p);
                     taken.remove(&p);
-                    given_up.push((p, which));
+                    given_up.extend(revision.map(|r| (p, r)));
                 }
             }
             next = changes.try_recv().ok();

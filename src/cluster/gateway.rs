@@ -221,7 +221,7 @@ impl ClusterGateway {
                 js: member.js.clone(),
                 owned: member.owned.clone(),
                 mirror: member.mirror.clone(),
-                audit: !config.cluster.audit_postgres.is_empty(),
+                audit: reader.is_some(),
             },
             metrics.cluster(),
             stop.clone(),

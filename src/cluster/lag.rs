@@ -3,9 +3,9 @@
 //! not yet acknowledged, events in the stream its mirror (so its dashboards)
 //! has not read, and events the audit writers have not written.
 //!
-//! Each reading asks the consumers' and stream's leaders; a question not
-//! answered within [`EVERY`] (a leader moving) leaves its gauge as it was and
-//! is asked again next time.
+//! Each reading asks the consumers' leaders (the events stream's position the
+//! mirror keeps asking itself); a question not answered within [`EVERY`] (a
+//! leader moving) leaves its gauge as it was and is asked again next time.
 
 use super::audit_pg::AUDIT_CONSUMER;
 use super::events::EVENTS_STREAM;
@@ -44,8 +44,7 @@ pub async fn report(sources: LagSources, metrics: ClusterMetrics, stop: Cancella
             if let Some(pending) = device_messages_pending(&sources).await {
                 metrics.device_messages_pending.set(pending as f64);
             }
-            if let Some(last) = stream_last(&sources.js).await {
-                let unread = last.saturating_sub(sources.mirror.read_up_to());
+            if let Some(unread) = sources.mirror.unread() {
                 metrics.events_unread.set(unread as f64);
             }
             if sources.audit {
@@ -82,10 +81,4 @@ async fn consumer_pending(js: &Context, stream: &str, consumer: &str) -> Option<
     let stream = js.get_stream(stream).await.ok()?;
     let info = stream.consumer_info(consumer).await.ok()?;
     Some(info.num_pending + info.num_ack_pending as u64)
-}
-
-/// The events stream's last sequence.
-async fn stream_last(js: &Context) -> Option<u64> {
-    let mut stream = js.get_stream(EVENTS_STREAM).await.ok()?;
-    Some(stream.info().await.ok()?.state.last_sequence)
 }

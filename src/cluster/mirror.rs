@@ -75,6 +75,9 @@ pub struct Mirror {
     ledger: Arc<Mutex<Ledger>>,
     /// The stream sequence of the last event read.
     read: watch::Receiver<u64>,
+    /// The events stream's last sequence as last asked (every
+    /// [`STALL_CHECK`]); `None` before the first answer.
+    stream_last: watch::Receiver<Option<u64>>,
     /// What dashboards are told names the events stream (see
     /// [`Mirror::instance`]).
     instance: String,
@@ -99,9 +102,11 @@ impl Mirror {
         let (read_tx, read) = watch::channel(0);
         let writing = ledger.clone();
         let stalled = Arc::new(tokio::sync::Notify::new());
+        let (stream_last_tx, stream_last) = watch::channel(None);
         tokio::spawn(watch_for_stalls(
             js.clone(),
             read.clone(),
+            stream_last_tx,
             stalled.clone(),
             stop.clone(),
         ));
@@ -143,6 +148,7 @@ impl Mirror {
             js: js.clone(),
             ledger,
             read,
+            stream_last,
             instance,
         })
     }
@@ -166,6 +172,14 @@ impl Mirror {
     /// The stream sequence of the last event read.
     pub fn read_up_to(&self) -> u64 {
         *self.read.borrow()
+    }
+
+    /// Events stored in the stream and not read here yet, as of the stream's
+    /// last sequence last asked (every [`STALL_CHECK`]); `None` before it
+    /// first answered.
+    pub fn unread(&self) -> Option<u64> {
+        let last = (*self.stream_last.borrow())?;
+        Some(last.saturating_sub(self.read_up_to()))
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
@@ -253,9 +267,10 @@ impl Mirror {
 /// How often the mirror's progress is checked against the stream's.
 const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Tell the mirror's reader (`stalled`) to make its consumer again when the
-/// events stream holds events past `read` and `read` has not moved for a whole
-/// [`STALL_CHECK`]. A consumer whose node was lost is normally noticed by its
+/// Ask the events stream's last sequence every [`STALL_CHECK`] (kept in
+/// `stream_last`), and tell the mirror's reader (`stalled`) to make its
+/// consumer again when the stream holds events past `read` and `read` has not
+/// moved for a whole check. A consumer whose node was lost is normally noticed by its
 /// missing heartbeats within seconds; seen here (NATS 2.10.26, async-nats
 /// 0.40, a node killed): a consumer that delivered nothing and whose loss was
 /// noticed only 50-75 s later, holding every takeover (which waits for the
@@ -263,6 +278,7 @@ const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 async fn watch_for_stalls(
     js: Context,
     read: watch::Receiver<u64>,
+    stream_last: watch::Sender<Option<u64>>,
     stalled: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) {
@@ -274,7 +290,10 @@ async fn watch_for_stalls(
         }
         let now = *read.borrow();
         let ahead = match tokio::time::timeout(STALL_CHECK, events_info(&js)).await {
-            Ok(Ok(info)) => info.state.last_sequence > now,
+            Ok(Ok(info)) => {
+                stream_last.send_replace(Some(info.state.last_sequence));
+                info.state.last_sequence > now
+            }
             _ => false,
         };
         if ahead && now == before {

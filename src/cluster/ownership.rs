@@ -67,10 +67,10 @@ pub enum Change {
     /// Acquired (at the instant given): announced before the partition
     /// appears in [`Owned`], so before any of its messages are read.
     Taken(u32, Instant),
-    /// Lost, lapsed or given back: announced once it has left [`Owned`]. The
-    /// number names this giving-up (the lease's revision when given back, 0
-    /// when lost), for [`Ownership::let_go`].
-    Gone(u32, u64),
+    /// Lost, lapsed or given back: announced once it has left [`Owned`]. A
+    /// give-back carries its lease's revision, which names it for
+    /// [`Ownership::let_go`]; a lease lost carries none (nothing to release).
+    Gone(u32, Option<u64>),
 }
 
 /// The running loop.
@@ -237,7 +237,7 @@ impl Owner {
         // Out of the published set before anyone hears it is gone.
         self.publish();
         for partition in gone {
-            let _ = self.changes.send(Change::Gone(partition, 0));
+            let _ = self.changes.send(Change::Gone(partition, None));
         }
     }
 
@@ -259,7 +259,9 @@ impl Owner {
         self.metrics.partitions_given_back.increment(1);
         // Out of the published set at once; out of the bucket once let go.
         self.publish();
-        let _ = self.changes.send(Change::Gone(partition, lease.revision()));
+        let _ = self
+            .changes
+            .send(Change::Gone(partition, Some(lease.revision())));
         self.releasing.push(Releasing {
             lease,
             since: Instant::now(),
@@ -355,7 +357,9 @@ impl Owner {
             .increment(held.len() as u64);
         self.publish();
         for (&partition, lease) in &held {
-            let _ = self.changes.send(Change::Gone(partition, lease.revision()));
+            let _ = self
+                .changes
+                .send(Change::Gone(partition, Some(lease.revision())));
         }
         let _ = self.members.purge(&self.me).await;
         let since = Instant::now();
