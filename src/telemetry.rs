@@ -350,6 +350,9 @@ pub struct ClusterMetrics {
     pub device_messages_pending: Gauge,
     pub events_unread: Gauge,
     pub audit_pending: Gauge,
+    pub snapshots_written: Counter,
+    pub snapshots_failed: Counter,
+    pub chairs_from_snapshots: Counter,
 }
 
 impl ClusterMetrics {
@@ -397,6 +400,18 @@ impl ClusterMetrics {
                 "vitalgate_cluster_audit_pending",
                 "Events not yet written to PostgreSQL by the cluster's audit writers (read every 5 s; on gateways with cluster.audit_postgres).",
             ),
+            snapshots_written: counter(
+                "vitalgate_cluster_snapshots_written_total",
+                "Chairs' snapshots stored (a chair's device messages are acknowledged once one reflecting them is).",
+            ),
+            snapshots_failed: counter(
+                "vitalgate_cluster_snapshot_failures_total",
+                "Chairs' snapshots not stored (lease lapsed, NATS unavailable, events not journaled): their device messages wait for the next round.",
+            ),
+            chairs_from_snapshots: counter(
+                "vitalgate_cluster_chairs_from_snapshots_total",
+                "Chairs of partitions taken that were taken back from their snapshots (the others start from their session and open alarms).",
+            ),
         }
     }
 
@@ -412,6 +427,9 @@ impl ClusterMetrics {
             device_messages_pending: Gauge::noop(),
             events_unread: Gauge::noop(),
             audit_pending: Gauge::noop(),
+            snapshots_written: Counter::noop(),
+            snapshots_failed: Counter::noop(),
+            chairs_from_snapshots: Counter::noop(),
         }
     }
 }

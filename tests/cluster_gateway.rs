@@ -28,6 +28,7 @@ fn config(nats: &NatsCluster, name: &str, audit: &TestDb) -> Config {
     let k = &mut c.cluster;
     k.lease_ms = LEASE_MS;
     k.lease_margin_ms = LEASE_TIMES.margin.as_millis() as u64;
+    k.snapshot_ms = 200;
     k.round_ms = OWNERSHIP.round.as_millis() as u64;
     c
 }

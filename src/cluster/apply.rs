@@ -24,14 +24,17 @@
 //!   and the announcements are read here before every message.
 
 use super::intake::DeviceMessage;
+pub use super::keeper::Applied;
+use super::keeper::{Held, Keeper};
 use super::mirror::Mirror;
 use super::ownership::{Change, Owned};
 use super::partition_of;
-use crate::engine::{Command, Processed, Reply, Stopped, NOT_JOURNALED};
+use super::snapshots::Snapshot;
+use crate::engine::{Command, Processed, Reply, Restore, Stopped, NOT_JOURNALED};
 use crate::ingest::pipeline::{intake, Intake};
 use crate::ingest::{Devices, Topics};
 use crate::telemetry::ClusterMetrics;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -57,15 +60,6 @@ pub fn mqtt_topic(message: &DeviceMessage) -> String {
     format!("clinic/{site}/chair/{chair}/{}", message.kind)
 }
 
-/// What became of one device message, for whoever watches (tests, metrics).
-#[derive(Debug)]
-pub struct Applied {
-    pub chair: String,
-    pub processed: Processed,
-    /// Whether NATS was told the message is done with.
-    pub acknowledged: bool,
-}
-
 /// What the apply loop learns of ownership.
 pub struct Partitions {
     /// The partitions held now: a message read before its partition went is
@@ -81,6 +75,11 @@ pub struct Partitions {
     /// event they made is journaled (or failed): ownership may release its
     /// lease early ([`super::ownership::Ownership::let_go`]).
     pub let_go: Option<mpsc::UnboundedSender<(u32, u64)>>,
+    /// Where applied messages wait for their chairs' snapshots, and taken
+    /// chairs come back from theirs; without it, a message is acknowledged
+    /// once its events are journaled and taken chairs start from their
+    /// sessions and open alarms.
+    pub keeper: Option<Arc<Keeper>>,
 }
 
 /// Apply every message from `messages` until `stop` (or until the readers
@@ -100,6 +99,7 @@ pub fn start(
         count: partitions,
         restore_from,
         let_go,
+        keeper,
     } = partitions;
     let (ready_tx, ready) = watch::channel(BTreeSet::new());
     let handing = HandOver {
@@ -109,6 +109,7 @@ pub fn start(
         ready: ready_tx,
         metrics: devices.metrics.cluster(),
         let_go,
+        keeper: keeper.clone(),
     };
     let task = tokio::spawn(async move {
         loop {
@@ -134,6 +135,19 @@ pub fn start(
             if !owned.borrow().contains_key(&message.partition) {
                 continue;
             }
+            if let Some(keeper) = &keeper {
+                if keeper.snapshots().reflects(
+                    message.partition,
+                    &message.chair,
+                    message.stream_seq,
+                ) {
+                    // Handed out again after a snapshot reflecting it was
+                    // stored (by this gateway or the partition's previous
+                    // owner): done with.
+                    tokio::spawn(async move { drop(message.ack().await) });
+                    continue;
+                }
+            }
             let topic = mqtt_topic(&message);
             let (reply, outcome) = oneshot::channel();
             let now_ms = crate::clock::now_ms();
@@ -155,6 +169,7 @@ pub fn start(
             // Waiting for the receipt off this loop: the next message is handed
             // to the engine while this one's events are being journaled.
             let applied = applied.clone();
+            let keeper = keeper.clone();
             tokio::spawn(async move {
                 let processed = match settled {
                     Settled::Now(processed) => processed,
@@ -163,6 +178,18 @@ pub fn start(
                         Err(_) => return,
                     },
                 };
+                let changed_state = matches!(
+                    processed,
+                    Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. }
+                );
+                if let Some(keeper) = keeper.filter(|_| changed_state) {
+                    keeper.hold(Held {
+                        message,
+                        processed,
+                        report: applied,
+                    });
+                    return;
+                }
                 let chair = message.chair.clone();
                 let not_journaled = matches!(
                     processed,
@@ -198,6 +225,7 @@ struct HandOver {
     ready: watch::Sender<BTreeSet<u32>>,
     metrics: ClusterMetrics,
     let_go: Option<mpsc::UnboundedSender<(u32, u64)>>,
+    keeper: Option<Arc<Keeper>>,
 }
 
 impl HandOver {
@@ -230,6 +258,9 @@ impl HandOver {
         // Nothing acts on a moving partition's chairs until it is settled.
         self.ready
             .send_modify(|ready| ready.retain(|p| !moved.contains(p)));
+        if let Some(keeper) = &self.keeper {
+            keeper.snapshots().forget(|p| moved.contains(&p));
+        }
         let partitions = self.partitions;
         let engine = &self.devices.engine;
         let acquired = taken;
@@ -252,42 +283,37 @@ impl HandOver {
             // every event of those chairs is journaled or failed, and none
             // will be made. Not waited for here: other partitions' messages go on.
             let engine = engine.clone();
+            let keeper = self.keeper.clone();
             tokio::spawn(async move {
                 if engine.flushed().await {
+                    // Nor any snapshot written, or message acknowledged, from here.
+                    if let Some(keeper) = keeper {
+                        keeper.quiet().await;
+                    }
                     for word in given_up {
                         let _ = let_go.send(word);
                     }
                 }
             });
         }
-        let Some(mirror) = self.mirror.as_ref().filter(|_| !taken.is_empty()) else {
-            self.settled(&acquired);
-            return Ok(());
-        };
-        // Everything the previous owners published, before restoring from it.
-        if let Err(e) = mirror.caught_up().await {
-            tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms");
+        if taken.is_empty() {
             self.settled(&acquired);
             return Ok(());
         }
-        let now = mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions)));
-        let (sessions, alarms) = (now.sessions.len(), now.alarms.len());
+        let snapshots = self.snapshots_of(&taken).await;
+        let journaled = self.journaled(&taken).await;
+        let (copied, restored) = (snapshots.len(), journaled.is_some());
         let now_ms = crate::clock::now_ms();
+        let metrics = self.metrics.clone();
         engine
             .ask(|reply| Command::Restore {
                 restore: Box::new(move |r| {
-                    for session in &now.sessions {
-                        if let Err(e) = r.session(session, now_ms) {
-                            tracing::warn!(chair = %session.chair, error = %e, "session not restored");
-                        }
-                    }
-                    for alarm in now.alarms {
-                        r.alarm(alarm, now_ms);
-                    }
-                    for (chair, ts) in &now.evaluated {
-                        if let Err(e) = r.evaluated_until(chair, *ts) {
-                            tracing::warn!(chair = %chair, error = %e, "chair's evaluated readings not restored");
-                        }
+                    let from_copies = take_back(r, snapshots);
+                    metrics
+                        .chairs_from_snapshots
+                        .increment(from_copies.len() as u64);
+                    if let Some(now) = journaled {
+                        restore_journaled(r, now, &from_copies, now_ms);
                     }
                 }),
                 reply,
@@ -295,12 +321,44 @@ impl HandOver {
             .await
             .ok_or(Stopped)?;
         tracing::info!(
-            sessions,
-            alarms,
-            "partitions taken over: sessions and open alarms restored"
+            snapshots = copied,
+            from_events = restored,
+            "partitions taken over: chairs taken back"
         );
         self.settled(&acquired);
         Ok(())
+    }
+
+    /// The snapshots of the chairs of the partitions `taken` (none if there
+    /// is no keeper, or they could not be read: the chairs then start from
+    /// their sessions and open alarms).
+    async fn snapshots_of(&self, taken: &BTreeSet<u32>) -> Vec<Snapshot> {
+        let Some(keeper) = &self.keeper else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &p in taken {
+            match keeper.snapshots().load(p).await {
+                Ok(snapshots) => out.extend(snapshots),
+                Err(e) => {
+                    tracing::error!(partition = p, error = %e, "chairs' snapshots not read: the partition's chairs start from their sessions and open alarms");
+                }
+            }
+        }
+        out
+    }
+
+    /// The sessions and open alarms of the chairs of the partitions `taken`
+    /// in the events stream, once the mirror has read everything the
+    /// previous owners published.
+    async fn journaled(&self, taken: &BTreeSet<u32>) -> Option<super::mirror::ChairsNow> {
+        let mirror = self.mirror.as_ref()?;
+        if let Err(e) = mirror.caught_up().await {
+            tracing::error!(error = %e, "partitions taken without their chairs' sessions and alarms from the events stream");
+            return None;
+        }
+        let partitions = self.partitions;
+        Some(mirror.chairs(|chair| taken.contains(&partition_of(chair, partitions))))
     }
 
     /// The partitions `acquired` (with when their leases were) are the
@@ -312,6 +370,61 @@ impl HandOver {
         self.metrics.partitions_serving.set(serving as f64);
         for at in acquired.values() {
             self.metrics.takeover.record(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Take chairs back from their snapshots; the chairs taken.
+fn take_back(r: &mut Restore<'_>, snapshots: Vec<Snapshot>) -> BTreeSet<String> {
+    let mut taken = BTreeSet::new();
+    for snapshot in snapshots {
+        let chair = snapshot.copy.chair.clone();
+        match r.chair(snapshot.copy) {
+            Ok(()) => {
+                taken.insert(chair);
+            }
+            Err(e) => tracing::warn!(chair = %chair, error = %e, "chair's snapshot not taken back"),
+        }
+    }
+    taken
+}
+
+/// What the events stream says of the chairs taken: all there is for chairs
+/// without a snapshot; for those with one, what happened after it.
+fn restore_journaled(
+    r: &mut Restore<'_>,
+    now: super::mirror::ChairsNow,
+    from_copies: &BTreeSet<String>,
+    now_ms: u64,
+) {
+    let copied = |chair: &str| from_copies.contains(chair);
+    for session in &now.sessions {
+        if copied(&session.chair) {
+            r.session_after_copy(session, now_ms);
+        } else if let Err(e) = r.session(session, now_ms) {
+            tracing::warn!(chair = %session.chair, error = %e, "session not restored");
+        }
+    }
+    let mut open: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
+    for alarm in now.alarms {
+        if copied(&alarm.chair) {
+            open.entry(alarm.chair.to_string())
+                .or_default()
+                .insert(alarm.id);
+            r.alarm_after_copy(alarm, now_ms);
+        } else {
+            r.alarm(alarm, now_ms);
+        }
+    }
+    for chair in from_copies {
+        r.closed_after_copy(chair, open.get(chair).unwrap_or(&HashSet::new()));
+    }
+    for (chair, ts) in &now.evaluated {
+        if copied(chair) {
+            continue;
+        }
+        if let Err(e) = r.evaluated_until(chair, *ts) {
+            tracing::warn!(chair = %chair, error = %e, "chair's evaluated readings not restored");
         }
     }
 }

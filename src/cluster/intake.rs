@@ -57,6 +57,8 @@ pub struct DeviceMessage {
     pub payload: bytes::Bytes,
     /// The deadline of the lease it was read under.
     pub valid_until: Instant,
+    /// Its sequence in the MQTT listener's stream (0 if NATS did not say).
+    pub stream_seq: u64,
     message: jetstream::Message,
 }
 
@@ -257,12 +259,14 @@ impl Reader {
         };
         let kind = kind.to_string();
         let payload = message.payload.clone();
+        let stream_seq = message.info().map_or(0, |i| i.stream_sequence);
         let item = DeviceMessage {
             partition,
             chair,
             kind,
             payload,
             valid_until,
+            stream_seq,
             message,
         };
         // A full queue must not hold a message past the lease: then it is

@@ -11,9 +11,11 @@
 use super::apply::{self, Applied, Partitions};
 use super::intake::{self, ReadSettings};
 use super::journal::StreamJournal;
+use super::keeper::Keeper;
 use super::lease::{LeaseTimes, Leases};
 use super::mirror::Mirror;
 use super::ownership::{self, Owned, OwnershipSettings};
+use super::snapshots::Snapshots;
 use super::{connect_client, events, streams, ClusterError};
 use crate::core::DecodeLimits;
 use crate::engine::{self, Engine, Journal, Outlet};
@@ -45,6 +47,8 @@ pub struct MemberSettings {
     pub replicas: usize,
     /// Device messages read ahead of the engine.
     pub read_ahead: usize,
+    /// How often changed chairs' snapshots are stored.
+    pub snapshot_every: Duration,
 }
 
 impl MemberSettings {
@@ -61,6 +65,7 @@ impl MemberSettings {
             round: Duration::from_millis(c.round_ms),
             replicas: c.replicas,
             read_ahead: c.read_ahead,
+            snapshot_every: Duration::from_millis(c.snapshot_ms),
         }
     }
 }
@@ -186,18 +191,30 @@ pub async fn start(
     let owned = ownership.owned;
     let leave = ownership.leave;
     intake::start(js.clone(), owned.clone(), read, to_apply, stop.clone());
+    let keeper = Arc::new(Keeper::new(
+        Arc::new(Snapshots::open(&js, replicas, settings.partitions).await?),
+        devices.metrics.cluster(),
+    ));
     let partitions = Partitions {
         owned: owned.clone(),
         changes: ownership.changes,
         count: settings.partitions,
         restore_from: Some(mirror.clone()),
         let_go: Some(ownership.let_go),
+        keeper: Some(keeper.clone()),
     };
     let (_, settled) = apply::start(
         devices.clone(),
         from_intake,
         partitions,
         applied,
+        stop.clone(),
+    );
+    keeper.start(
+        engine.clone(),
+        settled.clone(),
+        owned.clone(),
+        settings.snapshot_every,
         stop.clone(),
     );
     Ok(Member {

@@ -36,30 +36,28 @@
 //!   the gateway's latest `websocket.replay_capacity` events.
 //!
 //! - **Device messages** of owned partitions go through the same intake as
-//!   single-node mode into the engine ([`apply`]) and are acknowledged after
-//!   their events are in the stream. When a partition is taken or goes, the
-//!   engine drops its chairs; a partition taken has its chairs' sessions and
-//!   open alarms restored from the stream ([`mirror`]), as a single-node gateway
-//!   restores from its audit trail at start-up, with the device time up to
-//!   which the previous owner evaluated each chair's readings: those handed out
-//!   again change nothing.
+//!   single-node mode into the engine ([`apply`]). When a partition is taken or
+//!   goes ([`ownership::Change`]), the engine drops its chairs.
+//! - **Takeover from snapshots**: every `snapshot_ms` the owner stores each
+//!   changed chair's whole state (a condition's delay under way, a baseline
+//!   being collected, trends, open alarms: [`crate::engine::ChairCopy`]) in a
+//!   replicated bucket ([`snapshots`]) with the stream position of the last
+//!   device message it reflects, and acknowledges a device message only once
+//!   such a snapshot is stored ([`keeper`]), after its events are in the
+//!   events stream. The messages after a chair's snapshot are so exactly those
+//!   NATS still holds for it. A gateway taking a partition takes each chair
+//!   back from its snapshot, then what the events stream says happened after
+//!   it (an acknowledgement, a session change: [`mirror`]), then is handed the
+//!   chair's messages after the snapshot before newer ones and applies them
+//!   through the same engine on device time. A chair without a snapshot starts
+//!   from its session and open alarms in the events stream, with the device
+//!   time up to which the previous owner evaluated its readings (those handed
+//!   out again change nothing).
 //! - **Nothing raised twice**: alarm ids are derived from what raised them
 //!   (chair, rule, the reading's device time: [`crate::core::alarm_id`]) and an
 //!   alarm event's stream id from what it says ([`journal::event_id`]), so a
 //!   reading the next owner evaluates again raises the same alarm under the same
 //!   id, and the stream drops the repeat.
-//!
-//! Still to come: live vitals across gateways, `/api` from PostgreSQL, metrics
-//! of leases and takeovers, and:
-//! - **Takeover with replay**: restore each chair from a snapshot of its whole
-//!   state (baseline samples, pending condition delays, trends) kept with the
-//!   stream position it reflects, and replay the device messages after it on
-//!   device time before going live. Acknowledged messages leave `$MQTT_msgs`,
-//!   so the owner first copies each into a replicated stream of its own
-//!   (deduplicated by the message's sequence), which the snapshot positions
-//!   refer to. Today a taken chair starts from its session and open alarms: a
-//!   condition delay under way starts again, and a baseline being collected
-//!   starts over.
 
 //! # NATS 2.10 or later
 //! Leases need the server to serialise writes that expect a revision; 2.9.10
@@ -77,11 +75,13 @@ pub mod feed;
 pub mod gateway;
 pub mod intake;
 pub mod journal;
+pub mod keeper;
 pub mod lag;
 pub mod lease;
 pub mod member;
 pub mod mirror;
 pub mod ownership;
+pub mod snapshots;
 pub mod streams;
 
 use std::time::Duration;
@@ -194,11 +194,25 @@ async fn keys_of(
     kv: &async_nats::jetstream::kv::Store,
     what: &'static str,
 ) -> Result<Vec<String>, ClusterError> {
+    Ok(entries_of(kv, ">", what)
+        .await?
+        .into_iter()
+        .map(|entry| entry.key)
+        .collect())
+}
+
+/// The latest entry of every key of `kv` matching `filter` (a subject filter
+/// on keys, `>` for all), in key order, read as [`keys_of`] says.
+async fn entries_of(
+    kv: &async_nats::jetstream::kv::Store,
+    filter: &str,
+    what: &'static str,
+) -> Result<Vec<async_nats::jetstream::kv::Entry>, ClusterError> {
     use async_nats::jetstream::kv::Operation;
     use futures_util::TryStreamExt;
     let subjects: Vec<(String, usize)> = kv
         .stream
-        .info_with_subjects(format!("{}>", kv.prefix))
+        .info_with_subjects(format!("{}{filter}", kv.prefix))
         .await
         .map_err(|e| ClusterError::js(what, e))?
         .try_collect()
@@ -208,15 +222,15 @@ async fn keys_of(
         let key = subject.strip_prefix(&kv.prefix)?.to_string();
         Some(async move { kv.entry(key.as_str()).await.map(|entry| (key, entry)) })
     });
-    let mut keys = Vec::new();
+    let mut entries = Vec::new();
     for found in futures_util::future::join_all(latest).await {
         match found.map_err(|e| ClusterError::js(what, e))? {
-            (key, Some(entry)) if entry.operation == Operation::Put => keys.push(key),
+            (_, Some(entry)) if entry.operation == Operation::Put => entries.push(entry),
             _ => {}
         }
     }
-    keys.sort_unstable();
-    Ok(keys)
+    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(entries)
 }
 
 /// Connect to the cluster (any of `servers`; the client follows the cluster's

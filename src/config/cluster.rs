@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// Device messages read ahead of the engine.
     pub read_ahead: usize,
+    /// How often each changed chair's snapshot is stored, ms: a partition's
+    /// next owner takes its chairs back from their snapshots, and a device
+    /// message is acknowledged once one reflecting it is stored.
+    pub snapshot_ms: u64,
     /// PostgreSQL connection string of the audit trail (every event of the
     /// events stream, written once); empty: this gateway does not write it.
     pub audit_postgres: String,
@@ -107,6 +111,11 @@ impl ClusterConfig {
             self.since_from_stream_max <= 10_000_000,
             "since_from_stream_max",
             "must be at most 10000000",
+        );
+        check(
+            self.snapshot_ms >= 50 && self.snapshot_ms * 2 <= self.lease_margin_ms,
+            "snapshot_ms",
+            "must be at least 50 and at most half of cluster.lease_margin_ms (a device message waits up to this long, unacknowledged, and NATS hands it out again after lease_margin_ms)",
         );
         check(
             (1..=1_000_000).contains(&self.read_ahead),

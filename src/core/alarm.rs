@@ -200,14 +200,17 @@ fn priority_index(p: Priority) -> usize {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Active {
-    event: AlarmEvent,
+/// One active alarm as the board holds it (serialisable: cluster mode carries
+/// it to a chair's next owner in the chair's snapshot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Active {
+    /// Its latest event.
+    pub event: AlarmEvent,
     /// Gateway time of the raise, and of the acknowledgement.
-    raised_at: u64,
-    acknowledged_at: Option<u64>,
+    pub raised_at: u64,
+    pub acknowledged_at: Option<u64>,
     /// Gateway time of the last reminder.
-    reminded_at: Option<u64>,
+    pub reminded_at: Option<u64>,
 }
 
 /// Gateway-wide sequence of events and the alarms currently active.
@@ -405,6 +408,36 @@ impl Board {
                 reminded_at: None,
             },
         );
+    }
+
+    /// The active alarms of `chair`, as held, in id order.
+    pub fn of_chair(&self, chair: &str) -> Vec<Active> {
+        self.active
+            .values()
+            .filter(|a| &*a.event.chair == chair)
+            .cloned()
+            .collect()
+    }
+
+    /// Take back an active alarm exactly as another board held it (see
+    /// [`Board::of_chair`]), without an event.
+    pub fn take_back(&mut self, alarm: Active) {
+        self.active.insert(alarm.event.id, alarm);
+    }
+
+    /// Active alarm `id` as held.
+    pub fn get(&self, id: u64) -> Option<&Active> {
+        self.active.get(&id)
+    }
+
+    /// Whether alarm `id` is active here, and if so whether acknowledged.
+    pub fn is_acknowledged(&self, id: u64) -> Option<bool> {
+        self.active.get(&id).map(|a| a.acknowledged_at.is_some())
+    }
+
+    /// Drop active alarm `id` without an event.
+    pub fn drop_alarm(&mut self, id: u64) {
+        self.active.remove(&id);
     }
 
     /// The chair of active alarm `id`.

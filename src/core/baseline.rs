@@ -17,7 +17,7 @@
 use super::reading::Vital;
 use super::session::Baseline;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Sampler {
     kept: Vec<f32>,
     /// Samples seen in all.
@@ -25,11 +25,26 @@ struct Sampler {
 }
 
 /// Collects baseline samples during the `baseline` phase.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BaselineSampler {
     vitals: [Sampler; 6],
     max_samples: usize,
+    /// Kept as the generator's state, so a sampler taken back carries on
+    /// drawing exactly as the original would have.
+    #[serde(with = "rng_state")]
     rng: fastrand::Rng,
+}
+
+mod rng_state {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(rng: &fastrand::Rng, s: S) -> Result<S::Ok, S::Error> {
+        rng.get_seed().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<fastrand::Rng, D::Error> {
+        u64::deserialize(d).map(fastrand::Rng::with_seed)
+    }
 }
 
 impl BaselineSampler {

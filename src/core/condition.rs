@@ -254,7 +254,7 @@ impl Measure {
 }
 
 /// The state of one condition for one patient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum ConditionState {
     #[default]
     Normal,

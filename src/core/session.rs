@@ -236,7 +236,7 @@ impl SessionUpdate {
 pub type Baseline = [Option<f64>; 6];
 
 /// One chair's session as the gateway holds it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Session {
     pub phase: Phase,
     pub patient: Option<Arc<str>>,

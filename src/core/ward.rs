@@ -268,6 +268,41 @@ impl Ward {
         self.with_chair(chair, true, |_, state, _| state.evaluated_until(ts))
     }
 
+    /// A copy of `chair`'s whole state (cluster mode keeps it as a snapshot).
+    pub fn state_of(&self, chair: &str) -> Option<PatientState> {
+        self.patients.get(chair).map(|s| s.value().clone())
+    }
+
+    /// Put `state` in as `chair`'s, replacing what was there (cluster mode: a
+    /// snapshot of the chair taken over from its previous owner).
+    pub fn take_back(&self, chair: &str, state: PatientState) -> Result<(), WardError> {
+        self.with_chair(chair, true, |_, s, _| *s = state)
+    }
+
+    /// [`Ward::restore`] over a chair taken back from a snapshot (see
+    /// [`PatientState::restore_after_snapshot`]).
+    pub fn restore_after_snapshot(&self, event: &SessionEvent, now_ms: u64) {
+        let _ = self.with_chair(&event.chair, false, |_, state, _| {
+            state.restore_after_snapshot(&self.rules, event, now_ms)
+        });
+    }
+
+    /// [`Ward::restore_alarm`] over a chair taken back from a snapshot (see
+    /// [`PatientState::restore_alarm_after_snapshot`]).
+    pub fn restore_alarm_after_snapshot(&self, event: &AlarmEvent) -> bool {
+        self.with_chair(&event.chair, false, |_, state, _| {
+            state.restore_alarm_after_snapshot(&self.rules, event)
+        })
+        .unwrap_or(false)
+    }
+
+    /// End latched alarm `id` of `chair` without an event (its clear is
+    /// journaled already: see [`PatientState::end_latched_silently`]).
+    pub fn end_latched_silently(&self, chair: &str, id: u64) -> bool {
+        self.with_chair(chair, false, |_, state, _| state.end_latched_silently(id))
+            .unwrap_or(false)
+    }
+
     /// Take back an alarm open when the previous run stopped (see
     /// [`PatientState::restore_alarm`]). False if no matching condition is there (or
     /// the chair limit is reached).

@@ -1,6 +1,7 @@
 //! The journal thread: group commit, then release in order.
 
-use super::state::{deliver_receipt, Pass};
+use super::state::Pass;
+use super::task::deliver_receipt;
 use super::{Outlet, Processed, Receipt, Sequenced};
 use crate::audit::{Audit, Record};
 use crate::telemetry::Metrics;

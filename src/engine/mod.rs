@@ -29,10 +29,13 @@
 //! The engine knows nothing of sockets or brokers: ingest and the fan-out are
 //! edges that send it commands and implement [`Outlet`].
 
+mod copies;
 mod journal;
 mod restore;
 mod state;
+mod task;
 
+pub use copies::{ChairCopy, CopyError};
 pub use journal::{Journal, JournalError, SqliteJournal, NOT_JOURNALED};
 pub use restore::Restore;
 pub use state::in_scope;
@@ -179,6 +182,16 @@ pub enum Command {
         restore: RestoreFn,
         reply: oneshot::Sender<()>,
     },
+    /// Copies of chairs' whole state (cluster mode's snapshots, see
+    /// [`ChairCopy`]): of `chairs`, and of the chairs `changed_in` names
+    /// among those that made an event since they were last copied. Answered
+    /// once every event made before it is released: `None` if the journal
+    /// withheld any of them.
+    Copies {
+        chairs: Vec<String>,
+        changed_in: Box<dyn Fn(&str) -> bool + Send>,
+        reply: oneshot::Sender<Option<Vec<ChairCopy>>>,
+    },
     /// A dashboard asks for a fresh snapshot, ordered with its events.
     Snapshot {
         scope: SiteScope,
@@ -314,7 +327,7 @@ impl Engine {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel(parts.commands.max(1));
         let (to_journal, from_engine) = mpsc::channel(JOURNAL_QUEUE);
-        let mut state = state::State::new(parts, outlet.clone(), restore::run_boxed);
+        let mut state = state::State::new(parts, outlet.clone(), restore::run_boxed, copies::take);
         let (ward, instance) = (state.ward.clone(), state.instance.clone());
         let first = restore::run(&mut state, restore);
         let release = journal::Release {
@@ -329,13 +342,13 @@ impl Engine {
             .name("vitalgate-journal".into())
             .spawn(move || journal::run(journal, from_engine, release))
             .expect("the journal thread starts");
-        let pipe = state::Pipe {
+        let pipe = task::Pipe {
             to_journal,
             in_flight,
             receipts,
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(state::run(state, rx, pipe, first, stop.clone()));
+        let task = tokio::spawn(task::run(state, rx, pipe, first, stop.clone()));
         (
             Engine {
                 tx,
@@ -429,3 +442,6 @@ const JOURNAL_QUEUE: usize = 1024;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod copies_tests;

@@ -26,8 +26,14 @@ impl Restore<'_> {
     /// An alarm open when the previous run stopped: taken back without a new
     /// event when a rule of its chair still matches, otherwise closed with
     /// `reason: "not_restored"` so that the record is complete. True if taken back.
-    pub fn alarm(&mut self, mut event: AlarmEvent, now_ms: u64) -> bool {
-        if self.state.ward.restore_alarm(&event) {
+    pub fn alarm(&mut self, event: AlarmEvent, now_ms: u64) -> bool {
+        let taken = self.state.ward.restore_alarm(&event);
+        self.settle_alarm(event, taken, now_ms)
+    }
+
+    /// On the board: taken back (`taken`: its conditions are), or closed.
+    pub(super) fn settle_alarm(&mut self, mut event: AlarmEvent, taken: bool, now_ms: u64) -> bool {
+        if taken {
             let policy = &self.state.policy;
             let at = event.received_at;
             let acknowledged = (event.state == AlarmState::Acknowledged).then_some(at);

@@ -1,8 +1,8 @@
-//! The engine task: applies commands to the ward and the board, sequences the
-//! events they make, and hands them to the journal.
+//! The engine's state: applies commands to the ward and the board, and
+//! sequences the events they make for the journal (the engine task runs it).
 
 use super::{
-    Command, Outlet, Parts, Processed, Receipt, Reply, RestoreFn, Sequenced, Start, Ticked,
+    ChairCopy, Command, Outlet, Parts, Processed, Reply, RestoreFn, Sequenced, Start, Ticked,
 };
 use crate::access::SiteScope;
 use crate::core::{
@@ -10,11 +10,9 @@ use crate::core::{
 };
 use crate::protocol::{self, Frame};
 use crate::telemetry::Metrics;
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// One step of the engine's output, released by the journal thread in order.
 pub(super) enum Pass {
@@ -28,83 +26,21 @@ pub(super) enum Pass {
     Then(Box<dyn FnOnce(bool) + Send>),
 }
 
-/// The engine's way to the journal thread.
-pub(super) struct Pipe {
-    pub to_journal: mpsc::Sender<Vec<Pass>>,
-    /// Batches sent to the journal and not yet wholly released: when none are, a
-    /// batch with nothing to commit is released here, without a thread hop.
-    pub in_flight: Arc<AtomicUsize>,
-    pub receipts: mpsc::UnboundedSender<Receipt>,
-}
+/// What makes a [`Command::Copies`]' copies (a plain function, which keeps
+/// the copies module out of the state's dependencies, as the restorer).
+pub(super) type Copier = fn(&mut State, Vec<String>, &dyn Fn(&str) -> bool) -> Vec<ChairCopy>;
 
-impl Pipe {
-    async fn send(&self, batch: Vec<Pass>) {
-        let commits = batch.iter().any(|p| !matches!(p, Pass::Receipt(..)));
-        if !commits && self.in_flight.load(Ordering::Acquire) == 0 {
-            for pass in batch {
-                if let Pass::Receipt(reply, processed) = pass {
-                    deliver_receipt(&self.receipts, reply, processed);
-                }
+/// Chairs that made an event since they were last copied: tracked once the
+/// first copies are asked for (single-node mode never asks).
+#[derive(Default)]
+pub(super) struct Changed(pub(super) Option<HashSet<Arc<str>>>);
+
+impl Changed {
+    fn note(&mut self, chair: &Arc<str>) {
+        if let Some(set) = &mut self.0 {
+            if !set.contains(chair) {
+                set.insert(chair.clone());
             }
-            return;
-        }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if self.to_journal.send(batch).await.is_err() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-pub(super) fn deliver_receipt(
-    receipts: &mpsc::UnboundedSender<Receipt>,
-    reply: Reply,
-    processed: Processed,
-) {
-    match reply {
-        Reply::Ticket(ticket) => drop(receipts.send(Receipt { ticket, processed })),
-        Reply::Once(tx) => drop(tx.send(processed)),
-    }
-}
-
-/// Most commands taken per wake-up: one journal hand-off covers them all.
-const BATCH: usize = 256;
-
-pub(super) async fn run(
-    mut state: State,
-    mut rx: mpsc::Receiver<Command>,
-    pipe: Pipe,
-    first: Vec<Pass>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    if !first.is_empty() {
-        pipe.send(first).await;
-    }
-    let mut commands = Vec::with_capacity(BATCH);
-    let mut closing = false;
-    loop {
-        let taken = if closing {
-            rx.recv_many(&mut commands, BATCH).await
-        } else {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut commands, BATCH) => n,
-                _ = stop.cancelled() => {
-                    // No new commands; those queued are still applied.
-                    rx.close();
-                    closing = true;
-                    continue;
-                }
-            }
-        };
-        if taken == 0 {
-            break;
-        }
-        let mut out = Vec::new();
-        for command in commands.drain(..) {
-            state.apply(command, &mut out);
-        }
-        if !out.is_empty() {
-            pipe.send(out).await;
         }
     }
 }
@@ -123,6 +59,10 @@ pub(super) struct State {
     outlet: Arc<dyn Outlet>,
     /// Runs a [`Command::Restore`] (the restore module's runner).
     restorer: fn(&mut State, RestoreFn) -> Vec<Pass>,
+    /// Chairs with events since they were last copied ([`Command::Copies`]).
+    pub(super) changed: Changed,
+    /// Makes a [`Command::Copies`]' copies (the copies module's).
+    copier: Copier,
 }
 
 impl State {
@@ -130,6 +70,7 @@ impl State {
         parts: Parts,
         outlet: Arc<dyn Outlet>,
         restorer: fn(&mut State, RestoreFn) -> Vec<Pass>,
+        copier: Copier,
     ) -> State {
         State {
             ward: Arc::new(parts.ward),
@@ -143,6 +84,8 @@ impl State {
             metrics: parts.metrics,
             outlet,
             restorer,
+            changed: Changed::default(),
+            copier,
         }
     }
 
@@ -229,6 +172,17 @@ impl State {
                 self.board.forget(&which);
                 let gone = self.ward.forget(&which);
                 answer(reply, gone, out)
+            }
+            Command::Copies {
+                chairs,
+                changed_in,
+                reply,
+            } => {
+                let copier = self.copier;
+                let copies = copier(self, chairs, &*changed_in);
+                out.push(Pass::Then(Box::new(move |journaled| {
+                    let _ = reply.send(journaled.then_some(copies));
+                })));
             }
             Command::Snapshot { scope, then } => {
                 let frame = self.snapshot(&scope);
@@ -418,6 +372,7 @@ impl State {
             })
             .collect();
         for s in &sequenced {
+            self.changed.note(&s.chair);
             if self.replay.len() >= self.replay_capacity {
                 self.replay.pop_front();
             }

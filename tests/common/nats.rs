@@ -131,6 +131,7 @@ pub fn member_settings(servers: Vec<String>, name: &str) -> MemberSettings {
         round: OWNERSHIP.round,
         replicas: 3,
         read_ahead: 1024,
+        snapshot_every: std::time::Duration::from_millis(200),
     }
 }
 

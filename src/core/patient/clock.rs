@@ -19,7 +19,7 @@
 /// Length of one bucket of the minimum, gateway ms.
 pub const BUCKET_MS: u64 = 15 * 60_000;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DeviceClock {
     /// Gateway time the current bucket started.
     bucket_start: u64,

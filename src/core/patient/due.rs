@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 /// least a sixteenth of the window apart so that they cover the whole window.
 ///
 /// [`TREND_SAMPLES`]: crate::core::rules::TREND_SAMPLES
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct Trend {
     pub(super) samples: VecDeque<(u64, f32)>,
 }

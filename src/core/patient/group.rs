@@ -22,7 +22,7 @@ use crate::core::condition::{Condition, ConditionState, Step};
 use crate::core::rules::{Priority, RuleSet};
 
 /// A condition holding a group's alarm, with the value and limit it joined with.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub condition: usize,
     pub value: f64,
@@ -30,7 +30,7 @@ pub struct Member {
 }
 
 /// What dashboards were last told about one group's alarm.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Shown {
     id: u64,
     /// Highest priority first (then rule order): the first sets the priority.
@@ -249,6 +249,15 @@ impl PatientState {
         for s in self.shown.iter_mut().flatten() {
             if s.id == alarm_id {
                 s.acknowledged = true;
+            }
+        }
+    }
+
+    /// Alarm `alarm_id` ended without an event: no group shows it.
+    pub(super) fn forget_shown(&mut self, alarm_id: u64) {
+        for s in self.shown.iter_mut() {
+            if s.as_ref().is_some_and(|s| s.id == alarm_id) {
+                *s = None;
             }
         }
     }

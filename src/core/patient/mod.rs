@@ -23,7 +23,7 @@ use super::rules::RuleSet;
 use super::session::{Phase, Session};
 use clock::DeviceClock;
 use due::{Due, Trend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How far before the device time up to which a chair was evaluated
 /// elsewhere (see [`PatientState::evaluated_until`]) a reading may be and still
@@ -34,14 +34,14 @@ use serde::Serialize;
 pub const EVALUATED_REPEAT_WINDOW_MS: u64 = 60_000;
 
 /// A vital's latest value and the device time it was measured at.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub value: f64,
     pub ts: u64,
 }
 
 /// The pump's latest report and its device time.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PumpSample {
     #[serde(flatten)]
     pub pump: Pump,
@@ -49,7 +49,7 @@ pub struct PumpSample {
 }
 
 /// The latest known values of one chair, as dashboards see them.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Latest {
     pub vitals: [Option<Sample>; 6],
     pub pump: Option<PumpSample>,
@@ -127,7 +127,9 @@ pub enum Applied {
     },
 }
 
-#[derive(Debug, Clone)]
+/// Serialisable whole (cluster mode keeps snapshots of it): every field is
+/// plain data on device or gateway wall-clock time, nothing tied to this process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PatientState {
     latest: Latest,
     /// Gateway time each vital's latest value arrived.

@@ -230,6 +230,74 @@ impl PatientState {
             .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
     }
 
+    /// Whether this chair's session is the one `e` records (a snapshot taken
+    /// after the event), rather than older.
+    pub fn session_is(&self, e: &SessionEvent) -> bool {
+        let s = &self.session;
+        s.phase == e.phase
+            && s.patient == e.patient
+            && s.session_number == e.session_number
+            && s.route == e.route
+            && s.phase_since == e.phase_since
+            && s.infusion_started == e.infusion_started
+            && s.message_ts == e.message_ts
+            && s.overrides == e.limits
+    }
+
+    /// [`PatientState::restore`] on a chair taken from a snapshot: only if `e`
+    /// is newer than the snapshot's session, and a baseline being collected
+    /// since the same moment keeps what it has collected.
+    pub fn restore_after_snapshot(&mut self, rules: &RuleSet, e: &SessionEvent, now_ms: u64) {
+        if self.session_is(e) {
+            return;
+        }
+        let same_baseline =
+            self.session.phase == Phase::Baseline && self.session.phase_since == e.phase_since;
+        let sampler = self.sampler.take();
+        self.restore(rules, e, now_ms);
+        if same_baseline && e.phase == Phase::Baseline {
+            self.sampler = sampler;
+        }
+    }
+
+    /// End latched alarm `id` as if acknowledged, without an event: a chair
+    /// taken from a snapshot made before the acknowledgement, whose clear is
+    /// journaled already. False if no condition holds it latched.
+    pub fn end_latched_silently(&mut self, id: u64) -> bool {
+        let mut ended = false;
+        for c in self.conditions.iter_mut() {
+            if *c == (ConditionState::Latched { alarm_id: id }) {
+                *c = ConditionState::Normal;
+                ended = true;
+            }
+        }
+        if ended {
+            self.forget_shown(id);
+        }
+        ended
+    }
+
+    /// [`PatientState::restore_alarm`] on a chair taken from a snapshot older
+    /// than the alarm: the alarm's conditions may still be waiting out their
+    /// delay there, as they were when the snapshot was taken.
+    pub fn restore_alarm_after_snapshot(
+        &mut self,
+        rules: &RuleSet,
+        e: &crate::core::AlarmEvent,
+    ) -> bool {
+        for i in 0..rules.len() {
+            let c = rules.condition(i);
+            let held = *c.rule == *e.rule || e.rules.iter().any(|r| *r.rule == *c.rule);
+            if held
+                && c.check.direction() == e.condition
+                && matches!(self.conditions[i], ConditionState::Pending { .. })
+            {
+                self.conditions[i] = ConditionState::Normal;
+            }
+        }
+        self.restore_alarm(rules, e)
+    }
+
     /// Take back an alarm that was open when the previous run stopped: the
     /// conditions of every rule it held are active again under the same id
     /// (acknowledged or not), so it clears, latches or escalates as if there had

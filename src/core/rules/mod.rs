@@ -131,6 +131,27 @@ impl RuleSet {
         self.groups.len()
     }
 
+    /// What a chair's state depends on of the rule set: its conditions, in
+    /// order (a chair's state holds one entry per condition, one per group).
+    /// Two rule sets with the same fingerprint read each other's chair states
+    /// (cluster mode's snapshots); FNV-1a, stable across builds and machines.
+    pub fn fingerprint(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(&(self.conditions.len() as u64).to_le_bytes());
+        eat(&(self.groups.len() as u64).to_le_bytes());
+        for (i, c) in self.conditions.iter().enumerate() {
+            eat(c.rule.as_bytes());
+            eat(&[0, c.check.kind() as u8, c.check.direction() as u8]);
+            eat(&(self.group_of(i) as u64).to_le_bytes());
+        }
+        hash
+    }
+
     /// Assign every condition its group (after all are compiled).
     fn assign_groups(&mut self) {
         let mut keys: Vec<GroupKey> = Vec::new();

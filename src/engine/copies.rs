@@ -1,0 +1,147 @@
+//! Copies of chairs' whole state, for cluster mode's snapshots: what a chair's
+//! next owner takes back to carry on exactly where this engine was (a
+//! condition's delay under way, a baseline being collected, trends), and how
+//! it takes them back.
+//!
+//! A copy is made in order with the engine's commands and handed out only
+//! after every event made before it is journaled: whoever takes it back finds
+//! each event the copied state assumes already in the journal.
+
+use super::restore::Restore;
+use super::state::State;
+use crate::core::alarm::Active;
+use crate::core::patient::PatientState;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// One chair's whole state and its active alarms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChairCopy {
+    pub chair: String,
+    /// [`crate::core::RuleSet::fingerprint`] of the rules the state was made
+    /// under: only an engine with the same rules can take it back.
+    pub rules: u64,
+    pub state: PatientState,
+    pub alarms: Vec<Active>,
+}
+
+/// A copy could not be taken back.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("the copy of {chair} was made under other alarm rules (fingerprint {found:x}, here {here:x})")]
+    OtherRules {
+        chair: String,
+        found: u64,
+        here: u64,
+    },
+    #[error(transparent)]
+    Ward(#[from] crate::core::WardError),
+}
+
+/// Copies of `chairs` and of the changed chairs `changed_in` names (which are
+/// no longer counted as changed). Chairs the engine does not hold are left out.
+pub(super) fn take(
+    state: &mut State,
+    chairs: Vec<String>,
+    changed_in: &dyn Fn(&str) -> bool,
+) -> Vec<ChairCopy> {
+    let set = state.changed.0.get_or_insert_with(HashSet::new);
+    let mut wanted: HashSet<Arc<str>> = chairs.into_iter().map(Arc::from).collect();
+    set.retain(|chair| {
+        let take = changed_in(chair);
+        if take {
+            wanted.insert(chair.clone());
+        }
+        !take
+    });
+    let rules = state.ward.rules().fingerprint();
+    let mut out: Vec<ChairCopy> = wanted
+        .into_iter()
+        .filter_map(|chair| {
+            let patient = state.ward.state_of(&chair)?;
+            Some(ChairCopy {
+                chair: chair.to_string(),
+                rules,
+                state: patient,
+                alarms: state.board.of_chair(&chair),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.chair.cmp(&b.chair));
+    out
+}
+
+impl Restore<'_> {
+    /// Take a chair back from its copy: its state and active alarms as its
+    /// previous owner held them, without an event. What happened after the
+    /// copy was made comes after: events from the journal (see
+    /// [`Restore::session_after_copy`], [`Restore::alarm_after_copy`]), then
+    /// the device messages the previous owner had not yet copied.
+    pub fn chair(&mut self, copy: ChairCopy) -> Result<(), CopyError> {
+        let here = self.state.ward.rules().fingerprint();
+        if copy.rules != here {
+            return Err(CopyError::OtherRules {
+                chair: copy.chair,
+                found: copy.rules,
+                here,
+            });
+        }
+        self.state.ward.take_back(&copy.chair, copy.state)?;
+        let chair: Arc<str> = Arc::from(copy.chair.as_str());
+        self.state.board.forget(|c| *c == *chair);
+        for alarm in copy.alarms {
+            self.state.board.take_back(alarm);
+        }
+        Ok(())
+    }
+
+    /// The chair's latest session event from the journal, over its copy: taken
+    /// only if newer than the copy's session (a dashboard's change made after
+    /// the copy).
+    pub fn session_after_copy(&mut self, event: &crate::core::SessionEvent, now_ms: u64) {
+        self.state.ward.restore_after_snapshot(event, now_ms);
+    }
+
+    /// An alarm the journal says is open, over a chair taken back from its
+    /// copy: acknowledged after the copy was made, it is acknowledged here too;
+    /// raised after it, it is taken back as at start-up (the readings that
+    /// raised it, handed out again, then change nothing).
+    pub fn alarm_after_copy(&mut self, event: crate::core::AlarmEvent, now_ms: u64) {
+        match self.state.board.is_acknowledged(event.id) {
+            Some(false) if event.acknowledged_by.is_some() => {
+                if let Some(mut held) = self.state.board.get(event.id).cloned() {
+                    // As journaled: no new event.
+                    held.acknowledged_at = Some(event.received_at);
+                    held.event = event.clone();
+                    self.state.board.take_back(held);
+                    // A latched alarm whose condition had ended cleared then.
+                    let cleared = self.state.ward.acknowledged(&event.chair, event.id, now_ms);
+                    self.closed.extend(cleared);
+                }
+            }
+            Some(_) => {}
+            None => {
+                let taken = self.state.ward.restore_alarm_after_snapshot(&event);
+                self.settle_alarm(event, taken, now_ms);
+            }
+        }
+    }
+
+    /// An alarm of a chair taken back from its copy that the journal no
+    /// longer has open: a latched alarm acknowledged after the copy was made
+    /// (its clear is journaled) ends here too, silently. One that ended with
+    /// a reading ends again when that reading is handed out again.
+    pub fn closed_after_copy(&mut self, chair: &str, open: &HashSet<u64>) {
+        let held = self.state.board.of_chair(chair);
+        for alarm in held {
+            let id = alarm.event.id;
+            if open.contains(&id) || !alarm.event.latching {
+                continue;
+            }
+            if self.state.ward.end_latched_silently(chair, id) {
+                self.state.board.drop_alarm(id);
+            }
+        }
+    }
+}

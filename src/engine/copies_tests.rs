@@ -1,0 +1,240 @@
+//! Chairs copied from one engine and taken back by another, as cluster mode's
+//! takeover does: the chair carries on where the first engine left it, and
+//! what the journal says happened after the copy holds.
+
+use super::*;
+use crate::core::reading::Vital;
+use crate::core::rules::{Priority, RuleSpec};
+use crate::core::{AlarmEvent, AlarmState, EscalationPolicy, RuleSet};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+struct Commits;
+
+impl Journal for Commits {
+    fn commit(&mut self, _: &[crate::audit::Record<'_>]) -> Result<(), JournalError> {
+        Ok(())
+    }
+}
+
+/// Every alarm frame released, as JSON.
+struct Alarms(UnboundedSender<serde_json::Value>);
+
+impl Outlet for Alarms {
+    fn release(&self, events: &[Sequenced]) {
+        for e in events.iter().filter(|e| e.kind == "alarm") {
+            let _ = self.0.send(serde_json::from_str(e.frame.as_str()).unwrap());
+        }
+    }
+    fn vitals(&self, _: &Arc<str>, _: &crate::core::Latest, _: Instant) {}
+}
+
+/// SpO2 below 90 for `delay_ms` of device time raises (high); back at 91 clears.
+fn rules(delay_ms: u64) -> RuleSet {
+    rules_named("spo2_low", delay_ms)
+}
+
+fn rules_named(id: &str, delay_ms: u64) -> RuleSet {
+    RuleSet::compile(&[RuleSpec {
+        id: id.into(),
+        vital: Vital::Spo2,
+        low: Some(90.0),
+        priority: Priority::High,
+        hysteresis: 1.0,
+        delay_ms,
+        ..RuleSpec::default()
+    }])
+    .unwrap()
+}
+
+struct Side {
+    engine: Engine,
+    alarms: UnboundedReceiver<serde_json::Value>,
+    _running: Running,
+}
+
+fn side(rules: RuleSet, restore: impl FnOnce(&mut Restore<'_>)) -> Side {
+    let (tx, alarms) = unbounded_channel();
+    let (receipts, _) = unbounded_channel();
+    let (engine, running) = Engine::start(
+        Parts {
+            ward: Ward::with_derived_alarm_ids(Arc::new(rules), 1000),
+            last_seq: 0,
+            instance: "test".into(),
+            replay_capacity: 100,
+            commands: 1024,
+            escalation: EscalationPolicy {
+                escalate_after_ms: [60_000, 0, 0],
+                max_level: 5,
+                reminder_ms: 0,
+            },
+            forget_idle_chair_ms: 0,
+            silent_ms: 60_000,
+            metrics: Arc::new(Metrics::new()),
+        },
+        Box::new(Commits),
+        Arc::new(Alarms(tx)),
+        receipts,
+        restore,
+    );
+    Side {
+        engine,
+        alarms,
+        _running: running,
+    }
+}
+
+const CHAIR: &str = "north/1";
+
+impl Side {
+    /// SpO2 `v` measured at device time `seq` seconds.
+    async fn spo2(&self, seq: u64, v: f64) -> Processed {
+        let mut values = [None; 6];
+        values[Vital::Spo2.index()] = Some(v);
+        let reading = Reading {
+            seq,
+            ts: 1_000 * seq,
+            values,
+            pump: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Reading {
+            chair: CHAIR.into(),
+            reading,
+            received: Instant::now(),
+            now_ms: 100_000,
+            reply: Reply::Once(tx),
+        };
+        self.engine.send(command).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn copy(&self) -> ChairCopy {
+        let mut copies = self
+            .engine
+            .ask(|reply| Command::Copies {
+                chairs: vec![CHAIR.into()],
+                changed_in: Box::new(|_| false),
+                reply,
+            })
+            .await
+            .flatten()
+            .expect("copies after the commit");
+        assert_eq!(copies.len(), 1);
+        copies.remove(0)
+    }
+
+    fn raised(&mut self) -> Vec<u64> {
+        let mut ts = Vec::new();
+        while let Ok(frame) = self.alarms.try_recv() {
+            if frame["state"] == "raised" {
+                ts.push(frame["ts"].as_u64().unwrap());
+            }
+        }
+        ts
+    }
+}
+
+/// The alarm event a copy holds, acknowledged by `by` as the journal records it.
+fn acknowledged(copy: &ChairCopy, by: &str) -> AlarmEvent {
+    let mut event = copy.alarms[0].event.clone();
+    event.state = AlarmState::Acknowledged;
+    event.acknowledged_by = Some(Arc::from(by));
+    event
+}
+
+#[tokio::test]
+async fn a_chair_taken_back_carries_on_a_delay_under_way() {
+    let first = side(rules(4_000), |_| {});
+    for seq in 1..=3 {
+        first.spo2(seq, 85.0).await;
+    }
+    let copy = first.copy().await;
+    // Serialised and read back, as NATS holds it.
+    let copy: ChairCopy = serde_json::from_slice(&serde_json::to_vec(&copy).unwrap()).unwrap();
+    let mut next = side(rules(4_000), move |r| r.chair(copy).unwrap());
+    next.spo2(4, 85.0).await;
+    assert!(next.raised().is_empty(), "3 s of the 4 s delay");
+    next.spo2(5, 85.0).await;
+    tokio::task::yield_now().await;
+    next.engine.flushed().await;
+    assert_eq!(
+        next.raised(),
+        vec![5_000],
+        "raised 4 s after the breach began on the first engine"
+    );
+}
+
+#[tokio::test]
+async fn an_alarm_raised_after_the_copy_is_taken_back_once() {
+    let mut first = side(rules(0), |_| {});
+    first.spo2(1, 97.0).await;
+    let before = first.copy().await;
+    first.spo2(2, 85.0).await;
+    first.engine.flushed().await;
+    assert_eq!(first.raised(), vec![2_000]);
+    let raised = first.copy().await.alarms[0].event.clone();
+    let mut next = side(rules(0), move |r| {
+        r.chair(before).unwrap();
+        r.alarm_after_copy(raised, 100_000);
+    });
+    // The reading that raised it, handed out again: nothing new.
+    assert_eq!(
+        next.spo2(2, 85.0).await,
+        Processed::Accepted { alarm_events: 0 }
+    );
+    assert_eq!(next.copy().await.alarms.len(), 1);
+    // And it ends as it would have on the first engine.
+    assert_eq!(
+        next.spo2(3, 95.0).await,
+        Processed::Accepted { alarm_events: 1 }
+    );
+    next.engine.flushed().await;
+    assert!(next.raised().is_empty());
+}
+
+#[tokio::test]
+async fn an_acknowledgement_journaled_after_the_copy_holds() {
+    let first = side(rules(0), |_| {});
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    assert_eq!(copy.alarms[0].acknowledged_at, None);
+    let ack = acknowledged(&copy, "nurse.kim");
+    let next = side(rules(0), move |r| {
+        r.chair(copy).unwrap();
+        r.alarm_after_copy(ack, 100_000);
+    });
+    let taken = next.copy().await;
+    assert!(taken.alarms[0].acknowledged_at.is_some());
+    assert_eq!(
+        taken.alarms[0].event.acknowledged_by.as_deref(),
+        Some("nurse.kim")
+    );
+    // Acknowledged again from a dashboard: refused as already done.
+    let id = taken.alarms[0].event.id;
+    let again = next
+        .engine
+        .acknowledge(id, "nurse.lee".into(), 100_000, SiteScope::all())
+        .await;
+    assert!(
+        matches!(again, Err(AckError::AlreadyAcknowledged { .. })),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_copy_made_under_other_rules_is_refused() {
+    let first = side(rules(0), |_| {});
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    // A limit or delay changed reads the copy (one condition per rule, as
+    // before); another list of rules does not.
+    let _next = side(rules_named("spo2_below_90", 0), move |r| {
+        let _ = tx.send(r.chair(copy).map_err(|e| e.to_string()));
+    });
+    let refused = rx.recv().unwrap();
+    assert!(
+        matches!(&refused, Err(e) if e.contains("other alarm rules")),
+        "{refused:?}"
+    );
+}

@@ -1,0 +1,89 @@
+//! The engine task: takes commands in batches, applies them to the state, and
+//! hands what they made to the journal thread.
+
+use super::state::{Pass, State};
+use super::{Command, Processed, Receipt, Reply};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The engine's way to the journal thread.
+pub(super) struct Pipe {
+    pub to_journal: mpsc::Sender<Vec<Pass>>,
+    /// Batches sent to the journal and not yet wholly released: when none are, a
+    /// batch with nothing to commit is released here, without a thread hop.
+    pub in_flight: Arc<AtomicUsize>,
+    pub receipts: mpsc::UnboundedSender<Receipt>,
+}
+
+impl Pipe {
+    async fn send(&self, batch: Vec<Pass>) {
+        let commits = batch.iter().any(|p| !matches!(p, Pass::Receipt(..)));
+        if !commits && self.in_flight.load(Ordering::Acquire) == 0 {
+            for pass in batch {
+                if let Pass::Receipt(reply, processed) = pass {
+                    deliver_receipt(&self.receipts, reply, processed);
+                }
+            }
+            return;
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.to_journal.send(batch).await.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+pub(super) fn deliver_receipt(
+    receipts: &mpsc::UnboundedSender<Receipt>,
+    reply: Reply,
+    processed: Processed,
+) {
+    match reply {
+        Reply::Ticket(ticket) => drop(receipts.send(Receipt { ticket, processed })),
+        Reply::Once(tx) => drop(tx.send(processed)),
+    }
+}
+
+/// Most commands taken per wake-up: one journal hand-off covers them all.
+const BATCH: usize = 256;
+
+pub(super) async fn run(
+    mut state: State,
+    mut rx: mpsc::Receiver<Command>,
+    pipe: Pipe,
+    first: Vec<Pass>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if !first.is_empty() {
+        pipe.send(first).await;
+    }
+    let mut commands = Vec::with_capacity(BATCH);
+    let mut closing = false;
+    loop {
+        let taken = if closing {
+            rx.recv_many(&mut commands, BATCH).await
+        } else {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut commands, BATCH) => n,
+                _ = stop.cancelled() => {
+                    // No new commands; those queued are still applied.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        if taken == 0 {
+            break;
+        }
+        let mut out = Vec::new();
+        for command in commands.drain(..) {
+            state.apply(command, &mut out);
+        }
+        if !out.is_empty() {
+            pipe.send(out).await;
+        }
+    }
+}
