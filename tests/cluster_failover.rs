@@ -370,6 +370,10 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
             stream_alarms.len()
         ));
     }
+    if !wrong.is_empty() {
+        // Kept with the gateways' logs in `dir`, for a failure seen in CI.
+        let _ = std::fs::write(dir.join("wrong.txt"), wrong.join("\n"));
+    }
     assert!(
         wrong.is_empty(),
         "{got} of {needed} events owed came; wrong:\n{}\n{}",

@@ -1,6 +1,7 @@
 //! Device messages of the partitions this gateway owns, through the same
 //! intake as single-node mode, into the engine; each acknowledged to NATS once
-//! what it caused is journaled in the events stream.
+//! what it caused is journaled in the events stream and, with a keeper, once a
+//! snapshot of its chair reflecting it is stored.
 //!
 //! Invariants:
 //! - Messages are handed to the engine in the order the partitions' readers
@@ -9,7 +10,9 @@
 //!   comes after the journal commit of its events ([`super::journal`]), and
 //!   only while its lease holds ([`DeviceMessage::ack`]): a message whose
 //!   events could not be journaled, or whose lease lapsed, is delivered again
-//!   to the partition's next owner.
+//!   to the partition's next owner. With a keeper, a message that changed its
+//!   chair waits there for a snapshot reflecting it; one handed out again
+//!   that a stored snapshot already reflects is acknowledged unapplied.
 //! - A message settled without the engine (a bad topic, an undecodable
 //!   reading, a refused session) is acknowledged at once and counted by the
 //!   intake, as in single-node mode: it would be refused again forever.
@@ -18,8 +21,9 @@
 //! - When a partition is taken or goes ([`Change`]), the engine drops its
 //!   chairs' state and active alarms before the next message is applied: a
 //!   partition gone is the next owner's to act for (no escalation from here),
-//!   and one taken starts from what its messages say, not from state this
-//!   gateway kept from an earlier ownership that may never have been journaled.
+//!   and one taken starts from its chairs' snapshots and the events stream, not
+//!   from state this gateway kept from an earlier ownership that may never have
+//!   been journaled.
 //!   Ownership announces a take before any message of the partition is read,
 //!   and the announcements are read here before every message.
 
@@ -170,6 +174,9 @@ pub fn start(
             // to the engine while this one's events are being journaled.
             let applied = applied.clone();
             let keeper = keeper.clone();
+            let generation = keeper
+                .as_ref()
+                .map_or(0, |k| k.generation(message.partition));
             tokio::spawn(async move {
                 let processed = match settled {
                     Settled::Now(processed) => processed,
@@ -187,6 +194,7 @@ pub fn start(
                         message,
                         processed,
                         report: applied,
+                        generation,
                     });
                     return;
                 }
@@ -259,6 +267,7 @@ impl HandOver {
         self.ready
             .send_modify(|ready| ready.retain(|p| !moved.contains(p)));
         if let Some(keeper) = &self.keeper {
+            keeper.moved(&moved);
             keeper.snapshots().forget(|p| moved.contains(&p));
         }
         let partitions = self.partitions;
@@ -406,18 +415,22 @@ fn restore_journaled(
         }
     }
     let mut open: BTreeMap<String, HashSet<u64>> = BTreeMap::new();
+    for alarm in now.alarms.iter().filter(|a| copied(&a.chair)) {
+        open.entry(alarm.chair.to_string())
+            .or_default()
+            .insert(alarm.id);
+    }
+    let none = HashSet::new();
     for alarm in now.alarms {
         if copied(&alarm.chair) {
-            open.entry(alarm.chair.to_string())
-                .or_default()
-                .insert(alarm.id);
-            r.alarm_after_copy(alarm, now_ms);
+            let open = open.get(&*alarm.chair).unwrap_or(&none);
+            r.alarm_after_copy(alarm, open, now_ms);
         } else {
             r.alarm(alarm, now_ms);
         }
     }
     for chair in from_copies {
-        r.closed_after_copy(chair, open.get(chair).unwrap_or(&HashSet::new()));
+        r.closed_after_copy(chair, open.get(chair).unwrap_or(&none), now_ms);
     }
     for (chair, ts) in &now.evaluated {
         if copied(chair) {

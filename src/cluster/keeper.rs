@@ -7,7 +7,12 @@
 //! - A round asks the engine for copies only of chairs of partitions whose
 //!   chairs it holds, after the messages it acknowledges were applied (their
 //!   receipts came first), and writes a copy only once the engine has
-//!   answered, which it does after every event made before is journaled.
+//!   answered, which it does after the commit of every event made before,
+//!   and only while the chair's lease holds: the journal retries each event
+//!   until it is stored or its partition's lease lapses, so a copy written
+//!   under a valid lease assumes only events that are in the events stream.
+//! - A message applied to chairs the engine has since dropped (its partition
+//!   moved away, and maybe back: [`Keeper::moved`]) is dropped unacknowledged.
 //! - A message is acknowledged only after its chair's snapshot was stored;
 //!   one whose snapshot failed waits for the next round, one whose partition
 //!   went is dropped unacknowledged (its next owner is handed it again).
@@ -21,7 +26,7 @@ use super::partition_of;
 use super::snapshots::{Snapshot, Snapshots};
 use crate::engine::{Command, Engine, Processed};
 use crate::telemetry::ClusterMetrics;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -42,6 +47,8 @@ pub struct Held {
     pub processed: Processed,
     /// Where its outcome is reported once acknowledged (tests, tools).
     pub report: Option<mpsc::UnboundedSender<Applied>>,
+    /// Its partition's [`Keeper::generation`] when it was handed to the engine.
+    pub generation: u64,
 }
 
 /// The messages waiting and the rounds that settle them.
@@ -53,6 +60,7 @@ pub struct Keeper {
     retry: Mutex<HashSet<String>>,
     /// Held by the round in flight.
     round: tokio::sync::Mutex<()>,
+    generations: Mutex<HashMap<u32, u64>>,
     metrics: ClusterMetrics,
 }
 
@@ -63,6 +71,7 @@ impl Keeper {
             held: Mutex::new(Vec::new()),
             retry: Mutex::new(HashSet::new()),
             round: tokio::sync::Mutex::new(()),
+            generations: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -128,10 +137,13 @@ impl Keeper {
         let partitions = self.snapshots.partitions();
         let waiting = std::mem::take(&mut *self.held.lock().expect("held messages"));
         let retry = std::mem::take(&mut *self.retry.lock().expect("retried chairs"));
-        // Messages of partitions gone are the next owner's to apply again.
+        // Messages of partitions gone, or applied to chairs the engine has
+        // dropped since (their partition moved away and back), are the
+        // partition's owner's to apply again: dropped, unacknowledged.
         let (mut by_chair, mut through) = (BTreeMap::<String, Vec<Held>>::new(), BTreeMap::new());
         for held in waiting {
-            if !ready.contains(&held.message.partition) {
+            let p = held.message.partition;
+            if !ready.contains(&p) || held.generation != self.generation(p) {
                 continue;
             }
             let seq = through.entry(held.message.chair.clone()).or_insert(0u64);
@@ -156,29 +168,42 @@ impl Keeper {
                 }),
                 reply,
             })
-            .await
-            .flatten();
-        let Some(copies) = copies else {
-            // Events not journaled (or the engine stopping): nothing is
-            // written, everything waits for the next round.
-            self.metrics
-                .snapshots_failed
-                .increment(by_chair.len() as u64);
-            self.put_back(by_chair);
-            return;
+            .await;
+        let copies = match copies {
+            Some((true, copies)) => copies,
+            other => {
+                // Events not journaled (or the engine stopping): nothing is
+                // written, everything waits for the next round.
+                self.metrics
+                    .snapshots_failed
+                    .increment(by_chair.len() as u64);
+                let mut retry = self.retry.lock().expect("retried chairs");
+                retry.extend(other.into_iter().flat_map(|(_, c)| c).map(|c| c.chair));
+                drop(retry);
+                self.put_back(by_chair);
+                return;
+            }
         };
         let owned = owned.borrow().clone();
-        // A chair with messages waiting and no copy was handed over meanwhile
-        // (its partition left `ready` before the engine dropped it): its
-        // messages are its next owner's, unacknowledged.
         let still_ready = ready_now.borrow().clone();
-        let copied: HashSet<&str> = copies.iter().map(|c| c.chair.as_str()).collect();
-        by_chair.retain(|chair, _| {
-            copied.contains(chair.as_str())
-                || still_ready.contains(&partition_of(chair, partitions))
+        let mut done = BTreeMap::new();
+        // A chair with messages waiting and no copy was dropped by the engine
+        // meanwhile: if its partition is still held (an idle chair forgotten),
+        // they are done with; if it went, they are its next owner's.
+        let copied: HashSet<String> = copies.iter().map(|c| c.chair.clone()).collect();
+        by_chair.retain(|chair, held| {
+            if copied.contains(chair) {
+                return true;
+            }
+            if still_ready.contains(&partition_of(chair, partitions)) {
+                done.insert(chair.clone(), std::mem::take(held));
+            }
+            false
         });
         let writes = copies.into_iter().filter_map(|copy| {
             let partition = partition_of(&copy.chair, partitions);
+            // No lease, no write: its messages wait, unacknowledged, for the
+            // partition's next owner.
             let valid_until = *owned.get(&partition)?;
             let snapshot = Snapshot {
                 through: through
@@ -193,31 +218,32 @@ impl Keeper {
                 (snapshot.copy.chair, stored)
             })
         });
-        let mut failed = Vec::new();
+        let mut again = BTreeMap::new();
         for (chair, stored) in futures_util::future::join_all(writes).await {
             match stored {
-                Ok(()) => self.metrics.snapshots_written.increment(1),
+                Ok(()) => {
+                    self.metrics.snapshots_written.increment(1);
+                    if let Some(held) = by_chair.remove(&chair) {
+                        done.insert(chair, held);
+                    }
+                }
                 Err(e) => {
                     self.metrics.snapshots_failed.increment(1);
                     tracing::warn!(chair = %chair, error = %e, "chair's snapshot not stored");
-                    failed.push(chair);
-                }
-            }
-        }
-        let mut again = BTreeMap::new();
-        for chair in failed {
-            match by_chair.remove(&chair) {
-                Some(held) => {
-                    again.insert(chair, held);
-                }
-                None => {
-                    self.retry.lock().expect("retried chairs").insert(chair);
+                    match by_chair.remove(&chair) {
+                        Some(held) => {
+                            again.insert(chair, held);
+                        }
+                        None => {
+                            self.retry.lock().expect("retried chairs").insert(chair);
+                        }
+                    }
                 }
             }
         }
         self.put_back(again);
-        // Stored (or nothing to keep: a chair the engine no longer holds).
-        let acks = by_chair.into_values().flatten().map(|held| async move {
+        // Left in `by_chair`: copied, but the lease had gone (dropped).
+        let acks = done.into_values().flatten().map(|held| async move {
             let chair = held.message.chair.clone();
             let acknowledged = match held.message.ack().await {
                 Ok(()) => true,
@@ -235,6 +261,26 @@ impl Keeper {
             }
         });
         futures_util::future::join_all(acks).await;
+    }
+
+    /// How many times `partition` has moved (a message applied under an
+    /// earlier count was applied to chairs the engine has since dropped).
+    pub fn generation(&self, partition: u32) -> u64 {
+        self.generations
+            .lock()
+            .expect("partition generations")
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The partitions `moved` were taken or given back: the engine drops
+    /// their chairs, and what was applied to those is void.
+    pub fn moved(&self, moved: &BTreeSet<u32>) {
+        let mut generations = self.generations.lock().expect("partition generations");
+        for p in moved {
+            *generations.entry(*p).or_insert(0) += 1;
+        }
     }
 
     fn put_back(&self, by_chair: BTreeMap<String, Vec<Held>>) {

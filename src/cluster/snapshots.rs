@@ -21,7 +21,10 @@
 //! - A write expects the revision this gateway last read or wrote: one that
 //!   finds another means a snapshot written late by a gateway that held the
 //!   partition before, and is written over (the lease holder's state follows
-//!   from everything that gateway journaled).
+//!   from everything that gateway journaled). A gateway that stalls between
+//!   its lease check and its write can still land one snapshot over the
+//!   holder's; it stands until the holder's next write of that chair, and is
+//!   itself consistent with the events stream.
 
 use super::{entries_of, expiring_bucket, partition_of, ClusterError};
 use crate::engine::ChairCopy;
@@ -118,7 +121,18 @@ impl Snapshots {
         let mut out = Vec::with_capacity(entries.len());
         let mut known = self.known.lock().expect("snapshot revisions");
         for entry in entries {
-            match serde_json::from_slice::<Snapshot>(&entry.value) {
+            let decoded = serde_json::from_slice::<Snapshot>(&entry.value)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    // Written when the cluster had another number of partitions.
+                    let p = partition_of(&s.copy.chair, self.partitions);
+                    if p == partition {
+                        Ok(s)
+                    } else {
+                        Err(format!("{} is in partition {p} now", s.copy.chair))
+                    }
+                });
+            match decoded {
                 Ok(snapshot) => {
                     known.insert(
                         entry.key,

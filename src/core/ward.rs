@@ -296,11 +296,13 @@ impl Ward {
         .unwrap_or(false)
     }
 
-    /// End latched alarm `id` of `chair` without an event (its clear is
-    /// journaled already: see [`PatientState::end_latched_silently`]).
-    pub fn end_latched_silently(&self, chair: &str, id: u64) -> bool {
-        self.with_chair(chair, false, |_, state, _| state.end_latched_silently(id))
-            .unwrap_or(false)
+    /// End alarm `id` of `chair` without an event, if it has ended (see
+    /// [`PatientState::end_silently`]).
+    pub fn end_silently(&self, chair: &str, id: u64) -> bool {
+        self.with_chair(chair, false, |_, state, _| {
+            state.end_silently(&self.rules, id)
+        })
+        .unwrap_or(false)
     }
 
     /// Take back an alarm open when the previous run stopped (see

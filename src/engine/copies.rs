@@ -35,6 +35,8 @@ pub enum CopyError {
         found: u64,
         here: u64,
     },
+    #[error("the copy of {0} does not hold one entry per condition of the rules it names")]
+    Malformed(String),
     #[error(transparent)]
     Ward(#[from] crate::core::WardError),
 }
@@ -87,6 +89,9 @@ impl Restore<'_> {
                 here,
             });
         }
+        if !copy.state.fits(self.state.ward.rules()) {
+            return Err(CopyError::Malformed(copy.chair));
+        }
         self.state.ward.take_back(&copy.chair, copy.state)?;
         let chair: Arc<str> = Arc::from(copy.chair.as_str());
         self.state.board.forget(|c| *c == *chair);
@@ -103,44 +108,72 @@ impl Restore<'_> {
         self.state.ward.restore_after_snapshot(event, now_ms);
     }
 
-    /// An alarm the journal says is open, over a chair taken back from its
-    /// copy: acknowledged after the copy was made, it is acknowledged here too;
-    /// raised after it, it is taken back as at start-up (the readings that
-    /// raised it, handed out again, then change nothing).
-    pub fn alarm_after_copy(&mut self, event: crate::core::AlarmEvent, now_ms: u64) {
-        match self.state.board.is_acknowledged(event.id) {
-            Some(false) if event.acknowledged_by.is_some() => {
-                if let Some(mut held) = self.state.board.get(event.id).cloned() {
-                    // As journaled: no new event.
-                    held.acknowledged_at = Some(event.received_at);
-                    held.event = event.clone();
-                    self.state.board.take_back(held);
-                    // A latched alarm whose condition had ended cleared then.
-                    let cleared = self.state.ward.acknowledged(&event.chair, event.id, now_ms);
-                    self.closed.extend(cleared);
-                }
+    /// An alarm the journal says is open (`open`: all of the chair's that
+    /// it says are), over a chair taken back from its copy: acknowledged or
+    /// escalated after the copy was made, it is so here too; raised after it,
+    /// it is taken back as at start-up (the readings that raised it, handed
+    /// out again, then change nothing), unless its rules hold an alarm the
+    /// journal has closed since (a vital that went back and forth): then the
+    /// readings handed out again end that one and raise this one as before,
+    /// under the same ids, which the events stream already holds.
+    pub fn alarm_after_copy(
+        &mut self,
+        event: crate::core::AlarmEvent,
+        open: &HashSet<u64>,
+        now_ms: u64,
+    ) {
+        let Some(mut held) = self.state.board.get(event.id).cloned() else {
+            if self.state.ward.restore_alarm_after_snapshot(&event) {
+                self.settle_alarm(event, true, now_ms);
+            } else if !self
+                .state
+                .board
+                .of_chair(&event.chair)
+                .iter()
+                .any(|a| !open.contains(&a.event.id))
+            {
+                self.settle_alarm(event, false, now_ms);
             }
-            Some(_) => {}
-            None => {
-                let taken = self.state.ward.restore_alarm_after_snapshot(&event);
-                self.settle_alarm(event, taken, now_ms);
+            return;
+        };
+        // As journaled: no new event.
+        if event.acknowledged_by.is_some() && held.acknowledged_at.is_none() {
+            held.acknowledged_at = Some(event.received_at);
+            held.event = event.clone();
+            self.state.board.take_back(held);
+            // A latched alarm whose condition had ended cleared then.
+            let cleared = self.state.ward.acknowledged(&event.chair, event.id, now_ms);
+            self.closed.extend(cleared);
+        } else if event.escalation_level > held.event.escalation_level || event.reminder {
+            if event.reminder {
+                held.reminded_at = Some(event.received_at);
             }
+            held.event.escalation_level = held.event.escalation_level.max(event.escalation_level);
+            self.state.board.take_back(held);
         }
     }
 
-    /// An alarm of a chair taken back from its copy that the journal no
-    /// longer has open: a latched alarm acknowledged after the copy was made
-    /// (its clear is journaled) ends here too, silently. One that ended with
-    /// a reading ends again when that reading is handed out again.
-    pub fn closed_after_copy(&mut self, chair: &str, open: &HashSet<u64>) {
-        let held = self.state.board.of_chair(chair);
-        for alarm in held {
+    /// The alarms of a chair taken back from its copy that the journal no
+    /// longer has open (`open`: those it has). A latched one (acknowledged
+    /// after the copy, its clear journaled) ends here too, silently, as does
+    /// one none of whose rules apply to the chair's session now (ended by a
+    /// session change). Any other ended with a reading, which is handed out
+    /// again and ends it again: until then it is held acknowledged, so that
+    /// it neither escalates nor reminds.
+    pub fn closed_after_copy(&mut self, chair: &str, open: &HashSet<u64>, now_ms: u64) {
+        for mut alarm in self.state.board.of_chair(chair) {
             let id = alarm.event.id;
-            if open.contains(&id) || !alarm.event.latching {
+            if open.contains(&id) {
                 continue;
             }
-            if self.state.ward.end_latched_silently(chair, id) {
+            if self.state.ward.end_silently(chair, id) {
                 self.state.board.drop_alarm(id);
+            } else if alarm.acknowledged_at.is_none() {
+                alarm.acknowledged_at = Some(now_ms);
+                alarm.reminded_at = Some(now_ms);
+                self.state.board.take_back(alarm);
+                let cleared = self.state.ward.acknowledged(chair, id, now_ms);
+                self.closed.extend(cleared);
             }
         }
     }

@@ -6,6 +6,7 @@ use super::*;
 use crate::core::reading::Vital;
 use crate::core::rules::{Priority, RuleSpec};
 use crate::core::{AlarmEvent, AlarmState, EscalationPolicy, RuleSet};
+use std::collections::HashSet;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 struct Commits;
@@ -117,8 +118,9 @@ impl Side {
                 reply,
             })
             .await
-            .flatten()
-            .expect("copies after the commit");
+            .filter(|(journaled, _)| *journaled)
+            .expect("copies after the commit")
+            .1;
         assert_eq!(copies.len(), 1);
         copies.remove(0)
     }
@@ -175,7 +177,8 @@ async fn an_alarm_raised_after_the_copy_is_taken_back_once() {
     let raised = first.copy().await.alarms[0].event.clone();
     let mut next = side(rules(0), move |r| {
         r.chair(before).unwrap();
-        r.alarm_after_copy(raised, 100_000);
+        let open = [raised.id].into();
+        r.alarm_after_copy(raised, &open, 100_000);
     });
     // The reading that raised it, handed out again: nothing new.
     assert_eq!(
@@ -201,7 +204,8 @@ async fn an_acknowledgement_journaled_after_the_copy_holds() {
     let ack = acknowledged(&copy, "nurse.kim");
     let next = side(rules(0), move |r| {
         r.chair(copy).unwrap();
-        r.alarm_after_copy(ack, 100_000);
+        let open = [ack.id].into();
+        r.alarm_after_copy(ack, &open, 100_000);
     });
     let taken = next.copy().await;
     assert!(taken.alarms[0].acknowledged_at.is_some());
@@ -237,4 +241,107 @@ async fn a_copy_made_under_other_rules_is_refused() {
         matches!(&refused, Err(e) if e.contains("other alarm rules")),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn an_escalation_journaled_after_the_copy_is_not_sent_again() {
+    let first = side(rules(0), |_| {});
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    let mut escalated = copy.alarms[0].event.clone();
+    escalated.escalated = true;
+    escalated.escalation_level = 2;
+    let open = [escalated.id].into();
+    let next = side(rules(0), move |r| {
+        r.chair(copy).unwrap();
+        r.alarm_after_copy(escalated, &open, 100_000);
+    });
+    assert_eq!(next.copy().await.alarms[0].event.escalation_level, 2);
+}
+
+#[tokio::test]
+async fn an_alarm_the_journal_closed_after_the_copy_waits_acknowledged_for_its_end() {
+    let first = side(rules(0), |_| {});
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    // The journal has it closed (a reading after the copy ended it).
+    let next = side(rules(0), move |r| {
+        r.chair(copy).unwrap();
+        r.closed_after_copy(CHAIR, &HashSet::new(), 100_000);
+    });
+    let taken = next.copy().await;
+    assert!(
+        taken.alarms[0].acknowledged_at.is_some(),
+        "no escalation while it waits"
+    );
+    // The reading that ended it, handed out again, ends it here.
+    assert_eq!(
+        next.spo2(2, 95.0).await,
+        Processed::Accepted { alarm_events: 1 }
+    );
+    assert!(next.copy().await.alarms.is_empty());
+}
+
+async fn set_phase(side: &Side, phase: crate::core::Phase, now_ms: u64) {
+    let update = crate::core::SessionUpdate {
+        phase,
+        patient: Some("P-1".into()),
+        session_number: None,
+        session_count: None,
+        route: None,
+        ts: None,
+        by: None,
+        limits: None,
+    };
+    side.engine
+        .ask(|reply| Command::SetSession {
+            chair: CHAIR.into(),
+            update,
+            now_ms,
+            reply,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_alarm_ended_by_a_session_change_after_the_copy_ends_silently() {
+    let infusion_only = || {
+        RuleSet::compile(&[RuleSpec {
+            id: "spo2_low".into(),
+            vital: Vital::Spo2,
+            low: Some(90.0),
+            priority: Priority::High,
+            phases: vec![crate::core::Phase::Infusion],
+            ..RuleSpec::default()
+        }])
+        .unwrap()
+    };
+    let mut first = side(infusion_only(), |_| {});
+    set_phase(&first, crate::core::Phase::Baseline, 90_000).await;
+    set_phase(&first, crate::core::Phase::Infusion, 91_000).await;
+    first.spo2(1, 85.0).await;
+    first.engine.flushed().await;
+    assert_eq!(first.raised(), vec![1_000]);
+    let copy = first.copy().await;
+    // After the copy, recovery: the rule no longer applies, the alarm ends.
+    set_phase(&first, crate::core::Phase::Recovery, 95_000).await;
+    let after = first.copy().await;
+    assert!(after.alarms.is_empty());
+    let session = crate::core::SessionEvent::new(
+        Arc::from(CHAIR),
+        crate::core::SessionChange::Phase,
+        after.state.session(),
+        95_000,
+    );
+    let next = side(infusion_only(), move |r| {
+        r.chair(copy).unwrap();
+        r.session_after_copy(&session, 100_000);
+        r.closed_after_copy(CHAIR, &HashSet::new(), 100_000);
+    });
+    let taken = next.copy().await;
+    assert_eq!(taken.state.session().phase, crate::core::Phase::Recovery);
+    assert!(taken.alarms.is_empty(), "{:?}", taken.alarms);
+    assert_eq!(taken.state.active_alarms().count(), 0);
 }

@@ -185,12 +185,13 @@ pub enum Command {
     /// Copies of chairs' whole state (cluster mode's snapshots, see
     /// [`ChairCopy`]): of `chairs`, and of the chairs `changed_in` names
     /// among those that made an event since they were last copied. Answered
-    /// once every event made before it is released: `None` if the journal
-    /// withheld any of them.
+    /// once every event made before it is released, with whether the commit
+    /// it follows worked (false: the journal withheld events the copies may
+    /// assume; the chairs are no longer counted as changed either way).
     Copies {
         chairs: Vec<String>,
         changed_in: Box<dyn Fn(&str) -> bool + Send>,
-        reply: oneshot::Sender<Option<Vec<ChairCopy>>>,
+        reply: oneshot::Sender<(bool, Vec<ChairCopy>)>,
     },
     /// A dashboard asks for a fresh snapshot, ordered with its events.
     Snapshot {

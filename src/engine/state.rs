@@ -181,7 +181,7 @@ impl State {
                 let copier = self.copier;
                 let copies = copier(self, chairs, &*changed_in);
                 out.push(Pass::Then(Box::new(move |journaled| {
-                    let _ = reply.send(journaled.then_some(copies));
+                    let _ = reply.send((journaled, copies));
                 })));
             }
             Command::Snapshot { scope, then } => {

@@ -230,6 +230,16 @@ impl PatientState {
             .then(|| Box::new(BaselineSampler::new(rules.session.baseline_max_samples)));
     }
 
+    /// Whether this state can be held under `rules`: one entry per condition
+    /// and per group, counters within their arrays (a state read back from a
+    /// snapshot is checked before it is used).
+    pub fn fits(&self, rules: &RuleSet) -> bool {
+        self.conditions.len() == rules.len()
+            && self.shown.len() == rules.group_count()
+            && self.recent_len <= super::RECENT_IDS
+            && self.recent_next < super::RECENT_IDS
+    }
+
     /// Whether this chair's session is the one `e` records (a snapshot taken
     /// after the event), rather than older.
     pub fn session_is(&self, e: &SessionEvent) -> bool {
@@ -260,18 +270,24 @@ impl PatientState {
         }
     }
 
-    /// End latched alarm `id` as if acknowledged, without an event: a chair
-    /// taken from a snapshot made before the acknowledgement, whose clear is
-    /// journaled already. False if no condition holds it latched.
-    pub fn end_latched_silently(&mut self, id: u64) -> bool {
-        let mut ended = false;
-        for c in self.conditions.iter_mut() {
-            if *c == (ConditionState::Latched { alarm_id: id }) {
-                *c = ConditionState::Normal;
-                ended = true;
-            }
-        }
+    /// End alarm `id` without an event, if every condition holding it is
+    /// latched (acknowledged since) or no longer applies to the session (a
+    /// session change since): a chair taken from a snapshot made before the
+    /// alarm's end, which is journaled already. False, and nothing changed,
+    /// otherwise.
+    pub fn end_silently(&mut self, rules: &RuleSet, id: u64) -> bool {
+        let holding: Vec<usize> = (0..self.conditions.len())
+            .filter(|&i| self.conditions[i].alarm_id() == Some(id))
+            .collect();
+        let ended = !holding.is_empty()
+            && holding.iter().all(|&i| {
+                matches!(self.conditions[i], ConditionState::Latched { .. })
+                    || !rules.condition(i).applies(&self.session)
+            });
         if ended {
+            for i in holding {
+                self.conditions[i] = ConditionState::Normal;
+            }
             self.forget_shown(id);
         }
         ended
