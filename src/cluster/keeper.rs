@@ -26,6 +26,7 @@ use super::partition_of;
 use super::snapshots::{Snapshot, Snapshots};
 use crate::engine::{Command, Engine, Processed};
 use crate::telemetry::ClusterMetrics;
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub struct Applied {
     /// Whether NATS was told the message is done with.
     pub acknowledged: bool,
 }
+
+/// Snapshot writes of one round in flight at once.
+const WRITES_IN_FLIGHT: usize = 32;
 
 /// A device message applied, waiting for its chair's snapshot.
 pub struct Held {
@@ -219,7 +223,14 @@ impl Keeper {
             })
         });
         let mut again = BTreeMap::new();
-        for (chair, stored) in futures_util::future::join_all(writes).await {
+        // A bounded number in flight: a round's writes are spread out rather
+        // than landing on NATS all at once.
+        let stored: Vec<(String, Result<(), super::snapshots::WriteError>)> =
+            futures_util::stream::iter(writes)
+                .buffer_unordered(WRITES_IN_FLIGHT)
+                .collect()
+                .await;
+        for (chair, stored) in stored {
             match stored {
                 Ok(()) => {
                     self.metrics.snapshots_written.increment(1);

@@ -192,7 +192,19 @@ pub async fn start(
     let leave = ownership.leave;
     intake::start(js.clone(), owned.clone(), read, to_apply, stop.clone());
     let keeper = Arc::new(Keeper::new(
-        Arc::new(Snapshots::open(&js, replicas, settings.partitions).await?),
+        // A connection of their own: a round's burst of writes does not
+        // queue ahead of events and pulls on the gateway's main connection.
+        Arc::new(
+            Snapshots::open(
+                &async_nats::jetstream::new(
+                    connect_client(&settings.servers, &format!("{}-snapshots", settings.name))
+                        .await?,
+                ),
+                replicas,
+                settings.partitions,
+            )
+            .await?,
+        ),
         devices.metrics.cluster(),
     ));
     let partitions = Partitions {
