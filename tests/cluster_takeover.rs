@@ -53,15 +53,7 @@ async fn a_chair_taken_over_carries_on_its_delay_and_baseline_from_its_snapshot(
     let audit = TestDb::create().await;
     let dir = tempdir("takeover");
     let mut a = GatewayProcess::start(config(&nats, "gw-a", &audit), &dir).await;
-    common::eventually(
-        || async {
-            a.partitions()
-                .await
-                .is_some_and(|p| p.len() == PARTITIONS as usize)
-        },
-        "gw-a holds every partition",
-    )
-    .await;
+    a.holds_every_partition().await;
     let js =
         async_nats::jetstream::new(async_nats::connect(nats.urls()[0].as_str()).await.unwrap());
     let mut feed = Feed::open(&js, SiteScope::all(), 0).await.unwrap();
@@ -107,15 +99,7 @@ async fn a_chair_taken_over_carries_on_its_delay_and_baseline_from_its_snapshot(
     a.kill();
 
     let b = GatewayProcess::start(config(&nats, "gw-b", &audit), &dir).await;
-    common::eventually(
-        || async {
-            b.partitions()
-                .await
-                .is_some_and(|p| p.len() == PARTITIONS as usize)
-        },
-        "gw-b took every partition over",
-    )
-    .await;
+    b.holds_every_partition().await;
     // On gw-b: the breach goes on (raised at reading 40), and 12 baseline
     // samples at HR 100: with gw-a's 20 at 60 the median stays 60.
     for i in 33..45 {

@@ -29,7 +29,7 @@
 
 use super::intake::DeviceMessage;
 pub use super::keeper::Applied;
-use super::keeper::{Held, Keeper};
+use super::keeper::{acknowledge_and_report, Held, Keeper};
 use super::mirror::Mirror;
 use super::ownership::{Change, Owned};
 use super::partition_of;
@@ -140,11 +140,10 @@ pub fn start(
                 continue;
             }
             if let Some(keeper) = &keeper {
-                if keeper.snapshots().reflects(
-                    message.partition,
-                    &message.chair,
-                    message.stream_seq,
-                ) {
+                if keeper
+                    .snapshots()
+                    .reflects(&message.chair, message.stream_seq)
+                {
                     // Handed out again after a snapshot reflecting it was
                     // stored (by this gateway or the partition's previous
                     // owner): done with.
@@ -198,26 +197,11 @@ pub fn start(
                     });
                     return;
                 }
-                let chair = message.chair.clone();
                 let not_journaled = matches!(
                     processed,
                     Processed::Refused { code, .. } if code == NOT_JOURNALED
                 );
-                let acknowledged = !not_journaled
-                    && match message.ack().await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(chair = %chair, error = %e, "device message not acknowledged");
-                            false
-                        }
-                    };
-                if let Some(applied) = applied {
-                    let _ = applied.send(Applied {
-                        chair,
-                        processed,
-                        acknowledged,
-                    });
-                }
+                acknowledge_and_report(message, processed, applied, !not_journaled).await;
             });
         }
     });
@@ -268,7 +252,6 @@ impl HandOver {
             .send_modify(|ready| ready.retain(|p| !moved.contains(p)));
         if let Some(keeper) = &self.keeper {
             keeper.moved(&moved);
-            keeper.snapshots().forget(|p| moved.contains(&p));
         }
         let partitions = self.partitions;
         let engine = &self.devices.engine;

@@ -42,6 +42,32 @@ pub struct Applied {
     pub acknowledged: bool,
 }
 
+/// Acknowledge `message` to NATS if `acknowledge` (its lease permitting), and
+/// tell `report`, if any, what became of it.
+pub async fn acknowledge_and_report(
+    message: DeviceMessage,
+    processed: Processed,
+    report: Option<mpsc::UnboundedSender<Applied>>,
+    acknowledge: bool,
+) {
+    let chair = message.chair.clone();
+    let acknowledged = acknowledge
+        && match message.ack().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(chair = %chair, error = %e, "device message not acknowledged");
+                false
+            }
+        };
+    if let Some(report) = report {
+        let _ = report.send(Applied {
+            chair,
+            processed,
+            acknowledged,
+        });
+    }
+}
+
 /// Snapshot writes of one round in flight at once.
 const WRITES_IN_FLIGHT: usize = 32;
 
@@ -144,14 +170,12 @@ impl Keeper {
         // Messages of partitions gone, or applied to chairs the engine has
         // dropped since (their partition moved away and back), are the
         // partition's owner's to apply again: dropped, unacknowledged.
-        let (mut by_chair, mut through) = (BTreeMap::<String, Vec<Held>>::new(), BTreeMap::new());
+        let mut by_chair = BTreeMap::<String, Vec<Held>>::new();
         for held in waiting {
             let p = held.message.partition;
             if !ready.contains(&p) || held.generation != self.generation(p) {
                 continue;
             }
-            let seq = through.entry(held.message.chair.clone()).or_insert(0u64);
-            *seq = (*seq).max(held.message.stream_seq);
             by_chair
                 .entry(held.message.chair.clone())
                 .or_default()
@@ -204,17 +228,17 @@ impl Keeper {
             }
             false
         });
+        let by_chair_now = &by_chair;
         let writes = copies.into_iter().filter_map(|copy| {
             let partition = partition_of(&copy.chair, partitions);
             // No lease, no write: its messages wait, unacknowledged, for the
             // partition's next owner.
             let valid_until = *owned.get(&partition)?;
+            let waiting = by_chair_now.get(&copy.chair).into_iter().flatten();
             let snapshot = Snapshot {
-                through: through
-                    .get(&copy.chair)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(self.snapshots.through(partition, &copy.chair)),
+                through: waiting
+                    .map(|held| held.message.stream_seq)
+                    .fold(self.snapshots.through(&copy.chair), u64::max),
                 copy,
             };
             Some(async move {
@@ -254,23 +278,10 @@ impl Keeper {
         }
         self.put_back(again);
         // Left in `by_chair`: copied, but the lease had gone (dropped).
-        let acks = done.into_values().flatten().map(|held| async move {
-            let chair = held.message.chair.clone();
-            let acknowledged = match held.message.ack().await {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(chair = %chair, error = %e, "device message not acknowledged");
-                    false
-                }
-            };
-            if let Some(report) = held.report {
-                let _ = report.send(Applied {
-                    chair,
-                    processed: held.processed,
-                    acknowledged,
-                });
-            }
-        });
+        let acks = done
+            .into_values()
+            .flatten()
+            .map(|held| acknowledge_and_report(held.message, held.processed, held.report, true));
         futures_util::future::join_all(acks).await;
     }
 
@@ -286,12 +297,16 @@ impl Keeper {
     }
 
     /// The partitions `moved` were taken or given back: the engine drops
-    /// their chairs, and what was applied to those is void.
+    /// their chairs, and what was applied to those is void; what was known of
+    /// their snapshots is the next owner's to know (or is read again when
+    /// taken).
     pub fn moved(&self, moved: &BTreeSet<u32>) {
         let mut generations = self.generations.lock().expect("partition generations");
         for p in moved {
             *generations.entry(*p).or_insert(0) += 1;
         }
+        drop(generations);
+        self.snapshots.forget(|p| moved.contains(&p));
     }
 
     fn put_back(&self, by_chair: BTreeMap<String, Vec<Held>>) {

@@ -80,6 +80,7 @@ struct Known {
 pub struct Snapshots {
     kv: Store,
     partitions: u32,
+    /// By chair key (`{site}/{chair}`).
     known: Mutex<HashMap<String, Known>>,
 }
 
@@ -135,7 +136,7 @@ impl Snapshots {
             match decoded {
                 Ok(snapshot) => {
                     known.insert(
-                        entry.key,
+                        snapshot.copy.chair.clone(),
                         Known {
                             revision: entry.revision,
                             through: snapshot.through,
@@ -143,18 +144,11 @@ impl Snapshots {
                     );
                     out.push(snapshot);
                 }
+                // Written by another version of the gateway: the chair starts
+                // from its session and open alarms; the next write finds the
+                // entry there and replaces it.
                 Err(e) => {
-                    // Written by another version of the gateway: the chair
-                    // starts from its session and open alarms; the next write
-                    // replaces it.
-                    tracing::warn!(key = %entry.key, error = %e, "a chair's snapshot not read");
-                    known.insert(
-                        entry.key,
-                        Known {
-                            revision: entry.revision,
-                            through: 0,
-                        },
-                    );
+                    tracing::warn!(key = %entry.key, error = %e, "a chair's snapshot not read")
                 }
             }
         }
@@ -168,25 +162,25 @@ impl Snapshots {
         self.known
             .lock()
             .expect("snapshot revisions")
-            .retain(|key, _| !which(partition_of_key(key, partitions)));
+            .retain(|chair, _| !which(partition_of(chair, partitions)));
     }
 
     /// Whether a device message of `chair` at stream sequence `seq` is
     /// reflected in the chair's stored snapshot (and so done with).
-    pub fn reflects(&self, partition: u32, chair: &str, seq: u64) -> bool {
+    pub fn reflects(&self, chair: &str, seq: u64) -> bool {
         self.known
             .lock()
             .expect("snapshot revisions")
-            .get(&key(partition, chair))
+            .get(chair)
             .is_some_and(|k| seq <= k.through)
     }
 
     /// The `through` of `chair`'s stored snapshot (0 if none).
-    pub fn through(&self, partition: u32, chair: &str) -> u64 {
+    pub fn through(&self, chair: &str) -> u64 {
         self.known
             .lock()
             .expect("snapshot revisions")
-            .get(&key(partition, chair))
+            .get(chair)
             .map_or(0, |k| k.through)
     }
 
@@ -207,7 +201,7 @@ impl Snapshots {
             .known
             .lock()
             .expect("snapshot revisions")
-            .get(&key)
+            .get(chair)
             .map(|k| k.revision);
         let first = match known {
             Some(revision) => self
@@ -247,7 +241,7 @@ impl Snapshots {
             Err((false, e)) => return Err(ClusterError::js("writing a chair's snapshot", e).into()),
         };
         self.known.lock().expect("snapshot revisions").insert(
-            key,
+            chair.clone(),
             Known {
                 revision,
                 through: snapshot.through,
@@ -257,14 +251,6 @@ impl Snapshots {
     }
 }
 
-/// The partition a snapshot key names.
-fn partition_of_key(key: &str, partitions: u32) -> u32 {
-    key.strip_prefix('p')
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(partitions)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +258,5 @@ mod tests {
     #[test]
     fn a_key_names_partition_site_and_chair() {
         assert_eq!(key(7, "north/chair-3"), "p7.north.chair-3");
-        assert_eq!(partition_of_key("p7.north.chair-3", 16), 7);
-        assert_eq!(partition_of_key("junk", 16), 16);
     }
 }

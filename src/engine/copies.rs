@@ -93,8 +93,7 @@ impl Restore<'_> {
             return Err(CopyError::Malformed(copy.chair));
         }
         self.state.ward.take_back(&copy.chair, copy.state)?;
-        let chair: Arc<str> = Arc::from(copy.chair.as_str());
-        self.state.board.forget(|c| *c == *chair);
+        self.state.board.forget(|c| c == copy.chair);
         for alarm in copy.alarms {
             self.state.board.take_back(alarm);
         }

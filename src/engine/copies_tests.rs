@@ -5,7 +5,7 @@
 use super::*;
 use crate::core::reading::Vital;
 use crate::core::rules::{Priority, RuleSpec};
-use crate::core::{AlarmEvent, AlarmState, EscalationPolicy, RuleSet};
+use crate::core::{AlarmEvent, AlarmState, RuleSet};
 use std::collections::HashSet;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -57,21 +57,7 @@ fn side(rules: RuleSet, restore: impl FnOnce(&mut Restore<'_>)) -> Side {
     let (tx, alarms) = unbounded_channel();
     let (receipts, _) = unbounded_channel();
     let (engine, running) = Engine::start(
-        Parts {
-            ward: Ward::with_derived_alarm_ids(Arc::new(rules), 1000),
-            last_seq: 0,
-            instance: "test".into(),
-            replay_capacity: 100,
-            commands: 1024,
-            escalation: EscalationPolicy {
-                escalate_after_ms: [60_000, 0, 0],
-                max_level: 5,
-                reminder_ms: 0,
-            },
-            forget_idle_chair_ms: 0,
-            silent_ms: 60_000,
-            metrics: Arc::new(Metrics::new()),
-        },
+        super::tests::parts(Ward::with_derived_alarm_ids(Arc::new(rules), 1000), 100),
         Box::new(Commits),
         Arc::new(Alarms(tx)),
         receipts,

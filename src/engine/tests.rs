@@ -72,6 +72,26 @@ fn rules() -> RuleSet {
     .unwrap()
 }
 
+/// The tests' engine parts around `ward`: high-priority alarms escalate every
+/// minute, no reminders, nothing forgotten.
+pub(super) fn parts(ward: Ward, replay_capacity: usize) -> Parts {
+    Parts {
+        ward,
+        last_seq: 0,
+        instance: "test".into(),
+        replay_capacity,
+        commands: 1024,
+        escalation: EscalationPolicy {
+            escalate_after_ms: [60_000, 0, 0],
+            max_level: 5,
+            reminder_ms: 0,
+        },
+        forget_idle_chair_ms: 0,
+        silent_ms: 60_000,
+        metrics: Arc::new(Metrics::new()),
+    }
+}
+
 fn rig_with(replay_capacity: usize, restore: impl FnOnce(&mut Restore<'_>)) -> Rig {
     rig_journal(replay_capacity, None, restore)
 }
@@ -86,21 +106,7 @@ fn rig_journal(
     let commits = Arc::new(Mutex::new(Vec::new()));
     let (receipts, _) = unbounded_channel();
     let (engine, running) = Engine::start(
-        Parts {
-            ward: Ward::new(Arc::new(rules()), 1000),
-            last_seq: 0,
-            instance: "test".into(),
-            replay_capacity,
-            commands: 1024,
-            escalation: EscalationPolicy {
-                escalate_after_ms: [60_000, 0, 0],
-                max_level: 5,
-                reminder_ms: 0,
-            },
-            forget_idle_chair_ms: 0,
-            silent_ms: 60_000,
-            metrics: Arc::new(Metrics::new()),
-        },
+        parts(Ward::new(Arc::new(rules()), 1000), replay_capacity),
         Box::new(Gated {
             gate: gate.clone(),
             commits: commits.clone(),

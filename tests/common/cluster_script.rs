@@ -108,6 +108,19 @@ impl GatewayProcess {
             .map(|a| a.iter().filter_map(Value::as_u64).collect())
     }
 
+    /// Wait until its `/ready` names every partition of the cluster.
+    pub async fn holds_every_partition(&self) {
+        super::eventually(
+            || async {
+                self.partitions()
+                    .await
+                    .is_some_and(|p| p.len() == super::nats::PARTITIONS as usize)
+            },
+            &format!("{} holds every partition", self.name),
+        )
+        .await
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -242,7 +242,7 @@ impl PatientState {
 
     /// Whether this chair's session is the one `e` records (a snapshot taken
     /// after the event), rather than older.
-    pub fn session_is(&self, e: &SessionEvent) -> bool {
+    fn session_is(&self, e: &SessionEvent) -> bool {
         let s = &self.session;
         s.phase == e.phase
             && s.patient == e.patient
