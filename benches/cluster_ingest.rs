@@ -12,6 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use async_nats::jetstream::consumer::AckPolicy;
 use common::nats::{NatsCluster, PARTITIONS};
 use common::PrivateBroker;
 use futures_util::StreamExt;
@@ -138,13 +139,28 @@ async fn mosquitto_round() -> (Histogram<u64>, f64, u64) {
     (h, cpu, acked)
 }
 
+/// How the partitions' readers acknowledge what they read.
+#[derive(Clone, Copy, Debug)]
+enum Acks {
+    /// Every message on its own (`AckPolicy::Explicit`).
+    EachMessage,
+    /// The latest message read, every so often, for everything before it
+    /// (`AckPolicy::All`).
+    AllEvery(Duration),
+}
+
 /// Cluster mode's path: NATS MQTT listener, R3 store, partition consumers.
-async fn nats_round() -> (Histogram<u64>, f64, u64) {
+async fn nats_round(acks: Acks) -> (Histogram<u64>, f64, u64) {
     let nats = NatsCluster::start(3).await;
     let js = vitalgate::cluster::connect(&nats.urls(), "bench")
         .await
         .unwrap();
-    common::nats::partition_consumers(&nats, 0, &js, Duration::from_secs(30)).await;
+    let ack_wait = Duration::from_secs(30);
+    let policy = match acks {
+        Acks::EachMessage => AckPolicy::Explicit,
+        Acks::AllEvery(_) => AckPolicy::All,
+    };
+    common::nats::partition_consumers_acking(&nats, 0, &js, ack_wait, policy).await;
     let epoch = Instant::now();
     let lat = latencies();
     let total = DEVICES * RATE * RUN.as_secs();
@@ -153,19 +169,33 @@ async fn nats_round() -> (Histogram<u64>, f64, u64) {
     for p in 0..PARTITIONS {
         let (js, lat, read) = (js.clone(), lat.clone(), read.clone());
         readers.push(tokio::spawn(async move {
-            let consumer = streams::partition_consumer(&js, p, 3, Duration::from_secs(30))
+            let consumer = streams::partition_consumer_acking(&js, p, 3, ack_wait, policy)
                 .await
                 .unwrap();
             let mut messages = consumer.messages().await.unwrap();
+            let mut latest = None;
+            let mut last_ack = Instant::now();
             while read.load(std::sync::atomic::Ordering::Relaxed) < total {
-                let Ok(Some(Ok(m))) =
-                    tokio::time::timeout(Duration::from_millis(200), messages.next()).await
-                else {
-                    continue;
-                };
-                record(&lat, &m.payload, epoch);
+                let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+                if let Ok(Some(Ok(m))) = next {
+                    record(&lat, &m.payload, epoch);
+                    read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match acks {
+                        Acks::EachMessage => m.ack().await.unwrap(),
+                        Acks::AllEvery(_) => latest = Some(m),
+                    }
+                }
+                if let Acks::AllEvery(every) = acks {
+                    if last_ack.elapsed() >= every {
+                        if let Some(m) = latest.take() {
+                            m.ack().await.unwrap();
+                        }
+                        last_ack = Instant::now();
+                    }
+                }
+            }
+            if let Some(m) = latest {
                 m.ack().await.unwrap();
-                read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }));
     }
@@ -199,7 +229,9 @@ async fn main() {
     for round in 0..ROUNDS {
         let (h, cpu, n) = mosquitto_round().await;
         line(&format!("mosquitto #{round}"), &h, cpu, n);
-        let (h, cpu, n) = nats_round().await;
-        line(&format!("nats 3 nodes #{round}"), &h, cpu, n);
+        let (h, cpu, n) = nats_round(Acks::EachMessage).await;
+        line(&format!("nats, ack each #{round}"), &h, cpu, n);
+        let (h, cpu, n) = nats_round(Acks::AllEvery(Duration::from_millis(500))).await;
+        line(&format!("nats, ack all #{round}"), &h, cpu, n);
     }
 }

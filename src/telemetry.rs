@@ -15,6 +15,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// A takeover's buckets in seconds: a partition is taken once its lease
+/// expired (10 s by default), and restoring its chairs may wait for NATS.
+const TAKEOVER_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+];
+
 static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
 /// Every metric the gateway exports. Names are part of the operations contract
@@ -59,6 +65,12 @@ impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("vitalgate_cluster_takeover_seconds".into()),
+                    TAKEOVER_BUCKETS,
+                )
+            })
             .expect("buckets are non-empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -353,6 +365,8 @@ pub struct ClusterMetrics {
     pub snapshots_written: Counter,
     pub snapshots_failed: Counter,
     pub chairs_from_snapshots: Counter,
+    pub snapshots_unreadable: Counter,
+    pub deliveries_missed: Counter,
 }
 
 impl ClusterMetrics {
@@ -412,6 +426,14 @@ impl ClusterMetrics {
                 "vitalgate_cluster_chairs_from_snapshots_total",
                 "Chairs of partitions taken that were taken back from their snapshots (the others start from their session and open alarms).",
             ),
+            snapshots_unreadable: counter(
+                "vitalgate_cluster_snapshots_unreadable_total",
+                "Chairs' snapshots found at a takeover that could not be read (written by another version, or for another number of partitions): those chairs start from their session and open alarms.",
+            ),
+            deliveries_missed: counter(
+                "vitalgate_cluster_deliveries_missed_total",
+                "Gaps in a partition consumer's deliveries to this gateway: a device message NATS handed out did not arrive, so the partition's reader waited for it to be handed out again before reading on.",
+            ),
         }
     }
 
@@ -430,6 +452,31 @@ impl ClusterMetrics {
             snapshots_written: Counter::noop(),
             snapshots_failed: Counter::noop(),
             chairs_from_snapshots: Counter::noop(),
+            snapshots_unreadable: Counter::noop(),
+            deliveries_missed: Counter::noop(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_is_bucketed_beyond_ten_seconds_and_latencies_below() {
+        let metrics = Metrics::new();
+        let cluster = metrics.cluster();
+        cluster.takeover.record(25.0);
+        Metrics::observe(&metrics.device_to_ingest, Duration::from_millis(3));
+        let text = metrics.render();
+        assert!(
+            text.contains("vitalgate_cluster_takeover_seconds_bucket{le=\"30\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("vitalgate_cluster_takeover_seconds_bucket{le=\"20\"} 0"));
+        assert!(
+            text.contains("_bucket{le=\"0.00005\"}"),
+            "latency buckets kept"
+        );
     }
 }

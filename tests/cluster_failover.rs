@@ -134,6 +134,7 @@ impl Expected {
         let mut late: Vec<(Duration, u64, u64)> = Vec::new();
         for (&chair, owed) in &self.owed {
             let list = events.get(&chair).map(Vec::as_slice).unwrap_or_default();
+            let wrong_before = wrong.len();
             let mut done: BTreeMap<(u64, bool), usize> = BTreeMap::new();
             for (i, (state, ts, received_at)) in list.iter().enumerate() {
                 let raise = state == "raised";
@@ -178,6 +179,20 @@ impl Expected {
                         ));
                     }
                 }
+            }
+            if wrong.len() > wrong_before {
+                // What the stream holds of the chair: (state, reading's seq, gateway ms).
+                let seen: Vec<(&str, Option<u64>, u64)> = list
+                    .iter()
+                    .map(|(state, ts, at)| {
+                        let seq = sent
+                            .iter()
+                            .find(|s| s.chair == chair && s.ts == *ts)
+                            .map(|s| s.seq);
+                        (state.as_str(), seq, *at)
+                    })
+                    .collect();
+                wrong.push(format!("north/{chair}: the stream holds {seen:?}"));
             }
         }
         late.sort();

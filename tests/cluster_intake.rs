@@ -5,6 +5,7 @@
 mod common;
 
 use common::nats::{NatsCluster, LEASE_TIMES, OWNERSHIP, PARTITIONS};
+use futures_util::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -63,6 +64,7 @@ async fn gateway(nats: &NatsCluster, name: &str) -> Gateway {
                 owned.clone(),
                 ReadSettings::for_leases(TIMES, 3),
                 tx,
+                metrics::Counter::noop(),
                 stop.clone(),
             );
             let log: Log = Arc::default();
@@ -197,4 +199,101 @@ async fn an_owner_that_stalls_hands_nothing_on_after_its_lease_and_its_partition
     );
     a.stop.cancel();
     b.stop.cancel();
+}
+
+/// A device message NATS delivered that never reached the reader (here a
+/// second client pulls one from the partition's consumer, as a pull that ended
+/// on the reader's side first would leave it): the reader sees the gap in the
+/// consumer's deliveries and hands on nothing more until the missed message is
+/// handed out again, so every message is handed on once, in the order
+/// published. Handing on the later ones first would make the missed reading
+/// late at the engine, and so ignored.
+#[tokio::test]
+async fn a_delivery_that_never_arrived_is_waited_for_and_order_is_kept() {
+    let nats = NatsCluster::start(3).await;
+    let js = vitalgate::cluster::connect(&nats.urls(), "reader")
+        .await
+        .unwrap();
+    let settings = ReadSettings {
+        replicas: 3,
+        ack_wait: Duration::from_secs(1),
+        first_pull_after: Duration::ZERO,
+    };
+    common::nats::partition_consumers(&nats, 1, &js, settings.ack_wait).await;
+    let chair = "north/gap-1";
+    let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
+    let topic = "clinic/north/chair/gap-1/vitals";
+    let far = Instant::now() + Duration::from_secs(3600);
+    let (_owned_tx, owned) = watch::channel(Owned::from([(partition, far)]));
+    let (tx, mut rx) = mpsc::channel(64);
+    let stop = CancellationToken::new();
+    let missed = ClusterMetrics::detached().deliveries_missed;
+    intake::start(js.clone(), owned, settings, tx, missed, stop.clone());
+    let consumer =
+        vitalgate::cluster::streams::partition_consumer(&js, partition, 3, settings.ack_wait)
+            .await
+            .unwrap();
+    let waiting = |n: usize| {
+        let mut consumer = consumer.clone();
+        async move { consumer.info().await.unwrap().num_waiting >= n }
+    };
+    let device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    // Each message handed on is acknowledged, as the engine's receipt would.
+    async fn handed_on(m: vitalgate::cluster::intake::DeviceMessage) -> u64 {
+        let seq = serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        m.ack().await.unwrap();
+        seq
+    }
+
+    // The reader is pulling; its first message arrives.
+    common::eventually(|| waiting(1), "the reader pulling").await;
+    device
+        .publish(topic, &serde_json::json!({ "seq": 1 }))
+        .await;
+    let mut seen = vec![handed_on(rx.recv().await.unwrap()).await];
+    // A second pull waits beside the reader's; one of the next messages goes
+    // to it and is never acknowledged.
+    let mut thief = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .unwrap();
+    common::eventually(|| waiting(2), "both pulling").await;
+    let mut seq = 1;
+    let stolen = loop {
+        seq += 1;
+        assert!(seq < 40, "NATS never served the second pull");
+        device
+            .publish(topic, &serde_json::json!({ "seq": seq }))
+            .await;
+        if let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(300), thief.next()).await
+        {
+            break serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["seq"]
+                .as_u64()
+                .unwrap();
+        }
+    };
+    // One more after it, so that the reader sees the gap.
+    seq += 1;
+    device
+        .publish(topic, &serde_json::json!({ "seq": seq }))
+        .await;
+    while seen.len() < seq as usize {
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("handed on so far: {seen:?} (message {stolen} taken)"))
+            .unwrap();
+        seen.push(handed_on(m).await);
+    }
+    stop.cancel();
+    let published: Vec<u64> = (1..=seq).collect();
+    assert_eq!(
+        seen, published,
+        "handed on in the order published, once each (message {stolen} was taken by the other pull)"
+    );
 }

@@ -27,6 +27,14 @@
 //!   again, to the owner itself: the engine takes the repeat as one, and answers
 //!   it after the first copy's events are journaled, so neither copy is
 //!   acknowledged before them.
+//! - A partition's messages are handed on in the order NATS delivered them, with
+//!   none missing: a delivery that did not reach the reader (its pull ended on
+//!   the client's side first) shows as a gap in the consumer's delivery
+//!   sequence. The reader then hands on nothing more until everything
+//!   delivered is due again ([`ReadSettings::due_after_stop`]) and reads on
+//!   from there: NATS hands the missed message out again before the later ones,
+//!   which the engine would otherwise have applied first, making the missed
+//!   reading late and so ignored.
 //! - A message is acknowledged only by whoever finished with it
 //!   ([`DeviceMessage::ack`]); a message handed on and never acknowledged is
 //!   delivered again, so the receiver must take a repeat (the engine does: a
@@ -36,6 +44,7 @@ use super::ownership::Owned;
 use super::{parse_reading_subject, streams, ClusterError};
 use async_nats::jetstream::{self, Context};
 use futures_util::StreamExt;
+use metrics::Counter;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -131,6 +140,7 @@ pub fn start(
     owned: watch::Receiver<Owned>,
     settings: ReadSettings,
     out: mpsc::Sender<DeviceMessage>,
+    missed: Counter,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -158,6 +168,7 @@ pub fn start(
                     partition: p,
                     owned: owned.clone(),
                     out: out.clone(),
+                    missed: missed.clone(),
                 };
                 let task = tokio::spawn(reader.run(settings, token.clone()));
                 readers.insert(p, (token, task));
@@ -173,11 +184,38 @@ pub fn start(
     })
 }
 
+/// The consumer's delivery sequence as one reader sees it: each delivery
+/// NATS makes to the partition's consumer, redeliveries included, takes the
+/// next number, and only the partition's owner pulls.
+#[derive(Debug, Default)]
+struct Deliveries {
+    last: Option<u64>,
+}
+
+impl Deliveries {
+    /// Note `delivery`; `Err((last, delivery))` if a delivery in between
+    /// never arrived (or the sequence went back: the consumer's state moved
+    /// to a node that had not seen the latest deliveries). A delivery NATS did
+    /// not number (0) breaks the chain: whatever comes next starts it again.
+    fn next(&mut self, delivery: u64) -> Result<(), (u64, u64)> {
+        let last = std::mem::replace(&mut self.last, (delivery > 0).then_some(delivery));
+        match last {
+            Some(last) if delivery > 0 && delivery != last + 1 => {
+                self.last = None;
+                Err((last, delivery))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 struct Reader {
     js: Context,
     partition: u32,
     owned: watch::Receiver<Owned>,
     out: mpsc::Sender<DeviceMessage>,
+    /// Counts the gaps in the deliveries (see the module's invariants).
+    missed: Counter,
 }
 
 impl Reader {
@@ -210,6 +248,7 @@ impl Reader {
                 }
             }
         };
+        let mut deliveries = Deliveries::default();
         while !stop.is_cancelled() {
             let Some(until) = self.valid_until() else {
                 return;
@@ -229,8 +268,14 @@ impl Reader {
                     continue;
                 }
             };
+            let mut missed = None;
             while let Some(next) = batch.next().await {
                 let Ok(message) = next else { break };
+                let delivery = message.info().map_or(0, |i| i.consumer_sequence);
+                if let Err(gap) = deliveries.next(delivery) {
+                    missed = Some(gap);
+                    break;
+                }
                 // Checked per message: a stall between two of them may have
                 // outlasted the lease. What is dropped here is delivered again.
                 let Some(valid_until) = self.valid_until() else {
@@ -239,6 +284,23 @@ impl Reader {
                 if let Err(e) = self.hand_on(message, valid_until).await {
                     tracing::warn!(partition = p, error = %e, "device message dropped");
                 }
+            }
+            if let Some((after, came)) = missed {
+                // The pull is dropped with what it still brings: all of it,
+                // and the missed delivery, is handed out again, in order.
+                drop(batch);
+                self.missed.increment(1);
+                tracing::warn!(
+                    partition = p,
+                    after,
+                    came,
+                    "a device message delivered did not arrive: reading again once it is due"
+                );
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(settings.due_after_stop()) => {}
+                }
+                deliveries = Deliveries::default();
             }
         }
     }
@@ -280,5 +342,26 @@ impl Reader {
                 "the lease lapsed while the message waited for the engine",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deliveries;
+
+    #[test]
+    fn deliveries_in_sequence_pass_and_a_gap_or_a_step_back_is_caught() {
+        let mut d = Deliveries::default();
+        assert_eq!(d.next(7), Ok(()), "the first starts the chain");
+        assert_eq!(d.next(8), Ok(()));
+        assert_eq!(d.next(10), Err((8, 10)), "9 never arrived");
+        // After a gap the chain starts again (the reader waits, then pulls afresh).
+        assert_eq!(d.next(14), Ok(()));
+        assert_eq!(d.next(15), Ok(()));
+        assert_eq!(d.next(15), Err((15, 15)), "the same delivery twice");
+        assert_eq!(d.next(3), Ok(()));
+        assert_eq!(d.next(2), Err((3, 2)));
+        assert_eq!(d.next(0), Ok(()), "unnumbered");
+        assert_eq!(d.next(9), Ok(()), "an unnumbered delivery breaks the chain");
     }
 }

@@ -12,7 +12,11 @@
 //!   until it is stored or its partition's lease lapses, so a copy written
 //!   under a valid lease assumes only events that are in the events stream.
 //! - A message applied to chairs the engine has since dropped (its partition
-//!   moved away, and maybe back: [`Keeper::moved`]) is dropped unacknowledged.
+//!   moved away, and maybe back: [`Keeper::moved`]) is dropped unacknowledged,
+//!   and a copy of a partition that moved while the round was under way is
+//!   not written: made before the engine dropped its chairs, it may assume
+//!   events that a lapsed lease kept out of the events stream, and a lease
+//!   taken again since would let it through.
 //! - A message is acknowledged only after its chair's snapshot was stored;
 //!   one whose snapshot failed waits for the next round, one whose partition
 //!   went is dropped unacknowledged (its next owner is handed it again).
@@ -164,6 +168,11 @@ impl Keeper {
         // Read under the lock: a partition given back left `ready` before its
         // let-go waited for this lock, so a round after that leaves it alone.
         let ready = &ready_now.borrow().clone();
+        // A copy of a partition that moved (and maybe came back) after this
+        // point may be of state the engine has since dropped, its events
+        // never journaled: not written (see the write below).
+        let generations: HashMap<u32, u64> =
+            ready.iter().map(|&p| (p, self.generation(p))).collect();
         let partitions = self.snapshots.partitions();
         let waiting = std::mem::take(&mut *self.held.lock().expect("held messages"));
         let retry = std::mem::take(&mut *self.retry.lock().expect("retried chairs"));
@@ -215,15 +224,18 @@ impl Keeper {
         let owned = owned.borrow().clone();
         let still_ready = ready_now.borrow().clone();
         let mut done = BTreeMap::new();
+        let unmoved = |p: u32| generations.get(&p) == Some(&self.generation(p));
         // A chair with messages waiting and no copy was dropped by the engine
-        // meanwhile: if its partition is still held (an idle chair forgotten),
-        // they are done with; if it went, they are its next owner's.
+        // meanwhile: if its partition is still held and never moved (an idle
+        // chair forgotten), they are done with; if it went, or went and came
+        // back, they are the partition's owner's to apply again.
         let copied: HashSet<String> = copies.iter().map(|c| c.chair.clone()).collect();
         by_chair.retain(|chair, held| {
             if copied.contains(chair) {
                 return true;
             }
-            if still_ready.contains(&partition_of(chair, partitions)) {
+            let p = partition_of(chair, partitions);
+            if still_ready.contains(&p) && unmoved(p) {
                 done.insert(chair.clone(), std::mem::take(held));
             }
             false
@@ -231,6 +243,13 @@ impl Keeper {
         let by_chair_now = &by_chair;
         let writes = copies.into_iter().filter_map(|copy| {
             let partition = partition_of(&copy.chair, partitions);
+            // Moved since the round began: the copy may predate the engine's
+            // drop of the partition's chairs and assume events a lapsed lease
+            // kept out of the events stream, while `owned` holds the lease
+            // taken again since. Its messages are dropped below.
+            if !unmoved(partition) {
+                return None;
+            }
             // No lease, no write: its messages wait, unacknowledged, for the
             // partition's next owner.
             let valid_until = *owned.get(&partition)?;
@@ -277,7 +296,8 @@ impl Keeper {
             }
         }
         self.put_back(again);
-        // Left in `by_chair`: copied, but the lease had gone (dropped).
+        // Left in `by_chair`: copied, but the lease had gone or the partition
+        // moved meanwhile (dropped, unacknowledged).
         let acks = done
             .into_values()
             .flatten()

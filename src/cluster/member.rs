@@ -190,7 +190,15 @@ pub async fn start(
     let (to_apply, from_intake) = mpsc::channel(settings.read_ahead.max(1));
     let owned = ownership.owned;
     let leave = ownership.leave;
-    intake::start(js.clone(), owned.clone(), read, to_apply, stop.clone());
+    let cluster_metrics = devices.metrics.cluster();
+    intake::start(
+        js.clone(),
+        owned.clone(),
+        read,
+        to_apply,
+        cluster_metrics.deliveries_missed.clone(),
+        stop.clone(),
+    );
     let keeper = Arc::new(Keeper::new(
         // A connection of their own: a round's burst of writes does not
         // queue ahead of events and pulls on the gateway's main connection.
@@ -202,10 +210,11 @@ pub async fn start(
                 ),
                 replicas,
                 settings.partitions,
+                cluster_metrics.snapshots_unreadable.clone(),
             )
             .await?,
         ),
-        devices.metrics.cluster(),
+        cluster_metrics,
     ));
     let partitions = Partitions {
         owned: owned.clone(),

@@ -30,6 +30,7 @@ use super::{entries_of, expiring_bucket, partition_of, ClusterError};
 use crate::engine::ChairCopy;
 use async_nats::jetstream::kv::{CreateErrorKind, Store, UpdateErrorKind};
 use async_nats::jetstream::Context;
+use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -82,14 +83,18 @@ pub struct Snapshots {
     partitions: u32,
     /// By chair key (`{site}/{chair}`).
     known: Mutex<HashMap<String, Known>>,
+    /// Counts snapshots found that could not be read.
+    unreadable: Counter,
 }
 
 impl Snapshots {
-    /// Open the bucket, made if missing (`replicas` copies).
+    /// Open the bucket, made if missing (`replicas` copies); snapshots found
+    /// that cannot be read are counted in `unreadable`.
     pub async fn open(
         js: &Context,
         replicas: usize,
         partitions: u32,
+        unreadable: Counter,
     ) -> Result<Snapshots, ClusterError> {
         let kv = expiring_bucket(
             js,
@@ -103,6 +108,7 @@ impl Snapshots {
             kv,
             partitions,
             known: Mutex::new(HashMap::new()),
+            unreadable,
         })
     }
 
@@ -148,6 +154,7 @@ impl Snapshots {
                 // from its session and open alarms; the next write finds the
                 // entry there and replaces it.
                 Err(e) => {
+                    self.unreadable.increment(1);
                     tracing::warn!(key = %entry.key, error = %e, "a chair's snapshot not read")
                 }
             }

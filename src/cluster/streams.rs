@@ -47,6 +47,17 @@ pub async fn partition_consumer(
     replicas: usize,
     ack_wait: Duration,
 ) -> Result<PullConsumer, ClusterError> {
+    partition_consumer_acking(js, partition, replicas, ack_wait, AckPolicy::Explicit).await
+}
+
+/// [`partition_consumer`] acknowledged as `ack_policy` says.
+pub async fn partition_consumer_acking(
+    js: &Context,
+    partition: u32,
+    replicas: usize,
+    ack_wait: Duration,
+    ack_policy: AckPolicy,
+) -> Result<PullConsumer, ClusterError> {
     let stream = js
         .get_stream(MQTT_STREAM)
         .await
@@ -63,7 +74,7 @@ pub async fn partition_consumer(
                 )),
                 filter_subject: filter.clone(),
                 deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
+                ack_policy,
                 ack_wait,
                 num_replicas: replicas,
                 ..Default::default()
@@ -75,12 +86,12 @@ pub async fn partition_consumer(
     // different ack_wait would break the takeover timing, another filter
     // would read the wrong messages.
     let made = &consumer.cached_info().config;
-    if made.filter_subject != filter || made.ack_wait != ack_wait {
+    if made.filter_subject != filter || made.ack_wait != ack_wait || made.ack_policy != ack_policy {
         return Err(ClusterError::js(
             "checking a partition's consumer",
             format!(
-                "{name} reads {:?} with ack_wait {:?}, not {filter:?} with {ack_wait:?}: delete it while no gateway runs",
-                made.filter_subject, made.ack_wait
+                "{name} reads {:?} with ack_wait {:?} and {:?} acknowledgements, not {filter:?} with {ack_wait:?} and {ack_policy:?}: delete it while no gateway runs",
+                made.filter_subject, made.ack_wait, made.ack_policy
             ),
         ));
     }

@@ -8,9 +8,10 @@
 //! each event the copied state assumes already in the journal.
 
 use super::restore::Restore;
-use super::state::State;
+use super::state::{Deferred, Pass, State};
 use crate::core::alarm::Active;
 use crate::core::patient::PatientState;
+use crate::core::AlarmKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -109,20 +110,33 @@ impl Restore<'_> {
 
     /// An alarm the journal says is open (`open`: all of the chair's that
     /// it says are), over a chair taken back from its copy: acknowledged or
-    /// escalated after the copy was made, it is so here too; raised after it,
-    /// it is taken back as at start-up (the readings that raised it, handed
-    /// out again, then change nothing), unless its rules hold an alarm the
-    /// journal has closed since (a vital that went back and forth): then the
-    /// readings handed out again end that one and raise this one as before,
-    /// under the same ids, which the events stream already holds.
+    /// escalated after the copy was made, it is so here too. Raised after it:
+    /// a physiological alarm waits for the readings handed out again to reach
+    /// the one that raised it ([`due`]), which raise it again under the same
+    /// id (the events stream drops the repeat) before it takes what the
+    /// journal says; taken back at once, a reading measured before the raise
+    /// would end it. A technical one (its id from gateway time, so not raised
+    /// again under it) is taken back as at start-up, unless its rules hold an
+    /// alarm the journal has closed since (a vital that went back and forth):
+    /// then the readings handed out again end that one first.
     pub fn alarm_after_copy(
         &mut self,
         event: crate::core::AlarmEvent,
         open: &HashSet<u64>,
         now_ms: u64,
     ) {
-        let Some(mut held) = self.state.board.get(event.id).cloned() else {
-            if self.state.ward.restore_alarm_after_snapshot(&event) {
+        let Some(held) = self.state.board.get(event.id).cloned() else {
+            if event.kind == AlarmKind::Physiological {
+                self.state
+                    .after_copy
+                    .0
+                    .entry(event.chair.clone())
+                    .or_default()
+                    .push(Deferred {
+                        event,
+                        since_ms: now_ms,
+                    });
+            } else if self.state.ward.restore_alarm_after_snapshot(&event) {
                 self.settle_alarm(event, true, now_ms);
             } else if !self
                 .state
@@ -135,7 +149,12 @@ impl Restore<'_> {
             }
             return;
         };
-        // As journaled: no new event.
+        self.as_journaled(held, event, now_ms);
+    }
+
+    /// `held` takes what the journal says of it (`event`): acknowledged or
+    /// escalated since, without a new event.
+    fn as_journaled(&mut self, mut held: Active, event: crate::core::AlarmEvent, now_ms: u64) {
         if event.acknowledged_by.is_some() && held.acknowledged_at.is_none() {
             held.acknowledged_at = Some(event.received_at);
             held.event = event.clone();
@@ -149,6 +168,20 @@ impl Restore<'_> {
             }
             held.event.escalation_level = held.event.escalation_level.max(event.escalation_level);
             self.state.board.take_back(held);
+        }
+    }
+
+    /// A [`Deferred`] alarm whose raise the readings handed out again have
+    /// reached: raised again by them, it takes what the journal says of it;
+    /// if they did not raise it (or never came), it is taken back as at
+    /// start-up.
+    fn deferred_due(&mut self, event: crate::core::AlarmEvent, now_ms: u64) {
+        match self.state.board.get(event.id).cloned() {
+            Some(held) => self.as_journaled(held, event, now_ms),
+            None => {
+                let taken = self.state.ward.restore_alarm_after_snapshot(&event);
+                self.settle_alarm(event, taken, now_ms);
+            }
         }
     }
 
@@ -176,4 +209,73 @@ impl Restore<'_> {
             }
         }
     }
+}
+
+/// How long (gateway time) a [`Deferred`] alarm waits for the reading that
+/// raised it before it is taken back without it. That reading is handed out
+/// again with the partition's other unacknowledged messages, first, as soon
+/// as the partition is read: this only bounds a reading that never comes.
+const DEFERRED_WAIT_MS: u64 = 30_000;
+
+/// When deferred alarms may be due: after a reading of a chair holding some
+/// (measured at `ts`), or at a tick.
+pub(super) enum Due {
+    Reading { chair: String, ts: u64, now_ms: u64 },
+    Tick { now_ms: u64 },
+}
+
+/// Whether `command`, once applied, may make deferred alarms due.
+pub(super) fn due_after(state: &State, command: &super::Command) -> Option<Due> {
+    if state.after_copy.0.is_empty() {
+        return None;
+    }
+    match command {
+        super::Command::Reading {
+            chair,
+            reading,
+            now_ms,
+            ..
+        } if state.after_copy.0.contains_key(chair.as_str()) => Some(Due::Reading {
+            chair: chair.clone(),
+            ts: reading.ts,
+            now_ms: *now_ms,
+        }),
+        super::Command::Tick { now_ms, .. } => Some(Due::Tick { now_ms: *now_ms }),
+        _ => None,
+    }
+}
+
+/// Settle the deferred alarms `due` makes due: those of the chair raised at
+/// or before the reading's device time, or, at a tick, those that waited
+/// [`DEFERRED_WAIT_MS`].
+pub(super) fn settle_due(state: &mut State, due: Due, out: &mut Vec<Pass>) {
+    let mut ready = Vec::new();
+    let mut take = |waiting: &mut Vec<Deferred>, is_due: &dyn Fn(&Deferred) -> bool| {
+        let (now, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|d| is_due(d));
+        *waiting = later;
+        ready.extend(now);
+    };
+    let now_ms = match due {
+        Due::Reading { chair, ts, now_ms } => {
+            if let Some(waiting) = state.after_copy.0.get_mut(chair.as_str()) {
+                take(waiting, &|d| d.event.ts <= ts);
+            }
+            now_ms
+        }
+        Due::Tick { now_ms } => {
+            for waiting in state.after_copy.0.values_mut() {
+                take(waiting, &|d| d.since_ms + DEFERRED_WAIT_MS <= now_ms);
+            }
+            now_ms
+        }
+    };
+    state.after_copy.0.retain(|_, waiting| !waiting.is_empty());
+    if ready.is_empty() {
+        return;
+    }
+    out.extend(super::restore::run(state, move |r| {
+        for deferred in ready {
+            r.deferred_due(deferred.event, now_ms);
+        }
+    }));
 }

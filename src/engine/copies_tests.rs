@@ -111,6 +111,16 @@ impl Side {
         copies.remove(0)
     }
 
+    /// Every alarm frame released since last asked: (state, alarm id).
+    fn frames(&mut self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        while let Ok(frame) = self.alarms.try_recv() {
+            let state = frame["state"].as_str().unwrap().to_string();
+            out.push((state, frame["id"].as_u64().unwrap()));
+        }
+        out
+    }
+
     fn raised(&mut self) -> Vec<u64> {
         let mut ts = Vec::new();
         while let Ok(frame) = self.alarms.try_recv() {
@@ -161,24 +171,95 @@ async fn an_alarm_raised_after_the_copy_is_taken_back_once() {
     first.engine.flushed().await;
     assert_eq!(first.raised(), vec![2_000]);
     let raised = first.copy().await.alarms[0].event.clone();
+    let id = raised.id;
     let mut next = side(rules(0), move |r| {
         r.chair(before).unwrap();
         let open = [raised.id].into();
         r.alarm_after_copy(raised, &open, 100_000);
     });
-    // The reading that raised it, handed out again: nothing new.
+    // The reading that raised it, handed out again, raises it again under
+    // the same id (the events stream drops the repeat).
     assert_eq!(
         next.spo2(2, 85.0).await,
-        Processed::Accepted { alarm_events: 0 }
+        Processed::Accepted { alarm_events: 1 }
     );
-    assert_eq!(next.copy().await.alarms.len(), 1);
+    let copy = next.copy().await;
+    assert_eq!(copy.alarms.len(), 1);
+    assert_eq!(copy.alarms[0].event.id, id);
     // And it ends as it would have on the first engine.
     assert_eq!(
         next.spo2(3, 95.0).await,
         Processed::Accepted { alarm_events: 1 }
     );
     next.engine.flushed().await;
-    assert!(next.raised().is_empty());
+    assert_eq!(next.raised(), vec![2_000]);
+}
+
+/// A reading measured between the copy and the raise, handed out again first,
+/// does not end the alarm the journal holds: the alarm is taken back when the
+/// readings reach its raise, acknowledged as the journal says, and nothing
+/// ends it (the failure script once saw such a reading clear it, then the
+/// breach's end clear it a second time).
+#[tokio::test]
+async fn a_reading_before_an_alarm_raised_after_the_copy_does_not_end_it() {
+    let mut first = side(rules(0), |_| {});
+    first.spo2(1, 97.0).await;
+    let before = first.copy().await;
+    first.spo2(2, 97.0).await;
+    first.spo2(3, 85.0).await;
+    first.engine.flushed().await;
+    assert_eq!(first.raised(), vec![3_000]);
+    let raised = first.copy().await;
+    let ack = acknowledged(&raised, "nurse.kim");
+    let id = ack.id;
+    let mut next = side(rules(0), move |r| {
+        r.chair(before).unwrap();
+        let open = [ack.id].into();
+        r.alarm_after_copy(ack, &open, 100_000);
+    });
+    for (seq, spo2) in [(2, 97.0), (3, 85.0), (4, 86.0)] {
+        next.spo2(seq, spo2).await;
+    }
+    next.engine.flushed().await;
+    assert_eq!(
+        next.frames(),
+        vec![("raised".to_string(), id)],
+        "raised again under its id, never ended"
+    );
+    let copy = next.copy().await;
+    assert_eq!(copy.alarms.len(), 1);
+    assert_eq!(
+        copy.alarms[0].event.acknowledged_by.as_deref(),
+        Some("nurse.kim"),
+        "acknowledged as journaled"
+    );
+}
+
+/// An alarm journaled after the copy whose reading never comes again is
+/// taken back after the wait, at a tick.
+#[tokio::test]
+async fn an_alarm_raised_after_the_copy_whose_reading_never_comes_is_taken_back_at_last() {
+    let first = side(rules(0), |_| {});
+    first.spo2(1, 97.0).await;
+    let before = first.copy().await;
+    first.spo2(2, 85.0).await;
+    let raised = first.copy().await.alarms[0].event.clone();
+    let next = side(rules(0), move |r| {
+        r.chair(before).unwrap();
+        let open = [raised.id].into();
+        r.alarm_after_copy(raised, &open, 100_000);
+    });
+    let tick = |now_ms| {
+        next.engine
+            .ask(move |reply| Command::Tick { now_ms, reply })
+    };
+    tick(100_000 + 29_000).await.unwrap();
+    assert!(
+        next.copy().await.alarms.is_empty(),
+        "still waiting for its reading"
+    );
+    tick(100_000 + 30_000).await.unwrap();
+    assert_eq!(next.copy().await.alarms.len(), 1, "taken back");
 }
 
 #[tokio::test]
@@ -330,4 +411,42 @@ async fn an_alarm_ended_by_a_session_change_after_the_copy_ends_silently() {
     assert_eq!(taken.state.session().phase, crate::core::Phase::Recovery);
     assert!(taken.alarms.is_empty(), "{:?}", taken.alarms);
     assert_eq!(taken.state.active_alarms().count(), 0);
+}
+
+/// In the interval after the copy, the alarm in it ended and the vital
+/// breached again, and a nurse acknowledged the new alarm: the readings handed
+/// out again end the first and raise the second under their ids, and the
+/// second is acknowledged, as journaled.
+#[tokio::test]
+async fn an_acknowledgement_of_an_alarm_raised_again_after_the_copy_holds() {
+    let mut first = side(rules(0), |_| {});
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    let ended = copy.alarms[0].event.id;
+    first.spo2(2, 95.0).await;
+    first.spo2(3, 85.0).await;
+    first.engine.flushed().await;
+    assert_eq!(first.raised(), vec![1_000, 3_000]);
+    let again = first.copy().await;
+    let ack = acknowledged(&again, "nurse.kim");
+    let (id, open) = (ack.id, [ack.id].into());
+    let mut next = side(rules(0), move |r| {
+        r.chair(copy).unwrap();
+        r.alarm_after_copy(ack, &open, 100_000);
+        r.closed_after_copy(CHAIR, &open, 100_000);
+    });
+    next.spo2(2, 95.0).await;
+    next.spo2(3, 85.0).await;
+    next.engine.flushed().await;
+    assert_eq!(
+        next.frames(),
+        vec![("cleared".to_string(), ended), ("raised".to_string(), id)],
+        "the same events as on the first engine, under the same ids"
+    );
+    let taken = next.copy().await;
+    assert_eq!(taken.alarms.len(), 1);
+    assert_eq!(
+        taken.alarms[0].event.acknowledged_by.as_deref(),
+        Some("nurse.kim")
+    );
 }

@@ -10,7 +10,7 @@ use crate::core::{
 };
 use crate::protocol::{self, Frame};
 use crate::telemetry::Metrics;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,20 @@ impl Changed {
     }
 }
 
+/// Alarms the journal holds open that were raised after their chair's copy
+/// was made (cluster mode's takeover), by chair: taken back when the readings
+/// handed out again reach the one that raised them (the copies module), not
+/// before, so that a reading measured before the raise does not end them.
+#[derive(Default)]
+pub(super) struct AfterCopy(pub(super) HashMap<Arc<str>, Vec<Deferred>>);
+
+/// An alarm of [`AfterCopy`], as the journal holds it, and when (gateway
+/// time) its chair was taken back.
+pub(super) struct Deferred {
+    pub event: crate::core::AlarmEvent,
+    pub since_ms: u64,
+}
+
 pub(super) struct State {
     pub ward: Arc<Ward>,
     pub(super) board: Board,
@@ -63,6 +77,7 @@ pub(super) struct State {
     pub(super) changed: Changed,
     /// Makes a [`Command::Copies`]' copies (the copies module's).
     copier: Copier,
+    pub(super) after_copy: AfterCopy,
 }
 
 impl State {
@@ -86,6 +101,7 @@ impl State {
             restorer,
             changed: Changed::default(),
             copier,
+            after_copy: AfterCopy::default(),
         }
     }
 
@@ -170,6 +186,7 @@ impl State {
             }
             Command::HandOver { which, reply } => {
                 self.board.forget(&which);
+                self.after_copy.0.retain(|chair, _| !which(chair));
                 let gone = self.ward.forget(&which);
                 answer(reply, gone, out)
             }

@@ -1,6 +1,7 @@
 //! The engine task: takes commands in batches, applies them to the state, and
 //! hands what they made to the journal thread.
 
+use super::copies;
 use super::state::{Pass, State};
 use super::{Command, Processed, Receipt, Reply};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,7 +81,11 @@ pub(super) async fn run(
         }
         let mut out = Vec::new();
         for command in commands.drain(..) {
+            let due = copies::due_after(&state, &command);
             state.apply(command, &mut out);
+            if let Some(due) = due {
+                copies::settle_due(&mut state, due, &mut out);
+            }
         }
         if !out.is_empty() {
             pipe.send(out).await;

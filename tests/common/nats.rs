@@ -4,6 +4,7 @@
 //! operator installs). Killed, and their storage removed, on drop.
 #![allow(dead_code)]
 
+use async_nats::jetstream::consumer::AckPolicy;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -50,6 +51,17 @@ pub async fn partition_consumers(
     js: &async_nats::jetstream::Context,
     ack_wait: Duration,
 ) {
+    partition_consumers_acking(cluster, node, js, ack_wait, AckPolicy::Explicit).await
+}
+
+/// [`partition_consumers`] acknowledged as `policy` says.
+pub async fn partition_consumers_acking(
+    cluster: &NatsCluster,
+    node: usize,
+    js: &async_nats::jetstream::Context,
+    ack_wait: Duration,
+    policy: AckPolicy,
+) {
     drop(Device::connect("127.0.0.1", cluster.nodes[node].mqtt_port).await);
     super::eventually(
         || {
@@ -60,7 +72,7 @@ pub async fn partition_consumers(
     )
     .await;
     for p in 0..PARTITIONS {
-        streams::partition_consumer(js, p, 3, ack_wait)
+        streams::partition_consumer_acking(js, p, 3, ack_wait, policy)
             .await
             .unwrap();
     }
