@@ -2,11 +2,14 @@
 //! on a 3-node NATS cluster and PostgreSQL, twelve chairs publishing at 5 Hz
 //! with a breach every three seconds, a nurse-station dashboard on each
 //! gateway. One gateway is killed (SIGKILL), then a NATS node, then another
-//! gateway is frozen (SIGSTOP) past its lease and woken. Afterwards:
+//! gateway is frozen (SIGSTOP) past its lease and woken, then the killed one
+//! is started again and takes its share of the partitions back as the others
+//! give them up. Afterwards:
 //! - in the events stream, every breach whose deciding readings NATS
 //!   acknowledged to the device is alarmed once and cleared once, in order;
 //!   nothing is alarmed twice; alarms flowed again within the lease time and
-//!   2 s of whatever stopped them;
+//!   2 s of whatever stopped them (the pause while partitions are given back
+//!   to the restarted gateway is printed);
 //! - every dashboard received every alarm event after its first snapshot
 //!   exactly once and in `seq` order, moving to another gateway with its
 //!   `since` when its own was lost or frozen (never told `missed`);
@@ -124,12 +127,13 @@ impl Expected {
     /// What is wrong with `events` (per chair: state, device ts, gateway time):
     /// each must be a reading published, raised on a breach and cleared on a
     /// normal one, alternating, once per episode at most, and every event owed
-    /// there; and the longest a raise came after its breach began.
+    /// there; and how long each raise came after its breach began (sorted:
+    /// time, chair, episode).
     fn check(
         &self,
         sent: &[Sent],
         events: &BTreeMap<u64, Vec<(String, u64, u64)>>,
-    ) -> (Vec<String>, Duration) {
+    ) -> (Vec<String>, Vec<(Duration, u64, u64)>) {
         let mut wrong = Vec::new();
         let mut late: Vec<(Duration, u64, u64)> = Vec::new();
         for (&chair, owed) in &self.owed {
@@ -201,7 +205,7 @@ impl Expected {
             late.get(late.len() / 2).map(|l| l.0),
             late.iter().rev().take(5).collect::<Vec<_>>()
         );
-        (wrong, late.last().map_or(Duration::ZERO, |l| l.0))
+        (wrong, late)
     }
 }
 
@@ -264,10 +268,14 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let (mut crashed, mut killed, mut frozen, mut thawed) = (false, false, false, false);
     let freeze_at = Duration::from_secs(27);
+    // The crashed gateway comes back (as an operator restarts it) once the
+    // frozen one has woken, and the others give it partitions one a round.
+    let restart_at = freeze_at + LEASE + Duration::from_secs(5);
+    let mut restarted: Option<(u64, tokio::task::JoinHandle<GatewayProcess>)> = None;
     let mut sent: Vec<Sent> = Vec::new();
     let mut seq = 0u64;
     // Until the last episode has ended: 97 until its cycle is over.
-    while started.elapsed() < Duration::from_secs(48) || !seq.is_multiple_of(15) {
+    while started.elapsed() < Duration::from_secs(60) || !seq.is_multiple_of(15) {
         tick.tick().await;
         let at = started.elapsed();
         if !crashed && at >= Duration::from_secs(3) {
@@ -286,6 +294,13 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
         if !thawed && at >= freeze_at + LEASE + Duration::from_secs(2) {
             gateways[1].freeze(false);
             thawed = true;
+        }
+        if restarted.is_none() && at >= restart_at {
+            let crashed_log = dir.join("gw-1.log");
+            let _ = std::fs::rename(&crashed_log, dir.join("gw-1-crashed.log"));
+            let (config, dir) = (config(&nats, "gw-1", &audit), dir.clone());
+            let start = tokio::spawn(async move { GatewayProcess::start(config, &dir).await });
+            restarted = Some((seq, start));
         }
         for chair in 1..=chairs {
             let spo2 = if breaching(seq) { 85 } else { 97 };
@@ -342,12 +357,37 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
             ));
         }
     }
-    let (mut wrong, slowest) = expected.check(&sent, &events);
+    let (mut wrong, late) = expected.check(&sent, &events);
     // Alarms flow again within the lease time and 2 s of whatever stopped them.
     let target = LEASE + Duration::from_secs(2);
+    let slowest = late.last().map_or(Duration::ZERO, |l| l.0);
     if slowest > target {
         wrong.push(format!(
             "a breach alarmed {slowest:?} after it began, beyond {target:?}"
+        ));
+    }
+    // The restarted gateway took its share back under load.
+    let (restarted_at_seq, start) = restarted.expect("the crashed gateway restarted");
+    gateways[0] = start.await.expect("the crashed gateway starts again");
+    let after: Vec<_> = late
+        .iter()
+        .filter(|(_, _, episode)| episode * 15 >= restarted_at_seq)
+        .collect();
+    println!(
+        "breaches from the restart on: {} raised, slowest {:?} after it began",
+        after.len(),
+        after.iter().map(|l| l.0).max()
+    );
+    let shares: Vec<usize> = futures_util::future::join_all(
+        gateways
+            .iter()
+            .map(|g| async { g.partitions().await.map_or(0, |p| p.len()) }),
+    )
+    .await;
+    println!("partitions held at the end: {shares:?}");
+    if shares[0] == 0 {
+        wrong.push(format!(
+            "the restarted gateway took no partition back: {shares:?}"
         ));
     }
 

@@ -9,6 +9,7 @@
 //! leases the ownership loop publishes.
 
 use super::apply::{self, Applied, Partitions};
+use super::feed::FeedError;
 use super::intake::{self, ReadSettings};
 use super::journal::StreamJournal;
 use super::keeper::Keeper;
@@ -27,8 +28,43 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Pause between attempts at the partitions' consumers at start-up.
-const MQTT_STREAM_RETRY: Duration = Duration::from_secs(2);
+/// Pause between attempts at start-up (the partitions' consumers, the events
+/// stream).
+const STREAM_RETRY: Duration = Duration::from_secs(2);
+
+/// `attempt` until it succeeds or fails otherwise than `waits` says NATS may
+/// yet answer (a stream's or bucket's leader moving after a node was lost):
+/// a gateway started then waits, saying what for, rather than exiting.
+async fn once_answered<T, E, F>(
+    what: &str,
+    waits: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let since = tokio::time::Instant::now();
+    loop {
+        match attempt().await {
+            Err(e) if waits(&e) => {
+                tracing::warn!(
+                    error = %e,
+                    waited_s = since.elapsed().as_secs(),
+                    "{what}: no answer yet; trying again"
+                );
+                tokio::time::sleep(STREAM_RETRY).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A JetStream request that failed (not a settings conflict NATS reported
+/// in another way): worth asking again at start-up.
+fn unanswered(e: &ClusterError) -> bool {
+    matches!(e, ClusterError::JetStream { .. })
+}
 
 /// How a gateway takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -127,7 +163,10 @@ pub async fn start(
     let client = connect_client(&settings.servers, &settings.name).await?;
     let js = async_nats::jetstream::new(client.clone());
     let replicas = settings.replicas;
-    events::stream(&js, replicas).await?;
+    once_answered("the events stream", unanswered, || {
+        events::stream(&js, replicas)
+    })
+    .await?;
     let read = ReadSettings::for_leases(settings.lease, replicas);
     // The MQTT listener's stream appears once a first MQTT client connects to
     // the cluster: on a new cluster the gateway waits for its first device.
@@ -142,19 +181,30 @@ pub async fn start(
             "cannot make the partitions' consumers yet (on a new cluster: no MQTT client has \
              connected to it, so its MQTT stream does not exist); trying again"
         );
-        tokio::time::sleep(MQTT_STREAM_RETRY).await;
+        tokio::time::sleep(STREAM_RETRY).await;
     }
     let stop = CancellationToken::new();
     let (to_dashboards, replay_capacity) = match outlets.dashboards {
         Some((outlet, capacity)) => (Some(outlet), capacity),
         None => (None, 0),
     };
-    let leases = Leases::open(&js, &settings.name, settings.lease, replicas).await?;
-    let mirror = Arc::new(
-        Mirror::start(&js, stop.clone(), replay_capacity, to_dashboards)
-            .await
-            .map_err(|e| ClusterError::js("starting the mirror", e))?,
-    );
+    let leases = once_answered("the lease bucket", unanswered, || {
+        Leases::open(&js, &settings.name, settings.lease, replicas)
+    })
+    .await?;
+    let mirror = once_answered(
+        "reading the events stream",
+        |e: &FeedError| {
+            matches!(
+                e,
+                FeedError::Read(_) | FeedError::Cluster(ClusterError::JetStream { .. })
+            )
+        },
+        || Mirror::start(&js, stop.clone(), replay_capacity, to_dashboards.clone()),
+    )
+    .await
+    .map(Arc::new)
+    .map_err(|e| ClusterError::js("starting the mirror", e))?;
     let ownership = ownership::start(
         &js,
         leases,
@@ -199,19 +249,21 @@ pub async fn start(
         cluster_metrics.deliveries_missed.clone(),
         stop.clone(),
     );
+    // Snapshots on a connection of their own: a round's burst of writes does
+    // not queue ahead of events and pulls on the gateway's main connection.
+    let snapshots_js = async_nats::jetstream::new(
+        connect_client(&settings.servers, &format!("{}-snapshots", settings.name)).await?,
+    );
     let keeper = Arc::new(Keeper::new(
-        // A connection of their own: a round's burst of writes does not
-        // queue ahead of events and pulls on the gateway's main connection.
         Arc::new(
-            Snapshots::open(
-                &async_nats::jetstream::new(
-                    connect_client(&settings.servers, &format!("{}-snapshots", settings.name))
-                        .await?,
-                ),
-                replicas,
-                settings.partitions,
-                cluster_metrics.snapshots_unreadable.clone(),
-            )
+            once_answered("the snapshot bucket", unanswered, || {
+                Snapshots::open(
+                    &snapshots_js,
+                    replicas,
+                    settings.partitions,
+                    cluster_metrics.snapshots_unreadable.clone(),
+                )
+            })
             .await?,
         ),
         cluster_metrics,
