@@ -33,8 +33,9 @@ use tokio_util::sync::CancellationToken;
 const STREAM_RETRY: Duration = Duration::from_secs(2);
 
 /// `attempt` until it succeeds or fails otherwise than `waits` says NATS may
-/// yet answer (a stream's or bucket's leader moving after a node was lost):
-/// a gateway started then waits, saying what for, rather than exiting.
+/// yet answer (a stream's or bucket's leader moving after a node was lost, the
+/// MQTT stream not made yet): a gateway started then waits, logging `what`
+/// every [`STREAM_RETRY`], rather than exiting.
 async fn once_answered<T, E, F>(
     what: &str,
     waits: impl Fn(&E) -> bool,
@@ -51,7 +52,7 @@ where
                 tracing::warn!(
                     error = %e,
                     waited_s = since.elapsed().as_secs(),
-                    "{what}: no answer yet; trying again"
+                    "{what}; trying again"
                 );
                 tokio::time::sleep(STREAM_RETRY).await;
             }
@@ -163,37 +164,31 @@ pub async fn start(
     let client = connect_client(&settings.servers, &settings.name).await?;
     let js = async_nats::jetstream::new(client.clone());
     let replicas = settings.replicas;
-    once_answered("the events stream", unanswered, || {
+    once_answered("the events stream does not answer yet", unanswered, || {
         events::stream(&js, replicas)
     })
     .await?;
     let read = ReadSettings::for_leases(settings.lease, replicas);
     // The MQTT listener's stream appears once a first MQTT client connects to
     // the cluster: on a new cluster the gateway waits for its first device.
-    let mut waiting_since = None;
-    while let Err(e) =
-        streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait).await
-    {
-        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
-        tracing::warn!(
-            error = %e,
-            waited_s = since.elapsed().as_secs(),
-            "cannot make the partitions' consumers yet (on a new cluster: no MQTT client has \
-             connected to it, so its MQTT stream does not exist); trying again"
-        );
-        tokio::time::sleep(STREAM_RETRY).await;
-    }
+    once_answered(
+        "cannot make the partitions' consumers yet (on a new cluster: no MQTT client has \
+         connected to it, so its MQTT stream does not exist)",
+        |_| true,
+        || streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait),
+    )
+    .await?;
     let stop = CancellationToken::new();
     let (to_dashboards, replay_capacity) = match outlets.dashboards {
         Some((outlet, capacity)) => (Some(outlet), capacity),
         None => (None, 0),
     };
-    let leases = once_answered("the lease bucket", unanswered, || {
+    let leases = once_answered("the lease bucket does not answer yet", unanswered, || {
         Leases::open(&js, &settings.name, settings.lease, replicas)
     })
     .await?;
     let mirror = once_answered(
-        "reading the events stream",
+        "cannot read the events stream yet",
         |e: &FeedError| {
             matches!(
                 e,
@@ -256,14 +251,18 @@ pub async fn start(
     );
     let keeper = Arc::new(Keeper::new(
         Arc::new(
-            once_answered("the snapshot bucket", unanswered, || {
-                Snapshots::open(
-                    &snapshots_js,
-                    replicas,
-                    settings.partitions,
-                    cluster_metrics.snapshots_unreadable.clone(),
-                )
-            })
+            once_answered(
+                "the snapshot bucket does not answer yet",
+                unanswered,
+                || {
+                    Snapshots::open(
+                        &snapshots_js,
+                        replicas,
+                        settings.partitions,
+                        cluster_metrics.snapshots_unreadable.clone(),
+                    )
+                },
+            )
             .await?,
         ),
         cluster_metrics,

@@ -250,21 +250,16 @@ pub(super) fn due_after(state: &State, command: &super::Command) -> Option<Due> 
 /// [`DEFERRED_WAIT_MS`].
 pub(super) fn settle_due(state: &mut State, due: Due, out: &mut Vec<Pass>) {
     let mut ready = Vec::new();
-    let mut take = |waiting: &mut Vec<Deferred>, is_due: &dyn Fn(&Deferred) -> bool| {
-        let (now, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|d| is_due(d));
-        *waiting = later;
-        ready.extend(now);
-    };
     let now_ms = match due {
         Due::Reading { chair, ts, now_ms } => {
             if let Some(waiting) = state.after_copy.0.get_mut(chair.as_str()) {
-                take(waiting, &|d| d.event.ts <= ts);
+                ready.extend(waiting.extract_if(.., |d| d.event.ts <= ts));
             }
             now_ms
         }
         Due::Tick { now_ms } => {
             for waiting in state.after_copy.0.values_mut() {
-                take(waiting, &|d| d.since_ms + DEFERRED_WAIT_MS <= now_ms);
+                ready.extend(waiting.extract_if(.., |d| d.since_ms + DEFERRED_WAIT_MS <= now_ms));
             }
             now_ms
         }
