@@ -271,7 +271,7 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
     // The crashed gateway comes back (as an operator restarts it) once the
     // frozen one has woken, and the others give it partitions one a round.
     let restart_at = freeze_at + LEASE + Duration::from_secs(5);
-    let mut restarted: Option<(u64, tokio::task::JoinHandle<GatewayProcess>)> = None;
+    let mut restarted: Option<(u64, tokio::task::JoinHandle<(GatewayProcess, Duration)>)> = None;
     let mut sent: Vec<Sent> = Vec::new();
     let mut seq = 0u64;
     // Until the last episode has ended: 97 until its cycle is over.
@@ -299,7 +299,11 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
             let crashed_log = dir.join("gw-1.log");
             let _ = std::fs::rename(&crashed_log, dir.join("gw-1-crashed.log"));
             let (config, dir) = (config(&nats, "gw-1", &audit), dir.clone());
-            let start = tokio::spawn(async move { GatewayProcess::start(config, &dir).await });
+            let start = tokio::spawn(async move {
+                let began = Instant::now();
+                let gateway = GatewayProcess::start(config, &dir).await;
+                (gateway, began.elapsed())
+            });
             restarted = Some((seq, start));
         }
         for chair in 1..=chairs {
@@ -368,7 +372,9 @@ async fn three_gateways_survive_a_crash_a_lost_node_and_a_freeze() {
     }
     // The restarted gateway took its share back under load.
     let (restarted_at_seq, start) = restarted.expect("the crashed gateway restarted");
-    gateways[0] = start.await.expect("the crashed gateway starts again");
+    let (gateway, took) = start.await.expect("the crashed gateway starts again");
+    gateways[0] = gateway;
+    println!("the crashed gateway, restarted, started in {took:?}");
     let after: Vec<_> = late
         .iter()
         .filter(|(_, _, episode)| episode * 15 >= restarted_at_seq)
