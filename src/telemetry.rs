@@ -351,6 +351,8 @@ impl Describe<'_> {
 /// Cluster mode's metrics (`docs/protocol.md`, `docs/cluster.md`).
 #[derive(Clone)]
 pub struct ClusterMetrics {
+    /// Partitions of the cluster's mapping (`cluster.partitions`).
+    pub partitions: Gauge,
     /// Partitions whose lease this gateway holds.
     pub partitions_owned: Gauge,
     /// Partitions whose chairs this gateway's engine holds (restored, read).
@@ -378,6 +380,10 @@ impl ClusterMetrics {
             |name, help| d.histogram(name, help),
         );
         ClusterMetrics {
+            partitions: gauge(
+                "vitalgate_cluster_partitions",
+                "Partitions of the cluster's mapping (cluster.partitions): every one should be served by some gateway.",
+            ),
             partitions_owned: gauge(
                 "vitalgate_cluster_partitions_owned",
                 "Partitions whose lease this gateway holds.",
@@ -440,6 +446,7 @@ impl ClusterMetrics {
     /// Handles that record nowhere (parts started without a gateway).
     pub fn detached() -> ClusterMetrics {
         ClusterMetrics {
+            partitions: Gauge::noop(),
             partitions_owned: Gauge::noop(),
             partitions_serving: Gauge::noop(),
             takeovers: Counter::noop(),

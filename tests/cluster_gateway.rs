@@ -145,6 +145,25 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
             assert!(common::metric(addr, gauge).await >= 0.0);
         }
     }
+    // The cluster's alert rules query metrics a cluster gateway exposes (a
+    // renamed one would leave an alert silently quiet).
+    let exposed = common::exposed_metrics(a.http_addr()).await;
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/vitalgate-cluster-rules.yml"
+    ))
+    .unwrap();
+    let queried = common::metric_names(&rules);
+    assert!(queried.len() >= 5, "{queried:?}");
+    let missing: Vec<&String> = queried.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the cluster rules query {missing:?}, not exposed"
+    );
+    assert_eq!(
+        common::metric(a.http_addr(), "vitalgate_cluster_partitions").await,
+        16.0
+    );
     let owned_a = common::metric(a.http_addr(), "vitalgate_cluster_partitions_owned").await;
     let owned_b = common::metric(b.http_addr(), "vitalgate_cluster_partitions_owned").await;
     assert_eq!(owned_a + owned_b, 16.0);

@@ -206,47 +206,14 @@ async fn a_device_publishes_its_own_chair_only() {
     gw.stop().await;
 }
 
-/// The metric names in `text` (`vitalgate_...`), as PromQL or /metrics writes them.
-fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("vitalgate_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        // Not the middle of a longer word (a file name like deploy/vitalgate_x).
-        let before = rest[..i].chars().next_back();
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
-            names.insert(tail[..end].to_string());
-        }
-        rest = &tail[end..];
-    }
-    names
-}
-
 /// Every metric the Grafana dashboard and the alert rules query is one that
 /// `/metrics` exposes (a renamed metric would leave a panel or an alert silently
 /// empty).
 #[tokio::test]
 async fn the_dashboard_and_the_alert_rules_query_metrics_that_exist() {
     let (gw, _dash, _dev) = setup(|_| {}).await;
-    let (_, exposition) = http_get(gw.http(), "/metrics").await;
-    let mut exposed = std::collections::BTreeSet::new();
-    for line in exposition.lines() {
-        let Some(rest) = line.strip_prefix("# TYPE ") else {
-            continue;
-        };
-        let mut parts = rest.split_whitespace();
-        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
-        exposed.insert(name.to_string());
-        if kind == "histogram" {
-            for suffix in ["_bucket", "_sum", "_count"] {
-                exposed.insert(format!("{name}{suffix}"));
-            }
-        }
-    }
-    assert!(exposed.len() > 20, "{exposition}");
+    let exposed = exposed_metrics(gw.http()).await;
+    assert!(exposed.len() > 20, "{exposed:?}");
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
     for file in [
         "grafana/vitalgate-dashboard.json",

@@ -236,6 +236,9 @@ pub async fn start(
     let owned = ownership.owned;
     let leave = ownership.leave;
     let cluster_metrics = devices.metrics.cluster();
+    cluster_metrics
+        .partitions
+        .set(f64::from(settings.partitions));
     intake::start(
         js.clone(),
         owned.clone(),

@@ -496,6 +496,46 @@ pub async fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name_and_labels} not found in:\n{body}"))
 }
 
+/// The metric names in `text` (`vitalgate_...`), as PromQL or /metrics writes them.
+pub fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("vitalgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // Not the middle of a longer word (a file name like deploy/vitalgate_x).
+        let before = rest[..i].chars().next_back();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric name `/metrics` at `addr` exposes (a histogram's with its
+/// `_bucket`, `_sum` and `_count` series).
+pub async fn exposed_metrics(addr: SocketAddr) -> std::collections::BTreeSet<String> {
+    let (_, exposition) = http_get(addr, "/metrics").await;
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        exposed.insert(name.to_string());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exposed.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    exposed
+}
+
 /// A private Mosquitto on a free port, configured the way the operations guide asks
 /// for load: large inflight window and queue (the defaults drop QoS 1 messages
 /// silently under bursts) and TCP_NODELAY. Killed on drop.
