@@ -302,9 +302,13 @@ async fn a_feed_goes_on_after_its_node_is_lost() {
     // for again).
     let opening = Instant::now();
     for _ in 0..10 {
-        let mut late = Feed::open(&js, SiteScope::all(), 0)
-            .await
-            .expect("a feed opens with a node lost");
+        let mut late = tokio::time::timeout(
+            Duration::from_secs(60),
+            Feed::open(&js, SiteScope::all(), 0),
+        )
+        .await
+        .expect("a feed opens within 60 s with a node lost")
+        .expect("a feed opens with a node lost");
         assert_eq!(take(&mut late, 1).await[0].seq, seqs[0]);
     }
     println!(

@@ -147,6 +147,9 @@ async fn a_chair_taken_over_carries_on_its_delay_and_baseline_from_its_snapshot(
     let from_snapshots =
         common::metric(b.http, "vitalgate_cluster_chairs_from_snapshots_total").await;
     assert!(from_snapshots >= 1.0, "{from_snapshots}");
+    // Kept, with the gateways' logs, only when the test fails.
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The SpO2 rule's raise (technical alarms, such as a vital going stale once

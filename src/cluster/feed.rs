@@ -11,8 +11,9 @@
 //!   and a new one starts after the last event handed on.
 //! - A consumer whose node is lost goes quiet: the server's idle heartbeat every
 //!   [`HEARTBEAT`] stops, the read fails after two, and a new consumer is made
-//!   on a surviving node, asked again every [`REMAKE_WAIT`]. A new consumer,
-//!   the first one too, is asked for again while unanswered: with a node of
+//!   on a surviving node. A new consumer, the first one too, is asked for
+//!   again while unanswered ([`ask_wait`]: 2 s, then half as long again after
+//!   each unanswered ask, up to the client's 10 s request timeout): with a node of
 //!   three lost, NATS placed about a third of new one-replica consumers on the
 //!   lost node (2.10.26: 11 of 30, and 3 of 8 at each check from 16 to 82 s
 //!   after the kill; 2.12.8: 16 of 30), and such a request is never answered
@@ -69,8 +70,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Pause before making a consumer again after failing to.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
-/// Longest wait for a new consumer before asking again.
+/// Wait for a new consumer before asking again (the first ask in a row).
 pub const REMAKE_WAIT: Duration = Duration::from_secs(2);
+/// The longest wait for a new consumer: the client's request timeout.
+const ASK_WAIT_MAX: Duration = Duration::from_secs(10);
 /// A consumer left behind (its reader gone) is removed by the server after this.
 const INACTIVE: Duration = Duration::from_secs(30);
 
@@ -83,6 +86,8 @@ pub struct Feed {
     last: u64,
     /// The current consumer and the consumer sequence of its last message.
     reading: Option<(pull::Stream, u64)>,
+    /// Consumer requests in a row not answered (kept when a read is cancelled).
+    unanswered: u32,
 }
 
 impl Feed {
@@ -120,29 +125,33 @@ impl Feed {
             filter_subject,
             last: since,
             reading: None,
+            unanswered: 0,
         };
         feed.reading = Some((feed.consumer_answered().await?, 0));
         Ok(feed)
     }
 
-    /// [`Feed::consumer`], asked for again every [`REMAKE_WAIT`] while
-    /// unanswered (not the client's request timeout: a request placed on a lost
-    /// node is never answered, and a new one is answered sooner). Fails only on
-    /// an answer that says no.
-    async fn consumer_answered(&self) -> Result<pull::Stream, ClusterError> {
-        for asked in 1u32.. {
-            if let Ok(answered) = tokio::time::timeout(REMAKE_WAIT, self.consumer()).await {
+    /// [`Feed::consumer`], asked for again after [`ask_wait`] while unanswered
+    /// (not the client's request timeout: a request placed on a lost node is
+    /// never answered, and a new one is answered sooner; the wait grows so that
+    /// a slow NATS is answered too). Fails only on an answer that says no.
+    async fn consumer_answered(&mut self) -> Result<pull::Stream, ClusterError> {
+        loop {
+            let wait = ask_wait(self.unanswered);
+            if let Ok(answered) = tokio::time::timeout(wait, self.consumer()).await {
+                self.unanswered = 0;
                 return answered;
             }
+            self.unanswered = self.unanswered.saturating_add(1);
             // Said once every 5 asks: a third of asks fail while a node is lost.
-            if asked % 5 == 0 {
+            if self.unanswered.is_multiple_of(5) {
                 tracing::warn!(
-                    asked,
+                    asked = self.unanswered,
+                    filter = %self.filter_subject,
                     "the events stream does not answer consumer requests; asking again"
                 );
             }
         }
-        unreachable!("asked until answered")
     }
 
     /// A consumer of the scope's subject from the event after the last one read.
@@ -278,4 +287,27 @@ fn event_of(seq: u64, message: &async_nats::jetstream::Message) -> Result<Stream
         .ok_or_else(|| malformed("not an alarm or session frame"))?;
     let frame = Frame::about(text, Arc::from(chair));
     Ok(StreamEvent { seq, kind, frame })
+}
+
+/// How long a consumer request waits for its answer after `unanswered`
+/// unanswered ones in a row: [`REMAKE_WAIT`], half as long again after each,
+/// at most [`ASK_WAIT_MAX`].
+fn ask_wait(unanswered: u32) -> Duration {
+    let mut wait = REMAKE_WAIT;
+    for _ in 0..unanswered.min(8) {
+        wait = (wait * 3 / 2).min(ASK_WAIT_MAX);
+    }
+    wait
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_consumer_request_waits_longer_next_time_up_to_the_request_timeout() {
+        let waits: Vec<u64> = (0..7).map(|n| ask_wait(n).as_millis() as u64).collect();
+        assert_eq!(waits, [2_000, 3_000, 4_500, 6_750, 10_000, 10_000, 10_000]);
+        assert_eq!(ask_wait(u32::MAX), ASK_WAIT_MAX);
+    }
 }

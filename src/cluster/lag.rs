@@ -4,8 +4,9 @@
 //! has not read, and events the audit writers have not written.
 //!
 //! Each reading asks the consumers' leaders (the events stream's position the
-//! mirror keeps asking itself); a question not answered within [`EVERY`] (a
-//! leader moving) leaves its gauge as it was and is asked again next time.
+//! mirror keeps asking itself), each gauge's questions apart: a question not
+//! answered within [`EVERY`] (a leader moving) leaves its own gauge as it was
+//! and is asked again next time, without holding the others back.
 
 use super::audit_pg::AUDIT_CONSUMER;
 use super::events::EVENTS_STREAM;
@@ -40,24 +41,26 @@ pub async fn report(sources: LagSources, metrics: ClusterMetrics, stop: Cancella
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let reading = async {
-            if let Some(pending) = device_messages_pending(&sources).await {
-                metrics.device_messages_pending.set(pending as f64);
-            }
-            if let Some(unread) = sources.mirror.unread() {
-                metrics.events_unread.set(unread as f64);
-            }
-            if sources.audit {
-                if let Some(pending) =
-                    consumer_pending(&sources.js, EVENTS_STREAM, AUDIT_CONSUMER).await
-                {
-                    metrics.audit_pending.set(pending as f64);
-                }
+        if let Some(unread) = sources.mirror.unread() {
+            metrics.events_unread.set(unread as f64);
+        }
+        let devices = async {
+            match tokio::time::timeout(EVERY, device_messages_pending(&sources)).await {
+                Ok(Some(pending)) => metrics.device_messages_pending.set(pending as f64),
+                _ => tracing::debug!("cluster lag: partitions' consumers not all answered"),
             }
         };
-        if tokio::time::timeout(EVERY, reading).await.is_err() {
-            tracing::debug!("cluster lag: no answer in time; read again next time");
-        }
+        let audit = async {
+            if !sources.audit {
+                return;
+            }
+            let asked = consumer_pending(&sources.js, EVENTS_STREAM, AUDIT_CONSUMER);
+            match tokio::time::timeout(EVERY, asked).await {
+                Ok(Some(pending)) => metrics.audit_pending.set(pending as f64),
+                _ => tracing::debug!("cluster lag: the audit consumer did not answer"),
+            }
+        };
+        tokio::join!(devices, audit);
     }
 }
 
