@@ -536,6 +536,30 @@ pub async fn exposed_metrics(addr: SocketAddr) -> std::collections::BTreeSet<Str
     exposed
 }
 
+/// Every metric the deployment kit's `files` (paths under `deploy/`: alert
+/// rules, Grafana boards) query is one `/metrics` at `addr` exposes, each file
+/// querying at least `at_least`; each board (`.json`) has at least 8 panels. A
+/// renamed metric would leave an alert quiet or a panel empty.
+pub async fn assert_deploy_queries_exposed(addr: SocketAddr, files: &[&str], at_least: usize) {
+    let exposed = exposed_metrics(addr).await;
+    assert!(exposed.len() > 20, "{exposed:?}");
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for file in files {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        let queried = metric_names(&text);
+        assert!(queried.len() >= at_least, "{file} queries {queried:?}");
+        let missing: Vec<&String> = queried.difference(&exposed).collect();
+        assert!(
+            missing.is_empty(),
+            "{file} queries {missing:?}, which /metrics does not expose"
+        );
+        if file.ends_with(".json") {
+            let board: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(board["panels"].as_array().unwrap().len() >= 8, "{file}");
+        }
+    }
+}
+
 /// A private Mosquitto on a free port, configured the way the operations guide asks
 /// for load: large inflight window and queue (the defaults drop QoS 1 messages
 /// silently under bursts) and TCP_NODELAY. Killed on drop.
