@@ -26,6 +26,15 @@ pub(super) enum Pass {
     Then(Box<dyn FnOnce(bool) + Send>),
 }
 
+impl Pass {
+    /// Whether the journal thread must see it: anything but a receipt (a batch
+    /// of receipts alone, with nothing before it at the journal, is released by
+    /// the engine itself).
+    pub(super) fn commits(&self) -> bool {
+        !matches!(self, Pass::Receipt(..))
+    }
+}
+
 /// What makes a [`Command::Copies`]' copies (a plain function, which keeps
 /// the copies module out of the state's dependencies, as the restorer).
 pub(super) type Copier = fn(&mut State, Vec<String>, &dyn Fn(&str) -> bool) -> Vec<ChairCopy>;

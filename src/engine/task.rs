@@ -18,9 +18,14 @@ pub(super) struct Pipe {
 }
 
 impl Pipe {
+    /// No batch is with the journal thread.
+    fn journal_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
     async fn send(&self, batch: Vec<Pass>) {
-        let commits = batch.iter().any(|p| !matches!(p, Pass::Receipt(..)));
-        if !commits && self.in_flight.load(Ordering::Acquire) == 0 {
+        let commits = batch.iter().any(Pass::commits);
+        if !commits && self.journal_idle() {
             for pass in batch {
                 if let Pass::Receipt(reply, processed) = pass {
                     deliver_receipt(&self.receipts, reply, processed);
@@ -80,11 +85,21 @@ pub(super) async fn run(
             break;
         }
         let mut out = Vec::new();
+        let mut commits = false;
         for command in commands.drain(..) {
+            let before = out.len();
             let due = copies::due_after(&state, &command);
             state.apply(command, &mut out);
             if let Some(due) = due {
                 copies::settle_due(&mut state, due, &mut out);
+            }
+            commits = commits || out[before..].iter().any(Pass::commits);
+            // Events go to an idle journal at once, not after the rest of the
+            // batch: its commit then runs while the engine goes on. While it is
+            // busy they gather here and go together (group commit either way).
+            if commits && pipe.journal_idle() {
+                pipe.send(std::mem::take(&mut out)).await;
+                commits = false;
             }
         }
         if !out.is_empty() {

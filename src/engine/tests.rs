@@ -368,3 +368,63 @@ async fn a_failed_commit_releases_or_withholds_as_the_journal_says() {
         assert_eq!(ack.await, answer);
     }
 }
+
+/// The kinds of a hand-off to the journal, in order.
+fn kinds(batch: Vec<state::Pass>) -> Vec<String> {
+    batch
+        .iter()
+        .map(|p| match p {
+            state::Pass::Events(e) => format!("events:{}", e.len()),
+            state::Pass::Receipt(..) => "receipt".into(),
+            state::Pass::Then(_) => "then".into(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn events_go_to_an_idle_journal_before_the_rest_of_the_batch() {
+    let (outlet, _out) = unbounded_channel();
+    let (receipts, _receipts) = unbounded_channel();
+    let state = state::State::new(
+        parts(Ward::new(Arc::new(rules()), 1000), 100),
+        Arc::new(Recorder(outlet)),
+        restore::run_boxed,
+        copies::take,
+    );
+    let (tx, rx) = mpsc::channel(16);
+    // The whole batch is queued before the task first runs.
+    for (chair, spo2_now) in [("n/1", 85.0), ("n/2", 97.0), ("n/3", 85.0)] {
+        let (reply, _) = oneshot::channel();
+        let command = Command::Reading {
+            chair: chair.into(),
+            reading: spo2(1, spo2_now),
+            received: Instant::now(),
+            now_ms: 5_000,
+            reply: Reply::Once(reply),
+        };
+        tx.send(command).await.unwrap();
+    }
+    drop(tx);
+    // No journal thread: nothing is released, so after the first hand-off the
+    // journal stays busy.
+    let (to_journal, mut journal) = mpsc::channel(16);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let pipe = task::Pipe {
+        to_journal,
+        in_flight: in_flight.clone(),
+        receipts,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    task::run(state, rx, pipe, Vec::new(), stop).await;
+    // The first alarm went at once, alone; the rest gathered while it was busy.
+    assert_eq!(
+        kinds(journal.recv().await.unwrap()),
+        ["events:1", "receipt"]
+    );
+    assert_eq!(
+        kinds(journal.recv().await.unwrap()),
+        ["receipt", "events:1", "receipt"]
+    );
+    assert!(journal.recv().await.is_none());
+    assert_eq!(in_flight.load(Ordering::Acquire), 2);
+}

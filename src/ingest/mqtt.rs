@@ -346,12 +346,12 @@ impl Ingest {
         while let Some(receipt) = next {
             // A receipt for a message of a lost connection finds nothing: it comes
             // again.
-            if let Some(u) = self
+            // Tickets grow with each message, so `unsettled` is sorted by them.
+            if let Ok(i) = self
                 .unsettled
-                .iter_mut()
-                .find(|u| u.ticket == receipt.ticket)
+                .binary_search_by_key(&receipt.ticket, |u| u.ticket)
             {
-                u.outcome = Some(receipt.processed);
+                self.unsettled[i].outcome = Some(receipt.processed);
             }
             next = self.receipts.try_recv().ok();
         }
