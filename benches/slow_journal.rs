@@ -1,9 +1,19 @@
-//! What a slow journal does to a dashboard: the same load through the gateway
-//! twice in one run, with the SQLite journal as deployed and with every commit
-//! made 200 ms slower. Alarms wait for their commit (they are never shown before
-//! they are recorded); live vitals and the server's pings must not.
+//! What a slow journal does to a dashboard: the same load through the gateway in
+//! one run, with the SQLite journal as deployed and with every commit made 200 ms
+//! slower, each on the embedded broker and on a private Mosquitto set up as the
+//! operations guide asks (`max_inflight_messages 1000`). Alarms wait for their
+//! commit (they are never shown before they are recorded); live vitals and the
+//! server's pings must not.
+//!
+//! Why two brokers: readings are acknowledged in arrival order (MQTT 3.1.1 §4.6),
+//! each after the commits before it, so a broker stops sending once its window of
+//! unacknowledged messages is full. The embedded broker's window is fixed at 100
+//! (rumqttd's `MAX_INFLIGHT`), Mosquitto's is the setting.
 //!
 //! `cargo bench --bench slow_journal`; results in docs/performance.md.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -50,13 +60,23 @@ fn hist() -> Option<Histogram<u64>> {
     Some(Histogram::new_with_bounds(1, 60_000, 3).unwrap())
 }
 
-async fn run(delay: Duration) -> Seen {
+/// `mosquitto`: the port of a private Mosquitto, or the embedded broker.
+async fn run(delay: Duration, mosquitto: Option<u16>) -> Seen {
     let dir = std::env::temp_dir().join(format!("vitalgate-slow-journal-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = Config::default();
     c.http.bind = "127.0.0.1:0".parse().unwrap();
-    c.mqtt.broker = BrokerMode::Embedded;
-    c.mqtt.embedded.bind = "127.0.0.1:0".parse().unwrap();
+    match mosquitto {
+        Some(port) => {
+            c.mqtt.broker = BrokerMode::External;
+            c.mqtt.host = "127.0.0.1".into();
+            c.mqtt.port = port;
+        }
+        None => {
+            c.mqtt.broker = BrokerMode::Embedded;
+            c.mqtt.embedded.bind = "127.0.0.1:0".parse().unwrap();
+        }
+    }
     c.mqtt.client_id = format!("slow-journal-{}", fastrand::u64(..));
     c.audit.path = dir.join(format!("{}.sqlite3", delay.as_millis()));
     c.websocket.ping_interval_ms = 100;
@@ -202,10 +222,21 @@ fn main() {
         "{CHAIRS} chairs at {RATE} readings/s for {}s, one dashboard with live vitals, server pings every 100 ms",
         RUN.as_secs()
     );
-    for delay in [Duration::ZERO, SLOW] {
-        let seen = rt.block_on(run(delay));
+    let mosquitto = rt.block_on(common::PrivateBroker::start());
+    let runs = [
+        (None, Duration::ZERO),
+        (None, SLOW),
+        (Some(mosquitto.port), Duration::ZERO),
+        (Some(mosquitto.port), SLOW),
+    ];
+    for (broker, delay) in runs {
+        let seen = rt.block_on(run(delay, broker));
         println!(
-            "\njournal commit + {} ms ({} commits)\n{:<28} {:>7} {:>8} {:>8} {:>8}",
+            "\n{}, journal commit + {} ms ({} commits)\n{:<28} {:>7} {:>8} {:>8} {:>8}",
+            match broker {
+                Some(_) => "mosquitto (max_inflight_messages 1000)",
+                None => "embedded broker",
+            },
             delay.as_millis(),
             seen.commits,
             "ms",
