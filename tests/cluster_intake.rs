@@ -270,12 +270,22 @@ async fn a_delivery_that_never_arrived_is_waited_for_and_order_is_kept() {
         device
             .publish(topic, &serde_json::json!({ "seq": seq }))
             .await;
-        if let Ok(Some(Ok(m))) =
-            tokio::time::timeout(Duration::from_millis(300), thief.next()).await
-        {
-            break serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap()["seq"]
-                .as_u64()
-                .unwrap();
+        // Each message goes to one of the two pulls: wait for whichever takes it.
+        let taken = tokio::time::timeout(common::DEADLINE, async {
+            tokio::select! {
+                m = thief.next() => Err(m.unwrap().unwrap().payload.clone()),
+                m = rx.recv() => Ok(m.unwrap()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("message {seq} reached neither pull"));
+        match taken {
+            Ok(m) => seen.push(handed_on(m).await),
+            Err(payload) => {
+                break serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            }
         }
     };
     // One more after it, so that the reader sees the gap.

@@ -71,7 +71,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(10);
 /// Pause before making a consumer again after failing to.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Wait for a new consumer before asking again (the first ask in a row).
-pub const REMAKE_WAIT: Duration = Duration::from_secs(2);
+const REMAKE_WAIT: Duration = Duration::from_secs(2);
 /// The longest wait for a new consumer: the client's request timeout.
 const ASK_WAIT_MAX: Duration = Duration::from_secs(10);
 /// A consumer left behind (its reader gone) is removed by the server after this.
