@@ -339,6 +339,7 @@ impl Engine {
             ok: journal_ok.clone(),
             metrics,
         };
+        let withholds = journal.withholds_on_failure();
         let journal_thread = std::thread::Builder::new()
             .name("vitalgate-journal".into())
             .spawn(move || journal::run(journal, from_engine, release))
@@ -347,6 +348,7 @@ impl Engine {
             to_journal,
             in_flight,
             receipts,
+            withholds,
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(task::run(state, rx, pipe, first, stop.clone()));
@@ -436,7 +438,8 @@ impl Processed {
     }
 }
 
-/// Batches (one per engine wake-up) queued for the journal before the engine waits:
+/// Batches queued for the journal before the engine waits (while the journal is
+/// busy, one per engine wake-up: a batch goes early only to an idle journal):
 /// enough for many commits' worth of a storm, bounded so that a journal that has
 /// stopped committing holds ingest back instead of memory.
 const JOURNAL_QUEUE: usize = 1024;

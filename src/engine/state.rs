@@ -27,10 +27,10 @@ pub(super) enum Pass {
 }
 
 impl Pass {
-    /// Whether the journal thread must see it: anything but a receipt (a batch
-    /// of receipts alone, with nothing before it at the journal, is released by
-    /// the engine itself).
-    pub(super) fn commits(&self) -> bool {
+    /// Whether the journal thread must see it: events to commit, or an answer
+    /// to release after them. Receipts alone, with nothing before them at the
+    /// journal, are released by the engine itself.
+    pub(super) fn needs_journal(&self) -> bool {
         !matches!(self, Pass::Receipt(..))
     }
 }

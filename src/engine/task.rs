@@ -15,6 +15,11 @@ pub(super) struct Pipe {
     /// batch with nothing to commit is released here, without a thread hop.
     pub in_flight: Arc<AtomicUsize>,
     pub receipts: mpsc::UnboundedSender<Receipt>,
+    /// The journal withholds on failure ([`super::Journal::withholds_on_failure`]):
+    /// then a batch goes to it in one hand-off. Its failure is told per commit,
+    /// so a command's answer (a `Then`) split from the events before it into a
+    /// commit with nothing to fail would be told they were journaled.
+    pub withholds: bool,
 }
 
 impl Pipe {
@@ -24,7 +29,7 @@ impl Pipe {
     }
 
     async fn send(&self, batch: Vec<Pass>) {
-        let commits = batch.iter().any(Pass::commits);
+        let commits = batch.iter().any(Pass::needs_journal);
         if !commits && self.journal_idle() {
             for pass in batch {
                 if let Pass::Receipt(reply, processed) = pass {
@@ -51,7 +56,7 @@ pub(super) fn deliver_receipt(
     }
 }
 
-/// Most commands taken per wake-up: one journal hand-off covers them all.
+/// Most commands taken per wake-up.
 const BATCH: usize = 256;
 
 pub(super) async fn run(
@@ -85,7 +90,7 @@ pub(super) async fn run(
             break;
         }
         let mut out = Vec::new();
-        let mut commits = false;
+        let mut needs_journal = false;
         for command in commands.drain(..) {
             let before = out.len();
             let due = copies::due_after(&state, &command);
@@ -93,13 +98,14 @@ pub(super) async fn run(
             if let Some(due) = due {
                 copies::settle_due(&mut state, due, &mut out);
             }
-            commits = commits || out[before..].iter().any(Pass::commits);
-            // Events go to an idle journal at once, not after the rest of the
-            // batch: its commit then runs while the engine goes on. While it is
-            // busy they gather here and go together (group commit either way).
-            if commits && pipe.journal_idle() {
+            needs_journal = needs_journal || out[before..].iter().any(Pass::needs_journal);
+            // What the journal must see goes to it at once when it is idle, not
+            // after the rest of the batch, so that an alarm's commit need not wait
+            // for the evaluation of every command behind it. While the journal is
+            // busy, output gathers here and goes together (group commit either way).
+            if needs_journal && !pipe.withholds && pipe.journal_idle() {
                 pipe.send(std::mem::take(&mut out)).await;
-                commits = false;
+                needs_journal = false;
             }
         }
         if !out.is_empty() {
