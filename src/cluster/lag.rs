@@ -44,23 +44,31 @@ pub async fn report(sources: LagSources, metrics: ClusterMetrics, stop: Cancella
         if let Some(unread) = sources.mirror.unread() {
             metrics.events_unread.set(unread as f64);
         }
-        let devices = async {
-            match tokio::time::timeout(EVERY, device_messages_pending(&sources)).await {
-                Ok(Some(pending)) => metrics.device_messages_pending.set(pending as f64),
-                _ => tracing::debug!("cluster lag: partitions' consumers not all answered"),
-            }
-        };
+        let devices = read_into(
+            &metrics.device_messages_pending,
+            device_messages_pending(&sources),
+            "the partitions' consumers",
+        );
         let audit = async {
-            if !sources.audit {
-                return;
-            }
-            let asked = consumer_pending(&sources.js, EVENTS_STREAM, AUDIT_CONSUMER);
-            match tokio::time::timeout(EVERY, asked).await {
-                Ok(Some(pending)) => metrics.audit_pending.set(pending as f64),
-                _ => tracing::debug!("cluster lag: the audit consumer did not answer"),
+            if sources.audit {
+                let asked = consumer_pending(&sources.js, EVENTS_STREAM, AUDIT_CONSUMER);
+                read_into(&metrics.audit_pending, asked, "the audit consumer").await;
             }
         };
         tokio::join!(devices, audit);
+    }
+}
+
+/// Set `gauge` to what `asked` answers within [`EVERY`]; left as it was when
+/// `of` does not answer in time (or not at all).
+async fn read_into(
+    gauge: &metrics::Gauge,
+    asked: impl std::future::Future<Output = Option<u64>>,
+    of: &str,
+) {
+    match tokio::time::timeout(EVERY, asked).await {
+        Ok(Some(pending)) => gauge.set(pending as f64),
+        _ => tracing::debug!(of, "cluster lag: no answer in time; read again next time"),
     }
 }
 

@@ -28,9 +28,10 @@ impl Pipe {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    async fn send(&self, batch: Vec<Pass>) {
-        let commits = batch.iter().any(Pass::needs_journal);
-        if !commits && self.journal_idle() {
+    /// Hand `batch` on; `needs_journal`: it holds a pass that
+    /// [`Pass::needs_journal`].
+    async fn send(&self, batch: Vec<Pass>, needs_journal: bool) {
+        if !needs_journal && self.journal_idle() {
             for pass in batch {
                 if let Pass::Receipt(reply, processed) = pass {
                     deliver_receipt(&self.receipts, reply, processed);
@@ -67,7 +68,8 @@ pub(super) async fn run(
     stop: tokio_util::sync::CancellationToken,
 ) {
     if !first.is_empty() {
-        pipe.send(first).await;
+        let needs_journal = first.iter().any(Pass::needs_journal);
+        pipe.send(first, needs_journal).await;
     }
     let mut commands = Vec::with_capacity(BATCH);
     let mut closing = false;
@@ -104,12 +106,12 @@ pub(super) async fn run(
             // for the evaluation of every command behind it. While the journal is
             // busy, output gathers here and goes together (group commit either way).
             if needs_journal && !pipe.withholds && pipe.journal_idle() {
-                pipe.send(std::mem::take(&mut out)).await;
+                pipe.send(std::mem::take(&mut out), true).await;
                 needs_journal = false;
             }
         }
         if !out.is_empty() {
-            pipe.send(out).await;
+            pipe.send(out, needs_journal).await;
         }
     }
 }
