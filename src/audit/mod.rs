@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{params_from_iter, Connection, OpenFlags, Row, ToSql, TransactionBehavior};
+use rusqlite::{params_from_iter, Connection, OpenFlags, Row, ToSql};
 
 /// A claimed checkpoint ([`Audit::claim_checkpoint`]). Dropped without being run
 /// (a blocking task dropped at runtime shutdown, say), it gives the claim back.
@@ -262,27 +262,30 @@ impl Audit {
     /// Append records in ONE transaction; returns only after commit, so the
     /// caller may then show them to dashboards. Empty slice: no-op. On any
     /// error nothing of the batch is stored.
+    ///
+    /// `BEGIN IMMEDIATE` and `COMMIT` are cached statements like the insert:
+    /// rusqlite's `Transaction` parses both on every commit, and this runs once
+    /// per alarm.
     pub fn append(&self, records: &[Record<'_>]) -> Result<(), AuditError> {
         if records.is_empty() {
             return Ok(());
         }
-        let mut conn = lock(&self.writer);
+        let conn = lock(&self.writer);
+        if !conn.is_autocommit() {
+            // Left open by an append that panicked or could not roll back.
+            conn.execute_batch("ROLLBACK")?;
+        }
         // IMMEDIATE takes the write lock up front, so waiting for another
         // writer happens under busy_timeout instead of failing mid-batch.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO events(seq, instance, kind, chair, at_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for r in records {
-                let seq = to_i64("seq", r.seq)?;
-                let at_ms = to_i64("at_ms", r.at_ms)?;
-                insert.execute((seq, r.instance, r.kind, r.chair, at_ms, r.body))?;
-            }
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let written = insert_all(&conn, records)
+            .and_then(|()| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(drop)?));
+        if written.is_err() && !conn.is_autocommit() {
+            // What a failed COMMIT leaves open (SQLITE_BUSY) is undone too; should
+            // the rollback fail, the next append rolls back first.
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        tx.commit()?;
-        Ok(())
+        written
     }
 
     /// A checkpoint, when one is due and none is under way: run it with
@@ -391,7 +394,8 @@ impl Audit {
 }
 
 /// A panic while a connection was held leaves nothing half-done (an open
-/// transaction is rolled back when dropped), so a poisoned lock is usable.
+/// transaction is rolled back when dropped, or by the next append), so a
+/// poisoned lock is usable.
 fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -476,6 +480,20 @@ fn index_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     )?;
     let names = stmt.query_map([], |r| r.get(0))?;
     names.collect()
+}
+
+/// Insert `records` in the transaction `conn` has open.
+fn insert_all(conn: &Connection, records: &[Record<'_>]) -> Result<(), AuditError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO events(seq, instance, kind, chair, at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for r in records {
+        let seq = to_i64("seq", r.seq)?;
+        let at_ms = to_i64("at_ms", r.at_ms)?;
+        insert.execute((seq, r.instance, r.kind, r.chair, at_ms, r.body))?;
+    }
+    Ok(())
 }
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, AuditError> {

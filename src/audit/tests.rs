@@ -170,6 +170,21 @@ fn empty_append_is_noop_and_bad_batch_stores_nothing() {
 }
 
 #[test]
+fn a_transaction_left_open_is_rolled_back_by_the_next_append() {
+    let db = TempDb::new("left-open");
+    let audit = Audit::open(&db.0, false).unwrap();
+    // As a panic between BEGIN and COMMIT would leave the writer.
+    lock(&audit.writer)
+        .execute_batch(
+            "BEGIN IMMEDIATE; INSERT INTO events(seq, instance, kind, chair, at_ms, body)
+             VALUES (1, 'i', 'alarm', 'n/1', 1, '{}');",
+        )
+        .unwrap();
+    audit.append(&[rec(2, "alarm", "n/1", 2, "{}")]).unwrap();
+    assert_eq!(seqs(&audit.query(None, None, None, None, 10).unwrap()), [2]);
+}
+
+#[test]
 fn thousand_records_in_one_append() {
     let db = TempDb::new("bulk");
     let audit = Audit::open(&db.0, false).unwrap();
