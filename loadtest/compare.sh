@@ -260,27 +260,11 @@ done
 python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
 import json, sys
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
-names = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate",
-         "baseline": "baseline"}
-names.update({f"cluster{n}": f"cluster, {n} gw" for n in range(1, 10)})
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
+sys.path.insert(0, "loadtest")
+from reports import NAMES as names, kept_up as judge
 short = dict(names, fanout="fan-out")  # in the ratio rows
-
-def kept_up(r):
-    """Why a run did not keep up (see the script's header), or None."""
-    l = r["alarm_latency_from_intended"]
-    if r["breaches"] == 0:
-        return "no breach measured"
-    if r["breach_deliveries_lost"] or r["duplicate_alarm_events"]:
-        return f"lost {r['breach_deliveries_lost']}, duplicates {r['duplicate_alarm_events']}"
-    if r["dashboards_failed"]:
-        return f"{len(r['dashboards_failed'])} dashboards failed"
-    if r["readings_acked_by_broker"] < r["readings_sent"]:
-        return "readings not acked by the broker"
-    if r["achieved_readings_per_s"] < 0.99 * r["target_readings_per_s"]:
-        return "generator below 99 % of target"
-    if l["p99_ms"] > max_p99:
-        return f"p99 > {max_p99:.0f} ms"
-    return None
+kept_up = lambda r: judge(r, max_p99)
 
 print()
 print(f"{'readings/s':>10} {'who':<18} {'sent/s':>8} {'lost':>6} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "

@@ -278,8 +278,10 @@ impl Audit {
         // IMMEDIATE takes the write lock up front, so waiting for another
         // writer happens under busy_timeout instead of failing mid-batch.
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        let written = insert_all(&conn, records)
-            .and_then(|()| Ok(conn.prepare_cached("COMMIT")?.execute([]).map(drop)?));
+        let written = insert_all(&conn, records).and_then(|()| {
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(())
+        });
         if written.is_err() && !conn.is_autocommit() {
             // What a failed COMMIT leaves open (SQLITE_BUSY) is undone too; should
             // the rollback fail, the next append rolls back first.
