@@ -28,17 +28,19 @@ impl Pipe {
         self.in_flight.load(Ordering::Acquire) == 0
     }
 
-    /// Hand `batch` on; `needs_journal`: it holds a pass that
-    /// [`Pass::needs_journal`].
-    async fn send(&self, batch: Vec<Pass>, needs_journal: bool) {
+    /// Hand on what `batch` holds, leaving it empty; `needs_journal`: it holds
+    /// a pass that [`Pass::needs_journal`]. Receipts released here leave the
+    /// vector's room for the next batch: most batches are only receipts.
+    async fn send(&self, batch: &mut Vec<Pass>, needs_journal: bool) {
         if !needs_journal && self.journal_idle() {
-            for pass in batch {
+            for pass in batch.drain(..) {
                 if let Pass::Receipt(reply, processed) = pass {
                     deliver_receipt(&self.receipts, reply, processed);
                 }
             }
             return;
         }
+        let batch = std::mem::take(batch);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         if self.to_journal.send(batch).await.is_err() {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -64,15 +66,19 @@ pub(super) async fn run(
     mut state: State,
     mut rx: mpsc::Receiver<Command>,
     pipe: Pipe,
-    first: Vec<Pass>,
+    mut first: Vec<Pass>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     if !first.is_empty() {
         let needs_journal = first.iter().any(Pass::needs_journal);
-        pipe.send(first, needs_journal).await;
+        pipe.send(&mut first, needs_journal).await;
     }
     let mut commands = Vec::with_capacity(BATCH);
+    let mut out = Vec::new();
     let mut closing = false;
+    // Made once, not per wake-up (see the ingest loop).
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let taken = if closing {
             rx.recv_many(&mut commands, BATCH).await
@@ -80,7 +86,7 @@ pub(super) async fn run(
             tokio::select! {
                 biased;
                 n = rx.recv_many(&mut commands, BATCH) => n,
-                _ = stop.cancelled() => {
+                _ = &mut stopped => {
                     // No new commands; those queued are still applied.
                     rx.close();
                     closing = true;
@@ -91,7 +97,6 @@ pub(super) async fn run(
         if taken == 0 {
             break;
         }
-        let mut out = Vec::new();
         let mut needs_journal = false;
         for command in commands.drain(..) {
             let before = out.len();
@@ -106,12 +111,12 @@ pub(super) async fn run(
             // for the evaluation of every command behind it. While the journal is
             // busy, output gathers here and goes together (group commit either way).
             if needs_journal && !pipe.withholds && pipe.journal_idle() {
-                pipe.send(std::mem::take(&mut out), true).await;
+                pipe.send(&mut out, true).await;
                 needs_journal = false;
             }
         }
         if !out.is_empty() {
-            pipe.send(out, needs_journal).await;
+            pipe.send(&mut out, needs_journal).await;
         }
     }
 }

@@ -220,11 +220,15 @@ impl Ingest {
 
     pub async fn run(mut self, stop: CancellationToken) {
         self.app.metrics.mqtt_connect_attempts.increment(1);
+        // Made once: a new `cancelled()` per turn of the loop (one per message)
+        // would register with the token and leave it again each time.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             self.flush_acks();
             let event = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut stopped => break,
                 Some(receipt) = self.receipts.recv() => {
                     self.on_receipt(receipt);
                     continue;
@@ -265,7 +269,7 @@ impl Ingest {
                     let delay = self.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
                     tokio::select! {
-                        _ = stop.cancelled() => break,
+                        _ = &mut stopped => break,
                         _ = tokio::time::sleep(delay) => {}
                     }
                     self.app.metrics.mqtt_connect_attempts.increment(1);
