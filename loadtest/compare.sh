@@ -258,11 +258,11 @@ for rate in $RATES; do
 done
 
 python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
-import json, sys
+import sys
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
 sys.dont_write_bytecode = True  # no __pycache__ in the repo
 sys.path.insert(0, "loadtest")
-from reports import NAMES as names, kept_up as judge
+from reports import NAMES as names, kept_up as judge, report
 short = dict(names, fanout="fan-out")  # in the ratio rows
 kept_up = lambda r: judge(r, max_p99)
 
@@ -273,9 +273,8 @@ ok = {who: {} for who in contenders}
 for rate in rates:
     rows = {}
     for who in contenders:
-        try:
-            r = json.load(open(f"{out}/{who}-{rate}.json"))
-        except (OSError, ValueError):
+        r = report(out, who, rate)
+        if r is None:
             ok[who][rate] = False
             print(f"{rate:>10} {names[who]:<18} (no report: see {out}/{who}-{rate}.txt)")
             continue

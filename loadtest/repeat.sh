@@ -38,20 +38,14 @@ if [ "$REPORT_ONLY" != 1 ]; then
 fi
 
 python3 - "$OUT" "$MAX_P99_MS" "$CONTENDERS" $RATES <<'PY'
-import glob, json, statistics, sys
+import glob, statistics, sys
 sys.dont_write_bytecode = True  # no __pycache__ in the repo
 sys.path.insert(0, "loadtest")
-from reports import NAMES as names, kept_up
+from reports import NAMES as names, kept_up, report
 out, max_p99, contenders, rates = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
 runs = sorted(glob.glob(f"{out}/run-*"), key=lambda d: int(d.rsplit("-", 1)[1]))
 if not runs:
     sys.exit(f"no runs under {out}")
-
-def report(run, who, rate):
-    try:
-        return json.load(open(f"{run}/{who}-{rate}.json"))
-    except (OSError, ValueError):
-        return None
 
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 print(f"\nMedians of {len(runs)} runs under {out} (latency from intended send):")

@@ -1,9 +1,21 @@
 """What compare.sh and repeat.sh both read in a harness report: contender names,
-and whether a run kept up (compare.sh's header gives the rules)."""
+the report of a contender at a rate, and whether a run kept up (compare.sh's
+header gives the rules)."""
+
+import json
 
 NAMES = {"floor": "floor", "nodered": "Node-RED", "fanout": "fan-out floor", "vitalgate": "vitalgate",
          "baseline": "baseline"}
 NAMES.update({f"cluster{n}": f"cluster, {n} gw" for n in range(1, 10)})
+
+
+def report(out, who, rate):
+    """The report `who` wrote at `rate` under `out`, or None if it wrote none."""
+    try:
+        with open(f"{out}/{who}-{rate}.json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def kept_up(r, max_p99):
