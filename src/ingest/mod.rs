@@ -6,6 +6,7 @@ pub mod capture;
 pub mod mqtt;
 pub mod pipeline;
 pub mod recording;
+mod settle;
 
 /// Topics are named in the core (configuration validates them too).
 pub use crate::core::topic::{self, TopicKind, TopicPattern, Topics};

@@ -11,15 +11,15 @@
 use super::backoff::Backoff;
 use super::capture::Capture;
 use super::pipeline::{intake, Intake, Processed};
+use super::settle::Settlement;
 use super::Devices;
 use crate::clock::now_ms;
 use crate::config::{MqttConfig, TlsConfig};
 use crate::engine::{Receipt, Reply};
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
     SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -111,43 +111,6 @@ fn rustls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, IngestError> {
     }
 }
 
-/// At most one log line per rejection reason per interval, with a count of the rest.
-struct RejectLog {
-    interval: Duration,
-    last: HashMap<&'static str, (Instant, u64)>,
-}
-
-impl RejectLog {
-    fn log(&mut self, topic: &str, reason: &'static str, detail: &str) {
-        let now = Instant::now();
-        let entry = self
-            .last
-            .entry(reason)
-            .or_insert((now - self.interval * 2, 0));
-        if now.duration_since(entry.0) >= self.interval {
-            tracing::warn!(
-                topic,
-                reason,
-                detail,
-                suppressed_since_last = entry.1,
-                "rejected device message"
-            );
-            *entry = (now, 0);
-        } else {
-            entry.1 += 1;
-        }
-    }
-}
-
-/// A message received and not yet acknowledged.
-struct Unsettled {
-    ticket: u64,
-    publish: Publish,
-    received_ms: u64,
-    /// Set once settled (at once for a message refused here).
-    outcome: Option<Processed>,
-}
-
 /// The ingest task. Runs until `stop` is cancelled, then disconnects cleanly so the
 /// broker keeps the session.
 pub struct Ingest {
@@ -159,18 +122,11 @@ pub struct Ingest {
     client: AsyncClient,
     events: EventLoop,
     backoff: Backoff,
-    /// Messages in arrival order, until they are settled.
-    unsettled: VecDeque<Unsettled>,
-    /// Outcomes of the messages handed to the engine.
-    receipts: tokio::sync::mpsc::UnboundedReceiver<Receipt>,
+    /// Messages received and not yet acknowledged, and their receipts.
+    settlement: Settlement,
     next_ticket: u64,
-    /// Acknowledgements not yet accepted by the client's request queue, in order.
-    pending_acks: VecDeque<Publish>,
     /// Whether this process has subscribed on the current broker session.
     subscribed: bool,
-    rejects: RejectLog,
-    /// `[capture]`: where applied messages are recorded, when enabled.
-    capture: Option<Capture>,
 }
 
 impl Ingest {
@@ -191,10 +147,11 @@ impl Ingest {
             Duration::from_millis(c.reconnect_initial_ms),
             Duration::from_millis(c.reconnect_max_ms),
         );
-        let rejects = RejectLog {
-            interval: Duration::from_millis(config.ingest.reject_log_interval_ms),
-            last: HashMap::new(),
-        };
+        let settlement = Settlement::new(
+            client.clone(),
+            receipts,
+            Duration::from_millis(config.ingest.reject_log_interval_ms),
+        );
         Ingest {
             app,
             client_id: c.client_id.clone(),
@@ -202,35 +159,37 @@ impl Ingest {
             client,
             events,
             backoff,
-            unsettled: VecDeque::new(),
-            receipts,
+            settlement,
             next_ticket: 0,
-            pending_acks: VecDeque::new(),
             subscribed: false,
-            rejects,
-            capture: None,
         }
     }
 
     /// Record every applied message to `capture`.
     pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
-        self.capture = capture;
+        self.settlement.set_capture(capture);
         self
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
         self.app.metrics.mqtt_connect_attempts.increment(1);
-        // Made once: a new `cancelled()` per turn of the loop (one per message)
-        // would register with the token and leave it again each time.
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
+        // Polled on every turn of the loop (several per message): a oneshot's poll
+        // is a few atomic operations, where a `cancelled()` future's takes the
+        // token's lock twice. It completes (with an error) when `stop` is cancelled.
+        let (cancelled, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            drop(cancelled);
+        });
         loop {
-            self.flush_acks();
+            self.settlement.flush();
             let event = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                Some(receipt) = self.receipts.recv() => {
-                    self.on_receipt(receipt);
+                // Receipts come only for messages not yet settled; one left over from
+                // a lost connection waits for the next message (it then settles nothing).
+                Some(receipt) = self.settlement.receipts.recv(), if self.settlement.unsettled() > 0 => {
+                    self.settlement.on_receipt(receipt);
                     continue;
                 }
                 event = self.events.poll() => event,
@@ -259,12 +218,18 @@ impl Ingest {
                         );
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
+                    // The event loop queues one of these for each acknowledgement it
+                    // writes, a batch of them per write. Nothing here uses them, and
+                    // each would cost a turn of this loop.
+                    let queued = &mut self.events.state.events;
+                    queued.retain(|e| !matches!(e, Event::Outgoing(Outgoing::PubAck(_))));
+                }
                 Ok(_) => {}
                 Err(e) => {
                     self.set_ready(false);
                     // Those the broker sent on the lost connection come again.
-                    self.unsettled.clear();
-                    self.pending_acks.clear();
+                    self.settlement.forget();
                     self.app.metrics.mqtt_connection_errors.increment(1);
                     let delay = self.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "MQTT connection failed");
@@ -277,7 +242,7 @@ impl Ingest {
             }
         }
         self.disconnect().await;
-        if let Some(capture) = self.capture.take() {
+        if let Some(capture) = self.settlement.take_capture() {
             // Everything applied is on disk before the gateway reports it stopped.
             let _ = tokio::task::spawn_blocking(move || capture.finish()).await;
         }
@@ -334,71 +299,7 @@ impl Ingest {
                 Err(_) => Some(Processed::stopped()),
             },
         };
-        self.unsettled.push_back(Unsettled {
-            ticket,
-            publish,
-            received_ms: now,
-            outcome,
-        });
-        self.settle();
-    }
-
-    /// Take `receipt` and every other one already waiting, then settle once: the
-    /// engine answers a burst of messages together.
-    fn on_receipt(&mut self, receipt: Receipt) {
-        let mut next = Some(receipt);
-        while let Some(receipt) = next {
-            // A receipt for a message of a lost connection finds nothing: it comes
-            // again.
-            // Tickets grow with each message, so `unsettled` is sorted by them.
-            if let Ok(i) = self
-                .unsettled
-                .binary_search_by_key(&receipt.ticket, |u| u.ticket)
-            {
-                self.unsettled[i].outcome = Some(receipt.processed);
-            }
-            next = self.receipts.try_recv().ok();
-        }
-        self.settle();
-    }
-
-    /// Log, record and acknowledge the settled messages at the front, in arrival order.
-    fn settle(&mut self) {
-        while self.unsettled.front().is_some_and(|u| u.outcome.is_some()) {
-            let Some(Unsettled {
-                publish,
-                received_ms,
-                outcome: Some(outcome),
-                ..
-            }) = self.unsettled.pop_front()
-            else {
-                break;
-            };
-            let topic = publish.topic.as_str();
-            match outcome {
-                Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
-                Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
-                Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {
-                    if let Some(capture) = &self.capture {
-                        capture.record(received_ms, topic, &publish.payload, publish.retain);
-                    }
-                }
-            }
-            // Settled (or rejected for good): acknowledge, in arrival order.
-            self.pending_acks.push_back(publish);
-        }
-        self.flush_acks();
-    }
-
-    /// Hand queued acknowledgements to the client without ever blocking the loop that
-    /// must run for the client to drain its queue.
-    fn flush_acks(&mut self) {
-        while let Some(p) = self.pending_acks.front() {
-            if self.client.try_ack(p).is_err() {
-                break;
-            }
-            self.pending_acks.pop_front();
-        }
+        self.settlement.received(ticket, publish, now, outcome);
     }
 
     /// Send DISCONNECT (the broker keeps the session) and let the event loop write
@@ -409,26 +310,26 @@ impl Ingest {
         // The messages handed to the engine settle first, so that they are
         // acknowledged rather than sent again after the restart.
         let settled = async {
-            while !self.unsettled.is_empty() {
-                match self.receipts.recv().await {
-                    Some(receipt) => self.on_receipt(receipt),
+            while self.settlement.unsettled() > 0 {
+                match self.settlement.receipts.recv().await {
+                    Some(receipt) => self.settlement.on_receipt(receipt),
                     None => break,
                 }
             }
         };
         if tokio::time::timeout(bound, settled).await.is_err() {
             tracing::warn!(
-                unsettled = self.unsettled.len(),
+                unsettled = self.settlement.unsettled(),
                 "messages still unsettled at shutdown: the broker sends them again"
             );
         }
-        self.flush_acks();
+        self.settlement.flush();
         let _ = self.client.try_disconnect();
         let drain = async {
             loop {
                 match self.events.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => self.flush_acks(),
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => self.settlement.flush(),
                 }
             }
         };

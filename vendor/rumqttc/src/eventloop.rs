@@ -197,7 +197,9 @@ impl EventLoop {
             return Ok(event);
         }
 
-        let mut no_sleep = Box::pin(time::sleep(Duration::ZERO));
+        // Only a stand-in for a missing keep-alive timer (that branch is then
+        // disabled): made when needed, not once per call.
+        let mut no_sleep = None;
         // this loop is necessary since self.incoming.pop_front() might return None. In that case,
         // instead of returning a None event, we try again.
         select! {
@@ -287,7 +289,7 @@ impl EventLoop {
             },
             // We generate pings irrespective of network activity. This keeps the ping logic
             // simple. We can change this behavior in future if necessary (to prevent extra pings)
-            _ = self.keepalive_timeout.as_mut().unwrap_or(&mut no_sleep),
+            _ = self.keepalive_timeout.as_mut().unwrap_or_else(|| no_sleep.insert(Box::pin(time::sleep(Duration::ZERO)))),
                 if self.keepalive_timeout.is_some() && !self.mqtt_options.keep_alive.is_zero() => {
                 let timeout = self.keepalive_timeout.as_mut().unwrap();
                 timeout.as_mut().reset(Instant::now() + self.mqtt_options.keep_alive);

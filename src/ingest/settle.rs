@@ -1,0 +1,180 @@
+//! Settling device messages: each is acknowledged to the broker once it is settled
+//! (refused here, or answered by the engine after its events were journaled and
+//! released), in arrival order (MQTT 3.1.1 §4.6).
+//!
+//! Kept apart from the MQTT event loop so that the ingest task can settle
+//! messages while a poll of the event loop is in progress: a receipt then costs
+//! no new poll of the connection.
+
+use super::capture::Capture;
+use super::pipeline::Processed;
+use crate::engine::Receipt;
+use rumqttc::{AsyncClient, Publish};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// At most one log line per rejection reason per interval, with a count of the rest.
+struct RejectLog {
+    interval: Duration,
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RejectLog {
+    fn log(&mut self, topic: &str, reason: &'static str, detail: &str) {
+        let now = Instant::now();
+        let entry = self
+            .last
+            .entry(reason)
+            .or_insert((now - self.interval * 2, 0));
+        if now.duration_since(entry.0) >= self.interval {
+            tracing::warn!(
+                topic,
+                reason,
+                detail,
+                suppressed_since_last = entry.1,
+                "rejected device message"
+            );
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// A message received and not yet acknowledged.
+struct Unsettled {
+    ticket: u64,
+    publish: Publish,
+    received_ms: u64,
+    /// Set once settled (at once for a message refused here).
+    outcome: Option<Processed>,
+}
+
+/// The messages of the current connection that are not yet acknowledged.
+pub(super) struct Settlement {
+    /// In arrival order; tickets grow with each message, so this is sorted by them.
+    unsettled: VecDeque<Unsettled>,
+    /// Outcomes of the messages handed to the engine.
+    pub receipts: UnboundedReceiver<Receipt>,
+    /// Acknowledgements not yet accepted by the client's request queue, in order.
+    pending_acks: VecDeque<Publish>,
+    client: AsyncClient,
+    rejects: RejectLog,
+    /// `[capture]`: where applied messages are recorded, when enabled.
+    capture: Option<Capture>,
+}
+
+impl Settlement {
+    /// `reject_log_interval`: `ingest.reject_log_interval_ms`.
+    pub fn new(
+        client: AsyncClient,
+        receipts: UnboundedReceiver<Receipt>,
+        reject_log_interval: Duration,
+    ) -> Self {
+        Settlement {
+            unsettled: VecDeque::new(),
+            receipts,
+            pending_acks: VecDeque::new(),
+            client,
+            rejects: RejectLog {
+                interval: reject_log_interval,
+                last: HashMap::new(),
+            },
+            capture: None,
+        }
+    }
+
+    pub fn set_capture(&mut self, capture: Option<Capture>) {
+        self.capture = capture;
+    }
+
+    pub fn take_capture(&mut self) -> Option<Capture> {
+        self.capture.take()
+    }
+
+    pub fn unsettled(&self) -> usize {
+        self.unsettled.len()
+    }
+
+    /// The connection is lost: what the broker sent on it comes again.
+    pub fn forget(&mut self) {
+        self.unsettled.clear();
+        self.pending_acks.clear();
+    }
+
+    /// A message received, with its ticket (growing with each message) and its
+    /// outcome when it was settled here.
+    pub fn received(
+        &mut self,
+        ticket: u64,
+        publish: Publish,
+        received_ms: u64,
+        outcome: Option<Processed>,
+    ) {
+        self.unsettled.push_back(Unsettled {
+            ticket,
+            publish,
+            received_ms,
+            outcome,
+        });
+        self.settle();
+    }
+
+    /// Take `receipt` and every other one already waiting, then settle once: the
+    /// engine answers a burst of messages together.
+    pub fn on_receipt(&mut self, receipt: Receipt) {
+        let mut next = Some(receipt);
+        while let Some(receipt) = next {
+            // A receipt for a message of a lost connection finds nothing: it comes
+            // again.
+            if let Ok(i) = self
+                .unsettled
+                .binary_search_by_key(&receipt.ticket, |u| u.ticket)
+            {
+                self.unsettled[i].outcome = Some(receipt.processed);
+            }
+            next = self.receipts.try_recv().ok();
+        }
+        self.settle();
+    }
+
+    /// Log, record and acknowledge the settled messages at the front, in arrival order.
+    fn settle(&mut self) {
+        while self.unsettled.front().is_some_and(|u| u.outcome.is_some()) {
+            let Some(Unsettled {
+                publish,
+                received_ms,
+                outcome: Some(outcome),
+                ..
+            }) = self.unsettled.pop_front()
+            else {
+                break;
+            };
+            let topic = publish.topic.as_str();
+            match outcome {
+                Processed::Rejected(r) => self.rejects.log(topic, r.reason.as_str(), &r.detail),
+                Processed::Refused { code, detail } => self.rejects.log(topic, code, &detail),
+                Processed::Accepted { .. } | Processed::Duplicate | Processed::Session { .. } => {
+                    if let Some(capture) = &self.capture {
+                        capture.record(received_ms, topic, &publish.payload, publish.retain);
+                    }
+                }
+            }
+            // Settled (or rejected for good): acknowledge, in arrival order.
+            self.pending_acks.push_back(publish);
+        }
+        self.flush();
+    }
+
+    /// Hand queued acknowledgements to the client without ever blocking the loop that
+    /// must run for the client to drain its queue.
+    pub fn flush(&mut self) {
+        while let Some(p) = self.pending_acks.front() {
+            if self.client.try_ack(p).is_err() {
+                break;
+            }
+            self.pending_acks.pop_front();
+        }
+    }
+}
