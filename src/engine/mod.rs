@@ -375,7 +375,16 @@ impl Engine {
 
     /// Hand the engine a command, waiting while its queue is full.
     pub async fn send(&self, command: Command) -> Result<(), Stopped> {
-        self.tx.send(command).await.map_err(|_| Stopped)
+        // Most commands find room: `try_send` takes a permit without making and
+        // polling an acquire future (one per device message). Order holds: while
+        // senders wait, freed permits go to them, so `try_send` finds none.
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(command)) => {
+                self.tx.send(command).await.map_err(|_| Stopped)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stopped),
+        }
     }
 
     /// Acknowledge alarm `id` for `by`, as a client limited to `scope`.

@@ -440,3 +440,44 @@ async fn events_go_to_an_idle_journal_before_the_rest_of_the_batch() {
         ]]
     );
 }
+
+#[tokio::test]
+async fn a_full_command_queue_makes_the_sender_wait_and_keeps_the_order() {
+    // A queue of one: from the second command on, `send` finds it full and waits
+    // for the engine (this runtime has one thread: the engine runs only then).
+    let mut parts = parts(Ward::new(Arc::new(rules()), 1000), 100);
+    parts.commands = 1;
+    let journal = Gated {
+        gate: Default::default(),
+        commits: Default::default(),
+        failing: None,
+    };
+    let (tx, mut out) = unbounded_channel();
+    let (receipts, _) = unbounded_channel();
+    let (engine, _running) = Engine::start(
+        parts,
+        Box::new(journal),
+        Arc::new(Recorder(tx)),
+        receipts,
+        |_| {},
+    );
+    let mut replies = Vec::new();
+    for chair in 0..20 {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Reading {
+            chair: format!("n/{chair}"),
+            reading: spo2(1, 97.0),
+            received: Instant::now(),
+            now_ms: 5_000,
+            reply: Reply::Once(reply),
+        };
+        engine.send(command).await.unwrap();
+        replies.push(rx);
+    }
+    for chair in 0..20 {
+        assert_eq!(out.recv().await, Some(Out::Vitals(format!("n/{chair}"))));
+    }
+    for reply in replies {
+        assert_eq!(reply.await, Ok(Processed::Accepted { alarm_events: 0 }));
+    }
+}
