@@ -76,7 +76,8 @@ pub(super) async fn run(
     let mut commands = Vec::with_capacity(BATCH);
     let mut out = Vec::new();
     let mut closing = false;
-    // Made once, not per wake-up (see the ingest loop).
+    // Made once: a new `cancelled()` per wake-up would register with the token
+    // and leave it again each time.
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
     loop {

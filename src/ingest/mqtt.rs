@@ -124,7 +124,6 @@ pub struct Ingest {
     backoff: Backoff,
     /// Messages received and not yet acknowledged, and their receipts.
     settlement: Settlement,
-    next_ticket: u64,
     /// Whether this process has subscribed on the current broker session.
     subscribed: bool,
 }
@@ -160,7 +159,6 @@ impl Ingest {
             events,
             backoff,
             settlement,
-            next_ticket: 0,
             subscribed: false,
         }
     }
@@ -281,9 +279,7 @@ impl Ingest {
 
     async fn on_publish(&mut self, publish: Publish) {
         let now = now_ms();
-        self.next_ticket += 1;
-        let ticket = self.next_ticket;
-        let reply = Reply::Ticket(ticket);
+        let reply = Reply::Ticket(self.settlement.next_ticket());
         let outcome = match intake(
             &self.app,
             &publish.topic,
@@ -299,7 +295,7 @@ impl Ingest {
                 Err(_) => Some(Processed::stopped()),
             },
         };
-        self.settlement.received(ticket, publish, now, outcome);
+        self.settlement.received(publish, now, outcome);
     }
 
     /// Send DISCONNECT (the broker keeps the session) and let the event loop write

@@ -1,10 +1,7 @@
 //! Settling device messages: each is acknowledged to the broker once it is settled
 //! (refused here, or answered by the engine after its events were journaled and
-//! released), in arrival order (MQTT 3.1.1 §4.6).
-//!
-//! Kept apart from the MQTT event loop so that the ingest task can settle
-//! messages while a poll of the event loop is in progress: a receipt then costs
-//! no new poll of the connection.
+//! released), in arrival order (MQTT 3.1.1 §4.6). Messages are known here by the
+//! tickets this hands out, which grow with each message.
 
 use super::capture::Capture;
 use super::pipeline::Processed;
@@ -53,8 +50,10 @@ struct Unsettled {
 
 /// The messages of the current connection that are not yet acknowledged.
 pub(super) struct Settlement {
-    /// In arrival order; tickets grow with each message, so this is sorted by them.
+    /// In arrival order, and so sorted by ticket.
     unsettled: VecDeque<Unsettled>,
+    /// The last ticket handed out.
+    last_ticket: u64,
     /// Outcomes of the messages handed to the engine.
     pub receipts: UnboundedReceiver<Receipt>,
     /// Acknowledgements not yet accepted by the client's request queue, in order.
@@ -74,6 +73,7 @@ impl Settlement {
     ) -> Self {
         Settlement {
             unsettled: VecDeque::new(),
+            last_ticket: 0,
             receipts,
             pending_acks: VecDeque::new(),
             client,
@@ -103,15 +103,17 @@ impl Settlement {
         self.pending_acks.clear();
     }
 
-    /// A message received, with its ticket (growing with each message) and its
-    /// outcome when it was settled here.
-    pub fn received(
-        &mut self,
-        ticket: u64,
-        publish: Publish,
-        received_ms: u64,
-        outcome: Option<Processed>,
-    ) {
+    /// The ticket of the next message received: the engine's receipt for it
+    /// names it.
+    pub fn next_ticket(&self) -> u64 {
+        self.last_ticket + 1
+    }
+
+    /// A message received, under [`Self::next_ticket`], with its outcome when it
+    /// was settled here.
+    pub fn received(&mut self, publish: Publish, received_ms: u64, outcome: Option<Processed>) {
+        self.last_ticket += 1;
+        let ticket = self.last_ticket;
         self.unsettled.push_back(Unsettled {
             ticket,
             publish,
