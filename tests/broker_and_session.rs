@@ -62,6 +62,30 @@ async fn reading_published_while_gateway_is_down_is_processed_after_restart() {
     second.stop().await;
 }
 
+/// With an in-flight window of one, the broker sends a message only once the one
+/// before it is acknowledged. Every reading of a burst is still processed: each
+/// acknowledgement goes out as soon as its message is settled, without waiting for
+/// further traffic on the connection (which, with this window, never comes).
+#[tokio::test]
+async fn a_window_of_one_message_delivers_every_reading_of_a_burst() {
+    let broker = PrivateBroker::start_config(false, "max_inflight_messages 1").await;
+    let (c, prefix) = config_for(&broker);
+    let gw = TestGateway::start(c, prefix).await;
+    let mut dev = Device::connect("127.0.0.1", broker.port).await;
+    let topic = gw.topic("north", "3");
+    const N: u64 = 40;
+    for seq in 1..=N {
+        dev.publish(&topic, &reading(seq, json!({"hr": 70}))).await;
+    }
+    dev.wait_acked(N as usize).await;
+    eventually(
+        || async { gw.metric("vitalgate_readings_ingested_total").await == N as f64 },
+        "every reading of the burst processed, one acknowledgement at a time",
+    )
+    .await;
+    gw.stop().await;
+}
+
 /// A snapshot of thousands of chairs fits in one frame and reaches the dashboard.
 #[tokio::test]
 async fn snapshot_of_thousands_of_chairs_reaches_the_dashboard() {

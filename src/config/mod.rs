@@ -263,7 +263,9 @@ pub struct MqttConfig {
     /// The default is MQTT's own maximum; bound memory with the broker's message
     /// size limit instead, set below this.
     pub max_packet_bytes: usize,
-    /// Capacity of the client's request queue (acknowledgements, subscriptions).
+    /// Capacity of the client's request queue (subscriptions, the DISCONNECT;
+    /// acknowledgements are written straight to the connection), and of the alarm
+    /// engine's command queue (at least 1024).
     pub request_queue: usize,
     /// First reconnect delay, ms; doubles per failure (with jitter) up to the maximum.
     pub reconnect_initial_ms: u64,

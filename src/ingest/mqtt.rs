@@ -137,6 +137,9 @@ impl Ingest {
     ) -> Self {
         let c = &config.mqtt;
         let (client, mut events) = AsyncClient::new(options, c.request_queue);
+        // Acknowledgements are written by `Settlement::acknowledge`; the subscription
+        // and the DISCONNECT are queued by this task, which then polls again.
+        events.set_requests_from_owner(true);
         // Nagle plus delayed ACK adds ~40 ms tails to PUBACKs on loopback.
         let mut net = events.network_options();
         net.set_tcp_nodelay(true);
@@ -147,7 +150,6 @@ impl Ingest {
             Duration::from_millis(c.reconnect_max_ms),
         );
         let settlement = Settlement::new(
-            client.clone(),
             receipts,
             Duration::from_millis(config.ingest.reject_log_interval_ms),
         );
@@ -180,7 +182,7 @@ impl Ingest {
             drop(cancelled);
         });
         loop {
-            self.settlement.flush();
+            self.settlement.acknowledge(&mut self.events);
             let event = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
@@ -215,13 +217,6 @@ impl Ingest {
                             "broker refused the QoS 1 subscription; not ready"
                         );
                     }
-                }
-                Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
-                    // The event loop queues one of these for each acknowledgement it
-                    // writes, a batch of them per write. Nothing here uses them, and
-                    // each would cost a turn of this loop.
-                    let queued = &mut self.events.state.events;
-                    queued.retain(|e| !matches!(e, Event::Outgoing(Outgoing::PubAck(_))));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -319,13 +314,13 @@ impl Ingest {
                 "messages still unsettled at shutdown: the broker sends them again"
             );
         }
-        self.settlement.flush();
+        self.settlement.acknowledge(&mut self.events);
         let _ = self.client.try_disconnect();
         let drain = async {
             loop {
                 match self.events.poll().await {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => self.settlement.flush(),
+                    Ok(_) => {}
                 }
             }
         };

@@ -6,7 +6,7 @@
 use super::capture::Capture;
 use super::pipeline::Processed;
 use crate::engine::Receipt;
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::{EventLoop, Publish};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -56,9 +56,8 @@ pub(super) struct Settlement {
     last_ticket: u64,
     /// Outcomes of the messages handed to the engine.
     pub receipts: UnboundedReceiver<Receipt>,
-    /// Acknowledgements not yet accepted by the client's request queue, in order.
+    /// Settled messages not yet acknowledged, in arrival order.
     pending_acks: VecDeque<Publish>,
-    client: AsyncClient,
     rejects: RejectLog,
     /// `[capture]`: where applied messages are recorded, when enabled.
     capture: Option<Capture>,
@@ -66,17 +65,12 @@ pub(super) struct Settlement {
 
 impl Settlement {
     /// `reject_log_interval`: `ingest.reject_log_interval_ms`.
-    pub fn new(
-        client: AsyncClient,
-        receipts: UnboundedReceiver<Receipt>,
-        reject_log_interval: Duration,
-    ) -> Self {
+    pub fn new(receipts: UnboundedReceiver<Receipt>, reject_log_interval: Duration) -> Self {
         Settlement {
             unsettled: VecDeque::new(),
             last_ticket: 0,
             receipts,
             pending_acks: VecDeque::new(),
-            client,
             rejects: RejectLog {
                 interval: reject_log_interval,
                 last: HashMap::new(),
@@ -166,17 +160,20 @@ impl Settlement {
             // Settled (or rejected for good): acknowledge, in arrival order.
             self.pending_acks.push_back(publish);
         }
-        self.flush();
     }
 
-    /// Hand queued acknowledgements to the client without ever blocking the loop that
-    /// must run for the client to drain its queue.
-    pub fn flush(&mut self) {
-        while let Some(p) = self.pending_acks.front() {
-            if self.client.try_ack(p).is_err() {
-                break;
+    /// Write the acknowledgements of the settled messages into the connection that
+    /// brought them, in arrival order; the event loop's next poll sends them before
+    /// it waits. Not through the client's request queue: that would wake the task
+    /// polling the event loop, this one, a second time per message.
+    pub fn acknowledge(&mut self, events: &mut EventLoop) {
+        for publish in self.pending_acks.drain(..) {
+            match events.ack_now(&publish) {
+                Ok(true) => {}
+                // No connection: what it brought comes again on the next one, and the
+                // next poll reports the loss.
+                Ok(false) | Err(_) => break,
             }
-            self.pending_acks.pop_front();
         }
     }
 }

@@ -91,11 +91,12 @@ pub fn free_port() -> u16 {
 
 /// A Mosquitto configuration the way the operations guide asks for load: a large
 /// inflight window and queue (the defaults drop QoS 1 messages silently under
-/// bursts) and TCP_NODELAY; `extra` lines for the listener, `persistence` lines.
+/// bursts) and TCP_NODELAY; `persistence` lines; `extra` lines last, for the
+/// listener (the only one) or instead of a setting above (the last one counts).
 fn broker_conf(port: u16, extra: &str, persistence: &str) -> String {
     format!(
-        "listener {port} 127.0.0.1\n{extra}\nallow_anonymous true\n{persistence}\
-         max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
+        "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}\
+         max_inflight_messages 1000\nmax_queued_messages 100000\nset_tcp_nodelay true\n{extra}\n"
     )
 }
 
@@ -581,7 +582,8 @@ impl PrivateBroker {
         Self::start_config(persistence, "").await
     }
 
-    /// With `extra` lines added to the listener (e.g. TLS settings).
+    /// With `extra` lines added to the configuration (e.g. TLS settings; see
+    /// `broker_conf`).
     pub async fn start_config(persistence: bool, extra: &str) -> PrivateBroker {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("mosq"));

@@ -88,6 +88,9 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
+    /// Whether a poll waits on the request channel (vitalgate's patch: see
+    /// `set_requests_from_owner`).
+    wait_for_requests: bool,
 }
 
 /// Events which can be yielded by the event loop
@@ -117,7 +120,31 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
+            wait_for_requests: true,
         }
+    }
+
+    /// Every request is made by the task that polls this event loop, which polls it
+    /// again after each: then a poll takes the requests already queued and does not
+    /// wait on (register with, and leave) the request channel. With requests from
+    /// anywhere else, they would wait for the next network event. (vitalgate's patch.)
+    pub fn set_requests_from_owner(&mut self, from_owner: bool) -> &mut Self {
+        self.wait_for_requests = !from_owner;
+        self
+    }
+
+    /// Acknowledge an incoming `publish` (manual acks) straight into the connection's
+    /// write buffer, without the request channel and without an `Outgoing` event; it
+    /// is written by the flush a poll makes before it waits. False when there is no
+    /// connection (the broker sends the message again). (vitalgate's patch.)
+    pub fn ack_now(&mut self, publish: &Publish) -> Result<bool, ConnectionError> {
+        let Some(network) = self.network.as_mut() else {
+            return Ok(false);
+        };
+        if let Some(packet) = self.state.outgoing_ack_quiet(publish) {
+            network.write_now(packet)?;
+        }
+        Ok(true)
     }
 
     /// Last session might contain packets which aren't acked. MQTT says these packets should be
@@ -197,6 +224,14 @@ impl EventLoop {
             return Ok(event);
         }
 
+        // What `ack_now` wrote goes out before anything is awaited.
+        if network.unflushed() {
+            match time::timeout(network_timeout, network.flush()).await {
+                Ok(inner) => inner?,
+                Err(_) => return Err(ConnectionError::FlushTimeout),
+            };
+        }
+
         // Only a stand-in for a missing keep-alive timer (that branch is then
         // disabled): made when needed, not once per call.
         let mut no_sleep = None;
@@ -245,7 +280,9 @@ impl EventLoop {
                 &mut self.pending,
                 &self.requests_rx,
                 self.mqtt_options.pending_throttle
-            ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
+            ), if !self.pending.is_empty()
+                || (!inflight_full && !collision
+                    && (self.wait_for_requests || !self.requests_rx.is_empty())) => match o {
                 Ok(request) => {
                     let mut last = matches!(request, Request::Disconnect(_));
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {

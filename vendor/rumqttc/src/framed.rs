@@ -84,6 +84,21 @@ impl Network {
             .map_err(StateError::Deserialization)
     }
 
+    /// Serializes `packet` into the write buffer at once; it goes out with the next
+    /// flush (vitalgate's patch: see `EventLoop::ack_now`).
+    pub fn write_now(&mut self, packet: Packet) -> Result<(), StateError> {
+        let max = self.framed.codec().max_outgoing_size;
+        packet
+            .write(self.framed.write_buffer_mut(), max)
+            .map(drop)
+            .map_err(StateError::Deserialization)
+    }
+
+    /// Whether bytes are waiting in the write buffer.
+    pub fn unflushed(&self) -> bool {
+        !self.framed.write_buffer().is_empty()
+    }
+
     pub async fn flush(&mut self) -> Result<(), crate::state::StateError> {
         self.framed
             .flush()
