@@ -25,7 +25,9 @@ impl RejectLog {
             .entry(reason)
             .or_insert((now - self.interval * 2, 0));
         if now.duration_since(entry.0) >= self.interval {
+            // The target these lines always had, for `RUST_LOG` filters set on it.
             tracing::warn!(
+                target: "vitalgate::ingest::mqtt",
                 topic,
                 reason,
                 detail,
@@ -175,5 +177,60 @@ impl Settlement {
                 Ok(false) | Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectLog;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Log lines, as a `RUST_LOG`-style filter on `filter` lets them through.
+    fn logged(filter: &str, log: impl FnOnce()) -> String {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(move || Writer(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn rejections_are_logged_under_the_mqtt_ingest_target_once_per_interval() {
+        let mut rejects = RejectLog {
+            interval: Duration::from_secs(60),
+            last: HashMap::new(),
+        };
+        let text = logged("warn,vitalgate::ingest::mqtt=off", || {
+            rejects.log("clinic/north/chair/1/vitals", "wrong_type", "ts: soon")
+        });
+        assert_eq!(text, "", "a filter on vitalgate::ingest::mqtt silences it");
+        let mut rejects = RejectLog {
+            interval: Duration::from_secs(60),
+            last: HashMap::new(),
+        };
+        let text = logged("off,vitalgate::ingest::mqtt=warn", || {
+            rejects.log("clinic/north/chair/1/vitals", "wrong_type", "ts: soon");
+            rejects.log("clinic/north/chair/1/vitals", "wrong_type", "ts: later");
+        });
+        assert_eq!(text.matches("rejected device message").count(), 1, "{text}");
+        assert!(text.contains("reason=\"wrong_type\""), "{text}");
     }
 }
