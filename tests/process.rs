@@ -239,22 +239,31 @@ async fn readings_in_flight_at_the_kill_are_redelivered_and_processed() {
         5.0
     );
     // The surge in the middle raised its SBP alarm once (both limits met: one
-    // alarm at the higher priority) and cleared it.
-    let stored = vitalgate::audit::Audit::open(&audit, false)
-        .unwrap()
-        .query(Some("alarm"), Some("north/3"), None, None, 100)
-        .unwrap();
-    let states: Vec<String> = stored
-        .iter()
-        .map(|r| {
-            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-            format!(
-                "{} {}",
-                v["rule"].as_str().unwrap(),
-                v["state"].as_str().unwrap()
-            )
-        })
-        .collect();
+    // alarm at the higher priority) and cleared it. A reading is counted when the
+    // engine applies it, before its events' commit: wait for the journal.
+    let states = || {
+        let stored = vitalgate::audit::Audit::open(&audit, false)
+            .unwrap()
+            .query(Some("alarm"), Some("north/3"), None, None, 100)
+            .unwrap();
+        stored
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                format!(
+                    "{} {}",
+                    v["rule"].as_str().unwrap(),
+                    v["state"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<String>>()
+    };
+    eventually(
+        || async { states().len() >= 2 },
+        "the surge's alarm events in the audit trail",
+    )
+    .await;
+    let states = states();
     assert_eq!(states, vec!["sbp_critical raised", "sbp_critical cleared"]);
     drop(back);
     purge_session(&host, port, &client_id).await;
