@@ -137,7 +137,8 @@ impl Settlement {
         self.settle();
     }
 
-    /// Log, record and acknowledge the settled messages at the front, in arrival order.
+    /// Log and record the settled messages at the front, and queue their
+    /// acknowledgements for [`Self::acknowledge`], in arrival order.
     fn settle(&mut self) {
         while self.unsettled.front().is_some_and(|u| u.outcome.is_some()) {
             let Some(Unsettled {

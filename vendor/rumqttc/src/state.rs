@@ -358,9 +358,10 @@ impl MqttState {
     }
 
     /// The acknowledgement of an incoming `publish` (PUBACK for QoS 1, PUBREC for QoS
-    /// 2, none for QoS 0), as `handle_outgoing_packet` makes it for the client's
-    /// `ack`, without the `Outgoing` event: its caller is the event loop's owner,
-    /// who knows (vitalgate's patch: see `EventLoop::ack_now`).
+    /// 2, none for QoS 0, as `client::get_ack_req` chooses it), as
+    /// `handle_outgoing_packet` makes it for the client's `ack`, without the
+    /// `Outgoing` event: its caller is the event loop's owner, who knows
+    /// (vitalgate's patch: see `EventLoop::ack_now`).
     pub(crate) fn outgoing_ack_quiet(&mut self, publish: &Publish) -> Option<Packet> {
         let packet = match publish.qos {
             QoS::AtMostOnce => return None,
