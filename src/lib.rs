@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod protocol;
+mod recovery;
 pub mod replay;
 pub mod service;
 pub mod sim;
@@ -61,6 +62,25 @@ pub enum Error {
     Bind(#[from] http::BindError),
     #[error(transparent)]
     Cluster(#[from] cluster::gateway::GatewayError),
+}
+
+/// What `--check` looks at beyond the configuration's own validity: the files
+/// the gateway reads when it starts (the JWT key, the MQTT TLS files) and the
+/// audit trail's directory. Nothing is created, connected to or bound.
+pub fn preflight(config: &Config) -> Result<(), Error> {
+    config.checked()?;
+    http::auth::Authenticator::from_config(&config.auth)?;
+    if config.mqtt.tls.is_some() {
+        let addr = BrokerAddr {
+            host: config.mqtt.host.clone(),
+            port: config.mqtt.port,
+        };
+        ingest::mqtt::options(&config.mqtt, &addr)?;
+    }
+    if !config.cluster.enabled {
+        audit::check_path(&config.audit.path).map_err(|e| Error::Audit(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// A running gateway.
@@ -164,7 +184,7 @@ impl Gateway {
         let hub = Arc::new(fanout::Hub::new());
         let live = Arc::new(fanout::LiveFeed::new(config.websocket.live_log_capacity));
         let (receipts_tx, receipts) = tokio::sync::mpsc::unbounded_channel();
-        let restored = Restored::read(&audit).await;
+        let restored = recovery::Restored::read(&audit).await;
         let now = app::now_ms();
         let (engine, engine_running) = engine::Engine::start(
             engine::Parts {
@@ -300,86 +320,6 @@ impl Gateway {
         self.app.dashboards.close_all(grace, close_timeout).await;
         http::stopped(&self.app, self.http).await;
         tracing::info!("vitalgate stopped");
-    }
-}
-
-/// What the audit trail says was going on when the previous run stopped.
-#[derive(Default)]
-struct Restored {
-    sessions: Vec<audit::Stored>,
-    open_alarms: Vec<audit::Stored>,
-}
-
-impl Restored {
-    /// Read at start-up, off the runtime. What cannot be read is logged and left
-    /// out: the gateway starts without it.
-    async fn read(audit: &Arc<Audit>) -> Restored {
-        let audit = audit.clone();
-        let read = move || {
-            let mut r = Restored::default();
-            match audit.latest_per_chair("session") {
-                Ok(records) => r.sessions = records,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read sessions from the audit trail (chairs start idle)")
-                }
-            }
-            match audit.open_alarms() {
-                Ok(records) => r.open_alarms = records,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read open alarms from the audit trail")
-                }
-            }
-            r
-        };
-        tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "reading the audit trail at start-up failed");
-            Restored::default()
-        })
-    }
-
-    /// Restore every chair's session, so that a restarted gateway knows each
-    /// chair's phase, patient, baseline and limits before the first message
-    /// arrives (a persistent MQTT session does not resend retained messages); then
-    /// take back the alarms that were open (raised or acknowledged, not cleared),
-    /// so that one nobody acknowledged is not lost in a restart: a latched alarm
-    /// stays until acknowledged, an unacknowledged one keeps escalating. One that
-    /// no longer matches a rule of its chair's profile (rules changed) is closed
-    /// with `reason: "not_restored"`, so the record is complete.
-    fn apply(self, r: &mut engine::Restore<'_>, now: u64) {
-        let mut sessions = 0;
-        for record in self.sessions {
-            match serde_json::from_str::<core::SessionEvent>(&record.body) {
-                // Idle chairs too: their last message time keeps an old retained
-                // message for a previous patient from bringing that session back.
-                Ok(e) => match r.session(&e, now) {
-                    Ok(()) => sessions += 1,
-                    Err(err) => {
-                        tracing::warn!(chair = %record.chair, error = %err, "session not restored")
-                    }
-                },
-                Err(err) => {
-                    tracing::warn!(chair = %record.chair, error = %err, "unreadable session record")
-                }
-            }
-        }
-        if sessions > 0 {
-            tracing::info!(chairs = sessions, "sessions restored from the audit trail");
-        }
-        let (mut restored, mut closed) = (0, 0);
-        for record in self.open_alarms {
-            match serde_json::from_str::<core::AlarmEvent>(&record.body) {
-                Ok(event) => match r.alarm(event, now) {
-                    true => restored += 1,
-                    false => closed += 1,
-                },
-                Err(err) => {
-                    tracing::warn!(chair = %record.chair, error = %err, "unreadable alarm record")
-                }
-            }
-        }
-        if restored > 0 || closed > 0 {
-            tracing::warn!(restored, closed, "alarms open at the last stop taken back");
-        }
     }
 }
 

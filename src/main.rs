@@ -90,6 +90,7 @@ async fn gateway() -> anyhow::Result<()> {
         .init();
     let config = Config::load(cli.config.as_deref(), std::env::vars())?;
     if cli.check {
+        vitalgate::preflight(&config)?;
         println!("configuration OK");
         return Ok(());
     }

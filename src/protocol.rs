@@ -340,7 +340,7 @@ impl Command {
         let bad = |e: serde_json::Error| ("bad_command", e.to_string());
         let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
         let cmd = if value.get("type").and_then(|t| t.as_str()) == Some("set_session") {
-            Command::set_session(value).map_err(bad)?
+            Command::set_session(value)?
         } else {
             serde_json::from_value(value).map_err(bad)?
         };
@@ -358,19 +358,22 @@ impl Command {
                 format!("`by` must name who does it, 1-{MAX_ACK_BY} bytes"),
             ));
         }
+        // What a session message would be refused for, a session command is
+        // refused for with the same code.
         if let Command::SetSession { session, .. } = &cmd {
-            session
-                .check()
-                .map_err(|e| ("bad_command", e.to_string()))?;
+            session.check().map_err(|e| (e.code(), e.to_string()))?;
         }
         Ok(cmd)
     }
 
-    /// `set_session`: `chair` and `by`, then exactly the fields of a session message.
-    fn set_session(value: serde_json::Value) -> Result<Command, serde_json::Error> {
+    /// `set_session`: `chair` and `by` (refused as `bad_command`), then exactly
+    /// the fields of a session message (refused as a session message would be,
+    /// `bad_session`).
+    fn set_session(value: serde_json::Value) -> Result<Command, (&'static str, String)> {
         use serde::de::Error;
+        let bad = |e: serde_json::Error| ("bad_command", e.to_string());
         let serde_json::Value::Object(mut fields) = value else {
-            return Err(serde_json::Error::custom("a command is a JSON object"));
+            return Err(bad(serde_json::Error::custom("a command is a JSON object")));
         };
         fields.remove("type");
         let text = |v: Option<serde_json::Value>, name: &str| match v {
@@ -380,10 +383,14 @@ impl Command {
                 "`{name}` must be a string"
             ))),
         };
-        let chair = text(fields.remove("chair"), "chair")?
-            .ok_or_else(|| serde_json::Error::missing_field("chair"))?;
-        let by = text(fields.remove("by"), "by")?.unwrap_or_default();
-        let mut session: SessionUpdate = serde_json::from_value(serde_json::Value::Object(fields))?;
+        let chair = text(fields.remove("chair"), "chair")
+            .map_err(bad)?
+            .ok_or_else(|| bad(serde_json::Error::missing_field("chair")))?;
+        let by = text(fields.remove("by"), "by")
+            .map_err(bad)?
+            .unwrap_or_default();
+        let mut session: SessionUpdate = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| ("bad_session", e.to_string()))?;
         session.ts = None;
         Ok(Command::SetSession { chair, by, session })
     }
@@ -424,14 +431,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A misspelt field is refused, as on the session topic.
-        assert!(Command::parse(
-            r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":"P","limts":{}}"#
-        )
-        .is_err());
-        assert!(
-            Command::parse(r#"{"type":"set_session","phase":"baseline","patient":"P"}"#).is_err()
-        );
+        // The session's own fields are refused with the session topic's code; the
+        // command's (`chair`, `by`) with `bad_command`.
+        let code = |text: &str| Command::parse(text).map(|_| ()).map_err(|(code, _)| code);
+        for bad_session in [
+            r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":"P","limts":{}}"#,
+            r#"{"type":"set_session","chair":"n/1","phase":"lunch","patient":"P"}"#,
+            r#"{"type":"set_session","chair":"n/1","phase":"baseline"}"#,
+            r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":" "}"#,
+        ] {
+            assert_eq!(code(bad_session), Err("bad_session"), "{bad_session}");
+        }
+        for bad_command in [
+            r#"{"type":"set_session","phase":"baseline","patient":"P"}"#,
+            r#"{"type":"set_session","chair":7,"phase":"baseline","patient":"P"}"#,
+            r#"["set_session"]"#,
+        ] {
+            assert_eq!(code(bad_command), Err("bad_command"), "{bad_command}");
+        }
         assert!(Command::parse("not json").is_err());
     }
 

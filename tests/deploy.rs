@@ -72,7 +72,7 @@ impl ShippedBroker {
         for (site, chair, password) in [("north", "7", "pw-7"), ("north", "8", "pw-8")] {
             run(Command::new(Path::new(DEPLOY).join("add-device.sh"))
                 .args([site, chair, password])
-                .env("VITALGATE_MOSQUITTO_DIR", &dir));
+                .env("MOSQUITTO_DEVICES_DIR", &dir));
         }
         for (user, password) in [("vitalgate", "pw-gw"), ("clinic-system", "pw-clinic")] {
             run(Command::new("mosquitto_passwd")

@@ -101,6 +101,45 @@ async fn redelivered_reading_raises_no_second_alarm() {
     gw.stop().await;
 }
 
+/// Readings applied and journaled whose PUBACKs never reached the broker (the
+/// gateway died first) come again after the restart: the breach and recovery
+/// they made are not made a second time.
+#[tokio::test]
+async fn readings_redelivered_after_a_restart_raise_no_second_alarm() {
+    let (mut config, prefix) = test_config();
+    simple_rules(&mut config);
+    let gw = TestGateway::start(config.clone(), prefix.clone()).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let mut dev = gw.device().await;
+    let topic = gw.topic("west", "1");
+    let breach = reading(1, json!({"spo2": 84}));
+    let recovery = reading(2, json!({"spo2": 97}));
+    dev.publish(&topic, &breach).await;
+    dev.publish(&topic, &recovery).await;
+    assert_eq!(dash.next_of("alarm").await["state"], "raised");
+    assert_eq!(dash.next_of("alarm").await["state"], "cleared");
+    dev.wait_acked(2).await;
+    gw.stop().await;
+
+    let gw = TestGateway::start(config, prefix).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let dev = gw.device().await;
+    // As the broker redelivers what was not acknowledged.
+    dev.publish(&topic, &breach).await;
+    dev.publish(&topic, &recovery).await;
+    // A new breach is the first alarm after the restart.
+    dev.publish(&topic, &reading(3, json!({"spo2": 83}))).await;
+    let first = dash.next_of("alarm").await;
+    assert_eq!(
+        (first["state"].as_str(), first["value"].as_f64()),
+        (Some("raised"), Some(83.0))
+    );
+    assert_eq!(gw.metric("vitalgate_readings_duplicate_total").await, 2.0);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn reconnect_with_since_replays_missed_alarms_in_order() {
     let (mut c, prefix) = test_config();

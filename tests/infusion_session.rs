@@ -462,6 +462,17 @@ async fn dashboard_commands_technical_alarms_escalation_and_reminders() {
         (v["type"].as_str(), v["code"].as_str()),
         (Some("error"), Some("bad_transition"))
     );
+    // A session without its patient: refused as the session topic would.
+    dash.send(json!({
+        "type": "set_session", "chair": "east/4", "phase": "recovery", "by": "nurse.ana"
+    }))
+    .await;
+    let v = next_event(&mut dash).await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("bad_session"))
+    );
+    assert_eq!(gw.metric("vitalgate_session_rejected_total").await, 2.0);
 
     // A per-patient limit, recorded with who set it.
     dash.send(json!({
@@ -568,7 +579,7 @@ async fn dashboard_commands_technical_alarms_escalation_and_reminders() {
     // A status that is neither online nor offline is refused and counted.
     dev.publish_retained(&status, "sleeping").await;
     let deadline = std::time::Instant::now() + DEADLINE;
-    while gw.metric("vitalgate_session_rejected_total").await < 2.0 {
+    while gw.metric("vitalgate_session_rejected_total").await < 3.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "bad status not counted"
@@ -649,6 +660,7 @@ async fn open_alarms_survive_a_restart() {
         (last["state"].as_str(), last["reason"].as_str()),
         (Some("cleared"), Some("not_restored"))
     );
+    assert_eq!(last.get("rules"), None, "a cleared event holds no rules");
     let mut dash = gw.dashboard().await;
     assert_eq!(dash.next_of("snapshot").await["alarms"], json!([]));
     gw.stop().await;

@@ -193,6 +193,44 @@ fn binary_refuses_a_config_with_an_unknown_key_naming_key_and_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--check` reads what the gateway would read at start: a missing JWT key, TLS CA
+/// file or audit directory fails it, naming the file.
+#[test]
+fn check_reads_the_files_the_gateway_needs() {
+    for (var, value, named) in [
+        (
+            "VITALGATE_AUTH__KEY_FILE",
+            "/nonexistent/jwt.key",
+            "/nonexistent/jwt.key",
+        ),
+        (
+            "VITALGATE_MQTT__TLS__CA_FILE",
+            "/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "VITALGATE_AUDIT__PATH",
+            "/nonexistent/a.sqlite3",
+            "/nonexistent/a.sqlite3",
+        ),
+    ] {
+        let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"));
+        check.arg("--check").env(var, value);
+        if var.starts_with("VITALGATE_AUTH") {
+            check
+                .env("VITALGATE_AUTH__MODE", "jwt")
+                .env("VITALGATE_AUTH__AUDIENCE", "station");
+        }
+        if var.starts_with("VITALGATE_MQTT") {
+            check.env("VITALGATE_MQTT__BROKER", "external");
+        }
+        let out = check.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: {stderr}");
+        assert!(stderr.contains(named), "{var}: {stderr}");
+    }
+}
+
 /// TLS settings are checked before anything starts: an unreadable CA file is a
 /// startup error naming the key and the file.
 #[tokio::test]

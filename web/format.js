@@ -34,6 +34,10 @@ const ERROR_WORDS = /** @type {Record<string, string>} */ ({
   chair_limit: "The gateway is tracking as many chairs as it may.",
   unknown_chair: "The gateway does not know that chair.",
   forbidden: "Your role does not allow this.",
+  shutting_down: "The gateway is shutting down and did not do this. Do it again once the station has reconnected.",
+  no_owner: "No gateway is looking after this chair for a moment (one is taking it over). Nothing was done: try again in a few seconds.",
+  not_journaled: "The change could not be recorded, so nothing was done. Try again.",
+  no_answer: "The gateway did not answer in time: this may or may not have been done. Look at the alarm or the chair before trying again.",
 });
 
 /**

@@ -5,10 +5,13 @@
 #   add-device.sh SITE CHAIR [PASSWORD]      (a random password is made and printed
 #                                            when none is given)
 #
-# Environment: VITALGATE_MOSQUITTO_DIR (default /etc/mosquitto/vitalgate), holding
+# Environment: MOSQUITTO_DEVICES_DIR (default /etc/mosquitto/vitalgate), holding
 # `passwd` and `acl`. Reload Mosquitto afterwards (kill -HUP, or systemctl reload).
+# (Not a VITALGATE_* name: the gateway takes every VITALGATE_* variable as a
+# configuration key and refuses unknown ones. The old VITALGATE_MOSQUITTO_DIR is
+# still read.)
 set -euo pipefail
-dir=${VITALGATE_MOSQUITTO_DIR:-/etc/mosquitto/vitalgate}
+dir=${MOSQUITTO_DEVICES_DIR:-${VITALGATE_MOSQUITTO_DIR:-/etc/mosquitto/vitalgate}}
 [ $# -ge 2 ] || { echo "usage: $0 SITE CHAIR [PASSWORD]" >&2; exit 2; }
 site=$1 chair=$2
 valid='^[A-Za-z0-9_.-]{1,64}$'   # the names docs/protocol.md allows in topics

@@ -22,7 +22,10 @@
 //! databases are private to their connection and in-memory databases cannot
 //! use WAL anyway (a shared-cache one would answer SQLITE_LOCKED, not wait).
 
+mod preflight;
+mod recovery;
 mod trail;
+pub use preflight::check_path;
 pub use trail::{Trail, TrailError, TrailQuery};
 
 use std::path::Path;
@@ -358,35 +361,6 @@ impl Audit {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params_from_iter(args), stored)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The most recent record of `kind` for every chair (one per chair,
-    /// ordered by chair), for restart recovery. "Most recent" is insertion
-    /// order, not `at_ms`: that is the order dashboards saw, and it survives
-    /// wall-clock steps and `seq` restarting in a new instance.
-    pub fn latest_per_chair(&self, kind: &str) -> Result<Vec<Stored>, AuditError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE id IN ({LATEST_IDS}) ORDER BY chair"
-        ))?;
-        let rows = stmt.query_map([kind], stored)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Alarms whose latest event is not `cleared`: alarms open when the gateway
-    /// stopped, oldest first, each as its latest event. Read at start-up so that an
-    /// alarm nobody acknowledged (a latched one especially) is not lost in a restart.
-    pub fn open_alarms(&self) -> Result<Vec<Stored>, AuditError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM events WHERE id IN
-               (SELECT max(id) FROM events WHERE kind = 'alarm'
-                GROUP BY json_extract(body, '$.id'))
-             AND json_extract(body, '$.state') <> 'cleared'
-             ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -419,7 +419,7 @@ fn restore_journaled(
         if copied(chair) {
             continue;
         }
-        if let Err(e) = r.evaluated_until(chair, *ts) {
+        if let Err(e) = r.evaluated_until(chair, *ts, now_ms) {
             tracing::warn!(chair = %chair, error = %e, "chair's evaluated readings not restored");
         }
     }

@@ -24,7 +24,7 @@ use super::events::EVENTS_STREAM;
 use super::feed::{Feed, FeedError, StreamEvent};
 use super::ClusterError;
 use crate::access::SiteScope;
-use crate::core::{AlarmEvent, Latest, SessionEvent};
+use crate::core::{AlarmEvent, Latest, RecordedAlarm, SessionEvent};
 use crate::engine::{in_scope, Outlet, Sequenced, Start};
 use crate::protocol::{self, ChairJson, Frame};
 use async_nats::jetstream::Context;
@@ -439,42 +439,21 @@ impl Ledger {
 
     /// Take in one event of `chair`, its frame `text`.
     fn note(&mut self, kind: &str, chair: &str, text: &str) {
-        #[derive(serde::Deserialize)]
-        struct Alarm {
-            id: u64,
-            state: String,
-            kind: String,
-            ts: u64,
-            #[serde(default)]
-            reason: Option<String>,
-            #[serde(default)]
-            escalated: bool,
-            #[serde(default)]
-            reminder: bool,
-        }
         match kind {
             "session" => {
                 self.sessions.insert(chair.to_string(), text.to_string());
             }
             "alarm" => {
-                let Ok(alarm) = serde_json::from_str::<Alarm>(text) else {
+                let Ok(alarm) = serde_json::from_str::<RecordedAlarm>(text) else {
                     tracing::warn!(
                         chair,
                         "an alarm event without an id or state in the events stream"
                     );
                     return;
                 };
-                // Raised or ended by a reading (not a timer, a command or a
-                // re-send): its `ts` is that reading's device time.
-                let by_reading = alarm.kind == "physiological"
-                    && match alarm.state.as_str() {
-                        "raised" => !alarm.escalated && !alarm.reminder,
-                        "cleared" => alarm.reason.is_none(),
-                        _ => false,
-                    };
-                if by_reading {
+                if let Some(ts) = alarm.reading_ts() {
                     let until = self.evaluated.entry(chair.to_string()).or_default();
-                    *until = (*until).max(alarm.ts);
+                    *until = (*until).max(ts);
                 }
                 let key = (chair.to_string(), alarm.id);
                 if alarm.state == "cleared" {

@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 /// `[cluster]`: how this gateway takes part in a cluster of gateways on NATS
-/// JetStream. Every field but `enabled`, `servers` and `name` must be the same
-/// on every gateway of the cluster.
+/// JetStream. `partitions`, `lease_ms`, `lease_margin_ms`, `round_ms`,
+/// `replicas`, `read_ahead` and `snapshot_ms` must be the same on every gateway
+/// of the cluster; `enabled`, `servers`, `name`, `audit_postgres` and
+/// `since_from_stream_max` are each gateway's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {

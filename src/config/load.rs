@@ -393,13 +393,14 @@ mod tests {
     fn invalid_values_are_all_reported() {
         let (_d, path) = write(
             "[websocket]\nqueue_capacity = 0\n[mqtt]\nmax_packet_bytes = 1000\n\
-             [[rules]]\nid = \"a\"\nvital = \"hr\"\nlow = 100\nhigh = 50\npriority = \"high\"\n",
+             [alarms]\ntick_ms = 30000\n[[rules]]\nid = \"a\"\nvital = \"hr\"\nlow = 100\nhigh = 50\npriority = \"high\"\n",
         );
         let err = Config::load(Some(&path), none()).unwrap_err();
         let keys = err.keys();
         for k in [
             "websocket.queue_capacity",
             "mqtt.max_packet_bytes",
+            "alarms.tick_ms",
             "rules[0].low",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");

@@ -73,7 +73,10 @@ pub struct PerPriorityMs {
 #[serde(deny_unknown_fields)]
 pub struct AlarmsConfig {
     /// How often timed conditions (stale data, device offline), escalations,
-    /// reminders and discharge readiness are evaluated, ms.
+    /// reminders and discharge readiness are evaluated, ms; 100-5000: a technical
+    /// alarm is up to one tick late, and the service watchdog counts the gateway
+    /// hung when its timers have not run for half of `WatchdogSec` (30 s in the
+    /// shipped unit).
     pub tick_ms: u64,
     /// A raised alarm not acknowledged within this long is re-sent escalated, and
     /// again every this long up to `max_escalation_level`; 0 never escalates.

@@ -126,7 +126,8 @@ pub struct AlarmEvent {
     /// Re-sent because it is still active a while after it was acknowledged.
     pub reminder: bool,
     /// Why a `cleared` alarm ended, when not simply by the value recovering:
-    /// `acknowledged` (latched), `phase_change`, `data_returned`.
+    /// `acknowledged` (latched), `phase_change`, `data_returned`, `no_limit`,
+    /// `not_restored`, `new_session`.
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub reason: Option<&'static str>,
     /// Who acknowledged it, once someone has.

@@ -107,3 +107,68 @@ impl Event {
         }
     }
 }
+
+/// What a recorded alarm event (its frame text, read back from the audit trail
+/// or the cluster's events stream) says of the readings behind it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordedAlarm {
+    pub id: u64,
+    pub state: String,
+    pub kind: String,
+    pub ts: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub escalated: bool,
+    #[serde(default)]
+    pub reminder: bool,
+}
+
+impl RecordedAlarm {
+    /// The device time of the reading that raised or ended the alarm, when a
+    /// reading did: its chair's readings up to then had been evaluated when the
+    /// event was recorded. `None` for events of timers (escalations, reminders,
+    /// technical alarms on gateway time), commands (acknowledgements) and
+    /// session changes (`reason` given), whose `ts` is not a reading's.
+    pub fn reading_ts(&self) -> Option<u64> {
+        let by_reading = self.kind == "physiological"
+            && match self.state.as_str() {
+                "raised" => !self.escalated && !self.reminder,
+                "cleared" => self.reason.is_none(),
+                _ => false,
+            };
+        by_reading.then_some(self.ts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordedAlarm;
+
+    fn recorded(text: &str) -> RecordedAlarm {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn only_events_a_reading_made_name_a_reading_time() {
+        let base = r#""id":1,"kind":"physiological","ts":5000"#;
+        let by_reading = [
+            format!(r#"{{{base},"state":"raised"}}"#),
+            format!(r#"{{{base},"state":"raised","updated":true}}"#),
+            format!(r#"{{{base},"state":"cleared"}}"#),
+        ];
+        for text in &by_reading {
+            assert_eq!(recorded(text).reading_ts(), Some(5000), "{text}");
+        }
+        let not_by_reading = [
+            format!(r#"{{{base},"state":"raised","escalated":true}}"#),
+            format!(r#"{{{base},"state":"acknowledged"}}"#),
+            format!(r#"{{{base},"state":"acknowledged","reminder":true}}"#),
+            format!(r#"{{{base},"state":"cleared","reason":"phase_change"}}"#),
+            r#"{"id":1,"kind":"technical","ts":5000,"state":"raised"}"#.to_string(),
+        ];
+        for text in &not_by_reading {
+            assert_eq!(recorded(text).reading_ts(), None, "{text}");
+        }
+    }
+}

@@ -21,7 +21,7 @@ mod group_tests;
 
 pub use alarm::{AckError, AlarmContext, AlarmEvent, AlarmState, Board, EscalationPolicy, RuleMet};
 pub use condition::AlarmKind;
-pub use event::{Event, SessionChange, SessionEvent};
+pub use event::{Event, RecordedAlarm, SessionChange, SessionEvent};
 pub use patient::{Latest, PumpSample, Sample};
 pub use reading::{decode, DecodeLimits, Pump, Reading, RejectReason, Rejection, Vital};
 pub use rules::{

@@ -264,8 +264,13 @@ impl Ward {
 
     /// Readings of `chair` at or before device time `ts` were evaluated by the
     /// gateway it is restored from (see [`PatientState::evaluated_until`]).
-    pub fn restore_evaluated_until(&self, chair: &str, ts: u64) -> Result<(), WardError> {
-        self.with_chair(chair, true, |_, state, _| state.evaluated_until(ts))
+    pub fn restore_evaluated_until(
+        &self,
+        chair: &str,
+        ts: u64,
+        now_ms: u64,
+    ) -> Result<(), WardError> {
+        self.with_chair(chair, true, |_, state, _| state.evaluated_until(ts, now_ms))
     }
 
     /// A copy of `chair`'s whole state (cluster mode keeps it as a snapshot).
@@ -348,11 +353,6 @@ impl Ward {
             .count()
     }
 
-    /// Forget chairs that have been idle (or discharged), with nothing raised or
-    /// building up, and silent for `idle_ms` of gateway time: the map would otherwise
-    /// keep every chair ever seen. Chairs a session message named are kept (their
-    /// last message time guards against stale retained messages). Returns how many
-    /// were forgotten; a chair comes back with its next message.
     /// Drop every chair `which` names, whatever its state: another owner carries
     /// on with it (cluster mode). How many went.
     pub fn forget(&self, which: impl Fn(&str) -> bool) -> usize {
@@ -361,6 +361,11 @@ impl Ward {
         before.saturating_sub(self.patients.len())
     }
 
+    /// Forget chairs that have been idle (or discharged), with nothing raised or
+    /// building up, and silent for `idle_ms` of gateway time: the map would otherwise
+    /// keep every chair ever seen. Chairs a session message named are kept (their
+    /// last message time guards against stale retained messages). Returns how many
+    /// were forgotten; a chair comes back with its next message.
     pub fn evict_idle(&self, now_ms: u64, idle_ms: u64) -> usize {
         if idle_ms == 0 {
             return 0;

@@ -17,10 +17,11 @@ impl Restore<'_> {
     }
 
     /// Readings of `chair` measured at or before device time `ts` were already
-    /// evaluated, by the gateway the chair is taken over from: one handed out
-    /// again changes nothing.
-    pub fn evaluated_until(&mut self, chair: &str, ts: u64) -> Result<(), WardError> {
-        self.state.ward.restore_evaluated_until(chair, ts)
+    /// evaluated, by this gateway's previous run or by the gateway the chair is
+    /// taken over from: one handed out again changes nothing. `now_ms`: gateway
+    /// time.
+    pub fn evaluated_until(&mut self, chair: &str, ts: u64, now_ms: u64) -> Result<(), WardError> {
+        self.state.ward.restore_evaluated_until(chair, ts, now_ms)
     }
 
     /// An alarm open when the previous run stopped: taken back without a new
@@ -50,8 +51,12 @@ impl Restore<'_> {
             self.state.board.restore(event, raised_at, acknowledged);
             true
         } else {
+            // A `cleared` event as any other: no rules held, not an update.
             event.state = AlarmState::Cleared;
             event.reason = Some("not_restored");
+            event.rules.clear();
+            event.updated = false;
+            event.previous_priority = None;
             event.escalated = false;
             event.reminder = false;
             event.ts = now_ms;

@@ -132,9 +132,7 @@ impl Reader {
                     // Boxed: a command's wait for the engine is rare in a
                     // connection's life; inline, its state would make every
                     // connection's reader task larger.
-                    if !Box::pin(self.to_engine(command)).await {
-                        break;
-                    }
+                    Box::pin(self.to_engine(command)).await;
                 }
                 Ok(Command::SubscribeVitals { site }) => {
                     let scope = &self.identity.scope;
@@ -163,21 +161,29 @@ impl Reader {
                 Ok(Command::UnsubscribeVitals) => {
                     self.scope_tx.send_replace(None);
                 }
-                Err((code, message)) => self.refuse(code, &message, None),
+                Err((code, message)) => {
+                    // A `set_session` whose session fields are refused is counted
+                    // as a refused session message, as when the engine refuses it.
+                    if code != "bad_command" {
+                        self.dashboards.metrics.session_rejected.increment(1);
+                    }
+                    self.refuse(code, &message, None)
+                }
             }
         }
         self.signals.end(Disconnect::GONE);
         None
     }
 
-    /// A command the engine answers: acknowledge, session, limit, snapshot. False
-    /// when the engine has stopped (the gateway is shutting down).
-    async fn to_engine(&self, command: Command) -> bool {
+    /// A command the engine answers: acknowledge, session, limit, snapshot. One
+    /// the engine can no longer take (the gateway is shutting down) is refused
+    /// with `shutting_down`.
+    async fn to_engine(&self, command: Command) {
         let dashboards = &self.dashboards;
         match command {
             Command::Ack { id, by } => {
                 let Some(by) = self.actor(Permission::Acknowledge, &by, Some(id)) else {
-                    return true;
+                    return;
                 };
                 let now = crate::clock::now_ms();
                 let scope = self.identity.scope.clone();
@@ -191,10 +197,10 @@ impl Reader {
                 mut session,
             } => {
                 let Some(by) = self.actor(Permission::SetSession, &by, None) else {
-                    return true;
+                    return;
                 };
                 if !self.in_scope(&chair) {
-                    return true;
+                    return;
                 }
                 session.by = Some(by);
                 let now = crate::clock::now_ms();
@@ -212,10 +218,10 @@ impl Reader {
                 high,
             } => {
                 let Some(by) = self.actor(Permission::SetLimit, &by, None) else {
-                    return true;
+                    return;
                 };
                 if !self.in_scope(&chair) {
-                    return true;
+                    return;
                 }
                 let limits = crate::core::LimitOverride { low, high };
                 let now = crate::clock::now_ms();
@@ -237,13 +243,19 @@ impl Reader {
                 } else {
                     let scope = self.identity.scope.clone();
                     if !dashboards.backend.snapshot(self.id, scope).await {
-                        return false;
+                        // The gateway is shutting down: the connection stays for
+                        // the alarms queued for it, then closes with 1001.
+                        self.signals.snapshot_pending.store(false, Ordering::SeqCst);
+                        self.refuse(
+                            "shutting_down",
+                            "the gateway is shutting down: ask the gateway you reconnect to",
+                            None,
+                        );
                     }
                 }
             }
             _ => {}
         }
-        true
     }
 
     /// Who acts for a command needing `p`: the token's user, or without

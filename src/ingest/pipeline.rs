@@ -58,7 +58,12 @@ pub fn intake(
             }
             Intake::Done(Processed::Session { events: 0 })
         }
-        TopicKind::Session => match decode_session(payload, app.session_max_bytes) {
+        TopicKind::Session => match decode_session(
+            payload,
+            app.session_max_bytes,
+            now_ms,
+            app.decode_limits.max_future_skew_ms,
+        ) {
             Ok(update) => Intake::Engine(Command::Session {
                 chair,
                 update,
@@ -115,9 +120,24 @@ pub async fn process(
     }
 }
 
-/// A session message's payload as the gateway takes it from MQTT (the replay too).
-pub fn decode_session(payload: &[u8], max_bytes: usize) -> Result<SessionUpdate, SessionError> {
+/// A session message's payload as the gateway takes it from MQTT (the replay too),
+/// at gateway time `now_ms`.
+pub fn decode_session(
+    payload: &[u8],
+    max_bytes: usize,
+    now_ms: u64,
+    max_future_skew_ms: u64,
+) -> Result<SessionUpdate, SessionError> {
     SessionUpdate::decode(payload, max_bytes).and_then(|update| match update.ts {
+        // Session messages are ordered by `ts`: one from far ahead (a time in
+        // microseconds, a clock set wrong) would make every later, correct message
+        // of the chair look older and be refused, for as long as that lead lasts.
+        Some(ts) if ts > now_ms.saturating_add(max_future_skew_ms) => {
+            Err(SessionError::Invalid(format!(
+                "`ts` is {} ms ahead of the gateway's clock (at most {max_future_skew_ms} allowed): ms since the epoch, from a clock in sync",
+                ts - now_ms
+            )))
+        }
         Some(_) => Ok(update),
         // Retained messages are redelivered on every new subscription: without
         // their own time they could not be told from a newer change.
@@ -144,5 +164,25 @@ pub fn parse_status(payload: &[u8]) -> Option<bool> {
         "online" => Some(true),
         "offline" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_session;
+
+    #[test]
+    fn a_session_message_from_far_ahead_is_refused() {
+        let now = 1_800_000_000_000;
+        let at = |ts: u64| format!(r#"{{"phase":"idle","ts":{ts}}}"#);
+        let decode = |ts: u64| decode_session(at(ts).as_bytes(), 4096, now, 30_000);
+        assert!(decode(now + 30_000).is_ok());
+        assert!(decode(now - 3_600_000).is_ok());
+        // A time in microseconds.
+        let err = decode(now * 1000).unwrap_err();
+        assert_eq!(err.code(), "bad_session");
+        assert!(decode(now + 30_001).is_err());
+        let untimed = decode_session(br#"{"phase":"idle"}"#, 4096, now, 30_000);
+        assert_eq!(untimed.unwrap_err().code(), "bad_session");
     }
 }

@@ -198,7 +198,12 @@ impl Run {
                 Err(_) => What::Refused,
             },
             TopicKind::Session | TopicKind::Status if payload.is_empty() => What::Cleared,
-            TopicKind::Session => match decode_session(payload, self.session_max_bytes) {
+            TopicKind::Session => match decode_session(
+                payload,
+                self.session_max_bytes,
+                now,
+                self.limits.max_future_skew_ms,
+            ) {
                 Ok(update) => What::Session(update),
                 Err(_) => What::Refused,
             },

@@ -839,6 +839,54 @@ fn a_restored_alarm_waits_for_data_and_belongs_to_its_patient() {
     assert!(!other.p.restore_alarm(&other.rules, &alarm));
 }
 
+/// A session called off, or another patient in the chair: the alarms about the
+/// previous patient's values end, and do not stay to escalate on an empty chair.
+#[test]
+fn the_previous_patients_alarms_end_with_their_session() {
+    let rules = [hr_rule("hr_high", 100.0, &[Phase::Idle, Phase::Baseline])];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&rules, &t, &s));
+    c.phase(Phase::Baseline, T0);
+    assert_eq!(
+        c.read_s(T0 + 1_000, &[(Vital::Hr, 130.0)], None),
+        vec![("hr_high".into(), "raised", None)]
+    );
+    let called_off = c.phase(Phase::Idle, T0 + 2_000);
+    assert_eq!(
+        c.seen(&called_off),
+        vec![("hr_high".into(), "cleared", Some("new_session"))]
+    );
+    assert_eq!(c.p.active_alarms().next(), None);
+    let ended = called_off.transitions[0].value;
+    assert_eq!(ended, 130.0, "reported with the value it was about");
+
+    // Another patient sits down in the same phase.
+    c.phase(Phase::Baseline, T0 + 3_000);
+    c.read(T0 + 4_000, &[(Vital::Hr, 130.0)], None);
+    let other = c.session(
+        SessionUpdate {
+            phase: Phase::Baseline,
+            patient: Some("P-2".into()),
+            session_number: None,
+            session_count: None,
+            route: None,
+            ts: Some(T0 + 5_000),
+            by: None,
+            limits: None,
+        },
+        T0 + 5_000,
+    );
+    assert_eq!(
+        c.seen(&other.unwrap()),
+        vec![("hr_high".into(), "cleared", Some("new_session"))]
+    );
+    // Their own readings are judged as they come.
+    assert_eq!(
+        c.read_s(T0 + 6_000, &[(Vital::Hr, 125.0)], None),
+        vec![("hr_high".into(), "raised", None)]
+    );
+}
+
 #[test]
 fn an_empty_chair_is_not_judged_on_the_last_patients_values() {
     // A limit for chairs without a session, and none in the session's phases.

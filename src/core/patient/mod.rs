@@ -197,10 +197,15 @@ impl PatientState {
     /// again would be taken as the newest and raise again an alarm that had
     /// already ended. After the first newer reading, the counter orders them.
     /// A reading more than [`EVALUATED_REPEAT_WINDOW_MS`] before `ts` is not
-    /// such a repeat: it is applied, and ends this.
-    pub fn evaluated_until(&mut self, ts: u64) {
+    /// such a repeat: it is applied, and ends this. The chair counts as heard of
+    /// at gateway time `now_ms`, so that it is not forgotten as idle before the
+    /// repeats arrive.
+    pub fn evaluated_until(&mut self, ts: u64, now_ms: u64) {
         if self.last_seq.is_none() {
             self.evaluated_until = Some(self.evaluated_until.map_or(ts, |t| t.max(ts)));
+            if self.first_heard == 0 {
+                self.first_heard = now_ms;
+            }
         }
     }
 

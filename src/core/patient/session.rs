@@ -83,7 +83,20 @@ impl PatientState {
             return Ok(Effects::default());
         }
         let previous = self.session.known.then_some(self.session.phase);
+        let mut effects = Effects::default();
         if phase_changed && new_session {
+            // The alarms judged on the previous patient's values end with them
+            // (reported with the last values): an empty chair must not keep
+            // escalating an alarm about someone who has left. Technical
+            // conditions are the device's, and stay.
+            for i in 0..rules.len() {
+                if !rules.condition(i).check.is_timed()
+                    && self.conditions[i] != ConditionState::Normal
+                {
+                    let step = Condition::withdraw(&mut self.conditions[i]);
+                    self.record_end(rules, i, step, now_ms, false, "new_session", &mut effects);
+                }
+            }
             // The patient has left (or another one sits down): their last values
             // are not the chair's now, and must not be judged against the limits
             // of the next phase (an empty chair alarming on the last cuff reading),
@@ -146,7 +159,6 @@ impl PatientState {
         } else {
             SessionChange::Details
         };
-        let mut effects = Effects::default();
         effects
             .sessions
             .push((change, previous.filter(|_| phase_changed)));

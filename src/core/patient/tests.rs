@@ -53,6 +53,18 @@ fn redelivery_is_applied_once() {
     assert_eq!(p.active_alarms().collect::<Vec<_>>(), vec![1]);
 }
 
+/// A restored chair with nothing else to keep it (no session, no alarm) waits
+/// for its redelivered readings as long as an idle chair heard of now would.
+#[test]
+fn a_chair_waiting_for_redeliveries_is_not_forgotten_at_once() {
+    let rules = rules();
+    let mut p = PatientState::new(&rules);
+    let idle_ms = 3_600_000;
+    p.evaluated_until(3_000, 50_000);
+    assert!(!p.evictable(50_000 + idle_ms - 1, idle_ms));
+    assert!(p.evictable(50_000 + idle_ms, idle_ms));
+}
+
 /// A chair taken over from another gateway: the readings that gateway had
 /// evaluated, handed out again, change nothing (the alarm they raised and
 /// cleared is over); the first newer one is evaluated, and from then on the
@@ -62,7 +74,7 @@ fn readings_evaluated_before_a_takeover_change_nothing() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
     let mut next = |_: AlarmSeed| 7;
-    p.evaluated_until(3_000);
+    p.evaluated_until(3_000, 1);
     for (seq, ts) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
         assert_eq!(
             p.apply(&rules, &hr(seq, ts, 150.0), 1, &mut next),
@@ -81,7 +93,7 @@ fn readings_evaluated_before_a_takeover_change_nothing() {
     ));
     assert_eq!(p.active_alarms().count(), 1);
     // Known already: nothing to hold back any more.
-    p.evaluated_until(9_000);
+    p.evaluated_until(9_000, 1);
     assert!(matches!(
         p.apply(&rules, &hr(5, 5_000, 60.0), 4, &mut next),
         Applied::Accepted { .. }
@@ -96,7 +108,7 @@ fn a_reading_long_before_the_takeover_is_a_clock_step_not_a_repeat() {
     let rules = rules();
     let mut p = PatientState::new(&rules);
     let mut next = |_: AlarmSeed| 7;
-    p.evaluated_until(600_000);
+    p.evaluated_until(600_000, 1);
     assert_eq!(
         p.apply(&rules, &hr(1, 599_000, 150.0), 1, &mut next),
         Applied::Duplicate
