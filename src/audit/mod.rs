@@ -104,6 +104,12 @@ const INDEX_NAMES: [&str; 2] = ["events_kind_at", "events_kind_chair_at"];
 pub enum AuditError {
     #[error("audit database {path}: its parent directory does not exist")]
     NoDirectory { path: String },
+    #[error("audit database {path} cannot be opened for writing: {source}")]
+    Unwritable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open audit database {path}: {source}")]
     Open {
         path: String,

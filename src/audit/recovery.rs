@@ -33,16 +33,56 @@ impl Audit {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records of `kind` made within `window_ms` (by `at_ms`) of the latest one,
-    /// in insertion order: what was going on when the gateway last stopped.
+    /// Records of `kind` made within `window_ms` (by `at_ms`) before the latest
+    /// one (by insertion order, so a wall clock that stepped back since an
+    /// earlier record does not hide the last ones), in insertion order: what
+    /// was going on when the gateway last stopped.
     pub fn latest_window(&self, kind: &str, window_ms: u64) -> Result<Vec<Stored>, AuditError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE kind = ?1
-               AND at_ms >= (SELECT max(at_ms) FROM events WHERE kind = ?1) - ?2
+               AND at_ms >= (SELECT at_ms FROM events WHERE kind = ?1
+                             ORDER BY id DESC LIMIT 1) - ?2
              ORDER BY id"
         ))?;
         let rows = stmt.query_map(params![kind, clamp_i64(window_ms)], stored)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::{Audit, Record};
+
+    fn alarm(seq: u64, at_ms: u64) -> Record<'static> {
+        Record {
+            seq,
+            instance: "00112233aabbccdd",
+            kind: "alarm",
+            chair: "north/1",
+            at_ms,
+            body: "{}",
+        }
+    }
+
+    #[test]
+    fn the_latest_window_is_counted_back_from_the_last_record() {
+        let audit = Audit::in_memory().unwrap();
+        assert!(audit.latest_window("alarm", 600_000).unwrap().is_empty());
+        // The wall clock stepped back an hour before the last two records.
+        let records = [
+            alarm(1, 1_000_000),
+            alarm(2, 5_000_000),
+            alarm(3, 5_500_000),
+            alarm(4, 1_500_000),
+            alarm(5, 1_600_000),
+        ];
+        audit.append(&records).unwrap();
+        let seqs = |window_ms| -> Vec<u64> {
+            let rows = audit.latest_window("alarm", window_ms).unwrap();
+            rows.iter().map(|s| s.seq).collect()
+        };
+        assert_eq!(seqs(600_000), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(100_000), [2, 3, 4, 5], "at or after 1,500,000");
     }
 }

@@ -213,8 +213,13 @@ impl Ward {
         now_ms: u64,
     ) -> Result<Vec<Event>, WardError> {
         self.with_chair(chair, true, |key, state, next_id| {
+            // A new session: the previous patient's alarms end first, under
+            // their session, then the new one begins.
+            let ended = state.end_previous_patient(&self.rules, update, now_ms)?;
+            let mut out = self.events(key, state, ended, now_ms);
             let effects = state.set_session(&self.rules, update, now_ms, next_id)?;
-            Ok(self.events(key, state, effects, now_ms))
+            out.extend(self.events(key, state, effects, now_ms));
+            Ok(out)
         })?
     }
 

@@ -208,3 +208,31 @@ fn a_late_reading_keeps_its_minute_of_the_infusion() {
     assert_eq!(raised[0].state, AlarmState::Raised);
     assert_eq!(raised[0].context.infusion_minute, Some(35.5));
 }
+
+/// Another patient in the chair: the previous patient's alarm ends first, with
+/// their name and phase in its context, then the new session's event.
+#[test]
+fn the_previous_patients_alarm_ends_under_their_session() {
+    let w = ward(10);
+    w.set_session("n/1", &session(crate::core::Phase::Baseline, 1), 1_000)
+        .unwrap();
+    let raised = events(w.apply("n/1", &spo2(1, 85.0), 2_000).unwrap());
+    assert_eq!(raised[0].state, AlarmState::Raised);
+    let next = SessionUpdate {
+        patient: Some("Q".into()),
+        ..session(crate::core::Phase::Baseline, 2)
+    };
+    let out = w.set_session("n/1", &next, 3_000).unwrap();
+    let [Event::Alarm(ended), Event::Session(begun)] = &out[..] else {
+        panic!("the alarm's end, then the new session: {out:?}");
+    };
+    assert_eq!(
+        (ended.id, ended.state, ended.reason),
+        (raised[0].id, AlarmState::Cleared, Some("new_session"))
+    );
+    assert_eq!(ended.context.patient.as_deref(), Some("P"));
+    assert_eq!(ended.value, 85.0);
+    assert_eq!(begun.patient.as_deref(), Some("Q"));
+    let state = w.state_of("n/1").unwrap();
+    assert_eq!(state.active_alarms().count(), 0);
+}

@@ -350,9 +350,13 @@ async fn an_alarm_the_journal_closed_after_the_copy_waits_acknowledged_for_its_e
 }
 
 async fn set_phase(side: &Side, phase: crate::core::Phase, now_ms: u64) {
+    set_session_of(side, phase, "P-1", now_ms).await
+}
+
+async fn set_session_of(side: &Side, phase: crate::core::Phase, patient: &str, now_ms: u64) {
     let update = crate::core::SessionUpdate {
         phase,
-        patient: Some("P-1".into()),
+        patient: Some(patient.into()),
         session_number: None,
         session_count: None,
         route: None,
@@ -449,4 +453,39 @@ async fn an_acknowledgement_of_an_alarm_raised_again_after_the_copy_holds() {
         taken.alarms[0].event.acknowledged_by.as_deref(),
         Some("nurse.kim")
     );
+}
+
+/// After the copy, another patient sat down: the first patient's alarm ended
+/// with their session (journaled). Taken back, the chair holds nothing of it,
+/// and the new patient's breach raises an alarm of its own.
+#[tokio::test]
+async fn an_alarm_ended_with_its_patients_session_after_the_copy_stays_ended() {
+    let first = side(rules(0), |_| {});
+    set_phase(&first, crate::core::Phase::Baseline, 90_000).await;
+    first.spo2(1, 85.0).await;
+    let copy = first.copy().await;
+    assert_eq!(copy.alarms.len(), 1);
+    set_session_of(&first, crate::core::Phase::Baseline, "P-2", 95_000).await;
+    let after = first.copy().await;
+    assert!(after.alarms.is_empty());
+    let session = crate::core::SessionEvent::new(
+        Arc::from(CHAIR),
+        crate::core::SessionChange::Phase,
+        after.state.session(),
+        95_000,
+    );
+    let mut next = side(rules(0), move |r| {
+        r.chair(copy).unwrap();
+        r.session_after_copy(&session, 100_000);
+        r.closed_after_copy(CHAIR, &HashSet::new(), 100_000);
+    });
+    let taken = next.copy().await;
+    assert!(taken.alarms.is_empty(), "{:?}", taken.alarms);
+    assert_eq!(taken.state.active_alarms().count(), 0);
+    assert_eq!(taken.state.latest().get(Vital::Spo2), None);
+    next.spo2(2, 84.0).await;
+    next.engine.flushed().await;
+    let frames = next.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].0, "raised");
 }

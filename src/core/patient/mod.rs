@@ -10,6 +10,7 @@ mod due;
 mod group;
 mod measure;
 mod session;
+mod session_change;
 
 pub use group::{Change, GroupChange, Member};
 

@@ -3,13 +3,14 @@
 //! restoring after a restart, and the context carried by every alarm.
 
 use super::group::group_alarm;
+use super::session_change::{check_override, Checked};
 use super::{Effects, Member, PatientState, Transition};
 use crate::core::alarm::AlarmContext;
 use crate::core::alarm_id::AlarmSeed;
 use crate::core::baseline::BaselineSampler;
 use crate::core::condition::{Condition, ConditionState, Step};
 use crate::core::event::{SessionChange, SessionEvent};
-use crate::core::rules::{Direction, RuleSet};
+use crate::core::rules::RuleSet;
 use crate::core::session::{LimitOverride, Phase, SessionError, SessionUpdate};
 use std::sync::Arc;
 
@@ -31,43 +32,15 @@ impl PatientState {
         now_ms: u64,
         next_id: &mut dyn FnMut(AlarmSeed<'_>) -> u64,
     ) -> Result<Effects, SessionError> {
-        let s = &self.session;
-        let same_patient = update.patient.as_deref() == s.patient.as_deref();
-        if let (Some(ts), Some(last)) = (update.ts, s.message_ts) {
-            if ts == last {
-                return Ok(Effects::default());
-            }
-            if ts < last {
-                if update.phase == s.phase && same_patient {
-                    return Ok(Effects::default());
-                }
-                return Err(SessionError::Stale { ts, current: last });
-            }
-        }
-        if s.known && !s.restored && !s.phase.may_become(update.phase) {
-            return Err(SessionError::Transition {
-                from: s.phase,
-                to: update.phase,
-            });
-        }
-        let overrides = match &update.limits {
-            Some(limits) => {
-                let mut out = std::collections::BTreeMap::new();
-                for (rule, o) in limits {
-                    check_override(rules, rule, o)?;
-                    if o.low.is_some() || o.high.is_some() {
-                        out.insert(Arc::from(rule.as_str()), *o);
-                    }
-                }
-                Some(out)
-            }
-            None => None,
+        let Some(Checked {
+            overrides,
+            new_session,
+            phase_changed,
+        }) = self.check_session(rules, update)?
+        else {
+            return Ok(Effects::default());
         };
-        let new_session = s.known
-            && (!same_patient
-                || (update.phase == Phase::Idle && s.phase != Phase::Idle)
-                || (update.phase == Phase::Baseline && s.phase != Phase::Baseline));
-        let phase_changed = !s.known || update.phase != s.phase || !same_patient;
+        let s = &self.session;
         let details_changed = update.route.is_some_and(|r| r != s.route)
             || update
                 .session_number
@@ -84,27 +57,8 @@ impl PatientState {
         }
         let previous = self.session.known.then_some(self.session.phase);
         let mut effects = Effects::default();
-        if phase_changed && new_session {
-            // The alarms judged on the previous patient's values end with them
-            // (reported with the last values): an empty chair must not keep
-            // escalating an alarm about someone who has left. Technical
-            // conditions are the device's, and stay.
-            for i in 0..rules.len() {
-                if !rules.condition(i).check.is_timed()
-                    && self.conditions[i] != ConditionState::Normal
-                {
-                    let step = Condition::withdraw(&mut self.conditions[i]);
-                    self.record_end(rules, i, step, now_ms, false, "new_session", &mut effects);
-                }
-            }
-            // The patient has left (or another one sits down): their last values
-            // are not the chair's now, and must not be judged against the limits
-            // of the next phase (an empty chair alarming on the last cuff reading),
-            // nor come back with a late delivery.
-            self.latest.vitals = [None; 6];
-            self.latest.pump = None;
-            self.trends = Default::default();
-            self.forgotten_at = now_ms;
+        if new_session {
+            effects = self.forget_patient(rules, now_ms, true);
         }
         let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
@@ -275,6 +229,10 @@ impl PatientState {
         }
         let same_baseline =
             self.session.phase == Phase::Baseline && self.session.phase_since == e.phase_since;
+        if self.starts_new_session(e.phase, e.patient.as_deref()) {
+            // The journal holds the end of the previous patient's alarms.
+            self.forget_patient(rules, now_ms, false);
+        }
         let sampler = self.sampler.take();
         self.restore(rules, e, now_ms);
         if same_baseline && e.phase == Phase::Baseline {
@@ -282,8 +240,8 @@ impl PatientState {
         }
     }
 
-    /// End alarm `id` without an event, if every condition holding it is
-    /// latched (acknowledged since) or no longer applies to the session (a
+    /// End alarm `id` without an event, if every condition holding it (if any)
+    /// is latched (acknowledged since) or no longer applies to the session (a
     /// session change since): a chair taken from a snapshot made before the
     /// alarm's end, which is journaled already. False, and nothing changed,
     /// otherwise.
@@ -291,11 +249,12 @@ impl PatientState {
         let holding: Vec<usize> = (0..self.conditions.len())
             .filter(|&i| self.conditions[i].alarm_id() == Some(id))
             .collect();
-        let ended = !holding.is_empty()
-            && holding.iter().all(|&i| {
-                matches!(self.conditions[i], ConditionState::Latched { .. })
-                    || !rules.condition(i).applies(&self.session)
-            });
+        // An alarm no condition holds any more (ended with its patient's
+        // session) has ended too.
+        let ended = holding.iter().all(|&i| {
+            matches!(self.conditions[i], ConditionState::Latched { .. })
+                || !rules.condition(i).applies(&self.session)
+        });
         if ended {
             for i in holding {
                 self.conditions[i] = ConditionState::Normal;
@@ -522,47 +481,4 @@ impl PatientState {
             parts: Vec::new(),
         }
     }
-}
-
-/// A per-patient limit must name a threshold rule with that side, within what the
-/// vital can be.
-fn check_override(rules: &RuleSet, rule: &str, o: &LimitOverride) -> Result<(), SessionError> {
-    let conditions = rules.threshold_conditions(rule);
-    if conditions.is_empty() {
-        return Err(SessionError::UnknownRule(rule.to_string()));
-    }
-    let sides: Vec<(Direction, crate::core::reading::Vital)> = conditions
-        .iter()
-        .filter_map(|&i| match &rules.condition(i).check {
-            crate::core::condition::Check::Threshold {
-                vital, direction, ..
-            } => Some((*direction, *vital)),
-            _ => None,
-        })
-        .collect();
-    for (direction, value, name) in [
-        (Direction::Low, o.low, "low"),
-        (Direction::High, o.high, "high"),
-    ] {
-        let Some(x) = value else { continue };
-        let Some((_, vital)) = sides.iter().find(|(d, _)| *d == direction) else {
-            return Err(SessionError::Limit(format!(
-                "rule '{rule}' has no {name} limit to change"
-            )));
-        };
-        let (lo, hi) = vital.possible_range();
-        if !x.is_finite() || x < lo || x > hi {
-            return Err(SessionError::Limit(format!(
-                "{rule}.{name} = {x} is outside what {vital} can be ({lo}..={hi})"
-            )));
-        }
-    }
-    if let (Some(l), Some(h)) = (o.low, o.high) {
-        if l >= h {
-            return Err(SessionError::Limit(format!(
-                "{rule}: low ({l}) must be less than high ({h})"
-            )));
-        }
-    }
-    Ok(())
 }
