@@ -104,6 +104,8 @@ const INDEX_NAMES: [&str; 2] = ["events_kind_at", "events_kind_chair_at"];
 pub enum AuditError {
     #[error("audit database {path}: its parent directory does not exist")]
     NoDirectory { path: String },
+    #[error("audit database {path} is not an SQLite database")]
+    NotADatabase { path: String },
     #[error("audit database {path} cannot be opened for writing: {source}")]
     Unwritable {
         path: String,

@@ -1,11 +1,14 @@
 //! `--check`'s look at the audit trail, without creating or changing anything.
 
-use super::AuditError;
+use super::{AuditError, SCHEMA_VERSION};
+use std::io::Read;
 use std::path::Path;
 
 /// The file's directory exists; if the file exists, this user may open it for
-/// writing. (Opening it with SQLite could replay a WAL left by a crash: that
-/// is the gateway's to do when it starts.)
+/// writing, and its header is SQLite's with no newer schema than this build
+/// writes. Read as plain bytes: opening it with SQLite could replay a WAL left
+/// by a crash, which is the gateway's to do when it starts (and a schema
+/// change still in the WAL is seen then).
 pub fn check_path(path: &Path) -> Result<(), AuditError> {
     let name = path.display().to_string();
     let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
@@ -15,13 +18,43 @@ pub fn check_path(path: &Path) -> Result<(), AuditError> {
     if !path.exists() {
         return Ok(());
     }
-    std::fs::OpenOptions::new()
+    let unwritable = |source| AuditError::Unwritable {
+        path: name.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-        .map(drop)
-        .map_err(|source| AuditError::Unwritable { path: name, source })
+        .map_err(unwritable)?;
+    let mut header = Vec::with_capacity(HEADER);
+    (&mut file)
+        .take(HEADER as u64)
+        .read_to_end(&mut header)
+        .map_err(unwritable)?;
+    if header.is_empty() {
+        return Ok(()); // SQLite takes an empty file for a new database.
+    }
+    if header.len() < HEADER || !header.starts_with(MAGIC) {
+        return Err(AuditError::NotADatabase { path: name });
+    }
+    // `PRAGMA user_version`: a big-endian u32 at offset 60.
+    let found = i64::from(u32::from_be_bytes([
+        header[60], header[61], header[62], header[63],
+    ]));
+    if found > SCHEMA_VERSION {
+        return Err(AuditError::NewerSchema {
+            path: name,
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
 }
+
+/// A database file's header: its first 100 bytes, starting with these 16.
+const HEADER: usize = 100;
+const MAGIC: &[u8] = b"SQLite format 3\0";
 
 #[cfg(test)]
 mod tests {
@@ -36,9 +69,24 @@ mod tests {
         let file = dir.join("audit.sqlite3");
         assert!(check_path(&file).is_ok());
         assert!(!file.exists(), "--check creates nothing");
-        std::fs::write(&file, b"kept as it is").unwrap();
-        assert!(check_path(&file).is_ok());
-        assert_eq!(std::fs::read(&file).unwrap(), b"kept as it is");
+        std::fs::write(&file, b"").unwrap();
+        assert!(check_path(&file).is_ok(), "SQLite takes an empty file");
+        std::fs::write(&file, b"not a database").unwrap();
+        assert!(check_path(&file).is_err());
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            b"not a database",
+            "unchanged"
+        );
+        std::fs::remove_file(&file).unwrap();
+        let audit = crate::audit::Audit::open(&file, false).unwrap();
+        drop(audit);
+        assert!(check_path(&file).is_ok(), "a database this build wrote");
+        // The same file from a newer build (user_version 99).
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(check_path(&file).is_err(), "a newer schema");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,9 @@
 use super::{clamp_i64, stored, Audit, AuditError, Stored, COLUMNS, LATEST_IDS};
 use rusqlite::params;
 
+/// The `at_ms` of the latest record of kind `?1`.
+const LATEST_AT: &str = "SELECT at_ms FROM events WHERE +kind = ?1 ORDER BY id DESC LIMIT 1";
+
 impl Audit {
     /// The most recent record of `kind` for every chair (one per chair,
     /// ordered by chair), for restart recovery. "Most recent" is insertion
@@ -36,13 +39,14 @@ impl Audit {
     /// Records of `kind` made within `window_ms` (by `at_ms`) before the latest
     /// one (by insertion order, so a wall clock that stepped back since an
     /// earlier record does not hide the last ones), in insertion order: what
-    /// was going on when the gateway last stopped.
+    /// was going on when the gateway last stopped. (`+kind`: the latest record
+    /// is found walking the table back from its end, not by sorting every
+    /// record of `kind` the index holds.)
     pub fn latest_window(&self, kind: &str, window_ms: u64) -> Result<Vec<Stored>, AuditError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE kind = ?1
-               AND at_ms >= (SELECT at_ms FROM events WHERE kind = ?1
-                             ORDER BY id DESC LIMIT 1) - ?2
+               AND at_ms >= ({LATEST_AT}) - ?2
              ORDER BY id"
         ))?;
         let rows = stmt.query_map(params![kind, clamp_i64(window_ms)], stored)?;
@@ -63,6 +67,24 @@ mod tests {
             at_ms,
             body: "{}",
         }
+    }
+
+    #[test]
+    fn the_latest_record_is_found_without_sorting_a_kinds_records() {
+        let audit = Audit::in_memory().unwrap();
+        let conn = audit.reader();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::LATEST_AT))
+            .unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(["alarm"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub fn alarm(
     ended: bool,
 ) -> String {
     match check {
+        // An ended alarm's value may be back inside the limit or, when it ended
+        // for another reason (a phase change, a new patient), still beyond it:
+        // its line says the alarm ended, not where the value is.
+        Check::Threshold { vital, .. } if ended => format!(
+            "{} {}: alarm {} {} ended",
+            label(*vital),
+            value,
+            side(check.direction()),
+            limit
+        ),
         Check::Threshold { vital, .. } => {
             format!(
                 "{} {} {} {}",
@@ -58,7 +68,8 @@ pub fn alarm(
                     )
                 })
                 .collect();
-            format!("{}: {}", rule, parts.join(" and "))
+            let ended = if ended { " ended" } else { "" };
+            format!("{}{ended}: {}", rule, parts.join(" and "))
         }
         Check::Trend {
             vital,
@@ -75,8 +86,9 @@ pub fn alarm(
                 Direction::High => "rose",
                 Direction::Low => "fell",
             };
+            let ended = if ended { ": ended" } else { "" };
             format!(
-                "{} {moved} more than {by} in {window} (now {})",
+                "{} {moved} more than {by} in {window}{ended} (now {})",
                 label(*vital),
                 value
             )
@@ -97,6 +109,23 @@ pub fn alarm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ended_alarm_says_it_ended_not_that_the_value_is_beyond_the_limit() {
+        let high = Check::Threshold {
+            vital: Vital::Sbp,
+            direction: Direction::High,
+            limit: crate::core::condition::Limit::default(),
+        };
+        assert_eq!(
+            alarm(&high, "sbp_critical", 190.0, 180.0, &[], false),
+            "SBP 190 above 180"
+        );
+        assert_eq!(
+            alarm(&high, "sbp_critical", 120.0, 180.0, &[], true),
+            "SBP 120: alarm above 180 ended"
+        );
+    }
 
     #[test]
     fn an_offline_device_is_told_apart_from_a_silent_one() {

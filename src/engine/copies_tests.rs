@@ -457,7 +457,8 @@ async fn an_acknowledgement_of_an_alarm_raised_again_after_the_copy_holds() {
 
 /// After the copy, another patient sat down: the first patient's alarm ended
 /// with their session (journaled). Taken back, the chair holds nothing of it,
-/// and the new patient's breach raises an alarm of its own.
+/// and the new patient's reading measured after the change, handed out again,
+/// raises an alarm of its own.
 #[tokio::test]
 async fn an_alarm_ended_with_its_patients_session_after_the_copy_stays_ended() {
     let first = side(rules(0), |_| {});
@@ -465,19 +466,22 @@ async fn an_alarm_ended_with_its_patients_session_after_the_copy_stays_ended() {
     first.spo2(1, 85.0).await;
     let copy = first.copy().await;
     assert_eq!(copy.alarms.len(), 1);
-    set_session_of(&first, crate::core::Phase::Baseline, "P-2", 95_000).await;
+    // The change at gateway time 99,000; the reading below is measured after
+    // it (about 100,000 on the gateway's clock) and handed out again at the
+    // takeover, at 105,000.
+    set_session_of(&first, crate::core::Phase::Baseline, "P-2", 99_000).await;
     let after = first.copy().await;
     assert!(after.alarms.is_empty());
     let session = crate::core::SessionEvent::new(
         Arc::from(CHAIR),
         crate::core::SessionChange::Phase,
         after.state.session(),
-        95_000,
+        99_000,
     );
     let mut next = side(rules(0), move |r| {
         r.chair(copy).unwrap();
-        r.session_after_copy(&session, 100_000);
-        r.closed_after_copy(CHAIR, &HashSet::new(), 100_000);
+        r.session_after_copy(&session, 105_000);
+        r.closed_after_copy(CHAIR, &HashSet::new(), 105_000);
     });
     let taken = next.copy().await;
     assert!(taken.alarms.is_empty(), "{:?}", taken.alarms);

@@ -3,7 +3,7 @@
 //! readiness.
 
 use super::*;
-use crate::core::event::SessionChange;
+use crate::core::event::{SessionChange, SessionEvent};
 use crate::core::rules::{
     CombinedRuleSpec, PartSpec, Priority, RuleSources, RuleSpec, SessionSpec, TechnicalSpec,
     TrendRuleSpec,
@@ -885,6 +885,42 @@ fn the_previous_patients_alarms_end_with_their_session() {
         c.read_s(T0 + 6_000, &[(Vital::Hr, 125.0)], None),
         vec![("hr_high".into(), "raised", None)]
     );
+}
+
+/// A copy's session against the journal's latest: a session begun in between is
+/// told apart from the same one changed, even for the same patient.
+#[test]
+fn a_session_begun_since_a_copy_is_told_apart() {
+    let rules = [hr_rule(
+        "hr_high",
+        100.0,
+        &[Phase::Baseline, Phase::Infusion],
+    )];
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut copy = Chair::new(sources(&rules, &t, &s));
+    copy.phase(Phase::Baseline, T0);
+    let mut later = Chair::new(sources(&rules, &t, &s));
+    let event =
+        |c: &Chair| SessionEvent::new("n/1".into(), SessionChange::Phase, c.p.session(), T0);
+    later.phase(Phase::Baseline, T0);
+    assert!(
+        !copy.p.session_began_since(&event(&later)),
+        "the same session"
+    );
+    later.phase(Phase::Infusion, T0 + 1_000);
+    assert!(
+        !copy.p.session_began_since(&event(&later)),
+        "the same, changed"
+    );
+    later.phase(Phase::Recovery, T0 + 1_500);
+    later.phase(Phase::Discharged, T0 + 1_800);
+    later.phase(Phase::Idle, T0 + 2_000);
+    assert!(copy.p.session_began_since(&event(&later)));
+    later.phase(Phase::Baseline, T0 + 3_000);
+    assert!(copy.p.session_began_since(&event(&later)), "baseline again");
+    copy.phase(Phase::Infusion, T0 + 1_000);
+    later.phase(Phase::Infusion, T0 + 4_000);
+    assert!(copy.p.session_began_since(&event(&later)), "infusion again");
 }
 
 #[test]

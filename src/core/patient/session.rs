@@ -58,7 +58,8 @@ impl PatientState {
         let previous = self.session.known.then_some(self.session.phase);
         let mut effects = Effects::default();
         if new_session {
-            effects = self.forget_patient(rules, now_ms, true);
+            effects = self.end_patient_alarms(rules, now_ms, true);
+            self.forget_patient_values(now_ms);
         }
         let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
@@ -229,9 +230,12 @@ impl PatientState {
         }
         let same_baseline =
             self.session.phase == Phase::Baseline && self.session.phase_since == e.phase_since;
-        if self.starts_new_session(e.phase, e.patient.as_deref()) {
-            // The journal holds the end of the previous patient's alarms.
-            self.forget_patient(rules, now_ms, false);
+        if self.session_began_since(e) {
+            // The journal holds the end of the previous patient's alarms. Their
+            // readings are forgotten from the journaled change on (at the
+            // latest): the new patient's, handed out again, are applied.
+            self.end_patient_alarms(rules, now_ms, false);
+            self.forget_patient_values(e.at);
         }
         let sampler = self.sampler.take();
         self.restore(rules, e, now_ms);

@@ -3,6 +3,7 @@
 
 use super::{Effects, PatientState};
 use crate::core::condition::{Condition, ConditionState};
+use crate::core::event::SessionEvent;
 use crate::core::rules::{Direction, RuleSet};
 use crate::core::session::{LimitOverride, Phase, SessionError, SessionUpdate};
 use std::sync::Arc;
@@ -68,9 +69,9 @@ impl PatientState {
 
     /// The first half of [`PatientState::set_session`] for `update`, when it
     /// starts a new session: the previous patient's alarms end, while the
-    /// session is still theirs (so that each event's context names them), and
-    /// their values are forgotten. The refusals are `set_session`'s; what it
-    /// then does finds nothing of the previous patient left.
+    /// session (and the last values) are still theirs, so that each event's
+    /// context names them. The refusals are `set_session`'s; what it then does
+    /// finds no alarm of the previous patient left, and forgets their values.
     pub fn end_previous_patient(
         &mut self,
         rules: &RuleSet,
@@ -78,20 +79,36 @@ impl PatientState {
         now_ms: u64,
     ) -> Result<Effects, SessionError> {
         match self.check_session(rules, update)? {
-            Some(c) if c.new_session => Ok(self.forget_patient(rules, now_ms, true)),
+            Some(c) if c.new_session => Ok(self.end_patient_alarms(rules, now_ms, true)),
             _ => Ok(Effects::default()),
         }
     }
 
-    /// The patient has left (or another one sits down): their last values are
-    /// not the chair's now, and must not be judged against the limits of the
-    /// next phase (an empty chair alarming on the last cuff reading), nor come
-    /// back with a late delivery. The alarms judged on those values end with
-    /// them, reason `new_session`, reported with the last values (`record`; or
-    /// silently, when their end is journaled already): an empty chair must not
-    /// keep escalating an alarm about someone who has left. Technical conditions
-    /// are the device's, and stay.
-    pub(super) fn forget_patient(&mut self, rules: &RuleSet, now_ms: u64, record: bool) -> Effects {
+    /// Whether the journal's session `e`, taken over this chair's copy, began
+    /// after the copy's: another patient, `idle` or `baseline` entered since,
+    /// or the same patient's baseline or infusion begun again (a whole new
+    /// session in between: the copies are made every half second or so, so
+    /// this is for completeness).
+    pub(super) fn session_began_since(&self, e: &SessionEvent) -> bool {
+        let s = &self.session;
+        self.starts_new_session(e.phase, e.patient.as_deref())
+            || (s.known
+                && ((e.phase == Phase::Baseline
+                    && s.phase == Phase::Baseline
+                    && e.phase_since != s.phase_since)
+                    || (s.infusion_started.is_some() && e.infusion_started != s.infusion_started)))
+    }
+
+    /// The alarms judged on the previous patient's values end with them, reason
+    /// `new_session` (`record`; or silently, when their end is journaled
+    /// already): an empty chair must not keep escalating an alarm about someone
+    /// who has left. Technical conditions are the device's, and stay.
+    pub(super) fn end_patient_alarms(
+        &mut self,
+        rules: &RuleSet,
+        now_ms: u64,
+        record: bool,
+    ) -> Effects {
         let mut effects = Effects::default();
         for i in 0..rules.len() {
             if rules.condition(i).check.is_timed() || self.conditions[i] == ConditionState::Normal {
@@ -105,11 +122,19 @@ impl PatientState {
                 self.forget_shown(id);
             }
         }
+        effects
+    }
+
+    /// The patient left (or another one sat down) at gateway time `at_ms`: their
+    /// last values are not the chair's now, and must not be judged against the
+    /// limits of the next phase (an empty chair alarming on the last cuff
+    /// reading), nor come back with a late delivery (one measured before
+    /// `at_ms`).
+    pub(super) fn forget_patient_values(&mut self, at_ms: u64) {
         self.latest.vitals = [None; 6];
         self.latest.pump = None;
         self.trends = Default::default();
-        self.forgotten_at = now_ms;
-        effects
+        self.forgotten_at = at_ms;
     }
 }
 
