@@ -55,6 +55,18 @@ pub fn alarm(
                 limit
             )
         }
+        // The parts' values, without saying they are beyond limits they may be
+        // back inside of (or none: it ended for a reason).
+        Check::Combined { .. } if ended => {
+            let values: Vec<String> = parts
+                .iter()
+                .map(|p| format!("{} {}", label(p.vital), p.value))
+                .collect();
+            match values.is_empty() {
+                true => format!("{rule} ended"),
+                false => format!("{rule} ended ({})", values.join(", ")),
+            }
+        }
         Check::Combined { .. } => {
             let parts: Vec<String> = parts
                 .iter()
@@ -68,8 +80,7 @@ pub fn alarm(
                     )
                 })
                 .collect();
-            let ended = if ended { " ended" } else { "" };
-            format!("{}{ended}: {}", rule, parts.join(" and "))
+            format!("{}: {}", rule, parts.join(" and "))
         }
         Check::Trend {
             vital,
@@ -124,6 +135,23 @@ mod tests {
         assert_eq!(
             alarm(&high, "sbp_critical", 120.0, 180.0, &[], true),
             "SBP 120: alarm above 180 ended"
+        );
+        let combined = Check::Combined { parts: Vec::new() };
+        let part = |vital, value, limit| PartValue {
+            vital,
+            condition: Direction::Low,
+            value,
+            limit,
+        };
+        let parts = [part(Vital::Rr, 12.0, 10.0), part(Vital::Spo2, 97.0, 95.0)];
+        assert_eq!(
+            alarm(&combined, "respiratory_depression", 0.0, 0.0, &parts, true),
+            "respiratory_depression ended (RR 12, SpO2 97)"
+        );
+        assert_eq!(
+            alarm(&combined, "respiratory_depression", 0.0, 0.0, &[], true),
+            "respiratory_depression ended",
+            "ended for a reason: no parts"
         );
     }
 

@@ -134,7 +134,8 @@ impl PatientState {
         self.latest.vitals = [None; 6];
         self.latest.pump = None;
         self.trends = Default::default();
-        self.forgotten_at = at_ms;
+        // Never back: a reading before an earlier change is the earlier patient's.
+        self.forgotten_at = self.forgotten_at.max(at_ms);
     }
 }
 
