@@ -64,11 +64,11 @@ pub enum Error {
     Cluster(#[from] cluster::gateway::GatewayError),
 }
 
-/// What `--check` looks at beyond the configuration's own validity: the files
-/// the gateway reads when it starts (the JWT key, the MQTT TLS files) and the
-/// audit trail's directory. Nothing is created, connected to or bound.
+/// What `--check` looks at beyond the configuration's own validity (which
+/// [`Config::load`] has checked): the files the gateway reads when it starts
+/// (the JWT key, the MQTT TLS files) and the audit trail's directory and file.
+/// Nothing is created, connected to or bound.
 pub fn preflight(config: &Config) -> Result<(), Error> {
-    config.checked()?;
     http::auth::Authenticator::from_config(&config.auth)?;
     if config.mqtt.tls.is_some() {
         let addr = BrokerAddr {

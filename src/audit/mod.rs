@@ -192,10 +192,7 @@ impl Audit {
     /// rather than written to, so an older build cannot damage it.
     pub fn open(path: &Path, full_sync: bool) -> Result<Audit, AuditError> {
         let name = path.display().to_string();
-        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if parent.is_some_and(|p| !p.is_dir()) {
-            return Err(AuditError::NoDirectory { path: name });
-        }
+        preflight::directory_exists(path, &name)?;
         let open_err = |source| AuditError::Open {
             path: name.clone(),
             source,

@@ -1,4 +1,5 @@
-//! `--check`'s look at the audit trail, without creating or changing anything.
+//! `--check`'s look at the audit trail, without creating or changing anything;
+//! the directory check is also [`super::Audit::open`]'s.
 
 use super::{AuditError, SCHEMA_VERSION};
 use std::io::Read;
@@ -11,10 +12,7 @@ use std::path::Path;
 /// change still in the WAL is seen then).
 pub fn check_path(path: &Path) -> Result<(), AuditError> {
     let name = path.display().to_string();
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if parent.is_some_and(|p| !p.is_dir()) {
-        return Err(AuditError::NoDirectory { path: name });
-    }
+    directory_exists(path, &name)?;
     if !path.exists() {
         return Ok(());
     }
@@ -38,8 +36,8 @@ pub fn check_path(path: &Path) -> Result<(), AuditError> {
     if header.len() < HEADER || !header.starts_with(MAGIC) {
         return Err(AuditError::NotADatabase { path: name });
     }
-    // `PRAGMA user_version`: a big-endian u32 at offset 60.
-    let found = i64::from(u32::from_be_bytes([
+    // `PRAGMA user_version`: a big-endian signed 32-bit integer at offset 60.
+    let found = i64::from(i32::from_be_bytes([
         header[60], header[61], header[62], header[63],
     ]));
     if found > SCHEMA_VERSION {
@@ -50,6 +48,18 @@ pub fn check_path(path: &Path) -> Result<(), AuditError> {
         });
     }
     Ok(())
+}
+
+/// The directory `path` (named `name`) is in exists: SQLite would create the
+/// file, not its directory.
+pub(super) fn directory_exists(path: &Path, name: &str) -> Result<(), AuditError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent.is_some_and(|p| !p.is_dir()) {
+        true => Err(AuditError::NoDirectory {
+            path: name.to_owned(),
+        }),
+        false => Ok(()),
+    }
 }
 
 /// A database file's header: its first 100 bytes, starting with these 16.
@@ -87,6 +97,10 @@ mod tests {
         bytes[60..64].copy_from_slice(&99u32.to_be_bytes());
         std::fs::write(&file, &bytes).unwrap();
         assert!(check_path(&file).is_err(), "a newer schema");
+        // A negative user_version is older, as SQLite reads it (signed).
+        bytes[60..64].copy_from_slice(&(-1i32).to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(check_path(&file).is_ok(), "user_version -1");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -349,6 +349,16 @@ async fn an_alarm_the_journal_closed_after_the_copy_waits_acknowledged_for_its_e
     assert!(next.copy().await.alarms.is_empty());
 }
 
+/// The session event the journal holds of `copy`'s session, made at `at_ms`.
+fn journaled_session(copy: &ChairCopy, at_ms: u64) -> crate::core::SessionEvent {
+    crate::core::SessionEvent::new(
+        Arc::from(CHAIR),
+        crate::core::SessionChange::Phase,
+        copy.state.session(),
+        at_ms,
+    )
+}
+
 async fn set_phase(side: &Side, phase: crate::core::Phase, now_ms: u64) {
     set_session_of(side, phase, "P-1", now_ms).await
 }
@@ -400,12 +410,7 @@ async fn an_alarm_ended_by_a_session_change_after_the_copy_ends_silently() {
     set_phase(&first, crate::core::Phase::Recovery, 95_000).await;
     let after = first.copy().await;
     assert!(after.alarms.is_empty());
-    let session = crate::core::SessionEvent::new(
-        Arc::from(CHAIR),
-        crate::core::SessionChange::Phase,
-        after.state.session(),
-        95_000,
-    );
+    let session = journaled_session(&after, 95_000);
     let next = side(infusion_only(), move |r| {
         r.chair(copy).unwrap();
         r.session_after_copy(&session, 100_000);
@@ -472,12 +477,7 @@ async fn an_alarm_ended_with_its_patients_session_after_the_copy_stays_ended() {
     set_session_of(&first, crate::core::Phase::Baseline, "P-2", 99_000).await;
     let after = first.copy().await;
     assert!(after.alarms.is_empty());
-    let session = crate::core::SessionEvent::new(
-        Arc::from(CHAIR),
-        crate::core::SessionChange::Phase,
-        after.state.session(),
-        99_000,
-    );
+    let session = journaled_session(&after, 99_000);
     let mut next = side(rules(0), move |r| {
         r.chair(copy).unwrap();
         r.session_after_copy(&session, 105_000);
