@@ -2,6 +2,7 @@ use super::*;
 use crate::core::alarm_id;
 use crate::core::reading::Vital;
 use crate::core::rules::{Priority, RuleSpec};
+use std::collections::BTreeMap;
 
 fn ward(max_chairs: usize) -> Ward {
     let rules = RuleSet::compile(&[RuleSpec {
@@ -175,6 +176,33 @@ fn chair_limit_is_enforced_for_new_chairs_only() {
         Err(WardError::ChairLimit(1))
     );
     assert!(w.apply("n/1", &spo2(2, 95.0), 1).is_ok());
+}
+
+#[test]
+fn a_refused_session_message_leaves_no_chair_behind() {
+    let w = ward(1);
+    let unknown_rule = SessionUpdate {
+        limits: Some(BTreeMap::from([(
+            "nope".to_string(),
+            LimitOverride::default(),
+        )])),
+        ..session(crate::core::Phase::Baseline, 1)
+    };
+    assert!(matches!(
+        w.set_session("n/1", &unknown_rule, 1_000),
+        Err(WardError::Session(SessionError::UnknownRule(_)))
+    ));
+    assert!(w.chairs().is_empty());
+    // The chair limit (1) is still free for a real chair.
+    w.set_session("n/2", &session(crate::core::Phase::Baseline, 1), 1_000)
+        .unwrap();
+    // A known chair stays when a message for it is refused.
+    let later = SessionUpdate {
+        ts: Some(2),
+        ..unknown_rule
+    };
+    assert!(w.set_session("n/2", &later, 1_001).is_err());
+    assert_eq!(w.chairs().len(), 1);
 }
 
 /// A reading delivered late keeps the minute of the infusion it was measured at,

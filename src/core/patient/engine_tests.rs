@@ -571,6 +571,55 @@ fn discharge_readiness_after_a_stable_recovery() {
 }
 
 #[test]
+fn discharge_readiness_counts_only_current_values() {
+    // DBP has no stale allowance of its own (it comes with SBP): it counts for as
+    // long as SBP's, 7 minutes. SpO2 has none at all: the stable time, 10 minutes.
+    let s = SessionSpec {
+        discharge_stable_ms: 600_000,
+        discharge_band: BTreeMap::from([
+            (Vital::Sbp, 20.0),
+            (Vital::Dbp, 15.0),
+            (Vital::Spo2, 3.0),
+        ]),
+        ..SessionSpec::default()
+    };
+    let t = TechnicalSpec {
+        stale_ms: BTreeMap::from([(Vital::Sbp, 420_000)]),
+        ..TechnicalSpec::default()
+    };
+    let mut c = Chair::new(sources(&[], &t, &s));
+    c.phase(Phase::Baseline, T0);
+    let normal = [(Vital::Sbp, 125.0), (Vital::Dbp, 80.0), (Vital::Spo2, 98.0)];
+    c.read(T0 + 1, &normal, None);
+    c.phase(Phase::Infusion, T0 + 2);
+    let start = T0 + 2_400_000;
+    c.phase(Phase::Recovery, start);
+    c.read(start + 1, &normal, None);
+    // A cuff that reports SBP alone from then on: DBP's value grows old.
+    let mut ready = Vec::new();
+    for minute in 1..=25u64 {
+        let at = start + minute * 60_000;
+        let vitals: &[(Vital, f64)] = if minute <= 12 {
+            &[(Vital::Sbp, 126.0), (Vital::Spo2, 98.0)]
+        } else {
+            &normal
+        };
+        let e = c.read(at, vitals, None);
+        if e.sessions.contains(&(SessionChange::DischargeReady, None)) {
+            ready.push((minute, c.p.session().discharge_ready));
+        }
+    }
+    // Never ready on a DBP 7 minutes old; once DBP comes again (minute 13), ready 10
+    // minutes later.
+    assert_eq!(ready, vec![(23, true)]);
+    // SpO2 silent for longer than the stable time takes readiness away.
+    let at = start + 25 * 60_000 + 600_001;
+    let e = c.read(at, &[(Vital::Sbp, 126.0), (Vital::Dbp, 80.0)], None);
+    assert!(e.sessions.contains(&(SessionChange::DischargeReady, None)));
+    assert!(!c.p.session().discharge_ready);
+}
+
+#[test]
 fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
     let rules = [RuleSpec {
         max_session: Some(3),

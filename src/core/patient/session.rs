@@ -10,6 +10,7 @@ use crate::core::alarm_id::AlarmSeed;
 use crate::core::baseline::BaselineSampler;
 use crate::core::condition::{Condition, ConditionState, Step};
 use crate::core::event::{SessionChange, SessionEvent};
+use crate::core::reading::Vital;
 use crate::core::rules::RuleSet;
 use crate::core::session::{LimitOverride, Phase, SessionError, SessionUpdate};
 use std::sync::Arc;
@@ -430,6 +431,8 @@ impl PatientState {
 
     /// In recovery: ready for discharge once every judged vital has stayed within
     /// its band around the baseline, with no alarm active, for the configured time.
+    /// A judged vital counts only while its value is current (see
+    /// [`discharge_allowance`]): an old value says nothing about the patient now.
     pub(super) fn check_discharge(&mut self, rules: &RuleSet, now_ms: u64, effects: &mut Effects) {
         let policy = &rules.session;
         let fit =
@@ -440,11 +443,10 @@ impl PatientState {
                         return true;
                     };
                     judged += 1;
-                    let stale = rules.stale_ms(*vital);
+                    let allowance = discharge_allowance(rules, *vital);
                     self.latest.get(*vital).is_some_and(|s| {
                         (s.value - base).abs() <= *band
-                            && (stale == 0
-                                || now_ms.saturating_sub(self.received[vital.index()]) <= stale)
+                            && now_ms.saturating_sub(self.received[vital.index()]) <= allowance
                     })
                 });
                 all_in_band && judged > 0
@@ -485,4 +487,20 @@ impl PatientState {
             parts: Vec::new(),
         }
     }
+}
+
+/// How old a vital's value may be, ms, and still count toward discharge readiness:
+/// its stale allowance; DBP, which comes with SBP in one cuff measurement and has
+/// no allowance of its own in the shipped rules, SBP's; a vital with neither, the
+/// stable time itself (a value older than that was not seen during it).
+fn discharge_allowance(rules: &RuleSet, vital: Vital) -> u64 {
+    let own = rules.stale_ms(vital);
+    let paired = match vital {
+        Vital::Dbp => rules.stale_ms(Vital::Sbp),
+        _ => 0,
+    };
+    [own, paired]
+        .into_iter()
+        .find(|&ms| ms > 0)
+        .unwrap_or(rules.session.discharge_stable_ms)
 }
