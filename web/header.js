@@ -4,6 +4,7 @@
 
 import { PRIORITY_TEXT, clock, formatAge, setText } from "./format.js";
 import { PAUSE_MS } from "./audio.js";
+import { SIMULATED_SITE } from "./ward.js";
 
 /** @typedef {import("./ward.js").Ward} Ward */
 /** @typedef {import("./audio.js").AlarmAudio} AlarmAudio */
@@ -51,24 +52,27 @@ export class StationHeader {
   render(ward, audio, status, clockOffsetMs, dataLagMs) {
     const alarms = ward.activeAlarms();
     const top = alarms[0];
+    // Not connected, what the station holds is the past: never an all-clear.
+    const live = status.connected;
     if (top) {
       const p = PRIORITY_TEXT[top.priority];
       this.top.dataset.priority = top.priority;
       this.top.dataset.flashing = top.state === "raised" ? top.priority : "none";
       setText(this.topSymbol, `${p.symbol} ${p.word}`);
-      setText(this.topText, `Chair ${top.chair}: ${top.message}${top.state === "acknowledged" ? " (acknowledged)" : ""}`);
+      const simulated = ward.chairs.get(top.chair)?.site === SIMULATED_SITE ? " (SIMULATED)" : "";
+      setText(this.topText, `${live ? "" : "LAST KNOWN: "}Chair ${top.chair}${simulated}: ${top.message}${top.state === "acknowledged" ? " (acknowledged)" : ""}`);
     } else {
       this.top.dataset.priority = "none";
       this.top.dataset.flashing = "none";
-      setText(this.topSymbol, "");
-      setText(this.topText, "No active alarms");
+      setText(this.topSymbol, live ? "" : "?");
+      setText(this.topText, live ? "No active alarms" : "Alarm state unknown: not connected");
     }
     for (const p of /** @type {const} */ (["high", "medium", "low"])) {
       const n = alarms.filter((a) => a.priority === p).length;
       const unacked = alarms.filter((a) => a.priority === p && a.state === "raised").length;
       const e = this.counts[p];
       e.dataset.count = String(n);
-      setText(e, `${PRIORITY_TEXT[p].symbol} ${PRIORITY_TEXT[p].word} ${n}${unacked < n ? ` (${n - unacked} ack)` : ""}`);
+      setText(e, `${PRIORITY_TEXT[p].symbol} ${PRIORITY_TEXT[p].word} ${live ? "" : "last known "}${n}${unacked < n ? ` (${n - unacked} ack)` : ""}`);
     }
 
     this.audioOff.hidden = audio.armed;
@@ -96,7 +100,16 @@ export class StationHeader {
     if (status.connected && dataLagMs > LAG_WARN_MS) lags.push(`Data is arriving ${formatAge(dataLagMs)} late: what you see may be behind the patients.`);
     this.lag.hidden = lags.length === 0;
     if (lags.length > 0) setText(this.lag, `${lags.join(" ")} Tell IT.`);
-    this.simulated.hidden = !ward.hasSimulated();
+    const simulated = ward.simulatedChairs();
+    this.simulated.hidden = simulated === 0;
+    if (simulated > 0) {
+      setText(
+        this.simulated,
+        simulated === ward.chairs.size
+          ? "SIMULATED WARD — demo patients, not real people. No alarm here concerns a patient."
+          : `${simulated} SIMULATED ${simulated === 1 ? "chair" : "chairs"} (marked on ${simulated === 1 ? "its tile" : "their tiles"}) — every other chair is a real patient.`,
+      );
+    }
   }
 }
 

@@ -244,7 +244,8 @@ function acknowledge(key) {
     toast("NOT acknowledged: not connected to the gateway.", "error");
     return;
   }
-  for (const id of ids) connection.send({ type: "ack", id, by: actor() });
+  const unsent = ids.filter((id) => !connection.send({ type: "ack", id, by: actor() }));
+  if (unsent.length > 0) toast(`NOT acknowledged (${unsent.length} of ${ids.length}): the connection to the gateway dropped.`, "error");
 }
 
 /**

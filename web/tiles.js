@@ -3,7 +3,8 @@
 // A tile shows its chair's highest active alarm priority as colour AND as text and
 // symbols; it flashes (IEC 60601-1-8: high about 2 Hz, medium about 0.6 Hz, 50 %
 // on) while any of its alarms is unacknowledged, and is steady once all are
-// acknowledged. Several alarms rotate in the alarm strip every ROTATE_MS. Values
+// acknowledged. Several alarms rotate in the alarm strip every ROTATE_MS (the
+// tile's head names the highest priority while its alarms differ). Values
 // older than their allowance show as stale, never as current.
 //
 // Tiles are built once per chair and updated in place, in one animation frame per
@@ -43,6 +44,7 @@ const TRENDS = /** @type {const} */ ([
  * @property {HTMLElement} stripSymbol
  * @property {HTMLElement} stripText
  * @property {HTMLElement} stripCount
+ * @property {HTMLElement} topPriority
  * @property {HTMLElement} ready
  * @property {Record<string, {box: HTMLElement, value: HTMLElement, base: HTMLElement, note: HTMLElement}>} nums
  * @property {HTMLCanvasElement[]} trends
@@ -148,6 +150,12 @@ export class Grid {
     const name = el("span", "chair-name", `Chair ${chair.key.slice(chair.site.length + 1)}`);
     const site = el("span", "site", chair.site);
     head.append(name, site);
+    // The chair's highest priority in words, steady, while its alarms differ in
+    // priority: the strip takes turns, and the tile's colour must not be the only cue.
+    const topPriority = el("span", "top-priority");
+    topPriority.title = "This chair's highest alarm priority";
+    topPriority.hidden = true;
+    head.append(topPriority);
     if (chair.site === SIMULATED_SITE) head.append(el("span", "simulated-tag", "SIMULATED"));
     const patient = el("span", "patient");
     const phase = el("span", "phase");
@@ -203,7 +211,7 @@ export class Grid {
         this.o.onOpen(chair.key);
       }
     });
-    return { root, patient, phase, course, minutes, strip, stripSymbol, stripText, stripCount, ready, nums, trends, trendDrawnAt: 0 };
+    return { root, patient, phase, course, minutes, strip, stripSymbol, stripText, stripCount, topPriority, ready, nums, trends, trendDrawnAt: 0 };
   }
 
   /**
@@ -237,6 +245,12 @@ export class Grid {
     t.root.dataset.priority = top;
     t.root.dataset.flashing = flashing;
     t.root.dataset.alarms = String(alarms.length);
+    const mixed = top !== "none" && alarms.some((a) => a.priority !== top);
+    t.topPriority.hidden = !mixed;
+    if (mixed) {
+      t.topPriority.dataset.priority = top;
+      setText(t.topPriority, `${PRIORITY_TEXT[top].symbol} ${PRIORITY_TEXT[top].word}`);
+    }
     if (alarms.length === 0) {
       t.strip.hidden = true;
     } else {
@@ -252,14 +266,20 @@ export class Grid {
       setText(t.stripText, `${ack}${shown.message}${tags.length ? ` (${tags.join(", ")})` : ""}`);
       setText(t.stripCount, alarms.length > 1 ? `${alarms.indexOf(shown) + 1}/${alarms.length}` : "");
       const mayAck = this.o.mayAck();
-      t.strip.title = !unacked.length ? "Acknowledged" : mayAck ? "Click, or press A on the tile, to acknowledge" : "Your role may not acknowledge alarms";
-      t.strip.disabled = unacked.length === 0 || !mayAck;
+      const which = unacked.length === 1 ? "its unacknowledged alarm" : `all ${unacked.length} of its unacknowledged alarms`;
+      t.strip.title = !unacked.length ? "Acknowledged" : mayAck ? `Click, or press A on the tile, to acknowledge ${which}` : "Your role may not acknowledge alarms";
+      // Left enabled for a role that may not acknowledge: a click says so, where a
+      // disabled strip would look the same and do nothing.
+      t.strip.disabled = unacked.length === 0;
     }
 
     // Numerics, stale or current, with the baseline beside each.
     const offline = alarms.some((a) => holdsRule(a, (r) => r === "device_offline"));
     const staleRules = new Set(alarms.filter((a) => holdsRule(a, (r) => r.endsWith("_stale"))).map((a) => a.vital));
     const staleNote = (/** @type {number} */ age) => (offline ? "DEVICE OFFLINE" : `STALE ${formatAge(age)}`);
+    // How long a value has gone without renewal: by device time, or by the gateway's
+    // receipt when that is older (a device clock running fast).
+    const ageOf = (/** @type {number} */ ts) => Math.max(now - ts, chair.receivedAt > 0 ? now - chair.receivedAt : 0);
     const stale = (/** @type {Vital} */ v) => {
       const sample = chair.vitals[v];
       // Device time, and the gateway's receipt: a device clock running fast must
@@ -270,7 +290,7 @@ export class Grid {
     for (const v of /** @type {const} */ (["hr", "spo2", "rr", "etco2"])) {
       const n = t.nums[v];
       const sample = chair.vitals[v];
-      showNumeric(n, sample ? formatValue(sample.value) : "–", sample ? stale(v) : false, sample && stale(v) ? staleNote(now - sample.ts) : "");
+      showNumeric(n, sample ? formatValue(sample.value) : "–", sample ? stale(v) : false, sample && stale(v) ? staleNote(ageOf(sample.ts)) : "");
       const b = s?.baseline?.[v];
       setText(n.base, b !== undefined ? `base ${formatValue(b)}` : "");
       n.box.hidden = v === "etco2" && !sample;
@@ -280,7 +300,7 @@ export class Grid {
       const sbp = chair.vitals.sbp;
       const dbp = chair.vitals.dbp;
       const text = sbp ? `${formatValue(sbp.value)}/${dbp ? formatValue(dbp.value) : "–"}` : "–/–";
-      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(now - sbp.ts)} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago`) : "");
+      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(ageOf(sbp.ts))} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago`) : "");
       const bs = s?.baseline?.sbp;
       const bd = s?.baseline?.dbp;
       setText(n.base, bs !== undefined ? `base ${formatValue(bs)}/${bd !== undefined ? formatValue(bd) : "–"}` : "");
@@ -289,8 +309,10 @@ export class Grid {
       const n = t.nums.pump;
       const pump = chair.pump;
       n.box.hidden = !pump && s?.route !== "iv";
-      const pumpStale = offline || (pump?.ts !== undefined && now - pump.ts > this.o.staleAfterMs("hr") * 4);
-      showNumeric(n, pump ? (pump.running ? `${pump.rate_ml_h.toFixed(1)}` : "stopped") : "–", pump ? pumpStale : false, pump ? `ml/h · ${pump.infused_ml.toFixed(1)} ml given` : "");
+      const pumpAllowed = this.o.staleAfterMs("hr") * 4;
+      const pumpStale = offline || (pump?.ts !== undefined && ageOf(pump.ts) > pumpAllowed);
+      const given = pump ? `ml/h · ${pump.infused_ml.toFixed(1)} ml given` : "";
+      showNumeric(n, pump ? (pump.running ? `${pump.rate_ml_h.toFixed(1)}` : "stopped") : "–", pump ? pumpStale : false, pump && pumpStale ? `${staleNote(ageOf(pump.ts ?? now))} · ${given}` : given);
       setText(n.base, "");
     }
     // 15 minutes across: redrawn every TREND_REDRAW_MS (1 % of the axis) is smooth enough.

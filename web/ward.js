@@ -252,10 +252,11 @@ export class Ward {
     return [...this.alarms.values()].sort(compareAlarms);
   }
 
-  /** Whether any chair on the ward is simulated. */
-  hasSimulated() {
-    for (const c of this.chairs.values()) if (c.site === SIMULATED_SITE) return true;
-    return false;
+  /** How many chairs on the ward are simulated. */
+  simulatedChairs() {
+    let n = 0;
+    for (const c of this.chairs.values()) if (c.site === SIMULATED_SITE) n += 1;
+    return n;
   }
 }
 

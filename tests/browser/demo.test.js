@@ -37,6 +37,7 @@ test("vitalgate demo shows the promised alarms in the page within its first minu
   await page.locator("#signin-form button").click();
   await eventually(async () => (await page.locator(".tile").count()) === 12, "12 chairs", 20_000);
   assert.equal(await page.locator("#simulated-banner").isVisible(), true, "the SIMULATED WARD banner");
+  assert.match(await page.locator("#simulated-banner").innerText(), /^SIMULATED WARD — /, "every chair simulated");
   assert.equal(await page.locator(".tile .simulated-tag").count(), 12, "every tile says SIMULATED");
   const phases = await page.locator(".tile").evaluateAll((ts) => ts.map((t) => /** @type {HTMLElement} */ (t).dataset.phase));
   for (const p of ["baseline", "infusion", "recovery", "idle", "discharged"]) assert.ok(phases.includes(p), `a chair in ${p}: ${phases}`);

@@ -62,10 +62,15 @@ describe("nurse station (auth jwt)", () => {
     assert.equal(await dialog.locator("tr[data-rule]").count(), 0, "no limit controls");
     assert.match(await dialog.innerText(), /may view this chair only/);
     await dialog.locator('button[value="close"]').click();
-    // An alarm is shown, but the viewer is not offered its acknowledgement.
+    // An alarm is shown; the viewer's click on it is told, in words, that the role
+    // may not acknowledge, and acknowledges nothing.
     await devices.vitals("east/1", { sbp: 195, dbp: 80 });
     await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "east/1 red");
-    assert.equal(await tile.locator(".alarm-strip").isDisabled(), true, "no acknowledge for a viewer");
+    const strip = tile.locator(".alarm-strip");
+    assert.equal(await strip.getAttribute("title"), "Your role may not acknowledge alarms");
+    await strip.click();
+    await eventually(async () => /Your role may not acknowledge alarms/.test(await page.locator("#toasts").innerText()), "the refusal in words");
+    assert.equal(await strip.getAttribute("data-state"), "raised", "not acknowledged");
     await devices.vitals("east/1", { sbp: 120, dbp: 75 });
     await context.close();
   });

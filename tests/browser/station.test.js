@@ -203,29 +203,47 @@ describe("nurse station (auth none)", () => {
     await eventually(async () => (await page.locator('.tile[data-chair="north/2"]').getAttribute("data-priority")) === "none", "north/2 clear");
   });
 
-  test("several alarms on a tile take turns every 2 s; A on the selected tile acknowledges them; one alarm per vital", async () => {
+  test("several alarms on a tile take turns every 2 s, the highest named throughout; A on the selected tile acknowledges them; one alarm per vital", async () => {
     const { page } = first;
     await page.bringToFront();
-    // SBP 190/125 in infusion, session 2: one SBP alarm (sbp_critical, holding
-    // sbp_early_session, sbp_warn, sbp_over_baseline) and one DBP alarm.
-    await devices.vitals("south/1", { sbp: 190, dbp: 125 });
+    // SBP 190/112 in infusion, session 2: one high SBP alarm (sbp_critical, holding
+    // sbp_early_session, sbp_warn, sbp_over_baseline) and one medium DBP alarm
+    // (dbp_warn).
+    await devices.vitals("south/1", { sbp: 190, dbp: 112 });
     const tile = page.locator('.tile[data-chair="south/1"]');
-    const count = tile.locator(".alarm-strip .count");
+    const strip = tile.locator(".alarm-strip");
+    const count = strip.locator(".count");
     // k/n, then the next one within a turn (2 s) and a redraw (1 s).
     const [k, n] = await eventually(async () => /^(\d+)\/(\d+)$/.exec(await count.innerText())?.slice(1).map(Number), "k/n");
     assert.ok(n >= 2, `${n} alarms on the tile`);
-    const shownFirst = await tile.locator(".alarm-strip .text").innerText();
+    const shownFirst = await strip.locator(".text").innerText();
     await eventually(async () => (await count.innerText()) === `${(k % n) + 1}/${n}`, `${(k % n) + 1}/${n} after ${k}/${n}`, 4_000);
-    assert.notEqual(await tile.locator(".alarm-strip .text").innerText(), shownFirst, "another message");
-    /** @returns {Promise<string[]>} the chair's alarms as rule:state:rules held */
-    const sbpAlarms = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf("south/1").map((/** @type {any} */ a) => `${a.rule}:${a.state}:${a.rules.map((/** @type {any} */ r) => r.rule).join("+")}`).sort());
+    assert.notEqual(await strip.locator(".text").innerText(), shownFirst, "another message");
+    // The tile's colour says high throughout, and so do words in its head; the strip
+    // flashes at the rate of the alarm it shows.
+    /** @returns {Promise<string>} the strip's priority and flashing period, the highest the head names */
+    const turn = () => tile.evaluate((e) => {
+      const strip = /** @type {HTMLElement} */ (e.querySelector(".alarm-strip"));
+      const top = /** @type {HTMLElement} */ (e.querySelector(".top-priority"));
+      return `${strip.dataset.priority} ${getComputedStyle(strip, "::after").animationDuration}|${top.hidden ? "" : top.innerText}`;
+    });
+    await eventually(async () => (await turn()) === "high 0.5s|!!! HIGH", "the high alarm's turn", 4_000);
+    await eventually(async () => (await turn()) === "medium 1.6s|!!! HIGH", "the medium alarm's turn, the highest still named", 4_000);
+    assert.equal(await tile.evaluate((e) => getComputedStyle(e, "::after").animationDuration), "0.5s", "the tile flashes high");
+    await tile.screenshot({ path: join(IMAGES, "station-rotation.png") });
+    /** @returns {Promise<string[]>} the chair's blood-pressure alarms as rule:state:rules held (its other vitals go stale meanwhile) */
+    const sbpAlarms = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf("south/1").filter((/** @type {any} */ a) => a.vital === "sbp" || a.vital === "dbp").map((/** @type {any} */ a) => `${a.rule}:${a.state}:${a.rules.map((/** @type {any} */ r) => r.rule).join("+")}`).sort());
     const bothShown = await sbpAlarms();
     assert.equal(bothShown.length, 2, `one alarm per vital: ${bothShown}`);
     // Back to normal: the SBP alarm stays, held by its latched rules (the surge over
     // baseline, the early-session limit), until someone acknowledges it; the DBP
     // alarm clears.
     await devices.vitals("south/1", { sbp: 124, dbp: 78 });
-    await eventually(async () => JSON.stringify(await sbpAlarms()) === JSON.stringify(["sbp_early_session:raised:sbp_early_session+sbp_over_baseline"]), "only the latched SBP alarm left");
+    await eventually(async () => {
+      const left = JSON.stringify(await sbpAlarms());
+      if (left !== JSON.stringify(["sbp_early_session:raised:sbp_early_session+sbp_over_baseline"])) throw new Error(`left: ${left}`);
+      return true;
+    }, "only the latched SBP alarm left");
     assert.notEqual(await tile.getAttribute("data-flashing"), "none", "still flashing: nobody acknowledged them");
     await tile.focus();
     await page.keyboard.press("a");
@@ -365,6 +383,9 @@ describe("nurse station (auth none)", () => {
     await banner.waitFor({ state: "visible", timeout: 5_000 });
     assert.ok(Date.now() - killedAt < 5_000);
     assert.match(await banner.innerText(), /alarms are NOT being received since/);
+    // The header makes no all-clear it cannot check: what it holds is the past.
+    assert.match(await page.locator("#top-alarm").innerText(), /^(\? Alarm state unknown: not connected|.*LAST KNOWN: Chair )/);
+    assert.match(await page.locator("#count-high").innerText(), /HIGH last known \d+/);
     // While the gateway is down, a chair desaturates: the broker keeps the readings.
     await devices.client.publishAsync("clinic/south/chair/5/vitals", JSON.stringify({ seq: 2000, ts: Date.now() - 6_000, spo2: 80 }), { qos: 1 });
     await devices.client.publishAsync("clinic/south/chair/5/vitals", JSON.stringify({ seq: 2001, ts: Date.now(), spo2: 80 }), { qos: 1 });
@@ -378,5 +399,20 @@ describe("nurse station (auth none)", () => {
     await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "the alarm raised while the station was away", 10_000);
     const raised = await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf("south/5").map((/** @type {any} */ a) => `${a.rule} ${a.message}`));
     assert.ok(raised.some((/** @type {string} */ a) => /^spo2_critical SpO2 80/.test(a)), JSON.stringify(raised));
+  });
+
+  test("a simulated chair among real ones: the banner says which are simulated, not that the whole ward is", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    await devices.client.publishAsync("clinic/demo/chair/1/vitals", JSON.stringify({ seq: 1, ts: Date.now(), sbp: 200, dbp: 80 }), { qos: 1 });
+    const banner = page.locator("#simulated-banner");
+    await eventually(async () => (await banner.isVisible()) && (await banner.innerText()), "the simulated banner");
+    assert.match(await banner.innerText(), /^1 SIMULATED chair \(marked on its tile\) — every other chair is a real patient\.$/);
+    assert.equal(await page.locator('.tile[data-chair="demo/1"] .simulated-tag').innerText(), "SIMULATED");
+    await eventually(async () => {
+      const top = await page.locator("#top-alarm").innerText();
+      if (!/Chair demo\/1 \(SIMULATED\): SBP 200/.test(top)) throw new Error(`the top alarm reads ${top}`);
+      return true;
+    }, "the top alarm says it is simulated");
   });
 });
