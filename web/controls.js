@@ -51,6 +51,12 @@ const STEPS = /** @type {Record<Phase, {phase: Phase, label: string}[]>} */ ({
   discharged: [{ phase: "idle", label: "Free chair" }],
 });
 
+/** Steps after which the patient in the chair is no longer watched, and what stops. */
+const ENDS_WATCH = /** @type {Partial<Record<Phase, {to: Phase, what: string}>>} */ ({
+  baseline: { to: "idle", what: "The session is called off: the patient's alarms end and their values are forgotten." },
+  recovery: { to: "discharged", what: "The patient's physiological alarms stop for this chair. This cannot be undone." },
+});
+
 export class ChairControls {
   /** @param {ControlsOptions} o */
   constructor(o) {
@@ -136,7 +142,12 @@ export class ChairControls {
         /** @type {Record<string, unknown>} */
         const command = { type: "set_session", chair: chair.key, phase: step.phase, by: this.o.by() };
         if (patient && step.phase !== "idle") command.patient = patient;
-        this.sendOrSay(command, `${step.label}: chair ${chair.key}`);
+        const send = () => this.sendOrSay(command, `${step.label}: chair ${chair.key}`);
+        // A step that ends the patient's watch cannot be taken back (phases only move
+        // forward): a click on the wrong chair's button must not be enough.
+        const ends = ENDS_WATCH[phase];
+        if (ends && step.phase === ends.to) this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}`, send);
+        else send();
       });
       box.append(b);
     }

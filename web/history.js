@@ -3,7 +3,7 @@
 // message and the value against the limit then, who
 // acknowledged it and when, and when it cleared. Filterable by chair.
 
-import { PRIORITY_TEXT, dateTime, el, formatValue } from "./format.js";
+import { PRIORITY_TEXT, clock, dateTime, el, formatValue } from "./format.js";
 import { PRIORITY_RANK } from "./ward.js";
 
 /** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
@@ -81,13 +81,17 @@ export class AlarmHistory {
       body = await r.json();
       if (!r.ok) throw new Error(body.error ?? r.statusText);
     } catch (e) {
-      if (load === this.loads) this.note.textContent = `Could not read the history: ${e instanceof Error ? e.message : e}`;
+      if (load !== this.loads) return;
+      // Rows of an earlier read (maybe another chair) would pass for the answer.
+      this.rows.replaceChildren();
+      this.note.textContent = `Could not read the history: ${e instanceof Error ? e.message : e}`;
       return;
     }
     if (load !== this.loads) return;
     const rows = group(/** @type {AlarmFrame[]} */ (body.alarms));
     this.rows.replaceChildren(...rows.map(row));
-    this.note.textContent = `${rows.length} alarms in the last 24 h${body.truncated ? " (only the oldest shown: narrow by chair)" : ""}.`;
+    // The panel does not follow live events: say when it was read.
+    this.note.textContent = `${rows.length} alarms in the last 24 h${body.truncated ? " (only the oldest shown: narrow by chair)" : ""}, as of ${clock(Date.now())}.`;
   }
 }
 

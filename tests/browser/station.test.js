@@ -272,6 +272,20 @@ describe("nurse station (auth none)", () => {
     await devices.vitals("north/4", NORMAL);
     await tile.locator(".ready").waitFor({ state: "visible", timeout: 10_000 });
     assert.match(await tile.locator(".ready").innerText(), /READY FOR DISCHARGE/);
+    // Discharge asks first: it ends the patient's watch and cannot be undone.
+    await tile.locator(".open").click();
+    const dialog = page.locator("#chair-dialog");
+    const discharge = dialog.locator('button[data-phase="discharged"]');
+    await discharge.click();
+    assert.match(await page.locator("#confirm-text").innerText(), /^Discharge: chair north\/4, P-103\? The patient's physiological alarms stop/);
+    await page.locator('#confirm-dialog button[value="no"]').click();
+    assert.equal(await tile.getAttribute("data-phase"), "recovery", "cancelled: still in recovery");
+    await discharge.click();
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => (await tile.getAttribute("data-phase")) === "discharged", "north/4 discharged");
+    // One command went out, the confirmed one (each sent command leaves a toast for 5 s).
+    assert.equal(await page.locator(".toast", { hasText: "Sent: Discharge: chair north/4" }).count(), 1);
+    await dialog.locator('button[value="close"]').click();
   });
 
   test("a chair the gateway forgets leaves the grid", async () => {
@@ -368,8 +382,17 @@ describe("nurse station (auth none)", () => {
     assert.match(text, /north\/3/);
     assert.match(text, /81 < 86/);
     assert.match(text, /nurse\.kim at/);
+    assert.match(await page.locator("#history-note").innerText(), /alarms in the last 24 h, as of \d\d:\d\d:\d\d\.$/);
     await page.locator("#history-chair").selectOption("north/6");
     await eventually(async () => (await rows.count()) === 0, "filtered to a chair without alarms");
+    // A read that fails leaves no earlier rows behind to pass for its answer.
+    await page.locator("#history-chair").selectOption("north/3");
+    await eventually(async () => (await rows.count()) > 0, "north/3's rows");
+    await page.route("**/api/alarms?*", (route) => route.fulfill({ status: 503, contentType: "application/json", body: JSON.stringify({ error: "unavailable" }) }));
+    await page.locator("#history-chair").selectOption("");
+    await eventually(async () => /Could not read the history: unavailable/.test(await page.locator("#history-note").innerText()), "the failure in words");
+    assert.equal(await rows.count(), 0, "no rows from the earlier read");
+    await page.unroute("**/api/alarms?*");
     await page.locator("#history-close").click();
   });
 
