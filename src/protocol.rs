@@ -1,7 +1,7 @@
 //! The dashboard wire format (documented in `docs/protocol.md`): JSON text frames.
 //! Server frames are serialised here once and shared by every connection.
 
-use crate::core::chair_key::site_of;
+use crate::core::chair_key::{is_simulated, site_of};
 use crate::core::{
     AlarmEvent, ChairView, Latest, Session, SessionChange, SessionEvent, SessionUpdate, Vital,
 };
@@ -74,6 +74,9 @@ struct AlarmFrame<'a> {
     seq: u64,
     #[serde(flatten)]
     event: &'a AlarmEvent,
+    /// A chair of the simulated site: said in the payload, not left to its name.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    simulated: bool,
 }
 
 /// `{"type":"alarm","seq":N, ...event}`.
@@ -85,6 +88,7 @@ pub fn alarm_frame(seq: u64, event: &AlarmEvent, ingested_at: Option<Instant>) -
                 r#type: "alarm",
                 seq,
                 event,
+                simulated: is_simulated(&event.chair),
             },
             ingested_at,
         )
@@ -97,6 +101,8 @@ struct SessionFrame<'a> {
     seq: u64,
     #[serde(flatten)]
     event: &'a SessionEvent,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    simulated: bool,
 }
 
 /// `{"type":"session","seq":N, ...event}`: a chair's session changed.
@@ -108,6 +114,7 @@ pub fn session_frame(seq: u64, event: &SessionEvent) -> Frame {
                 r#type: "session",
                 seq,
                 event,
+                simulated: is_simulated(&event.chair),
             },
             None,
         )
@@ -126,6 +133,9 @@ pub struct ChairJson<'a> {
     /// In snapshots: the chair's session (as in a `session` frame).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionEvent>,
+    /// A chair of the simulated site.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
 }
 
 impl<'a> ChairJson<'a> {
@@ -140,6 +150,7 @@ impl<'a> ChairJson<'a> {
                 .collect(),
             pump: latest.pump,
             session: None,
+            simulated: is_simulated(chair),
         }
     }
 
@@ -197,6 +208,15 @@ pub fn render_chair_list(chairs: &[ChairJson<'_>]) -> RenderedChairs {
     RenderedChairs(serde_json::to_string(chairs).expect("chairs serialise to JSON"))
 }
 
+/// An alarm in a snapshot: an alarm frame without `type` and `seq`.
+#[derive(Serialize)]
+struct SnapshotAlarm<'a> {
+    #[serde(flatten)]
+    event: &'a AlarmEvent,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    simulated: bool,
+}
+
 /// `{"type":"snapshot"}`: every known chair and every active alarm, as of alarm `seq`.
 pub fn snapshot_frame<'a>(
     instance: &str,
@@ -204,7 +224,12 @@ pub fn snapshot_frame<'a>(
     chairs: &RenderedChairs,
     alarms: impl Iterator<Item = &'a AlarmEvent>,
 ) -> Frame {
-    let alarms: Vec<&AlarmEvent> = alarms.collect();
+    let alarms: Vec<SnapshotAlarm<'_>> = alarms
+        .map(|event| SnapshotAlarm {
+            simulated: is_simulated(&event.chair),
+            event,
+        })
+        .collect();
     let alarms = serde_json::to_string(&alarms).expect("alarms serialise to JSON");
     let instance = serde_json::to_string(instance).expect("a string serialises");
     let text = format!(
@@ -476,6 +501,23 @@ mod tests {
             "",
         ] {
             assert_eq!(with_seq(other, 1), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn frames_about_a_simulated_chair_say_so() {
+        let json = |f: &Frame| serde_json::from_str::<serde_json::Value>(f.as_str()).unwrap();
+        let mut e = crate::core::alarm::tests::event(1, crate::core::AlarmState::Raised);
+        for (chair, simulated) in [("demo/3", Some(true)), ("north/3", None)] {
+            e.chair = chair.into();
+            let alarm = json(&alarm_frame(5, &e, None));
+            assert_eq!(alarm["simulated"].as_bool(), simulated, "{alarm}");
+            let chairs = render_chair_list(&[ChairJson::new(chair, &Latest::default())]);
+            let snapshot = json(&snapshot_frame("i", 5, &chairs, [&e].into_iter()));
+            assert_eq!(snapshot["alarms"][0]["simulated"].as_bool(), simulated);
+            assert_eq!(snapshot["chairs"][0]["simulated"].as_bool(), simulated);
+            let vitals = json(&vitals_frame(chair, &Latest::default(), None));
+            assert_eq!(vitals["simulated"].as_bool(), simulated);
         }
     }
 

@@ -118,6 +118,9 @@ async fn demo_ward_raises_its_promised_alarms_in_the_first_minute() {
         by_normal.is_empty(),
         "normal chairs raised alarms: {by_normal:#?}"
     );
+    // Every payload about a simulated chair says so.
+    let unlabelled: Vec<&Value> = alarms.iter().filter(|a| a["simulated"] != true).collect();
+    assert!(unlabelled.is_empty(), "{unlabelled:#?}");
 
     // The snapshot: 12 chairs on site demo, the empty ones idle, and the chair that
     // started at infusion minute 35 has its baseline from the replayed history.
@@ -130,6 +133,7 @@ async fn demo_ward_raises_its_promised_alarms_in_the_first_minute() {
         .filter(|c| c["site"] == "demo")
         .collect();
     assert_eq!(chairs.len(), DEMO_CHAIRS, "{chairs:#?}");
+    assert!(chairs.iter().all(|c| c["simulated"] == true), "{chairs:#?}");
     let chair = |k: &str| *chairs.iter().find(|c| c["chair"] == k).unwrap();
     for idle in ["demo/10", "demo/11"] {
         assert_eq!(chair(idle)["session"]["phase"], "idle");

@@ -213,6 +213,12 @@ fn check_reads_the_files_the_gateway_needs() {
             "/nonexistent/a.sqlite3",
             "/nonexistent/a.sqlite3",
         ),
+        // A directory that takes no new files (procfs, even for root).
+        (
+            "VITALGATE_AUDIT__PATH",
+            "/proc/a.sqlite3",
+            "does not take new files",
+        ),
     ] {
         let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"));
         check.arg("--check").env(var, value);

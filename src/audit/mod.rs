@@ -106,6 +106,13 @@ pub enum AuditError {
     NoDirectory { path: String },
     #[error("audit database {path} is not an SQLite database")]
     NotADatabase { path: String },
+    #[error("audit database {path}: its directory {dir} does not take new files (SQLite writes its -wal and -shm files there): {source}")]
+    DirectoryUnwritable {
+        path: String,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("audit database {path} cannot be opened for writing: {source}")]
     Unwritable {
         path: String,

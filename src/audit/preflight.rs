@@ -1,18 +1,20 @@
-//! `--check`'s look at the audit trail, without creating or changing anything;
-//! the directory check is also [`super::Audit::open`]'s.
+//! `--check`'s look at the audit trail, leaving nothing changed (a probe file
+//! made in its directory is removed); the directory check is also
+//! [`super::Audit::open`]'s.
 
 use super::{AuditError, SCHEMA_VERSION};
 use std::io::Read;
 use std::path::Path;
 
-/// The file's directory exists; if the file exists, this user may open it for
-/// writing, and its header is SQLite's with no newer schema than this build
-/// writes. Read as plain bytes: opening it with SQLite could replay a WAL left
-/// by a crash, which is the gateway's to do when it starts (and a schema
-/// change still in the WAL is seen then).
+/// The file's directory exists and takes new files; if the file exists, this
+/// user may open it for writing, and its header is SQLite's with no newer schema
+/// than this build writes. Read as plain bytes: opening it with SQLite could
+/// replay a WAL left by a crash, which is the gateway's to do when it starts (and
+/// a schema change still in the WAL is seen then).
 pub fn check_path(path: &Path) -> Result<(), AuditError> {
     let name = path.display().to_string();
     directory_exists(path, &name)?;
+    directory_writable(path, &name)?;
     if !path.exists() {
         return Ok(());
     }
@@ -62,6 +64,35 @@ pub(super) fn directory_exists(path: &Path, name: &str) -> Result<(), AuditError
     }
 }
 
+/// The directory `path` is in takes new files, as SQLite needs: it creates the
+/// database there when new, and the `-wal` and `-shm` files beside it at every
+/// start (a clean stop removes them). Tried, not inferred from permission bits:
+/// ACLs, a read-only mount and root's exemptions all count. The probe is removed.
+fn directory_writable(path: &Path, name: &str) -> Result<(), AuditError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = path.file_name().unwrap_or_default().to_string_lossy();
+    let probe = dir.join(format!(".{file}.check-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            // Nothing is left behind; a probe that cannot be removed is harmless.
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(source) => Err(AuditError::DirectoryUnwritable {
+            path: name.to_owned(),
+            dir: dir.display().to_string(),
+            source,
+        }),
+    }
+}
+
 /// A database file's header: its first 100 bytes, starting with these 16.
 const HEADER: usize = 100;
 const MAGIC: &[u8] = b"SQLite format 3\0";
@@ -69,16 +100,27 @@ const MAGIC: &[u8] = b"SQLite format 3\0";
 #[cfg(test)]
 mod tests {
     use super::check_path;
+    use crate::audit::AuditError;
     use std::path::Path;
 
     #[test]
     fn a_missing_directory_is_reported_and_a_new_file_is_not_made() {
         assert!(check_path(Path::new("/nonexistent-vitalgate-dir/audit.sqlite3")).is_err());
+        // A directory that takes no new files, even for root (procfs).
+        assert!(matches!(
+            check_path(Path::new("/proc/audit.sqlite3")),
+            Err(AuditError::DirectoryUnwritable { .. })
+        ));
         let dir = std::env::temp_dir().join(format!("vg-preflight-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("audit.sqlite3");
         assert!(check_path(&file).is_ok());
         assert!(!file.exists(), "--check creates nothing");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "the probe is removed"
+        );
         std::fs::write(&file, b"").unwrap();
         assert!(check_path(&file).is_ok(), "SQLite takes an empty file");
         std::fs::write(&file, b"not a database").unwrap();

@@ -7,6 +7,15 @@ pub fn site_of(chair: &str) -> &str {
     chair.split('/').next().unwrap_or(chair)
 }
 
+/// The site reserved for simulated chairs (`vitalgate demo`): every frame about
+/// one of its chairs says `"simulated": true`, and stations label it SIMULATED.
+pub const SIMULATED_SITE: &str = "demo";
+
+/// Whether chair key `chair` names a simulated chair.
+pub fn is_simulated(chair: &str) -> bool {
+    site_of(chair) == SIMULATED_SITE
+}
+
 /// Longest site or chair name.
 pub const MAX_ID_LEN: usize = 64;
 

@@ -42,7 +42,7 @@ use crate::core::Phase;
 use fastrand::Rng;
 
 /// The demo's site: dashboards treat it as simulated.
-pub const DEMO_SITE: &str = "demo";
+pub const DEMO_SITE: &str = crate::core::chair_key::SIMULATED_SITE;
 pub const DEMO_CHAIRS: usize = 12;
 /// The first minute's events repeat this often.
 pub const DEMO_EVENT_PERIOD_MS: u64 = 5 * 60_000;
