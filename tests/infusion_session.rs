@@ -392,10 +392,20 @@ async fn scripted_infusion_session_gives_the_expected_alarms_and_audit() {
         "/api/alarms?chair=a%20b/1",
         "/api/alarms?chair=north/1&from=5&to=4",
         "/api/alarms?from=abc",
+        "/api/alarms?limit=-1",
+        "/api/alarms?from=1&from=2",
+        "/api/sessions/north/1?to=x",
         "/api/sessions/north",
     ] {
         let (status, body) = http_get(gw.http(), bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
+        // Every refusal is the same JSON shape, saying what is wrong.
+        let error: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{bad}: {e}: {body}"));
+        assert!(
+            error["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{bad}: {body}"
+        );
     }
     // The retained message is the clinic's; clear it so the shared broker keeps nothing.
     let dev = gw.device().await;

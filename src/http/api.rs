@@ -13,6 +13,7 @@ use crate::audit::{Audit, Stored, Trail, TrailError, TrailQuery};
 use crate::core::{SessionChange, SessionEvent};
 use crate::engine::Engine;
 use crate::http::auth::{AuthError, Authenticator, Identity};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -112,6 +113,12 @@ fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
+/// A query string that does not parse (`from=abc`, a repeated key): 400 with the
+/// same `{"error": ...}` body as every other refusal here, not axum's plain text.
+fn bad_query(rejection: QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+}
+
 /// `[body, body, ...]` from stored frames, without re-parsing them.
 fn array(rows: &[Stored]) -> String {
     let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);
@@ -205,8 +212,12 @@ pub async fn alarms(
     State(app): State<Arc<App>>,
     State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
-    Query(q): Query<AlarmQuery>,
+    q: Result<Query<AlarmQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     if let Some(refusal) = refused(
         &app,
         &auth,
@@ -237,8 +248,12 @@ pub async fn sessions(
     State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
     Path(chair): Path<String>,
-    Query(q): Query<RangeQuery>,
+    q: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(e),
+    };
     if let Some(refusal) = refused(
         &app,
         &auth,
