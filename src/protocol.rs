@@ -1,7 +1,7 @@
 //! The dashboard wire format (documented in `docs/protocol.md`): JSON text frames.
 //! Server frames are serialised here once and shared by every connection.
 
-use crate::core::chair_key::{is_simulated, site_of};
+use crate::core::chair_key::{is_simulated, site_of, valid_id, MAX_ID_LEN};
 use crate::core::{
     AlarmEvent, ChairView, Latest, Session, SessionChange, SessionEvent, SessionUpdate, Vital,
 };
@@ -356,6 +356,16 @@ pub enum Command {
     },
 }
 
+/// Every command's `type`.
+const COMMAND_TYPES: [&str; 6] = [
+    "ack",
+    "set_session",
+    "set_limit",
+    "snapshot",
+    "subscribe_vitals",
+    "unsubscribe_vitals",
+];
+
 /// Longest accepted `by` in an acknowledgement.
 pub const MAX_ACK_BY: usize = 128;
 
@@ -364,11 +374,31 @@ impl Command {
     pub fn parse(text: &str) -> Result<Command, (&'static str, String)> {
         let bad = |e: serde_json::Error| ("bad_command", e.to_string());
         let value: serde_json::Value = serde_json::from_str(text).map_err(bad)?;
-        let cmd = if value.get("type").and_then(|t| t.as_str()) == Some("set_session") {
-            Command::set_session(value)?
-        } else {
-            serde_json::from_value(value).map_err(bad)?
+        let cmd = match value.get("type").and_then(|t| t.as_str()) {
+            Some("set_session") => Command::set_session(value)?,
+            // serde's own message would list the variants it parses, which leaves
+            // out `set_session` (parsed apart).
+            Some(other) if !COMMAND_TYPES.contains(&other) => {
+                return Err((
+                    "bad_command",
+                    format!(
+                        "unknown command type `{other}`: one of {}",
+                        COMMAND_TYPES.join(", ")
+                    ),
+                ))
+            }
+            _ => serde_json::from_value(value).map_err(bad)?,
         };
+        if let Command::SubscribeVitals { site: Some(site) } = &cmd {
+            if !valid_id(site) {
+                return Err((
+                    "bad_command",
+                    format!(
+                        "`site` must be a site name (1-{MAX_ID_LEN} letters, digits, '_', '-' or '.'), not {site:?}"
+                    ),
+                ));
+            }
+        }
         let by = match &cmd {
             Command::Ack { by, .. }
             | Command::SetSession { by, .. }
@@ -446,7 +476,18 @@ mod tests {
         ))
         .is_err());
         assert!(Command::parse(r#"{"type":"ack","id":"x","by":"kim"}"#).is_err());
-        assert!(Command::parse(r#"{"type":"reboot"}"#).is_err());
+        let refused = |text: &str| {
+            Command::parse(text)
+                .err()
+                .map(|(code, message)| format!("{code}: {message}"))
+        };
+        assert_eq!(
+            refused(r#"{"type":"reboot"}"#).as_deref(),
+            Some("bad_command: unknown command type `reboot`: one of ack, set_session, set_limit, snapshot, subscribe_vitals, unsubscribe_vitals")
+        );
+        assert!(refused(r#"{"type":"subscribe_vitals","site":"../etc"}"#)
+            .is_some_and(|e| e.starts_with("bad_command: `site` must be a site name")));
+        assert!(refused(r#"{"type":"subscribe_vitals","site":"north"}"#).is_none());
         match Command::parse(
             r#"{"type":"set_session","chair":"n/1","phase":"baseline","patient":"P","ts":5}"#,
         ) {
