@@ -67,7 +67,8 @@ pub enum Error {
 /// What `--check` looks at beyond the configuration's own validity (which
 /// [`Config::load`] has checked): the files the gateway reads when it starts
 /// (the JWT key, the MQTT TLS files) and the audit trail's directory and file.
-/// Nothing is created, connected to or bound.
+/// Nothing is connected to or bound, and nothing is left created or changed (a
+/// probe file tries the audit directory, then is removed).
 pub fn preflight(config: &Config) -> Result<(), Error> {
     http::auth::Authenticator::from_config(&config.auth)?;
     if config.mqtt.tls.is_some() {

@@ -105,6 +105,25 @@ struct SessionFrame<'a> {
     simulated: bool,
 }
 
+/// A chair's session outside a frame (`/api/sessions`' `current`): a session
+/// frame's fields without `type` and `seq`.
+#[derive(Serialize)]
+pub struct SessionJson<'a> {
+    #[serde(flatten)]
+    event: &'a SessionEvent,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    simulated: bool,
+}
+
+impl<'a> SessionJson<'a> {
+    pub fn new(event: &'a SessionEvent) -> Self {
+        SessionJson {
+            simulated: is_simulated(&event.chair),
+            event,
+        }
+    }
+}
+
 /// `{"type":"session","seq":N, ...event}`: a chair's session changed.
 pub fn session_frame(seq: u64, event: &SessionEvent) -> Frame {
     Frame {
@@ -559,6 +578,21 @@ mod tests {
             assert_eq!(snapshot["chairs"][0]["simulated"].as_bool(), simulated);
             let vitals = json(&vitals_frame(chair, &Latest::default(), None));
             assert_eq!(vitals["simulated"].as_bool(), simulated);
+            let session = SessionEvent::new(
+                chair.into(),
+                SessionChange::Phase,
+                &crate::core::Session::default(),
+                1,
+            );
+            assert_eq!(
+                json(&session_frame(6, &session))["simulated"].as_bool(),
+                simulated
+            );
+            let current: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&SessionJson::new(&session)).unwrap())
+                    .unwrap();
+            assert_eq!(current["simulated"].as_bool(), simulated);
+            assert_eq!(current["chair"], chair);
         }
     }
 

@@ -66,6 +66,7 @@ export class ChairControls {
     this.title = /** @type {HTMLElement} */ (document.getElementById("chair-dialog-title"));
     this.confirm = /** @type {HTMLDialogElement} */ (document.getElementById("confirm-dialog"));
     this.confirmText = /** @type {HTMLElement} */ (document.getElementById("confirm-text"));
+    this.confirmYes = /** @type {HTMLButtonElement} */ (this.confirm.querySelector('button[value="yes"]'));
     /** @type {string|null} */
     this.chair = null;
     /** The session the dialog was filled from. @type {import("./ward.js").SessionFrame|null} */
@@ -146,8 +147,19 @@ export class ChairControls {
         // A step that ends the patient's watch cannot be taken back (phases only move
         // forward): a click on the wrong chair's button must not be enough.
         const ends = ENDS_WATCH[phase];
-        if (ends && step.phase === ends.to) this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}`, send);
-        else send();
+        if (!ends || step.phase !== ends.to) {
+          send();
+          return;
+        }
+        this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}`, () => {
+          // What was confirmed is what is sent: not if the chair changed meanwhile.
+          const now = this.o.chair(chair.key)?.session;
+          if (now?.phase !== phase || now?.patient !== patient) {
+            this.o.toast(`NOT sent: chair ${chair.key} changed while you were asked (now ${(now?.phase ?? "idle").toUpperCase()}${now?.patient ? `, ${now.patient}` : ""}). Look again.`, "error");
+            return;
+          }
+          send();
+        }, `Yes, ${step.label.toLowerCase()}`);
       });
       box.append(b);
     }
@@ -258,9 +270,11 @@ export class ChairControls {
   /**
    * @param {string} text
    * @param {() => void} action
+   * @param {string} [yes]  the confirming button's words
    */
-  ask(text, action) {
+  ask(text, action, yes = "Yes, change it") {
     this.confirmText.textContent = text;
+    this.confirmYes.textContent = yes;
     this.onConfirm = action;
     this.confirm.returnValue = "";
     this.confirm.showModal();

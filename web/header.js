@@ -107,7 +107,7 @@ export class StationHeader {
         this.simulated,
         simulated === ward.chairs.size
           ? "SIMULATED WARD — demo patients, not real people. No alarm here concerns a patient."
-          : `${simulated} SIMULATED ${simulated === 1 ? "chair" : "chairs"} (marked on ${simulated === 1 ? "its tile" : "their tiles"}) — every other chair is a real patient.`,
+          : `${simulated} SIMULATED ${simulated === 1 ? "chair" : "chairs"} (marked on ${simulated === 1 ? "its tile" : "their tiles"}) — every other chair is real.`,
       );
     }
   }

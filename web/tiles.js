@@ -4,7 +4,8 @@
 // symbols; it flashes (IEC 60601-1-8: high about 2 Hz, medium about 0.6 Hz, 50 %
 // on) while any of its alarms is unacknowledged, and is steady once all are
 // acknowledged. Several alarms rotate in the alarm strip every ROTATE_MS (the
-// tile's head names the highest priority while its alarms differ). Values
+// line under the chair's name names the highest priority while its alarms
+// differ). Values
 // older than their allowance show as stale, never as current.
 //
 // Tiles are built once per chair and updated in place, in one animation frame per
@@ -150,12 +151,6 @@ export class Grid {
     const name = el("span", "chair-name", `Chair ${chair.key.slice(chair.site.length + 1)}`);
     const site = el("span", "site", chair.site);
     head.append(name, site);
-    // The chair's highest priority in words, steady, while its alarms differ in
-    // priority: the strip takes turns, and the tile's colour must not be the only cue.
-    const topPriority = el("span", "top-priority");
-    topPriority.title = "This chair's highest alarm priority";
-    topPriority.hidden = true;
-    head.append(topPriority);
     if (chair.site === SIMULATED_SITE) head.append(el("span", "simulated-tag", "SIMULATED"));
     const patient = el("span", "patient");
     const phase = el("span", "phase");
@@ -167,7 +162,13 @@ export class Grid {
     open.addEventListener("click", () => this.o.onOpen(chair.key));
     head.append(patient, open);
     const sub = el("div", "tile-sub");
-    sub.append(phase, course, minutes);
+    // The chair's highest priority in words, steady, while its alarms differ in
+    // priority: the strip takes turns, and the tile's colour must not be the only
+    // cue. First on the line under the name, which the head's id and button keep.
+    const topPriority = el("span", "top-priority");
+    topPriority.title = "This chair's highest alarm priority";
+    topPriority.hidden = true;
+    sub.append(topPriority, phase, course, minutes);
 
     const strip = el("button", "alarm-strip");
     strip.type = "button";
@@ -299,8 +300,12 @@ export class Grid {
       const n = t.nums.nibp;
       const sbp = chair.vitals.sbp;
       const dbp = chair.vitals.dbp;
-      const text = sbp ? `${formatValue(sbp.value)}/${dbp ? formatValue(dbp.value) : "–"}` : "–/–";
-      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(ageOf(sbp.ts))} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago`) : "");
+      // A DBP older than its allowance (a cuff reporting SBP alone) is not shown as
+      // part of the current measurement.
+      const dbpOld = dbp !== undefined && now - dbp.ts > this.o.staleAfterMs("dbp");
+      const text = sbp ? `${formatValue(sbp.value)}/${dbp && !dbpOld ? formatValue(dbp.value) : "–"}` : "–/–";
+      const dbpNote = dbpOld ? ` · DBP ${formatAge(now - dbp.ts)} old` : "";
+      showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(ageOf(sbp.ts))} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago${dbpNote}`) : "");
       const bs = s?.baseline?.sbp;
       const bd = s?.baseline?.dbp;
       setText(n.base, bs !== undefined ? `base ${formatValue(bs)}/${bd !== undefined ? formatValue(bd) : "–"}` : "");

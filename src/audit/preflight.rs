@@ -74,22 +74,30 @@ fn directory_writable(path: &Path, name: &str) -> Result<(), AuditError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let file = path.file_name().unwrap_or_default().to_string_lossy();
-    let probe = dir.join(format!(".{file}.check-{}", std::process::id()));
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)
-    {
-        Ok(_) => {
-            // Nothing is left behind; a probe that cannot be removed is harmless.
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
+    let mut tries = 0;
+    loop {
+        // A random name: a probe left by a check that was killed cannot be taken
+        // for a directory that refuses new files.
+        let probe = dir.join(format!(".{file}.check-{:016x}", fastrand::u64(..)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                // Nothing is left behind; a probe that cannot be removed is harmless.
+                let _ = std::fs::remove_file(&probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => tries += 1,
+            Err(source) => {
+                return Err(AuditError::DirectoryUnwritable {
+                    path: name.to_owned(),
+                    dir: dir.display().to_string(),
+                    source,
+                })
+            }
         }
-        Err(source) => Err(AuditError::DirectoryUnwritable {
-            path: name.to_owned(),
-            dir: dir.display().to_string(),
-            source,
-        }),
     }
 }
 

@@ -212,8 +212,13 @@ impl Ward {
         update: &SessionUpdate,
         now_ms: u64,
     ) -> Result<Vec<Event>, WardError> {
-        let known = self.patients.contains_key(chair);
-        let result = self.with_chair(chair, true, |key, state, next_id| {
+        // A message refused for a chair the ward does not know creates no chair:
+        // it would show as an empty chair and count toward `max_chairs`. A fresh
+        // state refuses what the new chair's would (it holds nothing to end).
+        if !self.patients.contains_key(chair) {
+            PatientState::new(&self.rules).end_previous_patient(&self.rules, update, now_ms)?;
+        }
+        self.with_chair(chair, true, |key, state, next_id| {
             // A new session: the previous patient's alarms end first, under
             // their session, then the new one begins.
             let ended = state.end_previous_patient(&self.rules, update, now_ms)?;
@@ -221,14 +226,7 @@ impl Ward {
             let effects = state.set_session(&self.rules, update, now_ms, next_id)?;
             out.extend(self.events(key, state, effects, now_ms));
             Ok(out)
-        })?;
-        // A refused message leaves no chair behind: it would show as an empty
-        // chair and count toward `max_chairs`. (Only the engine writes the ward,
-        // so nothing else can have come to rely on the new entry meanwhile.)
-        if result.is_err() && !known {
-            self.patients.remove(chair);
-        }
-        result
+        })?
     }
 
     /// Change one rule's limits for the patient in `chair`.

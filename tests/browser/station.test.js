@@ -219,9 +219,9 @@ describe("nurse station (auth none)", () => {
     const shownFirst = await strip.locator(".text").innerText();
     await eventually(async () => (await count.innerText()) === `${(k % n) + 1}/${n}`, `${(k % n) + 1}/${n} after ${k}/${n}`, 4_000);
     assert.notEqual(await strip.locator(".text").innerText(), shownFirst, "another message");
-    // The tile's colour says high throughout, and so do words in its head; the strip
+    // The tile's colour says high throughout, and so do words under its name; the strip
     // flashes at the rate of the alarm it shows.
-    /** @returns {Promise<string>} the strip's priority and flashing period, the highest the head names */
+    /** @returns {Promise<string>} the strip's priority and flashing period, the highest the tile names */
     const turn = () => tile.evaluate((e) => {
       const strip = /** @type {HTMLElement} */ (e.querySelector(".alarm-strip"));
       const top = /** @type {HTMLElement} */ (e.querySelector(".top-priority"));
@@ -262,6 +262,13 @@ describe("nurse station (auth none)", () => {
     assert.equal(await spo2.locator(".value").evaluate((e) => getComputedStyle(e).textDecorationLine), "line-through");
     await devices.vitals("north/2", { spo2: 97 });
     await eventually(async () => (await spo2.getAttribute("data-stale")) === "false", "SpO2 current again");
+    // A cuff that reports SBP alone: the DBP of 8 minutes ago (older than SBP's
+    // allowance, 7 min) is not shown as part of the new measurement.
+    await devices.vitals("south/8", { sbp: 120, dbp: 80, ts: Date.now() - 8 * 60_000 });
+    await devices.vitals("south/8", { sbp: 121 });
+    const nibp = page.locator('.tile[data-chair="south/8"] .num[data-vital="nibp"]');
+    await eventually(async () => (await nibp.locator(".value").innerText()) === "121/–", "SBP alone");
+    assert.match(await nibp.locator(".note").innerText(), /^cuff under 1 min ago · DBP 8 min old$/);
   });
 
   test("a recovering patient back near the baseline shows READY FOR DISCHARGE", async () => {
@@ -278,9 +285,17 @@ describe("nurse station (auth none)", () => {
     const discharge = dialog.locator('button[data-phase="discharged"]');
     await discharge.click();
     assert.match(await page.locator("#confirm-text").innerText(), /^Discharge: chair north\/4, P-103\? The patient's physiological alarms stop/);
+    assert.equal(await page.locator('#confirm-dialog button[value="yes"]').innerText(), "Yes, discharge");
     await page.locator('#confirm-dialog button[value="no"]').click();
-    assert.equal(await tile.getAttribute("data-phase"), "recovery", "cancelled: still in recovery");
+    // Asked again, and meanwhile the clinic system puts another patient in the chair:
+    // the confirmation was for P-103, so nothing is sent.
     await discharge.click();
+    await devices.session("north/4", { phase: "recovery", patient: "P-999", route: "iv", ts: Date.now() });
+    await eventually(async () => (await tile.locator(".patient").innerText()) === "P-999", "north/4 now P-999");
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => /NOT sent: chair north\/4 changed while you were asked \(now RECOVERY, P-999\)/.test(await page.locator("#toasts").innerText()), "not sent, and why");
+    await discharge.click();
+    assert.match(await page.locator("#confirm-text").innerText(), /^Discharge: chair north\/4, P-999\?/);
     await page.locator('#confirm-dialog button[value="yes"]').click();
     await eventually(async () => (await tile.getAttribute("data-phase")) === "discharged", "north/4 discharged");
     // One command went out, the confirmed one (each sent command leaves a toast for 5 s).
@@ -427,10 +442,16 @@ describe("nurse station (auth none)", () => {
   test("a simulated chair among real ones: the banner says which are simulated, not that the whole ward is", async () => {
     const { page } = first;
     await page.bringToFront();
+    // Every alarm acknowledged first, so that demo/1's is the ward's most urgent.
+    await page.evaluate(() => {
+      const station = /** @type {any} */ (window).vitalgateStation;
+      for (const a of station.ward.activeAlarms()) if (a.state === "raised") station.connection().send({ type: "ack", id: a.id, by: "nurse.kim" });
+    });
+    await eventually(() => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.activeAlarms().every((/** @type {any} */ a) => a.state !== "raised")), "every alarm acknowledged");
     await devices.client.publishAsync("clinic/demo/chair/1/vitals", JSON.stringify({ seq: 1, ts: Date.now(), sbp: 200, dbp: 80 }), { qos: 1 });
     const banner = page.locator("#simulated-banner");
     await eventually(async () => (await banner.isVisible()) && (await banner.innerText()), "the simulated banner");
-    assert.match(await banner.innerText(), /^1 SIMULATED chair \(marked on its tile\) — every other chair is a real patient\.$/);
+    assert.match(await banner.innerText(), /^1 SIMULATED chair \(marked on its tile\) — every other chair is real\.$/);
     assert.equal(await page.locator('.tile[data-chair="demo/1"] .simulated-tag').innerText(), "SIMULATED");
     await eventually(async () => {
       const top = await page.locator("#top-alarm").innerText();

@@ -573,7 +573,8 @@ fn discharge_readiness_after_a_stable_recovery() {
 #[test]
 fn discharge_readiness_counts_only_current_values() {
     // DBP has no stale allowance of its own (it comes with SBP): it counts for as
-    // long as SBP's, 7 minutes. SpO2 has none at all: the stable time, 10 minutes.
+    // long as SBP's, 7 minutes. SpO2 has none, nor has HR: the stable time, 10
+    // minutes.
     let s = SessionSpec {
         discharge_stable_ms: 600_000,
         discharge_band: BTreeMap::from([

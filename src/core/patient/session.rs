@@ -489,15 +489,16 @@ impl PatientState {
     }
 }
 
-/// How old a vital's value may be, ms, and still count toward discharge readiness:
-/// its stale allowance; DBP, which comes with SBP in one cuff measurement and has
-/// no allowance of its own in the shipped rules, SBP's; a vital with neither, the
-/// stable time itself (a value older than that was not seen during it).
+/// How old a vital's value may be, ms, and still count toward discharge readiness,
+/// as the station judges a value stale: its stale allowance; without one (DBP and
+/// EtCO2 in the shipped rules), DBP SBP's (one cuff measurement), any other HR's
+/// (continuous monitoring); with neither, the stable time itself (a value older
+/// than that was not seen during it).
 fn discharge_allowance(rules: &RuleSet, vital: Vital) -> u64 {
     let own = rules.stale_ms(vital);
     let paired = match vital {
         Vital::Dbp => rules.stale_ms(Vital::Sbp),
-        _ => 0,
+        _ => rules.stale_ms(Vital::Hr),
     };
     [own, paired]
         .into_iter()
