@@ -74,10 +74,27 @@ fn main() -> ExitCode {
     match runtime.block_on(gateway()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("Error: {}", described(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, each once: the module errors already end their message with
+/// their source's (so that a log line of one says it all), which `{:#}` would
+/// append a second time.
+fn described(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn gateway() -> anyhow::Result<()> {

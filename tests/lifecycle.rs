@@ -237,6 +237,24 @@ fn check_reads_the_files_the_gateway_needs() {
     }
 }
 
+/// A start-up error names each cause once: the module errors end their message
+/// with their source's, which the binary does not repeat.
+#[test]
+fn a_startup_error_says_each_cause_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vitalgate"))
+        .args(["--config", "/nonexistent/vitalgate.toml", "--check"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("/nonexistent/vitalgate.toml"), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// TLS settings are checked before anything starts: an unreadable CA file is a
 /// startup error naming the key and the file.
 #[tokio::test]

@@ -115,7 +115,7 @@ export class ChairControls {
     this.shownSession = chair.session;
     const s = chair.session;
     const phase = s?.phase ?? "idle";
-    this.title.textContent = `Chair ${chair.key} — ${phase.toUpperCase()}${s?.patient ? ` — ${s.patient}` : ""}`;
+    this.title.textContent = `Chair ${chair.key} — ${phase.toUpperCase()}${s?.patient && phase !== "idle" ? ` — ${s.patient}` : ""}`;
     this.body.replaceChildren();
     const may = this.o.may();
     if (may.set_session) this.body.append(this.sessionSection(chair, phase));

@@ -225,7 +225,8 @@ export class Grid {
     const s = chair.session;
     const phase = s?.phase ?? "idle";
     t.root.dataset.phase = phase;
-    setText(t.patient, s?.patient ?? (phase === "idle" ? "empty" : ""));
+    // An idle chair is empty, whoever an idle message names (the patient who left).
+    setText(t.patient, phase === "idle" ? "empty" : s?.patient ?? "");
     setText(t.phase, phase.toUpperCase());
     const course = [];
     if (s?.session_number) course.push(`session ${s.session_number}${s.session_count ? ` of ${s.session_count}` : ""}`);

@@ -29,7 +29,8 @@ describe("nurse station (auth none)", () => {
     for (const [i, chair] of WARD.entries()) {
       const phase = phases[i];
       if (phase === "idle") {
-        await devices.session(chair, { phase: "idle" });
+        // Freed by a clinic system that names the patient who left: the chair is empty.
+        await devices.session(chair, { phase: "idle", patient: "P-099" });
         continue;
       }
       if (phase !== "baseline") {
