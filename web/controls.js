@@ -248,8 +248,15 @@ export class ChairControls {
         reset.hidden = !own;
         reset.title = `Back to the configured limits of ${rule.id}`;
         reset.addEventListener("click", () => {
-          this.ask(`Put ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} back to its configured limits (${side} ${formatValue(current)} → ${formatValue(configured)})?`, () => {
-            this.sendOrSay({ type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() }, `${rule.id} back to configured`);
+          this.ask(`Put ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} back to its configured ${side} limit (${formatValue(current)} → ${formatValue(configured)})?`, () => {
+            // This side only: the other side's override, if any, is sent again (a
+            // set_limit replaces the rule's overrides).
+            const o = this.o.chair(chair.key)?.session?.limits?.[rule.id] ?? {};
+            /** @type {Record<string, unknown>} */
+            const command = { type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() };
+            const other = side === "low" ? "high" : "low";
+            if (o[other] !== undefined && o[other] !== null) command[other] = o[other];
+            this.sendOrSay(command, `${rule.id} ${side} back to configured`);
           });
         });
         row.append(

@@ -26,13 +26,23 @@ const PAINT_SAMPLES = 5_000;
 
 const ward = new Ward();
 const audio = new AlarmAudio();
-// Audio is armed by the first click or key anywhere, the sign-in's included
-// (browsers allow sound only after one); until then the header says AUDIO OFF.
+// Audio is armed by a click or key anywhere, the sign-in's included (browsers
+// allow sound only after one); until then the header says AUDIO OFF. Every click
+// and key tries until sound is on: a first one the browser does not count as a
+// gesture (a touch's pointerdown, Escape) must not leave the station silent.
 const arm = () => {
-  audio.arm().catch(refusedSound);
+  audio
+    .arm()
+    .then(() => {
+      if (!audio.armed) return;
+      document.removeEventListener("pointerdown", arm);
+      document.removeEventListener("keydown", arm);
+      schedule();
+    })
+    .catch(() => {}); // tried again at the next click or key; AUDIO OFF says so meanwhile
 };
-document.addEventListener("pointerdown", arm, { once: true });
-document.addEventListener("keydown", arm, { once: true });
+document.addEventListener("pointerdown", arm);
+document.addEventListener("keydown", arm);
 const header = new StationHeader();
 /** @type {StationInfo} */
 let info = await signIn();

@@ -40,6 +40,7 @@ const TRENDS = /** @type {const} */ ([
  * @property {HTMLElement} patient
  * @property {HTMLElement} phase
  * @property {HTMLElement} course
+ * @property {HTMLElement} route
  * @property {HTMLElement} minutes
  * @property {HTMLButtonElement} strip
  * @property {HTMLElement} stripSymbol
@@ -155,6 +156,8 @@ export class Grid {
     const patient = el("span", "patient");
     const phase = el("span", "phase");
     const course = el("span", "course");
+    // Kept on the smallest tiles, unlike the session count: IV or IM matters.
+    const route = el("span", "route");
     const minutes = el("span", "minutes");
     const open = el("button", "open", "Chair ▸");
     open.type = "button";
@@ -168,7 +171,7 @@ export class Grid {
     const topPriority = el("span", "top-priority");
     topPriority.title = "This chair's highest alarm priority";
     topPriority.hidden = true;
-    sub.append(topPriority, phase, course, minutes);
+    sub.append(topPriority, phase, route, course, minutes);
 
     const strip = el("button", "alarm-strip");
     strip.type = "button";
@@ -212,7 +215,7 @@ export class Grid {
         this.o.onOpen(chair.key);
       }
     });
-    return { root, patient, phase, course, minutes, strip, stripSymbol, stripText, stripCount, topPriority, ready, nums, trends, trendDrawnAt: 0 };
+    return { root, patient, phase, course, route, minutes, strip, stripSymbol, stripText, stripCount, topPriority, ready, nums, trends, trendDrawnAt: 0 };
   }
 
   /**
@@ -228,10 +231,8 @@ export class Grid {
     // An idle chair is empty, whoever an idle message names (the patient who left).
     setText(t.patient, phase === "idle" ? "empty" : s?.patient ?? "");
     setText(t.phase, phase.toUpperCase());
-    const course = [];
-    if (s?.session_number) course.push(`session ${s.session_number}${s.session_count ? ` of ${s.session_count}` : ""}`);
-    if (s && phase !== "idle") course.push(s.route.toUpperCase());
-    setText(t.course, course.join(" · "));
+    setText(t.course, s?.session_number ? `session ${s.session_number}${s.session_count ? ` of ${s.session_count}` : ""}` : "");
+    setText(t.route, s && phase !== "idle" ? s.route.toUpperCase() : "");
     let minutes = "";
     if (s && phase === "infusion") minutes = `${formatMinutes(now - (s.infusion_started ?? s.phase_since))} into infusion`;
     else if (s && (phase === "recovery" || phase === "baseline")) minutes = `${formatMinutes(now - s.phase_since)} in ${phase}`;

@@ -70,7 +70,8 @@ describe("nurse station (auth none)", () => {
     }
     const infusion = page.locator('.tile[data-chair="north/2"]');
     await eventually(async () => (await infusion.locator(".phase").textContent()) === "INFUSION", "north/2 in infusion");
-    assert.match(await infusion.locator(".course").innerText(), /session 2 of 6 · IV/);
+    assert.equal(await infusion.locator(".course").innerText(), "session 2 of 6");
+    assert.equal(await infusion.locator(".route").innerText(), "IV");
     assert.match(await infusion.locator(".minutes").innerText(), /3[45] min into infusion/);
     assert.equal(await infusion.locator('.num[data-vital="spo2"] .value').innerText(), "98");
     assert.match(await infusion.locator('.num[data-vital="nibp"] .value').innerText(), /124\/78|126\/78/);
@@ -319,6 +320,20 @@ describe("nurse station (auth none)", () => {
     }, "south/9 gone", 15_000);
   });
 
+  test("an event the browser does not count as a gesture leaves sound to the next one", async () => {
+    const s = await station(chromium, gateway.url);
+    await s.page.locator("#signin-field").waitFor();
+    // A pointer event from a script carries no user activation, as a touch's
+    // pointerdown does not: sound cannot start from it. The click that signs in
+    // must still turn sound on.
+    await s.page.evaluate(() => document.dispatchEvent(new PointerEvent("pointerdown", { bubbles: true })));
+    await s.page.locator("#signin-field").fill("nurse.kim");
+    await s.page.locator("#signin-form button").click();
+    await s.page.locator("#disconnected-banner").waitFor({ state: "hidden" });
+    await s.page.locator("#audio-off").waitFor({ state: "hidden", timeout: 5_000 });
+    await s.context.close();
+  });
+
   test("a station whose clock is behind the gateway's says so", async () => {
     const late = await station(chromium, gateway.url, { clockOffsetMs: -90_000 });
     await late.page.locator("#signin-field").fill("nurse.kim");
@@ -380,11 +395,21 @@ describe("nurse station (auth none)", () => {
     await page.locator('#confirm-dialog button[value="yes"]').click();
     const changed = page.locator('#chair-dialog tr[data-rule="sbp_critical"][data-side="high"]');
     await eventually(async () => /170 \(patient\)/.test(await changed.innerText()), "the patient's limit shown");
-    // And back to the configured limit, confirmed the same way.
-    await changed.locator("button.reset").click();
-    assert.match(await page.locator("#confirm-text").innerText(), /back to its configured limits \(high 170 → 180\)/);
+    // The low side too; then the high side alone back to the configured limit,
+    // confirmed the same way: the low side's override stays.
+    const low = page.locator('#chair-dialog tr[data-rule="sbp_critical"][data-side="low"]');
+    await low.locator("input").fill("70");
+    await low.locator("button.change").click();
     await page.locator('#confirm-dialog button[value="yes"]').click();
-    await eventually(async () => !/patient/.test(await changed.innerText()), "the configured limit again");
+    await eventually(async () => /70 \(patient\)/.test(await low.innerText()), "the patient's low limit shown");
+    await changed.locator("button.reset").click();
+    assert.match(await page.locator("#confirm-text").innerText(), /back to its configured high limit \(170 → 180\)/);
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => !/patient/.test(await changed.innerText()), "the configured high limit again");
+    assert.match(await low.innerText(), /70 \(patient\)/, "the low side's override kept");
+    await low.locator("button.reset").click();
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => !/patient/.test(await low.innerText()), "the configured low limit again");
     await page.locator('#chair-dialog button[value="close"]').click();
   });
 
