@@ -67,12 +67,17 @@ export class StationHeader {
       setText(this.topSymbol, live ? "" : "?");
       setText(this.topText, live ? "No active alarms" : "Alarm state unknown: not connected");
     }
+    // Beside real chairs, the counts say how many of their alarms are simulated.
+    const simulatedChairs = ward.simulatedChairs();
+    const mixed = simulatedChairs > 0 && simulatedChairs < ward.chairs.size;
     for (const p of /** @type {const} */ (["high", "medium", "low"])) {
-      const n = alarms.filter((a) => a.priority === p).length;
-      const unacked = alarms.filter((a) => a.priority === p && a.state === "raised").length;
+      const of = alarms.filter((a) => a.priority === p);
+      const n = of.length;
+      const unacked = of.filter((a) => a.state === "raised").length;
+      const simulated = mixed ? of.filter((a) => ward.chairs.get(a.chair)?.site === SIMULATED_SITE).length : 0;
       const e = this.counts[p];
       e.dataset.count = String(n);
-      setText(e, `${PRIORITY_TEXT[p].symbol} ${PRIORITY_TEXT[p].word} ${live ? "" : "last known "}${n}${unacked < n ? ` (${n - unacked} ack)` : ""}`);
+      setText(e, `${PRIORITY_TEXT[p].symbol} ${PRIORITY_TEXT[p].word} ${live ? "" : "last known "}${n}${unacked < n ? ` (${n - unacked} ack)` : ""}${simulated > 0 ? `, ${simulated} simulated` : ""}`);
     }
 
     this.audioOff.hidden = audio.armed;
@@ -100,12 +105,12 @@ export class StationHeader {
     if (status.connected && dataLagMs > LAG_WARN_MS) lags.push(`Data is arriving ${formatAge(dataLagMs)} late: what you see may be behind the patients.`);
     this.lag.hidden = lags.length === 0;
     if (lags.length > 0) setText(this.lag, `${lags.join(" ")} Tell IT.`);
-    const simulated = ward.simulatedChairs();
+    const simulated = simulatedChairs;
     this.simulated.hidden = simulated === 0;
     if (simulated > 0) {
       setText(
         this.simulated,
-        simulated === ward.chairs.size
+        !mixed
           ? "SIMULATED WARD — demo patients, not real people. No alarm here concerns a patient."
           : `${simulated} SIMULATED ${simulated === 1 ? "chair" : "chairs"} (marked on ${simulated === 1 ? "its tile" : "their tiles"}) — every other chair is real.`,
       );

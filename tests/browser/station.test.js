@@ -484,5 +484,6 @@ describe("nurse station (auth none)", () => {
       if (!/Chair demo\/1 \(SIMULATED\): SBP 200/.test(top)) throw new Error(`the top alarm reads ${top}`);
       return true;
     }, "the top alarm says it is simulated");
+    assert.match(await page.locator("#count-high").innerText(), /^!!! HIGH \d+( \(\d+ ack\))?, 1 simulated$/);
   });
 });
