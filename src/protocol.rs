@@ -68,15 +68,47 @@ pub fn with_seq(text: &str, seq: u64) -> Option<String> {
     Some(format!(r#"{{"type":"{kind}","seq":{seq}{after}"#))
 }
 
+/// An alarm or session event as JSON (a frame's fields without `type` and `seq`):
+/// the event's fields, and `"simulated": true` for a chair of the simulated site
+/// (said in the payload, not left to its name). What frames, snapshots and
+/// `/api/sessions`' `current` write of an event.
 #[derive(Serialize)]
-struct AlarmFrame<'a> {
+pub struct EventJson<'a, E> {
+    #[serde(flatten)]
+    event: &'a E,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    simulated: bool,
+}
+
+impl<'a, E> EventJson<'a, E> {
+    /// `event`, about chair `chair`.
+    fn about(event: &'a E, chair: &str) -> Self {
+        EventJson {
+            event,
+            simulated: is_simulated(chair),
+        }
+    }
+}
+
+impl<'a> EventJson<'a, SessionEvent> {
+    pub fn session(event: &'a SessionEvent) -> Self {
+        EventJson::about(event, &event.chair)
+    }
+}
+
+impl<'a> EventJson<'a, AlarmEvent> {
+    pub fn alarm(event: &'a AlarmEvent) -> Self {
+        EventJson::about(event, &event.chair)
+    }
+}
+
+/// `{"type":..,"seq":N, ...event}`: `type` and `seq` first, as [`with_seq`] reads them.
+#[derive(Serialize)]
+struct EventFrame<'a, E> {
     r#type: &'static str,
     seq: u64,
     #[serde(flatten)]
-    event: &'a AlarmEvent,
-    /// A chair of the simulated site: said in the payload, not left to its name.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    simulated: bool,
+    event: EventJson<'a, E>,
 }
 
 /// `{"type":"alarm","seq":N, ...event}`.
@@ -84,43 +116,13 @@ pub fn alarm_frame(seq: u64, event: &AlarmEvent, ingested_at: Option<Instant>) -
     Frame {
         chair: Some(event.chair.clone()),
         ..Frame::json(
-            &AlarmFrame {
+            &EventFrame {
                 r#type: "alarm",
                 seq,
-                event,
-                simulated: is_simulated(&event.chair),
+                event: EventJson::alarm(event),
             },
             ingested_at,
         )
-    }
-}
-
-#[derive(Serialize)]
-struct SessionFrame<'a> {
-    r#type: &'static str,
-    seq: u64,
-    #[serde(flatten)]
-    event: &'a SessionEvent,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    simulated: bool,
-}
-
-/// A chair's session outside a frame (`/api/sessions`' `current`): a session
-/// frame's fields without `type` and `seq`.
-#[derive(Serialize)]
-pub struct SessionJson<'a> {
-    #[serde(flatten)]
-    event: &'a SessionEvent,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    simulated: bool,
-}
-
-impl<'a> SessionJson<'a> {
-    pub fn new(event: &'a SessionEvent) -> Self {
-        SessionJson {
-            simulated: is_simulated(&event.chair),
-            event,
-        }
     }
 }
 
@@ -129,11 +131,10 @@ pub fn session_frame(seq: u64, event: &SessionEvent) -> Frame {
     Frame {
         chair: Some(event.chair.clone()),
         ..Frame::json(
-            &SessionFrame {
+            &EventFrame {
                 r#type: "session",
                 seq,
-                event,
-                simulated: is_simulated(&event.chair),
+                event: EventJson::session(event),
             },
             None,
         )
@@ -227,15 +228,6 @@ pub fn render_chair_list(chairs: &[ChairJson<'_>]) -> RenderedChairs {
     RenderedChairs(serde_json::to_string(chairs).expect("chairs serialise to JSON"))
 }
 
-/// An alarm in a snapshot: an alarm frame without `type` and `seq`.
-#[derive(Serialize)]
-struct SnapshotAlarm<'a> {
-    #[serde(flatten)]
-    event: &'a AlarmEvent,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    simulated: bool,
-}
-
 /// `{"type":"snapshot"}`: every known chair and every active alarm, as of alarm `seq`.
 pub fn snapshot_frame<'a>(
     instance: &str,
@@ -243,12 +235,7 @@ pub fn snapshot_frame<'a>(
     chairs: &RenderedChairs,
     alarms: impl Iterator<Item = &'a AlarmEvent>,
 ) -> Frame {
-    let alarms: Vec<SnapshotAlarm<'_>> = alarms
-        .map(|event| SnapshotAlarm {
-            simulated: is_simulated(&event.chair),
-            event,
-        })
-        .collect();
+    let alarms: Vec<EventJson<'_, AlarmEvent>> = alarms.map(EventJson::alarm).collect();
     let alarms = serde_json::to_string(&alarms).expect("alarms serialise to JSON");
     let instance = serde_json::to_string(instance).expect("a string serialises");
     let text = format!(
@@ -570,7 +557,9 @@ mod tests {
         let mut e = crate::core::alarm::tests::event(1, crate::core::AlarmState::Raised);
         for (chair, simulated) in [("demo/3", Some(true)), ("north/3", None)] {
             e.chair = chair.into();
-            let alarm = json(&alarm_frame(5, &e, None));
+            let frame = alarm_frame(5, &e, None);
+            assert!(with_seq(frame.as_str(), 6).is_some(), "type and seq first");
+            let alarm = json(&frame);
             assert_eq!(alarm["simulated"].as_bool(), simulated, "{alarm}");
             let chairs = render_chair_list(&[ChairJson::new(chair, &Latest::default())]);
             let snapshot = json(&snapshot_frame("i", 5, &chairs, [&e].into_iter()));
@@ -588,9 +577,10 @@ mod tests {
                 json(&session_frame(6, &session))["simulated"].as_bool(),
                 simulated
             );
-            let current: serde_json::Value =
-                serde_json::from_str(&serde_json::to_string(&SessionJson::new(&session)).unwrap())
-                    .unwrap();
+            let current: serde_json::Value = serde_json::from_str(
+                &serde_json::to_string(&EventJson::session(&session)).unwrap(),
+            )
+            .unwrap();
             assert_eq!(current["simulated"].as_bool(), simulated);
             assert_eq!(current["chair"], chair);
         }

@@ -13,7 +13,7 @@ use crate::audit::{Audit, Stored, Trail, TrailError, TrailQuery};
 use crate::core::{SessionChange, SessionEvent};
 use crate::engine::Engine;
 use crate::http::auth::{AuthError, Authenticator, Identity};
-use crate::protocol::SessionJson;
+use crate::protocol::EventJson;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -282,7 +282,7 @@ pub async fn sessions(
             "no such chair in the ward or the audit trail",
         );
     }
-    let current = serde_json::to_string(&current.as_ref().map(SessionJson::new))
+    let current = serde_json::to_string(&current.as_ref().map(EventJson::session))
         .expect("a session serialises");
     json(
         StatusCode::OK,
