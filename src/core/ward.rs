@@ -168,15 +168,45 @@ impl Ward {
         if !create {
             return Err(WardError::UnknownChair(chair.to_string()));
         }
-        if self.patients.len() >= self.max_chairs {
-            return Err(WardError::ChairLimit(self.max_chairs));
-        }
-        let key: Arc<str> = Arc::from(chair);
+        let key = self.admit(chair)?;
         let mut entry = self
             .patients
             .entry(key.clone())
             .or_insert_with(|| PatientState::new(&self.rules));
         Ok(f(&key, entry.value_mut(), &mut next_id))
+    }
+
+    /// As [`Ward::with_chair`] creating, for a change that may be refused: a chair
+    /// the ward does not know enters it only with `f`'s success, so a refused
+    /// message leaves no empty chair (shown to every station, counted toward
+    /// `max_chairs`).
+    fn with_chair_if<T>(
+        &self,
+        chair: &str,
+        f: impl FnOnce(
+            &Arc<str>,
+            &mut PatientState,
+            &mut dyn FnMut(AlarmSeed<'_>) -> u64,
+        ) -> Result<T, WardError>,
+    ) -> Result<T, WardError> {
+        if self.patients.contains_key(chair) {
+            return self.with_chair(chair, false, f)?;
+        }
+        let key = self.admit(chair)?;
+        let mut state = PatientState::new(&self.rules);
+        let mut next_id = |seed: AlarmSeed<'_>| self.alarm_ids.next(chair, seed);
+        let out = f(&key, &mut state, &mut next_id)?;
+        // Only the engine writes the ward: nothing can have added the chair since.
+        self.patients.entry(key).or_insert(state);
+        Ok(out)
+    }
+
+    /// A new chair's shared key, if the chair limit allows one more.
+    fn admit(&self, chair: &str) -> Result<Arc<str>, WardError> {
+        if self.patients.len() >= self.max_chairs {
+            return Err(WardError::ChairLimit(self.max_chairs));
+        }
+        Ok(Arc::from(chair))
     }
 
     /// Apply a reading to `chair`'s state and build the events it caused.
@@ -212,13 +242,7 @@ impl Ward {
         update: &SessionUpdate,
         now_ms: u64,
     ) -> Result<Vec<Event>, WardError> {
-        // A message refused for a chair the ward does not know creates no chair:
-        // it would show as an empty chair and count toward `max_chairs`. A fresh
-        // state refuses what the new chair's would (it holds nothing to end).
-        if !self.patients.contains_key(chair) {
-            PatientState::new(&self.rules).end_previous_patient(&self.rules, update, now_ms)?;
-        }
-        self.with_chair(chair, true, |key, state, next_id| {
+        self.with_chair_if(chair, |key, state, next_id| {
             // A new session: the previous patient's alarms end first, under
             // their session, then the new one begins.
             let ended = state.end_previous_patient(&self.rules, update, now_ms)?;
@@ -226,7 +250,7 @@ impl Ward {
             let effects = state.set_session(&self.rules, update, now_ms, next_id)?;
             out.extend(self.events(key, state, effects, now_ms));
             Ok(out)
-        })?
+        })
     }
 
     /// Change one rule's limits for the patient in `chair`.
