@@ -55,13 +55,19 @@ pub fn check_path(path: &Path) -> Result<(), AuditError> {
 /// The directory `path` (named `name`) is in exists: SQLite would create the
 /// file, not its directory.
 pub(super) fn directory_exists(path: &Path, name: &str) -> Result<(), AuditError> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    match parent.is_some_and(|p| !p.is_dir()) {
-        true => Err(AuditError::NoDirectory {
+    match directory_of(path).is_dir() {
+        true => Ok(()),
+        false => Err(AuditError::NoDirectory {
             path: name.to_owned(),
         }),
-        false => Ok(()),
     }
+}
+
+/// The directory `path` is in: `.` for a bare file name.
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }
 
 /// The directory `path` is in takes new files, as SQLite needs: it creates the
@@ -69,36 +75,18 @@ pub(super) fn directory_exists(path: &Path, name: &str) -> Result<(), AuditError
 /// start (a clean stop removes them). Tried, not inferred from permission bits:
 /// ACLs, a read-only mount and root's exemptions all count. The probe is removed.
 fn directory_writable(path: &Path, name: &str) -> Result<(), AuditError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = directory_of(path);
     let file = path.file_name().unwrap_or_default().to_string_lossy();
-    let mut tries = 0;
-    loop {
-        // A random name: a probe left by a check that was killed cannot be taken
-        // for a directory that refuses new files.
-        let probe = dir.join(format!(".{file}.check-{:016x}", fastrand::u64(..)));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-        {
-            Ok(_) => {
-                // Nothing is left behind; a probe that cannot be removed is harmless.
-                let _ = std::fs::remove_file(&probe);
-                return Ok(());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => tries += 1,
-            Err(source) => {
-                return Err(AuditError::DirectoryUnwritable {
-                    path: name.to_owned(),
-                    dir: dir.display().to_string(),
-                    source,
-                })
-            }
-        }
-    }
+    // A new, randomly named file, removed when dropped.
+    tempfile::Builder::new()
+        .prefix(&format!(".{file}.check-"))
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|source| AuditError::DirectoryUnwritable {
+            path: name.to_owned(),
+            dir: dir.display().to_string(),
+            source,
+        })
 }
 
 /// A database file's header: its first 100 bytes, starting with these 16.
