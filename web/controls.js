@@ -231,15 +231,7 @@ export class ChairControls {
           const next = Number(field.value);
           if (field.value === "" || !Number.isFinite(next) || next === current) return;
           this.ask(`Change ${VITALS[rule.vital].label} ${side} limit of ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} from ${formatValue(current)} to ${formatValue(next)}?`, () => {
-            // set_limit replaces both sides: the other side as it is now, not as it
-            // was when the dialog was drawn (another clinician may have changed it).
-            const o = this.o.chair(chair.key)?.session?.limits?.[rule.id] ?? {};
-            /** @type {Record<string, unknown>} */
-            const command = { type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() };
-            const other = side === "low" ? "high" : "low";
-            if (o[other] !== undefined && o[other] !== null) command[other] = o[other];
-            command[side] = next;
-            this.sendOrSay(command, `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
+            this.sendOrSay(this.limitCommand(chair.key, rule.id, side, next), `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
           });
         });
         const own = override !== undefined && override !== null;
@@ -249,14 +241,7 @@ export class ChairControls {
         reset.title = `Back to the configured limits of ${rule.id}`;
         reset.addEventListener("click", () => {
           this.ask(`Put ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} back to its configured ${side} limit (${formatValue(current)} → ${formatValue(configured)})?`, () => {
-            // This side only: the other side's override, if any, is sent again (a
-            // set_limit replaces the rule's overrides).
-            const o = this.o.chair(chair.key)?.session?.limits?.[rule.id] ?? {};
-            /** @type {Record<string, unknown>} */
-            const command = { type: "set_limit", chair: chair.key, rule: rule.id, by: this.o.by() };
-            const other = side === "low" ? "high" : "low";
-            if (o[other] !== undefined && o[other] !== null) command[other] = o[other];
-            this.sendOrSay(command, `${rule.id} ${side} back to configured`);
+            this.sendOrSay(this.limitCommand(chair.key, rule.id, side, undefined), `${rule.id} ${side} back to configured`);
           });
         });
         row.append(
@@ -272,6 +257,26 @@ export class ChairControls {
     }
     box.append(table);
     return box;
+  }
+
+  /**
+   * A `set_limit` that changes one side of a rule: to `value`, or back to the
+   * configured limit when undefined. set_limit replaces both sides, so the other
+   * side goes as it is now, not as it was when the dialog was drawn (another
+   * clinician may have changed it).
+   * @param {string} chair
+   * @param {string} rule
+   * @param {"low"|"high"} side
+   * @param {number|undefined} value
+   */
+  limitCommand(chair, rule, side, value) {
+    const o = this.o.chair(chair)?.session?.limits?.[rule] ?? {};
+    /** @type {Record<string, unknown>} */
+    const command = { type: "set_limit", chair, rule, by: this.o.by() };
+    const other = side === "low" ? "high" : "low";
+    if (o[other] !== undefined && o[other] !== null) command[other] = o[other];
+    if (value !== undefined) command[side] = value;
+    return command;
   }
 
   /**

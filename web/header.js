@@ -4,7 +4,6 @@
 
 import { PRIORITY_TEXT, clock, formatAge, setText } from "./format.js";
 import { PAUSE_MS } from "./audio.js";
-import { SIMULATED_SITE } from "./ward.js";
 
 /** @typedef {import("./ward.js").Ward} Ward */
 /** @typedef {import("./audio.js").AlarmAudio} AlarmAudio */
@@ -59,7 +58,7 @@ export class StationHeader {
       this.top.dataset.priority = top.priority;
       this.top.dataset.flashing = top.state === "raised" ? top.priority : "none";
       setText(this.topSymbol, `${p.symbol} ${p.word}`);
-      const simulated = ward.chairs.get(top.chair)?.site === SIMULATED_SITE ? " (SIMULATED)" : "";
+      const simulated = ward.isSimulated(top.chair) ? " (SIMULATED)" : "";
       setText(this.topText, `${live ? "" : "LAST KNOWN: "}Chair ${top.chair}${simulated}: ${top.message}${top.state === "acknowledged" ? " (acknowledged)" : ""}`);
     } else {
       this.top.dataset.priority = "none";
@@ -74,7 +73,7 @@ export class StationHeader {
       const of = alarms.filter((a) => a.priority === p);
       const n = of.length;
       const unacked = of.filter((a) => a.state === "raised").length;
-      const simulated = mixed ? of.filter((a) => ward.chairs.get(a.chair)?.site === SIMULATED_SITE).length : 0;
+      const simulated = mixed ? of.filter((a) => ward.isSimulated(a.chair)).length : 0;
       const e = this.counts[p];
       e.dataset.count = String(n);
       setText(e, `${PRIORITY_TEXT[p].symbol} ${PRIORITY_TEXT[p].word} ${live ? "" : "last known "}${n}${unacked < n ? ` (${n - unacked} ack)` : ""}${simulated > 0 ? `, ${simulated} simulated` : ""}`);
@@ -105,14 +104,14 @@ export class StationHeader {
     if (status.connected && dataLagMs > LAG_WARN_MS) lags.push(`Data is arriving ${formatAge(dataLagMs)} late: what you see may be behind the patients.`);
     this.lag.hidden = lags.length === 0;
     if (lags.length > 0) setText(this.lag, `${lags.join(" ")} Tell IT.`);
-    const simulated = simulatedChairs;
-    this.simulated.hidden = simulated === 0;
-    if (simulated > 0) {
+    this.simulated.hidden = simulatedChairs === 0;
+    if (simulatedChairs > 0) {
+      const one = simulatedChairs === 1;
       setText(
         this.simulated,
         !mixed
           ? "SIMULATED WARD — demo patients, not real people. No alarm here concerns a patient."
-          : `${simulated} SIMULATED ${simulated === 1 ? "chair" : "chairs"} (marked on ${simulated === 1 ? "its tile" : "their tiles"}) — every other chair is real.`,
+          : `${simulatedChairs} SIMULATED ${one ? "chair" : "chairs"} (marked on ${one ? "its tile" : "their tiles"}) — every other chair is real.`,
       );
     }
   }

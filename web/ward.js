@@ -258,6 +258,14 @@ export class Ward {
     for (const c of this.chairs.values()) if (c.site === SIMULATED_SITE) n += 1;
     return n;
   }
+
+  /**
+   * Whether chair `key` is simulated.
+   * @param {string} key
+   */
+  isSimulated(key) {
+    return this.chairs.get(key)?.site === SIMULATED_SITE;
+  }
 }
 
 /** @param {string} key */
