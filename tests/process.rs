@@ -217,6 +217,9 @@ async fn readings_in_flight_at_the_kill_are_redelivered_and_processed() {
         assert!(ok, "kill -{name}");
     };
     signal("STOP", gw.child.id());
+    // `kill` returns once the signal is queued; the process stops when one of its
+    // threads takes it, and until then the others go on (acknowledging readings).
+    stopped(gw.child.id()).await;
     // Accepted by the broker and sent on to the frozen gateway (within the
     // broker's in-flight window), never acknowledged by it.
     for seq in 1..=5u64 {
@@ -267,4 +270,22 @@ async fn readings_in_flight_at_the_kill_are_redelivered_and_processed() {
     assert_eq!(states, vec!["sbp_critical raised", "sbp_critical cleared"]);
     drop(back);
     purge_session(&host, port, &client_id).await;
+}
+
+/// Wait until every thread of `pid` is stopped (state `T` in `/proc`).
+async fn stopped(pid: u32) {
+    let all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command name, which is in parentheses and
+                // may itself hold any character.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        })
+    };
+    eventually(|| async { all_stopped() }, "the gateway process stopped").await;
 }
