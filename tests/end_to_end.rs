@@ -140,6 +140,45 @@ async fn readings_redelivered_after_a_restart_raise_no_second_alarm() {
     gw.stop().await;
 }
 
+/// A breach applied and journaled whose PUBACK never reached the broker, the
+/// recovery after it not yet applied when the gateway died: after the restart the
+/// breach comes again and changes nothing, and the recovery ends the alarm taken
+/// back from the audit trail.
+#[tokio::test]
+async fn a_recovery_after_a_restart_ends_the_alarm_taken_back() {
+    let (mut config, prefix) = test_config();
+    simple_rules(&mut config);
+    let gw = TestGateway::start(config.clone(), prefix.clone()).await;
+    let mut dash = gw.dashboard().await;
+    dash.next_of("snapshot").await;
+    let mut dev = gw.device().await;
+    let topic = gw.topic("west", "2");
+    let breach = reading(1, json!({"spo2": 84}));
+    dev.publish(&topic, &breach).await;
+    let raised = dash.next_of("alarm").await;
+    assert_eq!(raised["state"], "raised");
+    dev.wait_acked(1).await;
+    gw.stop().await;
+
+    let gw = TestGateway::start(config, prefix).await;
+    let mut dash = gw.dashboard().await;
+    let snapshot = dash.next_of("snapshot").await;
+    let open = snapshot["alarms"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "the alarm is taken back: {snapshot}");
+    assert_eq!(open[0]["id"], raised["id"]);
+    let dev = gw.device().await;
+    dev.publish(&topic, &breach).await; // as the broker redelivers it
+    dev.publish(&topic, &reading(2, json!({"spo2": 97}))).await;
+    let ended = dash.next_of("alarm").await;
+    assert_eq!(
+        (ended["id"].clone(), ended["state"].as_str()),
+        (raised["id"].clone(), Some("cleared"))
+    );
+    assert_eq!(gw.metric("vitalgate_readings_duplicate_total").await, 1.0);
+    assert_eq!(gw.metric("vitalgate_readings_ingested_total").await, 1.0);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn reconnect_with_since_replays_missed_alarms_in_order() {
     let (mut c, prefix) = test_config();
