@@ -282,6 +282,46 @@ proptest! {
     }
 }
 
+/// A phase change is not data: an alarm about a silent device or vital stays up
+/// across it, and clears only when the data returns.
+#[test]
+fn a_phase_change_does_not_end_an_alarm_about_silence() {
+    let t = TechnicalSpec {
+        offline_ms: 30_000,
+        stale_ms: BTreeMap::from([(Vital::Spo2, 15_000)]),
+        ..TechnicalSpec::default()
+    };
+    let s = SessionSpec::default();
+    let mut c = Chair::new(sources(&[], &t, &s));
+    c.phase(Phase::Baseline, T0 - 1);
+    c.phase(Phase::Infusion, T0);
+    c.read(T0, &[(Vital::Spo2, 98.0)], None);
+    let mut raised = Vec::new();
+    for sec in 1..=31 {
+        raised.extend(c.tick_s(T0 + sec * 1_000));
+    }
+    assert_eq!(
+        raised,
+        vec![
+            ("spo2_stale".into(), "raised", None),
+            ("device_offline".into(), "raised", None)
+        ]
+    );
+    let e = c.phase(Phase::Recovery, T0 + 40_000);
+    assert!(c.seen(&e).is_empty(), "{:?}", c.seen(&e));
+    assert!(c.tick_s(T0 + 41_000).is_empty());
+    assert_eq!(c.p.active_alarms().count(), 2);
+    let mut back = c.read_s(T0 + 42_000, &[(Vital::Spo2, 97.0)], None);
+    back.sort();
+    assert_eq!(
+        back,
+        vec![
+            ("device_offline".into(), "cleared", Some("data_returned")),
+            ("spo2_stale".into(), "cleared", Some("data_returned"))
+        ]
+    );
+}
+
 #[test]
 fn device_offline_by_last_will_or_silence_and_pump_without_spo2() {
     let t = TechnicalSpec {
@@ -445,6 +485,18 @@ fn combined_rule_needs_every_part_at_once() {
     // RR back above 10 + 1: one part recovered, the alarm clears.
     assert_eq!(
         c.read_s(T0 + 3_000, &[(Vital::Rr, 12.0)], None),
+        vec![("respiratory_depression".into(), "cleared", None)]
+    );
+    // Raised again; then the SpO2 probe stops while RR stays low. No SpO2 is not
+    // a recovery: the alarm stays until a current value says it ended.
+    c.read(T0 + 4_000, &[(Vital::Rr, 8.0), (Vital::Spo2, 95.0)], None);
+    assert_eq!(c.p.active_alarms().count(), 1);
+    for k in 1..=20u64 {
+        let seen = c.read_s(T0 + 4_000 + k * 10_000, &[(Vital::Rr, 8.0)], None);
+        assert!(seen.is_empty(), "{seen:?} at {k}0 s without SpO2");
+    }
+    assert_eq!(
+        c.read_s(T0 + 300_000, &[(Vital::Rr, 8.0), (Vital::Spo2, 98.0)], None),
         vec![("respiratory_depression".into(), "cleared", None)]
     );
 }

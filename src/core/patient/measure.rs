@@ -32,24 +32,28 @@ impl PatientState {
         limit.effective(direction, self.session.baseline_of(vital), over)
     }
 
-    /// Gateway ms since `vital` was last heard, counting from when the current phase
-    /// was applied if it was never heard since.
-    fn silent_ms(&self, vital: Vital, now_ms: u64) -> u64 {
-        let since = self.received[vital.index()]
-            .max(self.session.applied_at)
-            .max(self.first_heard);
-        now_ms.saturating_sub(since)
+    /// Gateway ms since `vital` was last heard. See [`Self::silent_since`].
+    fn silent_ms(&self, vital: Vital, now_ms: u64, alarm_up: bool) -> u64 {
+        now_ms.saturating_sub(self.silent_since(self.received[vital.index()], alarm_up))
+    }
+
+    /// From when silence counts, for data last heard at gateway time `heard`.
+    /// While no alarm is up: at the earliest from when the current phase was
+    /// applied (a restart too) or the chair was first heard of, so that a device
+    /// has its allowance in a phase just entered. An alarm already up ends only
+    /// when data returns: a phase change or a restart is not data.
+    fn silent_since(&self, heard: u64, alarm_up: bool) -> u64 {
+        match alarm_up {
+            true => heard,
+            false => heard.max(self.session.applied_at).max(self.first_heard),
+        }
     }
 }
 
 /// See [`PatientState::measure`].
-pub(super) fn measure(
-    p: &PatientState,
-    rules: &RuleSet,
-    cond: &Condition,
-    _ts: u64,
-    now_ms: u64,
-) -> Option<Measure> {
+pub(super) fn measure(p: &PatientState, rules: &RuleSet, i: usize, now_ms: u64) -> Option<Measure> {
+    let cond = rules.condition(i);
+    let alarm_up = p.conditions[i].alarm_id().is_some();
     let m = match &cond.check {
         Check::Threshold {
             vital,
@@ -73,12 +77,11 @@ pub(super) fn measure(
                     recovered |= m.recovered;
                     first.get_or_insert((value, limit));
                 }
-                // A part without a current value or limit cannot be breached; an
-                // alarm raised on it ends when its data is gone.
-                None => {
-                    breached = false;
-                    recovered = true;
-                }
+                // A part without a current value or limit cannot be breached, nor
+                // has it recovered: an alarm up stays until a part with a current
+                // value says it ended (a probe slipping off is not the patient
+                // breathing again; its own stale alarm says the data is gone).
+                None => breached = false,
             })?;
             let (value, limit) = first.unwrap_or((0.0, 0.0));
             Measure {
@@ -107,10 +110,9 @@ pub(super) fn measure(
         Check::Stale {
             vital,
             allowance_ms,
-        } => timed(p.silent_ms(*vital, now_ms), *allowance_ms, false),
+        } => timed(p.silent_ms(*vital, now_ms, alarm_up), *allowance_ms, false),
         Check::Offline { silent_ms } => {
-            let since = p.heard_at.max(p.session.applied_at).max(p.first_heard);
-            let silent = now_ms.saturating_sub(since);
+            let silent = now_ms.saturating_sub(p.silent_since(p.heard_at, alarm_up));
             timed(silent, *silent_ms, p.device_offline)
         }
         Check::PumpWithoutSpo2 {
@@ -131,7 +133,11 @@ pub(super) fn measure(
                     limit: *allowance_ms as f64 / 1000.0,
                 }
             } else {
-                timed(p.silent_ms(Vital::Spo2, now_ms), *allowance_ms, false)
+                timed(
+                    p.silent_ms(Vital::Spo2, now_ms, alarm_up),
+                    *allowance_ms,
+                    false,
+                )
             }
         }
     };

@@ -413,7 +413,7 @@ impl PatientState {
         if !cond.applies(&self.session) {
             return;
         }
-        let Some(m) = self.measure(rules, cond, ts, now_ms) else {
+        let Some(m) = self.measure(rules, i, now_ms) else {
             // Nothing to judge. With a value but no limit any more (a per-patient
             // limit removed from a rule whose other limits are relative to a baseline
             // the patient does not have), whatever the condition held ends. Without
@@ -511,16 +511,10 @@ impl PatientState {
         effects
     }
 
-    /// The measurement of condition `cond` for this patient; `None` when there is
+    /// The measurement of condition `i` for this patient; `None` when there is
     /// nothing to compare.
-    fn measure(
-        &self,
-        rules: &RuleSet,
-        cond: &super::condition::Condition,
-        ts: u64,
-        now_ms: u64,
-    ) -> Option<Measure> {
-        measure::measure(self, rules, cond, ts, now_ms)
+    fn measure(&self, rules: &RuleSet, i: usize, now_ms: u64) -> Option<Measure> {
+        measure::measure(self, rules, i, now_ms)
     }
 }
 

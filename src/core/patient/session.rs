@@ -417,7 +417,7 @@ impl PatientState {
     /// Value and limit to report for condition `i` outside a measurement.
     pub(super) fn report(&self, rules: &RuleSet, i: usize, now_ms: u64) -> (f64, f64) {
         let cond = rules.condition(i);
-        match self.measure(rules, cond, now_ms, now_ms) {
+        match self.measure(rules, i, now_ms) {
             Some(m) => (m.value, m.limit),
             None => (
                 cond.check
