@@ -717,6 +717,51 @@ fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
     }
 }
 
+/// The restored exception is for the first newer message only, and never for a
+/// dashboard's command (made on the restored phase the station shows).
+#[test]
+fn a_restored_session_steps_after_its_first_newer_message_and_for_commands() {
+    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
+    let mut c = Chair::new(sources(&[], &t, &s));
+    c.phase(Phase::Baseline, T0);
+    c.phase(Phase::Infusion, T0 + 10);
+    let recorded = crate::core::event::SessionEvent::new(
+        std::sync::Arc::from("n/1"),
+        SessionChange::Phase,
+        c.p.session(),
+        T0 + 20,
+    );
+    let infusion = SessionUpdate {
+        session_count: None,
+        ..update(Phase::Infusion, "P-1", None, None, T0 + 10)
+    };
+    let jump = |ts: Option<u64>| SessionUpdate {
+        phase: Phase::Discharged,
+        ts,
+        ..infusion.clone()
+    };
+    let refused = |r: Result<Effects, SessionError>| {
+        matches!(
+            r,
+            Err(SessionError::Transition {
+                from: Phase::Infusion,
+                to: Phase::Discharged
+            })
+        )
+    };
+    // A command from a station, straight after the restart.
+    let mut d = Chair::new(sources(&[], &t, &s));
+    d.p.restore(&d.rules, &recorded, T0 + 1_000);
+    assert!(refused(d.session(jump(None), T0 + 1_001)));
+    // A newer message that changes nothing confirms the restored session.
+    let confirm = SessionUpdate {
+        ts: Some(T0 + 500),
+        ..infusion.clone()
+    };
+    assert!(d.session(confirm, T0 + 1_002).unwrap().is_empty());
+    assert!(refused(d.session(jump(Some(T0 + 600)), T0 + 1_003)));
+}
+
 #[test]
 fn a_restored_session_accepts_what_happened_while_the_gateway_was_down() {
     let (t, s) = (TechnicalSpec::default(), SessionSpec::default());

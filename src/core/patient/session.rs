@@ -41,6 +41,9 @@ impl PatientState {
         else {
             return Ok(Effects::default());
         };
+        // Taken, even if it changes nothing: it confirms the restored session, and
+        // the next message steps from it.
+        self.session.restored = false;
         let s = &self.session;
         let details_changed = update.route.is_some_and(|r| r != s.route)
             || update
@@ -65,7 +68,6 @@ impl PatientState {
         let ts = update.ts.unwrap_or(now_ms);
         let s = &mut self.session;
         s.known = true;
-        s.restored = false;
         s.by = update.by.as_deref().map(Arc::from);
         if phase_changed {
             if s.phase == Phase::Baseline && update.phase != Phase::Baseline && !new_session {

@@ -30,7 +30,11 @@ impl PatientState {
                 return Err(SessionError::Stale { ts, current: last });
             }
         }
-        if s.known && !s.restored && !s.phase.may_become(update.phase) {
+        // A restored chair's first newer message may set any phase: changes may
+        // have come while the gateway was down. A dashboard's command (no `ts`)
+        // is made on what the station shows, the restored phase: it steps.
+        let restored_exception = s.restored && update.ts.is_some();
+        if s.known && !restored_exception && !s.phase.may_become(update.phase) {
             return Err(SessionError::Transition {
                 from: s.phase,
                 to: update.phase,
