@@ -244,11 +244,25 @@ async fn roles_decide_who_acts_and_the_token_names_them() {
     let acked = watcher.next_of("alarm").await;
     assert_eq!(acked["state"], "acknowledged");
     assert_eq!(acked["acknowledged_by"], "nurse.kim");
-    // Changing limits needs a clinician.
+    // Changing limits needs a clinician, also inside a session command.
     station
         .send(json!({ "type": "set_limit", "chair": "north/1", "rule": "spo2_low", "low": 88 }))
         .await;
     assert_eq!(station.next_of("error").await["code"], "forbidden");
+    station
+        .send(
+            json!({ "type": "set_session", "chair": "north/1", "phase": "baseline",
+                      "patient": "P", "limits": { "spo2_low": { "low": 70 } } }),
+        )
+        .await;
+    assert_eq!(station.next_of("error").await["code"], "forbidden");
+    // Nothing changed: the same session without limits is taken (a session event).
+    station
+        .send(json!({ "type": "set_session", "chair": "north/1", "phase": "baseline", "patient": "P" }))
+        .await;
+    let session = watcher.next_of("session").await;
+    assert_eq!(session["phase"], "baseline");
+    assert_eq!(session["limits"], json!({}), "{session}");
     gw.stop().await;
 }
 

@@ -199,6 +199,12 @@ impl Reader {
                 let Some(by) = self.actor(Permission::SetSession, &by, None) else {
                     return;
                 };
+                // Limits in a session command replace the chair's limits, as
+                // `set_limit` changes them: a clinician's to do.
+                if session.limits.is_some() && self.actor(Permission::SetLimit, &by, None).is_none()
+                {
+                    return;
+                }
                 if !self.in_scope(&chair) {
                     return;
                 }
