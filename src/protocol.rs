@@ -320,9 +320,11 @@ pub fn subscribed_frame(subscribed: bool, site: Option<&str>) -> Frame {
     )
 }
 
-/// A command from a dashboard.
+/// A command from a dashboard. Unknown fields are refused (`bad_command`): a
+/// misspelt `hgih` in `set_limit` would otherwise put the configured limit back,
+/// and a misspelt `site` in `subscribe_vitals` subscribe to every site.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Acknowledge alarm `id` on behalf of `by` (with authentication: the token's
     /// user, whatever `by` says).
@@ -336,9 +338,9 @@ pub enum Command {
         #[serde(default)]
         site: Option<String>,
     },
-    UnsubscribeVitals,
+    UnsubscribeVitals {},
     /// Ask for a fresh snapshot.
-    Snapshot,
+    Snapshot {},
     /// Set a chair's session on behalf of `by`: the fields of a session message
     /// (parsed by [`Command::parse`], which refuses unknown fields as the session
     /// topic does; a dashboard's `ts` is ignored: a command applies when made).
@@ -482,6 +484,32 @@ mod tests {
         ))
         .is_err());
         assert!(Command::parse(r#"{"type":"ack","id":"x","by":"kim"}"#).is_err());
+        for misspelt in [
+            r#"{"type":"set_limit","chair":"north/7","rule":"sbp_critical","hgih":170,"by":"dr.lee"}"#,
+            r#"{"type":"subscribe_vitals","sties":"north"}"#,
+            r#"{"type":"ack","id":3,"by":"kim","idd":4}"#,
+            r#"{"type":"snapshot","x":1}"#,
+        ] {
+            let refused = Command::parse(misspelt).unwrap_err();
+            assert_eq!(refused.0, "bad_command", "{misspelt}");
+            assert!(
+                refused.1.contains("unknown field"),
+                "{misspelt}: {}",
+                refused.1
+            );
+        }
+        assert!(Command::parse(
+            r#"{"type":"set_limit","chair":"north/7","rule":"sbp_critical","high":170,"by":"dr.lee"}"#
+        )
+        .is_ok());
+        assert_eq!(
+            Command::parse(r#"{"type":"snapshot"}"#),
+            Ok(Command::Snapshot {})
+        );
+        assert_eq!(
+            Command::parse(r#"{"type":"unsubscribe_vitals"}"#),
+            Ok(Command::UnsubscribeVitals {})
+        );
         let refused = |text: &str| {
             Command::parse(text)
                 .err()

@@ -127,7 +127,7 @@ impl Reader {
                     command @ (Command::Ack { .. }
                     | Command::SetSession { .. }
                     | Command::SetLimit { .. }
-                    | Command::Snapshot),
+                    | Command::Snapshot {}),
                 ) => {
                     // Boxed: a command's wait for the engine is rare in a
                     // connection's life; inline, its state would make every
@@ -158,7 +158,7 @@ impl Reader {
                         ),
                     }
                 }
-                Ok(Command::UnsubscribeVitals) => {
+                Ok(Command::UnsubscribeVitals {}) => {
                     self.scope_tx.send_replace(None);
                 }
                 Err((code, message)) => {
@@ -237,7 +237,7 @@ impl Reader {
                     .await;
                 self.answer(result);
             }
-            Command::Snapshot => {
+            Command::Snapshot {} => {
                 // One requested snapshot in flight per connection: a client that
                 // asks again and again without reading cannot pile them up.
                 if self.signals.snapshot_pending.swap(true, Ordering::SeqCst) {
