@@ -22,6 +22,7 @@ pub mod fanout;
 pub mod health;
 pub mod http;
 pub mod ingest;
+pub mod open_files;
 pub mod protocol;
 mod recovery;
 pub mod replay;

@@ -111,6 +111,9 @@ async fn gateway() -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
+    if matches!(cli.command, None | Some(Command::Demo { .. })) {
+        vitalgate::open_files::raise_for(&config);
+    }
     match cli.command {
         None => vitalgate::run(config, shutdown_signal())
             .await

@@ -430,3 +430,46 @@ fn the_status_says_subscribed_as_soon_as_it_is() {
     let _ = std::fs::remove_dir_all(dir);
     assert!(subscribed, "no 'subscribed' status within 3 s: {heard:?}");
 }
+
+/// A soft open-file limit below what `websocket.max_connections` allows (a shell's
+/// or systemd's default 1024 against 10,000 dashboards) is raised at start, toward
+/// the hard limit: otherwise `accept` fails before anyone is refused with a 503.
+#[test]
+fn a_low_open_file_limit_is_raised_at_start() {
+    use std::io::BufRead;
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    if hard.is_some_and(|h| h < 1256) {
+        return; // this machine cannot give what the test asks for
+    }
+    let audit = audit_path();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", r#"ulimit -Sn 512 && exec "$0""#])
+        .arg(env!("CARGO_BIN_EXE_vitalgate"))
+        .env("VITALGATE_WEBSOCKET__MAX_CONNECTIONS", "1000")
+        .env("VITALGATE_HTTP__BIND", "127.0.0.1:0")
+        .env("VITALGATE_MQTT__BROKER", "external")
+        .env("VITALGATE_MQTT__PORT", free_port().to_string())
+        .env("VITALGATE_AUDIT__PATH", &audit)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.map_while(Result::ok) {
+        let done = line.contains("vitalgate started");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let raised = seen
+        .iter()
+        .find(|l| l.contains("raised the open-file limit"))
+        .unwrap_or_else(|| panic!("no line says the limit was raised:\n{}", seen.join("\n")));
+    assert!(raised.contains("from=512 to=1256"), "{raised}");
+}
