@@ -111,6 +111,12 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(ready["cluster"]["stream_reachable"], true, "{body}");
+    assert_eq!(ready["mqtt_subscribed"], true, "{body}");
+    assert_eq!(
+        common::metric(a.http_addr(), "vitalgate_mqtt_connected").await,
+        1.0,
+        "the device path is up: the single-node rules' MQTT alert stays quiet"
+    );
     assert!(!ready["cluster"]["partitions"]
         .as_array()
         .unwrap()

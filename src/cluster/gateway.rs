@@ -226,10 +226,12 @@ impl ClusterGateway {
             metrics.cluster(),
             stop.clone(),
         ));
+        metrics.mqtt_connected.set(1.0);
         tokio::spawn(report_health(
             member.js.clone(),
             member.owned.clone(),
             health.clone(),
+            metrics.mqtt_connected.clone(),
             settings.round,
             stop.clone(),
         ));
@@ -248,7 +250,8 @@ impl ClusterGateway {
             metrics,
             config.websocket.clone(),
         ));
-        // The device path is up: the member reads its partitions.
+        // The device path is up: the member reads its partitions (`report_health`
+        // keeps this current).
         health.set_mqtt_subscribed(true);
         let trail = reader.map(|audit| {
             Arc::new(PgTrail {
@@ -305,22 +308,29 @@ impl ClusterGateway {
 }
 
 /// Keep `/ready`'s cluster part current: the partitions held, and whether the
-/// events stream answers (asked every `round`).
+/// events stream answers (asked every `round`). In cluster mode the stream is
+/// the device path, as the broker subscription is for a single gateway: `/ready`'s
+/// `mqtt_subscribed` and `vitalgate_mqtt_connected` follow it, so that a gateway
+/// cut off from NATS is not ready and its alert fires.
 async fn report_health(
     js: async_nats::jetstream::Context,
     mut owned: tokio::sync::watch::Receiver<super::ownership::Owned>,
     health: Arc<Health>,
+    connected: metrics::Gauge,
     round: Duration,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(round);
-    let mut reachable = false;
+    // Start-up reached the stream before this runs.
+    let mut reachable = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let asked = tokio::time::timeout(round, js.get_stream(super::events::EVENTS_STREAM));
                 reachable = matches!(asked.await, Ok(Ok(_)));
+                health.set_mqtt_subscribed(reachable);
+                connected.set(if reachable { 1.0 } else { 0.0 });
             }
             changed = owned.changed() => if changed.is_err() { return },
         }
