@@ -671,6 +671,14 @@ async fn open_alarms_survive_a_restart() {
         (Some("cleared"), Some("not_restored"))
     );
     assert_eq!(last.get("rules"), None, "a cleared event holds no rules");
+    // Its line says it ended, not the breach it was raised on.
+    assert_eq!(
+        last["message"].as_str().unwrap(),
+        format!(
+            "{}: alarm ended, not taken back after a restart",
+            other["message"].as_str().unwrap()
+        )
+    );
     let mut dash = gw.dashboard().await;
     assert_eq!(dash.next_of("snapshot").await["alarms"], json!([]));
     gw.stop().await;

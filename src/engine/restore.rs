@@ -54,6 +54,13 @@ impl Restore<'_> {
             // A `cleared` event as any other: no rules held, not an update.
             event.state = AlarmState::Cleared;
             event.reason = Some("not_restored");
+            // A cleared event's line says the alarm ended: its rule may be gone, so
+            // the raise's line is kept and said to have ended.
+            event.message = format!(
+                "{}: alarm ended, not taken back after a restart",
+                event.message
+            )
+            .into();
             event.rules.clear();
             event.updated = false;
             event.previous_priority = None;
