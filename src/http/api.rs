@@ -14,11 +14,12 @@ use crate::core::{SessionChange, SessionEvent};
 use crate::engine::Engine;
 use crate::http::auth::{AuthError, Authenticator, Identity};
 use crate::protocol::EventJson;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -114,10 +115,28 @@ fn error(status: StatusCode, message: &str) -> Response {
     json(status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// A query string that does not parse (`from=abc`, a repeated key): 400 with the
-/// same `{"error": ...}` body as every other refusal here, not axum's plain text.
-fn bad_query(rejection: QueryRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, &rejection.body_text())
+/// An `/api` query string. One that does not parse (`from=abc`, a repeated key)
+/// is refused with 400 and the same `{"error": ...}` body as every other refusal
+/// here, not axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(ApiQuery(q)),
+            Err(rejection) => Err(error(StatusCode::BAD_REQUEST, &rejection.body_text())),
+        }
+    }
+}
+
+/// Any other path under `/api`: 404 with the same body as every refusal here.
+pub async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: /api/alarms, /api/sessions/{site}/{chair} and /api/station are",
+    )
 }
 
 /// `[body, body, ...]` from stored frames, without re-parsing them.
@@ -142,8 +161,11 @@ async fn query(
     to: Option<u64>,
     limit: Option<usize>,
 ) -> Result<(Vec<Stored>, bool), Response> {
+    if limit == Some(0) {
+        return Err(error(StatusCode::BAD_REQUEST, "`limit` must be at least 1"));
+    }
     let max = app.config.audit.max_query_rows;
-    let limit = limit.unwrap_or(max).clamp(1, max);
+    let limit = limit.unwrap_or(max).min(max);
     let Some(trail) = app.trail.clone() else {
         return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -213,12 +235,8 @@ pub async fn alarms(
     State(app): State<Arc<App>>,
     State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
-    q: Result<Query<AlarmQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<AlarmQuery>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(e),
-    };
     if let Some(refusal) = refused(
         &app,
         &auth,
@@ -249,12 +267,8 @@ pub async fn sessions(
     State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
     Path(chair): Path<String>,
-    q: Result<Query<RangeQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(e),
-    };
     if let Some(refusal) = refused(
         &app,
         &auth,

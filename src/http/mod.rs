@@ -13,7 +13,7 @@ use crate::app::App;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -140,6 +140,7 @@ pub fn router(app: Arc<App>, auth: auth::Authenticator) -> Router {
         .route("/ws", get(dashboards::upgrade))
         .route("/api/alarms", get(api::alarms))
         .route("/api/sessions/{*chair}", get(api::sessions))
+        .route("/api/{*rest}", any(api::not_found))
         .route("/live", get(live))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

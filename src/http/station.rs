@@ -10,7 +10,7 @@
 use crate::access::{Identity, Permission};
 use crate::app::App;
 use crate::http::auth::Authenticator;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -135,7 +135,7 @@ pub async fn station(
     State(app): State<Arc<App>>,
     State(auth): State<Arc<Authenticator>>,
     headers: HeaderMap,
-    Query(q): Query<StationQuery>,
+    super::api::ApiQuery(q): super::api::ApiQuery<StationQuery>,
 ) -> Response {
     let identity = match super::api::authenticated(&app, &auth, &headers, q.access_token.as_deref())
     {
