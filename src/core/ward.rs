@@ -374,8 +374,9 @@ impl Ward {
     }
 
     /// Chairs with a patient in them (baseline, infusion, recovery) from which
-    /// nothing has been heard for `silent_ms` of gateway time (or ever): for the
-    /// operator, beside each chair's own `device_offline` alarm.
+    /// nothing has been heard for more than `silent_ms` of gateway time, counted as
+    /// the `device_offline` alarm counts silence ([`PatientState::silent_for`]):
+    /// for the operator, beside each chair's own alarm.
     pub fn silent_in_session(&self, now_ms: u64, silent_ms: u64) -> usize {
         self.patients
             .iter()
@@ -383,7 +384,7 @@ impl Ward {
                 matches!(
                     p.session().phase,
                     super::Phase::Baseline | super::Phase::Infusion | super::Phase::Recovery
-                ) && now_ms.saturating_sub(p.latest().received_at) > silent_ms
+                ) && p.silent_for(now_ms) > silent_ms
             })
             .count()
     }

@@ -264,3 +264,26 @@ fn the_previous_patients_alarm_ends_under_their_session() {
     let state = w.state_of("n/1").unwrap();
     assert_eq!(state.active_alarms().count(), 0);
 }
+
+/// A chair in session counts as silent once nothing has been heard from it for the
+/// allowance, counted from the phase's start (a restart too), as its offline alarm
+/// counts: not at once for a chair whose device has not spoken yet, and a status
+/// message counts as heard.
+#[test]
+fn silent_chairs_are_counted_as_the_offline_alarm_counts() {
+    let w = ward(10);
+    let t0 = 1_000_000;
+    w.set_session("north/1", &session(crate::core::Phase::Baseline, t0), t0)
+        .unwrap();
+    assert_eq!(w.silent_in_session(t0 + 30_000, 60_000), 0, "not yet");
+    assert_eq!(w.silent_in_session(t0 + 60_001, 60_000), 1);
+    w.set_device_online("north/1", true, t0 + 61_000).unwrap();
+    assert_eq!(
+        w.silent_in_session(t0 + 62_000, 60_000),
+        0,
+        "it said online"
+    );
+    w.apply("north/1", &spo2(1, 97.0), t0 + 100_000).unwrap();
+    assert_eq!(w.silent_in_session(t0 + 150_000, 60_000), 0);
+    assert_eq!(w.silent_in_session(t0 + 160_001, 60_000), 1);
+}

@@ -249,6 +249,18 @@ impl PatientState {
             ) >= idle_ms
     }
 
+    /// Gateway ms nothing has been heard from the chair (a reading, a status),
+    /// counted from when its current phase was applied (a restart too) or it was
+    /// first heard of, whichever is later: as `device_offline` counts while it is
+    /// not raised.
+    pub fn silent_for(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(
+            self.heard_at
+                .max(self.session.applied_at)
+                .max(self.first_heard),
+        )
+    }
+
     /// The alarm ids currently active on this chair.
     pub fn active_alarms(&self) -> impl Iterator<Item = u64> + '_ {
         self.conditions.iter().filter_map(ConditionState::alarm_id)
