@@ -258,3 +258,33 @@ fn the_systemd_unit_verifies() {
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Two chairs whose names make one broker user (a '-' in a site or chair name)
+/// are refused, not given one password and the first one's topics; adding the same
+/// chair again (a new password) is allowed.
+#[test]
+fn add_device_refuses_a_user_name_another_chair_has() {
+    let dir = std::env::temp_dir().join(unique("deploy-add"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(Path::new(DEPLOY).join("acl"), dir.join("acl")).unwrap();
+    let add = |site: &str, chair: &str, password: &str| {
+        Command::new(Path::new(DEPLOY).join("add-device.sh"))
+            .args([site, chair, password])
+            .env("MOSQUITTO_DEVICES_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    assert!(add("a-b", "1", "pw-1").status.success());
+    let clash = add("a", "b-1", "pw-2");
+    assert!(!clash.status.success());
+    let said = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        said.contains("device-a-b-1 already belongs to another chair"),
+        "{said}"
+    );
+    assert!(add("a-b", "1", "pw-3").status.success(), "a new password");
+    let acl = std::fs::read_to_string(dir.join("acl")).unwrap();
+    assert_eq!(acl.matches("user device-a-b-1").count(), 1, "{acl}");
+    assert!(!acl.contains("clinic/a/chair/b-1"), "{acl}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

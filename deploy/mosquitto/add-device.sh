@@ -18,6 +18,16 @@ valid='^[A-Za-z0-9_.-]{1,64}$'   # the names docs/protocol.md allows in topics
 [[ $site =~ $valid && $chair =~ $valid ]] || { echo "site and chair: 1-64 letters, digits, '_', '-' or '.'" >&2; exit 2; }
 password=${3:-$(head -c 18 /dev/urandom | base64 | tr -d '/+=')}
 user="device-$site-$chair"
+# With '-' allowed in both names, two chairs can make one user name (site a-b,
+# chair 1 and site a, chair b-1): adding the second would take the first one's
+# password and leave it only the first one's topics. Refuse; run again for the
+# same chair only to set a new password.
+if [ -f "$dir/acl" ] && grep -qx "user $user" "$dir/acl" &&
+  ! awk -v u="user $user" -v t="topic write clinic/$site/chair/$chair/vitals" \
+    '$0 == u { mine = 1; next } /^user / { mine = 0 } mine && $0 == t { found = 1 } END { exit !found }' "$dir/acl"; then
+  echo "$user already belongs to another chair (its topics in $dir/acl); rename the site or chair" >&2
+  exit 1
+fi
 if [ -f "$dir/passwd" ]; then
   mosquitto_passwd -b "$dir/passwd" "$user" "$password"
 else

@@ -393,7 +393,8 @@ mod tests {
     fn invalid_values_are_all_reported() {
         let (_d, path) = write(
             "[websocket]\nqueue_capacity = 0\n[mqtt]\nmax_packet_bytes = 1000\n\
-             [alarms]\ntick_ms = 30000\n[[rules]]\nid = \"a\"\nvital = \"hr\"\nlow = 100\nhigh = 50\npriority = \"high\"\n",
+             [alarms]\ntick_ms = 30000\n[capture]\nqueue_capacity = 0\nrotate_bytes = 0\n\
+             [[rules]]\nid = \"a\"\nvital = \"hr\"\nlow = 100\nhigh = 50\npriority = \"high\"\n",
         );
         let err = Config::load(Some(&path), none()).unwrap_err();
         let keys = err.keys();
@@ -401,6 +402,8 @@ mod tests {
             "websocket.queue_capacity",
             "mqtt.max_packet_bytes",
             "alarms.tick_ms",
+            "capture.queue_capacity",
+            "capture.rotate_bytes",
             "rules[0].low",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");

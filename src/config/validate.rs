@@ -280,6 +280,18 @@ impl Config {
         );
         check!(!a.audience.is_empty(), "auth.audience", "must not be empty",);
         check!(a.leeway_s <= 300, "auth.leeway_s", "must be 0-300");
+        let c = &self.capture;
+        check!(
+            c.queue_capacity >= 1,
+            "capture.queue_capacity",
+            "must be at least 1 (0 would leave almost every message out of the capture)",
+        );
+        // A file holds at least a few of the largest messages (16 KiB by default).
+        check!(
+            c.rotate_bytes >= 1 << 20,
+            "capture.rotate_bytes",
+            "must be at least 1048576 (1 MiB): smaller makes a file every few messages",
+        );
         errs.extend(self.cluster.problems());
         errs
     }
