@@ -212,11 +212,40 @@ struct WireReading {
     pump: Option<WirePump>,
 }
 
-#[derive(Deserialize)]
+/// The pump report: an object only. serde would also read a derived struct from
+/// an array, by position (`"pump": [true, 40, 10]`), which payload v1 does not
+/// allow (`wrong_type`, as for the payload itself).
 struct WirePump {
     running: bool,
     rate_ml_h: f64,
     infused_ml: f64,
+}
+
+impl<'de> Deserialize<'de> for WirePump {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            running: bool,
+            rate_ml_h: f64,
+            infused_ml: f64,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = WirePump;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object {running, rate_ml_h, infused_ml}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<WirePump, A::Error> {
+                let f = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(WirePump {
+                    running: f.running,
+                    rate_ml_h: f.rate_ml_h,
+                    infused_ml: f.infused_ml,
+                })
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 /// Highest accepted pump rate, ml/h, and infused volume, ml: beyond them the pump
@@ -375,6 +404,21 @@ mod tests {
             RejectReason::WrongType
         );
         assert_eq!(reason(b"42"), RejectReason::WrongType);
+        assert_eq!(
+            reason(br#"{"seq":1,"ts":1764000000000,"pump":[true,40,10]}"#),
+            RejectReason::WrongType
+        );
+        assert_eq!(
+            reason(br#"{"seq":1,"ts":1764000000000,"pump":{"running":true,"rate_ml_h":40}}"#),
+            RejectReason::MissingField
+        );
+        let pumped = decode(
+            br#"{"seq":1,"ts":1764000000000,"pump":{"running":true,"rate_ml_h":40,"infused_ml":10,"x":1}}"#,
+            NOW,
+            &LIMITS,
+        )
+        .unwrap();
+        assert_eq!(pumped.pump.map(|p| p.rate_ml_h), Some(40.0));
         assert_eq!(
             reason(br#"{"seq":1,"ts":1764000000000,"hr":"fast"}"#),
             RejectReason::WrongType
