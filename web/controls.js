@@ -10,6 +10,7 @@ import { VITALS, el, formatValue } from "./format.js";
 /** @typedef {import("./ward.js").Chair} Chair */
 /** @typedef {import("./ward.js").Phase} Phase */
 /** @typedef {import("./ward.js").Vital} Vital */
+/** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
 
 /**
  * @typedef {object} RuleSpec  a `[[rules]]` entry as `GET /api/station` returns it
@@ -36,6 +37,7 @@ import { VITALS, el, formatValue } from "./format.js";
  * @property {() => May} may
  * @property {() => RuleSpec[]} rules
  * @property {(key: string) => Chair|undefined} chair  the chair as the ward holds it now
+ * @property {(key: string) => AlarmFrame[]} alarms  the chair's active alarms, most urgent first
  * @property {(text: string, kind?: "error"|"info") => void} toast
  */
 
@@ -151,7 +153,7 @@ export class ChairControls {
           send();
           return;
         }
-        this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}`, () => {
+        this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}${this.endingAlarms(chair.key)}`, () => {
           // What was confirmed is what is sent: not if the chair changed meanwhile.
           const now = this.o.chair(chair.key)?.session;
           if (now?.phase !== phase || now?.patient !== patient) {
@@ -164,6 +166,23 @@ export class ChairControls {
       box.append(b);
     }
     return box;
+  }
+
+  /**
+   * The patient's alarms that a discharge or a call-off ends (the physiological
+   * ones; the device's technical alarms stay), as a sentence: even a latched or
+   * unacknowledged one ends, so the nurse is told which.
+   * @param {string} key
+   */
+  endingAlarms(key) {
+    const ending = this.o.alarms(key).filter((a) => a.kind === "physiological");
+    if (ending.length === 0) return "";
+    const unacked = ending.filter((a) => !a.acknowledged_by).length;
+    const listed = ending.slice(0, 3).map((a) => `${a.message} (${a.priority.toUpperCase()}${a.acknowledged_by ? "" : ", NOT acknowledged"})`);
+    const more = ending.length > 3 ? `, and ${ending.length - 3} more` : "";
+    const count = ending.length === 1 ? "1 alarm is still active and ends" : `${ending.length} alarms are still active and end`;
+    const unackedNote = unacked > 0 ? `, ${unacked} not acknowledged` : "";
+    return ` ${count} with it${unackedNote}: ${listed.join("; ")}${more}.`;
   }
 
   /** @param {Chair} chair */

@@ -81,6 +81,7 @@ const controls = new ChairControls({
   may: () => info.me.may,
   rules: () => info.rules,
   chair: (key) => ward.chairs.get(key),
+  alarms: (key) => ward.alarmsOf(key),
   toast,
 });
 const history = new AlarmHistory(get, () => [...ward.chairs.keys()].sort(compareChairs), () => info.me.sites.includes("*"));

@@ -374,6 +374,16 @@ describe("nurse station (auth none)", () => {
     await eventually(async () => (await tile.getAttribute("data-phase")) === "baseline", "north/5 in baseline");
     assert.equal(await tile.locator(".patient").innerText(), "P-777");
     assert.match(await tile.locator(".course").innerText(), /session 1 of 4/);
+    // Calling the session off ends the patient's alarms: the question names those
+    // still active, and which are not acknowledged.
+    await devices.vitals("north/5", { ...NORMAL, sbp: 190 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "north/5 alarms");
+    await dialog.locator('button[data-phase="idle"]').click();
+    assert.match(await page.locator("#confirm-text").innerText(),
+      /^Call off \(free chair\): chair north\/5, P-777\? The session is called off: .* 1 alarm is still active and ends with it, 1 not acknowledged: SBP 190 above 180 \(HIGH, NOT acknowledged\)\.$/);
+    await page.locator('#confirm-dialog button[value="no"]').click();
+    await devices.vitals("north/5", NORMAL);
+    await eventually(async () => (await tile.getAttribute("data-priority")) !== "high", "north/5 back to normal");
     // A step the gateway refuses is explained in words (baseline → recovery skips infusion).
     await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.connection().send({ type: "set_session", chair: "north/5", phase: "recovery", patient: "P-777", by: "nurse.kim" }));
     await eventually(async () => /phases move one step forward/.test(await page.locator("#toasts").innerText()), "the refusal in words");
