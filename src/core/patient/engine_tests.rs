@@ -1070,46 +1070,6 @@ fn a_session_begun_since_a_copy_is_told_apart() {
     assert!(copy.p.session_began_since(&event(&later)), "infusion again");
 }
 
-/// A new patient's monitor whose clock is behind the last one's (a swapped
-/// monitor, a clock reset): its readings map to before the patient sat down by
-/// the old clock offset, which the chair keeps for 15 to 30 minutes. Readings in
-/// order that arrive well after the change are the new patient's: the chair is
-/// blind for a minute at most, not until the old offset ages out.
-#[test]
-fn a_monitor_with_a_clock_behind_is_judged_after_a_minute() {
-    let rules = [hr_rule("hr_high", 100.0, &[Phase::Baseline])];
-    let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
-    let mut c = Chair::new(sources(&rules, &t, &s));
-    c.phase(Phase::Baseline, T0);
-    c.read(T0 + 1_000, &[(Vital::Hr, 70.0)], None);
-    // The next patient, at T0 + 10 min; their monitor's clock is 5 min behind.
-    let change = T0 + 600_000;
-    let e = c
-        .session(update(Phase::Baseline, "P-2", None, None, change), change)
-        .unwrap();
-    assert!(c.seen(&e).is_empty());
-    let behind = 300_000;
-    let mut raised_at = None;
-    for k in 1..=120u64 {
-        let at = change + k * 1_000;
-        c.seq += 1;
-        let r = Reading::of(c.seq, at - behind, &[(Vital::Hr, 130.0)], None);
-        let next = &mut c.next;
-        let Applied::Accepted { effects, .. } = c.p.apply(&c.rules, &r, at, &mut |_| {
-            *next += 1;
-            *next
-        }) else {
-            panic!("not a duplicate")
-        };
-        if !effects.transitions.is_empty() && raised_at.is_none() {
-            raised_at = Some(k);
-        }
-    }
-    // In flight at the change, a reading may still be the previous patient's;
-    // past a minute, it is taken.
-    assert_eq!(raised_at, Some(60));
-}
-
 #[test]
 fn an_empty_chair_is_not_judged_on_the_last_patients_values() {
     // A limit for chairs without a session, and none in the session's phases.

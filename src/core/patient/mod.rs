@@ -34,10 +34,6 @@ use serde::{Deserialize, Serialize};
 /// not silence the chair until its clock catches up.
 pub const EVALUATED_REPEAT_WINDOW_MS: u64 = 60_000;
 
-/// How long after a patient left a reading in order, measured before they left,
-/// may still be theirs (in flight, or buffered by the device, at the change).
-pub const PREVIOUS_PATIENT_IN_FLIGHT_MS: u64 = 60_000;
-
 /// A vital's latest value and the device time it was measured at.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -332,19 +328,8 @@ impl PatientState {
             due.insert(i);
         }
         // Measured before the chair's patient left: the previous patient's values.
-        // Measured before the chair's patient left, as the device's clock offset
-        // places it: the previous patient's values. Not a reading in order that
-        // arrives [`PREVIOUS_PATIENT_IN_FLIGHT_MS`] or more after they left: that
-        // one's offset is not the chair's old one (a swapped monitor, a clock set
-        // back), and skipping it would leave the new patient unwatched until the
-        // old offset ages out of the estimate (15 to 30 min).
-        let previous_patient = self.forgotten_at > 0
-            && self.clock.to_gateway(reading.ts) < self.forgotten_at
-            && !(in_order
-                && received_at
-                    >= self
-                        .forgotten_at
-                        .saturating_add(PREVIOUS_PATIENT_IN_FLIGHT_MS));
+        let previous_patient =
+            self.forgotten_at > 0 && self.clock.to_gateway(reading.ts) < self.forgotten_at;
         for (vital, value) in reading.vitals() {
             if previous_patient {
                 late_values += 1;
