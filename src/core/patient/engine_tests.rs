@@ -753,6 +753,18 @@ fn a_restored_session_steps_after_its_first_newer_message_and_for_commands() {
     let mut d = Chair::new(sources(&[], &t, &s));
     d.p.restore(&d.rules, &recorded, T0 + 1_000);
     assert!(refused(d.session(jump(None), T0 + 1_001)));
+    // Nor does a command that changes nothing end the exception: a newer message
+    // from the clinic system may still say what happened meanwhile.
+    {
+        let mut e = Chair::new(sources(&[], &t, &s));
+        e.p.restore(&e.rules, &recorded, T0 + 1_000);
+        let same = SessionUpdate {
+            ts: None,
+            ..infusion.clone()
+        };
+        assert!(e.session(same, T0 + 1_001).unwrap().is_empty());
+        assert!(e.session(jump(Some(T0 + 500)), T0 + 1_002).is_ok());
+    }
     // A newer message that changes nothing confirms the restored session.
     let confirm = SessionUpdate {
         ts: Some(T0 + 500),

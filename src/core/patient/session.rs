@@ -41,9 +41,13 @@ impl PatientState {
         else {
             return Ok(Effects::default());
         };
-        // Taken, even if it changes nothing: it confirms the restored session, and
-        // the next message steps from it.
-        self.session.restored = false;
+        // A session message taken, even one that changes nothing, confirms the
+        // restored session: the next message steps from it. A station's command
+        // (no `ts`) steps anyway, and says nothing of what the clinic system sent
+        // while the gateway was down.
+        if update.ts.is_some() {
+            self.session.restored = false;
+        }
         let s = &self.session;
         let details_changed = update.route.is_some_and(|r| r != s.route)
             || update
