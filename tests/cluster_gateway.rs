@@ -357,3 +357,39 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     assert!(took < Duration::from_millis(3_500), "{took:?}");
     b.shutdown().await;
 }
+
+/// In cluster mode the events stream is the device path: a gateway that cannot
+/// reach NATS says so as a single gateway does without its broker (`/ready` 503
+/// with `mqtt_subscribed: false`, `vitalgate_mqtt_connected` 0), so that a load
+/// balancer sends its stations elsewhere and the MQTT alert pages.
+#[tokio::test]
+async fn a_gateway_cut_off_from_nats_is_not_ready() {
+    let mut nats = NatsCluster::start(3).await;
+    let _device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let audit = TestDb::create().await;
+    let gateway = ClusterGateway::start(config(&nats, "gw-a", &audit))
+        .await
+        .unwrap();
+    let addr = gateway.http_addr();
+    common::eventually(
+        || async move { common::http_get(addr, "/ready").await.0 == 200 },
+        "ready with NATS",
+    )
+    .await;
+    assert_eq!(common::metric(addr, "vitalgate_mqtt_connected").await, 1.0);
+    for i in 0..3 {
+        nats.kill(i);
+    }
+    common::eventually(
+        || async move {
+            let (status, body) = common::http_get(addr, "/ready").await;
+            let ready: Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 503
+                && ready["mqtt_subscribed"] == false
+                && ready["cluster"]["stream_reachable"] == false
+        },
+        "not ready without NATS",
+    )
+    .await;
+    assert_eq!(common::metric(addr, "vitalgate_mqtt_connected").await, 0.0);
+}

@@ -233,6 +233,7 @@ impl ClusterGateway {
             health.clone(),
             metrics.mqtt_connected.clone(),
             settings.round,
+            settings.lease.ttl,
             stop.clone(),
         ));
         let backend = Arc::new(ClusterBackend {
@@ -310,27 +311,36 @@ impl ClusterGateway {
 /// Keep `/ready`'s cluster part current: the partitions held, and whether the
 /// events stream answers (asked every `round`). In cluster mode the stream is
 /// the device path, as the broker subscription is for a single gateway: `/ready`'s
-/// `mqtt_subscribed` and `vitalgate_mqtt_connected` follow it, so that a gateway
-/// cut off from NATS is not ready and its alert fires.
+/// `mqtt_subscribed` and `vitalgate_mqtt_connected` say whether it answered
+/// within the last `lease` (`cluster.lease_ms`), so that a gateway cut off from
+/// NATS is not ready and its alert fires, while a stream leader moving after a
+/// NATS node is lost (4-9 s, which the lease outlasts) does not take every
+/// gateway out of a load balancer at once.
 async fn report_health(
     js: async_nats::jetstream::Context,
     mut owned: tokio::sync::watch::Receiver<super::ownership::Owned>,
     health: Arc<Health>,
     connected: metrics::Gauge,
     round: Duration,
+    lease: Duration,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(round);
     // Start-up reached the stream before this runs.
     let mut reachable = true;
+    let mut answered = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let asked = tokio::time::timeout(round, js.get_stream(super::events::EVENTS_STREAM));
                 reachable = matches!(asked.await, Ok(Ok(_)));
-                health.set_mqtt_subscribed(reachable);
-                connected.set(if reachable { 1.0 } else { 0.0 });
+                if reachable {
+                    answered = tokio::time::Instant::now();
+                }
+                let up = answered.elapsed() < lease;
+                health.set_mqtt_subscribed(up);
+                connected.set(if up { 1.0 } else { 0.0 });
             }
             changed = owned.changed() => if changed.is_err() { return },
         }
