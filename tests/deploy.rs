@@ -283,8 +283,12 @@ fn add_device_refuses_a_user_name_another_chair_has() {
         "{said}"
     );
     assert!(add("a-b", "1", "pw-3").status.success(), "a new password");
+    // A name that differs by a '.' (a regular expression's any character) is
+    // another user, not a clash.
+    assert!(add("a.b", "1", "pw-4").status.success());
     let acl = std::fs::read_to_string(dir.join("acl")).unwrap();
-    assert_eq!(acl.matches("user device-a-b-1").count(), 1, "{acl}");
+    assert_eq!(acl.matches("user device-a-b-1\n").count(), 1, "{acl}");
+    assert_eq!(acl.matches("user device-a.b-1\n").count(), 1, "{acl}");
     assert!(!acl.contains("clinic/a/chair/b-1"), "{acl}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

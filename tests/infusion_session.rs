@@ -678,7 +678,7 @@ async fn open_alarms_survive_a_restart() {
     assert_eq!(
         last["message"].as_str().unwrap(),
         format!(
-            "{}: alarm ended, not taken back after a restart",
+            "{}: alarm ended, not taken back",
             other["message"].as_str().unwrap()
         )
     );

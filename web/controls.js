@@ -169,13 +169,15 @@ export class ChairControls {
   }
 
   /**
-   * The patient's alarms that a discharge or a call-off ends (the physiological
-   * ones; the device's technical alarms stay), as a sentence: even a latched or
-   * unacknowledged one ends, so the nurse is told which.
+   * The chair's alarms that a discharge or a call-off ends, as a sentence: even a
+   * latched or unacknowledged one ends, so the nurse is told which. With the
+   * shipped rules that is every alarm of the chair: the physiological ones do not
+   * apply once discharged (or end with the session called off), nor do the stale
+   * and offline ones in `discharged` or `idle`.
    * @param {string} key
    */
   endingAlarms(key) {
-    const ending = this.o.alarms(key).filter((a) => a.kind === "physiological");
+    const ending = this.o.alarms(key);
     if (ending.length === 0) return "";
     const unacked = ending.filter((a) => !a.acknowledged_by).length;
     const listed = ending.slice(0, 3).map((a) => `${a.message} (${a.priority.toUpperCase()}${a.acknowledged_by ? "" : ", NOT acknowledged"})`);

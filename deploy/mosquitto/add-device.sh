@@ -22,7 +22,7 @@ user="device-$site-$chair"
 # chair 1 and site a, chair b-1): adding the second would take the first one's
 # password and leave it only the first one's topics. Refuse; run again for the
 # same chair only to set a new password.
-if [ -f "$dir/acl" ] && grep -qx "user $user" "$dir/acl" &&
+if [ -f "$dir/acl" ] && grep -qxF "user $user" "$dir/acl" &&
   ! awk -v u="user $user" -v t="topic write clinic/$site/chair/$chair/vitals" \
     '$0 == u { mine = 1; next } /^user / { mine = 0 } mine && $0 == t { found = 1 } END { exit !found }' "$dir/acl"; then
   echo "$user already belongs to another chair (its topics in $dir/acl); rename the site or chair" >&2
@@ -33,7 +33,7 @@ if [ -f "$dir/passwd" ]; then
 else
   mosquitto_passwd -c -b "$dir/passwd" "$user" "$password"
 fi
-if ! grep -qx "user $user" "$dir/acl"; then
+if ! grep -qxF "user $user" "$dir/acl"; then
   printf '\nuser %s\ntopic write clinic/%s/chair/%s/vitals\ntopic write clinic/%s/chair/%s/status\n' \
     "$user" "$site" "$chair" "$site" "$chair" >>"$dir/acl"
 fi

@@ -55,12 +55,9 @@ impl Restore<'_> {
             event.state = AlarmState::Cleared;
             event.reason = Some("not_restored");
             // A cleared event's line says the alarm ended: its rule may be gone, so
-            // the raise's line is kept and said to have ended.
-            event.message = format!(
-                "{}: alarm ended, not taken back after a restart",
-                event.message
-            )
-            .into();
+            // the raise's line is kept and said to have ended (at a restart, or at
+            // a cluster takeover).
+            event.message = format!("{}: alarm ended, not taken back", event.message).into();
             event.rules.clear();
             event.updated = false;
             event.previous_priority = None;
