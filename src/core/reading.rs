@@ -209,42 +209,37 @@ struct WireReading {
     dbp: Option<f64>,
     rr: Option<f64>,
     etco2: Option<f64>,
-    pump: Option<WirePump>,
+    pump: Option<ObjectOnly<WirePump>>,
 }
 
-/// The pump report: an object only. serde would also read a derived struct from
-/// an array, by position (`"pump": [true, 40, 10]`), which payload v1 does not
-/// allow (`wrong_type`, as for the payload itself).
+#[derive(Deserialize)]
 struct WirePump {
     running: bool,
     rate_ml_h: f64,
     infused_ml: f64,
 }
 
-impl<'de> Deserialize<'de> for WirePump {
+/// `T` from a JSON object only. serde also reads a derived struct from an array,
+/// by position (`"pump": [true, 40, 10]`), which payload v1 does not allow
+/// (`wrong_type`, as for the payload itself).
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Fields {
-            running: bool,
-            rate_ml_h: f64,
-            infused_ml: f64,
-        }
-        struct Object;
-        impl<'de> serde::de::Visitor<'de> for Object {
-            type Value = WirePump;
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = ObjectOnly<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object {running, rate_ml_h, infused_ml}")
+                f.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<WirePump, A::Error> {
-                let f = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(WirePump {
-                    running: f.running,
-                    rate_ml_h: f.rate_ml_h,
-                    infused_ml: f.infused_ml,
-                })
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(ObjectOnly)
             }
         }
-        d.deserialize_map(Object)
+        d.deserialize_map(Object(std::marker::PhantomData))
     }
 }
 
@@ -310,7 +305,7 @@ pub fn decode(payload: &[u8], now_ms: u64, limits: &DecodeLimits) -> Result<Read
             }
         }
     }
-    let pump = match wire.pump {
+    let pump = match wire.pump.map(|ObjectOnly(p)| p) {
         Some(p) => {
             if !(0.0..=MAX_PUMP_RATE_ML_H).contains(&p.rate_ml_h) {
                 return Err(Rejection::new(

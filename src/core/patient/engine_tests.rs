@@ -717,20 +717,26 @@ fn early_session_rule_applies_only_to_early_sessions_and_pump_rules_only_iv() {
     }
 }
 
+/// The session event a gateway recorded for P-1's infusion (begun at T0 + 10),
+/// as a restarted gateway reads it back.
+fn infusion_recorded(t: &TechnicalSpec, s: &SessionSpec) -> crate::core::event::SessionEvent {
+    let mut c = Chair::new(sources(&[], t, s));
+    c.phase(Phase::Baseline, T0);
+    c.phase(Phase::Infusion, T0 + 10);
+    crate::core::event::SessionEvent::new(
+        std::sync::Arc::from("n/1"),
+        SessionChange::Phase,
+        c.p.session(),
+        T0 + 20,
+    )
+}
+
 /// The restored exception is for the first newer message only, and never for a
 /// dashboard's command (made on the restored phase the station shows).
 #[test]
 fn a_restored_session_steps_after_its_first_newer_message_and_for_commands() {
     let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
-    let mut c = Chair::new(sources(&[], &t, &s));
-    c.phase(Phase::Baseline, T0);
-    c.phase(Phase::Infusion, T0 + 10);
-    let recorded = crate::core::event::SessionEvent::new(
-        std::sync::Arc::from("n/1"),
-        SessionChange::Phase,
-        c.p.session(),
-        T0 + 20,
-    );
+    let recorded = infusion_recorded(&t, &s);
     let infusion = SessionUpdate {
         session_count: None,
         ..update(Phase::Infusion, "P-1", None, None, T0 + 10)
@@ -777,15 +783,7 @@ fn a_restored_session_steps_after_its_first_newer_message_and_for_commands() {
 #[test]
 fn a_restored_session_accepts_what_happened_while_the_gateway_was_down() {
     let (t, s) = (TechnicalSpec::default(), SessionSpec::default());
-    let mut c = Chair::new(sources(&[], &t, &s));
-    c.phase(Phase::Baseline, T0);
-    c.phase(Phase::Infusion, T0 + 10);
-    let recorded = crate::core::event::SessionEvent::new(
-        std::sync::Arc::from("n/1"),
-        SessionChange::Phase,
-        c.p.session(),
-        T0 + 20,
-    );
+    let recorded = infusion_recorded(&t, &s);
     // A new gateway restores the infusion; meanwhile the patient was discharged.
     let mut d = Chair::new(sources(&[], &t, &s));
     d.p.restore(&d.rules, &recorded, T0 + 1_000);

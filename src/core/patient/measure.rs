@@ -42,7 +42,7 @@ impl PatientState {
     /// applied (a restart too) or the chair was first heard of, so that a device
     /// has its allowance in a phase just entered. An alarm already up ends only
     /// when data returns: a phase change or a restart is not data.
-    fn silent_since(&self, heard: u64, alarm_up: bool) -> u64 {
+    pub(super) fn silent_since(&self, heard: u64, alarm_up: bool) -> u64 {
         match alarm_up {
             true => heard,
             false => heard.max(self.session.applied_at).max(self.first_heard),

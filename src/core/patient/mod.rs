@@ -238,23 +238,15 @@ impl PatientState {
             // gateway's session) cannot bring a past patient's session back.
             && self.session.message_ts.is_none()
             && self.conditions.iter().all(|c| *c == ConditionState::Normal)
-            && now_ms.saturating_sub(
-                self.heard_at
-                    .max(self.session.applied_at)
-                    .max(self.first_heard),
-            ) >= idle_ms
+            && self.silent_for(now_ms) >= idle_ms
     }
 
     /// Gateway ms nothing has been heard from the chair (a reading, a status),
     /// counted from when its current phase was applied (a restart too) or it was
     /// first heard of, whichever is later: as `device_offline` counts while it is
-    /// not raised.
+    /// not raised ([`Self::silent_since`]).
     pub fn silent_for(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(
-            self.heard_at
-                .max(self.session.applied_at)
-                .max(self.first_heard),
-        )
+        now_ms.saturating_sub(self.silent_since(self.heard_at, false))
     }
 
     /// The alarm ids currently active on this chair.
