@@ -85,8 +85,19 @@ fn process_broker() -> u16 {
 
 /// A port nothing listens on now.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct ports nothing listens on now. Each is held until all are
+/// found: the kernel may hand out a port just released again, and two
+/// listeners given one port would leave one of them dead.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A Mosquitto configuration the way the operations guide asks for load: a large

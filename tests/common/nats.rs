@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, unique, Device, DEADLINE};
+use super::{free_ports, unique, Device, DEADLINE};
 use vitalgate::cluster::lease::LeaseTimes;
 use vitalgate::cluster::ownership::OwnershipSettings;
 use vitalgate::cluster::streams;
@@ -289,7 +289,10 @@ impl NatsCluster {
         std::fs::create_dir_all(&dir).unwrap();
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats/partitions.conf");
         std::fs::copy(&shipped, dir.join("partitions.conf")).unwrap();
-        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        // Every port of the cluster distinct: a node whose client port another
+        // node holds would exit while its URL still answered, as the other node.
+        let mut ports = free_ports(3 * size).into_iter();
+        let route_ports: Vec<u16> = ports.by_ref().take(size).collect();
         let routes = route_ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
@@ -298,8 +301,8 @@ impl NatsCluster {
         let mut nodes = Vec::new();
         for (i, route_port) in route_ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let client_port = free_port();
-            let mqtt_port = free_port();
+            let client_port = ports.next().expect("three ports per node");
+            let mqtt_port = ports.next().expect("three ports per node");
             let store = dir.join(format!("store-{name}"));
             let cluster = if size > 1 {
                 format!(
@@ -341,6 +344,19 @@ impl NatsCluster {
             cluster.try_wait_ready(i).await?;
         }
         cluster.try_wait_for_peers(size).await?;
+        for i in 0..size {
+            if let Some(status) = cluster.nodes[i]
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!(
+                    "NATS node {} exited ({status}) as the cluster formed:\n{}",
+                    cluster.nodes[i].name,
+                    cluster.log(i)
+                ));
+            }
+        }
         Ok(cluster)
     }
 
@@ -430,7 +446,8 @@ impl NatsCluster {
     }
 
     /// Until node `i` accepts clients and its JetStream answers (the meta leader
-    /// is elected once a majority of the nodes run).
+    /// is elected once a majority of the nodes run), on a connection the node
+    /// itself answers (by its server name: not a process that took its port).
     pub async fn wait_ready(&mut self, i: usize) {
         if let Err(e) = self.try_wait_ready(i).await {
             panic!("{e}");
@@ -446,6 +463,15 @@ impl NatsCluster {
                 .connect(&url)
                 .await;
             let error = match client {
+                Ok(client) if client.server_info().server_name != self.nodes[i].name => {
+                    return Err(format!(
+                        "NATS node {}'s port {} is answered by {}:\n{}",
+                        self.nodes[i].name,
+                        self.nodes[i].client_port,
+                        client.server_info().server_name,
+                        self.log(i)
+                    ));
+                }
                 Ok(client) => match async_nats::jetstream::new(client).query_account().await {
                     Ok(_) => return Ok(()),
                     Err(e) => e.to_string(),
