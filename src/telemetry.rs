@@ -54,6 +54,7 @@ pub struct Metrics {
     pub audit_errors: Counter,
     pub journal_commit: Histogram,
     pub journal_commits: Counter,
+    pub ingest_to_release: Histogram,
     pub chairs: Gauge,
     pub chairs_forgotten: Counter,
     pub chairs_silent: Gauge,
@@ -236,6 +237,10 @@ impl Metrics {
             journal_commit: histogram(
                 "vitalgate_journal_commit_seconds",
                 "One journal commit (a transaction holding every event that arrived while the previous one ran).",
+            ),
+            ingest_to_release: histogram(
+                "vitalgate_ingest_to_release_seconds",
+                "Gateway receipt of a reading to its alarm released to the dashboards' queues, after the journal commit.",
             ),
             journal_commits: counter(
                 "vitalgate_journal_commits_total",

@@ -51,11 +51,15 @@ async fn breach_raises_an_alarm_on_the_dashboard_and_recovery_clears_it() {
     assert_eq!(snap["chairs"][0]["vitals"]["hr"]["value"], 80.0);
     assert_eq!(snap["alarms"], json!([]));
     assert_eq!(gw.metric("vitalgate_readings_ingested_total").await, 4.0);
-    // Both latency histograms saw the traffic: four readings, two alarm frames
-    // written to the first dashboard.
+    // The latency histograms saw the traffic: four readings, two alarms
+    // released after their commit and written to the first dashboard.
     assert_eq!(
         gw.metric("vitalgate_device_to_ingest_seconds_count").await,
         4.0
+    );
+    assert_eq!(
+        gw.metric("vitalgate_ingest_to_release_seconds_count").await,
+        2.0
     );
     assert!(gw.metric("vitalgate_ingest_to_ws_send_seconds_count").await >= 2.0);
     gw.stop().await;

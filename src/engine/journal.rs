@@ -151,7 +151,14 @@ impl Release {
         for pass in batch {
             match pass {
                 Pass::Events(_) if withheld => {}
-                Pass::Events(events) => self.outlet.release(&events),
+                Pass::Events(events) => {
+                    for event in &events {
+                        if let Some(at) = event.frame.ingested_at {
+                            Metrics::observe(&self.metrics.ingest_to_release, at.elapsed());
+                        }
+                    }
+                    self.outlet.release(&events)
+                }
                 Pass::Receipt(reply, _) if withheld => {
                     let refused = Processed::Refused {
                         code: NOT_JOURNALED,
