@@ -410,6 +410,23 @@ async fn scripted_infusion_session_gives_the_expected_alarms_and_audit() {
             "{bad}: {body}"
         );
     }
+    // The endpoints only read: another method is refused the same way, naming GET.
+    for (method, path) in [
+        ("POST", "/api/alarms"),
+        ("DELETE", "/api/alarms?chair=north/1"),
+        ("PUT", "/api/sessions/north/1"),
+        ("POST", "/api/station"),
+    ] {
+        let (status, head, body) = http_call(gw.http(), method, path).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(
+            head.contains("\r\nallow: get,head"),
+            "{method} {path}: {head}"
+        );
+        let error: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"));
+        assert!(error["error"].as_str().is_some_and(|m| m.contains("GET")));
+    }
     // The retained message is the clinic's; clear it so the shared broker keeps nothing.
     let dev = gw.device().await;
     dev.publish_retained(&session_topic, Vec::new()).await;

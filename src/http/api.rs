@@ -139,6 +139,20 @@ pub async fn not_found() -> Response {
     )
 }
 
+/// A method other than GET (or HEAD) on an `/api` endpoint: 405 with the same
+/// body as every refusal here, and the methods it takes.
+pub async fn method_not_allowed() -> Response {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint only reads: use GET",
+    );
+    response.headers_mut().insert(
+        axum::http::header::ALLOW,
+        axum::http::HeaderValue::from_static("GET,HEAD"),
+    );
+    response
+}
+
 /// `[body, body, ...]` from stored frames, without re-parsing them.
 fn array(rows: &[Stored]) -> String {
     let mut out = String::with_capacity(rows.iter().map(|r| r.body.len() + 1).sum::<usize>() + 2);

@@ -136,10 +136,19 @@ pub fn router(app: Arc<App>, auth: auth::Authenticator) -> Router {
     Router::new()
         .route("/", get(station::index))
         .route("/station/{file}", get(station::asset))
-        .route("/api/station", get(station::station))
+        .route(
+            "/api/station",
+            get(station::station).fallback(api::method_not_allowed),
+        )
         .route("/ws", get(dashboards::upgrade))
-        .route("/api/alarms", get(api::alarms))
-        .route("/api/sessions/{*chair}", get(api::sessions))
+        .route(
+            "/api/alarms",
+            get(api::alarms).fallback(api::method_not_allowed),
+        )
+        .route(
+            "/api/sessions/{*chair}",
+            get(api::sessions).fallback(api::method_not_allowed),
+        )
         .route("/api/{*rest}", any(api::not_found))
         .route("/live", get(live))
         .route("/ready", get(ready))

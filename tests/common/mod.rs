@@ -478,20 +478,33 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// `GET path`, or `None` if the connection failed or the answer was not HTTP.
 pub async fn try_http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+    let (status, _, body) = try_http_call(addr, "GET", path).await?;
+    Some((status, body))
+}
+
+/// `method path` with no body: status, head (lower-cased) and body.
+pub async fn http_call(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    try_http_call(addr, method, path)
         .await
-        .ok()?;
+        .unwrap_or_else(|| panic!("{method} {path} from {addr} failed"))
+}
+
+async fn try_http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.get(9..12)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((status, head.to_ascii_lowercase(), body.to_string()))
 }
 
 /// A metric's value from `/metrics`, e.g. `vitalgate_readings_rejected_total{reason="no_vitals"}`.
