@@ -24,7 +24,9 @@
 //!   read here again (the apply loop's hand-over, and [`super::ownership`]).
 //! - An event's id ([`event_id`]) is the same for every retry of one commit. An
 //!   alarm event's id is made of what it says (chair, alarm id, state,
-//!   escalation, reminder, time, rule, priority): with alarm ids derived from the
+//!   escalation, reminder, time, rule, priority; an acknowledgement or a
+//!   reminder, made by a nurse or the clock, also its gateway time, as its
+//!   `ts` is the alarm's raising time): with alarm ids derived from the
 //!   raising reading ([`crate::core::alarm_id`]), a partition's next owner that
 //!   evaluates a device message again, from the same state, produces the same
 //!   ids, and the stream drops the repeats. Session and limit events carry the
@@ -168,10 +170,13 @@ pub fn event_id(record: &Record<'_>) -> String {
         // Owned: a rule id with an escape in its JSON text cannot be borrowed.
         rule: String,
         priority: &'a str,
+        received_at: u64,
+        #[serde(default)]
+        updated: bool,
     }
     if record.kind == "alarm" {
         if let Ok(a) = serde_json::from_str::<AlarmEvent<'_>>(record.body) {
-            return format!(
+            let id = format!(
                 "alarm/{}/{}/{}/{}/{}/{}/{}/{}",
                 record.chair,
                 a.id,
@@ -182,6 +187,16 @@ pub fn event_id(record: &Record<'_>) -> String {
                 a.rule,
                 a.priority
             );
+            // An acknowledgement or a reminder is made by a nurse or the clock,
+            // not evaluated from a reading: its `ts` is the alarm's raising time,
+            // the same for the second acknowledgement (after the alarm went
+            // unacknowledged again) and every later reminder. Its gateway time
+            // tells them apart; retries of one commit carry the same body.
+            return if a.state == "acknowledged" && !a.updated {
+                format!("{id}/at/{}", a.received_at)
+            } else {
+                id
+            };
         }
         tracing::error!(chair = record.chair, "an alarm event without its fields");
     }
@@ -192,9 +207,16 @@ pub fn event_id(record: &Record<'_>) -> String {
 mod tests {
     use super::*;
 
+    /// An alarm event's id: `body` holds `state` and what else it says
+    /// (`reminder` is false unless it says otherwise).
     fn alarm(instance: &'static str, seq: u64, received_at: u64, body: &str) -> String {
+        let reminder = if body.contains(r#""reminder""#) {
+            ""
+        } else {
+            r#""reminder":false,"#
+        };
         let body = format!(
-            r#"{{"type":"alarm","seq":{seq},"id":17,"chair":"north/7","rule":"spo2_low","priority":"high","escalation_level":0,"reminder":false,"ts":1000,"received_at":{received_at},{body}}}"#
+            r#"{{"type":"alarm","seq":{seq},"id":17,"chair":"north/7","rule":"spo2_low","priority":"high","escalation_level":0,{reminder}"ts":1000,"received_at":{received_at},{body}}}"#
         );
         event_id(&Record {
             seq,
@@ -212,6 +234,51 @@ mod tests {
         assert_eq!(raised, "alarm/north/7/17/raised/0/0/1000/spo2_low/high");
         assert_eq!(raised, alarm("bbbb", 900, 2_000, r#""state":"raised""#));
         assert_ne!(raised, alarm("aaaa", 5, 1_003, r#""state":"cleared""#));
+    }
+
+    #[test]
+    fn each_acknowledgement_and_reminder_of_an_alarm_is_its_own_event() {
+        let acked = |seq, at, extra: &str| {
+            alarm(
+                "aaaa",
+                seq,
+                at,
+                &format!(r#""state":"acknowledged","acknowledged_by":"kim"{extra}"#),
+            )
+        };
+        // Acknowledged, unacknowledged again (its priority rose and fell), and
+        // acknowledged again at the same level: two acknowledgements.
+        assert_ne!(acked(5, 2_000, ""), acked(9, 9_000, ""));
+        // A retry of one commit is the same event.
+        assert_eq!(acked(5, 2_000, ""), acked(5, 2_000, ""));
+        let reminder = |seq, at| {
+            alarm(
+                "aaaa",
+                seq,
+                at,
+                r#""state":"acknowledged","acknowledged_by":"kim","reminder":true"#,
+            )
+        };
+        assert_ne!(reminder(6, 300_000), reminder(7, 600_000));
+        assert_eq!(
+            reminder(6, 300_000),
+            "alarm/north/7/17/acknowledged/0/1/1000/spo2_low/high/at/300000"
+        );
+        assert_eq!(
+            acked(5, 2_000, ""),
+            "alarm/north/7/17/acknowledged/0/0/1000/spo2_low/high/at/2000"
+        );
+        // A reading's update of an acknowledged alarm is named by the reading, as
+        // a raise is, whoever evaluates it.
+        assert_eq!(
+            acked(8, 3_000, r#","updated":true"#),
+            alarm(
+                "bbbb",
+                40,
+                4_500,
+                r#""state":"acknowledged","acknowledged_by":"kim","updated":true"#
+            )
+        );
     }
 
     #[test]
