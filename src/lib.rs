@@ -190,13 +190,9 @@ impl Gateway {
         let now = app::now_ms();
         let (engine, engine_running) = engine::Engine::start(
             engine::Parts {
-                // `seq` starts after the wall-clock time in microseconds, so that it
-                // keeps increasing across restarts (as long as fewer than a million
-                // events a second are raised): a client resuming with a `since`
-                // from an earlier run is always told it missed events, with or
-                // without `instance`. Such values stay below 2^53, exact in
-                // JavaScript numbers.
-                last_seq: now.saturating_mul(1_000),
+                // A client resuming with a `since` from an earlier run is always
+                // told it missed events, with or without `instance`.
+                last_seq: engine::Parts::last_seq_at_start(now),
                 instance: format!("{:016x}", fastrand::u64(..)),
                 ..engine::Parts::configured(
                     &config,

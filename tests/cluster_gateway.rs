@@ -358,6 +358,62 @@ async fn any_gateway_serves_any_dashboard_and_commands_reach_the_chairs_owner() 
     b.shutdown().await;
 }
 
+/// Session and limit events are named by their gateway and its engine's
+/// sequence in the events stream and the audit trail, which drop a name seen
+/// before: a gateway started again must not name its changes as its last run
+/// did, or they would reach no dashboard and no record.
+#[tokio::test]
+async fn a_gateway_started_again_records_every_session_change() {
+    let nats = NatsCluster::start(3).await;
+    let _device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let audit = TestDb::create().await;
+    let mut seqs = Vec::new();
+    for (run, phase) in [(1, "baseline"), (2, "infusion")] {
+        let gateway = ClusterGateway::start(config(&nats, "gw-a", &audit))
+            .await
+            .unwrap();
+        let chair = "north/1";
+        let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
+        let held_by = Instant::now() + Duration::from_secs(30);
+        while !held(&gateway).contains(&partition) {
+            assert!(Instant::now() < held_by, "run {run}: north/1 not taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut dashboard = Dashboard::connect(gateway.http_addr(), "").await;
+        dashboard.next_of("snapshot").await;
+        let command = json!({ "type": "set_session", "chair": chair, "phase": phase, "patient": "P-7", "by": "nurse.kim" });
+        dashboard.send(command.clone()).await;
+        let session = loop {
+            let frame = dashboard.next().await;
+            match frame["type"].as_str() {
+                Some("session") => break frame,
+                // Taken, and its command service not subscribed yet: as the
+                // refusal says, send it again.
+                Some("error") if frame["code"] == "no_owner" => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    dashboard.send(command.clone()).await;
+                }
+                Some("error") => panic!("run {run}: {frame}"),
+                _ => {}
+            }
+        };
+        assert_eq!(
+            (session["chair"].as_str(), session["phase"].as_str()),
+            (Some(chair), Some(phase)),
+            "run {run}: {session}"
+        );
+        seqs.push(session["seq"].as_u64().unwrap());
+        gateway.shutdown().await;
+    }
+    let stored = audit
+        .wait_for("session", &seqs, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        stored, seqs,
+        "both runs' session changes in the audit trail"
+    );
+}
+
 /// In cluster mode the events stream is the device path: a gateway that cannot
 /// reach NATS says so as a single gateway does without its broker (`/ready` 503
 /// with `mqtt_subscribed: false`, `vitalgate_mqtt_connected` 0), so that a load

@@ -147,6 +147,10 @@ impl ClusterGateway {
         let health = Arc::new(Health::default());
         let parts = engine::Parts {
             instance: settings.name.clone(),
+            // Session and limit events are named `{instance}-{seq}` in the events
+            // stream and the PostgreSQL audit trail, which drop a name seen
+            // before: `seq` must not start again at each run of this gateway.
+            last_seq: engine::Parts::last_seq_at_start(crate::app::now_ms()),
             // Dashboards are served from the events stream, not the engine.
             replay_capacity: 0,
             ..engine::Parts::configured(

@@ -291,6 +291,14 @@ pub struct Parts {
 }
 
 impl Parts {
+    /// The `last_seq` of an engine started at wall-clock `now_ms`: the time in
+    /// microseconds, so that `seq` keeps increasing across restarts (as long as
+    /// fewer than a million events a second are made). Such values stay below
+    /// 2^53, exact in JavaScript numbers.
+    pub fn last_seq_at_start(now_ms: u64) -> u64 {
+        now_ms.saturating_mul(1_000)
+    }
+
     /// The parts `config` sets, around `ward`: `last_seq` 0 and no `instance`
     /// (the caller sets those it needs).
     pub fn configured(config: &crate::config::Config, ward: Ward, metrics: Arc<Metrics>) -> Parts {

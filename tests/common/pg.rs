@@ -44,6 +44,16 @@ impl TestDb {
     /// Wait, at most `within`, until the audit trail's alarm events are those of
     /// stream sequences `seqs` (ascending); the sequences it holds at the end.
     pub async fn wait_for_alarms(&self, seqs: &[u64], within: std::time::Duration) -> Vec<u64> {
+        self.wait_for("alarm", seqs, within).await
+    }
+
+    /// [`TestDb::wait_for_alarms`] for events of `kind` ("alarm", "session").
+    pub async fn wait_for(
+        &self,
+        kind: &str,
+        seqs: &[u64],
+        within: std::time::Duration,
+    ) -> Vec<u64> {
         let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -52,8 +62,8 @@ impl TestDb {
         loop {
             let rows = client
                 .query(
-                    "SELECT seq FROM events WHERE kind = 'alarm' ORDER BY seq",
-                    &[],
+                    "SELECT seq FROM events WHERE kind = $1 ORDER BY seq",
+                    &[&kind],
                 )
                 .await
                 .unwrap();
