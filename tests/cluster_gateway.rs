@@ -414,6 +414,44 @@ async fn a_gateway_started_again_records_every_session_change() {
     );
 }
 
+/// PostgreSQL down when a gateway starts (after a power cut, the database
+/// slower to come back than the gateways): the gateway starts, alarms flow, and
+/// the audit trail is written once the database is there.
+#[tokio::test]
+async fn a_gateway_starts_and_alarms_flow_while_postgres_is_down() {
+    let nats = NatsCluster::start(3).await;
+    let device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let audit = TestDb::later();
+    let gateway = ClusterGateway::start(config(&nats, "gw-a", &audit))
+        .await
+        .expect("a gateway starts without its audit database");
+    let chair = "north/1";
+    let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
+    let held_by = Instant::now() + Duration::from_secs(30);
+    while !held(&gateway).contains(&partition) {
+        assert!(Instant::now() < held_by, "north/1 not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut dashboard = Dashboard::connect(gateway.http_addr(), "").await;
+    dashboard.next_of("snapshot").await;
+    device
+        .publish(
+            "clinic/north/chair/1/vitals",
+            &common::reading(1, json!({ "spo2": 84 })),
+        )
+        .await;
+    let raised = next_alarm(&mut dashboard, "raised").await;
+    let seq = raised["seq"].as_u64().unwrap();
+    audit.make().await;
+    let stored = audit.wait_for_alarms(&[seq], Duration::from_secs(60)).await;
+    assert_eq!(
+        stored,
+        vec![seq],
+        "the alarm in the audit trail once it is there"
+    );
+    gateway.shutdown().await;
+}
+
 /// In cluster mode the events stream is the device path: a gateway that cannot
 /// reach NATS says so as a single gateway does without its broker (`/ready` 503
 /// with `mqtt_subscribed: false`, `vitalgate_mqtt_connected` 0), so that a load

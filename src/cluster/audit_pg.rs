@@ -87,45 +87,74 @@ pub struct AuditRow {
 /// reconnects, so a writer's next retry goes through once the server is back.
 pub struct PgAudit {
     url: String,
-    /// Taken for each call (a clone of the `Arc`), never held across one.
-    client: std::sync::Mutex<Arc<Client>>,
+    /// Taken for each call (a clone of the `Arc`), never held across one;
+    /// `None` until a first connection was made.
+    client: std::sync::Mutex<Option<Arc<Client>>>,
+    /// The schema was brought up to date on some connection.
+    migrated: std::sync::atomic::AtomicBool,
     /// One reconnection at a time.
     reconnecting: tokio::sync::Mutex<()>,
 }
+
+/// How long making a connection may take when `url` does not say
+/// (`connect_timeout`): a server that does not answer must not hold a call
+/// (nor a gateway's start) for the system's TCP timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl PgAudit {
     /// Connect (`url` as libpq takes it, e.g. `host=127.0.0.1 user=vitalgate
     /// dbname=vitalgate`) and bring the schema up to date.
     pub async fn connect(url: &str) -> Result<PgAudit, PgAuditError> {
-        let mut client = open(url).await?;
-        migrate(&mut client).await?;
+        let audit = PgAudit::later(url)?;
+        audit.client().await?;
+        Ok(audit)
+    }
+
+    /// [`PgAudit::connect`] at its first use, not now (the server may be down
+    /// now): `url` is checked now.
+    pub fn later(url: &str) -> Result<PgAudit, PgAuditError> {
+        url.parse::<tokio_postgres::Config>()?;
         Ok(PgAudit {
             url: url.to_string(),
-            client: std::sync::Mutex::new(Arc::new(client)),
+            client: std::sync::Mutex::new(None),
+            migrated: std::sync::atomic::AtomicBool::new(false),
             reconnecting: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// The connection, made again if it was lost.
+    /// The connection, made (again) if there is none open, with the schema
+    /// brought up to date on the first.
     async fn client(&self) -> Result<Arc<Client>, PgAuditError> {
-        let current = || {
+        let open_one = || {
             self.client
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
+                .filter(|c| !c.is_closed())
         };
-        let client = current();
-        if !client.is_closed() {
+        if let Some(client) = open_one() {
             return Ok(client);
         }
         let _one = self.reconnecting.lock().await;
-        let client = current();
-        if !client.is_closed() {
+        if let Some(client) = open_one() {
             return Ok(client);
         }
-        tracing::warn!("the audit database's connection was lost; connecting again");
-        let fresh = Arc::new(open(&self.url).await?);
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        if self
+            .client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            tracing::warn!("the audit database's connection was lost; connecting again");
+        }
+        let mut fresh = open(&self.url).await?;
+        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
+            migrate(&mut fresh).await?;
+            self.migrated
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        let fresh = Arc::new(fresh);
+        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
         Ok(fresh)
     }
 
@@ -270,7 +299,11 @@ impl Trail for PgTrail {
 
 /// A connection, its I/O driven by a task of its own.
 async fn open(url: &str) -> Result<Client, PgAuditError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection ended");

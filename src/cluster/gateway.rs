@@ -49,6 +49,24 @@ pub const LIVE_PREFIX: &str = "vitalgate.live";
 /// next reading brings its values again).
 const LIVE_QUEUE: usize = 4096;
 
+/// The audit database at `url`. Unreachable now (PostgreSQL down, or slower
+/// than the gateways to come back after a power cut), it is connected to at
+/// its first use: alarms flow meanwhile, the audit writer catches up from the
+/// events stream, and `/api` fails until then. A malformed `url` or a schema
+/// newer than this build stops the start.
+async fn audit_db(url: &str) -> Result<PgAudit, GatewayError> {
+    match PgAudit::connect(url).await {
+        Ok(audit) => Ok(audit),
+        Err(e @ audit_pg::PgAuditError::NewerSchema { .. }) => {
+            Err(GatewayError::Audit(e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the audit database cannot be reached: alarms flow, and the audit trail is written once it can be");
+            PgAudit::later(url).map_err(|e| GatewayError::Audit(e.to_string()))
+        }
+    }
+}
+
 /// The engine's outlet in cluster mode: live vitals, to every gateway (its
 /// events reach dashboards from the events stream).
 struct LiveVitals(mpsc::Sender<(Arc<str>, Frame)>);
@@ -180,14 +198,7 @@ impl ClusterGateway {
         // Two connections: one writes, one answers `/api`.
         let audit = match config.cluster.audit_postgres.as_str() {
             "" => None,
-            url => {
-                let connect = || async {
-                    PgAudit::connect(url)
-                        .await
-                        .map_err(|e| GatewayError::Audit(e.to_string()))
-                };
-                Some((connect().await?, Arc::new(connect().await?)))
-            }
+            url => Some((audit_db(url).await?, Arc::new(audit_db(url).await?))),
         };
         let reader = audit.as_ref().map(|(_, reader)| reader.clone());
         let member =

@@ -19,6 +19,19 @@ impl TestDb {
         TestDb { name }
     }
 
+    /// A database of a test's own that does not exist yet: a server that
+    /// cannot serve it, until [`TestDb::make`].
+    pub fn later() -> TestDb {
+        TestDb {
+            name: super::unique("vg_audit").replace('-', "_"),
+        }
+    }
+
+    /// Create the database [`TestDb::later`] named.
+    pub async fn make(&self) {
+        admin(&format!("CREATE DATABASE \"{}\"", self.name)).await;
+    }
+
     pub fn url(&self) -> String {
         format!(
             "{} dbname={}",
@@ -60,13 +73,14 @@ impl TestDb {
         tokio::spawn(connection);
         let deadline = tokio::time::Instant::now() + within;
         loop {
+            // No table yet: the gateway's writer has not connected yet.
             let rows = client
                 .query(
                     "SELECT seq FROM events WHERE kind = $1 ORDER BY seq",
                     &[&kind],
                 )
                 .await
-                .unwrap();
+                .unwrap_or_default();
             let stored: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
             if stored == seqs || tokio::time::Instant::now() > deadline {
                 return stored;
