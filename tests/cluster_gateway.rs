@@ -42,6 +42,16 @@ fn held(gateway: &ClusterGateway) -> BTreeSet<u32> {
         .unwrap_or_default()
 }
 
+/// Until `gateway` holds `chair`'s partition.
+async fn holds(gateway: &ClusterGateway, chair: &str) {
+    let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
+    let held_by = Instant::now() + Duration::from_secs(30);
+    while !held(gateway).contains(&partition) {
+        assert!(Instant::now() < held_by, "{chair} not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A chair whose partition `gateway` holds.
 fn chair_of(gateway: &ClusterGateway, taken: &[String]) -> String {
     let mine = held(gateway);
@@ -373,12 +383,7 @@ async fn a_gateway_started_again_records_every_session_change() {
             .await
             .unwrap();
         let chair = "north/1";
-        let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
-        let held_by = Instant::now() + Duration::from_secs(30);
-        while !held(&gateway).contains(&partition) {
-            assert!(Instant::now() < held_by, "run {run}: north/1 not taken");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        holds(&gateway, chair).await;
         let mut dashboard = Dashboard::connect(gateway.http_addr(), "").await;
         dashboard.next_of("snapshot").await;
         let command = json!({ "type": "set_session", "chair": chair, "phase": phase, "patient": "P-7", "by": "nurse.kim" });
@@ -425,13 +430,7 @@ async fn a_gateway_starts_and_alarms_flow_while_postgres_is_down() {
     let gateway = ClusterGateway::start(config(&nats, "gw-a", &audit))
         .await
         .expect("a gateway starts without its audit database");
-    let chair = "north/1";
-    let partition = vitalgate::cluster::partition_of(chair, PARTITIONS);
-    let held_by = Instant::now() + Duration::from_secs(30);
-    while !held(&gateway).contains(&partition) {
-        assert!(Instant::now() < held_by, "north/1 not taken");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds(&gateway, "north/1").await;
     let mut dashboard = Dashboard::connect(gateway.http_addr(), "").await;
     dashboard.next_of("snapshot").await;
     device
