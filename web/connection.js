@@ -128,7 +128,10 @@ export class Connection {
   /** @param {string} detail */
   lost(detail) {
     const attempts = this.status.attempts + 1;
-    this.setStatus({ connected: false, downSince: this.status.downSince ?? Date.now(), attempts, detail });
+    // Alarms are not received since the last frame, not since the loss was
+    // noticed (a silent socket is noticed SILENCE_MS later).
+    const since = this.status.downSince ?? Math.min(Date.now(), this.lastFrameAt || Date.now());
+    this.setStatus({ connected: false, downSince: since, attempts, detail });
     if (this.stopped) return;
     // Full jitter between half and all of the exponential step.
     const step = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** Math.min(attempts - 1, 10));

@@ -5,6 +5,7 @@
 // judges every command again and a refusal is shown in words.
 
 import { VITALS, el, formatValue } from "./format.js";
+import { SIMULATED_SITE } from "./ward.js";
 
 /** @typedef {import("./ward.js").Ward} Ward */
 /** @typedef {import("./ward.js").Chair} Chair */
@@ -71,7 +72,7 @@ export class ChairControls {
     this.confirmYes = /** @type {HTMLButtonElement} */ (this.confirm.querySelector('button[value="yes"]'));
     /** @type {string|null} */
     this.chair = null;
-    /** The session the dialog was filled from. @type {import("./ward.js").SessionFrame|null} */
+    /** What the session the dialog was filled from said ([`sessionKey`]). @type {string|null} */
     this.shownSession = null;
     /** @type {(() => void)|null} */
     this.onConfirm = null;
@@ -106,7 +107,9 @@ export class ChairControls {
       this.o.toast(`Chair ${this.chair} left the ward.`, "info");
       return;
     }
-    if (chair.session === this.shownSession) return;
+    // Refreshing snapshots bring the same session as new objects: only a change
+    // redraws (a redraw loses what was typed and where the focus was).
+    if (sessionKey(chair.session) === this.shownSession) return;
     const focus = document.activeElement;
     if (this.dialog.contains(focus) && (focus instanceof HTMLInputElement || focus instanceof HTMLSelectElement)) return;
     this.fill(chair);
@@ -114,10 +117,10 @@ export class ChairControls {
 
   /** @param {Chair} chair */
   fill(chair) {
-    this.shownSession = chair.session;
+    this.shownSession = sessionKey(chair.session);
     const s = chair.session;
     const phase = s?.phase ?? "idle";
-    this.title.textContent = `Chair ${chair.key} — ${phase.toUpperCase()}${s?.patient && phase !== "idle" ? ` — ${s.patient}` : ""}`;
+    this.title.textContent = `Chair ${chair.key}${chair.site === SIMULATED_SITE ? " (SIMULATED)" : ""} — ${phase.toUpperCase()}${s?.patient && phase !== "idle" ? ` — ${s.patient}` : ""}`;
     this.body.replaceChildren();
     const may = this.o.may();
     if (may.set_session) this.body.append(this.sessionSection(chair, phase));
@@ -153,11 +156,15 @@ export class ChairControls {
           send();
           return;
         }
+        // The alarms the question names, each at the priority it shows.
+        const named = new Set(this.o.alarms(chair.key).map((a) => `${a.id}/${a.priority}`));
         this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}${this.endingAlarms(chair.key)}`, () => {
-          // What was confirmed is what is sent: not if the chair changed meanwhile.
-          const now = this.o.chair(chair.key)?.session;
-          if (now?.phase !== phase || now?.patient !== patient) {
-            this.o.toast(`NOT sent: chair ${chair.key} changed while you were asked (now ${(now?.phase ?? "idle").toUpperCase()}${now?.patient ? `, ${now.patient}` : ""}). Look again.`, "error");
+          // What was confirmed is what is sent: not if the chair changed meanwhile,
+          // nor if it would end an alarm the question did not name.
+          if (this.changedMeanwhile(chair.key, phase, patient)) return;
+          const unnamed = this.o.alarms(chair.key).filter((a) => !named.has(`${a.id}/${a.priority}`));
+          if (unnamed.length > 0) {
+            this.o.toast(`NOT sent: chair ${chair.key} has an alarm you were not asked about: ${unnamed.map((a) => `${a.message} (${a.priority.toUpperCase()})`).join("; ")}. Look again.`, "error");
             return;
           }
           send();
@@ -166,6 +173,20 @@ export class ChairControls {
       box.append(b);
     }
     return box;
+  }
+
+  /**
+   * Whether chair `key`'s session left `phase` or `patient` since a question
+   * about it was asked; if so the nurse is told, and nothing is sent.
+   * @param {string} key
+   * @param {Phase} phase
+   * @param {string|undefined} patient
+   */
+  changedMeanwhile(key, phase, patient) {
+    const now = this.o.chair(key)?.session;
+    if ((now?.phase ?? "idle") === phase && now?.patient === patient) return false;
+    this.o.toast(`NOT sent: chair ${key} changed while you were asked (now ${(now?.phase ?? "idle").toUpperCase()}${now?.patient ? `, ${now.patient}` : ""}). Look again.`, "error");
+    return true;
   }
 
   /**
@@ -230,6 +251,7 @@ export class ChairControls {
     const table = el("table");
     const overrides = chair.session?.limits ?? {};
     const k = chair.session?.session_number;
+    const patient = chair.session?.patient;
     for (const rule of this.o.rules()) {
       // Rules in force: this phase, and this session of the course (a rule with
       // max_session applies while the session number is unknown).
@@ -252,6 +274,7 @@ export class ChairControls {
           const next = Number(field.value);
           if (field.value === "" || !Number.isFinite(next) || next === current) return;
           this.ask(`Change ${VITALS[rule.vital].label} ${side} limit of ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} from ${formatValue(current)} to ${formatValue(next)}?`, () => {
+            if (this.limitChangedMeanwhile(chair.key, rule.id, side, phase, patient, current)) return;
             this.sendOrSay(this.limitCommand(chair.key, rule.id, side, next), `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
           });
         });
@@ -262,6 +285,7 @@ export class ChairControls {
         reset.title = `Back to the configured limits of ${rule.id}`;
         reset.addEventListener("click", () => {
           this.ask(`Put ${rule.id} (${rule.priority}) for ${chair.session?.patient} in chair ${chair.key} back to its configured ${side} limit (${formatValue(current)} → ${formatValue(configured)})?`, () => {
+            if (this.limitChangedMeanwhile(chair.key, rule.id, side, phase, patient, current)) return;
             this.sendOrSay(this.limitCommand(chair.key, rule.id, side, undefined), `${rule.id} ${side} back to configured`);
           });
         });
@@ -278,6 +302,27 @@ export class ChairControls {
     }
     box.append(table);
     return box;
+  }
+
+  /**
+   * Whether, since the question was asked, chair `key` got another patient or
+   * phase, or `rule`'s `side` limit is no longer `shown` (another clinician
+   * changed it): a limit goes to the patient and from the value the question
+   * named, or not at all.
+   * @param {string} key
+   * @param {string} rule
+   * @param {"low"|"high"} side
+   * @param {Phase} phase
+   * @param {string|undefined} patient
+   * @param {number} shown
+   */
+  limitChangedMeanwhile(key, rule, side, phase, patient, shown) {
+    if (this.changedMeanwhile(key, phase, patient)) return true;
+    const configured = this.o.rules().find((r) => r.id === rule)?.[side];
+    const now = this.o.chair(key)?.session?.limits?.[rule]?.[side] ?? configured;
+    if (now === shown) return false;
+    this.o.toast(`NOT sent: the ${side} limit of ${rule} in chair ${key} changed while you were asked (now ${now === undefined || now === null ? "none" : formatValue(now)}). Look again.`, "error");
+    return true;
   }
 
   /**
@@ -353,4 +398,13 @@ function cell(child) {
   const td = el("td");
   td.append(child);
   return td;
+}
+
+/**
+ * What a session says, whichever frame brought it (a snapshot's carries no
+ * `seq` or `type`).
+ * @param {import("./ward.js").SessionFrame|null} s
+ */
+function sessionKey(s) {
+  return s ? JSON.stringify({ ...s, seq: undefined, type: undefined }) : "";
 }

@@ -4,7 +4,7 @@
 // acknowledged it and when, and when it cleared. Filterable by chair.
 
 import { PRIORITY_TEXT, clock, dateTime, el, formatValue } from "./format.js";
-import { PRIORITY_RANK } from "./ward.js";
+import { PRIORITY_RANK, SIMULATED_SITE, siteOf } from "./ward.js";
 
 /** @typedef {import("./ward.js").AlarmFrame} AlarmFrame */
 
@@ -109,8 +109,13 @@ export function group(events) {
       r = { raised: e, worst: e, acked: null, cleared: null, escalation: 0 };
       byId.set(e.id, r);
     }
-    if (e.state !== "cleared" && PRIORITY_RANK[e.priority] > PRIORITY_RANK[r.worst.priority]) r.worst = e;
-    if (e.state === "acknowledged" && !e.reminder && !r.acked) r.acked = e;
+    // The row shows the alarm at its worst, and who acknowledged it at that
+    // priority: an acknowledgement at a lower one was not of the worst.
+    if (e.state !== "cleared" && PRIORITY_RANK[e.priority] > PRIORITY_RANK[r.worst.priority]) {
+      r.worst = e;
+      r.acked = null;
+    }
+    if (e.state === "acknowledged" && !e.reminder && !e.updated && !r.acked && e.priority === r.worst.priority) r.acked = e;
     if (e.state === "cleared") r.cleared = e;
     r.escalation = Math.max(r.escalation, e.escalation_level);
   }
@@ -126,7 +131,7 @@ function row(r) {
   const valueVsLimit = a.kind === "technical" ? `${formatValue(a.value)} s (allowed ${formatValue(a.limit)} s)` : `${formatValue(a.value)} ${a.condition === "low" ? "<" : ">"} ${formatValue(a.limit)}`;
   tr.append(
     el("td", "", dateTime(r.raised.raised_ts)),
-    el("td", "", a.chair),
+    el("td", "", a.simulated || siteOf(a.chair) === SIMULATED_SITE ? `${a.chair} (SIMULATED)` : a.chair),
     el("td", "prio", `${p.symbol} ${p.word}`),
     el("td", "", a.message),
     el("td", "", valueVsLimit),

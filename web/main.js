@@ -62,7 +62,7 @@ let frameRequested = false;
 /** Alarm frames waiting for their tile to be painted: performance.now() at receipt. */
 /** @type {number[]} */
 let awaitingPaint = [];
-const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0 };
+const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0, snapshots: 0 };
 
 const grid = new Grid({
   container: byId("grid"),
@@ -157,6 +157,7 @@ function onFrame(f) {
   metrics.frames++;
   switch (f.type) {
     case "snapshot": {
+      metrics.snapshots++;
       const known = new Set(ward.alarms.keys());
       ward.applySnapshot(f, replaceNext);
       replaceNext = false;

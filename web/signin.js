@@ -65,12 +65,24 @@ export function get(path) {
  * @returns {Promise<StationInfo>}
  */
 export async function signIn(why) {
+  // A station that opens before the gateway (after a power cut) or loses the
+  // network keeps trying by itself: nothing typed would help, and a token
+  // typed here would replace the good one.
+  let retryMs = 1_000;
+  /** @type {number|null} */
+  let failingSince = null;
+  const waitAndRetry = async (/** @type {string} */ what) => {
+    failingSince ??= Date.now();
+    showWaiting(`${what} since ${new Date(failingSince).toLocaleTimeString()}: trying again by itself every few seconds. Alarms are NOT shown here until it answers.`);
+    await new Promise((resolve) => setTimeout(resolve, retryMs));
+    retryMs = Math.min(retryMs * 2, 5_000);
+  };
   for (;;) {
     let r;
     try {
       r = await get("/api/station");
     } catch {
-      await showForm("token", "The gateway cannot be reached. Check the network, then try again.");
+      await waitAndRetry("The gateway cannot be reached");
       continue;
     }
     if (r.status === 401 || r.status === 403) {
@@ -82,17 +94,31 @@ export async function signIn(why) {
       continue;
     }
     if (!r.ok) {
-      await showForm("token", `The gateway answered ${r.status}. Try again.`);
+      await waitAndRetry(`The gateway answers ${r.status}`);
       continue;
     }
+    failingSince = null;
+    retryMs = 1_000;
     /** @type {StationInfo} */
     const info = await r.json();
     if (info.auth === "none" && !savedName()) {
       await showForm("name", "This gateway does not authenticate: give your name, recorded with what you acknowledge and change.");
       continue;
     }
+    byId("signin").hidden = true;
     return info;
   }
+}
+
+/**
+ * Show `message` where the sign-in form goes, with nothing to fill in.
+ * @param {string} message
+ */
+function showWaiting(message) {
+  byId("signin-message").textContent = message;
+  byId("signin-field-row").hidden = true;
+  byId("signin-submit").hidden = true;
+  byId("signin").hidden = false;
 }
 
 /**
@@ -111,6 +137,8 @@ function showForm(kind, message) {
   field.value = "";
   field.type = kind === "token" ? "password" : "text";
   field.autocomplete = kind === "token" ? "off" : "name";
+  byId("signin-field-row").hidden = false;
+  byId("signin-submit").hidden = false;
   section.hidden = false;
   field.focus();
   return new Promise((resolve) => {

@@ -24,6 +24,9 @@ export const ROTATE_MS = 2_000;
 
 /** How often a tile's trend drawings are redrawn, ms. */
 const TREND_REDRAW_MS = 10_000;
+/** An SBP and a DBP this close in device time are one cuff measurement (a cuff
+ * cycle takes 20-40 s, and the shortest automatic interval is a minute). */
+const SAME_CUFF_MS = 10_000;
 
 /** Numerics in the order of a bedside monitor. */
 const NUMERICS = /** @type {const} */ (["hr", "spo2", "nibp", "rr", "etco2", "pump"]);
@@ -302,9 +305,11 @@ export class Grid {
       const n = t.nums.nibp;
       const sbp = chair.vitals.sbp;
       const dbp = chair.vitals.dbp;
-      // A DBP older than its allowance (a cuff reporting SBP alone) is not shown as
-      // part of the current measurement.
-      const dbpOld = dbp !== undefined && now - dbp.ts > this.o.staleAfterMs("dbp");
+      // A DBP of an earlier cuff cycle than the SBP (a cuff reporting SBP alone),
+      // or older than its allowance, is not shown as part of the current
+      // measurement. One cycle's two values may come in two messages: a few
+      // seconds apart they are still one measurement.
+      const dbpOld = dbp !== undefined && ((sbp !== undefined && sbp.ts - dbp.ts > SAME_CUFF_MS) || now - dbp.ts > this.o.staleAfterMs("dbp"));
       const text = sbp ? `${formatValue(sbp.value)}/${dbp && !dbpOld ? formatValue(dbp.value) : "–"}` : "–/–";
       const dbpNote = dbpOld ? ` · DBP ${formatAge(now - dbp.ts)} old` : "";
       showNumeric(n, text, sbp ? stale("sbp") : false, sbp ? (stale("sbp") ? `${staleNote(ageOf(sbp.ts))} (cuff)` : `cuff ${formatMinutes(now - sbp.ts)} ago${dbpNote}`) : "");

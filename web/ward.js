@@ -65,6 +65,7 @@
  * @property {boolean} [updated] rules joined or left the open alarm
  * @property {Priority} [previous_priority] on an update that changed the priority
  * @property {{phase?: Phase, patient?: string}} [context]
+ * @property {boolean} [simulated] a chair of the simulated site
  */
 
 /**
@@ -212,7 +213,16 @@ export class Ward {
   /** @param {SessionFrame} s */
   applySession(s) {
     if (s.seq !== undefined) this.seq = s.seq;
-    this.chair(s.chair, siteOf(s.chair)).session = s;
+    const c = this.chair(s.chair, siteOf(s.chair));
+    // Another patient, or the chair idle: the gateway forgot the previous
+    // patient's values (its emptied values come with live vitals, which may
+    // coalesce them away); the trend is the station's own and goes here.
+    const before = c.session;
+    if (s.phase === "idle" || (before && before.patient !== s.patient)) {
+      c.trend.sbp.length = 0;
+      c.trend.spo2.length = 0;
+    }
+    c.session = s;
   }
 
   /**
@@ -228,6 +238,14 @@ export class Ward {
     // already applied: there the newer device time wins.
     if (fromSnapshot && f.received_at !== undefined && f.received_at < c.receivedAt) return;
     c.receivedAt = Math.max(c.receivedAt, f.received_at ?? 0);
+    // A frame holds every value the chair has of its current patient: one it
+    // lacks was forgotten (another patient, or the chair idle), trend and all.
+    for (const name of Object.keys(c.vitals)) {
+      const v = /** @type {Vital} */ (name);
+      if (f.vitals[v]) continue;
+      delete c.vitals[v];
+      if (v === "sbp" || v === "spo2") c.trend[v].length = 0;
+    }
     for (const [name, sample] of Object.entries(f.vitals)) {
       const v = /** @type {Vital} */ (name);
       if (!sample) continue;
@@ -236,7 +254,8 @@ export class Ward {
       c.vitals[v] = sample;
       if (v === "sbp" || v === "spo2") addTrend(c.trend[v], sample);
     }
-    if (f.pump && !(fromSnapshot && c.pump && (c.pump.ts ?? 0) > (f.pump.ts ?? 0))) c.pump = f.pump;
+    if (!f.pump) c.pump = null;
+    else if (!(fromSnapshot && c.pump && (c.pump.ts ?? 0) > (f.pump.ts ?? 0))) c.pump = f.pump;
   }
 
   /**

@@ -48,6 +48,26 @@ describe("nurse station (auth jwt)", () => {
     await context.close();
   });
 
+  test("a station that cannot reach the gateway says so and signs in by itself once it can", async () => {
+    const token = jwt(SECRET, { sub: "nurse.ana", roles: ["nurse"] });
+    const context = await chromium.newContext({ viewport: { width: 1920, height: 1080 } });
+    const page = await context.newPage();
+    await page.route("**/api/station", (route) => route.abort("connectionrefused"));
+    await page.goto(`${gateway.url}/#token=${token}`);
+    const message = page.locator("#signin-message");
+    await eventually(async () => /^The gateway cannot be reached since .+: trying again by itself/.test(await message.innerText()), "the station says it waits");
+    assert.equal(await page.locator("#signin-field").isVisible(), false, "nothing to type: the token from the link is kept");
+    // A proxy in front of the gateway answering 502: the same.
+    await page.unroute("**/api/station");
+    await page.route("**/api/station", (route) => route.fulfill({ status: 502, body: "bad gateway" }));
+    await eventually(async () => /^The gateway answers 502 since/.test(await message.innerText()), "the answer said");
+    await page.unroute("**/api/station");
+    await page.locator('.tile[data-chair="east/1"]').waitFor({ timeout: 15_000 });
+    assert.match(await page.locator("#user").innerText(), /nurse\.ana \(nurse\)/);
+    assert.equal(await page.locator("#signin").isVisible(), false);
+    await context.close();
+  });
+
   test("a viewer's token from the URL fragment sees the ward but no controls", async () => {
     const token = jwt(SECRET, { sub: "viewer.vic", roles: ["viewer"] });
     const { page, context } = await station(chromium, `${gateway.url}/#token=${token}`);

@@ -264,13 +264,18 @@ describe("nurse station (auth none)", () => {
     assert.equal(await spo2.locator(".value").evaluate((e) => getComputedStyle(e).textDecorationLine), "line-through");
     await devices.vitals("north/2", { spo2: 97 });
     await eventually(async () => (await spo2.getAttribute("data-stale")) === "false", "SpO2 current again");
-    // A cuff that reports SBP alone: the DBP of 8 minutes ago (older than SBP's
-    // allowance, 7 min) is not shown as part of the new measurement.
-    await devices.vitals("south/8", { sbp: 120, dbp: 80, ts: Date.now() - 8 * 60_000 });
+    // A cuff that reports SBP alone: the DBP of the cycle before, 5 minutes ago
+    // (within its own allowance, 7 min), is not shown as part of the new measurement.
+    await devices.vitals("south/8", { sbp: 120, dbp: 80, ts: Date.now() - 5 * 60_000 });
     await devices.vitals("south/8", { sbp: 121 });
     const nibp = page.locator('.tile[data-chair="south/8"] .num[data-vital="nibp"]');
     await eventually(async () => (await nibp.locator(".value").innerText()) === "121/–", "SBP alone");
-    assert.match(await nibp.locator(".note").innerText(), /^cuff under 1 min ago · DBP 8 min old$/);
+    assert.match(await nibp.locator(".note").innerText(), /^cuff under 1 min ago · DBP 5 min old$/);
+    // One cycle's two values in two messages, seconds apart: one measurement.
+    const at = Date.now();
+    await devices.vitals("south/8", { dbp: 79, ts: at - 3_000 });
+    await devices.vitals("south/8", { sbp: 122, ts: at });
+    await eventually(async () => (await nibp.locator(".value").innerText()) === "122/79", "one cuff cycle");
   });
 
   test("a recovering patient back near the baseline shows READY FOR DISCHARGE", async () => {
@@ -296,6 +301,23 @@ describe("nurse station (auth none)", () => {
     await eventually(async () => (await tile.locator(".patient").innerText()) === "P-999", "north/4 now P-999");
     await page.locator('#confirm-dialog button[value="yes"]').click();
     await eventually(async () => /NOT sent: chair north\/4 changed while you were asked \(now RECOVERY, P-999\)/.test(await page.locator("#toasts").innerText()), "not sent, and why");
+    // Asked again, and meanwhile P-999's blood pressure surges: the question named
+    // no alarm, and a discharge would end this one, so nothing is sent.
+    await discharge.click();
+    assert.match(await page.locator("#confirm-text").innerText(), /^Discharge: chair north\/4, P-999\? [^!]*$/);
+    await devices.vitals("north/4", { ...NORMAL, sbp: 190 });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "high", "north/4's alarm");
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => /NOT sent: chair north\/4 has an alarm you were not asked about: SBP 190 above 1[68]0 \(HIGH\)/.test(await page.locator("#toasts").innerText()), "not sent, and why");
+    assert.equal(await tile.getAttribute("data-phase"), "recovery");
+    // Back to normal, and the latched alarm (SBP above 160 early in a course)
+    // acknowledged: it ends.
+    await devices.vitals("north/4", NORMAL);
+    await page.evaluate(() => {
+      const station = /** @type {any} */ (window).vitalgateStation;
+      for (const a of station.ward.alarmsOf("north/4")) station.connection().send({ type: "ack", id: a.id, by: "nurse.kim" });
+    });
+    await eventually(async () => (await tile.getAttribute("data-priority")) === "none", "north/4 without alarms");
     await discharge.click();
     assert.match(await page.locator("#confirm-text").innerText(), /^Discharge: chair north\/4, P-999\?/);
     await page.locator('#confirm-dialog button[value="yes"]').click();
@@ -318,6 +340,32 @@ describe("nurse station (auth none)", () => {
       await new Promise((r) => setTimeout(r, 500));
       return (await tile.count()) === 0;
     }, "south/9 gone", 15_000);
+  });
+
+  test("the next patient in a chair is shown none of the previous patient's values, pump or trend", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    const tile = page.locator('.tile[data-chair="south/1"]');
+    const nibp = tile.locator('.num[data-vital="nibp"] .value');
+    await eventually(async () => (await nibp.innerText()) === "124/78", "P-106's blood pressure");
+    const trend = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.chairs.get("south/1").trend.sbp.length);
+    assert.ok((await trend()) > 0, "P-106's SBP trend");
+    // Each later than the one before (a session message no newer than the
+    // chair's latest is a repeat).
+    const at = Date.now();
+    for (const [i, phase] of ["recovery", "discharged", "idle"].entries()) {
+      await devices.session("south/1", { phase, patient: "P-106", ts: at + i });
+    }
+    await eventually(async () => (await tile.getAttribute("data-phase")) === "idle", "south/1 free");
+    await eventually(async () => (await nibp.innerText()) === "–/–", "no blood pressure on a free chair");
+    assert.equal(await tile.locator('.num[data-vital="hr"] .value').innerText(), "–");
+    assert.equal(await trend(), 0, "no trend on a free chair");
+    await devices.session("south/1", { phase: "baseline", patient: "P-200", route: "iv", ts: at + 3 });
+    await devices.vitals("south/1", { hr: 71, spo2: 99 });
+    await eventually(async () => (await tile.locator('.num[data-vital="hr"] .value').innerText()) === "71", "P-200's first reading");
+    assert.equal(await nibp.innerText(), "–/–", "P-200's blood pressure is not measured yet");
+    assert.equal(await tile.locator('.num[data-vital="pump"] .value').innerText(), "–", "P-106's pump report is gone");
+    assert.equal(await trend(), 0);
   });
 
   test("an event the browser does not count as a gesture leaves sound to the next one", async () => {
@@ -370,7 +418,18 @@ describe("nurse station (auth none)", () => {
     await dialog.locator('input[name="patient"]').fill("P-777");
     await dialog.locator('input[name="session_number"]').fill("1");
     await dialog.locator('input[name="session_count"]').fill("4");
-    await dialog.locator('button[data-phase="baseline"]').click();
+    // The station refreshes its snapshot now and then: what was typed, and the
+    // focus on the button about to be pressed, stay.
+    const start = dialog.locator('button[data-phase="baseline"]');
+    await start.focus();
+    const snapshots = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.metrics.snapshots);
+    const before = await snapshots();
+    await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.connection().send({ type: "snapshot" }));
+    await eventually(async () => (await snapshots()) > before, "a refreshing snapshot");
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0))));
+    assert.equal(await dialog.locator('input[name="patient"]').inputValue(), "P-777");
+    assert.equal(await start.evaluate((b) => b === document.activeElement), true, "the focus stays on the button");
+    await start.click();
     await eventually(async () => (await tile.getAttribute("data-phase")) === "baseline", "north/5 in baseline");
     assert.equal(await tile.locator(".patient").innerText(), "P-777");
     assert.match(await tile.locator(".course").innerText(), /session 1 of 4/);
@@ -420,6 +479,17 @@ describe("nurse station (auth none)", () => {
     await low.locator("button.reset").click();
     await page.locator('#confirm-dialog button[value="yes"]').click();
     await eventually(async () => !/patient/.test(await low.innerText()), "the configured low limit again");
+    // Asked to loosen P-101's limit, and meanwhile the clinic system puts P-888 in
+    // the chair: the limit was confirmed for P-101, so nothing is sent.
+    await changed.locator("input").fill("200");
+    await changed.locator("button.change").click();
+    assert.match(await page.locator("#confirm-text").innerText(), /for P-101 in chair north\/2 from 180 to 200\?/);
+    await devices.session("north/2", { phase: "infusion", patient: "P-888", route: "iv", ts: Date.now() });
+    await eventually(async () => (await tile.locator(".patient").innerText()) === "P-888", "north/2 now P-888");
+    await page.locator('#confirm-dialog button[value="yes"]').click();
+    await eventually(async () => /NOT sent: chair north\/2 changed while you were asked \(now INFUSION, P-888\)/.test(await page.locator("#toasts").innerText()), "not sent, and why");
+    const limits = await page.evaluate(() => /** @type {any} */ (window).vitalgateStation.ward.chairs.get("north/2").session.limits);
+    assert.deepEqual(limits ?? {}, {}, "P-888 has no limit of P-101's");
     await page.locator('#chair-dialog button[value="close"]').click();
   });
 
@@ -495,5 +565,13 @@ describe("nurse station (auth none)", () => {
       return true;
     }, "the top alarm says it is simulated");
     assert.match(await page.locator("#count-high").innerText(), /^!!! HIGH \d+( \(\d+ ack\))?, 1 simulated$/);
+    // The chair's dialog and the alarm history say so too.
+    await page.locator('.tile[data-chair="demo/1"] .open').click();
+    assert.match(await page.locator("#chair-dialog-title").innerText(), /^Chair demo\/1 \(SIMULATED\)/);
+    await page.locator('#chair-dialog button[value="close"]').click();
+    await page.locator("#history-open").click();
+    await eventually(async () => /demo\/1 \(SIMULATED\)/.test(await page.locator("#history-rows").innerText()), "the simulated chair's history row");
+    assert.doesNotMatch(await page.locator("#history-rows").innerText(), /north\/\d \(SIMULATED\)/);
+    await page.locator("#history-close").click();
   });
 });

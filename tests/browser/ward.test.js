@@ -85,3 +85,60 @@ test("a refreshing snapshot keeps newer live values; one after `missed` starts t
   assert.equal(c?.vitals.hr, undefined, "nothing of before the gap survives");
   assert.equal(c?.vitals.spo2?.value, 95);
 });
+
+test("a chair's values the gateway forgot leave the tile: another patient's values, trend and pump are not shown", () => {
+  const w = new Ward();
+  const pump = { running: true, rate_ml_h: 40, infused_ml: 20, ts: 100 };
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 100, vitals: { sbp: { value: 150, ts: 100 }, hr: { value: 90, ts: 100 } }, pump });
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 100, vitals: {} });
+  const c = w.chairs.get("a/1");
+  assert.deepEqual(c?.vitals, {}, "the emptied values replace the previous patient's");
+  assert.equal(c?.pump, null);
+  assert.deepEqual(c?.trend.sbp, []);
+  // The next patient's first reading: nothing of the previous one comes back.
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 200, vitals: { hr: { value: 70, ts: 200 } } });
+  assert.deepEqual(Object.keys(c?.vitals ?? {}), ["hr"]);
+  // A snapshot as new as what the station holds replaces it whole too.
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 300, vitals: { hr: { value: 71, ts: 300 }, spo2: { value: 97, ts: 300 } }, pump });
+  w.applySnapshot({ instance: "i", seq: 1, chairs: [{ chair: "a/1", site: "a", received_at: 400, vitals: { hr: { value: 72, ts: 400 } } }], alarms: [] }, false);
+  assert.deepEqual(Object.keys(c?.vitals ?? {}), ["hr"]);
+  assert.equal(c?.pump, null);
+});
+
+test("a session of another patient, or the chair idle, starts the trend again", () => {
+  const w = new Ward();
+  /** @param {Partial<import("../../web/ward.js").SessionFrame>} s */
+  const session = (s) => /** @type {import("../../web/ward.js").SessionFrame} */ ({
+    chair: "a/1", change: "phase", phase: "infusion", patient: "P-1", route: "iv", phase_since: 1, baseline: {}, limits: {},
+    discharge_ready: false, at: 1, ...s,
+  });
+  const trend = () => w.chairs.get("a/1")?.trend.sbp.length ?? 0;
+  w.applySession(session({}));
+  w.applyVitals({ chair: "a/1", site: "a", vitals: { sbp: { value: 150, ts: 100 } } });
+  w.applySession(session({ change: "limits", limits: { sbp_high: { high: 190 } } }));
+  w.applySession(session({ phase: "discharged" }));
+  assert.ok(trend() > 0, "the same patient's session changes keep the trend");
+  w.applySession(session({ phase: "baseline", patient: "P-2" }));
+  assert.equal(trend(), 0, "another patient");
+  w.applyVitals({ chair: "a/1", site: "a", vitals: { sbp: { value: 120, ts: 200 } } });
+  w.applySession(session({ phase: "idle", patient: "P-2" }));
+  assert.equal(trend(), 0, "the chair idle");
+});
+
+test("the history names who acknowledged the alarm at its worst priority, not at a lower one", () => {
+  const rose = group([
+    alarm({ id: 1, priority: "medium", received_at: 100 }),
+    alarm({ id: 1, priority: "medium", state: "acknowledged", acknowledged_by: "kim", received_at: 150 }),
+    alarm({ id: 1, priority: "high", updated: true, previous_priority: "medium", received_at: 200 }),
+    alarm({ id: 1, priority: "high", state: "cleared", received_at: 300 }),
+  ])[0];
+  assert.equal(rose.worst.priority, "high");
+  assert.equal(rose.acked, null, "nobody acknowledged it at HIGH");
+  const fell = group([
+    alarm({ id: 2, priority: "high", received_at: 100 }),
+    alarm({ id: 2, priority: "high", state: "acknowledged", acknowledged_by: "lee", received_at: 150 }),
+    alarm({ id: 2, priority: "medium", updated: true, previous_priority: "high", received_at: 200 }),
+    alarm({ id: 2, priority: "medium", state: "acknowledged", acknowledged_by: "kim", received_at: 250 }),
+  ])[0];
+  assert.equal(fell.acked?.acknowledged_by, "lee");
+});
