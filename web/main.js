@@ -6,9 +6,10 @@
 import { AlarmAudio } from "./audio.js";
 import { Connection } from "./connection.js";
 import { ChairControls } from "./controls.js";
-import { errorInWords, el } from "./format.js";
+import { clock, errorInWords, el } from "./format.js";
 import { StationHeader, byId } from "./header.js";
 import { AlarmHistory } from "./history.js";
+import { Outage } from "./outage.js";
 import { forgetToken, get, savedName, signIn, token } from "./signin.js";
 import { Grid } from "./tiles.js";
 import { Ward, compareChairs } from "./ward.js";
@@ -52,6 +53,9 @@ const gatewayNow = () => Date.now() + clockOffset;
 
 /** The next snapshot replaces the ward rather than refreshing it (after `missed`). */
 let replaceNext = false;
+/** Alarms that ended while this station was not connected, told once the replay is in. */
+const outage = new Outage();
+let outageTold = 0;
 /** Smallest delay of live data in the current window, and the window's start. */
 let lag = { min: Infinity, since: Date.now(), shown: 0 };
 
@@ -120,6 +124,7 @@ function connect() {
     },
     onFrame,
     onStatus: (s) => {
+      outage.status(s.connected, (s.downSince ?? Date.now()) + clockOffset, gatewayNow());
       schedule();
       // A refused upgrade looks like an unreachable gateway to a browser: every third
       // attempt, and whenever the token's time is up, ask the API whether the token
@@ -169,6 +174,10 @@ function onFrame(f) {
     case "alarm": {
       /** @type {AlarmFrame} */
       const a = f;
+      if (outage.alarm(a, ward.alarms.get(a.id))) {
+        clearTimeout(outageTold);
+        outageTold = setTimeout(tellOutage, 1_000);
+      }
       ward.applyAlarm(a);
       if (a.state === "raised" && !a.escalated) audio.raised(a);
       if (a.reminder) audio.remind(a);
@@ -185,10 +194,12 @@ function onFrame(f) {
       noteLag(f.received_at);
       dirty.add(f.chair);
       return;
-    case "missed":
+    case "missed": {
       replaceNext = true;
-      toast("Events were missed while this station was disconnected: the ward is rebuilt from the gateway's current state. See History for what happened meanwhile.", "info");
+      const since = outage.gap ? ` since ${clock(outage.gap.from)}` : "";
+      notice(`Events were missed while this station was not connected${since} (the gateway no longer held them all): the ward is rebuilt from the gateway's current state, and alarms that came and went meanwhile are in History only.`);
       break;
+    }
     case "error":
       toast(errorInWords(f.code, f.message), "error");
       break;
@@ -258,6 +269,32 @@ function acknowledge(key) {
   }
   const unsent = ids.filter((id) => !connection.send({ type: "ack", id, by: actor() }));
   if (unsent.length > 0) toast(`NOT acknowledged (${unsent.length} of ${ids.length}): the connection to the gateway dropped.`, "error");
+}
+
+/** Say which alarms ended while this station was not connected (they were never drawn). */
+function tellOutage() {
+  const told = outage.take();
+  if (!told) return;
+  const n = told.ended.length;
+  const listed = told.ended
+    .slice(0, 5)
+    .map((a) => `chair ${a.chair}${ward.isSimulated(a.chair) ? " (SIMULATED)" : ""}: ${a.message} (${a.priority.toUpperCase()})`);
+  const more = n > 5 ? `, and ${n - 5} more` : "";
+  notice(`While this station was not connected (${clock(told.from)} to ${clock(told.to)}), ${n === 1 ? "1 alarm ended" : `${n} alarms ended`}: ${listed.join("; ")}${more}. See History.`);
+}
+
+/**
+ * A message that stays until a nurse says it was seen.
+ * @param {string} text
+ */
+function notice(text) {
+  const t = el("div", "toast notice", text);
+  t.setAttribute("role", "alert");
+  const seen = el("button", "seen", "Seen");
+  seen.type = "button";
+  seen.addEventListener("click", () => t.remove());
+  t.append(" ", seen);
+  byId("toasts").append(t);
 }
 
 /**

@@ -41,6 +41,7 @@ const ASSETS: &[Asset] = &[
     ("audio.js", JS, include_str!("../../web/audio.js")),
     ("controls.js", JS, include_str!("../../web/controls.js")),
     ("history.js", JS, include_str!("../../web/history.js")),
+    ("outage.js", JS, include_str!("../../web/outage.js")),
     ("signin.js", JS, include_str!("../../web/signin.js")),
     ("format.js", JS, include_str!("../../web/format.js")),
 ];

@@ -142,3 +142,24 @@ test("the history names who acknowledged the alarm at its worst priority, not at
   ])[0];
   assert.equal(fell.acked?.acknowledged_by, "lee");
 });
+
+test("the alarms that ended while a station was not connected are kept to be told, once", async () => {
+  const { Outage } = await import("../../web/outage.js");
+  const o = new Outage();
+  o.status(true, 0, 50);
+  assert.equal(o.alarm(alarm({ id: 1, state: "cleared", received_at: 60 }), undefined), false, "connected: nothing to tell");
+  o.status(false, 100, 110);
+  o.status(false, 100, 120);
+  const known = alarm({ id: 2, state: "raised", received_at: 130, message: "SpO2 80 below 86" });
+  assert.equal(o.alarm(alarm({ id: 2, state: "cleared", received_at: 140, message: "SpO2 97 above 88" }), known), true);
+  assert.equal(o.take(), null, "not while the gap lasts");
+  o.status(true, 100, 200);
+  // Replayed after the reconnection: still in the gap. A live one after it is not.
+  assert.equal(o.alarm(alarm({ id: 3, state: "cleared", received_at: 190 }), undefined), true);
+  assert.equal(o.alarm(alarm({ id: 4, state: "cleared", received_at: 210 }), undefined), false);
+  assert.equal(o.alarm(alarm({ id: 5, state: "raised", received_at: 150 }), undefined), false, "only ended alarms");
+  const told = o.take();
+  assert.deepEqual({ from: told?.from, to: told?.to }, { from: 100, to: 200 });
+  assert.deepEqual(told?.ended.map((a) => a.message), ["SpO2 80 below 86", "SpO2 82 below 86"]);
+  assert.equal(o.take(), null, "told once");
+});
