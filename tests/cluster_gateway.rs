@@ -451,6 +451,30 @@ async fn a_gateway_starts_and_alarms_flow_while_postgres_is_down() {
     gateway.shutdown().await;
 }
 
+/// A gateway whose `lease_margin_ms` differs from the cluster's (its partition
+/// consumers' `ack_wait`) cannot wait its way out of it: it stops at start,
+/// saying why, rather than waiting for ever logging something else.
+#[tokio::test]
+async fn a_gateway_with_another_lease_margin_stops_at_start_saying_why() {
+    let nats = NatsCluster::start(3).await;
+    let _device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
+    let audit = TestDb::create().await;
+    let a = ClusterGateway::start(config(&nats, "gw-a", &audit))
+        .await
+        .unwrap();
+    let mut other = config(&nats, "gw-b", &audit);
+    other.cluster.lease_margin_ms *= 2;
+    let refused = tokio::time::timeout(Duration::from_secs(60), ClusterGateway::start(other))
+        .await
+        .expect("an answer, not a wait");
+    let error = refused.err().expect("refused").to_string();
+    assert!(
+        error.contains("every gateway must use one lease_margin_ms"),
+        "{error}"
+    );
+    a.shutdown().await;
+}
+
 /// In cluster mode the events stream is the device path: a gateway that cannot
 /// reach NATS says so as a single gateway does without its broker (`/ready` 503
 /// with `mqtt_subscribed: false`, `vitalgate_mqtt_connected` 0), so that a load

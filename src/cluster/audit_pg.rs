@@ -356,25 +356,34 @@ pub async fn start_writer(
     retry: Duration,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
-    let stream = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| ClusterError::js("finding the events stream", e))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            AUDIT_CONSUMER,
-            pull::Config {
-                durable_name: Some(AUDIT_CONSUMER.into()),
-                description: Some("vitalgate: the PostgreSQL audit trail".into()),
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: retry,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| ClusterError::js("creating the audit consumer", e))?;
+    // Waited for as the gateway's other streams are: a stream's leader moving
+    // at start-up must not end the gateway.
+    let consumer = super::once_answered(
+        "the audit consumer cannot be made yet",
+        super::unanswered,
+        || async {
+            let stream = js
+                .get_stream(EVENTS_STREAM)
+                .await
+                .map_err(|e| ClusterError::js("finding the events stream", e))?;
+            stream
+                .get_or_create_consumer(
+                    AUDIT_CONSUMER,
+                    pull::Config {
+                        durable_name: Some(AUDIT_CONSUMER.into()),
+                        description: Some("vitalgate: the PostgreSQL audit trail".into()),
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::Explicit,
+                        ack_wait: retry,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| ClusterError::js("creating the audit consumer", e))
+        },
+    )
+    .await?;
     Ok(tokio::spawn(async move {
         while !stop.is_cancelled() {
             let batch = consumer

@@ -17,7 +17,7 @@ use super::lease::{LeaseTimes, Leases};
 use super::mirror::Mirror;
 use super::ownership::{self, Owned, OwnershipSettings};
 use super::snapshots::Snapshots;
-use super::{connect_client, events, streams, ClusterError};
+use super::{connect_client, events, once_answered, streams, unanswered, ClusterError};
 use crate::core::DecodeLimits;
 use crate::engine::{self, Engine, Journal, Outlet};
 use crate::health::Health;
@@ -27,45 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-
-/// Pause between attempts at start-up (the partitions' consumers, the events
-/// stream).
-const STREAM_RETRY: Duration = Duration::from_secs(2);
-
-/// `attempt` until it succeeds or fails otherwise than `waits` says NATS may
-/// yet answer (a stream's or bucket's leader moving after a node was lost, the
-/// MQTT stream not made yet): a gateway started then waits, logging `what`
-/// every [`STREAM_RETRY`], rather than exiting.
-async fn once_answered<T, E, F>(
-    what: &str,
-    waits: impl Fn(&E) -> bool,
-    mut attempt: impl FnMut() -> F,
-) -> Result<T, E>
-where
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
-{
-    let since = tokio::time::Instant::now();
-    loop {
-        match attempt().await {
-            Err(e) if waits(&e) => {
-                tracing::warn!(
-                    error = %e,
-                    waited_s = since.elapsed().as_secs(),
-                    "{what}; trying again"
-                );
-                tokio::time::sleep(STREAM_RETRY).await;
-            }
-            done => return done,
-        }
-    }
-}
-
-/// A JetStream request that failed (not a settings conflict NATS reported
-/// in another way): worth asking again at start-up.
-fn unanswered(e: &ClusterError) -> bool {
-    matches!(e, ClusterError::JetStream { .. })
-}
 
 /// How a gateway takes part in the cluster.
 #[derive(Debug, Clone)]
@@ -174,7 +135,7 @@ pub async fn start(
     once_answered(
         "cannot make the partitions' consumers yet (on a new cluster: no MQTT client has \
          connected to it, so its MQTT stream does not exist)",
-        |_| true,
+        |e| !matches!(e, ClusterError::ConsumerSettings(_)),
         || streams::partition_consumers(&js, settings.partitions, replicas, read.ack_wait),
     )
     .await?;

@@ -93,6 +93,45 @@ pub const LEASE_BUCKET: &str = "vitalgate_leases";
 /// The key-value bucket where each gateway alive announces itself.
 pub const MEMBER_BUCKET: &str = "vitalgate_gateways";
 
+/// Pause between attempts at start-up (the partitions' consumers, the events
+/// stream).
+const STREAM_RETRY: Duration = Duration::from_secs(2);
+
+/// `attempt` until it succeeds or fails otherwise than `waits` says NATS may
+/// yet answer (a stream's or bucket's leader moving after a node was lost, the
+/// MQTT stream not made yet): a gateway started then waits, logging `what`
+/// every [`STREAM_RETRY`], rather than exiting.
+pub(crate) async fn once_answered<T, E, F>(
+    what: &str,
+    waits: impl Fn(&E) -> bool,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    let since = tokio::time::Instant::now();
+    loop {
+        match attempt().await {
+            Err(e) if waits(&e) => {
+                tracing::warn!(
+                    error = %e,
+                    waited_s = since.elapsed().as_secs(),
+                    "{what}; trying again"
+                );
+                tokio::time::sleep(STREAM_RETRY).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// A JetStream request that failed (not a settings conflict NATS reported
+/// in another way): worth asking again at start-up.
+pub(crate) fn unanswered(e: &ClusterError) -> bool {
+    matches!(e, ClusterError::JetStream { .. })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cannot connect to NATS at {servers}: {reason}")]
@@ -107,6 +146,9 @@ pub enum ClusterError {
         found: Duration,
         configured: Duration,
     },
+    /// Asking again cannot help: an operator must act.
+    #[error("{0}")]
+    ConsumerSettings(String),
 }
 
 impl ClusterError {

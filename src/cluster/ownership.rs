@@ -101,12 +101,18 @@ pub async fn start(
     metrics: ClusterMetrics,
     stop: CancellationToken,
 ) -> Result<Ownership, ClusterError> {
-    let members = expiring_bucket(
-        js,
-        MEMBER_BUCKET,
-        "vitalgate: gateways alive",
-        leases.ttl(),
-        settings.replicas,
+    let members = super::once_answered(
+        "the members bucket does not answer yet",
+        super::unanswered,
+        || {
+            expiring_bucket(
+                js,
+                MEMBER_BUCKET,
+                "vitalgate: gateways alive",
+                leases.ttl(),
+                settings.replicas,
+            )
+        },
     )
     .await?;
     let (tx, rx) = watch::channel(Owned::new());

@@ -87,13 +87,10 @@ pub async fn partition_consumer_acking(
     // would read the wrong messages.
     let made = &consumer.cached_info().config;
     if made.filter_subject != filter || made.ack_wait != ack_wait || made.ack_policy != ack_policy {
-        return Err(ClusterError::js(
-            "checking a partition's consumer",
-            format!(
-                "{name} reads {:?} with ack_wait {:?} and {:?} acknowledgements, not {filter:?} with {ack_wait:?} and {ack_policy:?}: delete it while no gateway runs",
-                made.filter_subject, made.ack_wait, made.ack_policy
-            ),
-        ));
+        return Err(ClusterError::ConsumerSettings(format!(
+            "the partition consumer {name} reads {:?} with ack_wait {:?} and {:?} acknowledgements, not {filter:?} with {ack_wait:?} and {ack_policy:?} (every gateway must use one lease_margin_ms): delete it while no gateway runs",
+            made.filter_subject, made.ack_wait, made.ack_policy
+        )));
     }
     Ok(consumer)
 }
