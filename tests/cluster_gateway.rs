@@ -421,13 +421,27 @@ async fn a_gateway_started_again_records_every_session_change() {
 
 /// PostgreSQL down when a gateway starts (after a power cut, the database
 /// slower to come back than the gateways): the gateway starts, alarms flow, and
-/// the audit trail is written once the database is there.
+/// the audit trail is written once the database is there. A database that
+/// answers with a refusal (here: no such database) stops the start instead.
 #[tokio::test]
 async fn a_gateway_starts_and_alarms_flow_while_postgres_is_down() {
     let nats = NatsCluster::start(3).await;
     let device = common::Device::connect("127.0.0.1", nats.nodes[1].mqtt_port).await;
-    let audit = TestDb::later();
-    let gateway = ClusterGateway::start(config(&nats, "gw-a", &audit))
+    let missing = TestDb::later();
+    let refused = ClusterGateway::start(config(&nats, "gw-a", &missing)).await;
+    let error = refused
+        .err()
+        .expect("no such database: refused")
+        .to_string();
+    assert!(error.contains("does not exist"), "{error}");
+
+    // The server is down: nothing listens where the gateway looks for it.
+    let audit = TestDb::create().await;
+    let port = common::free_port();
+    let mut c = config(&nats, "gw-a", &audit);
+    c.cluster.audit_postgres =
+        format!("{} port={port} connect_timeout=2", audit.url()).replace("port=5432 ", "");
+    let gateway = ClusterGateway::start(c)
         .await
         .expect("a gateway starts without its audit database");
     holds(&gateway, "north/1").await;
@@ -441,7 +455,18 @@ async fn a_gateway_starts_and_alarms_flow_while_postgres_is_down() {
         .await;
     let raised = next_alarm(&mut dashboard, "raised").await;
     let seq = raised["seq"].as_u64().unwrap();
-    audit.make().await;
+    // The server is back: the machine's PostgreSQL, reached on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect("127.0.0.1:5432").await?;
+                tokio::io::copy_bidirectional(&mut client, &mut server).await
+            });
+        }
+    });
     let stored = audit.wait_for_alarms(&[seq], Duration::from_secs(60)).await;
     assert_eq!(
         stored,

@@ -52,7 +52,7 @@ pub const AUDIT_CONSUMER: &str = "vitalgate_audit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgAuditError {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", in_words(.0))]
     Sql(#[from] tokio_postgres::Error),
     #[error("the audit database is at schema version {found}; this build knows up to {known} (migrated by a newer vitalgate?)")]
     NewerSchema { found: i32, known: i32 },
@@ -68,6 +68,16 @@ pub enum PgAuditError {
     },
     #[error("event {seq}: {what} out of range")]
     OutOfRange { seq: u64, what: &'static str },
+}
+
+/// What the server said (its message and code), or why it could not be asked:
+/// `tokio_postgres::Error` alone says only "db error".
+fn in_words(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
+    }
 }
 
 /// One stored event.
@@ -356,34 +366,28 @@ pub async fn start_writer(
     retry: Duration,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
-    // Waited for as the gateway's other streams are: a stream's leader moving
-    // at start-up must not end the gateway.
-    let consumer = super::once_answered(
-        "the audit consumer cannot be made yet",
-        super::unanswered,
-        || async {
-            let stream = js
-                .get_stream(EVENTS_STREAM)
-                .await
-                .map_err(|e| ClusterError::js("finding the events stream", e))?;
-            stream
-                .get_or_create_consumer(
-                    AUDIT_CONSUMER,
-                    pull::Config {
-                        durable_name: Some(AUDIT_CONSUMER.into()),
-                        description: Some("vitalgate: the PostgreSQL audit trail".into()),
-                        deliver_policy: DeliverPolicy::All,
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: retry,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| ClusterError::js("creating the audit consumer", e))
-        },
-    )
-    .await?;
+    // Not waited for, unlike the streams before the partitions are taken: the
+    // gateway holds partitions by now, and one that cannot start must give them
+    // back (the start fails and the member stops) rather than hold them unserved.
+    let stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| ClusterError::js("finding the events stream", e))?;
+    let consumer = stream
+        .get_or_create_consumer(
+            AUDIT_CONSUMER,
+            pull::Config {
+                durable_name: Some(AUDIT_CONSUMER.into()),
+                description: Some("vitalgate: the PostgreSQL audit trail".into()),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: retry,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ClusterError::js("creating the audit consumer", e))?;
     Ok(tokio::spawn(async move {
         while !stop.is_cancelled() {
             let batch = consumer

@@ -52,18 +52,34 @@ const LIVE_QUEUE: usize = 4096;
 /// The audit database at `url`. Unreachable now (PostgreSQL down, or slower
 /// than the gateways to come back after a power cut), it is connected to at
 /// its first use: alarms flow meanwhile, the audit writer catches up from the
-/// events stream, and `/api` fails until then. A malformed `url` or a schema
-/// newer than this build stops the start.
+/// events stream, and `/api` fails until then. A malformed `url`, or a server
+/// that answers with a refusal, stops the start.
 async fn audit_db(url: &str) -> Result<PgAudit, GatewayError> {
     match PgAudit::connect(url).await {
         Ok(audit) => Ok(audit),
-        Err(e @ audit_pg::PgAuditError::NewerSchema { .. }) => {
-            Err(GatewayError::Audit(e.to_string()))
-        }
-        Err(e) => {
+        Err(audit_pg::PgAuditError::Sql(e)) if unreachable_now(&e) => {
             tracing::warn!(error = %e, "the audit database cannot be reached: alarms flow, and the audit trail is written once it can be");
             PgAudit::later(url).map_err(|e| GatewayError::Audit(e.to_string()))
         }
+        // A refusal waiting cannot mend (a wrong password or database name,
+        // no right to make the tables, a newer schema): the operator must act.
+        Err(e) => Err(GatewayError::Audit(e.to_string())),
+    }
+}
+
+/// Whether `e` says the server is not there or not taking connections yet (no
+/// answer, starting up, shutting down, full), rather than refusing this gateway.
+fn unreachable_now(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => [
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+        ]
+        .contains(code),
     }
 }
 

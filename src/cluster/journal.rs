@@ -24,9 +24,9 @@
 //!   read here again (the apply loop's hand-over, and [`super::ownership`]).
 //! - An event's id ([`event_id`]) is the same for every retry of one commit. An
 //!   alarm event's id is made of what it says (chair, alarm id, state,
-//!   escalation, reminder, time, rule, priority; an acknowledgement or a
-//!   reminder, made by a nurse or the clock, also its gateway time, as its
-//!   `ts` is the alarm's raising time): with alarm ids derived from the
+//!   escalation, reminder, time, rule, priority; an acknowledgement, made by a
+//!   nurse, also its gateway time, as its `ts` is the alarm's raising time):
+//!   with alarm ids derived from the
 //!   raising reading ([`crate::core::alarm_id`]), a partition's next owner that
 //!   evaluates a device message again, from the same state, produces the same
 //!   ids, and the stream drops the repeats. Session and limit events carry the
@@ -187,12 +187,12 @@ pub fn event_id(record: &Record<'_>) -> String {
                 a.rule,
                 a.priority
             );
-            // An acknowledgement or a reminder is made by a nurse or the clock,
-            // not evaluated from a reading: its `ts` is the alarm's raising time,
-            // the same for the second acknowledgement (after the alarm went
-            // unacknowledged again) and every later reminder. Its gateway time
-            // tells them apart; retries of one commit carry the same body.
-            return if a.state == "acknowledged" && !a.updated {
+            // An acknowledgement is made by a nurse, not evaluated from a
+            // reading: its `ts` is the alarm's raising time, the same for a second
+            // acknowledgement (after the alarm went unacknowledged again). Its
+            // gateway time tells them apart; retries of one commit carry the same
+            // body. (A reminder's `ts` is its own gateway time already.)
+            return if a.state == "acknowledged" && !a.updated && !a.reminder {
                 format!("{id}/at/{}", a.received_at)
             } else {
                 id
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn each_acknowledgement_and_reminder_of_an_alarm_is_its_own_event() {
+    fn each_acknowledgement_of_an_alarm_is_its_own_event() {
         let acked = |seq, at, extra: &str| {
             alarm(
                 "aaaa",
@@ -251,19 +251,6 @@ mod tests {
         assert_ne!(acked(5, 2_000, ""), acked(9, 9_000, ""));
         // A retry of one commit is the same event.
         assert_eq!(acked(5, 2_000, ""), acked(5, 2_000, ""));
-        let reminder = |seq, at| {
-            alarm(
-                "aaaa",
-                seq,
-                at,
-                r#""state":"acknowledged","acknowledged_by":"kim","reminder":true"#,
-            )
-        };
-        assert_ne!(reminder(6, 300_000), reminder(7, 600_000));
-        assert_eq!(
-            reminder(6, 300_000),
-            "alarm/north/7/17/acknowledged/0/1/1000/spo2_low/high/at/300000"
-        );
         assert_eq!(
             acked(5, 2_000, ""),
             "alarm/north/7/17/acknowledged/0/0/1000/spo2_low/high/at/2000"
