@@ -5,7 +5,7 @@
 // judges every command again and a refusal is shown in words.
 
 import { VITALS, el, formatValue } from "./format.js";
-import { SIMULATED_SITE } from "./ward.js";
+import { PRIORITY_RANK, SIMULATED_SITE } from "./ward.js";
 
 /** @typedef {import("./ward.js").Ward} Ward */
 /** @typedef {import("./ward.js").Chair} Chair */
@@ -158,12 +158,12 @@ export class ChairControls {
           return;
         }
         // The alarms the question names, each at the priority it shows.
-        const named = new Set(this.o.alarms(chair.key).map((a) => `${a.id}/${a.priority}`));
+        const named = new Map(this.o.alarms(chair.key).map((a) => [a.id, PRIORITY_RANK[a.priority]]));
         this.ask(`${step.label}: chair ${chair.key}${patient ? `, ${patient}` : ""}? ${ends.what}${this.endingAlarms(chair.key)}`, () => {
           // What was confirmed is what is sent: not if the chair changed meanwhile,
           // nor if it would end an alarm the question did not name.
           if (this.changedMeanwhile(chair.key, phase, patient)) return;
-          const unnamed = this.o.alarms(chair.key).filter((a) => !named.has(`${a.id}/${a.priority}`));
+          const unnamed = this.o.alarms(chair.key).filter((a) => PRIORITY_RANK[a.priority] > (named.get(a.id) ?? -1));
           if (unnamed.length > 0) {
             this.o.toast(`NOT sent: chair ${chair.key} has an alarm you were not asked about: ${unnamed.map((a) => `${a.message} (${a.priority.toUpperCase()})`).join("; ")}. Look again.`, "error");
             return;
@@ -403,10 +403,12 @@ function cell(child) {
 }
 
 /**
- * What a session says, whichever frame brought it (a snapshot's carries no
- * `seq` or `type`).
+ * What of a session the dialog shows, whichever frame brought it (a snapshot's
+ * session carries less than a session frame: no `previous`, another `change`).
  * @param {import("./ward.js").SessionFrame|null} s
  */
 function sessionKey(s) {
-  return s ? JSON.stringify({ ...s, seq: undefined, type: undefined }) : "";
+  if (!s) return "";
+  const { phase, patient, session_number, session_count, route, limits, discharge_ready } = s;
+  return JSON.stringify([phase, patient, session_number, session_count, route, limits, discharge_ready]);
 }

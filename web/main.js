@@ -124,6 +124,12 @@ function connect() {
     },
     onFrame,
     onStatus: (s) => {
+      // Lost again before the last gap was told: tell it now, or never (the next
+      // replay starts after it).
+      if (!s.connected && outage.gap?.to != null) {
+        clearTimeout(outageTold);
+        tellOutage();
+      }
       outage.status(s.connected, (s.downSince ?? Date.now()) + clockOffset, gatewayNow());
       schedule();
       // A refused upgrade looks like an unreachable gateway to a browser: every third

@@ -215,13 +215,11 @@ export class Ward {
     if (s.seq !== undefined) this.seq = s.seq;
     const c = this.chair(s.chair, siteOf(s.chair));
     // Another patient, or the chair idle: the gateway forgot the previous
-    // patient's values (its emptied values come with live vitals, which may
-    // coalesce them away); the trend is the station's own and goes here.
+    // patient's values. Its emptied values come with live vitals, which may
+    // coalesce them away, and a refreshing snapshot read before the change may
+    // bring them back: the session frame comes after both.
     const before = c.session;
-    if (s.phase === "idle" || (before && before.patient !== s.patient)) {
-      c.trend.sbp.length = 0;
-      c.trend.spo2.length = 0;
-    }
+    if (s.phase === "idle" || (before && before.patient !== s.patient)) forget(c);
     c.session = s;
   }
 
@@ -238,13 +236,13 @@ export class Ward {
     // already applied: there the newer device time wins.
     if (fromSnapshot && f.received_at !== undefined && f.received_at < c.receivedAt) return;
     c.receivedAt = Math.max(c.receivedAt, f.received_at ?? 0);
-    // A frame holds every value the chair has of its current patient: one it
-    // lacks was forgotten (another patient, or the chair idle), trend and all.
-    for (const name of Object.keys(c.vitals)) {
-      const v = /** @type {Vital} */ (name);
-      if (f.vitals[v]) continue;
-      delete c.vitals[v];
-      if (v === "sbp" || v === "spo2") c.trend[v].length = 0;
+    // A frame with no value at all is the gateway forgetting the chair's
+    // (another patient, or the chair idle). A frame lacking some is not: after a
+    // cluster takeover without the chair's copy, the next owner knows only
+    // what has come since, and an older value stays, shown with its age.
+    if (Object.keys(f.vitals).length === 0 && !f.pump) {
+      forget(c);
+      return;
     }
     for (const [name, sample] of Object.entries(f.vitals)) {
       const v = /** @type {Vital} */ (name);
@@ -254,8 +252,7 @@ export class Ward {
       c.vitals[v] = sample;
       if (v === "sbp" || v === "spo2") addTrend(c.trend[v], sample);
     }
-    if (!f.pump) c.pump = null;
-    else if (!(fromSnapshot && c.pump && (c.pump.ts ?? 0) > (f.pump.ts ?? 0))) c.pump = f.pump;
+    if (f.pump && !(fromSnapshot && c.pump && (c.pump.ts ?? 0) > (f.pump.ts ?? 0))) c.pump = f.pump;
   }
 
   /**
@@ -291,6 +288,17 @@ export class Ward {
 export function siteOf(key) {
   const i = key.indexOf("/");
   return i < 0 ? key : key.slice(0, i);
+}
+
+/**
+ * The previous patient's values, pump and trends leave chair `c`.
+ * @param {Chair} c
+ */
+function forget(c) {
+  c.vitals = {};
+  c.pump = null;
+  c.trend.sbp.length = 0;
+  c.trend.spo2.length = 0;
 }
 
 /**

@@ -98,14 +98,15 @@ test("a chair's values the gateway forgot leave the tile: another patient's valu
   // The next patient's first reading: nothing of the previous one comes back.
   w.applyVitals({ chair: "a/1", site: "a", received_at: 200, vitals: { hr: { value: 70, ts: 200 } } });
   assert.deepEqual(Object.keys(c?.vitals ?? {}), ["hr"]);
-  // A snapshot as new as what the station holds replaces it whole too.
-  w.applyVitals({ chair: "a/1", site: "a", received_at: 300, vitals: { hr: { value: 71, ts: 300 }, spo2: { value: 97, ts: 300 } }, pump });
-  w.applySnapshot({ instance: "i", seq: 1, chairs: [{ chair: "a/1", site: "a", received_at: 400, vitals: { hr: { value: 72, ts: 400 } } }], alarms: [] }, false);
-  assert.deepEqual(Object.keys(c?.vitals ?? {}), ["hr"]);
-  assert.equal(c?.pump, null);
+  // A frame lacking some values is not a forgetting (a cluster takeover without
+  // the chair's copy): the older values stay, with their age.
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 300, vitals: { hr: { value: 71, ts: 300 }, sbp: { value: 120, ts: 300 } }, pump });
+  w.applyVitals({ chair: "a/1", site: "a", received_at: 400, vitals: { hr: { value: 72, ts: 400 } } });
+  assert.deepEqual(Object.keys(c?.vitals ?? {}).sort(), ["hr", "sbp"]);
+  assert.equal(c?.pump, pump);
 });
 
-test("a session of another patient, or the chair idle, starts the trend again", () => {
+test("a session of another patient, or the chair idle, starts the values and trend again", () => {
   const w = new Ward();
   /** @param {Partial<import("../../web/ward.js").SessionFrame>} s */
   const session = (s) => /** @type {import("../../web/ward.js").SessionFrame} */ ({
@@ -118,8 +119,12 @@ test("a session of another patient, or the chair idle, starts the trend again", 
   w.applySession(session({ change: "limits", limits: { sbp_high: { high: 190 } } }));
   w.applySession(session({ phase: "discharged" }));
   assert.ok(trend() > 0, "the same patient's session changes keep the trend");
+  // A refreshing snapshot read before the change brings P-1's values back; the
+  // session frame, after it, takes them away.
+  w.applySnapshot({ instance: "i", seq: 1, chairs: [{ chair: "a/1", site: "a", received_at: 100, vitals: { sbp: { value: 150, ts: 100 } } }], alarms: [] }, false);
   w.applySession(session({ phase: "baseline", patient: "P-2" }));
   assert.equal(trend(), 0, "another patient");
+  assert.deepEqual(w.chairs.get("a/1")?.vitals, {}, "none of P-1's values");
   w.applyVitals({ chair: "a/1", site: "a", vitals: { sbp: { value: 120, ts: 200 } } });
   w.applySession(session({ phase: "idle", patient: "P-2" }));
   assert.equal(trend(), 0, "the chair idle");
