@@ -214,12 +214,15 @@ export class Ward {
   applySession(s) {
     if (s.seq !== undefined) this.seq = s.seq;
     const c = this.chair(s.chair, siteOf(s.chair));
-    // Another patient, or the chair idle: the gateway forgot the previous
-    // patient's values. Its emptied values come with live vitals, which may
-    // coalesce them away, and a refreshing snapshot read before the change may
-    // bring them back: the session frame comes after both.
+    // Another patient, or the chair idle: the trend (the station's own) starts
+    // again. The values go with the gateway's emptied frame, not here: the new
+    // patient's first reading may come before this frame (events are released
+    // after their journal commit, live vitals at once).
     const before = c.session;
-    if (s.phase === "idle" || (before && before.patient !== s.patient)) forget(c);
+    if (s.phase === "idle" || (before && before.patient !== s.patient)) {
+      c.trend.sbp.length = 0;
+      c.trend.spo2.length = 0;
+    }
     c.session = s;
   }
 
