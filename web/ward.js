@@ -243,7 +243,9 @@ export class Ward {
     // (another patient, or the chair idle). A frame lacking some is not: after a
     // cluster takeover without the chair's copy, the next owner knows only
     // what has come since, and an older value stays, shown with its age.
-    if (Object.keys(f.vitals).length === 0 && !f.pump) {
+    // Live frames only: a refreshing snapshot read before the new patient's
+    // first reading (its `received_at` may be absent) must not take it away.
+    if (!fromSnapshot && Object.keys(f.vitals).length === 0 && !f.pump) {
       forget(c);
       return;
     }

@@ -361,6 +361,9 @@ describe("nurse station (auth none)", () => {
     assert.equal(await tile.locator('.num[data-vital="hr"] .value').innerText(), "–");
     assert.equal(await trend(), 0, "no trend on a free chair");
     await devices.session("south/1", { phase: "baseline", patient: "P-200", route: "iv", ts: at + 3 });
+    // A reading measured before the gateway applied the change is the previous
+    // patient's: the first one of P-200 is taken once the station shows P-200.
+    await eventually(async () => (await tile.locator(".patient").innerText()) === "P-200", "south/1 now P-200");
     await devices.vitals("south/1", { hr: 71, spo2: 99 });
     await eventually(async () => (await tile.locator('.num[data-vital="hr"] .value').innerText()) === "71", "P-200's first reading");
     assert.equal(await nibp.innerText(), "–/–", "P-200's blood pressure is not measured yet");
