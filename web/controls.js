@@ -124,7 +124,8 @@ export class ChairControls {
     this.body.replaceChildren();
     const may = this.o.may();
     if (may.set_session) this.body.append(this.sessionSection(chair, phase));
-    if (may.set_limit && s?.patient && phase !== "idle" && phase !== "discharged") this.body.append(this.limitSection(chair, phase));
+    // Everyone sees the limits in force for the patient; clinicians may change them.
+    if (s?.patient && phase !== "idle" && phase !== "discharged") this.body.append(this.limitSection(chair, phase, may.set_limit));
     if (!may.set_session && !may.set_limit) this.body.append(el("p", "note", "Your role may view this chair only."));
   }
 
@@ -241,13 +242,15 @@ export class ChairControls {
 
   /**
    * Threshold rules that apply in this phase, with the limit in force for the
-   * patient (their override, else the configured one).
+   * patient (their override, else the configured one); with `editable`, the
+   * controls to change them.
    * @param {Chair} chair
    * @param {Phase} phase
+   * @param {boolean} editable
    */
-  limitSection(chair, phase) {
+  limitSection(chair, phase, editable) {
     const box = el("section", "limit-controls");
-    box.append(el("h3", "", "Limits for this patient"));
+    box.append(el("h3", "", editable ? "Limits for this patient" : "Limits in force for this patient (a clinician changes them)"));
     const table = el("table");
     const overrides = chair.session?.limits ?? {};
     const k = chair.session?.session_number;
@@ -262,9 +265,17 @@ export class ChairControls {
         if (configured === undefined || configured === null) continue;
         const override = overrides[rule.id]?.[side];
         const current = override ?? configured;
+        const own = override !== undefined && override !== null;
         const row = el("tr");
         row.dataset.rule = rule.id;
         row.dataset.side = side;
+        row.append(
+          el("td", "", `${VITALS[rule.vital].label} ${side === "low" ? "below" : "above"}`),
+          el("td", "rule", `${rule.id} (${rule.priority})`),
+          el("td", "now", own ? `${formatValue(current)} (patient)` : formatValue(current)),
+        );
+        table.append(row);
+        if (!editable) continue;
         const field = input("number", `${rule.id}.${side}`, "", false);
         field.value = String(current);
         field.step = "any";
@@ -278,7 +289,6 @@ export class ChairControls {
             this.sendOrSay(this.limitCommand(chair.key, rule.id, side, next), `${rule.id} ${side} ${formatValue(current)} → ${formatValue(next)}`);
           });
         });
-        const own = override !== undefined && override !== null;
         const reset = el("button", "reset", "Configured");
         reset.type = "button";
         reset.hidden = !own;
@@ -289,15 +299,7 @@ export class ChairControls {
             this.sendOrSay(this.limitCommand(chair.key, rule.id, side, undefined), `${rule.id} ${side} back to configured`);
           });
         });
-        row.append(
-          el("td", "", `${VITALS[rule.vital].label} ${side === "low" ? "below" : "above"}`),
-          el("td", "rule", `${rule.id} (${rule.priority})`),
-          el("td", "now", own ? `${formatValue(current)} (patient)` : formatValue(current)),
-          cell(field),
-          cell(change),
-          cell(reset),
-        );
-        table.append(row);
+        row.append(cell(field), cell(change), cell(reset));
       }
     }
     box.append(table);

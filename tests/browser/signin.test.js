@@ -79,7 +79,8 @@ describe("nurse station (auth jwt)", () => {
     const dialog = page.locator("#chair-dialog");
     await dialog.waitFor();
     assert.equal(await dialog.locator("button.step").count(), 0, "no session controls");
-    assert.equal(await dialog.locator("tr[data-rule]").count(), 0, "no limit controls");
+    await dialog.locator("tr[data-rule]").first().waitFor({ timeout: 10_000 });
+    assert.equal(await dialog.locator("tr[data-rule] input, tr[data-rule] button").count(), 0, "no limit controls");
     assert.match(await dialog.innerText(), /may view this chair only/);
     await dialog.locator('button[value="close"]').click();
     // An alarm is shown; the viewer's click on it is told, in words, that the role
@@ -95,7 +96,7 @@ describe("nurse station (auth jwt)", () => {
     await context.close();
   });
 
-  test("a nurse gets session controls but not limits; a clinician gets limits", async () => {
+  test("a nurse gets session controls and sees the limits; a clinician can change the limits", async () => {
     for (const [role, limits] of /** @type {const} */ ([["nurse", 0], ["clinician", 1]])) {
       const token = jwt(SECRET, { sub: `${role}.x`, roles: [role] });
       const { page, context } = await station(chromium, `${gateway.url}/#token=${token}`);
@@ -104,8 +105,9 @@ describe("nurse station (auth jwt)", () => {
       await tile.locator(".open").click();
       const dialog = page.locator("#chair-dialog");
       await dialog.locator('button[data-phase="infusion"]').waitFor({ timeout: 10_000 });
-      const rows = await dialog.locator("tr[data-rule]").count();
-      assert.equal(rows > 0 ? 1 : 0, limits, `${role}: ${rows} limit rows in ${await dialog.innerText()}`);
+      assert.match(await dialog.locator('tr[data-rule="sbp_critical"][data-side="high"]').innerText(), /SBP above\s+sbp_critical \(high\)\s+180/, `${role} sees the limit in force`);
+      const controls = await dialog.locator("tr[data-rule] input").count();
+      assert.equal(controls > 0 ? 1 : 0, limits, `${role}: ${controls} limit fields in ${await dialog.innerText()}`);
       await context.close();
     }
   });
