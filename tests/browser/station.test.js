@@ -562,6 +562,43 @@ describe("nurse station (auth none)", () => {
     await missed.locator("button.seen").click();
   });
 
+  test("an alarm that came and went while the station was not connected is told until a nurse has seen it", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    // The station's network drops (the gateway runs on) and stays down a while.
+    await page.evaluate(() => {
+      const c = /** @type {any} */ (window).vitalgateStation.connection();
+      c.stopped = true;
+      c.socket?.close();
+    });
+    await page.locator("#disconnected-banner").waitFor({ state: "visible", timeout: 5_000 });
+    // South/6 desaturates for 6 s and recovers, all while the station is away.
+    const t0 = Date.now();
+    const reading = (/** @type {number} */ seq, /** @type {number} */ ts, /** @type {number} */ spo2) =>
+      devices.client.publishAsync("clinic/south/chair/6/vitals", JSON.stringify({ seq, ts, spo2 }), { qos: 1 });
+    await reading(1, t0 - 6_000, 80);
+    await reading(2, t0, 80);
+    await reading(3, t0 + 1, 97);
+    await eventually(async () => {
+      const r = await fetch(`${gateway.url}/api/alarms?chair=south/6`);
+      const body = await r.json();
+      return body.alarms.some((/** @type {any} */ a) => a.state === "cleared");
+    }, "south/6's alarm raised and ended at the gateway");
+    await page.evaluate(() => {
+      const c = /** @type {any} */ (window).vitalgateStation.connection();
+      c.stopped = false;
+      c.open();
+    });
+    await page.locator("#disconnected-banner").waitFor({ state: "hidden", timeout: 10_000 });
+    const notice = page.locator(".toast.notice", { hasText: /^While this station was not connected/ });
+    await notice.waitFor({ timeout: 10_000 });
+    assert.match(await notice.innerText(), /1 alarm ended: chair south\/6: SpO2 80 below 86 \(HIGH\)\. See History\./);
+    // It stays until it is marked seen.
+    await notice.locator("button.seen").click();
+    assert.equal(await notice.count(), 0);
+  });
+
+
   test("a simulated chair among real ones: the banner says which are simulated, not that the whole ward is", async () => {
     const { page } = first;
     await page.bringToFront();
