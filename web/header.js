@@ -37,7 +37,10 @@ export class StationHeader {
     this.clock = byId("clock");
     this.down = byId("disconnected-banner");
     this.downText = byId("disconnected-text");
+    this.downFor = byId("disconnected-for");
     this.lag = byId("lag-banner");
+    this.lagText = byId("lag-text");
+    this.lagFor = byId("lag-for");
     this.simulated = byId("simulated-banner");
   }
 
@@ -95,15 +98,23 @@ export class StationHeader {
     document.body.dataset.connected = String(status.connected);
     if (!status.connected) {
       const since = status.downSince ?? Date.now();
-      setText(this.downText, `NOT CONNECTED — alarms are NOT being received since ${clock(since)} (${formatAge(Date.now() - since)}). ${capital(status.detail)}. Retrying${status.attempts > 1 ? ` (attempt ${status.attempts})` : ""}…`);
+      // The alert changes with the outage's start and cause only; the running time
+      // and the attempts beside it change every second and are not announced.
+      setText(this.downText, `NOT CONNECTED — alarms are NOT being received since ${clock(since)}. ${capital(status.detail)}.`);
+      setText(this.downFor, `For ${formatAge(Date.now() - since)}. Retrying${status.attempts > 1 ? ` (attempt ${status.attempts})` : ""}…`);
     }
+    // The clock offset is measured at sign-in: its words are stable. How late data
+    // arrives changes with every frame: the alert says that it is late, the figure
+    // is beside it.
     /** @type {string[]} */
     const lags = [];
     if (clockOffsetMs > LAG_WARN_MS) lags.push(`This station's clock is ${formatAge(clockOffsetMs)} behind the gateway's.`);
     if (clockOffsetMs < -LAG_WARN_MS) lags.push(`This station's clock is ${formatAge(-clockOffsetMs)} ahead of the gateway's.`);
-    if (status.connected && dataLagMs > LAG_WARN_MS) lags.push(`Data is arriving ${formatAge(dataLagMs)} late: what you see may be behind the patients.`);
+    const late = status.connected && dataLagMs > LAG_WARN_MS;
+    if (late) lags.push("Data is arriving late: what you see may be behind the patients.");
     this.lag.hidden = lags.length === 0;
-    if (lags.length > 0) setText(this.lag, `${lags.join(" ")} Tell IT.`);
+    if (lags.length > 0) setText(this.lagText, `${lags.join(" ")} Tell IT.`);
+    setText(this.lagFor, late ? `Data is ${formatAge(dataLagMs)} old on arrival.` : "");
     this.simulated.hidden = simulatedChairs === 0;
     if (simulatedChairs > 0) {
       const one = simulatedChairs === 1;

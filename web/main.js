@@ -66,7 +66,7 @@ let frameRequested = false;
 /** Alarm frames waiting for their tile to be painted: performance.now() at receipt. */
 /** @type {number[]} */
 let awaitingPaint = [];
-const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0, snapshots: 0 };
+const metrics = { alarmToPaintMs: /** @type {number[]} */ ([]), frames: 0, snapshots: 0, refreshesRefused: 0 };
 
 const grid = new Grid({
   container: byId("grid"),
@@ -207,6 +207,13 @@ function onFrame(f) {
       break;
     }
     case "error":
+      // The station's own periodic refresh, asked while the last one is still on its
+      // way (a large ward, a slow link): nobody asked, nothing to say; that one
+      // will do.
+      if (f.code === "snapshot_pending") {
+        metrics.refreshesRefused++;
+        return;
+      }
       toast(errorInWords(f.code, f.message), "error");
       break;
     default:

@@ -407,8 +407,12 @@ describe("nurse station (auth none)", () => {
     let hr = 70;
     await eventually(async () => {
       await devices.vitals("north/2", { hr: hr++ });
-      return /Data is arriving 1 min late/.test(await stepped.page.locator("#lag-banner").innerText());
+      return /Data is 1 min old on arrival/.test(await stepped.page.locator("#lag-banner").innerText());
     }, "the late-data warning", 30_000);
+    // The alert (read again by a screen reader at each change) says that data is
+    // late; the figure, which changes with every frame, is beside it.
+    assert.equal(await stepped.page.locator("#lag-text").innerText(), "Data is arriving late: what you see may be behind the patients. Tell IT.");
+    assert.equal(await stepped.page.locator("#lag-banner #lag-text[role=alert]").count(), 1);
     await stepped.context.close();
   });
 
@@ -529,16 +533,46 @@ describe("nurse station (auth none)", () => {
     await page.locator("#history-close").click();
   });
 
+  test("the station's own refreshes, asked faster than the gateway answers, are not told to the nurse", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    const refused = () => page.evaluate(() => /** @type {any} */ (window).vitalgateStation.metrics.refreshesRefused);
+    const before = await refused();
+    // As a station does every 10 s, but while the last refresh is still on its way.
+    await page.evaluate(() => {
+      const c = /** @type {any} */ (window).vitalgateStation.connection();
+      for (let i = 0; i < 20; i++) c.send({ type: "snapshot" });
+    });
+    await eventually(async () => (await refused()) > before, "the gateway refusing a refresh (snapshot_pending)");
+    assert.equal(await page.locator("#toasts .toast").filter({ hasText: /refresh|snapshot/i }).count(), 0);
+  });
+
   test("killing the gateway shows NOT CONNECTED within seconds; after the restart no alarm is lost", async () => {
     const { page } = first;
     await page.bringToFront();
     if (await page.locator("#audio-off").isVisible()) await page.locator("#audio-off").click();
+    // The earlier tests' messages gone, for the screenshot in the guide.
+    await eventually(async () => (await page.locator("#toasts .toast").count()) === 0, "the earlier messages gone", 15_000);
     await gateway.kill();
     const banner = page.locator("#disconnected-banner");
     const killedAt = Date.now();
     await banner.waitFor({ state: "visible", timeout: 5_000 });
     assert.ok(Date.now() - killedAt < 5_000);
-    assert.match(await banner.innerText(), /alarms are NOT being received since/);
+    // The alert names the outage's start (the last frame received, before the kill)
+    // and its cause; it stays the same while the time runs and attempts fail (a
+    // screen reader reads an alert again at each change).
+    const alert = page.locator("#disconnected-text[role=alert]");
+    const said = await alert.innerText();
+    const at = said.match(/^NOT CONNECTED — alarms are NOT being received since (\d\d):(\d\d):(\d\d)\. The gateway cannot be reached\.$/);
+    assert.ok(at, said);
+    const killed = new Date(killedAt);
+    const before = (killed.getHours() * 3600 + killed.getMinutes() * 60 + killed.getSeconds() - (Number(at[1]) * 3600 + Number(at[2]) * 60 + Number(at[3])) + 86_400) % 86_400;
+    assert.ok(before <= 21, `the outage starts at the last frame, at most 21 s before the kill: ${said}`);
+    const running = await page.locator("#disconnected-for").innerText();
+    await eventually(async () => /attempt [2-9]/.test(await page.locator("#disconnected-for").innerText()), "a failed retry");
+    await eventually(async () => (await page.locator("#disconnected-for").innerText()) !== running, "the running time");
+    assert.equal(await alert.innerText(), said, "the alert unchanged");
+    assert.match(await banner.innerText(), /alarms are NOT being received since .*\. For \d+ s\. Retrying \(attempt \d+\)…/);
     // The header makes no all-clear it cannot check: what it holds is the past.
     assert.match(await page.locator("#top-alarm").innerText(), /^(\? Alarm state unknown: not connected|.*LAST KNOWN: Chair )/);
     assert.match(await page.locator("#count-high").innerText(), /HIGH last known \d+/);
