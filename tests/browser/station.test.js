@@ -596,34 +596,49 @@ describe("nurse station (auth none)", () => {
     await missed.locator("button.seen").click();
   });
 
-  test("an alarm that came and went while the station was not connected is told until a nurse has seen it", async () => {
-    const { page } = first;
-    await page.bringToFront();
-    // The station's network drops (the gateway runs on) and stays down a while.
+  /**
+   * The station's network drops (the gateway runs on); while it is away, `chair`
+   * (south/N, no session) desaturates for 6 s and recovers: the gateway raises
+   * and ends an alarm the station never sees live.
+   * @param {import("playwright-core").Page} page
+   * @param {string} chair
+   */
+  async function alarmCameAndWentWhileAway(page, chair) {
     await page.evaluate(() => {
       const c = /** @type {any} */ (window).vitalgateStation.connection();
       c.stopped = true;
       c.socket?.close();
     });
     await page.locator("#disconnected-banner").waitFor({ state: "visible", timeout: 5_000 });
-    // South/6 desaturates for 6 s and recovers, all while the station is away.
     const t0 = Date.now();
+    const [site, n] = chair.split("/");
     const reading = (/** @type {number} */ seq, /** @type {number} */ ts, /** @type {number} */ spo2) =>
-      devices.client.publishAsync("clinic/south/chair/6/vitals", JSON.stringify({ seq, ts, spo2 }), { qos: 1 });
+      devices.client.publishAsync(`clinic/${site}/chair/${n}/vitals`, JSON.stringify({ seq, ts, spo2 }), { qos: 1 });
     await reading(1, t0 - 6_000, 80);
     await reading(2, t0, 80);
     await reading(3, t0 + 1, 97);
     await eventually(async () => {
-      const r = await fetch(`${gateway.url}/api/alarms?chair=south/6`);
+      const r = await fetch(`${gateway.url}/api/alarms?chair=${chair}`);
       const body = await r.json();
       return body.alarms.some((/** @type {any} */ a) => a.state === "cleared");
-    }, "south/6's alarm raised and ended at the gateway");
+    }, `${chair}'s alarm raised and ended at the gateway`);
+  }
+
+  /** @param {import("playwright-core").Page} page */
+  async function reconnect(page) {
     await page.evaluate(() => {
       const c = /** @type {any} */ (window).vitalgateStation.connection();
       c.stopped = false;
       c.open();
     });
     await page.locator("#disconnected-banner").waitFor({ state: "hidden", timeout: 10_000 });
+  }
+
+  test("an alarm that came and went while the station was not connected is told until a nurse has seen it", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    await alarmCameAndWentWhileAway(page, "south/6");
+    await reconnect(page);
     const notice = page.locator(".toast.notice", { hasText: /^While this station was not connected/ });
     await notice.waitFor({ timeout: 10_000 });
     assert.match(await notice.innerText(), /1 alarm ended: chair south\/6: SpO2 80 below 86 \(HIGH\)\. See History\./);
@@ -632,6 +647,34 @@ describe("nurse station (auth none)", () => {
     assert.equal(await notice.count(), 0);
   });
 
+  test("a connection lost again before the last outage was told tells it at once", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    await alarmCameAndWentWhileAway(page, "south/7");
+    // The station reconnects, is sent the alarm's end, and loses the gateway again
+    // at once: well within the second it waits for more before telling.
+    await page.evaluate(() => {
+      const c = /** @type {any} */ (window).vitalgateStation.connection();
+      const onFrame = c.o.onFrame;
+      c.o.onFrame = (/** @type {any} */ f) => {
+        onFrame(f);
+        if (f.type === "alarm" && f.chair === "south/7" && f.state === "cleared") {
+          c.o.onFrame = onFrame;
+          c.stopped = true;
+          c.socket?.close();
+        }
+      };
+      c.stopped = false;
+      c.open();
+    });
+    const notice = page.locator(".toast.notice", { hasText: /^While this station was not connected/ });
+    await notice.waitFor({ timeout: 10_000 });
+    assert.match(await notice.innerText(), /1 alarm ended: chair south\/7: SpO2 80 below 86 \(HIGH\)\. See History\./);
+    assert.equal(await page.locator("#disconnected-banner").isVisible(), true, "told while the second outage lasts");
+    await reconnect(page);
+    assert.equal(await notice.count(), 1, "told once");
+    await notice.locator("button.seen").click();
+  });
 
   test("a simulated chair among real ones: the banner says which are simulated, not that the whole ward is", async () => {
     const { page } = first;
