@@ -705,4 +705,40 @@ describe("nurse station (auth none)", () => {
     assert.doesNotMatch(await page.locator("#history-rows").innerText(), /north\/\d \(SIMULATED\)/);
     await page.locator("#history-close").click();
   });
+
+  test("a discharge named an alarm: sent if its priority falls meanwhile, not if it rises", async () => {
+    const { page } = first;
+    await page.bringToFront();
+    const dialog = page.locator("#chair-dialog");
+    const cases = /** @type {const} */ ([["west/1", "P-401", 190, 170, true], ["west/2", "P-402", 170, 190, false]]);
+    for (const [chair, patient, from, to, sent] of cases) {
+      // Session 4 of 6: the stricter limits of a course's first sessions do not apply.
+      const course = { patient, session_number: 4, session_count: 6, route: "iv" };
+      await devices.session(chair, { ...course, phase: "baseline", ts: Date.now() - 50 * 60_000 });
+      await devices.vitals(chair, NORMAL);
+      await devices.session(chair, { ...course, phase: "infusion", ts: Date.now() - 40 * 60_000 });
+      await devices.session(chair, { ...course, phase: "recovery", ts: Date.now() - 20 * 60_000 });
+      const tile = page.locator(`.tile[data-chair="${chair}"]`);
+      await eventually(async () => (await tile.getAttribute("data-phase")) === "recovery", `${chair} in recovery`);
+      const priority = (/** @type {number} */ sbp) => (sbp > 180 ? "high" : "medium");
+      await devices.vitals(chair, { ...NORMAL, sbp: from });
+      await eventually(async () => (await tile.getAttribute("data-priority")) === priority(from), `${chair} at SBP ${from}`);
+      await tile.locator(".open").click();
+      await dialog.locator('button[data-phase="discharged"]').click();
+      assert.match(await page.locator("#confirm-text").innerText(), new RegExp(`1 alarm is still active and ends with it, 1 not acknowledged: SBP ${from} above \\d+ \\(${priority(from).toUpperCase()}, NOT acknowledged\\)`));
+      // While the nurse reads the question, the same alarm (one per vital and
+      // direction) changes priority.
+      await devices.vitals(chair, { ...NORMAL, sbp: to });
+      await eventually(async () => (await tile.getAttribute("data-priority")) === priority(to), `${chair} at SBP ${to}`);
+      assert.equal(await page.evaluate((c) => /** @type {any} */ (window).vitalgateStation.ward.alarmsOf(c).length, chair), 1, "one alarm");
+      await page.locator('#confirm-dialog button[value="yes"]').click();
+      if (sent) {
+        await eventually(async () => (await tile.getAttribute("data-phase")) === "discharged", `${chair} discharged`);
+      } else {
+        await eventually(async () => new RegExp(`NOT sent: chair ${chair} has an alarm you were not asked about: SBP 190 above 180 \\(HIGH\\)`).test(await page.locator("#toasts").innerText()), "not sent, and why");
+        assert.equal(await tile.getAttribute("data-phase"), "recovery");
+      }
+      await dialog.locator('button[value="close"]').click();
+    }
+  });
 });
