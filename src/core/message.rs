@@ -17,6 +17,18 @@ fn label(v: Vital) -> &'static str {
     }
 }
 
+/// A value or limit as people read it: to 0.1 at most, without a trailing ".0".
+/// Limits computed from a baseline carry binary fractions (109 x 1.3 is
+/// 141.70000000000002 in `f64`); nobody should read those.
+fn num(x: f64) -> String {
+    let s = format!("{:.1}", (x * 10.0).round() / 10.0);
+    match s.strip_suffix(".0") {
+        Some("-0") => "0".to_string(),
+        Some(whole) => whole.to_string(),
+        None => s,
+    }
+}
+
 fn side(d: Direction) -> &'static str {
     match d {
         Direction::Low => "below",
@@ -42,17 +54,17 @@ pub fn alarm(
         Check::Threshold { vital, .. } if ended => format!(
             "{} {}: alarm {} {} ended",
             label(*vital),
-            value,
+            num(value),
             side(check.direction()),
-            limit
+            num(limit)
         ),
         Check::Threshold { vital, .. } => {
             format!(
                 "{} {} {} {}",
                 label(*vital),
-                value,
+                num(value),
                 side(check.direction()),
-                limit
+                num(limit)
             )
         }
         // The parts' values, without saying they are beyond limits they may be
@@ -60,7 +72,7 @@ pub fn alarm(
         Check::Combined { .. } if ended => {
             let values: Vec<String> = parts
                 .iter()
-                .map(|p| format!("{} {}", label(p.vital), p.value))
+                .map(|p| format!("{} {}", label(p.vital), num(p.value)))
                 .collect();
             match values.is_empty() {
                 true => format!("{rule} ended"),
@@ -74,9 +86,9 @@ pub fn alarm(
                     format!(
                         "{} {} {} {}",
                         label(p.vital),
-                        p.value,
+                        num(p.value),
                         side(p.condition),
-                        p.limit
+                        num(p.limit)
                     )
                 })
                 .collect();
@@ -99,9 +111,10 @@ pub fn alarm(
             };
             let ended = if ended { ": ended" } else { "" };
             format!(
-                "{} {moved} more than {by} in {window}{ended} (now {})",
+                "{} {moved} more than {} in {window}{ended} (now {})",
                 label(*vital),
-                value
+                num(*by),
+                num(value)
             )
         }
         Check::Stale { vital, .. } => format!("{} stale {} s", label(*vital), value),
@@ -152,6 +165,42 @@ mod tests {
             alarm(&combined, "respiratory_depression", 0.0, 0.0, &[], true),
             "respiratory_depression ended",
             "ended for a reason: no parts"
+        );
+    }
+
+    #[test]
+    fn limits_from_a_baseline_read_as_people_write_them() {
+        let high = Check::Threshold {
+            vital: Vital::Sbp,
+            direction: Direction::High,
+            limit: crate::core::condition::Limit::default(),
+        };
+        // 30 % over a baseline of 109 (sbp_over_baseline).
+        let limit = 109.0 * 1.3;
+        assert_ne!(limit.to_string(), "141.7", "the f64 is not 141.7");
+        assert_eq!(
+            alarm(&high, "sbp_over_baseline", 189.0, limit, &[], false),
+            "SBP 189 above 141.7"
+        );
+        assert_eq!(
+            alarm(&high, "sbp_over_baseline", 120.0, limit, &[], true),
+            "SBP 120: alarm above 141.7 ended"
+        );
+        assert_eq!(
+            alarm(&high, "sbp_warn", 155.0, 139.1, &[], false),
+            "SBP 155 above 139.1"
+        );
+        let combined = Check::Combined { parts: Vec::new() };
+        let parts = [PartValue {
+            vital: Vital::Spo2,
+            condition: Direction::Low,
+            value: 93.0,
+            // A limit with more decimals than anyone reads.
+            limit: 283.0 / 3.0,
+        }];
+        assert_eq!(
+            alarm(&combined, "respiratory_depression", 0.0, 0.0, &parts, false),
+            "respiratory_depression: SpO2 93 below 94.3"
         );
     }
 
