@@ -55,6 +55,12 @@ const gatewayNow = () => Date.now() + clockOffset;
 let replaceNext = false;
 /** Alarms that ended while this station was not connected, told once the replay is in. */
 const outage = new Outage();
+/** The station's estimate of the gateway's clock runs behind it by up to a request's
+ * round trip (`clockOffset` is measured when the answer arrives): an outage is taken
+ * to end this much later than estimated, so that an alarm the gateway ended just
+ * before the station reconnected is never left out of what the station says it
+ * missed (one ending live within that time may be told as well: the safe side). */
+const GAP_END_SLACK_MS = 2_000;
 let outageTold = 0;
 /** Smallest delay of live data in the current window, and the window's start. */
 let lag = { min: Infinity, since: Date.now(), shown: 0 };
@@ -130,7 +136,7 @@ function connect() {
         clearTimeout(outageTold);
         tellOutage();
       }
-      outage.status(s.connected, (s.downSince ?? Date.now()) + clockOffset, gatewayNow());
+      outage.status(s.connected, (s.downSince ?? Date.now()) + clockOffset, gatewayNow() + GAP_END_SLACK_MS);
       schedule();
       // A refused upgrade looks like an unreachable gateway to a browser: every third
       // attempt, and whenever the token's time is up, ask the API whether the token

@@ -8,6 +8,22 @@ import { Broker, Devices, Gateway, browser, eventually, jwt, station } from "./h
 
 const SECRET = "kb1e4f0c2a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4";
 
+/**
+ * Wait for `what` to show; if it does not, say what the page said meanwhile (its
+ * errors and messages), which a timeout alone does not.
+ * @param {import("playwright-core").Locator} what
+ * @param {import("playwright-core").Page} page
+ * @param {string[]} errors
+ */
+async function shown(what, page, errors) {
+  try {
+    await what.waitFor({ timeout: 10_000 });
+  } catch (e) {
+    const toasts = await page.locator("#toasts").innerText().catch(() => "?");
+    throw new Error(`${e}\npage errors: ${JSON.stringify(errors)}\nmessages: ${toasts}`);
+  }
+}
+
 describe("nurse station (auth jwt)", () => {
   /** @type {Broker} */ let broker;
   /** @type {Gateway} */ let gateway;
@@ -70,14 +86,14 @@ describe("nurse station (auth jwt)", () => {
 
   test("a viewer's token from the URL fragment sees the ward but no controls", async () => {
     const token = jwt(SECRET, { sub: "viewer.vic", roles: ["viewer"] });
-    const { page, context } = await station(chromium, `${gateway.url}/#token=${token}`);
+    const { page, context, errors } = await station(chromium, `${gateway.url}/#token=${token}`);
     const tile = page.locator('.tile[data-chair="east/1"]');
     await tile.waitFor();
     assert.equal(new URL(page.url()).hash, "", "the token leaves the address bar");
     assert.match(await page.locator("#user").innerText(), /viewer\.vic \(viewer\)/);
     await tile.locator(".open").click();
     const dialog = page.locator("#chair-dialog");
-    await dialog.waitFor();
+    await shown(dialog, page, errors);
     assert.equal(await dialog.locator("button.step").count(), 0, "no session controls");
     await dialog.locator("tr[data-rule]").first().waitFor({ timeout: 10_000 });
     assert.equal(await dialog.locator("tr[data-rule] input, tr[data-rule] button").count(), 0, "no limit controls");
@@ -99,12 +115,12 @@ describe("nurse station (auth jwt)", () => {
   test("a nurse gets session controls and sees the limits; a clinician can change the limits", async () => {
     for (const [role, limits] of /** @type {const} */ ([["nurse", 0], ["clinician", 1]])) {
       const token = jwt(SECRET, { sub: `${role}.x`, roles: [role] });
-      const { page, context } = await station(chromium, `${gateway.url}/#token=${token}`);
+      const { page, context, errors } = await station(chromium, `${gateway.url}/#token=${token}`);
       const tile = page.locator('.tile[data-chair="east/1"]');
       await tile.waitFor();
       await tile.locator(".open").click();
       const dialog = page.locator("#chair-dialog");
-      await dialog.locator('button[data-phase="infusion"]').waitFor({ timeout: 10_000 });
+      await shown(dialog.locator('button[data-phase="infusion"]'), page, errors);
       assert.match(await dialog.locator('tr[data-rule="sbp_critical"][data-side="high"]').innerText(), /SBP above\s+sbp_critical \(high\)\s+180/, `${role} sees the limit in force`);
       const controls = await dialog.locator("tr[data-rule] input").count();
       assert.equal(controls > 0 ? 1 : 0, limits, `${role}: ${controls} limit fields in ${await dialog.innerText()}`);
